@@ -1,0 +1,161 @@
+//! The CPU backend. `reference` is the executable spec: plain loops in the CUDA kernels' float32 operation
+//! order, multi-threaded with rayon over independent blocks and rows.
+
+pub mod reference;
+
+use super::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
+use crate::Result;
+use crate::format::{Codebook8, FourBitType};
+use crate::tensor::{DType, FloatVec, Floats};
+use crate::with_floats;
+use half::f16;
+
+/// The CPU backend (always available).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn quantize_blockwise(
+        &self,
+        x: Floats,
+        code: &Codebook8,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        Ok(with_floats!(x, s => reference::blockwise::quantize(s, code, blocksize)))
+    }
+    fn dequantize_blockwise(
+        &self,
+        q: &[u8],
+        absmax: &[f32],
+        code: &Codebook8,
+        blocksize: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        Ok(reference::blockwise::dequantize(
+            q,
+            absmax,
+            &code.values,
+            blocksize,
+            out_dtype,
+        ))
+    }
+    fn quantize_4bit(
+        &self,
+        x: Floats,
+        quant_type: FourBitType,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        Ok(with_floats!(x, s => reference::fourbit::quantize(s, quant_type, blocksize)))
+    }
+    fn dequantize_4bit(
+        &self,
+        packed: &[u8],
+        absmax: &[f32],
+        quant_type: FourBitType,
+        blocksize: usize,
+        n: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        Ok(reference::fourbit::dequantize(
+            packed, absmax, quant_type, blocksize, n, out_dtype,
+        ))
+    }
+    fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
+        Ok(reference::fourbit::gemv(x, w, bias))
+    }
+    fn matmul_4bit(
+        &self,
+        x: Floats,
+        batch: usize,
+        w: Packed4bit,
+        bias: Option<Floats>,
+    ) -> Result<FloatVec> {
+        Ok(reference::fourbit::matmul(x, batch, w, bias))
+    }
+    fn int8_vectorwise_quant(
+        &self,
+        a: Floats,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Int8Rows> {
+        Ok(reference::int8::vectorwise_quant(a, rows, cols, threshold))
+    }
+    fn int8_vectorwise_dequant(
+        &self,
+        q: &[i8],
+        row_stats: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        Ok(reference::int8::vectorwise_dequant(q, row_stats, cols))
+    }
+    fn int8_linear_matmul(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>> {
+        Ok(reference::int8::linear_matmul(a, b, m, n, k))
+    }
+    fn int8_mm_dequant(
+        &self,
+        c: &[i32],
+        row_stats: &[f32],
+        col_stats: &[f32],
+        bias: Option<Floats>,
+    ) -> Result<Vec<f16>> {
+        Ok(reference::int8::mm_dequant(c, row_stats, col_stats, bias))
+    }
+    fn ternary_quantize(
+        &self,
+        w: Floats,
+        rows: usize,
+        cols: usize,
+        weight_scale: f32,
+    ) -> Result<Vec<u8>> {
+        Ok(reference::ternary::quantize(w, rows, cols, weight_scale))
+    }
+    fn ternary_act_quant(
+        &self,
+        x: Floats,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Vec<i8>, Vec<f32>)> {
+        Ok(reference::ternary::act_quant(x, rows, cols))
+    }
+    fn ternary_matmul(
+        &self,
+        xq: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        w: PackedTernary,
+        bias: Option<Floats>,
+    ) -> Result<Vec<f32>> {
+        Ok(reference::ternary::matmul(xq, x_scale, batch, w, bias))
+    }
+    fn matmul(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<FloatVec> {
+        Ok(reference::dense::matmul(x, w, bias, m, n, k))
+    }
+    fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec> {
+        Ok(reference::dense::softmax(x, cols))
+    }
+    fn rms_norm(&self, x: Floats, weight: Floats, eps: f32, cols: usize) -> Result<FloatVec> {
+        Ok(reference::dense::rms_norm(x, weight, eps, cols))
+    }
+}

@@ -1,0 +1,57 @@
+//! BitNet b1.58 kernels (FORMATS.md §9).
+
+use crate::backend::PackedTernary;
+use crate::format::ternary::{
+    activation_scale, pack, packed_rows, quantize_activation, ternarize, unpack_value,
+};
+use crate::tensor::Floats;
+use rayon::prelude::*;
+
+pub fn quantize(w: Floats, rows: usize, cols: usize, weight_scale: f32) -> Vec<u8> {
+    let t: Vec<i8> = (0..rows * cols)
+        .map(|i| ternarize(w.get_f32(i), weight_scale))
+        .collect();
+    pack(&t, rows, cols)
+}
+
+pub fn act_quant(x: Floats, rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let xf = x.to_f32_vec();
+    let mut q = vec![0i8; rows * cols];
+    let scales: Vec<f32> = xf
+        .par_chunks(cols.max(1))
+        .zip(q.par_chunks_mut(cols.max(1)))
+        .map(|(row, qrow)| {
+            let s = activation_scale(row.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+            for (qv, &v) in qrow.iter_mut().zip(row) {
+                *qv = quantize_activation(v, s);
+            }
+            s
+        })
+        .collect();
+    (q, scales)
+}
+
+pub fn matmul(
+    xq: &[i8],
+    x_scale: &[f32],
+    batch: usize,
+    w: PackedTernary,
+    bias: Option<Floats>,
+) -> Vec<f32> {
+    let (rows, cols) = (w.rows, w.cols);
+    let r_rows = packed_rows(rows);
+    let mut y = vec![0.0f32; batch * rows];
+    y.par_chunks_mut(rows.max(1))
+        .enumerate()
+        .for_each(|(b, yrow)| {
+            let xr = &xq[b * cols..(b + 1) * cols];
+            for (o, yv) in yrow.iter_mut().enumerate() {
+                let acc: i32 = (0..cols)
+                    .map(|k| xr[k] as i32 * unpack_value(w.packed, r_rows, cols, o, k) as i32)
+                    .sum();
+                let bias = bias.map_or(0.0, |bb| bb.get_f32(o));
+                *yv = acc as f32 / (x_scale[b] * w.weight_scale) + bias;
+            }
+        });
+    y
+}

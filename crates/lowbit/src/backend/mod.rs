@@ -1,0 +1,171 @@
+//! The contract between the op API and the kernels: one trait, one method per kernel. A backend receives
+//! inputs the op layer has already validated (shapes, dtypes, block sizes), so kernels check nothing twice.
+//! Quantization kernels must return the same bytes on every backend; float kernels must stay within the
+//! tolerances documented in `docs/ARCHITECTURE.md`.
+
+pub mod cpu;
+
+use crate::Result;
+use crate::format::{Codebook8, FourBitType};
+use crate::tensor::{DType, FloatVec, Floats};
+use half::f16;
+
+/// A packed 4-bit weight `[rows, cols]` (quantized flat, row-major) with its float32 block scales.
+#[derive(Clone, Copy, Debug)]
+pub struct Packed4bit<'a> {
+    pub packed: &'a [u8],
+    /// One float32 absmax per block (double quantization already expanded by the op layer).
+    pub absmax: &'a [f32],
+    pub quant_type: FourBitType,
+    pub blocksize: usize,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+}
+
+/// A ternary weight in transformers' 2-bit packing: `[ceil(rows/4), cols]` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct PackedTernary<'a> {
+    pub packed: &'a [u8],
+    pub weight_scale: f32,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Result of `int8_vectorwise_quant`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Rows {
+    pub q: Vec<i8>,
+    pub row_stats: Vec<f32>,
+    /// Sorted column indices holding an outlier; `None` when the threshold is 0.
+    pub outlier_cols: Option<Vec<i64>>,
+}
+
+/// Result of the blockwise quantizers: codes (8-bit values or packed nibbles) and float32 block absmax.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockCodes {
+    pub codes: Vec<u8>,
+    pub absmax: Vec<f32>,
+}
+
+/// What a backend is: used for statistics, logs and device selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+/// One method per kernel. Every method takes validated host data; a backend that cannot run a kernel returns
+/// an error and the runtime decides what to do (retry, split, fall back).
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    fn name(&self) -> String;
+
+    /// 8-bit blockwise quantization with `code` (FORMATS.md §2).
+    fn quantize_blockwise(
+        &self,
+        x: Floats,
+        code: &Codebook8,
+        blocksize: usize,
+    ) -> Result<BlockCodes>;
+    /// `out[i] = code[q[i]] * absmax[i / blocksize]` in `out_dtype`.
+    fn dequantize_blockwise(
+        &self,
+        q: &[u8],
+        absmax: &[f32],
+        code: &Codebook8,
+        blocksize: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec>;
+    /// NF4/FP4 quantization and packing (FORMATS.md §3). Codes are `ceil(n/2)` packed bytes.
+    fn quantize_4bit(
+        &self,
+        x: Floats,
+        quant_type: FourBitType,
+        blocksize: usize,
+    ) -> Result<BlockCodes>;
+    /// Dequantizes `n` values.
+    fn dequantize_4bit(
+        &self,
+        packed: &[u8],
+        absmax: &[f32],
+        quant_type: FourBitType,
+        blocksize: usize,
+        n: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec>;
+    /// Batch-1 fused 4-bit GEMV: `y = W x + bias`, never materialising the dequantized W. Output in x's dtype.
+    fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec>;
+    /// `y[batch, rows] = x[batch, cols] @ dequant(W)^T + bias`. Output in x's dtype.
+    fn matmul_4bit(
+        &self,
+        x: Floats,
+        batch: usize,
+        w: Packed4bit,
+        bias: Option<Floats>,
+    ) -> Result<FloatVec>;
+    /// LLM.int8() row-wise quantization with outlier threshold (0 = none).
+    fn int8_vectorwise_quant(
+        &self,
+        a: Floats,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Int8Rows>;
+    /// `q * row_stats / 127` as float32.
+    fn int8_vectorwise_dequant(&self, q: &[i8], row_stats: &[f32], cols: usize)
+    -> Result<Vec<f32>>;
+    /// Exact `A[m,k] @ B[n,k]^T` in i32.
+    fn int8_linear_matmul(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>>;
+    /// `f16(fma(C * row * col, 6.200012e-05, bias))` (FORMATS.md §7).
+    fn int8_mm_dequant(
+        &self,
+        c: &[i32],
+        row_stats: &[f32],
+        col_stats: &[f32],
+        bias: Option<Floats>,
+    ) -> Result<Vec<f16>>;
+    /// Ternarizes `w [rows, cols]` with `weight_scale` and packs it (FORMATS.md §9).
+    fn ternary_quantize(
+        &self,
+        w: Floats,
+        rows: usize,
+        cols: usize,
+        weight_scale: f32,
+    ) -> Result<Vec<u8>>;
+    /// Per-token int8 activations and their scales.
+    fn ternary_act_quant(&self, x: Floats, rows: usize, cols: usize)
+    -> Result<(Vec<i8>, Vec<f32>)>;
+    /// `y = (xq @ unpack(W)^T) / (x_scale * weight_scale) (+ bias)`, exact i32 accumulation, f32 output.
+    fn ternary_matmul(
+        &self,
+        xq: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        w: PackedTernary,
+        bias: Option<Floats>,
+    ) -> Result<Vec<f32>>;
+    /// `y[m, n] = x[m, k] @ w[n, k]^T + bias` (nn.Linear layout). Output in x's dtype.
+    fn matmul(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<FloatVec>;
+    /// Numerically stable softmax over the last dimension.
+    fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec>;
+    /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension.
+    fn rms_norm(&self, x: Floats, weight: Floats, eps: f32, cols: usize) -> Result<FloatVec>;
+}

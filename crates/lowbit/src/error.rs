@@ -1,0 +1,87 @@
+//! One error type for the whole library. Every variant says what was wrong and what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used across lowbit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Messages are written for the person running the program: each names the bad value and
+/// the accepted ones.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op} does not accept dtype {got}; use one of: {expected}")]
+    DType {
+        op: &'static str,
+        got: String,
+        expected: &'static str,
+    },
+
+    #[error("block size {got} is not allowed for {op}; use one of {allowed:?}")]
+    BlockSize {
+        op: &'static str,
+        got: usize,
+        allowed: &'static [usize],
+    },
+
+    #[error("length mismatch in {op}: {what} has {got} elements, expected {expected}")]
+    Length {
+        op: &'static str,
+        what: &'static str,
+        got: usize,
+        expected: usize,
+    },
+
+    #[error("unknown format {got:?}; known formats: {known}")]
+    UnknownFormat { got: String, known: &'static str },
+
+    #[error("corrupt quantization state: {0}")]
+    CorruptQuantState(String),
+
+    #[error(
+        "{op}: input contains {count} non-finite value(s) (first at index {first}); \
+         clean the input or pass it through nan_to_num first"
+    )]
+    NonFinite {
+        op: &'static str,
+        count: usize,
+        first: usize,
+    },
+
+    #[error("invalid argument for {op}: {detail}")]
+    InvalidArgument { op: &'static str, detail: String },
+
+    #[error("{path}: {detail}")]
+    Checkpoint { path: PathBuf, detail: String },
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

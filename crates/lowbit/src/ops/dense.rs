@@ -1,0 +1,61 @@
+//! Floating-point ops: matmul (nn.Linear layout), softmax, RMSNorm.
+
+use super::{bias_floats, check_len, rows_cols, with_last_dim};
+use crate::runtime::{Device, OpKind};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+impl Device {
+    /// `y = x @ w^T + bias` with x `[..., k]`, w `[n, k]`; output in x's dtype.
+    pub fn matmul(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        let (xf, wf) = (x.floats(OP)?, w.floats(OP)?);
+        let (m, k) = rows_cols(OP, x)?;
+        let (n, kw) = match w.shape[..] {
+            [n, kw] => (n, kw),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!("w must be 2-D [n, k], got {:?}", w.shape),
+                ));
+            }
+        };
+        if k != kw {
+            return Err(Error::shape(
+                OP,
+                format!("x has {k} features but w is [{n}, {kw}]"),
+            ));
+        }
+        let bias = bias_floats(OP, bias, n)?;
+        let y = self.run(OpKind::Matmul, |b| b.matmul(xf, wf, bias, m, n, k))?;
+        Ok(Tensor::from_floats(with_last_dim(&x.shape, n), y))
+    }
+
+    /// Softmax over the last dimension.
+    pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "softmax";
+        let xf = x.floats(OP)?;
+        let (_, cols) = rows_cols(OP, x)?;
+        if cols == 0 {
+            return Err(Error::shape(OP, "last dimension is empty"));
+        }
+        let y = self.run(OpKind::Softmax, |b| b.softmax(xf, cols))?;
+        Ok(Tensor::from_floats(x.shape.clone(), y))
+    }
+
+    /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
+    pub fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        const OP: &str = "rms_norm";
+        let (xf, wf) = (x.floats(OP)?, weight.floats(OP)?);
+        let (_, cols) = rows_cols(OP, x)?;
+        check_len(OP, "weight", wf.len(), cols)?;
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::invalid(
+                OP,
+                format!("eps must be finite and > 0, got {eps}"),
+            ));
+        }
+        let y = self.run(OpKind::RmsNorm, |b| b.rms_norm(xf, wf, eps, cols))?;
+        Ok(Tensor::from_floats(x.shape.clone(), y))
+    }
+}

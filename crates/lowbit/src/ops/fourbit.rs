@@ -1,0 +1,158 @@
+//! NF4 / FP4 ops: quantize (optionally with double quantization), dequantize, fused GEMV and matmul.
+
+use super::{bias_floats, rows_cols, with_last_dim};
+use crate::backend::Packed4bit;
+use crate::format::torch_mean::torch_cuda_mean_f32;
+use crate::format::{
+    Absmax, BLOCKSIZES_4BIT, FourBitType, NESTED_BLOCKSIZE, QuantState, dynamic_map,
+};
+use crate::runtime::{Device, OpKind};
+use crate::tensor::{Floats, Tensor};
+use crate::{Error, Result};
+
+/// A packed 4-bit tensor and its state, as bitsandbytes' `Params4bit` holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized4bit {
+    /// `ceil(n/2)` bytes; bitsandbytes stores them with shape `[ceil(n/2), 1]`.
+    pub packed: Vec<u8>,
+    pub state: QuantState,
+}
+
+impl Quantized4bit {
+    /// `[out_features, in_features]` of a quantized linear weight.
+    pub fn linear_dims(&self, op: &'static str) -> Result<(usize, usize)> {
+        match self.state.shape[..] {
+            [rows, cols] => Ok((rows, cols)),
+            _ => Err(Error::shape(
+                op,
+                format!("weight must be 2-D [out, in], got {:?}", self.state.shape),
+            )),
+        }
+    }
+}
+
+impl Device {
+    /// `bitsandbytes.functional.quantize_4bit` (CUDA semantics). `double_quant` = `compress_statistics`.
+    pub fn quantize_4bit(
+        &self,
+        x: &Tensor,
+        quant_type: FourBitType,
+        blocksize: usize,
+        double_quant: bool,
+    ) -> Result<Quantized4bit> {
+        const OP: &str = "quantize_4bit";
+        let xf = x.floats(OP)?;
+        if !BLOCKSIZES_4BIT.contains(&blocksize) {
+            return Err(Error::BlockSize {
+                op: OP,
+                got: blocksize,
+                allowed: BLOCKSIZES_4BIT,
+            });
+        }
+        let out = self.run(OpKind::Quantize4bit, |b| {
+            b.quantize_4bit(xf, quant_type, blocksize)
+        })?;
+        let absmax = if double_quant {
+            self.double_quantize(out.absmax)?
+        } else {
+            Absmax::Plain(out.absmax)
+        };
+        Ok(Quantized4bit {
+            packed: out.codes,
+            state: QuantState {
+                quant_type,
+                blocksize,
+                dtype: x.dtype(),
+                shape: x.shape.clone(),
+                absmax,
+            },
+        })
+    }
+
+    /// Double quantization of a float32 absmax vector (FORMATS.md §4).
+    fn double_quantize(&self, absmax: Vec<f32>) -> Result<Absmax> {
+        let offset = torch_cuda_mean_f32(&absmax);
+        let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
+        let code = dynamic_map(true);
+        let q = self.run(OpKind::QuantizeBlockwise, |b| {
+            b.quantize_blockwise(Floats::F32(&centered), code, NESTED_BLOCKSIZE)
+        })?;
+        Ok(Absmax::Nested {
+            absmax_q: q.codes,
+            nested_absmax: q.absmax,
+            nested_code: code.values.to_vec(),
+            offset,
+        })
+    }
+
+    /// Dequantizes to `state.dtype` and `state.shape`.
+    pub fn dequantize_4bit(&self, q: &Quantized4bit) -> Result<Tensor> {
+        q.state.validate(q.packed.len())?;
+        let s = &q.state;
+        let absmax = s.absmax.to_f32();
+        let out = self.run(OpKind::Dequantize4bit, |b| {
+            b.dequantize_4bit(
+                &q.packed,
+                &absmax,
+                s.quant_type,
+                s.blocksize,
+                s.numel(),
+                s.dtype,
+            )
+        })?;
+        Ok(Tensor::from_floats(s.shape.clone(), out))
+    }
+
+    /// `y = x @ dequant(W)^T + bias` for x `[..., in]`: the fused GEMV for one row, tiled matmul otherwise.
+    pub fn matmul_4bit(
+        &self,
+        x: &Tensor,
+        w: &Quantized4bit,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        const OP: &str = "matmul_4bit";
+        w.state.validate(w.packed.len())?;
+        let (rows, cols) = w.linear_dims(OP)?;
+        let xf = x.floats(OP)?;
+        let (batch, k) = rows_cols(OP, x)?;
+        if k != cols {
+            return Err(Error::shape(
+                OP,
+                format!("x has {k} features but the weight expects {cols}"),
+            ));
+        }
+        let bias = bias_floats(OP, bias, rows)?;
+        let absmax = w.state.absmax.to_f32();
+        let pw = Packed4bit {
+            packed: &w.packed,
+            absmax: &absmax,
+            quant_type: w.state.quant_type,
+            blocksize: w.state.blocksize,
+            rows,
+            cols,
+        };
+        let y = if batch == 1 {
+            self.run(OpKind::Gemv4bit, |b| b.gemv_4bit(xf, pw, bias))?
+        } else {
+            self.run(OpKind::Matmul4bit, |b| b.matmul_4bit(xf, batch, pw, bias))?
+        };
+        Ok(Tensor::from_floats(with_last_dim(&x.shape, rows), y))
+    }
+
+    /// The batch-1 fused GEMV; x must hold exactly one row.
+    pub fn gemv_4bit(
+        &self,
+        x: &Tensor,
+        w: &Quantized4bit,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (batch, _) = rows_cols("gemv_4bit", x)?;
+        if batch != 1 {
+            return Err(Error::shape(
+                "gemv_4bit",
+                format!("x must be one row, got {batch}; use matmul_4bit"),
+            ));
+        }
+        self.matmul_4bit(x, w, bias)
+    }
+}

@@ -1,0 +1,293 @@
+//! A small host tensor: a shape and typed storage. Floating-point inputs may be f32, f16 or bf16; every
+//! kernel widens them to f32 exactly before doing arithmetic (FORMATS.md §0.3).
+
+use half::{bf16, f16};
+use std::fmt;
+
+/// Element types lowbit stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    U8,
+    I8,
+    I32,
+    I64,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::U8 | DType::I8 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
+    /// The name torch and bitsandbytes use (`quant_state` JSON, config.json).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::U8 => "uint8",
+            DType::I8 => "int8",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+        }
+    }
+
+    /// Parses torch names (`float16`, `torch.bfloat16`) and short names (`f16`, `bf16`, `fp32`).
+    pub fn parse(name: &str) -> Option<DType> {
+        let n = name
+            .trim()
+            .trim_start_matches("torch.")
+            .to_ascii_lowercase();
+        Some(match n.as_str() {
+            "float32" | "f32" | "fp32" | "float" => DType::F32,
+            "float16" | "f16" | "fp16" | "half" => DType::F16,
+            "bfloat16" | "bf16" => DType::BF16,
+            "uint8" | "u8" => DType::U8,
+            "int8" | "i8" => DType::I8,
+            "int32" | "i32" => DType::I32,
+            "int64" | "i64" => DType::I64,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::U8 => "u8",
+            DType::I8 => "i8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+        })
+    }
+}
+
+/// A floating-point element type the kernels accept. Conversions are exact widening (to f32) and
+/// round-to-nearest-even narrowing (from f32), as `__float2half_rn` / `__float2bfloat16_rn` do.
+pub trait Float: Copy + Send + Sync + Default + 'static {
+    const DTYPE: DType;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Float for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Float for f16 {
+    const DTYPE: DType = DType::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Float for bf16 {
+    const DTYPE: DType = DType::BF16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// Borrowed floating-point data of one of the three accepted dtypes.
+#[derive(Clone, Copy, Debug)]
+pub enum Floats<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+/// Owned floating-point data of one of the three accepted dtypes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FloatVec {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// Runs `$body` with `$s` bound to the typed slice inside a [`Floats`] (generic code over [`Float`]).
+#[macro_export]
+macro_rules! with_floats {
+    ($floats:expr, $s:ident => $body:expr) => {
+        match $floats {
+            $crate::tensor::Floats::F32($s) => $body,
+            $crate::tensor::Floats::F16($s) => $body,
+            $crate::tensor::Floats::BF16($s) => $body,
+        }
+    };
+}
+
+impl<'a> Floats<'a> {
+    pub fn len(&self) -> usize {
+        with_floats!(self, s => s.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Floats::F32(_) => DType::F32,
+            Floats::F16(_) => DType::F16,
+            Floats::BF16(_) => DType::BF16,
+        }
+    }
+    /// Widens every value to f32 (exact).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        with_floats!(self, s => s.iter().map(|v| v.to_f32()).collect())
+    }
+    /// Element `i` widened to f32.
+    #[inline]
+    pub fn get_f32(&self, i: usize) -> f32 {
+        with_floats!(self, s => s[i].to_f32())
+    }
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Floats<'a> {
+        match *self {
+            Floats::F32(s) => Floats::F32(&s[range]),
+            Floats::F16(s) => Floats::F16(&s[range]),
+            Floats::BF16(s) => Floats::BF16(&s[range]),
+        }
+    }
+    /// Index and count of non-finite values (NaN or ±inf), for input validation.
+    pub fn non_finite(&self) -> Option<(usize, usize)> {
+        with_floats!(self, s => {
+            let mut first = None;
+            let mut count = 0;
+            for (i, v) in s.iter().enumerate() {
+                if !v.to_f32().is_finite() {
+                    count += 1;
+                    first.get_or_insert(i);
+                }
+            }
+            first.map(|f| (f, count))
+        })
+    }
+}
+
+impl FloatVec {
+    /// Narrows f32 values to `dtype` with round-to-nearest-even.
+    pub fn from_f32(values: Vec<f32>, dtype: DType) -> FloatVec {
+        match dtype {
+            DType::F16 => FloatVec::F16(values.into_iter().map(f16::from_f32).collect()),
+            DType::BF16 => FloatVec::BF16(values.into_iter().map(bf16::from_f32).collect()),
+            _ => FloatVec::F32(values),
+        }
+    }
+    /// A zero-filled buffer of `len` elements.
+    pub fn zeros(len: usize, dtype: DType) -> FloatVec {
+        match dtype {
+            DType::F16 => FloatVec::F16(vec![f16::ZERO; len]),
+            DType::BF16 => FloatVec::BF16(vec![bf16::ZERO; len]),
+            _ => FloatVec::F32(vec![0.0; len]),
+        }
+    }
+    pub fn as_floats(&self) -> Floats<'_> {
+        match self {
+            FloatVec::F32(v) => Floats::F32(v),
+            FloatVec::F16(v) => Floats::F16(v),
+            FloatVec::BF16(v) => Floats::BF16(v),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.as_floats().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.as_floats().dtype()
+    }
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        self.as_floats().to_f32_vec()
+    }
+    /// Raw little-endian bytes (for checkpoints and byte comparisons).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            FloatVec::F32(v) => bytemuck::cast_slice(v).to_vec(),
+            FloatVec::F16(v) => bytemuck::cast_slice(v).to_vec(),
+            FloatVec::BF16(v) => bytemuck::cast_slice(v).to_vec(),
+        }
+    }
+}
+
+/// A host tensor: row-major shape and typed storage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+/// Typed storage of a [`Tensor`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    Float(FloatVec),
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+}
+
+impl Tensor {
+    pub fn from_floats(shape: Vec<usize>, data: FloatVec) -> Tensor {
+        Tensor {
+            shape,
+            data: TensorData::Float(data),
+        }
+    }
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        Tensor::from_floats(shape, FloatVec::F32(data))
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn dtype(&self) -> DType {
+        match &self.data {
+            TensorData::Float(f) => f.dtype(),
+            TensorData::U8(_) => DType::U8,
+            TensorData::I8(_) => DType::I8,
+            TensorData::I32(_) => DType::I32,
+            TensorData::I64(_) => DType::I64,
+        }
+    }
+    /// The float data, or a typed error naming `op` if this tensor is not f32/f16/bf16.
+    pub fn floats(&self, op: &'static str) -> crate::Result<Floats<'_>> {
+        match &self.data {
+            TensorData::Float(f) => Ok(f.as_floats()),
+            _ => Err(crate::Error::DType {
+                op,
+                got: self.dtype().to_string(),
+                expected: "f32, f16, bf16",
+            }),
+        }
+    }
+}
