@@ -31,6 +31,7 @@ pub fn progress(len: u64, hidden: bool, msg: &str) -> ProgressBar {
 }
 
 /// A progress bar counting bytes, for checkpoint commands.
+#[allow(dead_code)] // used once the checkpoint commands land
 pub fn byte_progress(total: u64, hidden: bool, msg: &str) -> ProgressBar {
     if hidden {
         return ProgressBar::hidden();

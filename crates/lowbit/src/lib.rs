@@ -8,8 +8,10 @@
 pub mod backend;
 pub mod error;
 pub mod format;
+pub mod metrics;
 pub mod ops;
 pub mod runtime;
+pub mod synth;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-/// NF4 values (the stored `quant_map`); index order is value order, zero is index 7.
+/// NF4 values (the stored `quant_map`); index order is value order, zero is index 7. The published decimals
+/// are kept verbatim; each rounds to the float32 bitsandbytes stores.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
@@ -86,7 +88,7 @@ pub struct Codebook8 {
 impl Codebook8 {
     /// Builds the midpoints of a sorted code. Returns `None` if the values are not sorted ascending.
     pub fn new(values: [f32; 256]) -> Option<Codebook8> {
-        if values.windows(2).any(|w| !(w[0] <= w[1])) {
+        if values.windows(2).any(|w| w[0].is_nan() || w[0] > w[1]) {
             return None;
         }
         let mut midpoints = [0.0f32; 255];

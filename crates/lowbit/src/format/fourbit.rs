@@ -96,7 +96,11 @@ pub fn packed_len(n: usize) -> usize {
 #[inline(always)]
 pub fn nibble(packed: &[u8], i: usize) -> u8 {
     let b = packed[i / 2];
-    if i % 2 == 0 { b >> 4 } else { b & 0x0F }
+    if i.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0x0F
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub fn abs_sum(w: impl ExactSizeIterator<Item = f32> + Clone) -> f32 {
 
 /// torch's CPU float32 sum on one thread with 8-lane vectors: four interleaved vector accumulators fed through a
 /// 4-level cascade, leftover vectors into accumulator 0, then the scalar tail, then the lanes in order.
+// Index loops mirror torch's accumulator layout one to one, which is what makes the order auditable.
+#[allow(clippy::needless_range_loop)]
 pub fn torch_cpu_sum_f32(a: &[f32]) -> f32 {
     const V: usize = 8;
     let n = a.len();

@@ -7,7 +7,7 @@ use crate::format::{
     Absmax, BLOCKSIZES_4BIT, FourBitType, NESTED_BLOCKSIZE, QuantState, dynamic_map,
 };
 use crate::runtime::{Device, OpKind};
-use crate::tensor::{Floats, Tensor};
+use crate::tensor::{DType, Floats, Tensor};
 use crate::{Error, Result};
 
 /// A packed 4-bit tensor and its state, as bitsandbytes' `Params4bit` holds them.
@@ -85,9 +85,22 @@ impl Device {
         })
     }
 
-    /// Dequantizes to `state.dtype` and `state.shape`.
+    /// Dequantizes to `state.dtype` and `state.shape`, as bitsandbytes does.
     pub fn dequantize_4bit(&self, q: &Quantized4bit) -> Result<Tensor> {
+        self.dequantize_4bit_as(q, q.state.dtype)
+    }
+
+    /// Dequantizes to `dtype` (f32 gives the kernels' exact `code * absmax` products).
+    pub fn dequantize_4bit_as(&self, q: &Quantized4bit, dtype: DType) -> Result<Tensor> {
         q.state.validate(q.packed.len())?;
+        if !dtype.is_float() {
+            let got = dtype.to_string();
+            return Err(Error::DType {
+                op: "dequantize_4bit",
+                got,
+                expected: "f32, f16, bf16",
+            });
+        }
         let s = &q.state;
         let absmax = s.absmax.to_f32();
         let out = self.run(OpKind::Dequantize4bit, |b| {
@@ -97,7 +110,7 @@ impl Device {
                 s.quant_type,
                 s.blocksize,
                 s.numel(),
-                s.dtype,
+                dtype,
             )
         })?;
         Ok(Tensor::from_floats(s.shape.clone(), out))

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 pub fn vectorwise_quant(a: Floats, rows: usize, cols: usize, threshold: f32) -> Int8Rows {
     let af = a.to_f32_vec();
-    let outlier = |v: f32| threshold > 0.0 && !(v.abs() < threshold);
+    // Inliers are `|a| < threshold`; everything else (NaN included) is an outlier.
+    let outlier = |v: f32| threshold > 0.0 && (v.abs() >= threshold || v.is_nan());
     let mut q = vec![0i8; rows * cols];
     let row_stats: Vec<f32> = af
         .par_chunks(cols.max(1))
