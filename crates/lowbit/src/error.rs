@@ -56,6 +56,10 @@ pub enum Error {
     #[error("{path}: {detail}")]
     Checkpoint { path: PathBuf, detail: String },
 
+    /// A device failed, or no device matches a name (see [`crate::runtime::DeviceError`]).
+    #[error(transparent)]
+    Device(#[from] crate::runtime::DeviceError),
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -7,6 +7,7 @@ pub mod cpu;
 
 use crate::Result;
 use crate::format::{Codebook8, FourBitType};
+use crate::runtime::{DeviceInfo, DeviceType, OpKind, OpParams, Support};
 use crate::tensor::{DType, FloatVec, Floats};
 use half::f16;
 
@@ -62,6 +63,29 @@ pub enum BackendKind {
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     fn name(&self) -> String;
+
+    /// What this backend runs on. The default describes the host CPU for CPU backends named `cpu`, and a
+    /// device with every op and unknown limits otherwise; GPU backends report their adapter.
+    fn info(&self) -> DeviceInfo {
+        let name = self.name();
+        match self.kind() {
+            BackendKind::Cpu if name == "cpu" => crate::runtime::cpu_info(),
+            kind => {
+                let (backend, ty) = match kind {
+                    BackendKind::Cpu => ("cpu", DeviceType::Cpu),
+                    BackendKind::Wgpu => ("wgpu", DeviceType::Other),
+                    BackendKind::Cuda => ("cuda", DeviceType::DiscreteGpu),
+                };
+                DeviceInfo::new(name.clone(), backend, name, ty).with_all_ops()
+            }
+        }
+    }
+
+    /// Whether this backend can run `op` with `params` (dtype, block size, format). The runtime asks before
+    /// every dispatch; `No` leads to a CPU fallback or, in strict mode, a capability error.
+    fn supports(&self, _op: OpKind, _params: &OpParams) -> Support {
+        Support::Yes
+    }
 
     /// 8-bit blockwise quantization with `code` (FORMATS.md §2).
     fn quantize_blockwise(

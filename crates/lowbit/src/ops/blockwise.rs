@@ -2,7 +2,7 @@
 
 use crate::format::blocksize::num_blocks;
 use crate::format::{BLOCKSIZES_8BIT, Codebook8, dynamic_map};
-use crate::runtime::{Device, OpKind};
+use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
@@ -41,8 +41,21 @@ impl Device {
         let xf = x.floats(OP)?;
         check_blocksize(OP, blocksize)?;
         let code = code.unwrap_or_else(|| dynamic_map(true));
-        let out = self.run(OpKind::QuantizeBlockwise, |b| {
-            b.quantize_blockwise(xf, code, blocksize)
+        let n = xf.len();
+        let bs = blocksize as u64;
+        let params = OpParams::new(OpKind::QuantizeBlockwise)
+            .dtype(x.dtype())
+            .blocksize(blocksize)
+            .memory(
+                MemoryEstimate::new(num_blocks(n, blocksize))
+                    .buffer(0, bs * x.dtype().size_in_bytes() as u64)
+                    .buffer(0, bs)
+                    .buffer(0, 4)
+                    .buffer(1024, 0),
+            );
+        let out = self.run_split(&params, |b, r| {
+            let (lo, hi) = (r.start * blocksize, (r.end * blocksize).min(n));
+            b.quantize_blockwise(xf.slice(lo..hi), code, blocksize)
         })?;
         Ok(Quantized8bit {
             codes: out.codes,
@@ -69,8 +82,20 @@ impl Device {
                 expected: "f32, f16, bf16",
             });
         }
-        let out = self.run(OpKind::DequantizeBlockwise, |b| {
-            b.dequantize_blockwise(&q.codes, &q.absmax, &q.code, q.blocksize, dtype)
+        let (blocksize, bs) = (q.blocksize, q.blocksize as u64);
+        let params = OpParams::new(OpKind::DequantizeBlockwise)
+            .dtype(dtype)
+            .blocksize(blocksize)
+            .memory(
+                MemoryEstimate::new(num_blocks(n, blocksize))
+                    .buffer(0, bs)
+                    .buffer(0, 4)
+                    .buffer(1024, 0)
+                    .buffer(0, bs * dtype.size_in_bytes() as u64),
+            );
+        let out = self.run_split(&params, |b, r| {
+            let (lo, hi) = (r.start * blocksize, (r.end * blocksize).min(n));
+            b.dequantize_blockwise(&q.codes[lo..hi], &q.absmax[r], &q.code, blocksize, dtype)
         })?;
         Ok(Tensor::from_floats(q.shape.clone(), out))
     }

@@ -1,7 +1,7 @@
 //! Floating-point ops: matmul (nn.Linear layout), softmax, RMSNorm.
 
 use super::{bias_floats, check_len, rows_cols, with_last_dim};
-use crate::runtime::{Device, OpKind};
+use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -27,7 +27,17 @@ impl Device {
             ));
         }
         let bias = bias_floats(OP, bias, n)?;
-        let y = self.run(OpKind::Matmul, |b| b.matmul(xf, wf, bias, m, n, k))?;
+        let es = x.dtype().size_in_bytes() as u64;
+        let params = OpParams::new(OpKind::Matmul).dtype(x.dtype()).memory(
+            MemoryEstimate::new(m)
+                .buffer((n * k * w.dtype().size_in_bytes()) as u64, 0)
+                .buffer(0, k as u64 * es)
+                .buffer(0, n as u64 * es)
+                .buffer(n as u64 * es, 0),
+        );
+        let y = self.run_split(&params, |b, r| {
+            b.matmul(xf.slice(r.start * k..r.end * k), wf, bias, r.len(), n, k)
+        })?;
         Ok(Tensor::from_floats(with_last_dim(&x.shape, n), y))
     }
 
@@ -39,7 +49,14 @@ impl Device {
         if cols == 0 {
             return Err(Error::shape(OP, "last dimension is empty"));
         }
-        let y = self.run(OpKind::Softmax, |b| b.softmax(xf, cols))?;
+        let params = OpParams::new(OpKind::Softmax).dtype(x.dtype()).memory(
+            MemoryEstimate::new(xf.len() / cols)
+                .buffer(0, (cols * x.dtype().size_in_bytes()) as u64)
+                .buffer(0, (cols * x.dtype().size_in_bytes()) as u64),
+        );
+        let y = self.run_split(&params, |b, r| {
+            b.softmax(xf.slice(r.start * cols..r.end * cols), cols)
+        })?;
         Ok(Tensor::from_floats(x.shape.clone(), y))
     }
 
@@ -55,7 +72,16 @@ impl Device {
                 format!("eps must be finite and > 0, got {eps}"),
             ));
         }
-        let y = self.run(OpKind::RmsNorm, |b| b.rms_norm(xf, wf, eps, cols))?;
+        let row_bytes = (cols * x.dtype().size_in_bytes()) as u64;
+        let params = OpParams::new(OpKind::RmsNorm).dtype(x.dtype()).memory(
+            MemoryEstimate::new(xf.len().checked_div(cols).unwrap_or(0))
+                .buffer((cols * weight.dtype().size_in_bytes()) as u64, 0)
+                .buffer(0, row_bytes)
+                .buffer(0, row_bytes),
+        );
+        let y = self.run_split(&params, |b, r| {
+            b.rms_norm(xf.slice(r.start * cols..r.end * cols), wf, eps, cols)
+        })?;
         Ok(Tensor::from_floats(x.shape.clone(), y))
     }
 }

@@ -2,11 +2,12 @@
 
 use super::{bias_floats, rows_cols, with_last_dim};
 use crate::backend::Packed4bit;
+use crate::format::blocksize::num_blocks;
 use crate::format::torch_mean::torch_cuda_mean_f32;
 use crate::format::{
     Absmax, BLOCKSIZES_4BIT, FourBitType, NESTED_BLOCKSIZE, QuantState, dynamic_map,
 };
-use crate::runtime::{Device, OpKind};
+use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::{DType, Floats, Tensor};
 use crate::{Error, Result};
 
@@ -49,8 +50,22 @@ impl Device {
                 allowed: BLOCKSIZES_4BIT,
             });
         }
-        let out = self.run(OpKind::Quantize4bit, |b| {
-            b.quantize_4bit(xf, quant_type, blocksize)
+        // Split by whole blocks: each has an even number of values, so packed bytes concatenate.
+        let n = xf.len();
+        let (bs, es) = (blocksize as u64, x.dtype().size_in_bytes() as u64);
+        let params = OpParams::new(OpKind::Quantize4bit)
+            .dtype(x.dtype())
+            .blocksize(blocksize)
+            .quant_type(quant_type)
+            .memory(
+                MemoryEstimate::new(num_blocks(n, blocksize))
+                    .buffer(0, bs * es)
+                    .buffer(0, bs / 2)
+                    .buffer(0, 4),
+            );
+        let out = self.run_split(&params, |b, r| {
+            let (lo, hi) = (r.start * blocksize, (r.end * blocksize).min(n));
+            b.quantize_4bit(xf.slice(lo..hi), quant_type, blocksize)
         })?;
         let absmax = if double_quant {
             self.double_quantize(out.absmax)?
@@ -103,13 +118,26 @@ impl Device {
         }
         let s = &q.state;
         let absmax = s.absmax.to_f32();
-        let out = self.run(OpKind::Dequantize4bit, |b| {
+        let (n, blocksize) = (s.numel(), s.blocksize);
+        let bs = blocksize as u64;
+        let params = OpParams::new(OpKind::Dequantize4bit)
+            .dtype(dtype)
+            .blocksize(blocksize)
+            .quant_type(s.quant_type)
+            .memory(
+                MemoryEstimate::new(num_blocks(n, blocksize))
+                    .buffer(0, bs / 2)
+                    .buffer(0, 4)
+                    .buffer(0, bs * dtype.size_in_bytes() as u64),
+            );
+        let out = self.run_split(&params, |b, r| {
+            let (lo, hi) = (r.start * blocksize, (r.end * blocksize).min(n));
             b.dequantize_4bit(
-                &q.packed,
-                &absmax,
+                &q.packed[lo / 2..hi.div_ceil(2)],
+                &absmax[r],
                 s.quant_type,
-                s.blocksize,
-                s.numel(),
+                blocksize,
+                hi - lo,
                 dtype,
             )
         })?;
@@ -144,10 +172,52 @@ impl Device {
             rows,
             cols,
         };
+        let es = x.dtype().size_in_bytes() as u64;
+        let w_bytes = (w.packed.len() + 4 * absmax.len()) as u64;
         let y = if batch == 1 {
-            self.run(OpKind::Gemv4bit, |b| b.gemv_4bit(xf, pw, bias))?
+            // Split by groups of output rows that start on a block boundary, so each group's packed bytes
+            // and absmax are contiguous slices of W's.
+            let bsz = w.state.blocksize;
+            let group = bsz / gcd(cols, bsz);
+            let params = OpParams::new(OpKind::Gemv4bit)
+                .dtype(x.dtype())
+                .blocksize(bsz)
+                .quant_type(w.state.quant_type)
+                .memory(
+                    MemoryEstimate::new(rows.div_ceil(group))
+                        .buffer(cols as u64 * es, 0)
+                        .buffer(
+                            0,
+                            (group * cols / 2) as u64 + 4 * (group * cols / bsz) as u64,
+                        )
+                        .buffer(0, 2 * group as u64 * es),
+                );
+            self.run_split(&params, |b, r| {
+                let (r0, r1) = (r.start * group, (r.end * group).min(rows));
+                let part = Packed4bit {
+                    packed: &pw.packed[r0 * cols / 2..(r1 * cols).div_ceil(2)],
+                    absmax: &pw.absmax[r0 * cols / bsz..(r1 * cols).div_ceil(bsz)],
+                    rows: r1 - r0,
+                    ..pw
+                };
+                b.gemv_4bit(xf, part, bias.map(|v| v.slice(r0..r1)))
+            })?
         } else {
-            self.run(OpKind::Matmul4bit, |b| b.matmul_4bit(xf, batch, pw, bias))?
+            let params = OpParams::new(OpKind::Matmul4bit)
+                .dtype(x.dtype())
+                .blocksize(w.state.blocksize)
+                .quant_type(w.state.quant_type)
+                .memory(
+                    MemoryEstimate::new(batch)
+                        .buffer(w_bytes, 0)
+                        .buffer(0, cols as u64 * es)
+                        .buffer(0, rows as u64 * es)
+                        .buffer(rows as u64 * es, 0),
+                );
+            self.run_split(&params, |b, r| {
+                let xs = xf.slice(r.start * cols..r.end * cols);
+                b.matmul_4bit(xs, r.len(), pw, bias)
+            })?
         };
         Ok(Tensor::from_floats(with_last_dim(&x.shape, rows), y))
     }
@@ -168,4 +238,8 @@ impl Device {
         }
         self.matmul_4bit(x, w, bias)
     }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }

@@ -1,13 +1,30 @@
-//! Devices: where ops run. A [`Device`] wraps one backend; every op goes through [`Device::run`], the single
-//! place where policy (validation against capabilities, retries, chunking, CPU fallback, statistics) applies.
+//! Devices: where ops run. A [`Device`] wraps one backend; every op goes through [`Device::run`] /
+//! [`Device::run_split`], the single place where policy (validation against capabilities and memory,
+//! retries, chunking, CPU fallback, statistics) applies. See `docs/RUNTIME.md`.
 
-use crate::Result;
-use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
-use std::sync::Arc;
+mod device;
+pub mod discovery;
+pub mod error;
+pub mod info;
+pub mod join;
+pub mod memory;
+pub mod policy;
+pub mod selection;
+pub mod stats;
+
+pub use device::Device;
+pub use discovery::{cpu_info, devices};
+pub use error::{DeviceError, DeviceErrorKind};
+pub use info::{DeviceInfo, DeviceType, OpParams, Support};
+pub use join::Join;
+pub use memory::MemoryEstimate;
+pub use policy::RecoveryPolicy;
+pub use selection::{AutoChoice, DeviceSpec, auto_select, open_backend};
+pub use stats::{DeviceStatsSnapshot, OpStats, StatsSnapshot, stats_snapshot};
 
 /// The kernels, by name: the unit of capability checks and statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OpKind {
     QuantizeBlockwise,
     DequantizeBlockwise,
@@ -66,52 +83,5 @@ impl OpKind {
             OpKind::Softmax => "softmax",
             OpKind::RmsNorm => "rms_norm",
         }
-    }
-}
-
-/// A device ops run on. Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
-pub struct Device {
-    backend: Arc<dyn Backend>,
-}
-
-impl std::fmt::Debug for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device")
-            .field("backend", &self.backend.name())
-            .finish()
-    }
-}
-
-impl Device {
-    /// The CPU, always available.
-    pub fn cpu() -> Device {
-        Device {
-            backend: Arc::new(CpuBackend),
-        }
-    }
-
-    /// A device over any backend (GPU backends, test backends).
-    pub fn from_backend(backend: Arc<dyn Backend>) -> Device {
-        Device { backend }
-    }
-
-    pub fn name(&self) -> String {
-        self.backend.name()
-    }
-
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
-    }
-
-    /// Runs one kernel on this device.
-    pub fn run<T>(&self, _op: OpKind, f: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
-        f(self.backend.as_ref())
-    }
-}
-
-impl Default for Device {
-    fn default() -> Self {
-        Device::cpu()
     }
 }

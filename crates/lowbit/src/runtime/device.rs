@@ -1,0 +1,384 @@
+//! [`Device`]: one backend plus the policy that runs ops on it. [`Device::run`] and friends are the single
+//! place where validation against capabilities and memory, retries, chunking, CPU fallback and statistics
+//! happen; the op layer only describes the op ([`OpParams`]) and how to run a range of it.
+
+use super::error::DeviceError;
+use super::info::{DeviceInfo, OpParams, Support};
+use super::join::{Join, chunks};
+use super::memory::{self, Limits, Plan};
+use super::policy::RecoveryPolicy;
+use super::stats::{self, DeviceStats, DeviceStatsSnapshot, OpStats};
+use super::{OpKind, discovery};
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::{Error, Result};
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// A device ops run on. Cheap to clone; `Send + Sync`. Calling ops on another `Device` value is the per-call
+/// override of the process default.
+#[derive(Clone)]
+pub struct Device {
+    backend: Arc<dyn Backend>,
+    info: Arc<DeviceInfo>,
+    policy: RecoveryPolicy,
+    stats: Arc<DeviceStats>,
+    /// The host CPU itself: nothing to fall back to, and host memory is not a device budget.
+    host_cpu: bool,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("id", &self.info.id)
+            .field("backend", &self.backend.name())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The policy from the environment; a bad value is reported once and the defaults are used (the constructors
+/// that cannot fail use this; [`Device::open`] returns the error instead).
+fn env_policy_or_default() -> RecoveryPolicy {
+    RecoveryPolicy::from_env().unwrap_or_else(|e| {
+        static WARNED: OnceLock<()> = OnceLock::new();
+        WARNED.get_or_init(|| tracing::warn!("{e}; using the default recovery policy"));
+        RecoveryPolicy::default()
+    })
+}
+
+impl Device {
+    /// The CPU, always available.
+    pub fn cpu() -> Device {
+        Device::with_info(
+            Arc::new(CpuBackend),
+            discovery::cpu_info(),
+            env_policy_or_default(),
+        )
+    }
+
+    /// A device over any backend (GPU backends, test backends); its id is `backend.info().id`.
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Device {
+        let info = backend.info();
+        Device::with_info(backend, info, env_policy_or_default())
+    }
+
+    pub(crate) fn with_info(
+        backend: Arc<dyn Backend>,
+        info: DeviceInfo,
+        policy: RecoveryPolicy,
+    ) -> Device {
+        let host_cpu = info.id == "cpu";
+        Device {
+            stats: stats::for_device(&info.id),
+            backend,
+            info: Arc::new(info),
+            policy,
+            host_cpu,
+        }
+    }
+
+    /// The same device with another recovery policy (statistics stay shared).
+    pub fn with_policy(mut self, policy: RecoveryPolicy) -> Device {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> &RecoveryPolicy {
+        &self.policy
+    }
+
+    /// `cpu`, `vulkan:0`, ...
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn name(&self) -> String {
+        self.backend.name()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// This device's statistics (shared by every `Device` value with the same id).
+    pub fn stats(&self) -> DeviceStatsSnapshot {
+        self.stats.snapshot(&self.info.id)
+    }
+
+    pub fn reset_stats(&self) {
+        self.stats.reset();
+    }
+
+    /// Runs one kernel that cannot be split, with no memory estimate.
+    pub fn run<T>(&self, op: OpKind, f: impl Fn(&dyn Backend) -> Result<T>) -> Result<T> {
+        self.execute(&OpParams::new(op), None, &|b, _| f(b))
+    }
+
+    /// Runs one kernel that cannot be split, checked against `params` (capabilities, memory).
+    pub fn run_with<T>(
+        &self,
+        params: &OpParams,
+        f: impl Fn(&dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        self.execute(params, None, &|b, _| f(b))
+    }
+
+    /// Runs one kernel over `0..params.memory.units` units; `f` runs any consecutive range of them, and the
+    /// runtime may call it on chunks (memory budget, out-of-memory) and join the results.
+    pub fn run_split<T: Join>(
+        &self,
+        params: &OpParams,
+        f: impl Fn(&dyn Backend, Range<usize>) -> Result<T>,
+    ) -> Result<T> {
+        self.execute(params, Some(T::join), &f)
+    }
+
+    fn execute<T>(
+        &self,
+        params: &OpParams,
+        join: Option<fn(Vec<T>) -> T>,
+        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let mut call = OpStats {
+            runs: 1,
+            ..Default::default()
+        };
+        let result = match self.backend.supports(params.op, params) {
+            Support::No(reason) => {
+                let e = Error::Device(DeviceError::unsupported(
+                    &self.info.id,
+                    params.op.name(),
+                    reason,
+                ));
+                note_error(&mut call, &e);
+                Err(e)
+            }
+            Support::Yes => self.on_device(params, join, f, &mut call),
+        };
+        let result = match result {
+            Ok(v) => Ok(v),
+            Err(e) => self.recover(params, f, e, &mut call),
+        };
+        call.failures = u64::from(result.is_err());
+        call.total_ns = start.elapsed().as_nanos() as u64;
+        self.stats.record(params.op, &call);
+        result
+    }
+
+    /// What one op may use here: the policy's budget, and for devices other than the host CPU their memory
+    /// and largest buffer.
+    fn limits(&self) -> Limits {
+        let mut limits = Limits {
+            total: self.policy.memory_limit,
+            buffer: None,
+        };
+        if !self.host_cpu {
+            let device_mem = self.info.available_memory.or(self.info.total_memory);
+            limits.total = min_opt(limits.total, device_mem);
+            limits.buffer = min_opt(self.info.max_buffer_size, self.info.max_storage_binding);
+        }
+        limits
+    }
+
+    fn on_device<T>(
+        &self,
+        params: &OpParams,
+        join: Option<fn(Vec<T>) -> T>,
+        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        call: &mut OpStats,
+    ) -> Result<T> {
+        let est = &params.memory;
+        let units = est.units;
+        let splittable = join.is_some() && units > 1;
+        let min_units = if splittable {
+            memory::min_units(est, self.policy.min_chunk_bytes)
+        } else {
+            units
+        };
+        let limits = self.limits();
+        let chunk = match memory::plan(est, &limits, splittable, min_units) {
+            Plan::Whole => units,
+            Plan::Chunks(c) => {
+                self.warn_once(params.op, "memory budget", || {
+                    format!(
+                        "needs {} bytes, over the limit of {}; running it in chunks of {c} of {units} units",
+                        est.total(units),
+                        limits.total.or(limits.buffer).unwrap_or(0)
+                    )
+                });
+                c
+            }
+            Plan::TooBig { needed } => {
+                let e = Error::Device(DeviceError::out_of_memory(
+                    &self.info.id,
+                    params.op.name(),
+                    needed,
+                    limits.total,
+                ));
+                note_error(call, &e);
+                return Err(e);
+            }
+        };
+        let mut parts = Vec::new();
+        for range in chunks(units, chunk) {
+            self.run_range(params.op, range, splittable, min_units, f, &mut parts, call)?;
+        }
+        if parts.len() > 1 {
+            call.chunked_runs = 1;
+            call.chunks = parts.len() as u64;
+        }
+        match (parts.len(), join) {
+            (1, _) => Ok(parts.pop().expect("one part")),
+            (_, Some(join)) => Ok(join(parts)),
+            // Unsplittable ops run exactly once; an empty op (0 units) still runs once over 0..0.
+            (_, None) => unreachable!("an unsplittable op ran as {} parts", parts.len()),
+        }
+    }
+
+    /// Runs `range`, halving it on out-of-memory down to `min_units`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_range<T>(
+        &self,
+        op: OpKind,
+        range: Range<usize>,
+        splittable: bool,
+        min_units: usize,
+        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        parts: &mut Vec<T>,
+        call: &mut OpStats,
+    ) -> Result<()> {
+        match self.call_with_retry(op, range.clone(), f, call) {
+            Ok(v) => {
+                parts.push(v);
+                Ok(())
+            }
+            Err(Error::Device(e))
+                if e.is_out_of_memory()
+                    && !self.policy.strict
+                    && splittable
+                    && range.len() >= 2 * min_units =>
+            {
+                self.warn_once(op, "out of memory", || {
+                    format!("{e}; splitting it into smaller chunks")
+                });
+                let mid = range.start + range.len() / 2;
+                self.run_range(op, range.start..mid, splittable, min_units, f, parts, call)?;
+                self.run_range(op, mid..range.end, splittable, min_units, f, parts, call)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One backend call, retried with exponential backoff while it fails transiently.
+    fn call_with_retry<T>(
+        &self,
+        op: OpKind,
+        range: Range<usize>,
+        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        call: &mut OpStats,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            match f(self.backend.as_ref(), range.clone()) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    note_error(call, &e);
+                    let transient = matches!(&e, Error::Device(d) if d.is_transient());
+                    if !transient || self.policy.strict || attempt >= self.policy.max_retries {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    call.retries += 1;
+                    self.warn_once(op, "transient failure", || {
+                        format!("{e}; retry {attempt} of {}", self.policy.max_retries)
+                    });
+                    std::thread::sleep(self.policy.backoff(attempt));
+                }
+            }
+        }
+    }
+
+    /// After the device failed: the error (strict, input errors), or the whole op on the CPU.
+    fn recover<T>(
+        &self,
+        params: &OpParams,
+        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        e: Error,
+        call: &mut OpStats,
+    ) -> Result<T> {
+        let device_error = match &e {
+            Error::Device(d) if !d.is_input_error() => d,
+            _ => return Err(e),
+        };
+        if self.policy.strict || !self.policy.cpu_fallback {
+            return Err(e);
+        }
+        if self.host_cpu && !device_error.is_out_of_memory() {
+            return Err(e);
+        }
+        let reason = device_error.kind().name();
+        self.warn_once(params.op, reason, || {
+            if self.host_cpu {
+                format!("{e}; running it unsplit on the host")
+            } else {
+                format!("{e}; running it on the CPU instead")
+            }
+        });
+        call.fallbacks += 1;
+        let r = f(&CpuBackend, 0..params.memory.units);
+        if let Err(e2) = &r {
+            note_error(call, e2);
+        }
+        r
+    }
+
+    /// Logs a recovery once per (op, device, reason) for the whole process.
+    fn warn_once(&self, op: OpKind, reason: &'static str, message: impl FnOnce() -> String) {
+        static SEEN: OnceLock<Mutex<HashSet<(OpKind, String, &'static str)>>> = OnceLock::new();
+        let first = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((op, self.info.id.clone(), reason));
+        if first {
+            tracing::warn!(
+                device = %self.info.id,
+                op = op.name(),
+                reason,
+                "{} on {}: {}",
+                op.name(),
+                self.info.id,
+                message()
+            );
+        }
+    }
+}
+
+fn note_error(call: &mut OpStats, e: &Error) {
+    let kind = match e {
+        Error::Device(d) => d.kind().name(),
+        _ => "invalid_input",
+    };
+    *call.errors.entry(kind.to_string()).or_default() += 1;
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::cpu()
+    }
+}

@@ -1,0 +1,236 @@
+//! A test-only backend that wraps the CPU backend and fails on purpose: transient failures, out-of-memory
+//! above a size, permanent failure, or an unsupported op. It counts what it injected.
+#![allow(dead_code)]
+
+use half::f16;
+use lowbit::Result;
+use lowbit::backend::cpu::CpuBackend;
+use lowbit::backend::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
+use lowbit::format::{Codebook8, FourBitType};
+use lowbit::runtime::{DeviceError, OpKind, OpParams, Support};
+use lowbit::tensor::{DType, FloatVec, Floats};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What to inject.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Fail this many calls with a transient error, then succeed.
+    pub transient: u64,
+    /// Fail every `n`-th call with a transient error (0 = never); for the multi-threaded test.
+    pub transient_every: u64,
+    /// Calls whose main input has more elements than this fail with out-of-memory.
+    pub oom_above: Option<usize>,
+    /// Every call fails with an operation error.
+    pub permanent: bool,
+    /// `supports` answers No for this op.
+    pub unsupported: Option<OpKind>,
+}
+
+pub struct Faulty {
+    pub name: String,
+    pub faults: Faults,
+    /// Calls that reached the backend.
+    pub calls: AtomicU64,
+    /// Failures injected, by kind.
+    pub transient_injected: AtomicU64,
+    pub oom_injected: AtomicU64,
+    pub permanent_injected: AtomicU64,
+    /// Main-input sizes of the calls that succeeded.
+    pub sizes: Mutex<Vec<usize>>,
+}
+
+impl Faulty {
+    pub fn new(name: &str, faults: Faults) -> Faulty {
+        Faulty {
+            name: name.to_string(),
+            faults,
+            calls: AtomicU64::new(0),
+            transient_injected: AtomicU64::new(0),
+            oom_injected: AtomicU64::new(0),
+            permanent_injected: AtomicU64::new(0),
+            sizes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn check(&self, op: &str, size: usize) -> Result<()> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.faults.permanent {
+            self.permanent_injected.fetch_add(1, Ordering::SeqCst);
+            return Err(DeviceError::failed(&self.name, op, "injected permanent failure").into());
+        }
+        if call <= self.faults.transient
+            || (self.faults.transient_every > 0 && call % self.faults.transient_every == 0)
+        {
+            self.transient_injected.fetch_add(1, Ordering::SeqCst);
+            return Err(DeviceError::transient(&self.name, op, "injected busy").into());
+        }
+        if self.faults.oom_above.is_some_and(|limit| size > limit) {
+            self.oom_injected.fetch_add(1, Ordering::SeqCst);
+            return Err(DeviceError::out_of_memory(&self.name, op, size as u64, None).into());
+        }
+        self.sizes.lock().unwrap().push(size);
+        Ok(())
+    }
+}
+
+impl Backend for Faulty {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wgpu
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn supports(&self, op: OpKind, _params: &OpParams) -> Support {
+        if self.faults.unsupported == Some(op) {
+            Support::No("injected: not implemented here".into())
+        } else {
+            Support::Yes
+        }
+    }
+    fn quantize_blockwise(
+        &self,
+        x: Floats,
+        code: &Codebook8,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        self.check("quantize_blockwise", x.len())?;
+        CpuBackend.quantize_blockwise(x, code, blocksize)
+    }
+    fn dequantize_blockwise(
+        &self,
+        q: &[u8],
+        absmax: &[f32],
+        code: &Codebook8,
+        blocksize: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        self.check("dequantize_blockwise", q.len())?;
+        CpuBackend.dequantize_blockwise(q, absmax, code, blocksize, out_dtype)
+    }
+    fn quantize_4bit(
+        &self,
+        x: Floats,
+        quant_type: FourBitType,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        self.check("quantize_4bit", x.len())?;
+        CpuBackend.quantize_4bit(x, quant_type, blocksize)
+    }
+    fn dequantize_4bit(
+        &self,
+        packed: &[u8],
+        absmax: &[f32],
+        quant_type: FourBitType,
+        blocksize: usize,
+        n: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        self.check("dequantize_4bit", n)?;
+        CpuBackend.dequantize_4bit(packed, absmax, quant_type, blocksize, n, out_dtype)
+    }
+    fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
+        self.check("gemv_4bit", w.rows * w.cols)?;
+        CpuBackend.gemv_4bit(x, w, bias)
+    }
+    fn matmul_4bit(
+        &self,
+        x: Floats,
+        batch: usize,
+        w: Packed4bit,
+        bias: Option<Floats>,
+    ) -> Result<FloatVec> {
+        self.check("matmul_4bit", x.len())?;
+        CpuBackend.matmul_4bit(x, batch, w, bias)
+    }
+    fn int8_vectorwise_quant(
+        &self,
+        a: Floats,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Int8Rows> {
+        self.check("int8_vectorwise_quant", a.len())?;
+        CpuBackend.int8_vectorwise_quant(a, rows, cols, threshold)
+    }
+    fn int8_vectorwise_dequant(
+        &self,
+        q: &[i8],
+        row_stats: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        self.check("int8_vectorwise_dequant", q.len())?;
+        CpuBackend.int8_vectorwise_dequant(q, row_stats, cols)
+    }
+    fn int8_linear_matmul(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>> {
+        self.check("int8_linear_matmul", a.len())?;
+        CpuBackend.int8_linear_matmul(a, b, m, n, k)
+    }
+    fn int8_mm_dequant(
+        &self,
+        c: &[i32],
+        row_stats: &[f32],
+        col_stats: &[f32],
+        bias: Option<Floats>,
+    ) -> Result<Vec<f16>> {
+        self.check("int8_mm_dequant", c.len())?;
+        CpuBackend.int8_mm_dequant(c, row_stats, col_stats, bias)
+    }
+    fn ternary_quantize(
+        &self,
+        w: Floats,
+        rows: usize,
+        cols: usize,
+        weight_scale: f32,
+    ) -> Result<Vec<u8>> {
+        self.check("ternary_quantize", w.len())?;
+        CpuBackend.ternary_quantize(w, rows, cols, weight_scale)
+    }
+    fn ternary_act_quant(
+        &self,
+        x: Floats,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Vec<i8>, Vec<f32>)> {
+        self.check("ternary_act_quant", x.len())?;
+        CpuBackend.ternary_act_quant(x, rows, cols)
+    }
+    fn ternary_matmul(
+        &self,
+        xq: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        w: PackedTernary,
+        bias: Option<Floats>,
+    ) -> Result<Vec<f32>> {
+        self.check("ternary_matmul", xq.len())?;
+        CpuBackend.ternary_matmul(xq, x_scale, batch, w, bias)
+    }
+    fn matmul(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<FloatVec> {
+        self.check("matmul", x.len())?;
+        CpuBackend.matmul(x, w, bias, m, n, k)
+    }
+    fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec> {
+        self.check("softmax", x.len())?;
+        CpuBackend.softmax(x, cols)
+    }
+    fn rms_norm(&self, x: Floats, weight: Floats, eps: f32, cols: usize) -> Result<FloatVec> {
+        self.check("rms_norm", x.len())?;
+        CpuBackend.rms_norm(x, weight, eps, cols)
+    }
+}
