@@ -4,6 +4,8 @@
 //! tolerances documented in `docs/ARCHITECTURE.md`.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::Result;
 use crate::format::{Codebook8, FourBitType};

@@ -1,0 +1,1 @@
+//! Benchmarks on device-resident data (filled in by the bench suite).
