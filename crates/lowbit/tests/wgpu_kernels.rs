@@ -301,3 +301,38 @@ fn large_input_in_pieces() {
     assert!(got.absmax == want.absmax && got.codes == want.codes, "large quantize_4bit");
     let _ = (bf16::ZERO, f16::ZERO);
 }
+
+/// Weights uploaded once stay on the GPU; results match the host-slice path.
+#[test]
+fn resident_tensors_match_host_path() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident");
+    let (rows, cols) = (48usize, 256usize);
+    let wv: Vec<f32> = (0..rows * cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let q = CpuBackend
+        .quantize_4bit(FloatVec::F32(wv.clone()).as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    let w = Packed4bit {
+        packed: &q.codes,
+        absmax: &q.absmax,
+        quant_type: FourBitType::Nf4,
+        blocksize: 64,
+        rows,
+        cols,
+    };
+    let x: Vec<f32> = (0..cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let gw = g.upload_4bit(&w).unwrap();
+    let gx = g.upload(bytemuck::cast_slice(&x), vec![cols], DType::F32);
+    let y = g.gemv_4bit_resident(&gx, &gw).unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y).unwrap());
+    let want = g.gemv_4bit(FloatVec::F32(x.clone()).as_floats(), w, None).unwrap();
+    assert_eq!(got, want.to_f32_vec());
+    let gwd = g.upload(bytemuck::cast_slice(&wv), vec![rows, cols], DType::F32);
+    let gx2 = g.upload(bytemuck::cast_slice(&x), vec![1, cols], DType::F32);
+    let y2 = g.matmul_resident(&gx2, &gwd).unwrap();
+    let got2: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y2).unwrap());
+    let want2 = g
+        .matmul(FloatVec::F32(x).as_floats(), FloatVec::F32(wv).as_floats(), None, 1, rows, cols)
+        .unwrap();
+    assert_eq!(got2, want2.to_f32_vec());
+}

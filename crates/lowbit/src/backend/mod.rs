@@ -6,6 +6,8 @@
 pub mod cpu;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+#[cfg(all(target_os = "macos", feature = "wgpu"))]
+pub mod mps;
 
 use crate::Result;
 use crate::format::{Codebook8, FourBitType};

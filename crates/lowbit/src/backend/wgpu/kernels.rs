@@ -189,7 +189,7 @@ pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> 
     gpu.read_f32(&ybuf, rows)
 }
 
-fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
+pub(crate) fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
     (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)
 }
 
@@ -545,9 +545,17 @@ pub fn ternary_matmul(
         0,
         0,
     ];
-    let bufs = [(1, &abuf), (2, &wbuf), (6, &ybuf)];
-    let shader = Shader::Gemm(GemmKind::Ternary);
-    gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(batch, rows), None))?;
+    if batch == 1 && cols % 4 == 0 {
+        let r_rows = packed_rows(rows);
+        let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
+        let bufs = [(1, &abuf), (2, &wbuf), (3, &ybuf)];
+        let grid = Gpu::grid(r_rows as u32);
+        gpu.run(|enc| gpu.encode(enc, &Shader::TernaryGemv, params, &bufs, grid, None))?;
+    } else {
+        let bufs = [(1, &abuf), (2, &wbuf), (6, &ybuf)];
+        let shader = Shader::Gemm(GemmKind::Ternary);
+        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(batch, rows), None))?;
+    }
     let acc: Vec<i32> = bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, batch * rows * 4)?);
     // The true float32 division stays on the host: WGSL's division is not correctly rounded.
     Ok(acc

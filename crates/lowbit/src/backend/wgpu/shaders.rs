@@ -18,6 +18,8 @@ const COL_OUTLIERS: &str = include_str!("shaders/col_outliers.wgsl");
 const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
+const COPY: &str = include_str!("shaders/copy.wgsl");
+const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
 
 /// What a blockwise quantizer writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,6 +36,8 @@ pub enum GemmKind {
     FourBit,
     /// f32 activations times f32 weights.
     DenseF32,
+    /// f16 activations and weights (raw bits, widened exactly), f32 accumulation and output.
+    DenseF16,
     /// i8 x i8 -> exact i32.
     Int8,
     /// i8 activations times 2-bit packed ternary weights -> exact i32.
@@ -129,6 +133,17 @@ fn load_a(b: u32, k: u32) -> f32 {\n    return a_in[b * p.p2 + k];\n}\n\
 fn load_w(r: u32, k: u32) -> f32 {\n    return w_in[r * p.p2 + k];\n}\n\
 fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
         }
+        GemmKind::DenseF16 => {
+            "alias ACC = f32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
+@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
+fn half_at(word: u32, i: u32) -> f32 {\n    return f16_bits_to_f32((word >> ((i & 1u) * 16u)) & 0xffffu);\n}\n\
+fn load_a(b: u32, k: u32) -> f32 {\n    let i = b * p.p2 + k;\n    return half_at(a_in[i >> 1u], i);\n}\n\
+fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_at(w_in[i >> 1u], i);\n}\n\
+fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+        }
         GemmKind::Int8 => {
             "alias ACC = i32;\n\
 @group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
@@ -165,6 +180,8 @@ pub enum Shader {
     Elementwise,
     TernaryQuantize(DType),
     RowsFloat,
+    Copy,
+    TernaryGemv,
 }
 
 impl Shader {
@@ -210,6 +227,8 @@ impl Shader {
                 s += load_x(*dt);
             }
             Shader::RowsFloat => s += ROWS_FLOAT,
+            Shader::Copy => s += COPY,
+            Shader::TernaryGemv => s += TERNARY_GEMV,
         }
         s
     }
@@ -237,6 +256,7 @@ impl Shader {
         for k in [
             GemmKind::FourBit,
             GemmKind::DenseF32,
+            GemmKind::DenseF16,
             GemmKind::Int8,
             GemmKind::Ternary,
         ] {
@@ -244,6 +264,8 @@ impl Shader {
         }
         v.push(Shader::Elementwise);
         v.push(Shader::RowsFloat);
+        v.push(Shader::Copy);
+        v.push(Shader::TernaryGemv);
         v
     }
 }
