@@ -36,11 +36,17 @@ fn main() {
         }
     };
     let info = backend.adapter_info();
-    println!("adapter: {} ({:?}, {})", info.name, info.backend, info.driver_info);
+    println!(
+        "adapter: {} ({:?}, {})",
+        info.name, info.backend, info.driver_info
+    );
     match run_suite_with(&backend, cfg) {
         Ok(rows) => {
             print!("{}", format_table(&rows));
-            println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).expect("rows serialize")
+            );
         }
         Err(e) => {
             eprintln!("error: {e}");

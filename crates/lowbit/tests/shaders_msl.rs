@@ -38,14 +38,24 @@ fn translate(key: &str, src: &str, lang_version: (u8, u8)) -> String {
 #[test]
 fn every_shader_validates_and_translates_to_metal() {
     let sources = all_sources();
-    assert!(sources.len() >= 20, "expected every variant, got {}", sources.len());
+    assert!(
+        sources.len() >= 20,
+        "expected every variant, got {}",
+        sources.len()
+    );
     for (key, src) in &sources {
         for v in [(2, 4), (3, 0)] {
             let out = translate(key, src, v);
-            assert!(out.contains("kernel void"), "{key}: no compute kernel in the MSL output");
+            assert!(
+                out.contains("kernel void"),
+                "{key}: no compute kernel in the MSL output"
+            );
         }
     }
-    println!("{} shader variants validated and translated to MSL 2.4 and 3.0", sources.len());
+    println!(
+        "{} shader variants validated and translated to MSL 2.4 and 3.0",
+        sources.len()
+    );
 }
 
 #[test]

@@ -113,10 +113,10 @@ fn wgpu_golden_fourbit() {
                 if q.packed != u8s(g.get(case, "packed")) {
                     why.push("packed".to_string());
                 }
-                if let Absmax::Plain(a) = &q.state.absmax {
-                    if f32_bytes(a) != bytes(g.get(case, "absmax")) {
-                        why.push("absmax".into());
-                    }
+                if let Absmax::Plain(a) = &q.state.absmax
+                    && f32_bytes(a) != bytes(g.get(case, "absmax"))
+                {
+                    why.push("absmax".into());
                 }
                 let y = dev
                     .matmul_4bit(g.get(case, "x"), &q, Some(g.get(case, "bias")))

@@ -87,7 +87,10 @@ fn blockwise_8bit_matches_cpu() {
                     let want = cpu.quantize_blockwise(x.as_floats(), code, bs).unwrap();
                     let got = g.quantize_blockwise(x.as_floats(), code, bs).unwrap();
                     assert_eq!(got.absmax, want.absmax, "absmax {dt} bs {bs} n {n}");
-                    assert!(got.codes == want.codes, "codes {dt} bs {bs} n {n} signed {signed}");
+                    assert!(
+                        got.codes == want.codes,
+                        "codes {dt} bs {bs} n {n} signed {signed}"
+                    );
                     for out in DTYPES {
                         let w = cpu
                             .dequantize_blockwise(&want.codes, &want.absmax, code, bs, out)
@@ -95,7 +98,10 @@ fn blockwise_8bit_matches_cpu() {
                         let d = g
                             .dequantize_blockwise(&want.codes, &want.absmax, code, bs, out)
                             .unwrap();
-                        assert!(d.to_le_bytes() == w.to_le_bytes(), "dequant {out} bs {bs} n {n}");
+                        assert!(
+                            d.to_le_bytes() == w.to_le_bytes(),
+                            "dequant {out} bs {bs} n {n}"
+                        );
                     }
                 }
             }
@@ -124,7 +130,10 @@ fn fourbit_matches_cpu() {
                     let d = g
                         .dequantize_4bit(&want.codes, &want.absmax, qt, bs, n, out)
                         .unwrap();
-                    assert!(d.to_le_bytes() == w.to_le_bytes(), "dequant {qt} {out} bs {bs} n {n}");
+                    assert!(
+                        d.to_le_bytes() == w.to_le_bytes(),
+                        "dequant {qt} {out} bs {bs} n {n}"
+                    );
                 }
             }
         }
@@ -136,9 +145,16 @@ fn fourbit_linear_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = rng("fourbit_linear");
     let cpu = CpuBackend;
-    for &(rows, cols, bs) in &[(33usize, 70usize, 64usize), (64, 512, 32), (17, 4096, 4096), (5, 9, 32)] {
+    for &(rows, cols, bs) in &[
+        (33usize, 70usize, 64usize),
+        (64, 512, 32),
+        (17, 4096, 4096),
+        (5, 9, 32),
+    ] {
         for qt in [FourBitType::Nf4, FourBitType::Fp4] {
-            let wv: Vec<f32> = (0..rows * cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
+            let wv: Vec<f32> = (0..rows * cols)
+                .map(|_| r.random_range(-1.0f32..1.0))
+                .collect();
             let q = cpu
                 .quantize_4bit(FloatVec::F32(wv).as_floats(), qt, bs)
                 .unwrap();
@@ -153,10 +169,17 @@ fn fourbit_linear_matches_cpu() {
             for dt in DTYPES {
                 for batch in [1usize, 3, 70] {
                     let x = as_dtype(
-                        &(0..batch * cols).map(|_| r.random_range(-2.0f32..2.0)).collect::<Vec<_>>(),
+                        &(0..batch * cols)
+                            .map(|_| r.random_range(-2.0f32..2.0))
+                            .collect::<Vec<_>>(),
                         dt,
                     );
-                    let bias = as_dtype(&(0..rows).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dt);
+                    let bias = as_dtype(
+                        &(0..rows)
+                            .map(|_| r.random_range(-1.0f32..1.0))
+                            .collect::<Vec<_>>(),
+                        dt,
+                    );
                     let b = (batch != 3).then(|| bias.as_floats());
                     let (want, got) = if batch == 1 {
                         (
@@ -171,7 +194,10 @@ fn fourbit_linear_matches_cpu() {
                     };
                     assert_eq!(got.dtype(), dt);
                     let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
-                    assert!(e <= tol(dt), "{qt} {dt} {rows}x{cols} batch {batch}: rel err {e:.2e}");
+                    assert!(
+                        e <= tol(dt),
+                        "{qt} {dt} {rows}x{cols} batch {batch}: rel err {e:.2e}"
+                    );
                 }
             }
         }
@@ -198,11 +224,19 @@ fn int8_matches_cpu() {
             }
             let a = as_dtype(&v, dt);
             for thr in [0.0f32, 6.0] {
-                let want = cpu.int8_vectorwise_quant(a.as_floats(), rows, cols, thr).unwrap();
-                let got = g.int8_vectorwise_quant(a.as_floats(), rows, cols, thr).unwrap();
+                let want = cpu
+                    .int8_vectorwise_quant(a.as_floats(), rows, cols, thr)
+                    .unwrap();
+                let got = g
+                    .int8_vectorwise_quant(a.as_floats(), rows, cols, thr)
+                    .unwrap();
                 assert_eq!(got, want, "vectorwise_quant {dt} {rows}x{cols} thr {thr}");
-                let dw = cpu.int8_vectorwise_dequant(&want.q, &want.row_stats, cols).unwrap();
-                let dg = g.int8_vectorwise_dequant(&want.q, &want.row_stats, cols).unwrap();
+                let dw = cpu
+                    .int8_vectorwise_dequant(&want.q, &want.row_stats, cols)
+                    .unwrap();
+                let dg = g
+                    .int8_vectorwise_dequant(&want.q, &want.row_stats, cols)
+                    .unwrap();
                 assert_eq!(dg, dw, "vectorwise_dequant");
             }
         }
@@ -211,10 +245,19 @@ fn int8_matches_cpu() {
         let a: Vec<i8> = (0..m * k).map(|_| r.random()).collect();
         let b: Vec<i8> = (0..n * k).map(|_| r.random()).collect();
         let c = g.int8_linear_matmul(&a, &b, m, n, k).unwrap();
-        assert_eq!(c, cpu.int8_linear_matmul(&a, &b, m, n, k).unwrap(), "int8 matmul {m}x{n}x{k}");
+        assert_eq!(
+            c,
+            cpu.int8_linear_matmul(&a, &b, m, n, k).unwrap(),
+            "int8 matmul {m}x{n}x{k}"
+        );
         let rs: Vec<f32> = (0..m).map(|_| r.random_range(0.1f32..10.0)).collect();
         let cs: Vec<f32> = (0..n).map(|_| r.random_range(0.1f32..10.0)).collect();
-        let bias = as_dtype(&(0..n).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), DType::F16);
+        let bias = as_dtype(
+            &(0..n)
+                .map(|_| r.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>(),
+            DType::F16,
+        );
         for b in [None, Some(bias.as_floats())] {
             let want = cpu.int8_mm_dequant(&c, &rs, &cs, b).unwrap();
             let got = g.int8_mm_dequant(&c, &rs, &cs, b).unwrap();
@@ -231,14 +274,25 @@ fn ternary_matches_cpu() {
     let cpu = CpuBackend;
     for &(rows, cols) in &[(4usize, 8usize), (13, 70), (64, 256), (1, 5)] {
         for dt in DTYPES {
-            let w = as_dtype(&(0..rows * cols).map(|_| r.random_range(-0.1f32..0.1)).collect::<Vec<_>>(), dt);
+            let w = as_dtype(
+                &(0..rows * cols)
+                    .map(|_| r.random_range(-0.1f32..0.1))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
             let sum: f32 = w.to_f32_vec().iter().map(|v| v.abs()).sum();
             let scale = lowbit::format::ternary::weight_scale(sum, rows * cols);
-            let want = cpu.ternary_quantize(w.as_floats(), rows, cols, scale).unwrap();
-            let packed = g.ternary_quantize(w.as_floats(), rows, cols, scale).unwrap();
+            let want = cpu
+                .ternary_quantize(w.as_floats(), rows, cols, scale)
+                .unwrap();
+            let packed = g
+                .ternary_quantize(w.as_floats(), rows, cols, scale)
+                .unwrap();
             assert_eq!(packed, want, "ternary_quantize {dt} {rows}x{cols}");
             for batch in [1usize, 3] {
-                let mut xv: Vec<f32> = (0..batch * cols).map(|_| r.random_range(-5.0f32..5.0)).collect();
+                let mut xv: Vec<f32> = (0..batch * cols)
+                    .map(|_| r.random_range(-5.0f32..5.0))
+                    .collect();
                 if batch > 1 {
                     xv[..cols].iter_mut().for_each(|v| *v = 0.0);
                 }
@@ -247,10 +301,24 @@ fn ternary_matches_cpu() {
                 let (qg, sg) = g.ternary_act_quant(x.as_floats(), batch, cols).unwrap();
                 assert_eq!(qg, qw, "act q {dt}");
                 assert_eq!(sg, sw, "act scale {dt}");
-                let pt = PackedTernary { packed: &want, weight_scale: scale, rows, cols };
-                let bias = as_dtype(&(0..rows).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dt);
-                let yw = cpu.ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats())).unwrap();
-                let yg = g.ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats())).unwrap();
+                let pt = PackedTernary {
+                    packed: &want,
+                    weight_scale: scale,
+                    rows,
+                    cols,
+                };
+                let bias = as_dtype(
+                    &(0..rows)
+                        .map(|_| r.random_range(-1.0f32..1.0))
+                        .collect::<Vec<_>>(),
+                    dt,
+                );
+                let yw = cpu
+                    .ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats()))
+                    .unwrap();
+                let yg = g
+                    .ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats()))
+                    .unwrap();
                 assert_eq!(yg, yw, "ternary matmul {rows}x{cols} batch {batch}");
             }
         }
@@ -264,19 +332,45 @@ fn dense_matches_cpu() {
     let cpu = CpuBackend;
     for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
         for dt in DTYPES {
-            let x = as_dtype(&(0..m * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dt);
-            let w = as_dtype(&(0..n * k).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dt);
-            let b = as_dtype(&(0..n).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dt);
-            let want = cpu.matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k).unwrap();
-            let got = g.matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k).unwrap();
+            let x = as_dtype(
+                &(0..m * k)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let w = as_dtype(
+                &(0..n * k)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let b = as_dtype(
+                &(0..n)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let want = cpu
+                .matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k)
+                .unwrap();
+            let got = g
+                .matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k)
+                .unwrap();
             let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
             assert!(e <= tol(dt), "matmul {dt} {m}x{n}x{k}: {e:.2e}");
             let sw = cpu.softmax(x.as_floats(), k).unwrap();
             let sg = g.softmax(x.as_floats(), k).unwrap();
             let e = max_rel(&sg.to_f32_vec(), &sw.to_f32_vec());
             assert!(e <= tol(dt).max(1e-5), "softmax {dt}: {e:.2e}");
-            let wt = as_dtype(&(0..k).map(|_| r.random_range(0.5f32..1.5)).collect::<Vec<_>>(), dt);
-            let rw = cpu.rms_norm(x.as_floats(), wt.as_floats(), 1e-6, k).unwrap();
+            let wt = as_dtype(
+                &(0..k)
+                    .map(|_| r.random_range(0.5f32..1.5))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let rw = cpu
+                .rms_norm(x.as_floats(), wt.as_floats(), 1e-6, k)
+                .unwrap();
             let rg = g.rms_norm(x.as_floats(), wt.as_floats(), 1e-6, k).unwrap();
             let e = max_rel(&rg.to_f32_vec(), &rw.to_f32_vec());
             assert!(e <= tol(dt).max(1e-5), "rms_norm {dt}: {e:.2e}");
@@ -296,9 +390,16 @@ fn large_input_in_pieces() {
     let x: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
     let cpu = CpuBackend;
     let xs = FloatVec::F32(x);
-    let want = cpu.quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64).unwrap();
-    let got = g.quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64).unwrap();
-    assert!(got.absmax == want.absmax && got.codes == want.codes, "large quantize_4bit");
+    let want = cpu
+        .quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    let got = g
+        .quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    assert!(
+        got.absmax == want.absmax && got.codes == want.codes,
+        "large quantize_4bit"
+    );
     let _ = (bf16::ZERO, f16::ZERO);
 }
 
@@ -308,7 +409,9 @@ fn resident_tensors_match_host_path() {
     let Some(g) = gpu() else { return };
     let mut r = rng("resident");
     let (rows, cols) = (48usize, 256usize);
-    let wv: Vec<f32> = (0..rows * cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let wv: Vec<f32> = (0..rows * cols)
+        .map(|_| r.random_range(-1.0f32..1.0))
+        .collect();
     let q = CpuBackend
         .quantize_4bit(FloatVec::F32(wv.clone()).as_floats(), FourBitType::Nf4, 64)
         .unwrap();
@@ -325,14 +428,23 @@ fn resident_tensors_match_host_path() {
     let gx = g.upload(bytemuck::cast_slice(&x), vec![cols], DType::F32);
     let y = g.gemv_4bit_resident(&gx, &gw).unwrap();
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y).unwrap());
-    let want = g.gemv_4bit(FloatVec::F32(x.clone()).as_floats(), w, None).unwrap();
+    let want = g
+        .gemv_4bit(FloatVec::F32(x.clone()).as_floats(), w, None)
+        .unwrap();
     assert_eq!(got, want.to_f32_vec());
     let gwd = g.upload(bytemuck::cast_slice(&wv), vec![rows, cols], DType::F32);
     let gx2 = g.upload(bytemuck::cast_slice(&x), vec![1, cols], DType::F32);
     let y2 = g.matmul_resident(&gx2, &gwd).unwrap();
     let got2: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y2).unwrap());
     let want2 = g
-        .matmul(FloatVec::F32(x).as_floats(), FloatVec::F32(wv).as_floats(), None, 1, rows, cols)
+        .matmul(
+            FloatVec::F32(x).as_floats(),
+            FloatVec::F32(wv).as_floats(),
+            None,
+            1,
+            rows,
+            cols,
+        )
         .unwrap();
     assert_eq!(got2, want2.to_f32_vec());
 }

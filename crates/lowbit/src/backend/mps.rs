@@ -61,8 +61,11 @@ impl MpsGemm {
         let ptr = NonNull::new(src.as_ptr() as *mut c_void).ok_or_else(|| mps_err("null input"))?;
         // SAFETY: `ptr` points to `len` readable bytes; Metal copies them into the new buffer.
         unsafe {
-            self.device
-                .newBufferWithBytes_length_options(ptr, len, MTLResourceOptions::StorageModeShared)
+            self.device.newBufferWithBytes_length_options(
+                ptr,
+                len,
+                MTLResourceOptions::StorageModeShared,
+            )
         }
         .ok_or_else(|| mps_err(format!("cannot allocate a {len}-byte Metal buffer")))
     }

@@ -20,7 +20,10 @@ pub fn gpu() -> Option<WgpuBackend> {
     GPU.get_or_init(|| match WgpuBackend::open(backends(), 0) {
         Ok(b) => {
             let info = b.adapter_info();
-            println!("gpu: {} ({:?}, {})", info.name, info.backend, info.driver_info);
+            println!(
+                "gpu: {} ({:?}, {})",
+                info.name, info.backend, info.driver_info
+            );
             Some(b)
         }
         Err(e) => {

@@ -85,7 +85,8 @@ fn random_f16(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-type Record<'a> = dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()> + 'a;
+type Record<'a> = dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
+    + 'a;
 
 /// Median time of one recorded dispatch, in microseconds.
 fn time(gpu: &Gpu, cfg: &BenchConfig, record: &Record) -> Result<(f64, &'static str)> {
@@ -143,7 +144,14 @@ struct Suite<'a> {
 }
 
 impl Suite<'_> {
-    fn add(&mut self, name: &str, shape: String, bytes: u64, flops: u64, record: &Record) -> Result<()> {
+    fn add(
+        &mut self,
+        name: &str,
+        shape: String,
+        bytes: u64,
+        flops: u64,
+        record: &Record,
+    ) -> Result<()> {
         let (us, timer) = time(self.gpu, &self.cfg, record)?;
         let gbps = bytes as f64 / us / 1e3;
         if self.rows.is_empty() {
@@ -181,12 +189,30 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
     let src = gpu.upload(&random_bytes(bulk, 1));
     let dst = gpu.output(bulk as u64);
     let params = [(bulk / 16) as u32, 0, 0, 0, 0, 0, 0, 0];
-    s.add("copy", format!("{} MiB", bulk >> 20), 2 * bulk as u64, 0, &|enc, ts| {
-        gpu.encode(enc, &Shader::Copy, params, &[(1, &src), (2, &dst)], Gpu::grid((bulk / 16).div_ceil(256) as u32), ts)
-    })?;
+    s.add(
+        "copy",
+        format!("{} MiB", bulk >> 20),
+        2 * bulk as u64,
+        0,
+        &|enc, ts| {
+            gpu.encode(
+                enc,
+                &Shader::Copy,
+                params,
+                &[(1, &src), (2, &dst)],
+                Gpu::grid((bulk / 16).div_ceil(256) as u32),
+                ts,
+            )
+        },
+    )?;
     drop((src, dst));
 
-    let shapes = [(4096usize, 4096usize), (4096, 14336), (14336, 4096), (8192, 28672)];
+    let shapes = [
+        (4096usize, 4096usize),
+        (4096, 14336),
+        (14336, 4096),
+        (8192, 28672),
+    ];
     let table = gpu.upload(bytemuck::cast_slice(FourBitType::Nf4.dequant_table()));
     for &(rows, cols) in &shapes {
         let n = rows * cols;
@@ -199,10 +225,30 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let y = gpu.output((rows * 4) as u64);
         let params = [rows as u32, cols as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0];
         let bytes = (n / 2 + n / bs * 4 + cols * 4 + rows * 4) as u64;
-        let bufs = [(1, &packed), (2, &absmax), (3, &table), (4, &x), (5, &bias), (6, &y)];
-        s.add("gemv_4bit nf4", format!("{rows}x{cols}"), bytes, 2 * n as u64, &|enc, ts| {
-            gpu.encode(enc, &Shader::Gemv4bit, params, &bufs, Gpu::grid(rows.div_ceil(4) as u32), ts)
-        })?;
+        let bufs = [
+            (1, &packed),
+            (2, &absmax),
+            (3, &table),
+            (4, &x),
+            (5, &bias),
+            (6, &y),
+        ];
+        s.add(
+            "gemv_4bit nf4",
+            format!("{rows}x{cols}"),
+            bytes,
+            2 * n as u64,
+            &|enc, ts| {
+                gpu.encode(
+                    enc,
+                    &Shader::Gemv4bit,
+                    params,
+                    &bufs,
+                    Gpu::grid(rows.div_ceil(4) as u32),
+                    ts,
+                )
+            },
+        )?;
     }
     for &(rows, cols) in &shapes {
         let r_rows = rows.div_ceil(4);
@@ -213,9 +259,22 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
         let bytes = (r_rows * cols + cols + rows * 4) as u64;
         let bufs = [(1, &x), (2, &w), (3, &y)];
-        s.add("ternary gemv", format!("{rows}x{cols}"), bytes, 2 * (rows * cols) as u64, &|enc, ts| {
-            gpu.encode(enc, &Shader::TernaryGemv, params, &bufs, Gpu::grid(r_rows as u32), ts)
-        })?;
+        s.add(
+            "ternary gemv",
+            format!("{rows}x{cols}"),
+            bytes,
+            2 * (rows * cols) as u64,
+            &|enc, ts| {
+                gpu.encode(
+                    enc,
+                    &Shader::TernaryGemv,
+                    params,
+                    &bufs,
+                    Gpu::grid(r_rows as u32),
+                    ts,
+                )
+            },
+        )?;
     }
 
     // Bulk quantize / dequantize on `bulk` bytes of f32.
@@ -224,7 +283,11 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
     let delta = gpu.rcp_delta();
     let mids = gpu.upload(bytemuck::cast_slice(&dynamic_map(true).midpoints));
     for (name, enc, bs) in [
-        ("quantize_4bit nf4", Encoding::FourBit(FourBitType::Nf4), 64usize),
+        (
+            "quantize_4bit nf4",
+            Encoding::FourBit(FourBitType::Nf4),
+            64usize,
+        ),
         ("quantize_blockwise", Encoding::Code8, 4096),
     ] {
         let bits = if enc == Encoding::Code8 { 8 } else { 4 };
@@ -239,9 +302,22 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         }
         let bytes = (bulk + n * bits / 8 + n / bs * 4) as u64;
         let shader = Shader::Quantize(crate::tensor::DType::F32, enc);
-        s.add(name, format!("{} MiB f32, bs {bs}", bulk >> 20), bytes, 0, &|e, ts| {
-            gpu.encode(e, &shader, params, &bufs, Gpu::grid((n / bs).div_ceil(256 / tpb) as u32), ts)
-        })?;
+        s.add(
+            name,
+            format!("{} MiB f32, bs {bs}", bulk >> 20),
+            bytes,
+            0,
+            &|e, ts| {
+                gpu.encode(
+                    e,
+                    &shader,
+                    params,
+                    &bufs,
+                    Gpu::grid((n / bs).div_ceil(256 / tpb) as u32),
+                    ts,
+                )
+            },
+        )?;
     }
     {
         let bs = 64usize;
@@ -251,9 +327,22 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let params = [n as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0, 0];
         let bufs = [(1, &codes), (2, &absmax), (3, &table), (4, &out)];
         let bytes = (n / 2 + n / bs * 4 + bulk) as u64;
-        s.add("dequantize_4bit nf4", format!("{} MiB f32 out, bs 64", bulk >> 20), bytes, 0, &|e, ts| {
-            gpu.encode(e, &Shader::Dequantize { bits: 4 }, params, &bufs, Gpu::grid((n / 8).div_ceil(256) as u32), ts)
-        })?;
+        s.add(
+            "dequantize_4bit nf4",
+            format!("{} MiB f32 out, bs 64", bulk >> 20),
+            bytes,
+            0,
+            &|e, ts| {
+                gpu.encode(
+                    e,
+                    &Shader::Dequantize { bits: 4 },
+                    params,
+                    &bufs,
+                    Gpu::grid((n / 8).div_ceil(256) as u32),
+                    ts,
+                )
+            },
+        )?;
     }
     drop(x);
 
@@ -267,14 +356,43 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let packed = gpu.upload(&random_bytes(nn * k / 2, 10));
         let absmax = gpu.upload(&random_f32(nn * k / 64, 11));
         let params = [m as u32, nn as u32, k as u32, 0, 6, 0, 0, 0];
-        let bufs = [(1, &x), (2, &packed), (3, &absmax), (4, &table), (5, &bias), (6, &y)];
+        let bufs = [
+            (1, &x),
+            (2, &packed),
+            (3, &absmax),
+            (4, &table),
+            (5, &bias),
+            (6, &y),
+        ];
         let bytes = (m * k * 4 + nn * k / 2 + m * nn * 4) as u64;
-        s.add("matmul_4bit nf4", format!("batch {m}, {nn}x{k}"), bytes, flops, &|e, ts| {
-            gpu.encode(e, &Shader::Gemm(GemmKind::FourBit), params, &bufs, gemm_grid(m, nn), ts)
-        })?;
+        s.add(
+            "matmul_4bit nf4",
+            format!("batch {m}, {nn}x{k}"),
+            bytes,
+            flops,
+            &|e, ts| {
+                gpu.encode(
+                    e,
+                    &Shader::Gemm(GemmKind::FourBit),
+                    params,
+                    &bufs,
+                    gemm_grid(m, nn),
+                    ts,
+                )
+            },
+        )?;
     }
-    for (name, kind, esize) in [("matmul f32", GemmKind::DenseF32, 4usize), ("matmul f16", GemmKind::DenseF16, 2)] {
-        let fill = |len, seed| if esize == 4 { random_f32(len, seed) } else { random_f16(len, seed) };
+    for (name, kind, esize) in [
+        ("matmul f32", GemmKind::DenseF32, 4usize),
+        ("matmul f16", GemmKind::DenseF16, 2),
+    ] {
+        let fill = |len, seed| {
+            if esize == 4 {
+                random_f32(len, seed)
+            } else {
+                random_f16(len, seed)
+            }
+        };
         let x = gpu.upload(&fill(m * k, 12));
         let w = gpu.upload(&fill(nn * k, 13));
         let params = [m as u32, nn as u32, k as u32, 0, 0, 0, 0, 0];

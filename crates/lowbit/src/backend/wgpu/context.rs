@@ -32,7 +32,9 @@ impl Gpu {
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
             max_buffer_size: alimits.max_buffer_size,
-            max_storage_buffers_per_shader_stage: alimits.max_storage_buffers_per_shader_stage.min(10),
+            max_storage_buffers_per_shader_stage: alimits
+                .max_storage_buffers_per_shader_stage
+                .min(10),
             ..wgpu::Limits::downlevel_defaults()
         };
         let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
@@ -43,7 +45,12 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| gpu_err(format!("cannot open {} ({:?}): {e}", info.name, info.backend)))?;
+        .map_err(|e| {
+            gpu_err(format!(
+                "cannot open {} ({:?}): {e}",
+                info.name, info.backend
+            ))
+        })?;
         Ok(Gpu {
             device,
             queue,
@@ -102,8 +109,9 @@ impl Gpu {
     /// A storage buffer holding `bytes`, padded to a whole number of u32 words (at least one).
     pub fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
         let padded = bytes.len().div_ceil(4).max(1) * 4;
-        let usage =
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         if padded == bytes.len() {
             return self
                 .device
@@ -192,10 +200,7 @@ impl Gpu {
     }
 
     /// Runs a sequence of dispatches and waits for them; validation and memory errors become typed errors.
-    pub fn run(
-        &self,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
-    ) -> Result<()> {
+    pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut encoder = self
@@ -207,7 +212,9 @@ impl Gpu {
         let val_err = pollster::block_on(scope.pop());
         recorded?;
         if let Some(e) = oom_err {
-            return Err(gpu_err(format!("out of GPU memory: {e}; use smaller inputs or the CPU")));
+            return Err(gpu_err(format!(
+                "out of GPU memory: {e}; use smaller inputs or the CPU"
+            )));
         }
         if let Some(e) = val_err {
             return Err(gpu_err(format!("GPU validation error: {e}")));

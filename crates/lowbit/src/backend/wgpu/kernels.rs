@@ -79,10 +79,17 @@ pub fn quantize(
         if let Some(m) = &mids {
             bufs.push((5, m));
         }
-        let params = [u32_len("quantize", len)?, blocksize as u32, tpb as u32, 0, 0, 0, 0, 0];
-        gpu.run(|enc| {
-            gpu.encode(enc, &shader, params, &bufs, groups(nb, 256 / tpb), None)
-        })?;
+        let params = [
+            u32_len("quantize", len)?,
+            blocksize as u32,
+            tpb as u32,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, groups(nb, 256 / tpb), None))?;
         codes.extend(gpu.read(&cbuf, if bits == 8 { len } else { len.div_ceil(2) })?);
         absmax.extend(gpu.read_f32(&abuf, nb)?);
     }
@@ -216,7 +223,11 @@ pub fn matmul_4bit(
         return Ok(vec![0.0; rows * batch]);
     }
     u32_len("matmul_4bit", (rows * cols).max(batch * cols) + 8)?;
-    check_binding(gpu, "matmul_4bit", w.packed.len().max(x.len() * 4).max(batch * rows * 4))?;
+    check_binding(
+        gpu,
+        "matmul_4bit",
+        w.packed.len().max(x.len() * 4).max(batch * rows * 4),
+    )?;
     let xbuf = gpu.upload(f32_bytes(x));
     let pbuf = gpu.upload(w.packed);
     let abuf = gpu.upload(f32_bytes(w.absmax));
@@ -295,7 +306,14 @@ fn row_scales(
     ];
     let bufs = [(1, xbuf), (2, &abuf), (3, &sbuf), (9, gpu.rcp_delta())];
     gpu.run(|enc| {
-        gpu.encode(enc, &Shader::RowScale(dtype), params, &bufs, Gpu::grid(rows as u32), None)
+        gpu.encode(
+            enc,
+            &Shader::RowScale(dtype),
+            params,
+            &bufs,
+            Gpu::grid(rows as u32),
+            None,
+        )
     })?;
     Ok((abuf, sbuf))
 }
@@ -327,7 +345,14 @@ fn row_quant(
     ];
     let bufs = [(1, xbuf), (2, abuf), (3, sbuf), (4, flags), (5, &qbuf)];
     gpu.run(|enc| {
-        gpu.encode(enc, &Shader::RowQuant(dtype), params, &bufs, groups(n.div_ceil(4), 256), None)
+        gpu.encode(
+            enc,
+            &Shader::RowQuant(dtype),
+            params,
+            &bufs,
+            groups(n.div_ceil(4), 256),
+            None,
+        )
     })?;
     Ok(gpu.read(&qbuf, n)?.into_iter().map(|b| b as i8).collect())
 }
@@ -356,11 +381,20 @@ pub fn int8_vectorwise_quant(
         let params = [rows as u32, cols as u32, threshold.to_bits(), 0, 0, 0, 0, 0];
         let bufs = [(1, &xbuf), (2, &flags)];
         gpu.run(|enc| {
-            gpu.encode(enc, &Shader::ColOutliers(dtype), params, &bufs, groups(cols, 256), None)
+            gpu.encode(
+                enc,
+                &Shader::ColOutliers(dtype),
+                params,
+                &bufs,
+                groups(cols, 256),
+                None,
+            )
         })?;
     }
     let (abuf, sbuf) = row_scales(gpu, &xbuf, dtype, rows, cols, threshold, 0)?;
-    let q = row_quant(gpu, &xbuf, dtype, &abuf, &sbuf, &flags, rows, cols, threshold, 0)?;
+    let q = row_quant(
+        gpu, &xbuf, dtype, &abuf, &sbuf, &flags, rows, cols, threshold, 0,
+    )?;
     let row_stats = gpu.read_f32(&abuf, rows)?;
     let outlier_cols = if threshold > 0.0 {
         let f: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&flags, cols * 4)?);
@@ -400,9 +434,27 @@ fn elementwise(
     let cbuf = gpu.upload(f32_bytes(col_stats));
     let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let obuf = gpu.output((n * 4) as u64);
-    let params = [n as u32, cols.max(1) as u32, op, k.to_bits(), has_bias, 0, 0, 0];
+    let params = [
+        n as u32,
+        cols.max(1) as u32,
+        op,
+        k.to_bits(),
+        has_bias,
+        0,
+        0,
+        0,
+    ];
     let bufs = [(1, &sbuf), (2, &rbuf), (3, &cbuf), (4, &bbuf), (5, &obuf)];
-    gpu.run(|enc| gpu.encode(enc, &Shader::Elementwise, params, &bufs, groups(n, 256), None))?;
+    gpu.run(|enc| {
+        gpu.encode(
+            enc,
+            &Shader::Elementwise,
+            params,
+            &bufs,
+            groups(n, 256),
+            None,
+        )
+    })?;
     gpu.read_f32(&obuf, n)
 }
 
@@ -416,7 +468,17 @@ pub fn int8_vectorwise_dequant(
         return Ok(Vec::new());
     }
     const INV_127: f32 = 1.0 / 127.0;
-    elementwise(gpu, i8_bytes(q), q.len(), cols, 0, INV_127, row_stats, &[0.0], None)
+    elementwise(
+        gpu,
+        i8_bytes(q),
+        q.len(),
+        cols,
+        0,
+        INV_127,
+        row_stats,
+        &[0.0],
+        None,
+    )
 }
 
 pub fn int8_linear_matmul(
@@ -494,7 +556,16 @@ pub fn ternary_quantize(
     ];
     let bufs = [(1, &xbuf), (2, &pbuf)];
     let shader = Shader::TernaryQuantize(w.dtype());
-    gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, groups(nbytes.div_ceil(4), 256), None))?;
+    gpu.run(|enc| {
+        gpu.encode(
+            enc,
+            &shader,
+            params,
+            &bufs,
+            groups(nbytes.div_ceil(4), 256),
+            None,
+        )
+    })?;
     gpu.read(&pbuf, nbytes)
 }
 
@@ -530,7 +601,10 @@ pub fn ternary_matmul(
     if rows == 0 || batch == 0 {
         return Ok(vec![0.0; rows * batch]);
     }
-    u32_len("ternary_matmul", (batch * cols).max(w.packed.len()).max(batch * rows))?;
+    u32_len(
+        "ternary_matmul",
+        (batch * cols).max(w.packed.len()).max(batch * rows),
+    )?;
     check_binding(gpu, "ternary_matmul", w.packed.len().max(batch * rows * 4))?;
     let abuf = gpu.upload(i8_bytes(xq));
     let wbuf = gpu.upload(w.packed);
@@ -592,7 +666,14 @@ pub fn rows_float(
     let params = [rows as u32, cols as u32, op, eps.to_bits(), 0, 0, 0, 0];
     let bufs = [(1, &xbuf), (2, &wbuf), (3, &ybuf)];
     gpu.run(|enc| {
-        gpu.encode(enc, &Shader::RowsFloat, params, &bufs, Gpu::grid(rows as u32), None)
+        gpu.encode(
+            enc,
+            &Shader::RowsFloat,
+            params,
+            &bufs,
+            Gpu::grid(rows as u32),
+            None,
+        )
     })?;
     gpu.read_f32(&ybuf, x.len())
 }

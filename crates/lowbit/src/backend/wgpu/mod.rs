@@ -108,10 +108,7 @@ impl WgpuBackend {
         if list.is_empty() {
             return Err(Error::invalid(
                 "wgpu",
-                format!(
-                    "no {backends:?} adapter found: {}",
-                    install_hint(backends)
-                ),
+                format!("no {backends:?} adapter found: {}", install_hint(backends)),
             ));
         }
         let count = list.len();
@@ -149,7 +146,13 @@ impl Backend for WgpuBackend {
         code: &Codebook8,
         blocksize: usize,
     ) -> Result<BlockCodes> {
-        kernels::quantize(&self.gpu, x, shaders::Encoding::Code8, Some(code), blocksize)
+        kernels::quantize(
+            &self.gpu,
+            x,
+            shaders::Encoding::Code8,
+            Some(code),
+            blocksize,
+        )
     }
     fn dequantize_blockwise(
         &self,

@@ -69,7 +69,11 @@ impl WgpuBackend {
         }
         Ok(GpuPacked4bit {
             packed: self.upload(w.packed, vec![w.packed.len()], DType::U8),
-            absmax: self.upload(bytemuck::cast_slice(w.absmax), vec![w.absmax.len()], DType::F32),
+            absmax: self.upload(
+                bytemuck::cast_slice(w.absmax),
+                vec![w.absmax.len()],
+                DType::F32,
+            ),
             table: self
                 .gpu()
                 .upload(bytemuck::cast_slice(w.quant_type.dequant_table())),
@@ -109,18 +113,32 @@ impl WgpuBackend {
             (6, &y.buffer),
         ];
         let grid = super::Gpu::grid(w.rows.div_ceil(4) as u32);
-        gpu.run(|enc| gpu.encode(enc, &super::shaders::Shader::Gemv4bit, params, &bufs, grid, None))?;
+        gpu.run(|enc| {
+            gpu.encode(
+                enc,
+                &super::shaders::Shader::Gemv4bit,
+                params,
+                &bufs,
+                grid,
+                None,
+            )
+        })?;
         Ok(y)
     }
 
     /// `y[m, n] = x[m, k] @ w[n, k]^T` on resident f32 tensors; y stays on the GPU.
     pub fn matmul_resident(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
         let (m, k, n) = match (&x.shape[..], &w.shape[..]) {
-            ([m, k], [n, k2]) if k == k2 && x.dtype == DType::F32 && w.dtype == DType::F32 => (*m, *k, *n),
+            ([m, k], [n, k2]) if k == k2 && x.dtype == DType::F32 && w.dtype == DType::F32 => {
+                (*m, *k, *n)
+            }
             _ => {
                 return Err(crate::Error::shape(
                     "matmul_resident",
-                    format!("need f32 x [m, k] and w [n, k], got {:?} and {:?}", x.shape, w.shape),
+                    format!(
+                        "need f32 x [m, k] and w [n, k], got {:?} and {:?}",
+                        x.shape, w.shape
+                    ),
                 ));
             }
         };
@@ -130,7 +148,16 @@ impl WgpuBackend {
         let params = [m as u32, n as u32, k as u32, 0, 0, 0, 0, 0];
         let bufs = [(1, &x.buffer), (2, &w.buffer), (5, &bias), (6, &y.buffer)];
         let shader = super::shaders::Shader::Gemm(super::shaders::GemmKind::DenseF32);
-        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, super::kernels::gemm_grid(m, n), None))?;
+        gpu.run(|enc| {
+            gpu.encode(
+                enc,
+                &shader,
+                params,
+                &bufs,
+                super::kernels::gemm_grid(m, n),
+                None,
+            )
+        })?;
         Ok(y)
     }
 }
