@@ -49,6 +49,11 @@ impl MpsGemm {
         Some(MpsGemm { device, queue })
     }
 
+    /// Uses the Metal device of a wgpu backend (macOS).
+    pub fn from_backend(backend: &super::wgpu::WgpuBackend) -> Option<MpsGemm> {
+        Self::from_wgpu(&backend.gpu().device)
+    }
+
     fn buffer(&self, bytes: &[u8]) -> Result<Retained<ProtocolObject<dyn MTLBuffer>>> {
         let len = bytes.len().max(4);
         let pad;

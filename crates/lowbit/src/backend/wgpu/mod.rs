@@ -60,6 +60,25 @@ fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance(backends).enumerate_adapters(backends))
 }
 
+/// A readable name for a backend set ("Vulkan", "Metal", ...).
+fn backends_name(backends: wgpu::Backends) -> String {
+    let names: Vec<&str> = [
+        (wgpu::Backends::VULKAN, "Vulkan"),
+        (wgpu::Backends::METAL, "Metal"),
+        (wgpu::Backends::DX12, "DX12"),
+        (wgpu::Backends::GL, "GL"),
+    ]
+    .iter()
+    .filter(|(b, _)| backends.contains(*b))
+    .map(|(_, n)| *n)
+    .collect();
+    if names.is_empty() {
+        format!("{backends:?}")
+    } else {
+        names.join("/")
+    }
+}
+
 /// What to install when no adapter shows up.
 fn install_hint(backends: wgpu::Backends) -> &'static str {
     if backends.contains(wgpu::Backends::METAL) {
@@ -108,7 +127,11 @@ impl WgpuBackend {
         if list.is_empty() {
             return Err(Error::invalid(
                 "wgpu",
-                format!("no {backends:?} adapter found: {}", install_hint(backends)),
+                format!(
+                    "no {} adapter found: {}",
+                    backends_name(backends),
+                    install_hint(backends)
+                ),
             ));
         }
         let count = list.len();
