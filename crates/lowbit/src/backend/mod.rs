@@ -4,6 +4,10 @@
 //! tolerances documented in `docs/ARCHITECTURE.md`.
 
 pub mod cpu;
+#[cfg(all(target_os = "macos", feature = "wgpu"))]
+pub mod mps;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::Result;
 use crate::format::{Codebook8, FourBitType};

@@ -1,0 +1,266 @@
+//! The one piece of GPU plumbing every kernel shares: device, queue, the pipeline cache (each shader variant
+//! compiled once), the reciprocal correction table (uploaded once), uploads, dispatch and read-back.
+
+use super::shaders::Shader;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use wgpu::util::DeviceExt;
+
+/// Workgroups per dispatch dimension that every adapter accepts.
+const MAX_GROUPS_X: u32 = 65535;
+
+pub(crate) fn gpu_err(detail: impl Into<String>) -> Error {
+    Error::invalid("wgpu", detail)
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    rcp_delta: OnceLock<wgpu::Buffer>,
+}
+
+impl Gpu {
+    pub fn new(adapter: &wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let alimits = adapter.limits();
+        // Ask for the adapter's own buffer limits: large weights need more than the WebGPU defaults.
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
+            max_buffer_size: alimits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: alimits
+                .max_storage_buffers_per_shader_stage
+                .min(10),
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lowbit"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            gpu_err(format!(
+                "cannot open {} ({:?}): {e}",
+                info.name, info.backend
+            ))
+        })?;
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            pipelines: Mutex::new(HashMap::new()),
+            rcp_delta: OnceLock::new(),
+        })
+    }
+
+    /// Largest byte size one storage binding may have.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// The compiled pipeline for `shader`, compiling it on first use.
+    pub fn pipeline(&self, shader: &Shader) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = shader.key();
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&key),
+                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(format!("shader {key} failed to compile: {e}")));
+        }
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// The reciprocal correction table of FORMATS.md 0.1 (2 MiB), uploaded on first use.
+    pub fn rcp_delta(&self) -> &wgpu::Buffer {
+        self.rcp_delta
+            .get_or_init(|| self.upload(crate::format::rcp::delta_table()))
+    }
+
+    /// A storage buffer holding `bytes`, padded to a whole number of u32 words (at least one).
+    pub fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
+        let padded = bytes.len().div_ceil(4).max(1) * 4;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        if padded == bytes.len() {
+            return self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: bytes,
+                    usage,
+                });
+        }
+        let mut v = bytes.to_vec();
+        v.resize(padded, 0);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: &v,
+                usage,
+            })
+    }
+
+    /// A zero-filled storage buffer of at least `bytes` bytes (rounded up to u32 words).
+    pub fn output(&self, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes.div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn params(&self, p: [u32; 8]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&p),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Workgroup grid for `groups` linear workgroups (kernels fold y back in with `wg_linear`).
+    pub fn grid(groups: u32) -> (u32, u32, u32) {
+        let g = groups.max(1);
+        if g <= MAX_GROUPS_X {
+            (g, 1, 1)
+        } else {
+            (MAX_GROUPS_X, g.div_ceil(MAX_GROUPS_X), 1)
+        }
+    }
+
+    /// Records one dispatch of `shader` with uniform params at binding 0 and `buffers` at the given bindings.
+    pub fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        shader: &Shader,
+        params: [u32; 8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        grid: (u32, u32, u32),
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let pipeline = self.pipeline(shader)?;
+        let pbuf = self.params(params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: pbuf.as_entire_binding(),
+        }];
+        for (b, buf) in buffers {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *b,
+                resource: buf.as_entire_binding(),
+            });
+        }
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: timestamps,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        Ok(())
+    }
+
+    /// Runs a sequence of dispatches and waits for them; validation and memory errors become typed errors.
+    pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let recorded = record(&mut encoder);
+        self.queue.submit([encoder.finish()]);
+        let oom_err = pollster::block_on(oom.pop());
+        let val_err = pollster::block_on(scope.pop());
+        recorded?;
+        if let Some(e) = oom_err {
+            return Err(gpu_err(format!(
+                "out of GPU memory: {e}; use smaller inputs or the CPU"
+            )));
+        }
+        if let Some(e) = val_err {
+            return Err(gpu_err(format!("GPU validation error: {e}")));
+        }
+        self.wait()
+    }
+
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| gpu_err(format!("device poll failed: {e}")))
+    }
+
+    /// Copies the first `len` bytes of `buf` back to the host.
+    pub fn read(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<u8>> {
+        let size = (len.div_ceil(4).max(1) * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| gpu_err("read-back callback never ran"))?
+            .map_err(|e| gpu_err(format!("read-back failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| gpu_err(format!("read-back mapping failed: {e:?}")))?;
+        let out = view[..len].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n * 4)?))
+    }
+}

@@ -1,0 +1,292 @@
+//! WGSL sources: hand-written kernels in `shaders/*.wgsl` plus small generated pieces (input widening per dtype,
+//! code tables from `crate::format` written as exact hex floats). Each variant has a key; the pipeline cache
+//! compiles a key once.
+
+use crate::format::FourBitType;
+use crate::format::codebook::{FP4_BITS_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS};
+use crate::tensor::DType;
+
+const COMMON: &str = include_str!("shaders/common.wgsl");
+const RCP_TABLE: &str = include_str!("shaders/rcp_table.wgsl");
+const QUANTIZE: &str = include_str!("shaders/quantize.wgsl");
+const DEQUANTIZE: &str = include_str!("shaders/dequantize.wgsl");
+const GEMV_4BIT: &str = include_str!("shaders/gemv_4bit.wgsl");
+const GEMM: &str = include_str!("shaders/gemm.wgsl");
+const ROW_SCALE: &str = include_str!("shaders/row_scale.wgsl");
+const ROW_QUANT: &str = include_str!("shaders/row_quant.wgsl");
+const COL_OUTLIERS: &str = include_str!("shaders/col_outliers.wgsl");
+const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
+const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
+const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
+const COPY: &str = include_str!("shaders/copy.wgsl");
+const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
+
+/// What a blockwise quantizer writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// 8-bit codes against an uploaded codebook's midpoints.
+    Code8,
+    FourBit(FourBitType),
+}
+
+/// The dense GEMM flavours sharing `gemm.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmKind {
+    /// f32 activations times dequantized NF4/FP4 weights.
+    FourBit,
+    /// f32 activations times f32 weights.
+    DenseF32,
+    /// f16 activations and weights (raw bits, widened exactly), f32 accumulation and output.
+    DenseF16,
+    /// i8 x i8 -> exact i32.
+    Int8,
+    /// i8 activations times 2-bit packed ternary weights -> exact i32.
+    Ternary,
+}
+
+/// A WGSL float literal that denotes `v` exactly (hex float), so no decimal parsing is involved.
+pub fn wgsl_f32(v: f32) -> String {
+    let bits = v.to_bits();
+    let sign = if bits >> 31 == 1 { "-" } else { "" };
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    assert!(exp != 0xff, "non-finite constant");
+    if exp == 0 {
+        assert!(man == 0, "subnormal constant");
+        return format!("{sign}0.0f");
+    }
+    format!("{sign}0x1.{:06x}p{}f", man << 1, exp - 127)
+}
+
+fn load_x(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => {
+            "fn load_x_bits(i: u32) -> u32 {\n    return bitcast<u32>(f16_bits_to_f32((x[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu));\n}\n"
+        }
+        DType::BF16 => {
+            "fn load_x_bits(i: u32) -> u32 {\n    return ((x[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu) << 16u;\n}\n"
+        }
+        _ => "fn load_x_bits(i: u32) -> u32 {\n    return x[i];\n}\n",
+    }
+}
+
+fn word_layout(bits: u32) -> String {
+    if bits == 8 {
+        "const EPW: u32 = 4u;\nconst CODE_MASK: u32 = 0xffu;\nfn code_shift(j: u32) -> u32 {\n    return 8u * j;\n}\n".into()
+    } else {
+        // Element 2k is the high nibble of byte k.
+        "const EPW: u32 = 8u;\nconst CODE_MASK: u32 = 0xfu;\nfn code_shift(j: u32) -> u32 {\n    return (j >> 1u) * 8u + 4u * (1u - (j & 1u));\n}\n".into()
+    }
+}
+
+fn encoder(enc: Encoding) -> String {
+    match enc {
+        Encoding::Code8 => "@group(0) @binding(5) var<storage, read> midpoints: array<f32>;\n\
+// Nearest code: #{j : m_j < s}; a value exactly on a midpoint goes to the even index.\n\
+fn encode(s: f32) -> u32 {\n    var lo = 0u;\n    var hi = 255u;\n    while (lo < hi) {\n        let mid = (lo + hi) / 2u;\n        if (midpoints[mid] < s) {\n            lo = mid + 1u;\n        } else {\n            hi = mid;\n        }\n    }\n    if (lo < 255u && midpoints[lo] == s && (lo & 1u) == 1u) {\n        return lo + 1u;\n    }\n    return lo;\n}\n"
+            .into(),
+        Encoding::FourBit(FourBitType::Nf4) => {
+            let mut s = String::from("// dQuantizeNF4: number of thresholds strictly below s.\nfn encode(s: f32) -> u32 {\n    var c = 0u;\n");
+            for t in NF4_THRESHOLDS {
+                s += &format!("    c = c + select(0u, 1u, {} < s);\n", wgsl_f32(t));
+            }
+            s + "    return c;\n}\n"
+        }
+        Encoding::FourBit(FourBitType::Fp4) => {
+            let lut: u32 = FP4_BITS_BY_RANK
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b as u32) << (4 * i))
+                .sum();
+            let mut s = String::from("// dQuantizeFP4: magnitude rank by strict >, sign bit iff s < 0.\nfn encode(s: f32) -> u32 {\n    let a = abs(s);\n    var r = 0u;\n");
+            for t in FP4_THRESHOLDS {
+                s += &format!("    r = r + select(0u, 1u, a > {});\n", wgsl_f32(t));
+            }
+            s + &format!(
+                "    return ((0x{lut:08x}u >> (4u * r)) & 7u) | select(0u, 8u, s < 0.0);\n}}\n"
+            )
+        }
+    }
+}
+
+fn gemm_loaders(kind: GemmKind) -> &'static str {
+    match kind {
+        GemmKind::FourBit => {
+            "alias ACC = f32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
+@group(0) @binding(2) var<storage, read> w_packed: array<u32>;\n\
+@group(0) @binding(3) var<storage, read> w_absmax: array<f32>;\n\
+@group(0) @binding(4) var<storage, read> w_table: array<f32>;\n\
+@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
+fn load_a(b: u32, k: u32) -> f32 {\n    return a_in[b * p.p2 + k];\n}\n\
+fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    let j = i & 7u;\n    let nib = (w_packed[i >> 3u] >> ((j >> 1u) * 8u + 4u * (1u - (j & 1u)))) & 15u;\n    return ftz(w_table[nib] * w_absmax[i >> p.p4]);\n}\n\
+fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+        }
+        GemmKind::DenseF32 => {
+            "alias ACC = f32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<f32>;\n\
+@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
+fn load_a(b: u32, k: u32) -> f32 {\n    return a_in[b * p.p2 + k];\n}\n\
+fn load_w(r: u32, k: u32) -> f32 {\n    return w_in[r * p.p2 + k];\n}\n\
+fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+        }
+        GemmKind::DenseF16 => {
+            "alias ACC = f32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
+@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
+fn half_at(word: u32, i: u32) -> f32 {\n    return f16_bits_to_f32((word >> ((i & 1u) * 16u)) & 0xffffu);\n}\n\
+fn load_a(b: u32, k: u32) -> f32 {\n    let i = b * p.p2 + k;\n    return half_at(a_in[i >> 1u], i);\n}\n\
+fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_at(w_in[i >> 1u], i);\n}\n\
+fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+        }
+        GemmKind::Int8 => {
+            "alias ACC = i32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<i32>;\n\
+fn byte_i8(word: u32, i: u32) -> i32 {\n    return i32(word << (24u - 8u * (i & 3u))) >> 24u;\n}\n\
+fn load_a(b: u32, k: u32) -> i32 {\n    let i = b * p.p2 + k;\n    return byte_i8(a_in[i >> 2u], i);\n}\n\
+fn load_w(r: u32, k: u32) -> i32 {\n    let i = r * p.p2 + k;\n    return byte_i8(w_in[i >> 2u], i);\n}\n\
+fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
+        }
+        GemmKind::Ternary => {
+            "alias ACC = i32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<i32>;\n\
+fn load_a(b: u32, k: u32) -> i32 {\n    let i = b * p.p2 + k;\n    return i32(a_in[i >> 2u] << (24u - 8u * (i & 3u))) >> 24u;\n}\n\
+// Row r lives in packed row r % R, bits 2 * (r / R); pattern 00 is -1.\n\
+fn load_w(r: u32, k: u32) -> i32 {\n    let rr = p.p4;\n    let i = (r % rr) * p.p2 + k;\n    let byte = (w_in[i >> 2u] >> (8u * (i & 3u))) & 0xffu;\n    return i32((byte >> (2u * (r / rr))) & 3u) - 1;\n}\n\
+fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
+        }
+    }
+}
+
+/// One compiled variant: a cache key and its full WGSL text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Quantize(DType, Encoding),
+    Dequantize { bits: u32 },
+    Gemv4bit,
+    Gemm(GemmKind),
+    RowScale(DType),
+    RowQuant(DType),
+    ColOutliers(DType),
+    Elementwise,
+    TernaryQuantize(DType),
+    RowsFloat,
+    Copy,
+    TernaryGemv,
+}
+
+impl Shader {
+    pub fn key(&self) -> String {
+        format!("{self:?}")
+    }
+
+    pub fn source(&self) -> String {
+        let mut s = String::from(COMMON);
+        match self {
+            Shader::Quantize(dt, enc) => {
+                s += RCP_TABLE;
+                s += QUANTIZE;
+                s += load_x(*dt);
+                s += &word_layout(if *enc == Encoding::Code8 { 8 } else { 4 });
+                s += &encoder(*enc);
+            }
+            Shader::Dequantize { bits } => {
+                s += DEQUANTIZE;
+                s += &word_layout(*bits);
+            }
+            Shader::Gemv4bit => s += GEMV_4BIT,
+            Shader::Gemm(kind) => {
+                s += GEMM;
+                s += gemm_loaders(*kind);
+            }
+            Shader::RowScale(dt) => {
+                s += RCP_TABLE;
+                s += ROW_SCALE;
+                s += load_x(*dt);
+            }
+            Shader::RowQuant(dt) => {
+                s += ROW_QUANT;
+                s += load_x(*dt);
+            }
+            Shader::ColOutliers(dt) => {
+                s += COL_OUTLIERS;
+                s += load_x(*dt);
+            }
+            Shader::Elementwise => s += ELEMENTWISE,
+            Shader::TernaryQuantize(dt) => {
+                s += TERNARY_QUANTIZE;
+                s += load_x(*dt);
+            }
+            Shader::RowsFloat => s += ROWS_FLOAT,
+            Shader::Copy => s += COPY,
+            Shader::TernaryGemv => s += TERNARY_GEMV,
+        }
+        s
+    }
+
+    /// Every variant the backend can compile (for validation and Metal translation tests).
+    pub fn all() -> Vec<Shader> {
+        let dtypes = [DType::F32, DType::F16, DType::BF16];
+        let mut v = Vec::new();
+        for dt in dtypes {
+            for enc in [
+                Encoding::Code8,
+                Encoding::FourBit(FourBitType::Nf4),
+                Encoding::FourBit(FourBitType::Fp4),
+            ] {
+                v.push(Shader::Quantize(dt, enc));
+            }
+            v.push(Shader::RowScale(dt));
+            v.push(Shader::RowQuant(dt));
+            v.push(Shader::ColOutliers(dt));
+            v.push(Shader::TernaryQuantize(dt));
+        }
+        v.push(Shader::Dequantize { bits: 8 });
+        v.push(Shader::Dequantize { bits: 4 });
+        v.push(Shader::Gemv4bit);
+        for k in [
+            GemmKind::FourBit,
+            GemmKind::DenseF32,
+            GemmKind::DenseF16,
+            GemmKind::Int8,
+            GemmKind::Ternary,
+        ] {
+            v.push(Shader::Gemm(k));
+        }
+        v.push(Shader::Elementwise);
+        v.push(Shader::RowsFloat);
+        v.push(Shader::Copy);
+        v.push(Shader::TernaryGemv);
+        v
+    }
+}
+
+/// Every shader variant as (key, WGSL source).
+pub fn all_sources() -> Vec<(String, String)> {
+    Shader::all()
+        .into_iter()
+        .map(|s| (s.key(), s.source()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wgsl_f32;
+
+    #[test]
+    fn hex_literals_are_exact() {
+        assert_eq!(wgsl_f32(1.0), "0x1.000000p0f");
+        assert_eq!(wgsl_f32(-0.5), "-0x1.000000p-1f");
+        assert_eq!(wgsl_f32(0.0), "0.0f");
+        assert_eq!(wgsl_f32(1.5), "0x1.800000p0f");
+    }
+}

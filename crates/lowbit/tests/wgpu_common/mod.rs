@@ -1,0 +1,38 @@
+//! Opening the test GPU: Vulkan on Linux (lavapipe in CI), Metal on macOS, DX12 on Windows. Without an
+//! adapter the tests print a skip line, unless `LOWBIT_REQUIRE_GPU=1`, where that is a failure.
+#![allow(dead_code)]
+
+use lowbit::backend::wgpu::WgpuBackend;
+use std::sync::OnceLock;
+
+pub fn backends() -> wgpu::Backends {
+    if cfg!(target_os = "macos") {
+        wgpu::Backends::METAL
+    } else if cfg!(windows) {
+        wgpu::Backends::DX12
+    } else {
+        wgpu::Backends::VULKAN
+    }
+}
+
+pub fn gpu() -> Option<WgpuBackend> {
+    static GPU: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| match WgpuBackend::open(backends(), 0) {
+        Ok(b) => {
+            let info = b.adapter_info();
+            println!(
+                "gpu: {} ({:?}, {})",
+                info.name, info.backend, info.driver_info
+            );
+            Some(b)
+        }
+        Err(e) => {
+            if std::env::var("LOWBIT_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("LOWBIT_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            println!("skipped: no Vulkan adapter ({e})");
+            None
+        }
+    })
+    .clone()
+}

@@ -1,0 +1,450 @@
+#![cfg(feature = "wgpu")]
+//! Every wgpu kernel against the CPU reference on fresh random inputs (the seed is printed; set
+//! `LOWBIT_SEED` to replay). Quantized bytes must be identical; float outputs stay within stated tolerances.
+
+mod wgpu_common;
+
+use half::{bf16, f16};
+use lowbit::backend::cpu::CpuBackend;
+use lowbit::backend::wgpu::WgpuBackend;
+use lowbit::backend::{Backend, Packed4bit, PackedTernary};
+use lowbit::format::{FourBitType, dynamic_map};
+use lowbit::tensor::{DType, FloatVec};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("LOWBIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    println!("{test}: seed {seed} (LOWBIT_SEED={seed} replays)");
+    StdRng::seed_from_u64(seed)
+}
+
+fn gpu() -> Option<WgpuBackend> {
+    wgpu_common::gpu()
+}
+
+/// Random data with blocks of very different magnitudes, exact small ratios (the ties f16/bf16 data
+/// produce), whole zero blocks and a few subnormals.
+fn data(r: &mut StdRng, n: usize, blocksize: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let kind = r.random_range(0..8);
+        let scale = 10f32.powi(r.random_range(-4..4));
+        for _ in 0..blocksize.min(n - v.len()) {
+            v.push(match kind {
+                0 => 0.0,
+                1 => r.random_range(-24i32..=24) as f32 / 24.0 * scale,
+                2 if r.random_range(0..50) == 0 => f32::from_bits(r.random_range(1u32..0x7f_ffff)),
+                _ => r.random_range(-1.0f32..1.0) * scale,
+            });
+        }
+    }
+    v
+}
+
+fn as_dtype(v: &[f32], dt: DType) -> FloatVec {
+    FloatVec::from_f32(v.to_vec(), dt)
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn max_rel(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want
+        .iter()
+        .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
+        .max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Tolerance relative to max |y| for float outputs in `dt` (a few roundings of that dtype).
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1.6e-2,
+    }
+}
+
+#[test]
+fn blockwise_8bit_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("blockwise_8bit");
+    let cpu = CpuBackend;
+    for dt in DTYPES {
+        for &bs in &[64usize, 256, 4096] {
+            for n in [bs * 3, bs * 5 + 7, 1, 4099] {
+                let x = as_dtype(&data(&mut r, n, bs), dt);
+                for signed in [true, false] {
+                    let code = dynamic_map(signed);
+                    let want = cpu.quantize_blockwise(x.as_floats(), code, bs).unwrap();
+                    let got = g.quantize_blockwise(x.as_floats(), code, bs).unwrap();
+                    assert_eq!(got.absmax, want.absmax, "absmax {dt} bs {bs} n {n}");
+                    assert!(
+                        got.codes == want.codes,
+                        "codes {dt} bs {bs} n {n} signed {signed}"
+                    );
+                    for out in DTYPES {
+                        let w = cpu
+                            .dequantize_blockwise(&want.codes, &want.absmax, code, bs, out)
+                            .unwrap();
+                        let d = g
+                            .dequantize_blockwise(&want.codes, &want.absmax, code, bs, out)
+                            .unwrap();
+                        assert!(
+                            d.to_le_bytes() == w.to_le_bytes(),
+                            "dequant {out} bs {bs} n {n}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fourbit_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("fourbit");
+    let cpu = CpuBackend;
+    for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+        for dt in DTYPES {
+            for &bs in &[32usize, 64, 128, 1024, 4096] {
+                for n in [bs * 4, bs * 2 + 1, 3, bs + 10] {
+                    let x = as_dtype(&data(&mut r, n, bs), dt);
+                    let want = cpu.quantize_4bit(x.as_floats(), qt, bs).unwrap();
+                    let got = g.quantize_4bit(x.as_floats(), qt, bs).unwrap();
+                    assert_eq!(got.absmax, want.absmax, "absmax {qt} {dt} bs {bs} n {n}");
+                    assert!(got.codes == want.codes, "packed {qt} {dt} bs {bs} n {n}");
+                    let out = DTYPES[r.random_range(0..3)];
+                    let w = cpu
+                        .dequantize_4bit(&want.codes, &want.absmax, qt, bs, n, out)
+                        .unwrap();
+                    let d = g
+                        .dequantize_4bit(&want.codes, &want.absmax, qt, bs, n, out)
+                        .unwrap();
+                    assert!(
+                        d.to_le_bytes() == w.to_le_bytes(),
+                        "dequant {qt} {out} bs {bs} n {n}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fourbit_linear_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("fourbit_linear");
+    let cpu = CpuBackend;
+    for &(rows, cols, bs) in &[
+        (33usize, 70usize, 64usize),
+        (64, 512, 32),
+        (17, 4096, 4096),
+        (5, 9, 32),
+    ] {
+        for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+            let wv: Vec<f32> = (0..rows * cols)
+                .map(|_| r.random_range(-1.0f32..1.0))
+                .collect();
+            let q = cpu
+                .quantize_4bit(FloatVec::F32(wv).as_floats(), qt, bs)
+                .unwrap();
+            let w = Packed4bit {
+                packed: &q.codes,
+                absmax: &q.absmax,
+                quant_type: qt,
+                blocksize: bs,
+                rows,
+                cols,
+            };
+            for dt in DTYPES {
+                for batch in [1usize, 3, 70] {
+                    let x = as_dtype(
+                        &(0..batch * cols)
+                            .map(|_| r.random_range(-2.0f32..2.0))
+                            .collect::<Vec<_>>(),
+                        dt,
+                    );
+                    let bias = as_dtype(
+                        &(0..rows)
+                            .map(|_| r.random_range(-1.0f32..1.0))
+                            .collect::<Vec<_>>(),
+                        dt,
+                    );
+                    let b = (batch != 3).then(|| bias.as_floats());
+                    let (want, got) = if batch == 1 {
+                        (
+                            cpu.gemv_4bit(x.as_floats(), w, b).unwrap(),
+                            g.gemv_4bit(x.as_floats(), w, b).unwrap(),
+                        )
+                    } else {
+                        (
+                            cpu.matmul_4bit(x.as_floats(), batch, w, b).unwrap(),
+                            g.matmul_4bit(x.as_floats(), batch, w, b).unwrap(),
+                        )
+                    };
+                    assert_eq!(got.dtype(), dt);
+                    let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
+                    assert!(
+                        e <= tol(dt),
+                        "{qt} {dt} {rows}x{cols} batch {batch}: rel err {e:.2e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("int8");
+    let cpu = CpuBackend;
+    for &(rows, cols) in &[(1usize, 37usize), (7, 64), (33, 520), (4, 3)] {
+        for dt in [DType::F16, DType::F32] {
+            let mut v: Vec<f32> = (0..rows * cols)
+                .map(|_| r.random_range(-3.0f32..3.0))
+                .collect();
+            // Outliers, and a zero row when there is more than one row.
+            for _ in 0..(rows * cols / 50).max(1) {
+                let i = r.random_range(0..rows * cols);
+                v[i] = r.random_range(6.0f32..20.0) * if r.random() { 1.0 } else { -1.0 };
+            }
+            if rows > 2 {
+                v[cols..2 * cols].iter_mut().for_each(|x| *x = 0.0);
+            }
+            let a = as_dtype(&v, dt);
+            for thr in [0.0f32, 6.0] {
+                let want = cpu
+                    .int8_vectorwise_quant(a.as_floats(), rows, cols, thr)
+                    .unwrap();
+                let got = g
+                    .int8_vectorwise_quant(a.as_floats(), rows, cols, thr)
+                    .unwrap();
+                assert_eq!(got, want, "vectorwise_quant {dt} {rows}x{cols} thr {thr}");
+                let dw = cpu
+                    .int8_vectorwise_dequant(&want.q, &want.row_stats, cols)
+                    .unwrap();
+                let dg = g
+                    .int8_vectorwise_dequant(&want.q, &want.row_stats, cols)
+                    .unwrap();
+                assert_eq!(dg, dw, "vectorwise_dequant");
+            }
+        }
+    }
+    for &(m, n, k) in &[(1usize, 5usize, 7usize), (17, 33, 64), (70, 65, 130)] {
+        let a: Vec<i8> = (0..m * k).map(|_| r.random()).collect();
+        let b: Vec<i8> = (0..n * k).map(|_| r.random()).collect();
+        let c = g.int8_linear_matmul(&a, &b, m, n, k).unwrap();
+        assert_eq!(
+            c,
+            cpu.int8_linear_matmul(&a, &b, m, n, k).unwrap(),
+            "int8 matmul {m}x{n}x{k}"
+        );
+        let rs: Vec<f32> = (0..m).map(|_| r.random_range(0.1f32..10.0)).collect();
+        let cs: Vec<f32> = (0..n).map(|_| r.random_range(0.1f32..10.0)).collect();
+        let bias = as_dtype(
+            &(0..n)
+                .map(|_| r.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>(),
+            DType::F16,
+        );
+        for b in [None, Some(bias.as_floats())] {
+            let want = cpu.int8_mm_dequant(&c, &rs, &cs, b).unwrap();
+            let got = g.int8_mm_dequant(&c, &rs, &cs, b).unwrap();
+            let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "mm_dequant {m}x{n}");
+        }
+    }
+}
+
+#[test]
+fn ternary_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("ternary");
+    let cpu = CpuBackend;
+    for &(rows, cols) in &[(4usize, 8usize), (13, 70), (64, 256), (1, 5)] {
+        for dt in DTYPES {
+            let w = as_dtype(
+                &(0..rows * cols)
+                    .map(|_| r.random_range(-0.1f32..0.1))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let sum: f32 = w.to_f32_vec().iter().map(|v| v.abs()).sum();
+            let scale = lowbit::format::ternary::weight_scale(sum, rows * cols);
+            let want = cpu
+                .ternary_quantize(w.as_floats(), rows, cols, scale)
+                .unwrap();
+            let packed = g
+                .ternary_quantize(w.as_floats(), rows, cols, scale)
+                .unwrap();
+            assert_eq!(packed, want, "ternary_quantize {dt} {rows}x{cols}");
+            for batch in [1usize, 3] {
+                let mut xv: Vec<f32> = (0..batch * cols)
+                    .map(|_| r.random_range(-5.0f32..5.0))
+                    .collect();
+                if batch > 1 {
+                    xv[..cols].iter_mut().for_each(|v| *v = 0.0);
+                }
+                let x = as_dtype(&xv, dt);
+                let (qw, sw) = cpu.ternary_act_quant(x.as_floats(), batch, cols).unwrap();
+                let (qg, sg) = g.ternary_act_quant(x.as_floats(), batch, cols).unwrap();
+                assert_eq!(qg, qw, "act q {dt}");
+                assert_eq!(sg, sw, "act scale {dt}");
+                let pt = PackedTernary {
+                    packed: &want,
+                    weight_scale: scale,
+                    rows,
+                    cols,
+                };
+                let bias = as_dtype(
+                    &(0..rows)
+                        .map(|_| r.random_range(-1.0f32..1.0))
+                        .collect::<Vec<_>>(),
+                    dt,
+                );
+                let yw = cpu
+                    .ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats()))
+                    .unwrap();
+                let yg = g
+                    .ternary_matmul(&qw, &sw, batch, pt, Some(bias.as_floats()))
+                    .unwrap();
+                assert_eq!(yg, yw, "ternary matmul {rows}x{cols} batch {batch}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("dense");
+    let cpu = CpuBackend;
+    for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
+        for dt in DTYPES {
+            let x = as_dtype(
+                &(0..m * k)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let w = as_dtype(
+                &(0..n * k)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let b = as_dtype(
+                &(0..n)
+                    .map(|_| r.random_range(-1.0f32..1.0))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let want = cpu
+                .matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k)
+                .unwrap();
+            let got = g
+                .matmul(x.as_floats(), w.as_floats(), Some(b.as_floats()), m, n, k)
+                .unwrap();
+            let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
+            assert!(e <= tol(dt), "matmul {dt} {m}x{n}x{k}: {e:.2e}");
+            let sw = cpu.softmax(x.as_floats(), k).unwrap();
+            let sg = g.softmax(x.as_floats(), k).unwrap();
+            let e = max_rel(&sg.to_f32_vec(), &sw.to_f32_vec());
+            assert!(e <= tol(dt).max(1e-5), "softmax {dt}: {e:.2e}");
+            let wt = as_dtype(
+                &(0..k)
+                    .map(|_| r.random_range(0.5f32..1.5))
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let rw = cpu
+                .rms_norm(x.as_floats(), wt.as_floats(), 1e-6, k)
+                .unwrap();
+            let rg = g.rms_norm(x.as_floats(), wt.as_floats(), 1e-6, k).unwrap();
+            let e = max_rel(&rg.to_f32_vec(), &rw.to_f32_vec());
+            assert!(e <= tol(dt).max(1e-5), "rms_norm {dt}: {e:.2e}");
+        }
+    }
+}
+
+/// Inputs bigger than one storage binding on lavapipe (128 MiB) are processed in pieces.
+#[test]
+fn large_input_in_pieces() {
+    let Some(g) = gpu() else { return };
+    if g.gpu().max_binding() > (1 << 28) {
+        println!("adapter binds more than 256 MiB at once; piecewise path not exercised");
+    }
+    let mut r = rng("large");
+    let n = (40 << 20) + 33; // 160 MiB of f32
+    let x: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let cpu = CpuBackend;
+    let xs = FloatVec::F32(x);
+    let want = cpu
+        .quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    let got = g
+        .quantize_4bit(xs.as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    assert!(
+        got.absmax == want.absmax && got.codes == want.codes,
+        "large quantize_4bit"
+    );
+    let _ = (bf16::ZERO, f16::ZERO);
+}
+
+/// Weights uploaded once stay on the GPU; results match the host-slice path.
+#[test]
+fn resident_tensors_match_host_path() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident");
+    let (rows, cols) = (48usize, 256usize);
+    let wv: Vec<f32> = (0..rows * cols)
+        .map(|_| r.random_range(-1.0f32..1.0))
+        .collect();
+    let q = CpuBackend
+        .quantize_4bit(FloatVec::F32(wv.clone()).as_floats(), FourBitType::Nf4, 64)
+        .unwrap();
+    let w = Packed4bit {
+        packed: &q.codes,
+        absmax: &q.absmax,
+        quant_type: FourBitType::Nf4,
+        blocksize: 64,
+        rows,
+        cols,
+    };
+    let x: Vec<f32> = (0..cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let gw = g.upload_4bit(&w).unwrap();
+    let gx = g.upload(bytemuck::cast_slice(&x), vec![cols], DType::F32);
+    let y = g.gemv_4bit_resident(&gx, &gw).unwrap();
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y).unwrap());
+    let want = g
+        .gemv_4bit(FloatVec::F32(x.clone()).as_floats(), w, None)
+        .unwrap();
+    assert_eq!(got, want.to_f32_vec());
+    let gwd = g.upload(bytemuck::cast_slice(&wv), vec![rows, cols], DType::F32);
+    let gx2 = g.upload(bytemuck::cast_slice(&x), vec![1, cols], DType::F32);
+    let y2 = g.matmul_resident(&gx2, &gwd).unwrap();
+    let got2: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y2).unwrap());
+    let want2 = g
+        .matmul(
+            FloatVec::F32(x).as_floats(),
+            FloatVec::F32(wv).as_floats(),
+            None,
+            1,
+            rows,
+            cols,
+        )
+        .unwrap();
+    assert_eq!(got2, want2.to_f32_vec());
+}
