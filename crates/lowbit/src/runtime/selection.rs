@@ -155,15 +155,27 @@ fn not_found(requested: &str, devices: &[DeviceInfo]) -> crate::Error {
     })
 }
 
-/// Creates the backend for a discovered device. The wgpu backend is wired here once it exists.
+/// Creates the backend for a discovered device.
 pub fn open_backend(info: &DeviceInfo) -> Result<Arc<dyn Backend>> {
     match info.backend.as_str() {
-        "cpu" => Ok(Arc::new(CpuBackend)),
-        "vulkan" | "metal" | "dx12" => Err(crate::Error::Device(DeviceError::unsupported(
-            &info.id,
-            "open",
-            "the wgpu backend is not built yet",
-        ))),
+        "cpu" => Ok(Arc::new(CpuBackend::default())),
+        #[cfg(feature = "wgpu")]
+        "vulkan" | "metal" | "dx12" => {
+            let backends = match info.backend.as_str() {
+                "vulkan" => wgpu::Backends::VULKAN,
+                "metal" => wgpu::Backends::METAL,
+                _ => wgpu::Backends::DX12,
+            };
+            let index = info.index.unwrap_or(0);
+            crate::backend::wgpu::WgpuBackend::open(backends, index)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| {
+                    crate::Error::Device(DeviceError::InitFailed {
+                        device: info.id.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+        }
         _ => Err(crate::Error::Device(DeviceError::PlatformUnavailable {
             device: info.id.clone(),
             reason: info
