@@ -64,7 +64,12 @@ fn assert_all_ops_match_cpu(dev: &Device) {
         );
         // gemv (batch 1) and matmul (batch 12) against a [40, 96] weight.
         let w = cpu
-            .quantize_4bit(&Tensor::f32(vec![40, 96], random(40 * 96, 1.0)), qt, 64, false)
+            .quantize_4bit(
+                &Tensor::f32(vec![40, 96], random(40 * 96, 1.0)),
+                qt,
+                64,
+                false,
+            )
             .unwrap();
         let bias = Tensor::f32(vec![40], random(40, 1.0));
         for batch in [1usize, 12] {
@@ -182,9 +187,15 @@ fn out_of_memory_splits_every_chunkable_op_with_identical_bytes() {
     ] {
         let s = stats.op(op);
         assert!(s.runs > 0, "{op:?} never ran");
-        assert!(s.chunked_runs > 0 && s.chunks > s.chunked_runs, "{op:?}: {s:?}");
+        assert!(
+            s.chunked_runs > 0 && s.chunks > s.chunked_runs,
+            "{op:?}: {s:?}"
+        );
         assert_eq!((s.fallbacks, s.failures), (0, 0), "{op:?}: {s:?}");
-        assert!(s.errors.get("out_of_memory").is_some_and(|&n| n > 0), "{op:?}");
+        assert!(
+            s.errors.get("out_of_memory").is_some_and(|&n| n > 0),
+            "{op:?}"
+        );
     }
     // Ops the runtime cannot split (the double-quant nested step is small and fits) never fail.
     assert_eq!(stats.ops.values().map(|s| s.failures).sum::<u64>(), 0);
@@ -213,7 +224,10 @@ fn out_of_memory_below_the_minimum_chunk_falls_back_to_the_cpu() {
             .unwrap()
     );
     let s = dev.stats().op(OpKind::Quantize4bit);
-    assert_eq!((s.runs, s.fallbacks, s.chunked_runs, s.failures), (1, 1, 0, 0));
+    assert_eq!(
+        (s.runs, s.fallbacks, s.chunked_runs, s.failures),
+        (1, 1, 0, 0)
+    );
 }
 
 #[test]
@@ -253,7 +267,10 @@ fn unsupported_op_falls_back_and_strict_mode_reports_it() {
         calls,
         "the backend must not be called for an unsupported op"
     );
-    assert_eq!(bytes(&y), bytes(&Device::cpu().dequantize_4bit(&q).unwrap()));
+    assert_eq!(
+        bytes(&y),
+        bytes(&Device::cpu().dequantize_4bit(&q).unwrap())
+    );
     let s = dev.stats().op(OpKind::Dequantize4bit);
     assert_eq!((s.fallbacks, s.failures), (1, 0));
     assert_eq!(s.errors.get("capability_mismatch"), Some(&1));
@@ -262,7 +279,10 @@ fn unsupported_op_falls_back_and_strict_mode_reports_it() {
     match strict.dequantize_4bit(&q) {
         Err(Error::Device(e @ DeviceError::CapabilityMismatch { .. })) => {
             let msg = e.to_string();
-            assert!(msg.contains("dequantize_4bit") && msg.contains("--device cpu"), "{msg}");
+            assert!(
+                msg.contains("dequantize_4bit") && msg.contains("--device cpu"),
+                "{msg}"
+            );
         }
         other => panic!("expected a capability error, got {other:?}"),
     }
@@ -304,9 +324,16 @@ fn strict_mode_returns_every_device_error() {
             Err(Error::Device(e)) => assert_eq!(e.kind(), kind, "{e}"),
             other => panic!("expected a {kind:?} error, got {other:?}"),
         }
-        assert_eq!(backend.calls.load(Ordering::SeqCst), 1, "strict: one attempt");
+        assert_eq!(
+            backend.calls.load(Ordering::SeqCst),
+            1,
+            "strict: one attempt"
+        );
         let s = dev.stats().op(OpKind::Quantize4bit);
-        assert_eq!((s.runs, s.failures, s.retries, s.fallbacks, s.chunked_runs), (1, 1, 0, 0, 0));
+        assert_eq!(
+            (s.runs, s.failures, s.retries, s.fallbacks, s.chunked_runs),
+            (1, 1, 0, 0, 0)
+        );
         assert_eq!(s.errors.get(kind.name()), Some(&1));
     }
 }
@@ -327,7 +354,11 @@ fn memory_budget_chunks_ops_on_a_device_and_on_the_real_cpu() {
         policy.clone(),
     );
     assert_all_ops_match_cpu(&dev);
-    assert_eq!(backend.oom_injected.load(Ordering::SeqCst), 0, "the plan fits the budget");
+    assert_eq!(
+        backend.oom_injected.load(Ordering::SeqCst),
+        0,
+        "the plan fits the budget"
+    );
     let s = dev.stats().op(OpKind::Quantize4bit);
     assert!(s.chunked_runs > 0 && s.fallbacks == 0, "{s:?}");
 
@@ -339,7 +370,10 @@ fn memory_budget_chunks_ops_on_a_device_and_on_the_real_cpu() {
         .quantize_4bit(&x, FourBitType::Nf4, 64, true)
         .unwrap();
     let before = cpu.stats().op(OpKind::Quantize4bit).chunked_runs;
-    assert_eq!(cpu.quantize_4bit(&x, FourBitType::Nf4, 64, true).unwrap(), want);
+    assert_eq!(
+        cpu.quantize_4bit(&x, FourBitType::Nf4, 64, true).unwrap(),
+        want
+    );
     assert!(cpu.stats().op(OpKind::Quantize4bit).chunked_runs > before);
 }
 
@@ -355,8 +389,15 @@ fn op_over_the_budget_at_the_smallest_chunk_falls_back_or_fails_in_strict_mode()
         .quantize_4bit(&x, FourBitType::Nf4, 64, false)
         .unwrap();
     let (dev, backend) = faulty("too-big", Faults::default(), policy.clone());
-    assert_eq!(dev.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap(), want);
-    assert_eq!(backend.calls.load(Ordering::SeqCst), 0, "ran on the CPU, not the device");
+    assert_eq!(
+        dev.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap(),
+        want
+    );
+    assert_eq!(
+        backend.calls.load(Ordering::SeqCst),
+        0,
+        "ran on the CPU, not the device"
+    );
     let s = dev.stats().op(OpKind::Quantize4bit);
     assert_eq!((s.fallbacks, s.failures), (1, 0));
 
@@ -405,13 +446,20 @@ fn eight_threads_on_one_flaky_device_get_correct_results_and_exact_counters() {
         }
     });
     let stats = dev.stats();
-    let (q, d) = (stats.op(OpKind::Quantize4bit), stats.op(OpKind::Dequantize4bit));
+    let (q, d) = (
+        stats.op(OpKind::Quantize4bit),
+        stats.op(OpKind::Dequantize4bit),
+    );
     let n = (THREADS * ITERS) as u64;
     assert_eq!((q.runs, d.runs), (n, n));
     assert_eq!(q.failures + d.failures + q.fallbacks + d.fallbacks, 0);
     let injected = backend.transient_injected.load(Ordering::SeqCst);
     assert!(injected > 0);
-    assert_eq!(q.retries + d.retries, injected, "every injected failure is one retry");
+    assert_eq!(
+        q.retries + d.retries,
+        injected,
+        "every injected failure is one retry"
+    );
     assert_eq!(backend.calls.load(Ordering::SeqCst), 2 * n + injected);
 }
 
@@ -429,7 +477,10 @@ fn statistics_render_as_a_table_and_json() {
     dev.quantize_blockwise(&x, 64, None).unwrap();
     let snap = lowbit::runtime::stats_snapshot();
     let table = snap.to_string();
-    assert!(table.contains(dev.id()) && table.contains("quantize_blockwise"), "{table}");
+    assert!(
+        table.contains(dev.id()) && table.contains("quantize_blockwise"),
+        "{table}"
+    );
     let json = serde_json::to_value(&snap).unwrap();
     let mine = json["devices"]
         .as_array()

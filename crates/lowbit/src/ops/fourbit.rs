@@ -2,11 +2,11 @@
 
 use super::{bias_floats, rows_cols, with_last_dim};
 use crate::backend::Packed4bit;
+use crate::format::blocksize::num_blocks;
 use crate::format::torch_mean::torch_cuda_mean_f32;
 use crate::format::{
     Absmax, BLOCKSIZES_4BIT, FourBitType, NESTED_BLOCKSIZE, QuantState, dynamic_map,
 };
-use crate::format::blocksize::num_blocks;
 use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::{Floats, Tensor};
 use crate::{Error, Result};
@@ -173,7 +173,10 @@ impl Device {
                 .memory(
                     MemoryEstimate::new(rows.div_ceil(group))
                         .buffer(cols as u64 * es, 0)
-                        .buffer(0, (group * cols / 2) as u64 + 4 * (group * cols / bsz) as u64)
+                        .buffer(
+                            0,
+                            (group * cols / 2) as u64 + 4 * (group * cols / bsz) as u64,
+                        )
                         .buffer(0, 2 * group as u64 * es),
                 );
             self.run_split(&params, |b, r| {

@@ -16,7 +16,9 @@ pub fn devices() -> Vec<DeviceInfo> {
         v.extend(neural_engine());
         v
     });
-    std::iter::once(cpu_info()).chain(others.iter().cloned()).collect()
+    std::iter::once(cpu_info())
+        .chain(others.iter().cloned())
+        .collect()
 }
 
 /// The host CPU.
@@ -53,7 +55,9 @@ fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
 fn cpu_name() -> String {
     let from_cpuinfo = read("/proc/cpuinfo").and_then(|s| {
         s.lines()
-            .find(|l| l.starts_with("model name") || l.starts_with("Hardware") || l.starts_with("Model"))
+            .find(|l| {
+                l.starts_with("model name") || l.starts_with("Hardware") || l.starts_with("Model")
+            })
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_string())
     });
@@ -192,7 +196,8 @@ fn gpu_devices() -> Vec<DeviceInfo> {
         match found {
             Ok(list) if !list.is_empty() => out.extend(list),
             Ok(_) => out.push(
-                DeviceInfo::new(name, name, "-", DeviceType::Other).unavailable(no_adapter_reason(name)),
+                DeviceInfo::new(name, name, "-", DeviceType::Other)
+                    .unavailable(no_adapter_reason(name)),
             ),
             Err(_) => out.push(
                 DeviceInfo::new(name, name, "-", DeviceType::Other)
@@ -233,8 +238,8 @@ fn adapter_info(
         wgpu::DeviceType::Cpu => DeviceType::SoftwareGpu,
         wgpu::DeviceType::Other => DeviceType::Other,
     };
-    let mut info = DeviceInfo::new(format!("{backend}:{index}"), backend, &a.name, device_type)
-        .with_all_ops();
+    let mut info =
+        DeviceInfo::new(format!("{backend}:{index}"), backend, &a.name, device_type).with_all_ops();
     info.index = Some(index);
     info.vendor = Some(
         vendor_name(a.vendor)
@@ -333,8 +338,9 @@ fn cuda_devices() -> Vec<DeviceInfo> {
             };
             let i: usize = index.parse().ok()?;
             let mib = |s: &str| s.parse::<u64>().ok().map(|m| m * 1024 * 1024);
-            let mut info = DeviceInfo::new(format!("cuda:{i}"), "cuda", name, DeviceType::DiscreteGpu)
-                .unavailable(NOT_BUILT);
+            let mut info =
+                DeviceInfo::new(format!("cuda:{i}"), "cuda", name, DeviceType::DiscreteGpu)
+                    .unavailable(NOT_BUILT);
             info.index = Some(i);
             info.vendor = Some("NVIDIA".into());
             info.driver = Some(driver.to_string());

@@ -130,7 +130,11 @@ impl DeviceError {
         matches!(self, DeviceError::InvalidInput { .. })
     }
 
-    pub fn transient(device: impl Into<String>, op: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn transient(
+        device: impl Into<String>,
+        op: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         DeviceError::Transient {
             device: device.into(),
             op: op.into(),
@@ -138,7 +142,11 @@ impl DeviceError {
         }
     }
 
-    pub fn failed(device: impl Into<String>, op: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn failed(
+        device: impl Into<String>,
+        op: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         DeviceError::OperationFailed {
             device: device.into(),
             op: op.into(),
@@ -160,7 +168,11 @@ impl DeviceError {
         }
     }
 
-    pub fn unsupported(device: impl Into<String>, op: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn unsupported(
+        device: impl Into<String>,
+        op: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         DeviceError::CapabilityMismatch {
             device: device.into(),
             op: op.into(),

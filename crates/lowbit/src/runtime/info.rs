@@ -90,7 +90,12 @@ pub const FORMATS: &[&str] = &["nf4", "fp4", "int8-blockwise", "llm.int8", "tern
 
 impl DeviceInfo {
     /// A device with no capabilities filled in.
-    pub fn new(id: impl Into<String>, backend: impl Into<String>, name: impl Into<String>, device_type: DeviceType) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        backend: impl Into<String>,
+        name: impl Into<String>,
+        device_type: DeviceType,
+    ) -> Self {
         DeviceInfo {
             id: id.into(),
             backend: backend.into(),

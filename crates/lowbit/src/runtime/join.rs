@@ -42,7 +42,9 @@ impl Join for FloatVec {
                         .flat_map(|p| match p {
                             FloatVec::$variant(v) => v,
                             // Every chunk of one op has the op's output dtype.
-                            other => unreachable!("chunk dtype {:?} differs from {dtype}", other.dtype()),
+                            other => {
+                                unreachable!("chunk dtype {:?} differs from {dtype}", other.dtype())
+                            }
                         })
                         .collect(),
                 )

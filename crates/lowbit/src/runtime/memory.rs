@@ -36,7 +36,10 @@ impl MemoryEstimate {
     pub fn total(&self, units: usize) -> u64 {
         self.buffers
             .iter()
-            .map(|b| b.fixed.saturating_add(b.per_unit.saturating_mul(units as u64)))
+            .map(|b| {
+                b.fixed
+                    .saturating_add(b.per_unit.saturating_mul(units as u64))
+            })
             .fold(0u64, u64::saturating_add)
     }
 
@@ -44,7 +47,10 @@ impl MemoryEstimate {
     pub fn largest(&self, units: usize) -> u64 {
         self.buffers
             .iter()
-            .map(|b| b.fixed.saturating_add(b.per_unit.saturating_mul(units as u64)))
+            .map(|b| {
+                b.fixed
+                    .saturating_add(b.per_unit.saturating_mul(units as u64))
+            })
             .max()
             .unwrap_or(0)
     }

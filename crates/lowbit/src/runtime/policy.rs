@@ -85,7 +85,9 @@ impl RecoveryPolicy {
 
     /// The wait before retry number `attempt` (1-based): `initial * 2^(attempt-1)`, at most `max_backoff`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)

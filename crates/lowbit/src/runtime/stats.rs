@@ -61,7 +61,10 @@ impl DeviceStats {
         let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         DeviceStatsSnapshot {
             device: device.to_string(),
-            ops: ops.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
+            ops: ops
+                .iter()
+                .map(|(k, v)| (k.name().to_string(), v.clone()))
+                .collect(),
         }
     }
 

@@ -88,7 +88,12 @@ impl Backend for Faulty {
             Support::Yes
         }
     }
-    fn quantize_blockwise(&self, x: Floats, code: &Codebook8, blocksize: usize) -> Result<BlockCodes> {
+    fn quantize_blockwise(
+        &self,
+        x: Floats,
+        code: &Codebook8,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
         self.check("quantize_blockwise", x.len())?;
         CpuBackend.quantize_blockwise(x, code, blocksize)
     }
@@ -103,7 +108,12 @@ impl Backend for Faulty {
         self.check("dequantize_blockwise", q.len())?;
         CpuBackend.dequantize_blockwise(q, absmax, code, blocksize, out_dtype)
     }
-    fn quantize_4bit(&self, x: Floats, quant_type: FourBitType, blocksize: usize) -> Result<BlockCodes> {
+    fn quantize_4bit(
+        &self,
+        x: Floats,
+        quant_type: FourBitType,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
         self.check("quantize_4bit", x.len())?;
         CpuBackend.quantize_4bit(x, quant_type, blocksize)
     }
@@ -123,19 +133,43 @@ impl Backend for Faulty {
         self.check("gemv_4bit", w.rows * w.cols)?;
         CpuBackend.gemv_4bit(x, w, bias)
     }
-    fn matmul_4bit(&self, x: Floats, batch: usize, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
+    fn matmul_4bit(
+        &self,
+        x: Floats,
+        batch: usize,
+        w: Packed4bit,
+        bias: Option<Floats>,
+    ) -> Result<FloatVec> {
         self.check("matmul_4bit", x.len())?;
         CpuBackend.matmul_4bit(x, batch, w, bias)
     }
-    fn int8_vectorwise_quant(&self, a: Floats, rows: usize, cols: usize, threshold: f32) -> Result<Int8Rows> {
+    fn int8_vectorwise_quant(
+        &self,
+        a: Floats,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Int8Rows> {
         self.check("int8_vectorwise_quant", a.len())?;
         CpuBackend.int8_vectorwise_quant(a, rows, cols, threshold)
     }
-    fn int8_vectorwise_dequant(&self, q: &[i8], row_stats: &[f32], cols: usize) -> Result<Vec<f32>> {
+    fn int8_vectorwise_dequant(
+        &self,
+        q: &[i8],
+        row_stats: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
         self.check("int8_vectorwise_dequant", q.len())?;
         CpuBackend.int8_vectorwise_dequant(q, row_stats, cols)
     }
-    fn int8_linear_matmul(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize) -> Result<Vec<i32>> {
+    fn int8_linear_matmul(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>> {
         self.check("int8_linear_matmul", a.len())?;
         CpuBackend.int8_linear_matmul(a, b, m, n, k)
     }
@@ -149,11 +183,22 @@ impl Backend for Faulty {
         self.check("int8_mm_dequant", c.len())?;
         CpuBackend.int8_mm_dequant(c, row_stats, col_stats, bias)
     }
-    fn ternary_quantize(&self, w: Floats, rows: usize, cols: usize, weight_scale: f32) -> Result<Vec<u8>> {
+    fn ternary_quantize(
+        &self,
+        w: Floats,
+        rows: usize,
+        cols: usize,
+        weight_scale: f32,
+    ) -> Result<Vec<u8>> {
         self.check("ternary_quantize", w.len())?;
         CpuBackend.ternary_quantize(w, rows, cols, weight_scale)
     }
-    fn ternary_act_quant(&self, x: Floats, rows: usize, cols: usize) -> Result<(Vec<i8>, Vec<f32>)> {
+    fn ternary_act_quant(
+        &self,
+        x: Floats,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Vec<i8>, Vec<f32>)> {
         self.check("ternary_act_quant", x.len())?;
         CpuBackend.ternary_act_quant(x, rows, cols)
     }
@@ -168,7 +213,15 @@ impl Backend for Faulty {
         self.check("ternary_matmul", xq.len())?;
         CpuBackend.ternary_matmul(xq, x_scale, batch, w, bias)
     }
-    fn matmul(&self, x: Floats, w: Floats, bias: Option<Floats>, m: usize, n: usize, k: usize) -> Result<FloatVec> {
+    fn matmul(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<FloatVec> {
         self.check("matmul", x.len())?;
         CpuBackend.matmul(x, w, bias, m, n, k)
     }
