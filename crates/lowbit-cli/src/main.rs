@@ -36,6 +36,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Time one op: median time, GB/s, GFLOP/s, and the fraction of measured memory bandwidth.
     Bench(commands::bench::Args),
+    /// List devices (CPU, GPUs) with their capabilities, and which one `auto` picks and why.
+    Devices(commands::devices::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a, &cli.global),
         Command::Bench(a) => commands::bench::run(a, &cli.global),
+        Command::Devices(a) => commands::devices::run(a, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,16 +2,17 @@
 
 pub mod bench;
 pub mod demo;
+pub mod devices;
 
 /// Errors surface to `main` as boxed errors with a message for the user.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Opens the device named by `--device` / `LOWBIT_DEVICE`.
+/// Opens the device named by `--device` / `LOWBIT_DEVICE` (`auto`, `cpu`, `vulkan:1`, ...), with the recovery
+/// policy from the environment.
 pub fn open_device(
     global: &crate::Global,
 ) -> Result<lowbit::Device, Box<dyn std::error::Error + Send + Sync>> {
-    match global.device.as_str() {
-        "auto" | "cpu" => Ok(lowbit::Device::cpu()),
-        other => Err(format!("unknown device {other:?}; available: cpu").into()),
-    }
+    let device = lowbit::Device::open(&global.device)?;
+    tracing::info!("running on {} ({})", device.id(), device.info().name);
+    Ok(device)
 }

@@ -3,7 +3,7 @@
 use super::{bias_floats, check_len, with_last_dim};
 use crate::backend::Int8Rows;
 use crate::format::int8::DEFAULT_THRESHOLD;
-use crate::runtime::{Device, OpKind};
+use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::{FloatVec, Floats, Tensor, TensorData};
 use crate::{Error, Result};
 use half::f16;
@@ -46,6 +46,7 @@ impl Device {
                 format!("threshold must be finite and >= 0, got {threshold}"),
             ));
         }
+        // Not split: a column that holds an outlier in any row is zeroed in every row.
         self.run(OpKind::Int8VectorwiseQuant, |b| {
             b.int8_vectorwise_quant(af, rows, cols, threshold)
         })
@@ -57,8 +58,10 @@ impl Device {
         let (rows, cols) = dims2(OP, q)?;
         check_len(OP, "row_stats", row_stats.len(), rows)?;
         let qd = i8_data(OP, q)?;
-        let out = self.run(OpKind::Int8VectorwiseDequant, |b| {
-            b.int8_vectorwise_dequant(qd, row_stats, cols)
+        let params = OpParams::new(OpKind::Int8VectorwiseDequant)
+            .memory(MemoryEstimate::new(rows).buffer(0, 5 * cols as u64 + 4));
+        let out = self.run_split(&params, |b, r| {
+            b.int8_vectorwise_dequant(&qd[r.start * cols..r.end * cols], &row_stats[r], cols)
         })?;
         Ok(Tensor::f32(q.shape.clone(), out))
     }
@@ -81,8 +84,14 @@ impl Device {
             ));
         }
         let (ad, bd) = (i8_data(OP, a)?, i8_data(OP, b)?);
-        let c = self.run(OpKind::Int8LinearMatmul, |be| {
-            be.int8_linear_matmul(ad, bd, m, n, k)
+        let params = OpParams::new(OpKind::Int8LinearMatmul).memory(
+            MemoryEstimate::new(m)
+                .buffer((n * k) as u64, 0)
+                .buffer(0, k as u64)
+                .buffer(0, 4 * n as u64),
+        );
+        let c = self.run_split(&params, |be, r| {
+            be.int8_linear_matmul(&ad[r.start * k..r.end * k], bd, r.len(), n, k)
         })?;
         Ok(Tensor {
             shape: vec![m, n],
@@ -113,8 +122,13 @@ impl Device {
         check_len(OP, "row_stats", row_stats.len(), m)?;
         check_len(OP, "col_stats", col_stats.len(), n)?;
         let bias = bias_floats(OP, bias, n)?;
-        let out = self.run(OpKind::Int8MmDequant, |b| {
-            b.int8_mm_dequant(cd, row_stats, col_stats, bias)
+        let params = OpParams::new(OpKind::Int8MmDequant).memory(
+            MemoryEstimate::new(m)
+                .buffer(8 * n as u64, 0)
+                .buffer(0, 6 * n as u64 + 4),
+        );
+        let out = self.run_split(&params, |b, r| {
+            b.int8_mm_dequant(&cd[r.start * n..r.end * n], &row_stats[r], col_stats, bias)
         })?;
         Ok(Tensor::from_floats(vec![m, n], FloatVec::F16(out)))
     }

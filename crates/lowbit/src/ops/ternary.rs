@@ -3,7 +3,7 @@
 use super::{bias_floats, rows_cols, with_last_dim};
 use crate::backend::PackedTernary;
 use crate::format::ternary::{abs_sum, packed_rows, weight_scale};
-use crate::runtime::{Device, OpKind};
+use crate::runtime::{Device, MemoryEstimate, OpKind, OpParams};
 use crate::tensor::{FloatVec, Tensor};
 use crate::{Error, Result};
 
@@ -71,8 +71,14 @@ impl Device {
         const OP: &str = "ternary_act_quant";
         let xf = x.floats(OP)?;
         let (rows, cols) = rows_cols(OP, x)?;
-        self.run(OpKind::TernaryActQuant, |b| {
-            b.ternary_act_quant(xf, rows, cols)
+        let params = OpParams::new(OpKind::TernaryActQuant)
+            .dtype(x.dtype())
+            .memory(
+                MemoryEstimate::new(rows)
+                    .buffer(0, (cols * (x.dtype().size_in_bytes() + 1) + 4) as u64),
+            );
+        self.run_split(&params, |b, r| {
+            b.ternary_act_quant(xf.slice(r.start * cols..r.end * cols), r.len(), cols)
         })
     }
 
@@ -101,8 +107,20 @@ impl Device {
             .map(|b| Tensor::f32(vec![b.len()], b.clone()));
         let bias = bias_floats(OP, bias_t.as_ref(), w.rows)?;
         let (xq, xs) = self.ternary_act_quant(x)?;
-        let y = self.run(OpKind::TernaryMatmul, |b| {
-            b.ternary_matmul(&xq, &xs, batch, w.as_packed(), bias)
+        let params = OpParams::new(OpKind::TernaryMatmul).memory(
+            MemoryEstimate::new(batch)
+                .buffer(w.packed.len() as u64 + 4 * w.rows as u64, 0)
+                .buffer(0, k as u64 + 4)
+                .buffer(0, 4 * w.rows as u64),
+        );
+        let y = self.run_split(&params, |b, r| {
+            b.ternary_matmul(
+                &xq[r.start * k..r.end * k],
+                &xs[r.clone()],
+                r.len(),
+                w.as_packed(),
+                bias,
+            )
         })?;
         Ok(Tensor::from_floats(
             with_last_dim(&x.shape, w.rows),

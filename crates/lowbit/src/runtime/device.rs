@@ -17,6 +17,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// Runs an op (or a consecutive range of its units) on a backend.
+type RangeFn<'a, T> = dyn Fn(&dyn Backend, Range<usize>) -> Result<T> + 'a;
+
 /// A device ops run on. Cheap to clone; `Send + Sync`. Calling ops on another `Device` value is the per-call
 /// override of the process default.
 #[derive(Clone)]
@@ -144,7 +147,7 @@ impl Device {
         &self,
         params: &OpParams,
         join: Option<fn(Vec<T>) -> T>,
-        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        f: &RangeFn<T>,
     ) -> Result<T> {
         let start = Instant::now();
         let mut call = OpStats {
@@ -192,7 +195,7 @@ impl Device {
         &self,
         params: &OpParams,
         join: Option<fn(Vec<T>) -> T>,
-        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        f: &RangeFn<T>,
         call: &mut OpStats,
     ) -> Result<T> {
         let est = &params.memory;
@@ -251,7 +254,7 @@ impl Device {
         range: Range<usize>,
         splittable: bool,
         min_units: usize,
-        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        f: &RangeFn<T>,
         parts: &mut Vec<T>,
         call: &mut OpStats,
     ) -> Result<()> {
@@ -282,7 +285,7 @@ impl Device {
         &self,
         op: OpKind,
         range: Range<usize>,
-        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        f: &RangeFn<T>,
         call: &mut OpStats,
     ) -> Result<T> {
         let mut attempt = 0;
@@ -310,7 +313,7 @@ impl Device {
     fn recover<T>(
         &self,
         params: &OpParams,
-        f: &dyn Fn(&dyn Backend, Range<usize>) -> Result<T>,
+        f: &RangeFn<T>,
         e: Error,
         call: &mut OpStats,
     ) -> Result<T> {
@@ -342,7 +345,8 @@ impl Device {
 
     /// Logs a recovery once per (op, device, reason) for the whole process.
     fn warn_once(&self, op: OpKind, reason: &'static str, message: impl FnOnce() -> String) {
-        static SEEN: OnceLock<Mutex<HashSet<(OpKind, String, &'static str)>>> = OnceLock::new();
+        type Seen = HashSet<(OpKind, String, &'static str)>;
+        static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
         let first = SEEN
             .get_or_init(Default::default)
             .lock()

@@ -21,13 +21,19 @@ pub fn devices() -> Vec<DeviceInfo> {
         .collect()
 }
 
-/// The host CPU.
+/// The host CPU. What does not change is read once; memory is read on every call.
 pub fn cpu_info() -> DeviceInfo {
-    let mut info = DeviceInfo::new("cpu", "cpu", cpu_name(), DeviceType::Cpu).with_all_ops();
-    info.cores = std::thread::available_parallelism().ok().map(|n| n.get());
+    static STATIC_PART: OnceLock<DeviceInfo> = OnceLock::new();
+    let mut info = STATIC_PART.get_or_init(cpu_static_info).clone();
     let (total, available) = host_memory();
     info.total_memory = total;
     info.available_memory = available;
+    info
+}
+
+fn cpu_static_info() -> DeviceInfo {
+    let mut info = DeviceInfo::new("cpu", "cpu", cpu_name(), DeviceType::Cpu).with_all_ops();
+    info.cores = std::thread::available_parallelism().ok().map(|n| n.get());
     info.unified_memory = true;
     info.simd = simd_features();
     // The CPU kernels widen f16/bf16 exactly in software, so both dtypes are always supported.

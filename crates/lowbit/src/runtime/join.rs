@@ -15,6 +15,13 @@ impl<T> Join for Vec<T> {
     }
 }
 
+impl<A: Join, B: Join> Join for (A, B) {
+    fn join(parts: Vec<Self>) -> Self {
+        let (a, b): (Vec<A>, Vec<B>) = parts.into_iter().unzip();
+        (A::join(a), B::join(b))
+    }
+}
+
 impl Join for BlockCodes {
     fn join(parts: Vec<Self>) -> Self {
         let mut out = BlockCodes {

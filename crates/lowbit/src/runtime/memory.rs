@@ -115,3 +115,37 @@ pub fn plan(est: &MemoryEstimate, limits: &Limits, splittable: bool, min_units: 
 pub fn min_units(est: &MemoryEstimate, min_chunk_bytes: u64) -> usize {
     (min_chunk_bytes.div_ceil(est.per_unit()) as usize).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_picks_the_largest_chunk_that_fits() {
+        // 100 units of 10 bytes plus a fixed 50-byte buffer.
+        let est = MemoryEstimate::new(100).buffer(50, 0).buffer(0, 10);
+        let total = |t| Limits {
+            total: Some(t),
+            buffer: None,
+        };
+        assert_eq!(plan(&est, &total(1050), true, 1), Plan::Whole);
+        assert_eq!(plan(&est, &total(1049), true, 1), Plan::Chunks(99));
+        assert_eq!(plan(&est, &total(450), true, 1), Plan::Chunks(40));
+        assert_eq!(
+            plan(&est, &total(450), true, 41),
+            Plan::TooBig { needed: 460 }
+        );
+        assert_eq!(
+            plan(&est, &total(450), false, 1),
+            Plan::TooBig { needed: 1050 }
+        );
+        assert_eq!(plan(&est, &total(55), true, 1), Plan::TooBig { needed: 60 });
+        // The largest single buffer limits too.
+        let buf = Limits {
+            total: None,
+            buffer: Some(200),
+        };
+        assert_eq!(plan(&est, &buf, true, 1), Plan::Chunks(20));
+        assert_eq!(min_units(&est, 95), 10);
+    }
+}

@@ -199,10 +199,21 @@ pub fn auto_select(devices: &[DeviceInfo], policy: RecoveryPolicy) -> (Device, A
     for info in auto_candidates(devices) {
         match open_backend(info) {
             Ok(backend) => {
-                let why = if info.backend == "cpu" {
-                    "no usable GPU"
+                let software: Vec<String> = devices
+                    .iter()
+                    .filter(|d| d.available && d.device_type == DeviceType::SoftwareGpu)
+                    .map(|d| format!("{} ({})", d.id, d.name))
+                    .collect();
+                let why = if info.backend != "cpu" {
+                    "highest-priority available device (Metal > CUDA > other GPU > CPU)".to_string()
+                } else if software.is_empty() {
+                    "no usable GPU".to_string()
                 } else {
-                    "highest-priority available device (Metal > CUDA > other GPU > CPU)"
+                    format!(
+                        "no usable GPU; software GPUs run on the CPU too and are slower than the CPU \
+                         backend: {}",
+                        software.join(", ")
+                    )
                 };
                 let reason = if skipped.is_empty() {
                     why.to_string()

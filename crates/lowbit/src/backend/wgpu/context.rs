@@ -2,6 +2,7 @@
 //! compiled once), the reciprocal correction table (uploaded once), uploads, dispatch and read-back.
 
 use super::shaders::Shader;
+use crate::runtime::DeviceError;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,8 +11,31 @@ use wgpu::util::DeviceExt;
 /// Workgroups per dispatch dimension that every adapter accepts.
 const MAX_GROUPS_X: u32 = 65535;
 
+/// A GPU failure as a device error, so the runtime can retry, split or fall back.
 pub(crate) fn gpu_err(detail: impl Into<String>) -> Error {
-    Error::invalid("wgpu", detail)
+    Error::Device(DeviceError::OperationFailed {
+        device: "wgpu".into(),
+        op: "gpu".into(),
+        reason: detail.into(),
+    })
+}
+
+/// Out of GPU memory, or an operand larger than one binding: the runtime splits the op and retries.
+pub(crate) fn gpu_oom(op: &str, needed: u64, available: Option<u64>) -> Error {
+    Error::Device(DeviceError::OutOfMemory {
+        device: "wgpu".into(),
+        op: op.into(),
+        needed,
+        available,
+    })
+}
+
+/// The device stopped answering: retried, then the runtime falls back to the CPU.
+pub(crate) fn gpu_lost(reason: impl Into<String>) -> Error {
+    Error::Device(DeviceError::DeviceLost {
+        device: "wgpu".into(),
+        reason: reason.into(),
+    })
 }
 
 pub struct Gpu {
@@ -212,9 +236,8 @@ impl Gpu {
         let val_err = pollster::block_on(scope.pop());
         recorded?;
         if let Some(e) = oom_err {
-            return Err(gpu_err(format!(
-                "out of GPU memory: {e}; use smaller inputs or the CPU"
-            )));
+            tracing::debug!("wgpu out-of-memory scope: {e}");
+            return Err(gpu_oom("gpu dispatch", 0, None));
         }
         if let Some(e) = val_err {
             return Err(gpu_err(format!("GPU validation error: {e}")));
@@ -226,7 +249,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| gpu_err(format!("device poll failed: {e}")))
+            .map_err(|e| gpu_lost(format!("device poll failed: {e}")))
     }
 
     /// Copies the first `len` bytes of `buf` back to the host.

@@ -2,7 +2,7 @@
 //! binding, e.g. lavapipe's 128 MiB), read back, and the final host-side steps that must be exact (f16/bf16
 //! narrowing, BitNet's true division).
 
-use super::context::{Gpu, gpu_err};
+use super::context::{Gpu, gpu_err, gpu_oom};
 use super::shaders::{Encoding, GemmKind, Shader};
 use crate::Result;
 use crate::backend::{BlockCodes, Int8Rows, Packed4bit, PackedTernary};
@@ -202,11 +202,8 @@ pub(crate) fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
 
 fn check_binding(gpu: &Gpu, op: &'static str, bytes: usize) -> Result<()> {
     if bytes as u64 > gpu.max_binding() {
-        return Err(gpu_err(format!(
-            "{op}: an operand of {bytes} bytes exceeds this adapter's largest storage binding ({} bytes); \
-             split the layer or use the CPU",
-            gpu.max_binding()
-        )));
+        // An operand larger than one binding: reported as out-of-memory so the runtime splits the op.
+        return Err(gpu_oom(op, bytes as u64, Some(gpu.max_binding())));
     }
     Ok(())
 }
