@@ -36,6 +36,12 @@ enum Command {
     Demo(commands::demo::Args),
     /// Time one op: median time, GB/s, GFLOP/s, and the fraction of measured memory bandwidth.
     Bench(commands::bench::Args),
+    /// Quantize a safetensors file or model directory to the bitsandbytes (nf4, fp4, int8) or BitNet layout.
+    Quantize(commands::quantize::Args),
+    /// Dequantize a bitsandbytes / BitNet checkpoint back to float tensors.
+    Dequantize(commands::dequantize::Args),
+    /// Show the tensors, formats, sizes and compression of a checkpoint.
+    Inspect(commands::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a, &cli.global),
         Command::Bench(a) => commands::bench::run(a, &cli.global),
+        Command::Quantize(a) => commands::quantize::run(a, &cli.global),
+        Command::Dequantize(a) => commands::dequantize::run(a, &cli.global),
+        Command::Inspect(a) => commands::inspect::run(a, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dequantize;
+pub mod inspect;
+pub mod quantize;
 
 /// Errors surface to `main` as boxed errors with a message for the user.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
