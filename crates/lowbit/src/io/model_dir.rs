@@ -280,7 +280,7 @@ pub struct Output {
 impl Output {
     /// Refuses an existing `target` unless `force`, and the input itself as target.
     pub fn create(target: &Path, input: &Path, is_dir: bool, force: bool) -> Result<Output> {
-        if let (Ok(a), Ok(b)) = (target.canonicalize(), input.canonicalize())
+        if let (Some(a), Ok(b)) = (absolute(target), input.canonicalize())
             && (a == b || a.starts_with(&b) && b.is_dir())
         {
             return Err(ck(
@@ -389,4 +389,16 @@ pub fn copy_files(files: &[PathBuf], dir: &Path) -> Result<()> {
         std::fs::copy(f, &to).map_err(|e| Error::io(f, e))?;
     }
     Ok(())
+}
+
+/// `p` with its parent directory resolved (the file itself need not exist yet).
+fn absolute(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let parent = match p.parent() {
+        Some(x) if !x.as_os_str().is_empty() => x.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
+    };
+    Some(parent.join(p.file_name()?))
 }
