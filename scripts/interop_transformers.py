@@ -64,7 +64,7 @@ def logits(model, ids):
 def run_lowbit(lowbit, args):
     r = subprocess.run([lowbit, "--json", "-q", *args], capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"lowbit {' '.join(args)} failed:\n{r.stderr}")
+        raise RuntimeError(f"lowbit {' '.join(args)} failed: {r.stderr.strip()}")
     return json.loads(r.stdout)
 
 
@@ -116,7 +116,8 @@ def main():
                 if name.startswith("nf4") or name == "fp4":
                     row.update(check_dequantize(a.lowbit, tdir, os.path.join(work, f"deq-{name}"), bnb, load_file))
             except Exception as e:  # transformers / bitsandbytes CPU support varies by version
-                row["transformers_self_quantize"] = f"unavailable: {type(e).__name__}: {e}"[:300]
+                row["transformers_self_quantize"] = f"error: {type(e).__name__}: {e}"[:400]
+                failures.append(f"{name}: {row['transformers_self_quantize']}")
         results.append(row)
         print(json.dumps(row), flush=True)
 

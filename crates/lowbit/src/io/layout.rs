@@ -533,7 +533,7 @@ pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bi
     }
     let absmax_e = file.require(&sub(weight, ABSMAX))?;
     let absmax = match js.nested_offset {
-        None => Absmax::Plain(file.f32_values(absmax_e)?),
+        None => Absmax::Plain(file.widened_f32(absmax_e)?),
         Some(offset) => {
             if absmax_e.dtype != StDtype::U8 {
                 return Err(bad(
@@ -558,7 +558,7 @@ pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bi
             }
             Absmax::Nested {
                 absmax_q: file.bytes(absmax_e).to_vec(),
-                nested_absmax: file.f32_values(file.require(&sub(weight, NESTED_ABSMAX))?)?,
+                nested_absmax: file.widened_f32(file.require(&sub(weight, NESTED_ABSMAX))?)?,
                 nested_code,
                 offset,
             }
@@ -591,7 +591,7 @@ pub fn decode(
         Group::Int8 { weight, .. } => {
             let w = file.require(weight)?;
             let scb_e = file.require(&module_key(weight, SCB))?;
-            let scb = file.f32_values(scb_e)?;
+            let scb = file.widened_f32(scb_e)?;
             let [rows, _] = dims2(&w.shape).ok_or_else(|| {
                 ck(
                     path,

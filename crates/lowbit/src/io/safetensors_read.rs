@@ -343,7 +343,27 @@ impl SafetensorsFile {
         })
     }
 
-    /// The tensor as f32 values, requiring dtype F32 (scales, code maps).
+    /// A float tensor of any float dtype widened (exactly) to f32: block scales, which bitsandbytes' CPU
+    /// backend saves in bfloat16 where its CUDA backend saves float32.
+    pub fn widened_f32(&self, t: &TensorEntry) -> Result<Vec<f32>> {
+        let b = self.bytes(t);
+        Ok(match t.dtype {
+            StDtype::F32 => le_vec(b),
+            StDtype::F16 => le_vec::<f16>(b).into_iter().map(f32::from).collect(),
+            StDtype::BF16 => le_vec::<bf16>(b).into_iter().map(f32::from).collect(),
+            other => {
+                return Err(ck(
+                    &self.path,
+                    format!(
+                        "tensor {:?}: dtype {other} where a float type is required",
+                        t.name
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The tensor as f32 values, requiring dtype F32 (code maps).
     pub fn f32_values(&self, t: &TensorEntry) -> Result<Vec<f32>> {
         if t.dtype != StDtype::F32 {
             return Err(ck(
