@@ -253,7 +253,7 @@ impl QuantizeJob {
             }
             total_size += writer.finish(tail_bytes)?;
         }
-        if let Some(dir) = &self.input.dir {
+        if self.input.dir.is_some() {
             let out = self.output.path();
             if self.input.indexed {
                 model_dir::write_index(out, total_size, &weight_map)?;
@@ -268,9 +268,8 @@ impl QuantizeJob {
                 model_dir::write_json(&out.join(CONFIG), &Value::Object(config))?;
             }
             model_dir::copy_files(&self.input.other_files()?, out)?;
-            let _ = dir;
         }
-        let target = output_target(&self.output, &self.input, &self.files);
+        let target = self.output.target().to_path_buf();
         self.output.commit()?;
         let errs: Vec<f64> = reports.iter().filter_map(|r| r.rel_error).collect();
         let bytes_out = reports.iter().map(|r| r.bytes_out).sum();
@@ -290,8 +289,4 @@ impl QuantizeJob {
             output: target,
         })
     }
-}
-
-fn output_target(output: &Output, _input: &ModelInput, _files: &[SafetensorsFile]) -> PathBuf {
-    output.target().to_path_buf()
 }
