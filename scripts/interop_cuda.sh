@@ -6,8 +6,8 @@ set -euo pipefail
 cargo build --release -p lowbit-cli
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
-  python3 -m venv scripts/.venv-cuda
-  scripts/.venv-cuda/bin/pip install -q torch transformers bitsandbytes accelerate safetensors
-  PYTHON=scripts/.venv-cuda/bin/python
+  python3 -m venv scripts/.venv
+  scripts/.venv/bin/pip install -q torch transformers bitsandbytes accelerate safetensors
+  PYTHON=scripts/.venv/bin/python
 fi
 "$PYTHON" scripts/interop_cuda.py --lowbit target/release/lowbit "$@"
