@@ -38,6 +38,12 @@ enum Command {
     Bench(commands::bench::Args),
     /// List devices (CPU, GPUs) with their capabilities, and which one `auto` picks and why.
     Devices(commands::devices::Args),
+    /// Quantize a safetensors file or model directory to the bitsandbytes (nf4, fp4, int8) or BitNet layout.
+    Quantize(commands::quantize::Args),
+    /// Dequantize a bitsandbytes / BitNet checkpoint back to float tensors.
+    Dequantize(commands::dequantize::Args),
+    /// Show the tensors, formats, sizes and compression of a checkpoint.
+    Inspect(commands::inspect::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,9 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo::run(a, &cli.global),
         Command::Bench(a) => commands::bench::run(a, &cli.global),
         Command::Devices(a) => commands::devices::run(a, &cli.global),
+        Command::Quantize(a) => commands::quantize::run(a, &cli.global),
+        Command::Dequantize(a) => commands::dequantize::run(a, &cli.global),
+        Command::Inspect(a) => commands::inspect::run(a, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

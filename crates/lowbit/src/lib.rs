@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod error;
 pub mod format;
+pub mod io;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;

@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dequantize;
 pub mod devices;
+pub mod inspect;
+pub mod quantize;
 
 /// Errors surface to `main` as boxed errors with a message for the user.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

@@ -1,0 +1,718 @@
+//! The bitsandbytes / transformers state-dict layout of quantized linear weights (FORMATS.md §5, §7, §9):
+//! which keys a quantized weight becomes, with which dtypes and shapes, and how to read them back.
+//!
+//! For a weight `P.weight` of shape `[out, in]`:
+//! - 4-bit (`Linear4bit._save_to_state_dict` + `QuantState.as_dict(packed=True)`): `P.weight` U8
+//!   `[(n+1)/2, 1]`, `P.weight.absmax` (F32 `[nb]`, or U8 `[nb]` with double quant), `P.weight.quant_map` F32
+//!   `[16]`, with double quant `P.weight.nested_absmax` F32 `[ceil(nb/256)]` and `P.weight.nested_quant_map`
+//!   F32 `[256]`, and `P.weight.quant_state.bitsandbytes__nf4|fp4` U8 `[len]` (the JSON).
+//! - LLM.int8() (`Linear8bitLt._save_to_state_dict`): `P.weight` I8 `[out, in]`, `P.SCB` F32 `[out]`,
+//!   `P.weight_format` U8 scalar `[]` = 0 (row-major).
+//! - BitNet (transformers `BitLinear` buffers): `P.weight` U8 `[out/4, in]`, `P.weight_scale` in the model
+//!   dtype, shape `[1]`.
+
+use super::StDtype;
+use super::checkpoint_error as ck;
+use super::safetensors_read::{SafetensorsFile, TensorEntry};
+use super::safetensors_write::{PlannedTensor, TailTensor};
+use crate::format::blocksize::num_blocks;
+use crate::format::int8::WEIGHT_FORMAT_ROW;
+use crate::format::quant_state::QuantStateJson;
+use crate::format::ternary::{packed_rows, unpack};
+use crate::format::{
+    Absmax, BLOCKSIZES_4BIT, FourBitType, NESTED_BLOCKSIZE, QuantState, dynamic_map,
+};
+use crate::ops::{Linear8bitLt, Quantized4bit, ensure_finite};
+use crate::runtime::Device;
+use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
+use crate::{Error, Result};
+
+pub const ABSMAX: &str = "absmax";
+pub const QUANT_MAP: &str = "quant_map";
+pub const NESTED_ABSMAX: &str = "nested_absmax";
+pub const NESTED_QUANT_MAP: &str = "nested_quant_map";
+/// Prefix of the packed quant_state key; the 4-bit type name follows.
+pub const QUANT_STATE_PREFIX: &str = "quant_state.bitsandbytes__";
+pub const SCB: &str = "SCB";
+pub const WEIGHT_FORMAT: &str = "weight_format";
+pub const WEIGHT_SCALE: &str = "weight_scale";
+/// Longest Python repr of a float32 held in a double (`-1.1754943508222875e-38`), bounding the JSON.
+const MAX_FLOAT_REPR: usize = 24;
+
+/// A checkpoint quantization format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFormat {
+    FourBit(FourBitType),
+    Int8,
+    Ternary,
+}
+
+impl QuantFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::FourBit(t) => t.name(),
+            QuantFormat::Int8 => "int8",
+            QuantFormat::Ternary => "ternary",
+        }
+    }
+}
+
+impl std::str::FromStr for QuantFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nf4" => Ok(QuantFormat::FourBit(FourBitType::Nf4)),
+            "fp4" => Ok(QuantFormat::FourBit(FourBitType::Fp4)),
+            "int8" | "llm_int8" => Ok(QuantFormat::Int8),
+            "ternary" | "bitnet" => Ok(QuantFormat::Ternary),
+            _ => Err(Error::UnknownFormat {
+                got: s.to_string(),
+                known: "nf4, fp4, int8, ternary",
+            }),
+        }
+    }
+}
+
+/// How to quantize one weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantSpec {
+    pub format: QuantFormat,
+    /// 4-bit block size (bitsandbytes / transformers default 64).
+    pub blocksize: usize,
+    /// 4-bit double quantization (`bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+}
+
+impl QuantSpec {
+    pub fn validate(&self) -> Result<()> {
+        if matches!(self.format, QuantFormat::FourBit(_))
+            && !BLOCKSIZES_4BIT.contains(&self.blocksize)
+        {
+            return Err(Error::BlockSize {
+                op: "quantize",
+                got: self.blocksize,
+                allowed: BLOCKSIZES_4BIT,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `P` of `P.weight` (the module name).
+pub fn module_of(weight_name: &str) -> &str {
+    weight_name.strip_suffix(".weight").unwrap_or(weight_name)
+}
+
+fn sub(weight_name: &str, key: &str) -> String {
+    format!("{weight_name}.{key}")
+}
+
+fn module_key(weight_name: &str, key: &str) -> String {
+    format!("{}.{key}", module_of(weight_name))
+}
+
+/// The tensors a weight becomes, known before quantizing it: fixed-size ones in write order, and the
+/// quant_state JSON as a tail (its length depends on the double-quant offset's digits).
+pub fn plan(
+    spec: &QuantSpec,
+    weight_name: &str,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<(Vec<PlannedTensor>, Option<TailTensor>)> {
+    let n: usize = shape.iter().product();
+    let w = weight_name;
+    Ok(match spec.format {
+        QuantFormat::FourBit(t) => {
+            let nb = num_blocks(n, spec.blocksize);
+            let mut p = vec![PlannedTensor::new(w, StDtype::U8, vec![n.div_ceil(2), 1])];
+            if spec.double_quant {
+                p.push(PlannedTensor::new(sub(w, ABSMAX), StDtype::U8, vec![nb]));
+            } else {
+                p.push(PlannedTensor::new(sub(w, ABSMAX), StDtype::F32, vec![nb]));
+            }
+            p.push(PlannedTensor::new(
+                sub(w, QUANT_MAP),
+                StDtype::F32,
+                vec![16],
+            ));
+            if spec.double_quant {
+                let nn = num_blocks(nb, NESTED_BLOCKSIZE);
+                p.push(PlannedTensor::new(
+                    sub(w, NESTED_ABSMAX),
+                    StDtype::F32,
+                    vec![nn],
+                ));
+                p.push(PlannedTensor::new(
+                    sub(w, NESTED_QUANT_MAP),
+                    StDtype::F32,
+                    vec![256],
+                ));
+            }
+            // The JSON with a zero offset ("0.0"), plus room for the longest repr.
+            let probe = QuantState {
+                quant_type: t,
+                blocksize: spec.blocksize,
+                dtype,
+                shape: shape.to_vec(),
+                absmax: if spec.double_quant {
+                    Absmax::Nested {
+                        absmax_q: vec![],
+                        nested_absmax: vec![],
+                        nested_code: vec![],
+                        offset: 0.0,
+                    }
+                } else {
+                    Absmax::Plain(vec![])
+                },
+            };
+            let max_len =
+                probe.to_json().len() + if spec.double_quant { MAX_FLOAT_REPR } else { 0 };
+            let tail = TailTensor {
+                name: sub(w, &format!("{QUANT_STATE_PREFIX}{}", t.name())),
+                max_len,
+            };
+            (p, Some(tail))
+        }
+        QuantFormat::Int8 => {
+            let [out, inp] = dims2(shape).ok_or_else(|| shape_err(w, shape))?;
+            (
+                vec![
+                    PlannedTensor::new(w, StDtype::I8, vec![out, inp]),
+                    PlannedTensor::new(module_key(w, SCB), StDtype::F32, vec![out]),
+                    PlannedTensor::new(module_key(w, WEIGHT_FORMAT), StDtype::U8, vec![]),
+                ],
+                None,
+            )
+        }
+        QuantFormat::Ternary => {
+            let [out, inp] = dims2(shape).ok_or_else(|| shape_err(w, shape))?;
+            if out % 4 != 0 {
+                return Err(Error::invalid(
+                    "quantize",
+                    format!(
+                        "{w}: BitNet packs 4 rows per byte and transformers' BitLinear needs out_features % 4 == 0, \
+                         got {out}; exclude this tensor with --exclude"
+                    ),
+                ));
+            }
+            (
+                vec![
+                    PlannedTensor::new(w, StDtype::U8, vec![packed_rows(out), inp]),
+                    PlannedTensor::new(
+                        module_key(w, WEIGHT_SCALE),
+                        StDtype::from_dtype(dtype),
+                        vec![1],
+                    ),
+                ],
+                None,
+            )
+        }
+    })
+}
+
+fn dims2(shape: &[usize]) -> Option<[usize; 2]> {
+    match shape {
+        [a, b] => Some([*a, *b]),
+        _ => None,
+    }
+}
+
+fn shape_err(w: &str, shape: &[usize]) -> Error {
+    Error::shape(
+        "quantize",
+        format!("{w}: expected a 2-D [out, in] weight, got {shape:?}"),
+    )
+}
+
+/// The bytes of a quantized weight in [`plan`]'s order, and its relative error `||W - W'|| / ||W||`.
+pub struct Encoded {
+    pub tensors: Vec<(String, Vec<u8>)>,
+    pub tail: Option<(String, Vec<u8>)>,
+    pub rel_error: f64,
+}
+
+/// Quantizes `w` (named `weight_name`) with the library's ops. Non-finite weights are rejected.
+pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> Result<Encoded> {
+    let wf = w.floats("quantize")?;
+    ensure_finite("quantize", wf)
+        .map_err(|e| Error::invalid("quantize", format!("{weight_name}: {e}")))?;
+    let name = weight_name;
+    match spec.format {
+        QuantFormat::FourBit(t) => {
+            let q = dev.quantize_4bit(w, t, spec.blocksize, spec.double_quant)?;
+            let deq = dev.dequantize_4bit(&q)?;
+            let rel_error = rel_error(wf, deq.floats("dequantize")?);
+            let mut tensors = vec![(name.to_string(), q.packed.clone())];
+            match &q.state.absmax {
+                Absmax::Plain(a) => tensors.push((sub(name, ABSMAX), f32_bytes(a))),
+                Absmax::Nested {
+                    absmax_q,
+                    nested_absmax,
+                    nested_code,
+                    ..
+                } => {
+                    tensors.push((sub(name, ABSMAX), absmax_q.clone()));
+                    tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
+                    tensors.push((sub(name, NESTED_ABSMAX), f32_bytes(nested_absmax)));
+                    tensors.push((sub(name, NESTED_QUANT_MAP), f32_bytes(nested_code)));
+                }
+            }
+            if !q.state.absmax.is_nested() {
+                tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
+            }
+            let tail = (
+                sub(name, &format!("{QUANT_STATE_PREFIX}{}", t.name())),
+                q.state.to_json().into_bytes(),
+            );
+            Ok(Encoded {
+                tensors,
+                tail: Some(tail),
+                rel_error,
+            })
+        }
+        QuantFormat::Int8 => {
+            let layer = Linear8bitLt::from_weight(dev, w, None, 0.0)?;
+            let qt = Tensor {
+                shape: w.shape.clone(),
+                data: TensorData::I8(layer.weight),
+            };
+            let deq = dev.int8_vectorwise_dequant(&qt, &layer.scb)?;
+            let rel_error = rel_error(wf, deq.floats("dequantize")?);
+            let TensorData::I8(q) = qt.data else {
+                unreachable!("built above")
+            };
+            Ok(Encoded {
+                tensors: vec![
+                    (name.to_string(), bytemuck::cast_slice(&q).to_vec()),
+                    (module_key(name, SCB), f32_bytes(&layer.scb)),
+                    (module_key(name, WEIGHT_FORMAT), vec![WEIGHT_FORMAT_ROW]),
+                ],
+                tail: None,
+                rel_error,
+            })
+        }
+        QuantFormat::Ternary => {
+            let tw = dev.ternary_quantize(w)?;
+            let scale = FloatVec::from_f32(vec![tw.weight_scale], w.dtype());
+            let stored_scale = scale.to_f32_vec()[0];
+            let deq = ternary_values(&tw.packed, tw.rows, tw.cols, stored_scale);
+            let rel_error = rel_error(wf, Floats::F32(&deq));
+            Ok(Encoded {
+                tensors: vec![
+                    (name.to_string(), tw.packed),
+                    (module_key(name, WEIGHT_SCALE), scale.to_le_bytes()),
+                ],
+                tail: None,
+                rel_error,
+            })
+        }
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// `t / weight_scale` for every ternary value (the weight BitLinear effectively applies).
+fn ternary_values(packed: &[u8], rows: usize, cols: usize, weight_scale: f32) -> Vec<f32> {
+    unpack(packed, rows, cols)
+        .into_iter()
+        .map(|t| t as f32 / weight_scale)
+        .collect()
+}
+
+/// `||a - b||_2 / ||a||_2` in f64 (0 when `a` is all zeros and `b` equals it).
+pub fn rel_error(a: Floats, b: Floats) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for i in 0..a.len().min(b.len()) {
+        let (x, y) = (a.get_f32(i) as f64, b.get_f32(i) as f64);
+        num += (x - y) * (x - y);
+        den += x * x;
+    }
+    if den == 0.0 {
+        if num == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// A logical tensor of a checkpoint: a plain tensor, or the keys of one quantized weight.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Group {
+    Plain(String),
+    FourBit {
+        weight: String,
+        quant_type: FourBitType,
+        /// Every key of the group (weight first).
+        keys: Vec<String>,
+    },
+    Int8 {
+        weight: String,
+        keys: Vec<String>,
+    },
+    Ternary {
+        weight: String,
+        keys: Vec<String>,
+    },
+}
+
+impl Group {
+    pub fn weight(&self) -> &str {
+        match self {
+            Group::Plain(w)
+            | Group::FourBit { weight: w, .. }
+            | Group::Int8 { weight: w, .. }
+            | Group::Ternary { weight: w, .. } => w,
+        }
+    }
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Group::Plain(w) => vec![w.clone()],
+            Group::FourBit { keys, .. }
+            | Group::Int8 { keys, .. }
+            | Group::Ternary { keys, .. } => keys.clone(),
+        }
+    }
+    pub fn format_name(&self) -> Option<&'static str> {
+        match self {
+            Group::Plain(_) => None,
+            Group::FourBit { quant_type, .. } => Some(quant_type.name()),
+            Group::Int8 { .. } => Some("int8"),
+            Group::Ternary { .. } => Some("ternary"),
+        }
+    }
+}
+
+/// Groups a file's tensors into plain tensors and quantized weights, in file order of each group's weight.
+pub fn groups(file: &SafetensorsFile) -> Result<Vec<Group>> {
+    let mut claimed = std::collections::HashSet::new();
+    let mut quantized = std::collections::HashMap::new();
+    for t in file.tensors() {
+        let Some((weight, qtype)) = t.name.split_once(&format!(".{QUANT_STATE_PREFIX}")) else {
+            continue;
+        };
+        let quant_type: FourBitType = qtype.parse().map_err(|_| {
+            ck(
+                file.path(),
+                format!("tensor {:?}: unknown 4-bit type {qtype:?}", t.name),
+            )
+        })?;
+        let mut keys = vec![weight.to_string()];
+        for k in [ABSMAX, QUANT_MAP, NESTED_ABSMAX, NESTED_QUANT_MAP] {
+            if file.get(&sub(weight, k)).is_some() {
+                keys.push(sub(weight, k));
+            }
+        }
+        keys.push(t.name.clone());
+        if quantized.contains_key(weight) {
+            return Err(ck(
+                file.path(),
+                format!(
+                    "tensor {weight:?} has more than one quant_state; bitsandbytes requires exactly one"
+                ),
+            ));
+        }
+        claimed.extend(keys.iter().cloned());
+        quantized.insert(
+            weight.to_string(),
+            Group::FourBit {
+                weight: weight.to_string(),
+                quant_type,
+                keys,
+            },
+        );
+    }
+    for t in file.tensors() {
+        if claimed.contains(&t.name) || !t.name.ends_with(".weight") {
+            continue;
+        }
+        let scb = module_key(&t.name, SCB);
+        let scale = module_key(&t.name, WEIGHT_SCALE);
+        if t.dtype == StDtype::I8 && file.get(&scb).is_some() {
+            let mut keys = vec![t.name.clone(), scb];
+            let wf = module_key(&t.name, WEIGHT_FORMAT);
+            if file.get(&wf).is_some() {
+                keys.push(wf);
+            }
+            claimed.extend(keys.iter().cloned());
+            quantized.insert(
+                t.name.clone(),
+                Group::Int8 {
+                    weight: t.name.clone(),
+                    keys,
+                },
+            );
+        } else if t.dtype == StDtype::U8 && file.get(&scale).is_some() {
+            let keys = vec![t.name.clone(), scale];
+            claimed.extend(keys.iter().cloned());
+            quantized.insert(
+                t.name.clone(),
+                Group::Ternary {
+                    weight: t.name.clone(),
+                    keys,
+                },
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for t in file.tensors() {
+        if let Some(g) = quantized.remove(&t.name) {
+            out.push(g);
+        } else if !claimed.contains(&t.name) {
+            out.push(Group::Plain(t.name.clone()));
+        }
+    }
+    if let Some(w) = quantized.keys().next() {
+        return Err(ck(
+            file.path(),
+            format!("tensor {w:?} is missing but its quantization state is present"),
+        ));
+    }
+    Ok(out)
+}
+
+/// The quant_state key and parsed JSON of a 4-bit weight (header and JSON only; no tensor data copied).
+pub fn fourbit_json(file: &SafetensorsFile, weight: &str) -> Result<(String, QuantStateJson)> {
+    let bad = |key: &str, d: String| ck(file.path(), format!("tensor {key:?}: {d}"));
+    let qs_entry = file
+        .tensors()
+        .iter()
+        .find(|t| t.name.starts_with(&sub(weight, QUANT_STATE_PREFIX)))
+        .ok_or_else(|| bad(weight, "quant_state tensor is missing".into()))?;
+    if qs_entry.dtype != StDtype::U8 {
+        return Err(bad(
+            &qs_entry.name,
+            format!("dtype {} where U8 is required", qs_entry.dtype),
+        ));
+    }
+    let js = QuantStateJson::parse(file.bytes(qs_entry))
+        .map_err(|e| bad(&qs_entry.name, e.to_string()))?;
+    let suffix_type = &qs_entry.name[weight.len() + 1 + QUANT_STATE_PREFIX.len()..];
+    if suffix_type != js.quant_type.name() {
+        return Err(bad(
+            &qs_entry.name,
+            format!("key says {suffix_type} but the JSON says {}", js.quant_type),
+        ));
+    }
+    Ok((qs_entry.name.clone(), js))
+}
+
+/// Reads a 4-bit weight back into a [`Quantized4bit`], cross-checking every key against the JSON.
+pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bit> {
+    let path = file.path();
+    let bad = |key: &str, d: String| ck(path, format!("tensor {key:?}: {d}"));
+    let (_, js) = fourbit_json(file, weight)?;
+    let w = file.require(weight)?;
+    if w.dtype.size() == 0
+        || !matches!(
+            w.dtype,
+            StDtype::U8 | StDtype::I8 | StDtype::F16 | StDtype::BF16 | StDtype::F32 | StDtype::F64
+        )
+    {
+        return Err(bad(
+            weight,
+            format!("packed 4-bit data has dtype {}", w.dtype),
+        ));
+    }
+    // quant_storage other than uint8 reinterprets the same bytes.
+    let packed = file.bytes(w).to_vec();
+    let quant_map = file.f32_values(file.require(&sub(weight, QUANT_MAP))?)?;
+    if quant_map.iter().map(|v| v.to_bits()).ne(js
+        .quant_type
+        .quant_map()
+        .iter()
+        .map(|v| v.to_bits()))
+    {
+        return Err(bad(
+            &sub(weight, QUANT_MAP),
+            format!(
+                "is not the standard {} table; custom code maps are not supported",
+                js.quant_type
+            ),
+        ));
+    }
+    let absmax_e = file.require(&sub(weight, ABSMAX))?;
+    let absmax = match js.nested_offset {
+        None => Absmax::Plain(file.widened_f32(absmax_e)?),
+        Some(offset) => {
+            if absmax_e.dtype != StDtype::U8 {
+                return Err(bad(
+                    &absmax_e.name,
+                    format!(
+                        "dtype {} with double quantization; expected U8",
+                        absmax_e.dtype
+                    ),
+                ));
+            }
+            let nested_code = file.f32_values(file.require(&sub(weight, NESTED_QUANT_MAP))?)?;
+            if nested_code
+                .iter()
+                .map(|v| v.to_bits())
+                .ne(dynamic_map(true).values.iter().map(|v| v.to_bits()))
+            {
+                return Err(bad(
+                    &sub(weight, NESTED_QUANT_MAP),
+                    "is not the signed dynamic 8-bit map; custom code maps are not supported"
+                        .into(),
+                ));
+            }
+            Absmax::Nested {
+                absmax_q: file.bytes(absmax_e).to_vec(),
+                nested_absmax: file.widened_f32(file.require(&sub(weight, NESTED_ABSMAX))?)?,
+                nested_code,
+                offset,
+            }
+        }
+    };
+    let state = QuantState {
+        quant_type: js.quant_type,
+        blocksize: js.blocksize,
+        dtype: js.dtype,
+        shape: js.shape,
+        absmax,
+    };
+    state
+        .validate(packed.len())
+        .map_err(|e| bad(weight, e.to_string()))?;
+    Ok(Quantized4bit { packed, state })
+}
+
+/// Dequantizes a group to floats (`dtype` or the weight's original dtype).
+pub fn decode(
+    dev: &Device,
+    file: &SafetensorsFile,
+    group: &Group,
+    dtype: Option<DType>,
+) -> Result<Tensor> {
+    let path = file.path();
+    let t = match group {
+        Group::Plain(name) => return file.tensor(file.require(name)?),
+        Group::FourBit { weight, .. } => dev.dequantize_4bit(&load_fourbit(file, weight)?)?,
+        Group::Int8 { weight, .. } => {
+            let w = file.require(weight)?;
+            let scb_e = file.require(&module_key(weight, SCB))?;
+            let scb = file.widened_f32(scb_e)?;
+            let [rows, _] = dims2(&w.shape).ok_or_else(|| {
+                ck(
+                    path,
+                    format!(
+                        "tensor {weight:?}: int8 weight must be 2-D, got {:?}",
+                        w.shape
+                    ),
+                )
+            })?;
+            if scb.len() != rows {
+                return Err(ck(
+                    path,
+                    format!(
+                        "tensor {:?}: {} values for {rows} rows",
+                        scb_e.name,
+                        scb.len()
+                    ),
+                ));
+            }
+            if let Some(wf) = file.get(&module_key(weight, WEIGHT_FORMAT)) {
+                let b = file.bytes(wf);
+                if wf.dtype != StDtype::U8 || b != [WEIGHT_FORMAT_ROW] {
+                    return Err(ck(
+                        path,
+                        format!(
+                            "tensor {:?}: only the row-major weight format (U8 scalar 0) is supported, got {} {:?}",
+                            wf.name, wf.dtype, b
+                        ),
+                    ));
+                }
+            }
+            let q = file.tensor(w)?;
+            let out = dev.int8_vectorwise_dequant(&q, &scb)?;
+            let out_dtype = dtype.unwrap_or(DType::F16);
+            return Ok(Tensor::from_floats(
+                out.shape.clone(),
+                FloatVec::from_f32(out.floats("decode")?.to_f32_vec(), out_dtype),
+            ));
+        }
+        Group::Ternary { weight, .. } => {
+            let w = file.require(weight)?;
+            let s = file.require(&module_key(weight, WEIGHT_SCALE))?;
+            let scale_t = file.tensor(s)?;
+            let sf = scale_t.floats("decode").map_err(|_| {
+                ck(
+                    path,
+                    format!("tensor {:?}: weight_scale must be a float", s.name),
+                )
+            })?;
+            if sf.len() != 1 {
+                return Err(ck(
+                    path,
+                    format!(
+                        "tensor {:?}: weight_scale has {} values, expected 1",
+                        s.name,
+                        sf.len()
+                    ),
+                ));
+            }
+            let [r, cols] = dims2(&w.shape).ok_or_else(|| {
+                ck(
+                    path,
+                    format!(
+                        "tensor {weight:?}: packed ternary weight must be 2-D, got {:?}",
+                        w.shape
+                    ),
+                )
+            })?;
+            let rows = r * 4;
+            let vals = ternary_values(file.bytes(w), rows, cols, sf.get_f32(0));
+            let out_dtype = dtype.unwrap_or(sf.dtype());
+            return Ok(Tensor::from_floats(
+                vec![rows, cols],
+                FloatVec::from_f32(vals, out_dtype),
+            ));
+        }
+    };
+    Ok(match dtype {
+        Some(d) if d != t.dtype() => Tensor::from_floats(
+            t.shape.clone(),
+            FloatVec::from_f32(t.floats("decode")?.to_f32_vec(), d),
+        ),
+        _ => t,
+    })
+}
+
+/// Shape and dtype of the original weight of a group, read from headers and the quant_state JSON only.
+pub fn original_shape_dtype(
+    file: &SafetensorsFile,
+    group: &Group,
+) -> Result<(Vec<usize>, StDtype)> {
+    let path = file.path();
+    let get = |n: &str| -> Result<&TensorEntry> { file.require(n) };
+    Ok(match group {
+        Group::Plain(n) => {
+            let e = get(n)?;
+            (e.shape.clone(), e.dtype)
+        }
+        Group::FourBit { weight, .. } => {
+            let js = fourbit_json(file, weight)?.1;
+            (js.shape, StDtype::from_dtype(js.dtype))
+        }
+        Group::Int8 { weight, .. } => (get(weight)?.shape.clone(), StDtype::F16),
+        Group::Ternary { weight, .. } => {
+            let w = get(weight)?;
+            let s = get(&module_key(weight, WEIGHT_SCALE))?;
+            if w.shape.len() != 2 {
+                return Err(ck(
+                    path,
+                    format!("tensor {weight:?}: packed ternary weight must be 2-D"),
+                ));
+            }
+            (vec![w.shape[0] * 4, w.shape[1]], s.dtype)
+        }
+    })
+}
+
+/// Block size of a 4-bit group (None for other groups).
+pub fn blocksize(file: &SafetensorsFile, group: &Group) -> Result<Option<usize>> {
+    Ok(match group {
+        Group::FourBit { weight, .. } => Some(fourbit_json(file, weight)?.1.blocksize),
+        _ => None,
+    })
+}
