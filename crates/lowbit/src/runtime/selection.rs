@@ -158,7 +158,7 @@ fn not_found(requested: &str, devices: &[DeviceInfo]) -> crate::Error {
 /// Creates the backend for a discovered device.
 pub fn open_backend(info: &DeviceInfo) -> Result<Arc<dyn Backend>> {
     match info.backend.as_str() {
-        "cpu" => Ok(Arc::new(CpuBackend::default())),
+        "cpu" => Ok(Arc::new(CpuBackend)),
         #[cfg(feature = "wgpu")]
         "vulkan" | "metal" | "dx12" => {
             let backends = match info.backend.as_str() {

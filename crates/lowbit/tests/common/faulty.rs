@@ -60,7 +60,7 @@ impl Faulty {
             return Err(DeviceError::failed(&self.name, op, "injected permanent failure").into());
         }
         if call <= self.faults.transient
-            || (self.faults.transient_every > 0 && call % self.faults.transient_every == 0)
+            || (self.faults.transient_every > 0 && call.is_multiple_of(self.faults.transient_every))
         {
             self.transient_injected.fetch_add(1, Ordering::SeqCst);
             return Err(DeviceError::transient(&self.name, op, "injected busy").into());
