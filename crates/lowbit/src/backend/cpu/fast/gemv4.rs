@@ -16,7 +16,7 @@ use rayon::prelude::*;
 pub fn gemv(x: Floats, w: Packed4bit, bias: Option<Floats>, isa: Isa) -> FloatVec {
     let xf = x.to_f32_vec();
     let mut y = vec![0.0f32; w.rows];
-    let simd = isa == Isa::Avx2 && w.cols % 16 == 0 && w.blocksize % 16 == 0;
+    let simd = isa == Isa::Avx2 && w.cols.is_multiple_of(16) && w.blocksize.is_multiple_of(16);
     let xd = if simd {
         deinterleave16(&xf)
     } else {
