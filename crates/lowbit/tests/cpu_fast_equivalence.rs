@@ -83,12 +83,8 @@ fn as_dtype(v: &[f32], d: DType) -> FloatVec {
 }
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const ISAS: [Isa; 2] = [Isa::Avx2, Isa::Portable];
-
 fn isas() -> Vec<Isa> {
-    ISAS.into_iter()
-        .filter(|&i| i == Isa::Portable || i == fast::isa())
-        .collect()
+    Isa::available()
 }
 
 fn bits(v: &FloatVec) -> Vec<u8> {
@@ -230,6 +226,7 @@ proptest! {
     #[test]
     fn gemv_4bit_close(seed in any::<u64>(), rows in 1usize..40, cols_units in 1usize..40, odd in any::<bool>()) {
         let mut rng = Rng(seed);
+        // Multiples of 32 and 16 reach the SIMD row kernels, the rest the portable one.
         let cols = cols_units * 16 + if odd { rng.below(16) } else { 0 };
         let w = weight4(&mut rng, rows, cols);
         let x = values(&mut rng, cols, false);
@@ -311,7 +308,7 @@ fn detected_isa_is_reported() {
     let isa = CpuBackend::isa();
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        assert_eq!(isa, Isa::Avx2);
+        assert!(isa.has_avx2());
     }
     let _ = (isa, rcp_approx(1.0), bf16::ONE, f16::ONE);
 }

@@ -102,7 +102,7 @@ fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, isa: 
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::microkernel(kc, a, b, c, ldc) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::microkernel(kc, a, b, c, ldc) },
         _ => microkernel_portable(kc, a, b, c, ldc),
     }
 }

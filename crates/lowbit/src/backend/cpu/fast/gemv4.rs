@@ -16,20 +16,25 @@ use rayon::prelude::*;
 pub fn gemv(x: Floats, w: Packed4bit, bias: Option<Floats>, isa: Isa) -> FloatVec {
     let xf = x.to_f32_vec();
     let mut y = vec![0.0f32; w.rows];
-    let simd = isa == Isa::Avx2 && w.cols.is_multiple_of(16) && w.blocksize.is_multiple_of(16);
-    let xd = if simd {
-        deinterleave16(&xf)
-    } else {
-        Vec::new()
+    let fits = |g: usize| w.cols.is_multiple_of(g) && w.blocksize.is_multiple_of(g);
+    let path = match isa {
+        Isa::Avx512 if fits(32) => Path::Avx512,
+        Isa::Avx512 | Isa::Avx2 if fits(16) => Path::Avx2,
+        _ => Path::Portable,
+    };
+    let xd = match path {
+        Path::Avx512 => deinterleave(&xf, 32),
+        Path::Avx2 => deinterleave(&xf, 16),
+        Path::Portable => Vec::new(),
     };
     let chunk = task_len(w.rows, w.cols / 2);
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
         for (i, yv) in ys.iter_mut().enumerate() {
             let r = c * chunk + i;
-            let dot = if simd {
-                row_dot_avx2(&w, r, &xd)
-            } else {
-                row_dot_portable(&w, r, &xf)
+            let dot = match path {
+                Path::Avx512 => row_dot_avx512(&w, r, &xd),
+                Path::Avx2 => row_dot_avx2(&w, r, &xd),
+                Path::Portable => row_dot_portable(&w, r, &xf),
             };
             *yv = dot + bias.map_or(0.0, |b| b.get_f32(r));
         }
@@ -37,13 +42,21 @@ pub fn gemv(x: Floats, w: Packed4bit, bias: Option<Floats>, isa: Isa) -> FloatVe
     FloatVec::from_f32(y, x.dtype())
 }
 
-/// Per group of 16 columns: the 8 even columns, then the 8 odd ones (high nibbles, then low nibbles).
-fn deinterleave16(x: &[f32]) -> Vec<f32> {
+/// Which row kernel a call uses: SIMD needs whole groups (16 or 32 values) inside one block and one row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// Per group of `g` columns: the even columns, then the odd ones (high nibbles, then low nibbles).
+fn deinterleave(x: &[f32], g: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    for (o, g) in out.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
-        for t in 0..8 {
-            o[t] = g[2 * t];
-            o[8 + t] = g[2 * t + 1];
+    for (o, grp) in out.chunks_exact_mut(g).zip(x.chunks_exact(g)) {
+        for t in 0..g / 2 {
+            o[t] = grp[2 * t];
+            o[g / 2 + t] = grp[2 * t + 1];
         }
     }
     out
@@ -84,9 +97,69 @@ fn row_dot_avx2(_: &Packed4bit, _: usize, _: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2 {
-    use super::scaled_table;
+fn row_dot_avx512(w: &Packed4bit, r: usize, xd: &[f32]) -> f32 {
+    // SAFETY: only reached when `isa()` reported AVX-512 F/BW/VL; slices are bounds-checked inside.
+    unsafe { avx512::row_dot(w, r, xd) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn row_dot_avx512(_: &Packed4bit, _: usize, _: &[f32]) -> f32 {
+    unreachable!("AVX-512 is never selected off x86-64")
+}
+
+/// One `permutexvar` is a whole 16-entry lookup: 32 weights (16 bytes) cost 3 shuffle-port operations.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
     use crate::backend::Packed4bit;
+    use crate::format::float::FLT_MIN;
+    use std::arch::x86_64::*;
+
+    /// Needs `cols % 32 == 0` and `blocksize % 32 == 0`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn row_dot(w: &Packed4bit, r: usize, xd: &[f32]) -> f32 {
+        let start = r * w.cols;
+        let bytes = &w.packed[start / 2..(start + w.cols) / 2];
+        let xd = &xd[..w.cols];
+        // SAFETY: the table has 16 floats.
+        let table = unsafe { _mm512_loadu_ps(w.quant_type.dequant_table().as_ptr()) };
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut k = 0;
+        while k < w.cols {
+            let b = (start + k) / w.blocksize;
+            let end = ((b + 1) * w.blocksize - start).min(w.cols);
+            // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
+            let t = _mm512_mul_ps(table, _mm512_set1_ps(w.absmax[b]));
+            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(t), _mm512_set1_ps(FLT_MIN));
+            let signed_zero = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), sign));
+            let t = _mm512_mask_blend_ps(tiny, t, signed_zero);
+            let mut kk = k;
+            while kk < end {
+                // SAFETY: kk + 32 <= end <= cols: 16 bytes of `bytes` and 32 floats of `xd`.
+                let (q, xe, xo) = unsafe {
+                    (
+                        _mm_loadu_si128(bytes.as_ptr().add(kk / 2) as *const __m128i),
+                        _mm512_loadu_ps(xd.as_ptr().add(kk)),
+                        _mm512_loadu_ps(xd.as_ptr().add(kk + 16)),
+                    )
+                };
+                let q = _mm512_cvtepu8_epi32(q);
+                let wh = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(q), t);
+                let wl = _mm512_permutexvar_ps(q, t);
+                acc[0] = _mm512_fmadd_ps(wh, xe, acc[0]);
+                acc[1] = _mm512_fmadd_ps(wl, xo, acc[1]);
+                kk += 32;
+            }
+            k = end;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use crate::backend::Packed4bit;
+    use crate::format::float::FLT_MIN;
     use std::arch::x86_64::*;
 
     /// 16-entry lookup: `permutevar8x32` on both halves of the table, bit 3 of the index selects the half.
@@ -99,6 +172,15 @@ pub(crate) mod avx2 {
             _mm256_permutevar8x32_ps(hi, idx),
             sel,
         )
+    }
+
+    /// Flush-to-zero keeping the sign: `|v| < FLT_MIN` becomes `±0` (the reference's `ftz`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn ftz(v: __m256) -> __m256 {
+        let sign = _mm256_set1_ps(-0.0);
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), _mm256_set1_ps(FLT_MIN));
+        _mm256_blendv_ps(v, _mm256_and_ps(v, sign), tiny)
     }
 
     #[inline]
@@ -117,19 +199,22 @@ pub(crate) mod avx2 {
         let start = r * w.cols;
         let bytes = &w.packed[start / 2..(start + w.cols) / 2];
         let xd = &xd[..w.cols];
+        // SAFETY: the table has 16 floats.
+        let (tlo, thi) = unsafe {
+            (
+                _mm256_loadu_ps(table.as_ptr()),
+                _mm256_loadu_ps(table.as_ptr().add(8)),
+            )
+        };
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut k = 0;
         while k < w.cols {
             let b = (start + k) / w.blocksize;
             let end = ((b + 1) * w.blocksize - start).min(w.cols);
-            let t = scaled_table(table, w.absmax[b]);
-            // SAFETY: `t` has 16 floats; loads below stay inside `bytes` / `xd` (k..end, end <= cols).
-            let (lo, hi) = unsafe {
-                (
-                    _mm256_loadu_ps(t.as_ptr()),
-                    _mm256_loadu_ps(t.as_ptr().add(8)),
-                )
-            };
+            // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
+            let a = _mm256_set1_ps(w.absmax[b]);
+            let (lo, hi) = (ftz(_mm256_mul_ps(tlo, a)), ftz(_mm256_mul_ps(thi, a)));
+            // SAFETY (loads below): they stay inside `bytes` / `xd` (k..end, end <= cols).
             let mut kk = k;
             while kk + 32 <= end {
                 for u in 0..2 {

@@ -38,7 +38,7 @@ fn dot4(a: &[i8], b: [&[i8]; 4], isa: Isa) -> [i32; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 detected by `isa()`.
-        Isa::Avx2 => unsafe { avx2::dot4(a, b) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot4(a, b) },
         _ => b.map(|r| dot(a, r)),
     }
 }

@@ -11,12 +11,29 @@ pub mod ternary;
 use std::sync::OnceLock;
 
 /// The instruction set a kernel may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust; the compiler's auto-vectorisation only.
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL: kernels without an AVX-512 variant run their AVX2 one.
+    Avx512,
+}
+
+impl Isa {
+    /// Whether AVX2 kernels may run.
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
+
+    /// Every instruction set this CPU can run, best first (tests run each).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|&i| i <= isa())
+            .collect()
+    }
 }
 
 /// The best instruction set this CPU supports, detected once.
@@ -31,7 +48,14 @@ fn detect() -> Isa {
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
-        Isa::Avx2
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        }
     } else {
         Isa::Portable
     }

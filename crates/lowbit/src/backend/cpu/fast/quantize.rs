@@ -30,7 +30,7 @@ fn absmax(x: &[f32], isa: Isa) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 was detected by `isa()`.
-        Isa::Avx2 => unsafe { avx2::absmax(x) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::absmax(x) },
         _ => x.iter().fold(0.0f32, |m, v| m.max(v.abs())),
     }
 }
@@ -65,7 +65,7 @@ fn quantize_4bit_block(x: &[f32], r: f32, qt: FourBitType, out: &mut [u8], isa: 
     let done = match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 was detected by `isa()`.
-        Isa::Avx2 => unsafe { avx2::quantize_4bit(x, r, qt, out) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::quantize_4bit(x, r, qt, out) },
         _ => 0,
     };
     let q = |v: f32| qt.quantize_value(mul_ftz(v, r));
@@ -127,7 +127,7 @@ pub(crate) fn dequant_span(
         let done = match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 was detected by `isa()`.
-            Isa::Avx2 => unsafe {
+            Isa::Avx2 | Isa::Avx512 => unsafe {
                 avx2::dequantize_4bit(&packed[(start + j) / 2..], &t, &mut out[j..end])
             },
             _ => 0,
@@ -211,10 +211,9 @@ pub fn dequantize_blockwise(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::backend::cpu::fast::gemv4::avx2::lookup16;
+    use crate::backend::cpu::fast::gemv4::avx2::{ftz, lookup16};
     use crate::format::FourBitType;
     use crate::format::codebook::{FP4_BITS_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS};
-    use crate::format::float::FLT_MIN;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2")]
@@ -232,15 +231,6 @@ mod avx2 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
         let m = lanes.iter().fold(0.0f32, |a, &v| a.max(v));
         chunks.remainder().iter().fold(m, |a, v| a.max(v.abs()))
-    }
-
-    /// Flush-to-zero keeping the sign: `|v| < FLT_MIN` becomes `±0`.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn ftz(v: __m256) -> __m256 {
-        let sign = _mm256_set1_ps(-0.0);
-        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, v), _mm256_set1_ps(FLT_MIN));
-        _mm256_blendv_ps(v, _mm256_and_ps(v, sign), tiny)
     }
 
     /// Codes for 8 scaled values, one per i32 lane.

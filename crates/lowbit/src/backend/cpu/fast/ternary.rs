@@ -64,7 +64,7 @@ fn dot4(w: &[u8], x: &[i8], isa: Isa) -> [i32; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 was detected by `isa()`.
-        Isa::Avx2 => unsafe { avx2::dot4(w, x) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot4(w, x) },
         _ => dot4_portable(w, x),
     }
 }
