@@ -171,7 +171,13 @@ pub fn quantize_blockwise<T: Float>(
                 let block = widen(block, &mut buf);
                 let amax = absmax(block, isa);
                 let r = rcp_approx(amax);
-                for (o, &v) in out.iter_mut().zip(block) {
+                let done = match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512 F/BW/VL detected by `isa()`.
+                    Isa::Avx512 => unsafe { avx512::quantize_8bit(block, r, &code.midpoints, out) },
+                    _ => 0,
+                };
+                for (o, &v) in out.iter_mut().zip(block).skip(done) {
                     *o = code8(mul_ftz(v, r), &code.midpoints);
                 }
                 amaxes.push(amax);
@@ -325,6 +331,69 @@ mod avx2 {
                     _mm256_permute2f128_ps::<0x31>(a, b),
                 );
             }
+            i += 16;
+        }
+        n
+    }
+}
+
+/// 8-bit codes 16 at a time without a per-value search: the 255 midpoints held as 16 registers
+/// `col[j][i] = m[16i + j]`. A coarse count over the pivots `m[16i + 15]` picks the row `c`, one `permutexvar`
+/// per column fetches `m[16c + j]`, and counting `< s` there finishes `#{m < s}`. Sorted midpoints make
+/// `m[count] == s` equivalent to "some fetched midpoint equals s", which is all the tie rule needs.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::format::float::FLT_MIN;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) fn quantize_8bit(x: &[f32], r: f32, m: &[f32; 255], out: &mut [u8]) -> usize {
+        let n = x.len().min(out.len()) / 16 * 16;
+        let col: [__m512; 16] = std::array::from_fn(|j| {
+            let v: [f32; 16] =
+                std::array::from_fn(|i| m.get(16 * i + j).copied().unwrap_or(f32::NAN));
+            // SAFETY: 16 floats.
+            unsafe { _mm512_loadu_ps(v.as_ptr()) }
+        });
+        let pivots: [__m512; 15] = std::array::from_fn(|i| _mm512_set1_ps(m[16 * i + 15]));
+        let rv = _mm512_set1_ps(r);
+        let one = _mm512_set1_epi32(1);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let ftz = |v: __m512| {
+            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), _mm512_set1_ps(FLT_MIN));
+            _mm512_mask_blend_ps(
+                tiny,
+                v,
+                _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), sign)),
+            )
+        };
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 16 <= n <= x.len().
+            let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+            let s = ftz(_mm512_mul_ps(ftz(v), rv));
+            let mut c = _mm512_setzero_si512();
+            for p in &pivots {
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(*p, s);
+                c = _mm512_mask_add_epi32(c, lt, c, one);
+            }
+            let mut count = _mm512_slli_epi32::<4>(c);
+            let mut eq: __mmask16 = 0;
+            for cj in &col {
+                let mj = _mm512_permutexvar_ps(c, *cj);
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(mj, s);
+                count = _mm512_mask_add_epi32(count, lt, count, one);
+                eq |= _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(mj, s);
+            }
+            let odd = _mm512_test_epi32_mask(count, one);
+            let count = _mm512_mask_add_epi32(count, eq & odd, count, one);
+            // SAFETY: i + 16 <= out.len().
+            unsafe {
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(i) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(count),
+                )
+            };
             i += 16;
         }
         n
