@@ -1,7 +1,7 @@
 //! Runs one hot kernel a fixed number of times, for hardware counters (`perf stat`) rather than wall time,
 //! which a shared machine distorts: `cargo bench -p lowbit --no-default-features --bench cpu_fast_once --
-//! <kernel> <iterations>` with kernel one of gemv_f32, ternary, matmul_4bit, matmul_f32, quantize_4bit,
-//! dequantize_4bit, quantize_blockwise.
+//! <kernel> <iterations>` with kernel one of gemv_f32, gemv_f32_dram (12 weight copies, past the LLC), ternary, matmul_4bit, matmul_f32, quantize_4bit,
+//! dequantize_4bit, quantize_blockwise, read_1gib (the read-bandwidth probe's kernel).
 
 use lowbit::FourBitType;
 use lowbit::backend::cpu::CpuBackend;
@@ -48,14 +48,38 @@ fn main() {
         .map(|b| b & 0xAA)
         .collect();
     let xq: Vec<i8> = x[..cols].iter().map(|v| (v * 127.0) as i8).collect();
+    // Enough copies of the weight to overflow the last-level cache, so GEMV streams from DRAM.
+    let copies: Vec<Vec<u8>> = if kernel == "gemv_f32_dram" {
+        (0..12).map(|_| q.codes.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let probe: Vec<u64> = if kernel == "read_1gib" {
+        (0..(lowbit::bench::READ_PROBE_BYTES / 8) as u64)
+            .map(|i| i ^ 0x9E37)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let t = std::time::Instant::now();
-    for _ in 0..iters {
+    for it in 0..iters {
         match kernel {
             "gemv_f32" => drop(black_box(CpuBackend.gemv_4bit(
                 Floats::F32(&x[..cols]),
                 pw,
                 None,
             ))),
+            "gemv_f32_dram" => {
+                let pw = Packed4bit {
+                    packed: &copies[it % copies.len()],
+                    ..pw
+                };
+                drop(black_box(CpuBackend.gemv_4bit(
+                    Floats::F32(&x[..cols]),
+                    pw,
+                    None,
+                )))
+            }
             "ternary" => {
                 let tw = PackedTernary {
                     packed: &tern,
@@ -103,6 +127,7 @@ fn main() {
                 lowbit::format::dynamic_map(true),
                 256,
             ))),
+            "read_1gib" => drop(black_box(lowbit::bench::sum_u64(&probe))),
             other => panic!("unknown kernel {other}"),
         }
     }

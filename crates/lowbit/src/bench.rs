@@ -15,19 +15,22 @@ pub fn measure_read_bandwidth_with(bytes: usize, repeats: usize) -> f64 {
         .into_par_iter()
         .map(|i| i ^ 0x9E37)
         .collect();
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = words.div_ceil(threads * 4).max(1024);
     let mut best = f64::INFINITY;
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
-        let sum: u64 = data
-            .par_chunks(chunk)
-            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
-            .reduce(|| 0, u64::wrapping_add);
-        std::hint::black_box(sum);
+        std::hint::black_box(sum_u64(&data));
         best = best.min(t.elapsed().as_secs_f64());
     }
     (words * 8) as f64 / best
+}
+
+/// The probe's kernel: a wrapping sum of `data`, split evenly over the rayon threads.
+pub fn sum_u64(data: &[u64]) -> u64 {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = data.len().div_ceil(threads * 4).max(1024);
+    data.par_chunks(chunk)
+        .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+        .reduce(|| 0, u64::wrapping_add)
 }
 
 /// [`measure_read_bandwidth_with`] over 1 GiB, best of 5.

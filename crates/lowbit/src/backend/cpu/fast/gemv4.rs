@@ -73,14 +73,16 @@ fn row_dot_portable(w: &Packed4bit, r: usize, x: &[f32]) -> f32 {
     let start = r * w.cols;
     let mut acc = [0.0f32; 8];
     let mut k = 0;
+    // One division per row; blocks then follow one another.
+    let mut b = start / w.blocksize;
     while k < w.cols {
-        let b = (start + k) / w.blocksize;
         let end = ((b + 1) * w.blocksize - start).min(w.cols);
         let t = scaled_table(table, w.absmax[b]);
         for kk in k..end {
             acc[kk % 8] += x[kk] * t[nibble(w.packed, start + kk) as usize];
         }
         k = end;
+        b += 1;
     }
     acc.iter().sum()
 }
@@ -125,8 +127,9 @@ mod avx512 {
         let sign = _mm512_set1_epi32(i32::MIN);
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut k = 0;
+        // One division per row; blocks then follow one another.
+        let mut b = start / w.blocksize;
         while k < w.cols {
-            let b = (start + k) / w.blocksize;
             let end = ((b + 1) * w.blocksize - start).min(w.cols);
             // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
             let t = _mm512_mul_ps(table, _mm512_set1_ps(w.absmax[b]));
@@ -151,6 +154,7 @@ mod avx512 {
                 kk += 32;
             }
             k = end;
+            b += 1;
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
     }
@@ -208,8 +212,9 @@ pub(crate) mod avx2 {
         };
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut k = 0;
+        // One division per row; blocks then follow one another.
+        let mut b = start / w.blocksize;
         while k < w.cols {
-            let b = (start + k) / w.blocksize;
             let end = ((b + 1) * w.blocksize - start).min(w.cols);
             // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
             let a = _mm256_set1_ps(w.absmax[b]);
@@ -248,6 +253,7 @@ pub(crate) mod avx2 {
                 kk += 16;
             }
             k = end;
+            b += 1;
         }
         hsum(_mm256_add_ps(
             _mm256_add_ps(acc[0], acc[1]),

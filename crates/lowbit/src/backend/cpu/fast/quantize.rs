@@ -114,8 +114,9 @@ pub(crate) fn dequant_span(
     isa: Isa,
 ) {
     let mut k = 0;
+    // One division per span; blocks then follow one another.
+    let mut b = start / blocksize;
     while k < out.len() {
-        let b = (start + k) / blocksize;
         let end = ((b + 1) * blocksize - start).min(out.len());
         let t = scaled_table(table, absmax[b]);
         // The SIMD loop needs a byte boundary: one scalar value first when the span starts mid-byte.
@@ -136,6 +137,7 @@ pub(crate) fn dequant_span(
             *v = t[nibble(packed, start + j + done + i) as usize];
         }
         k = end;
+        b += 1;
     }
 }
 
