@@ -24,18 +24,23 @@ torch.manual_seed(0)
 
 
 def timeit(fn, repeats=7, min_time=0.5):
+    """Median wall seconds and median process CPU seconds (all threads) per call.
+
+    CPU time is the fair measure on a machine shared with other work: wall time then includes waiting."""
     fn()  # warm-up (first call may compile or allocate)
-    times = []
+    walls, cpus = [], []
     start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < 50):
-        t = time.perf_counter()
+    while len(walls) < repeats or (time.perf_counter() - start < min_time and len(walls) < 50):
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def report(bench, seconds, what):
-    print(json.dumps({"bench": bench, "seconds": seconds, "what": what}), flush=True)
+    wall, cpu = seconds
+    print(json.dumps({"bench": bench, "seconds": wall, "cpu_seconds": cpu, "what": what}), flush=True)
 
 
 def fourbit(rows, cols):

@@ -10,8 +10,9 @@ use super::{Isa, task_len};
 use crate::tensor::Floats;
 use rayon::prelude::*;
 
-/// Microtile rows (tokens) and columns (output features): 6×16 floats = 12 AVX2 accumulators.
-pub const MR: usize = 6;
+/// Microtile rows (tokens) and columns (output features): 12×16 floats = 12 AVX-512 accumulators, or two
+/// 6×16 halves of 12 AVX2 accumulators each.
+pub const MR: usize = 12;
 pub const NR: usize = 16;
 /// Depth of one packed slice: an NR-wide B panel of KC floats is 16 KiB (L1).
 const KC: usize = 256;
@@ -102,7 +103,13 @@ fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, isa: 
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
-        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::microkernel(kc, a, b, c, ldc) },
+        Isa::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, ldc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
+        Isa::Avx2 => unsafe {
+            avx2::microkernel(kc, a, 0, b, c, ldc);
+            avx2::microkernel(kc, a, 6, b, &mut c[6 * ldc..], ldc);
+        },
         _ => microkernel_portable(kc, a, b, c, ldc),
     }
 }
@@ -130,10 +137,18 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`, `c.len() >= (MR-1)*ldc + NR`.
+    /// Rows `row0..row0 + 6` of the MR-row panel. Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`,
+    /// `c.len() >= 5*ldc + NR`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    pub(super) unsafe fn microkernel(
+        kc: usize,
+        a: &[f32],
+        row0: usize,
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for p in 0..kc {
             // SAFETY: p < kc, so the loads stay inside `a` and `b`.
@@ -141,7 +156,7 @@ mod avx2 {
                 let b0 = _mm256_loadu_ps(bp.add(p * NR));
                 let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*ap.add(p * MR + i));
+                    let av = _mm256_broadcast_ss(&*ap.add(p * MR + row0 + i));
                     acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }
@@ -154,6 +169,36 @@ mod avx2 {
                 let p = cp.add(i * ldc);
                 _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[0]));
                 _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), acc[1]));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`, `c.len() >= (MR-1)*ldc + NR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
+        let mut acc = [_mm512_setzero_ps(); MR];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for p in 0..kc {
+            // SAFETY: p < kc, so the loads stay inside `a` and `b`.
+            unsafe {
+                let bv = _mm512_loadu_ps(bp.add(p * NR));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(p * MR + i)), bv, *acc);
+                }
+            }
+        }
+        let cp = c.as_mut_ptr();
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: i*ldc + 16 <= c.len().
+            unsafe {
+                let p = cp.add(i * ldc);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *acc));
             }
         }
     }
