@@ -1,7 +1,7 @@
 //! Runs one hot kernel a fixed number of times, for hardware counters (`perf stat`) rather than wall time,
 //! which a shared machine distorts: `cargo bench -p lowbit --no-default-features --bench cpu_fast_once --
 //! <kernel> <iterations>` with kernel one of gemv_f32, gemv_f32_dram (12 weight copies, past the LLC), ternary, matmul_4bit, matmul_f32, quantize_4bit,
-//! dequantize_4bit, quantize_blockwise, read_1gib (the read-bandwidth probe's kernel).
+//! dequantize_4bit, quantize_blockwise, int8_linear_matmul, read_1gib (the read-bandwidth probe's kernel).
 
 use lowbit::FourBitType;
 use lowbit::backend::cpu::CpuBackend;
@@ -27,7 +27,7 @@ fn main() {
     let kernel = args.get(1).map(String::as_str).unwrap_or("gemv_f32");
     let iters: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10);
     let (rows, cols) = match kernel {
-        "matmul_4bit" | "matmul_f32" => (4096, 4096),
+        "matmul_4bit" | "matmul_f32" | "int8_linear_matmul" => (4096, 4096),
         _ => (4096, 14336),
     };
     let w = values(rows * cols, 7);
@@ -127,6 +127,18 @@ fn main() {
                 lowbit::format::dynamic_map(true),
                 256,
             ))),
+            "int8_linear_matmul" => {
+                let ai: Vec<i8> = xq.iter().cycle().take(512 * cols).copied().collect();
+                let bi: Vec<i8> = tern[..rows * cols / 4]
+                    .iter()
+                    .cycle()
+                    .take(rows * cols)
+                    .map(|&b| b as i8)
+                    .collect();
+                drop(black_box(
+                    CpuBackend.int8_linear_matmul(&ai, &bi, 512, rows, cols),
+                ))
+            }
             "read_1gib" => drop(black_box(lowbit::bench::sum_u64(&probe))),
             other => panic!("unknown kernel {other}"),
         }
