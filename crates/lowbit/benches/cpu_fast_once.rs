@@ -30,15 +30,20 @@ fn main() {
         "matmul_4bit" | "matmul_f32" | "int8_linear_matmul" => (4096, 4096),
         _ => (4096, 14336),
     };
+    // LOWBIT_BENCH_BLOCKSIZE changes the 4-bit block size (default 64, bitsandbytes' default).
+    let bs: usize = std::env::var("LOWBIT_BENCH_BLOCKSIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let w = values(rows * cols, 7);
     let q = CpuBackend
-        .quantize_4bit(Floats::F32(&w), FourBitType::Nf4, 64)
+        .quantize_4bit(Floats::F32(&w), FourBitType::Nf4, bs)
         .unwrap();
     let pw = Packed4bit {
         packed: &q.codes,
         absmax: &q.absmax,
         quant_type: FourBitType::Nf4,
-        blocksize: 64,
+        blocksize: bs,
         rows,
         cols,
     };
@@ -118,7 +123,7 @@ fn main() {
                 &q.codes,
                 &q.absmax,
                 FourBitType::Nf4,
-                64,
+                bs,
                 rows * cols,
                 lowbit::DType::F32,
             ))),
