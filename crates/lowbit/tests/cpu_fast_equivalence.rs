@@ -91,12 +91,13 @@ fn bits(v: &FloatVec) -> Vec<u8> {
     v.to_le_bytes()
 }
 
-/// Output rounding of a value of magnitude `a` in dtype `d` (half an ulp, plus the subnormal step).
+/// Output rounding of a value of magnitude `a` in dtype `d` (half an ulp, plus the subnormal step). For f32
+/// this is the rounding of the final `dot + bias`, which dominates when the bias outweighs the dot product.
 fn rounding(a: f32, d: DType) -> f32 {
     match d {
         DType::F16 => a * 2f32.powi(-11) + 6e-8,
         DType::BF16 => a * 2f32.powi(-8) + 1e-38,
-        _ => 0.0,
+        _ => a * 2f32.powi(-24),
     }
 }
 
