@@ -6,6 +6,7 @@
 //! [`ops`] (the public op API, which validates inputs once).
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod format;
 pub mod io;

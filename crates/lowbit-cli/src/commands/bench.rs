@@ -298,31 +298,11 @@ fn time(job: &mut Job, iters: Option<usize>) -> lowbit::Result<(f64, usize)> {
     Ok((samples[samples.len() / 2], samples.len()))
 }
 
-/// Memory read bandwidth in GB/s: all threads summing a 512 MiB buffer, best of 3.
-fn measure_read_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    let words = 64usize << 20;
-    let buf: Vec<u64> = (0..words as u64)
-        .into_par_iter()
-        .map(|i| i.wrapping_mul(0x9E37_79B9))
-        .collect();
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            let s: u64 = buf
-                .par_chunks(1 << 16)
-                .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
-                .reduce(|| 0, u64::wrapping_add);
-            std::hint::black_box(s);
-            (words * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
-}
-
 pub fn run(args: Args, global: &Global) -> CliResult {
     let dev = super::open_device(global)?;
     let (rows, cols) = parse_shape(&args.shape)?;
-    let read_bw = measure_read_bandwidth();
+    // 512 MiB, best of 3: well past the last-level cache, quick enough to measure in every run.
+    let read_bw = lowbit::bench::measure_read_bandwidth_with(512 << 20, 3) / 1e9;
     let ops: Vec<&str> = if args.op == "all" {
         OPS.to_vec()
     } else {

@@ -1,6 +1,8 @@
 //! The CPU backend. `reference` is the executable spec: plain loops in the CUDA kernels' float32 operation
-//! order, multi-threaded with rayon over independent blocks and rows.
+//! order, multi-threaded with rayon over independent blocks and rows. `fast` holds the SIMD kernels that
+//! [`CpuBackend`] runs; [`ReferenceBackend`] runs the spec alone, for tests and comparisons.
 
+pub mod fast;
 pub mod reference;
 
 use super::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
@@ -8,11 +10,28 @@ use crate::Result;
 use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats};
 use crate::with_floats;
+use fast::{Isa, isa};
 use half::f16;
 
-/// The CPU backend (always available).
+/// The CPU backend (always available): the fast kernels, on the best instruction set this CPU has.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+/// The CPU reference kernels alone: the executable spec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReferenceBackend;
+
+impl CpuBackend {
+    /// The reference kernels, for tests and benchmarks that compare against the spec.
+    pub fn reference() -> ReferenceBackend {
+        ReferenceBackend
+    }
+
+    /// The instruction set the fast kernels use on this CPU.
+    pub fn isa() -> Isa {
+        fast::isa()
+    }
+}
 
 impl Backend for CpuBackend {
     fn kind(&self) -> BackendKind {
@@ -20,6 +39,161 @@ impl Backend for CpuBackend {
     }
     fn name(&self) -> String {
         "cpu".into()
+    }
+    fn quantize_blockwise(
+        &self,
+        x: Floats,
+        code: &Codebook8,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        Ok(with_floats!(x, s => fast::quantize::quantize_blockwise(s, code, blocksize, isa())))
+    }
+    fn dequantize_blockwise(
+        &self,
+        q: &[u8],
+        absmax: &[f32],
+        code: &Codebook8,
+        blocksize: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        Ok(fast::quantize::dequantize_blockwise(
+            q,
+            absmax,
+            &code.values,
+            blocksize,
+            out_dtype,
+        ))
+    }
+    fn quantize_4bit(
+        &self,
+        x: Floats,
+        quant_type: FourBitType,
+        blocksize: usize,
+    ) -> Result<BlockCodes> {
+        Ok(with_floats!(x, s => fast::quantize::quantize_4bit(s, quant_type, blocksize, isa())))
+    }
+    fn dequantize_4bit(
+        &self,
+        packed: &[u8],
+        absmax: &[f32],
+        quant_type: FourBitType,
+        blocksize: usize,
+        n: usize,
+        out_dtype: DType,
+    ) -> Result<FloatVec> {
+        Ok(fast::quantize::dequantize_4bit(
+            packed,
+            absmax,
+            quant_type,
+            blocksize,
+            n,
+            out_dtype,
+            isa(),
+        ))
+    }
+    fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
+        Ok(fast::gemv4::gemv(x, w, bias, isa()))
+    }
+    fn matmul_4bit(
+        &self,
+        x: Floats,
+        batch: usize,
+        w: Packed4bit,
+        bias: Option<Floats>,
+    ) -> Result<FloatVec> {
+        if batch == 1 {
+            return Ok(fast::gemv4::gemv(x, w, bias, isa()));
+        }
+        Ok(fast::gemm::matmul_4bit(x, batch, w, bias, isa()))
+    }
+    fn int8_vectorwise_quant(
+        &self,
+        a: Floats,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Int8Rows> {
+        ReferenceBackend.int8_vectorwise_quant(a, rows, cols, threshold)
+    }
+    fn int8_vectorwise_dequant(
+        &self,
+        q: &[i8],
+        row_stats: &[f32],
+        cols: usize,
+    ) -> Result<Vec<f32>> {
+        ReferenceBackend.int8_vectorwise_dequant(q, row_stats, cols)
+    }
+    fn int8_linear_matmul(
+        &self,
+        a: &[i8],
+        b: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>> {
+        Ok(fast::int8::linear_matmul(a, b, m, n, k, isa()))
+    }
+    fn int8_mm_dequant(
+        &self,
+        c: &[i32],
+        row_stats: &[f32],
+        col_stats: &[f32],
+        bias: Option<Floats>,
+    ) -> Result<Vec<f16>> {
+        ReferenceBackend.int8_mm_dequant(c, row_stats, col_stats, bias)
+    }
+    fn ternary_quantize(
+        &self,
+        w: Floats,
+        rows: usize,
+        cols: usize,
+        weight_scale: f32,
+    ) -> Result<Vec<u8>> {
+        ReferenceBackend.ternary_quantize(w, rows, cols, weight_scale)
+    }
+    fn ternary_act_quant(
+        &self,
+        x: Floats,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Vec<i8>, Vec<f32>)> {
+        ReferenceBackend.ternary_act_quant(x, rows, cols)
+    }
+    fn ternary_matmul(
+        &self,
+        xq: &[i8],
+        x_scale: &[f32],
+        batch: usize,
+        w: PackedTernary,
+        bias: Option<Floats>,
+    ) -> Result<Vec<f32>> {
+        Ok(fast::ternary::matmul(xq, x_scale, batch, w, bias, isa()))
+    }
+    fn matmul(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<FloatVec> {
+        Ok(fast::gemm::matmul(x, w, bias, m, n, k, isa()))
+    }
+    fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec> {
+        ReferenceBackend.softmax(x, cols)
+    }
+    fn rms_norm(&self, x: Floats, weight: Floats, eps: f32, cols: usize) -> Result<FloatVec> {
+        ReferenceBackend.rms_norm(x, weight, eps, cols)
+    }
+}
+
+impl Backend for ReferenceBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn name(&self) -> String {
+        "cpu-reference".into()
     }
     fn quantize_blockwise(
         &self,

@@ -1,0 +1,253 @@
+//! Float GEMM `y[m, n] = x[m, k] @ W[n, k]^T` (nn.Linear layout) with a register-blocked microkernel.
+//!
+//! W arrives row by row through a callback, so the same driver serves dense weights (converted to f32) and
+//! 4-bit weights (dequantized tile by tile, never as a whole). Blocking: x is packed once into MR-row panels;
+//! each task owns a range of W rows, and for each KC-slice packs them into NR-wide panels (L1-sized) and
+//! runs the MR×NR microkernel over every x panel. Local C tiles are padded to whole microtiles, so the
+//! microkernel has no edge cases; only the scatter into y trims them.
+
+use super::{Isa, task_len};
+use crate::tensor::Floats;
+use rayon::prelude::*;
+
+/// Microtile rows (tokens) and columns (output features): 12×16 floats = 12 AVX-512 accumulators, or two
+/// 6×16 halves of 12 AVX2 accumulators each.
+pub const MR: usize = 12;
+pub const NR: usize = 16;
+/// Depth of one packed slice: an NR-wide B panel of KC floats is 16 KiB (L1).
+const KC: usize = 256;
+
+/// Computes `x @ W^T + bias` where `fill_row(j, k0, out)` writes `W[j, k0..k0 + out.len()]` as f32.
+pub fn gemm_nt(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: Option<Floats>,
+    fill_row: impl Fn(usize, usize, &mut [f32]) + Sync,
+    isa: Isa,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * n];
+    if m == 0 || n == 0 {
+        return y;
+    }
+    let m_tiles = m.div_ceil(MR);
+    let ap = pack_a(x, m, k);
+    // Each task covers whole NR panels of W rows; it reads its rows of W once and does 2·m·k flops per row.
+    let rows_per_task = task_len(n.div_ceil(NR), k * 4 * NR).max(1) * NR;
+    let parts: Vec<(usize, usize, Vec<f32>)> = (0..n.div_ceil(rows_per_task))
+        .into_par_iter()
+        .map(|t| {
+            let (j0, j1) = (t * rows_per_task, ((t + 1) * rows_per_task).min(n));
+            let n_tiles = (j1 - j0).div_ceil(NR);
+            let ldc = n_tiles * NR;
+            let mut c = vec![0.0f32; m_tiles * MR * ldc];
+            let mut bp = vec![0.0f32; n_tiles * NR * KC];
+            let mut row = vec![0.0f32; KC];
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                // Pack B: panel p holds rows j0 + p*NR .. + NR as [kc][NR]; missing rows stay zero.
+                bp.fill(0.0);
+                for j in j0..j1 {
+                    fill_row(j, k0, &mut row[..kc]);
+                    let (p, lane) = ((j - j0) / NR, (j - j0) % NR);
+                    let panel = &mut bp[p * NR * kc..(p + 1) * NR * kc];
+                    for (kk, &v) in row[..kc].iter().enumerate() {
+                        panel[kk * NR + lane] = v;
+                    }
+                }
+                for p in 0..n_tiles {
+                    let b = &bp[p * NR * kc..(p + 1) * NR * kc];
+                    for mt in 0..m_tiles {
+                        let a = &ap[mt * MR * k + k0 * MR..mt * MR * k + (k0 + kc) * MR];
+                        let ct = &mut c[mt * MR * ldc + p * NR..];
+                        microkernel(kc, a, b, ct, ldc, isa);
+                    }
+                }
+            }
+            (j0, j1, c)
+        })
+        .collect();
+    for (j0, j1, c) in parts {
+        let ldc = (j1 - j0).div_ceil(NR) * NR;
+        for i in 0..m {
+            let yr = &mut y[i * n + j0..i * n + j1];
+            for (jj, yv) in yr.iter_mut().enumerate() {
+                *yv = c[i * ldc + jj] + bias.map_or(0.0, |b| b.get_f32(j0 + jj));
+            }
+        }
+    }
+    y
+}
+
+/// x as `[m_tiles][k][MR]`, rows past m zero.
+fn pack_a(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let m_tiles = m.div_ceil(MR);
+    let mut ap = vec![0.0f32; m_tiles * MR * k];
+    ap.par_chunks_mut(MR * k.max(1))
+        .enumerate()
+        .for_each(|(mt, panel)| {
+            for r in 0..MR.min(m - mt * MR) {
+                let xr = &x[(mt * MR + r) * k..(mt * MR + r + 1) * k];
+                for (kk, &v) in xr.iter().enumerate() {
+                    panel[kk * MR + r] = v;
+                }
+            }
+        });
+    ap
+}
+
+/// `C[MR, NR] += A[MR, kc] · B[kc, NR]` with A as `[kc][MR]`, B as `[kc][NR]`, C row stride `ldc`.
+fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, isa: Isa) {
+    assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
+        Isa::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, ldc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
+        Isa::Avx2 => unsafe {
+            avx2::microkernel(kc, a, 0, b, c, ldc);
+            avx2::microkernel(kc, a, 6, b, &mut c[6 * ldc..], ldc);
+        },
+        _ => microkernel_portable(kc, a, b, c, ldc),
+    }
+}
+
+fn microkernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let bv = &b[p * NR..(p + 1) * NR];
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = a[p * MR + i];
+            for (o, &w) in row.iter_mut().zip(bv) {
+                *o = av.mul_add(w, *o);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (o, v) in c[i * ldc..i * ldc + NR].iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Rows `row0..row0 + 6` of the MR-row panel. Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`,
+    /// `c.len() >= 5*ldc + NR`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn microkernel(
+        kc: usize,
+        a: &[f32],
+        row0: usize,
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for p in 0..kc {
+            // SAFETY: p < kc, so the loads stay inside `a` and `b`.
+            unsafe {
+                let b0 = _mm256_loadu_ps(bp.add(p * NR));
+                let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(p * MR + row0 + i));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+        }
+        let cp = c.as_mut_ptr();
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: i*ldc + 16 <= c.len().
+            unsafe {
+                let p = cp.add(i * ldc);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[0]));
+                _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), acc[1]));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`, `c.len() >= (MR-1)*ldc + NR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
+        let mut acc = [_mm512_setzero_ps(); MR];
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        for p in 0..kc {
+            // SAFETY: p < kc, so the loads stay inside `a` and `b`.
+            unsafe {
+                let bv = _mm512_loadu_ps(bp.add(p * NR));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(p * MR + i)), bv, *acc);
+                }
+            }
+        }
+        let cp = c.as_mut_ptr();
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: i*ldc + 16 <= c.len().
+            unsafe {
+                let p = cp.add(i * ldc);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *acc));
+            }
+        }
+    }
+}
+
+/// 4-bit weights: each task dequantizes only the KC-slices of its own rows, just before packing them.
+pub fn matmul_4bit(
+    x: Floats,
+    batch: usize,
+    w: crate::backend::Packed4bit,
+    bias: Option<Floats>,
+    isa: Isa,
+) -> crate::tensor::FloatVec {
+    let xf = x.to_f32_vec();
+    let table = w.quant_type.dequant_table();
+    let fill = |j: usize, k0: usize, out: &mut [f32]| {
+        super::quantize::dequant_span(
+            w.packed,
+            w.absmax,
+            table,
+            w.blocksize,
+            j * w.cols + k0,
+            out,
+            isa,
+        )
+    };
+    let y = gemm_nt(&xf, batch, w.rows, w.cols, bias, fill, isa);
+    crate::tensor::FloatVec::from_f32(y, x.dtype())
+}
+
+/// Dense `x[m, k] @ w[n, k]^T + bias` in x's dtype.
+pub fn matmul(
+    x: Floats,
+    w: Floats,
+    bias: Option<Floats>,
+    m: usize,
+    n: usize,
+    k: usize,
+    isa: Isa,
+) -> crate::tensor::FloatVec {
+    let xf = x.to_f32_vec();
+    let fill = |j: usize, k0: usize, out: &mut [f32]| match w {
+        Floats::F32(s) => out.copy_from_slice(&s[j * k + k0..j * k + k0 + out.len()]),
+        _ => {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = w.get_f32(j * k + k0 + t);
+            }
+        }
+    };
+    let y = gemm_nt(&xf, m, n, k, bias, fill, isa);
+    crate::tensor::FloatVec::from_f32(y, x.dtype())
+}

@@ -1,0 +1,78 @@
+//! Fast CPU kernels: SIMD (AVX2 + FMA + F16C on x86-64) with a portable fallback, threads through rayon.
+//! Each kernel family lives in its own module; `unsafe` stays inside `#[target_feature]` functions that are
+//! only called after [`isa`] has confirmed the features. Every kernel is tested against `reference`.
+
+pub mod gemm;
+pub mod gemv4;
+pub mod int8;
+pub mod quantize;
+pub mod ternary;
+
+use std::sync::OnceLock;
+
+/// The instruction set a kernel may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust; the compiler's auto-vectorisation only.
+    Portable,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL: kernels without an AVX-512 variant run their AVX2 one.
+    Avx512,
+}
+
+impl Isa {
+    /// Whether AVX2 kernels may run.
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
+
+    /// Every instruction set this CPU can run, best first (tests run each).
+    pub fn available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            .into_iter()
+            .filter(|&i| i <= isa())
+            .collect()
+    }
+}
+
+/// The best instruction set this CPU supports, detected once.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Isa {
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        }
+    } else {
+        Isa::Portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Isa {
+    Isa::Portable
+}
+
+/// Work per rayon task, in bytes touched: below this, splitting costs more than it saves.
+const MIN_TASK_BYTES: usize = 256 * 1024;
+
+/// Items per rayon task for `n` items of `bytes_per_item` each: big enough to amortise scheduling, small
+/// enough to give every thread several tasks for balance.
+pub(crate) fn task_len(n: usize, bytes_per_item: usize) -> usize {
+    let min = MIN_TASK_BYTES.div_ceil(bytes_per_item.max(1));
+    let balanced = n.div_ceil(rayon::current_num_threads().max(1) * 4);
+    min.max(balanced).clamp(1, n.max(1))
+}
