@@ -47,6 +47,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_vulkan_loader_noise();
     let cli = Cli::parse();
     output::init_logging(cli.global.quiet);
     let result = match cli.command {
@@ -63,5 +64,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid" on every adapter listing when the variable is unset
+/// (containers, CI). Compute needs no window system, so point it at the temp dir before any thread starts.
+fn quiet_vulkan_loader_noise() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
 }

@@ -351,11 +351,14 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         }));
     }
     if global.json {
-        if results.len() == 1 {
-            print_json(&results[0]);
+        if let [one] = &mut results[..] {
+            one["statistics"] = json!(dev.stats());
+            print_json(one);
         } else {
-            print_json(&json!(results));
+            print_json(&json!({ "results": results, "statistics": dev.stats() }));
         }
+    } else {
+        println!("\nruntime statistics ({}):\n{}", dev.id(), dev.stats());
     }
     Ok(())
 }

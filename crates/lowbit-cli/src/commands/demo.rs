@@ -369,6 +369,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
                 "rmse": r.err.rmse, "sqnr_db": r.err.sqnr_db, "max_abs": r.err.max_abs,
                 "quantize_gbps": (r.params * 2) as f64 / r.quant_seconds / 1e9,
             })).collect::<Vec<_>>(),
+            "statistics": lowbit::runtime::stats_snapshot(),
             "checks": checks.iter().map(|c| json!({
                 "kernel": c.kernel, "format": c.format, "shape": c.shape,
                 "rel_err": c.rel_err, "bound": c.bound, "ok": c.passed(),
@@ -408,6 +409,10 @@ pub fn run(args: Args, global: &Global) -> CliResult {
                 c.kernel, c.format, c.shape, c.rel_err, c.bound
             );
         }
+        println!(
+            "\nruntime statistics:\n{}",
+            lowbit::runtime::stats_snapshot()
+        );
         println!(
             "\n{} checks, {} failed; {:.1} s",
             checks.len(),

@@ -17,7 +17,7 @@ use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats};
 use crate::{Error, Result};
 use half::f16;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What `lowbit devices` shows about one adapter.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -123,6 +123,17 @@ impl WgpuBackend {
     /// Opens adapter `adapter_index` of `backends` (ask for the backend you mean: on Linux
     /// `wgpu::Backends::VULKAN`).
     pub fn open(backends: wgpu::Backends, adapter_index: usize) -> Result<WgpuBackend> {
+        // One device and queue per adapter for the whole process: opening it again returns the same
+        // context (no per-call device creation), and creation is serialised because some drivers do not
+        // tolerate concurrent instance/device creation in one process.
+        static OPENED: Mutex<Vec<(wgpu::Backends, usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, gpu)) = opened
+            .iter()
+            .find(|(b, i, _)| *b == backends && *i == adapter_index)
+        {
+            return Ok(WgpuBackend { gpu: gpu.clone() });
+        }
         let list = adapters(backends);
         if list.is_empty() {
             return Err(Error::invalid(
@@ -141,9 +152,9 @@ impl WgpuBackend {
                 format!("adapter index {adapter_index} out of range: {count} adapter(s) found"),
             )
         })?;
-        Ok(WgpuBackend {
-            gpu: Arc::new(Gpu::new(&adapter)?),
-        })
+        let gpu = Arc::new(Gpu::new(&adapter)?);
+        opened.push((backends, adapter_index, gpu.clone()));
+        Ok(WgpuBackend { gpu })
     }
 
     /// The shared plumbing (device, queue, pipeline cache).
