@@ -1,6 +1,8 @@
 //! Shared test helpers: golden-vector loading and float64 reference checks.
 #![allow(dead_code)]
 
+pub mod golden_cases;
+
 use half::{bf16, f16};
 use lowbit::tensor::{FloatVec, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
