@@ -72,7 +72,7 @@ fn plant(rng: &mut Rng, x: &mut [f32], bs: usize, exact: &[f32]) {
     }
     for _ in 0..x.len() / 10 {
         let i = rng.below(x.len());
-        if i % bs != 0 {
+        if !i.is_multiple_of(bs) {
             x[i] = exact[rng.below(exact.len())] * if rng.below(2) == 0 { 1.0 } else { -1.0 };
         }
     }
