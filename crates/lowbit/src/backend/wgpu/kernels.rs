@@ -146,9 +146,6 @@ fn bias_buffer(gpu: &Gpu, bias: Option<Floats>) -> (wgpu::Buffer, u32) {
     }
 }
 
-/// Rows per workgroup of `gemv_4bit.wgsl` (its `RPW`).
-pub(crate) const GEMV_4BIT_ROWS: usize = 8;
-
 pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> Result<Vec<f32>> {
     let (rows, cols) = (w.rows, w.cols);
     if rows == 0 {
@@ -192,14 +189,7 @@ pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> 
                 (5, &bbuf),
                 (6, &ybuf),
             ];
-            gpu.encode(
-                enc,
-                &shader,
-                params,
-                &bufs,
-                groups(r1 - r0, GEMV_4BIT_ROWS),
-                None,
-            )?;
+            gpu.encode(enc, &shader, params, &bufs, groups(r1 - r0, 4), None)?;
         }
         Ok(())
     })?;
@@ -630,8 +620,7 @@ pub fn ternary_matmul(
         let r_rows = packed_rows(rows);
         let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
         let bufs = [(1, &abuf), (2, &wbuf), (3, &ybuf)];
-        // Four packed rows per workgroup (`PPW` in ternary_gemv.wgsl).
-        let grid = Gpu::grid(r_rows.div_ceil(4) as u32);
+        let grid = Gpu::grid(r_rows as u32);
         gpu.run(|enc| gpu.encode(enc, &Shader::TernaryGemv, params, &bufs, grid, None))?;
     } else {
         let bufs = [(1, &abuf), (2, &wbuf), (6, &ybuf)];

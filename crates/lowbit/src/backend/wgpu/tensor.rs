@@ -112,7 +112,7 @@ impl WgpuBackend {
             (5, &bias),
             (6, &y.buffer),
         ];
-        let grid = super::Gpu::grid(w.rows.div_ceil(super::kernels::GEMV_4BIT_ROWS) as u32);
+        let grid = super::Gpu::grid(w.rows.div_ceil(4) as u32);
         gpu.run(|enc| {
             gpu.encode(
                 enc,
