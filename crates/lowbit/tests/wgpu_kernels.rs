@@ -150,6 +150,8 @@ fn fourbit_linear_matches_cpu() {
         (64, 512, 32),
         (17, 4096, 4096),
         (5, 9, 32),
+        (7, 3, 32),
+        (9, 2053, 64),
     ] {
         for qt in [FourBitType::Nf4, FourBitType::Fp4] {
             let wv: Vec<f32> = (0..rows * cols)
