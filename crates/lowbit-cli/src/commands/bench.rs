@@ -14,7 +14,7 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// Op to time, or `all`.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(OPS_AND_ALL))]
+    #[arg(long, value_parser = op_parser())]
     op: String,
     /// Weight / data shape OUTxIN (rows x columns).
     #[arg(long, default_value = "4096x4096")]
@@ -54,25 +54,10 @@ const OPS: &[&str] = &[
     "softmax",
     "rms_norm",
 ];
-const OPS_AND_ALL: &[&str] = &[
-    "quantize_blockwise",
-    "dequantize_blockwise",
-    "quantize_4bit",
-    "dequantize_4bit",
-    "gemv_4bit",
-    "matmul_4bit",
-    "int8_vectorwise_quant",
-    "int8_linear_matmul",
-    "int8_mm_dequant",
-    "linear8bitlt",
-    "ternary_quantize",
-    "ternary_act_quant",
-    "ternary_matmul",
-    "matmul",
-    "softmax",
-    "rms_norm",
-    "all",
-];
+/// The accepted `--op` values: every op, or `all`.
+fn op_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(OPS.iter().copied().chain(["all"]))
+}
 
 type Job = Box<dyn FnMut() -> lowbit::Result<()>>;
 
