@@ -49,3 +49,17 @@ pub fn dot_error_ratio(y: &[f32], reference: &[f64], abs_dot: &[f64]) -> f64 {
         .map(|((&y, &r), &a)| (y as f64 - r).abs() / a.max(1e-300))
         .fold(0.0, f64::max)
 }
+
+/// max |got − want| / max |want|: the error of an output relative to its scale.
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "max_rel_err needs equal lengths");
+    let scale = want
+        .iter()
+        .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
+        .max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}

@@ -49,20 +49,9 @@ fn as_dtype(v: &[f32], dt: DType) -> FloatVec {
     FloatVec::from_f32(v.to_vec(), dt)
 }
 
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+use lowbit::metrics::max_rel_err as max_rel;
 
-fn max_rel(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want
-        .iter()
-        .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// Tolerance relative to max |y| for float outputs in `dt` (a few roundings of that dtype).
 fn tol(dt: DType) -> f64 {

@@ -5,7 +5,7 @@
 use super::CliResult;
 use crate::Global;
 use crate::output::{print_json, progress};
-use lowbit::metrics::{ErrorStats, error_stats};
+use lowbit::metrics::{ErrorStats, error_stats, max_rel_err as rel_err};
 use lowbit::ops::Linear8bitLt;
 use lowbit::ops::{BitLinear, Quantized4bit};
 use lowbit::synth::{WeightSpec, linear_weight, normal};
@@ -183,18 +183,6 @@ impl Check {
     fn passed(&self) -> bool {
         self.rel_err <= self.bound
     }
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 fn fused_checks(

@@ -6,25 +6,13 @@ use super::*;
 use lowbit::Device;
 use lowbit::format::codebook::{FP4_CODE, NF4_CODE};
 use lowbit::format::{Absmax, FourBitType, dynamic_map};
+use lowbit::metrics::max_rel_err as rel_err;
 use lowbit::ops::{BitLinear, Linear8bitLt};
 use lowbit::tensor::{DType, Tensor, TensorData};
 use serde_json::Value;
 
 pub(crate) fn dtype_of(case: &Value) -> DType {
     DType::parse(case["dtype"].as_str().unwrap()).unwrap()
-}
-
-/// max |got - want| / max |want|.
-pub(crate) fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want
-        .iter()
-        .fold(0.0f64, |m, &v| m.max(v.abs() as f64))
-        .max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 /// Checks every `fourbit` golden case on `dev`; `label` names the device in the summary lines.
