@@ -2,16 +2,32 @@
 
 use crate::backend::PackedTernary;
 use crate::format::ternary::{
-    activation_scale, pack, packed_rows, quantize_activation, ternarize, unpack_value,
+    activation_scale, packed_rows, quantize_activation, ternarize, unpack_value,
 };
 use crate::tensor::Floats;
 use rayon::prelude::*;
 
 pub fn quantize(w: Floats, rows: usize, cols: usize, weight_scale: f32) -> Vec<u8> {
-    let t: Vec<i8> = (0..rows * cols)
-        .map(|i| ternarize(w.get_f32(i), weight_scale))
-        .collect();
-    pack(&t, rows, cols)
+    // Packed row r holds source rows r, R + r, 2R + r, 3R + r (transformers' `pack_weights`), so packed rows
+    // are independent and run in parallel; `format::ternary::pack` is the same layout, sequentially.
+    let r_rows = packed_rows(rows);
+    let mut packed = vec![0u8; r_rows * cols];
+    packed
+        .par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, out)| {
+            for i in 0..4 {
+                let row = i * r_rows + r;
+                if row >= rows {
+                    break;
+                }
+                for (c, o) in out.iter_mut().enumerate() {
+                    let t = ternarize(w.get_f32(row * cols + c), weight_scale);
+                    *o |= ((t + 1) as u8) << (2 * i);
+                }
+            }
+        });
+    packed
 }
 
 pub fn act_quant(x: Floats, rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
