@@ -217,12 +217,7 @@ fn gpu_devices() -> Vec<DeviceInfo> {
 /// The adapters of one wgpu backend, in enumeration order (`vulkan:0`, `vulkan:1`, ...).
 #[cfg(feature = "wgpu")]
 pub fn enumerate(backends: wgpu::Backends, name: &str) -> Vec<DeviceInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    adapters
+    crate::backend::wgpu::adapters(backends)
         .iter()
         .enumerate()
         .map(|(i, a)| adapter_info(name, i, &a.get_info(), a.features(), &a.limits()))

@@ -56,7 +56,9 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
-fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+/// The adapters of `backends` in enumeration order. Device discovery (`vulkan:N`) and [`WgpuBackend::open`]
+/// both list adapters here, so an index means the same adapter to both.
+pub(crate) fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance(backends).enumerate_adapters(backends))
 }
 
