@@ -77,25 +77,36 @@ impl Device {
                 format!("A is [{m}, {k}] but B is [{n}, {kb}]; inner dims must match"),
             ));
         }
+        let c = self.int8_matmul_rows(i8_data(OP, a)?, i8_data(OP, b)?, m, n, k)?;
+        Ok(Tensor {
+            shape: vec![m, n],
+            data: TensorData::I32(c),
+        })
+    }
+
+    /// `A[m,k] @ B[n,k]^T` on validated slices, split by rows of A when the runtime chunks it.
+    fn int8_matmul_rows(
+        &self,
+        ad: &[i8],
+        bd: &[i8],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<i32>> {
         if k >= 1 << 17 {
             return Err(Error::invalid(
-                OP,
+                "int8_linear_matmul",
                 format!("k = {k} could overflow i32 accumulation; split k"),
             ));
         }
-        let (ad, bd) = (i8_data(OP, a)?, i8_data(OP, b)?);
         let params = OpParams::new(OpKind::Int8LinearMatmul).memory(
             MemoryEstimate::new(m)
                 .buffer((n * k) as u64, 0)
                 .buffer(0, k as u64)
                 .buffer(0, 4 * n as u64),
         );
-        let c = self.run_split(&params, |be, r| {
+        self.run_split(&params, |be, r| {
             be.int8_linear_matmul(&ad[r.start * k..r.end * k], bd, r.len(), n, k)
-        })?;
-        Ok(Tensor {
-            shape: vec![m, n],
-            data: TensorData::I32(c),
         })
     }
 
@@ -191,15 +202,20 @@ impl Linear8bitLt {
         let x16 = to_f16(x.floats(OP)?);
         let x2 = Tensor::from_floats(vec![rows, k], FloatVec::F16(x16.clone()));
         let xq = dev.int8_vectorwise_quant(&x2, self.threshold)?;
-        let xq_t = Tensor {
-            shape: vec![rows, k],
-            data: TensorData::I8(xq.q),
+        if self.weight.len() != self.out_features * k {
+            return Err(Error::Length {
+                op: OP,
+                what: "weight",
+                got: self.weight.len(),
+                expected: self.out_features * k,
+            });
+        }
+        // The layer's weight is used in place: no copy of it per forward pass.
+        let c = dev.int8_matmul_rows(&xq.q, &self.weight, rows, self.out_features, k)?;
+        let c = Tensor {
+            shape: vec![rows, self.out_features],
+            data: TensorData::I32(c),
         };
-        let w_t = Tensor {
-            shape: vec![self.out_features, k],
-            data: TensorData::I8(self.weight.clone()),
-        };
-        let c = dev.int8_linear_matmul(&xq_t, &w_t)?;
         let bias_t = self
             .bias
             .as_ref()
