@@ -5,6 +5,7 @@ use super::fourbit::FourBitType;
 use super::pyrepr::python_float_repr;
 use crate::tensor::DType;
 use crate::{Error, Result};
+use std::borrow::Cow;
 
 /// Per-block scales of a 4-bit tensor: plain float32, or 8-bit with double quantization.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,24 +35,27 @@ impl Absmax {
     }
     /// The float32 absmax the 4-bit dequantizer uses. With double quant this is
     /// `float32(float32(code[q] * nested_absmax[j / 256]) + offset)`: two roundings, two torch kernels, no fma.
-    pub fn to_f32(&self) -> Vec<f32> {
+    /// Plain absmax is borrowed, so the per-call cost of a GEMV stays at reading the weights.
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
         match self {
-            Absmax::Plain(a) => a.clone(),
+            Absmax::Plain(a) => Cow::Borrowed(a),
             Absmax::Nested {
                 absmax_q,
                 nested_absmax,
                 nested_code,
                 offset,
-            } => absmax_q
-                .iter()
-                .enumerate()
-                .map(|(j, &q)| {
-                    let v = super::float::ftz(
-                        nested_code[q as usize] * nested_absmax[j / NESTED_BLOCKSIZE],
-                    );
-                    v + *offset
-                })
-                .collect(),
+            } => Cow::Owned(
+                absmax_q
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &q)| {
+                        let v = super::float::ftz(
+                            nested_code[q as usize] * nested_absmax[j / NESTED_BLOCKSIZE],
+                        );
+                        v + *offset
+                    })
+                    .collect(),
+            ),
         }
     }
 }
