@@ -1,6 +1,7 @@
 //! GPU kernel benchmarks through wgpu: prints a table and JSON (GB/s, fraction of copy bandwidth, TFLOP/s).
 //!
-//! cargo run --release -p lowbit --example gpu_bench -- [--quick] [--adapter N] [--iters N]
+//! cargo run --release -p lowbit --example gpu_bench -- [--quick] [--sweep] [--adapter N] [--iters N]
+//! (`--sweep` also times the general GEMV kernels and every work split of the vectorised ones.)
 //! (Vulkan on Linux, Metal on macOS, DX12 on Windows.)
 
 use lowbit::backend::wgpu::WgpuBackend;
@@ -16,6 +17,7 @@ fn main() {
     };
     let mut cfg = BenchConfig {
         quick: args.iter().any(|a| a == "--quick"),
+        sweep: args.iter().any(|a| a == "--sweep"),
         ..Default::default()
     };
     if let Some(n) = value("--iters") {

@@ -3,22 +3,28 @@
 //! to Metal Shading Language the way wgpu's Metal backend does it (MSL 2.4 = macOS 12, the oldest Apple
 //! Silicon release, and MSL 3.0; runtime bounds checks on). A shader Metal cannot take fails here, on Linux.
 
-use lowbit::backend::wgpu::shaders::all_sources;
+use lowbit::backend::wgpu::shaders::{Shader, all_sources};
 use naga::back::msl;
 use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn translate(key: &str, src: &str, lang_version: (u8, u8)) -> String {
+fn translate(
+    key: &str,
+    src: &str,
+    caps: Capabilities,
+    checks: BoundsCheckPolicy,
+    lang_version: (u8, u8),
+) -> String {
     let module = naga::front::wgsl::parse_str(src)
         .unwrap_or_else(|e| panic!("{key}: WGSL parse error:\n{}", e.emit_to_string(src)));
-    // No optional capability: the kernels must run on any adapter (no shader-f16, no subgroups required).
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // Only what the variant declares: portable variants must run on any adapter (no shader-f16, no subgroups).
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{key}: validation error:\n{}", e.emit_to_string(src)));
     let policies = BoundsCheckPolicies {
-        index: BoundsCheckPolicy::Restrict,
-        buffer: BoundsCheckPolicy::Restrict,
-        image_load: BoundsCheckPolicy::Restrict,
+        index: checks,
+        buffer: checks,
+        image_load: checks,
         binding_array: BoundsCheckPolicy::Unchecked,
     };
     let options = msl::Options {
@@ -37,24 +43,39 @@ fn translate(key: &str, src: &str, lang_version: (u8, u8)) -> String {
 
 #[test]
 fn every_shader_validates_and_translates_to_metal() {
-    let sources = all_sources();
+    let shaders = Shader::all();
     assert!(
-        sources.len() >= 20,
+        shaders.len() >= 20,
         "expected every variant, got {}",
-        sources.len()
+        shaders.len()
     );
-    for (key, src) in &sources {
-        for v in [(2, 4), (3, 0)] {
-            let out = translate(key, src, v);
-            assert!(
-                out.contains("kernel void"),
-                "{key}: no compute kernel in the MSL output"
-            );
+    for shader in &shaders {
+        let (key, src) = (shader.key(), shader.source());
+        let caps = if shader.needs_subgroups() {
+            Capabilities::SUBGROUP
+        } else {
+            Capabilities::empty()
+        };
+        // The backend compiles without injected checks; wgpu's default (Restrict) is kept translatable too.
+        for checks in [BoundsCheckPolicy::Unchecked, BoundsCheckPolicy::Restrict] {
+            for v in [(2, 4), (3, 0)] {
+                let out = translate(&key, &src, caps, checks, v);
+                assert!(
+                    out.contains("kernel void"),
+                    "{key}: no compute kernel in the MSL output"
+                );
+                if shader.needs_subgroups() {
+                    assert!(
+                        out.contains("simd_sum"),
+                        "{key}: no simd_sum in the MSL output"
+                    );
+                }
+            }
         }
     }
     println!(
         "{} shader variants validated and translated to MSL 2.4 and 3.0",
-        sources.len()
+        shaders.len()
     );
 }
 

@@ -439,3 +439,90 @@ fn resident_tensors_match_host_path() {
         .unwrap();
     assert_eq!(got2, want2.to_f32_vec());
 }
+
+/// Every work split of the vectorised GEMV kernels (portable reduction, and subgroup reduction where the
+/// adapter has it) against the CPU: row counts that leave partial workgroups and column counts that leave some
+/// threads without a last word.
+#[test]
+fn gemv_work_splits_match_cpu() {
+    use lowbit::backend::wgpu::shaders::GemvShape;
+    let Some(g) = gpu() else { return };
+    let mut r = rng("gemv_work_splits");
+    let cpu = CpuBackend;
+    let mut splits = Vec::new();
+    for shape in GemvShape::CANDIDATES {
+        splits.push(shape);
+        if g.subgroups_fit(shape.tpr) {
+            splits.push(GemvShape {
+                subgroup: true,
+                ..shape
+            });
+        }
+    }
+    println!(
+        "gemv splits tested: {} ({} with subgroups)",
+        splits.len(),
+        splits.iter().filter(|s| s.subgroup).count()
+    );
+    for &(rows, cols, bs) in &[(37usize, 1056usize, 64usize), (70, 4096, 32), (3, 96, 4096)] {
+        let wv = data(&mut r, rows * cols, bs);
+        let q = cpu
+            .quantize_4bit(FloatVec::F32(wv).as_floats(), FourBitType::Nf4, bs)
+            .unwrap();
+        let w = Packed4bit {
+            packed: &q.codes,
+            absmax: &q.absmax,
+            quant_type: FourBitType::Nf4,
+            blocksize: bs,
+            rows,
+            cols,
+        };
+        let x: Vec<f32> = (0..cols).map(|_| r.random_range(-2.0f32..2.0)).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        let bias = FloatVec::F32(bias);
+        let want = cpu
+            .gemv_4bit(
+                FloatVec::F32(x.clone()).as_floats(),
+                w,
+                Some(bias.as_floats()),
+            )
+            .unwrap()
+            .to_f32_vec();
+        for &split in &splits {
+            let got = g
+                .gemv_4bit_split(&x, w, Some(bias.as_floats()), split)
+                .unwrap();
+            let e = max_rel(&got, &want);
+            assert!(
+                e <= tol(DType::F32),
+                "gemv {rows}x{cols} bs {bs} {split:?}: rel err {e:.2e}"
+            );
+        }
+    }
+    for &(rows, cols) in &[(37usize, 1040usize), (130, 4096), (5, 16)] {
+        let wv: Vec<f32> = (0..rows * cols)
+            .map(|_| r.random_range(-0.1f32..0.1))
+            .collect();
+        let w = FloatVec::F32(wv);
+        let sum: f32 = w.to_f32_vec().iter().map(|v| v.abs()).sum();
+        let scale = lowbit::format::ternary::weight_scale(sum, rows * cols);
+        let packed = cpu
+            .ternary_quantize(w.as_floats(), rows, cols, scale)
+            .unwrap();
+        let pt = PackedTernary {
+            packed: &packed,
+            weight_scale: scale,
+            rows,
+            cols,
+        };
+        let xv: Vec<f32> = (0..cols).map(|_| r.random_range(-5.0f32..5.0)).collect();
+        let (xq, xs) = cpu
+            .ternary_act_quant(FloatVec::F32(xv).as_floats(), 1, cols)
+            .unwrap();
+        let want = cpu.ternary_matmul(&xq, &xs, 1, pt, None).unwrap();
+        for &split in &splits {
+            let got = g.ternary_gemv_split(&xq, xs[0], pt, split).unwrap();
+            assert_eq!(got, want, "ternary gemv {rows}x{cols} {split:?}");
+        }
+    }
+}

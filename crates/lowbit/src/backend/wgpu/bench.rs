@@ -4,8 +4,8 @@
 
 use super::WgpuBackend;
 use super::context::{Gpu, gpu_err};
-use super::kernels::gemm_grid;
-use super::shaders::{Encoding, GemmKind, Shader};
+use super::kernels::{RowPiece, encode_gemv_4bit, gemm_grid, ternary_gemv_kernel};
+use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
 use crate::Result;
 use crate::format::{FourBitType, dynamic_map};
 use std::time::Instant;
@@ -35,6 +35,8 @@ pub struct BenchConfig {
     pub quick: bool,
     pub iters: usize,
     pub warmup: usize,
+    /// Also time the general GEMV kernels and every work split of the vectorised ones.
+    pub sweep: bool,
 }
 
 impl Default for BenchConfig {
@@ -43,6 +45,7 @@ impl Default for BenchConfig {
             quick: false,
             iters: 20,
             warmup: 3,
+            sweep: false,
         }
     }
 }
@@ -172,6 +175,26 @@ impl Suite<'_> {
     }
 }
 
+/// The GEMV work splits to time: the one the kernels pick (no label), and with `sweep` every candidate.
+fn gemv_variants(gpu: &Gpu, sweep: bool) -> Vec<(String, Option<GemvShape>)> {
+    let mut v = vec![(String::new(), None)];
+    if sweep {
+        for shape in GemvShape::CANDIDATES {
+            for subgroup in [false, true] {
+                if subgroup && !gpu.subgroups_fit(shape.tpr) {
+                    continue;
+                }
+                let sg = if subgroup { " sg" } else { "" };
+                v.push((
+                    format!(" t{}r{}{sg}", shape.tpr, shape.rpt),
+                    Some(GemvShape { subgroup, ..shape }),
+                ));
+            }
+        }
+    }
+    v
+}
+
 /// Runs the suite: copy, NF4 GEMV and ternary GEMV at the LLM shapes, bulk quantize/dequantize, the 4-bit
 /// GEMM at batch 512 and dense f32/f16 GEMMs.
 pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>> {
@@ -223,7 +246,6 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let x = gpu.upload(&random_f32(cols, 3));
         let bias = gpu.output(4);
         let y = gpu.output((rows * 4) as u64);
-        let params = [rows as u32, cols as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0];
         let bytes = (n / 2 + n / bs * 4 + cols * 4 + rows * 4) as u64;
         let bufs = [
             (1, &packed),
@@ -233,22 +255,39 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
             (5, &bias),
             (6, &y),
         ];
-        s.add(
-            "gemv_4bit nf4",
-            format!("{rows}x{cols}"),
-            bytes,
-            2 * n as u64,
-            &|enc, ts| {
-                gpu.encode(
-                    enc,
-                    &Shader::Gemv4bit,
-                    params,
-                    &bufs,
-                    Gpu::grid(rows.div_ceil(4) as u32),
-                    ts,
-                )
-            },
-        )?;
+        let piece = RowPiece {
+            r0: 0,
+            r1: rows,
+            first_word: 0,
+        };
+        for (label, force) in gemv_variants(gpu, cfg.sweep) {
+            s.add(
+                &format!("gemv_4bit nf4{label}"),
+                format!("{rows}x{cols}"),
+                bytes,
+                2 * n as u64,
+                &|enc, ts| encode_gemv_4bit(gpu, enc, piece, cols, bs, 0, &bufs, force, ts),
+            )?;
+        }
+        if cfg.sweep {
+            let params = [rows as u32, cols as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0];
+            s.add(
+                "gemv_4bit nf4 general",
+                format!("{rows}x{cols}"),
+                bytes,
+                2 * n as u64,
+                &|enc, ts| {
+                    gpu.encode(
+                        enc,
+                        &Shader::Gemv4bit,
+                        params,
+                        &bufs,
+                        Gpu::grid(rows.div_ceil(4) as u32),
+                        ts,
+                    )
+                },
+            )?;
+        }
     }
     for &(rows, cols) in &shapes {
         let r_rows = rows.div_ceil(4);
@@ -259,22 +298,29 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
         let bytes = (r_rows * cols + cols + rows * 4) as u64;
         let bufs = [(1, &x), (2, &w), (3, &y)];
-        s.add(
-            "ternary gemv",
-            format!("{rows}x{cols}"),
-            bytes,
-            2 * (rows * cols) as u64,
-            &|enc, ts| {
-                gpu.encode(
-                    enc,
-                    &Shader::TernaryGemv,
-                    params,
-                    &bufs,
-                    Gpu::grid(r_rows as u32),
-                    ts,
-                )
-            },
-        )?;
+        let mut variants: Vec<(String, Shader, (u32, u32, u32))> = gemv_variants(gpu, cfg.sweep)
+            .into_iter()
+            .map(|(label, force)| {
+                let (shader, grid) = ternary_gemv_kernel(gpu, r_rows, cols, force);
+                (label, shader, grid)
+            })
+            .collect();
+        if cfg.sweep {
+            variants.push((
+                " general".into(),
+                Shader::TernaryGemv,
+                Gpu::grid(r_rows as u32),
+            ));
+        }
+        for (label, shader, grid) in &variants {
+            s.add(
+                &format!("ternary gemv{label}"),
+                format!("{rows}x{cols}"),
+                bytes,
+                2 * (rows * cols) as u64,
+                &|enc, ts| gpu.encode(enc, shader, params, &bufs, *grid, ts),
+            )?;
+        }
     }
 
     // Bulk quantize / dequantize on `bulk` bytes of f32.

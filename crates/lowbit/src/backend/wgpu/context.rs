@@ -38,12 +38,23 @@ pub(crate) fn gpu_lost(reason: impl Into<String>) -> Error {
     })
 }
 
+/// Whether shaders get wgpu's injected bounds checks and loop bounding: off unless `LOWBIT_GPU_CHECKS=1`
+/// (a debugging aid when changing a kernel).
+fn runtime_checks() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LOWBIT_GPU_CHECKS").is_ok_and(|v| v == "1"))
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Largest subgroup the adapter may run, when subgroup kernels are usable: the adapter has subgroups and a
+    /// probe found lanes numbered linearly within a workgroup (lane = local index mod size), which the subgroup
+    /// reductions rely on.
+    pub subgroup_max: Option<u32>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     rcp_delta: OnceLock<wgpu::Buffer>,
 }
@@ -61,7 +72,8 @@ impl Gpu {
                 .min(10),
             ..wgpu::Limits::downlevel_defaults()
         };
-        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lowbit"),
@@ -75,15 +87,64 @@ impl Gpu {
                 info.name, info.backend
             ))
         })?;
-        Ok(Gpu {
+        let mut gpu = Gpu {
             device,
             queue,
             info,
             limits,
             features,
+            subgroup_max: None,
             pipelines: Mutex::new(HashMap::new()),
             rcp_delta: OnceLock::new(),
-        })
+        };
+        if features.contains(wgpu::Features::SUBGROUP) {
+            match gpu.probe_subgroup_lanes() {
+                Ok(true) => gpu.subgroup_max = Some(gpu.info.subgroup_max_size),
+                Ok(false) => tracing::info!(
+                    "{}: subgroup lanes are not numbered linearly; using the portable reductions",
+                    gpu.info.name
+                ),
+                Err(e) => tracing::warn!(
+                    "{}: subgroup probe failed ({e}); using the portable reductions",
+                    gpu.info.name
+                ),
+            }
+        }
+        Ok(gpu)
+    }
+
+    /// Runs one 256-lane workgroup that reports each lane's subgroup index and size, and checks that lane
+    /// `i` is lane `i mod size` of subgroup `i / size` with one power-of-two size throughout.
+    fn probe_subgroup_lanes(&self) -> Result<bool> {
+        let out = self.output(256 * 4);
+        self.run(|enc| {
+            self.encode(
+                enc,
+                &Shader::SubgroupProbe,
+                [0; 8],
+                &[(1, &out)],
+                (1, 1, 1),
+                None,
+            )
+        })?;
+        let lanes: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read(&out, 256 * 4)?);
+        let size = lanes[0] >> 16;
+        let linear = size.is_power_of_two()
+            && size <= 256
+            && lanes
+                .iter()
+                .enumerate()
+                .all(|(i, &l)| l == ((size << 16) | (i as u32 % size)));
+        tracing::debug!(
+            "{}: subgroup probe size {size}, linear lanes {linear}",
+            self.info.name
+        );
+        Ok(linear)
+    }
+
+    /// Whether subgroup kernels that need subgroups no wider than `lanes` may run here.
+    pub fn subgroups_fit(&self, lanes: u32) -> bool {
+        self.subgroup_max.is_some_and(|m| m <= lanes)
     }
 
     /// Largest byte size one storage binding may have.
@@ -100,12 +161,21 @@ impl Gpu {
             return Ok(p.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&key),
-                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(&key),
+            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+        };
+        let module = if runtime_checks() {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel bounds its indices by the lengths its host side binds (checked there before
+            // dispatch) and every loop is bounded by a uniform count, so the injected index clamps and loop
+            // counters only cost time: they sit on every load of the inner loops.
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

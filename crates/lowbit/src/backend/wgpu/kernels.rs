@@ -3,7 +3,7 @@
 //! narrowing, BitNet's true division).
 
 use super::context::{Gpu, gpu_err, gpu_oom};
-use super::shaders::{Encoding, GemmKind, Shader};
+use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
 use crate::Result;
 use crate::backend::{BlockCodes, Int8Rows, Packed4bit, PackedTernary};
 use crate::format::Codebook8;
@@ -146,7 +146,92 @@ fn bias_buffer(gpu: &Gpu, bias: Option<Floats>) -> (wgpu::Buffer, u32) {
     }
 }
 
-pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> Result<Vec<f32>> {
+/// Rows `r0..r1` of a weight whose bound packed buffer starts at u32 word `first_word` of the whole weight.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowPiece {
+    pub r0: usize,
+    pub r1: usize,
+    pub first_word: usize,
+}
+
+/// The 4-bit GEMV kernel for a weight of `cols` columns: the vectorised one when rows are whole 16-byte words
+/// of one block (cols % 32 == 0, blocksize >= 32), else the general one.
+pub(crate) fn gemv_4bit_shader(
+    gpu: &Gpu,
+    rows: usize,
+    cols: usize,
+    blocksize: usize,
+    force: Option<GemvShape>,
+) -> Shader {
+    if cols % 32 == 0 && blocksize >= 32 {
+        Shader::Gemv4bitFast(force.unwrap_or_else(|| gemv_shape(gpu, rows, cols / 32)))
+    } else {
+        Shader::Gemv4bit
+    }
+}
+
+/// The work split for a GEMV over `rows` rows of `chunks` 16-byte words each: enough threads per row to keep
+/// the memory system busy at small widths, several rows per thread (one read of x serves them all) when rows
+/// are long; subgroup reductions when the adapter's subgroups fit in a row set.
+pub(crate) fn gemv_shape(gpu: &Gpu, rows: usize, chunks: usize) -> GemvShape {
+    let _ = rows;
+    let mut shape = if chunks <= 256 {
+        GemvShape::new(64, 2)
+    } else {
+        GemvShape::new(128, 2)
+    };
+    shape.subgroup = gpu.subgroups_fit(shape.tpr);
+    shape
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Records one dispatch of the 4-bit GEMV over `piece`; `bufs` binds packed (the piece), absmax, table, x, bias
+/// and y at 1..=6.
+pub(crate) fn encode_gemv_4bit(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    piece: RowPiece,
+    cols: usize,
+    blocksize: usize,
+    has_bias: u32,
+    bufs: &[(u32, &wgpu::Buffer)],
+    force: Option<GemvShape>,
+    timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+) -> Result<()> {
+    let shader = gemv_4bit_shader(gpu, piece.r1 - piece.r0, cols, blocksize, force);
+    let (first, per_group) = match shader {
+        // The fast kernel indexes packed words 4 at a time; rows of 32 nibbles keep pieces 16-byte aligned.
+        Shader::Gemv4bitFast(shape) => (piece.first_word / 4, shape.rows_per_group()),
+        _ => (piece.first_word, 4),
+    };
+    let params = [
+        piece.r1 as u32,
+        cols as u32,
+        blocksize.trailing_zeros(),
+        has_bias,
+        first as u32,
+        piece.r0 as u32,
+        0,
+        0,
+    ];
+    gpu.encode(
+        enc,
+        &shader,
+        params,
+        bufs,
+        groups(piece.r1 - piece.r0, per_group),
+        timestamps,
+    )
+}
+
+/// `y = W x (+ bias)`; `force` pins the work split of the vectorised kernel (tests and benchmarks).
+pub fn gemv_4bit(
+    gpu: &Gpu,
+    x: &[f32],
+    w: &Packed4bit,
+    bias: Option<Floats>,
+    force: Option<GemvShape>,
+) -> Result<Vec<f32>> {
     let (rows, cols) = (w.rows, w.cols);
     if rows == 0 {
         return Ok(Vec::new());
@@ -168,19 +253,8 @@ pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> 
         let bytes = &w.packed[w0 * 4..(w1 * 4).min(w.packed.len())];
         pieces.push((r0, r1, w0, gpu.upload(bytes)));
     }
-    let shader = Shader::Gemv4bit;
     gpu.run(|enc| {
         for (r0, r1, w0, pbuf) in &pieces {
-            let params = [
-                *r1 as u32,
-                cols as u32,
-                w.blocksize.trailing_zeros(),
-                has_bias,
-                *w0 as u32,
-                *r0 as u32,
-                0,
-                0,
-            ];
             let bufs = [
                 (1, pbuf),
                 (2, &abuf),
@@ -189,7 +263,22 @@ pub fn gemv_4bit(gpu: &Gpu, x: &[f32], w: &Packed4bit, bias: Option<Floats>) -> 
                 (5, &bbuf),
                 (6, &ybuf),
             ];
-            gpu.encode(enc, &shader, params, &bufs, groups(r1 - r0, 4), None)?;
+            let piece = RowPiece {
+                r0: *r0,
+                r1: *r1,
+                first_word: *w0,
+            };
+            encode_gemv_4bit(
+                gpu,
+                enc,
+                piece,
+                cols,
+                w.blocksize,
+                has_bias,
+                &bufs,
+                force,
+                None,
+            )?;
         }
         Ok(())
     })?;
@@ -586,6 +675,26 @@ pub fn ternary_act_quant(
     Ok((q, gpu.read_f32(&sbuf, rows)?))
 }
 
+/// The ternary GEMV kernel and grid for `r_rows` packed rows of `cols` bytes (cols % 4 == 0): the vectorised
+/// one when rows are whole 16-byte words.
+pub(crate) fn ternary_gemv_kernel(
+    gpu: &Gpu,
+    r_rows: usize,
+    cols: usize,
+    force: Option<GemvShape>,
+) -> (Shader, (u32, u32, u32)) {
+    if cols % 16 == 0 {
+        let shape = force.unwrap_or_else(|| gemv_shape(gpu, r_rows, cols / 16));
+        (
+            Shader::TernaryGemvFast(shape),
+            groups(r_rows, shape.rows_per_group()),
+        )
+    } else {
+        (Shader::TernaryGemv, Gpu::grid(r_rows as u32))
+    }
+}
+
+/// `force` pins the work split of the vectorised batch-1 kernel (tests and benchmarks).
 pub fn ternary_matmul(
     gpu: &Gpu,
     xq: &[i8],
@@ -593,6 +702,7 @@ pub fn ternary_matmul(
     batch: usize,
     w: &PackedTernary,
     bias: Option<Floats>,
+    force: Option<GemvShape>,
 ) -> Result<Vec<f32>> {
     let (rows, cols) = (w.rows, w.cols);
     if rows == 0 || batch == 0 {
@@ -620,8 +730,8 @@ pub fn ternary_matmul(
         let r_rows = packed_rows(rows);
         let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
         let bufs = [(1, &abuf), (2, &wbuf), (3, &ybuf)];
-        let grid = Gpu::grid(r_rows as u32);
-        gpu.run(|enc| gpu.encode(enc, &Shader::TernaryGemv, params, &bufs, grid, None))?;
+        let (shader, grid) = ternary_gemv_kernel(gpu, r_rows, cols, force);
+        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, grid, None))?;
     } else {
         let bufs = [(1, &abuf), (2, &wbuf), (6, &ybuf)];
         let shader = Shader::Gemm(GemmKind::Ternary);

@@ -167,6 +167,35 @@ impl WgpuBackend {
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.gpu.info
     }
+
+    /// Whether this device runs the subgroup variants of the GEMV kernels for row sets of `lanes` threads.
+    pub fn subgroups_fit(&self, lanes: u32) -> bool {
+        self.gpu.subgroups_fit(lanes)
+    }
+
+    /// [`Backend::gemv_4bit`] with a pinned work split of the vectorised kernel (tests and benchmarks).
+    #[doc(hidden)]
+    pub fn gemv_4bit_split(
+        &self,
+        x: &[f32],
+        w: Packed4bit,
+        bias: Option<Floats>,
+        split: shaders::GemvShape,
+    ) -> Result<Vec<f32>> {
+        kernels::gemv_4bit(&self.gpu, x, &w, bias, Some(split))
+    }
+
+    /// [`Backend::ternary_matmul`] at batch 1 with a pinned work split of the vectorised kernel.
+    #[doc(hidden)]
+    pub fn ternary_gemv_split(
+        &self,
+        xq: &[i8],
+        x_scale: f32,
+        w: PackedTernary,
+        split: shaders::GemvShape,
+    ) -> Result<Vec<f32>> {
+        kernels::ternary_matmul(&self.gpu, xq, &[x_scale], 1, &w, None, Some(split))
+    }
 }
 
 impl Backend for WgpuBackend {
@@ -229,7 +258,7 @@ impl Backend for WgpuBackend {
         Ok(FloatVec::from_f32(y, out_dtype))
     }
     fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
-        let y = kernels::gemv_4bit(&self.gpu, &x.to_f32_vec(), &w, bias)?;
+        let y = kernels::gemv_4bit(&self.gpu, &x.to_f32_vec(), &w, bias, None)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
     fn matmul_4bit(
@@ -303,7 +332,7 @@ impl Backend for WgpuBackend {
         w: PackedTernary,
         bias: Option<Floats>,
     ) -> Result<Vec<f32>> {
-        kernels::ternary_matmul(&self.gpu, xq, x_scale, batch, &w, bias)
+        kernels::ternary_matmul(&self.gpu, xq, x_scale, batch, &w, bias, None)
     }
     fn matmul(
         &self,

@@ -20,6 +20,166 @@ const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
+const SUBGROUP_PROBE: &str = "@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> lanes: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sg_id: u32,
+        @builtin(subgroup_size) sg_size: u32) {
+    lanes[lid + p.p0] = (sg_size << 16u) | sg_id;
+}
+";
+const GEMV_4BIT_FAST: &str = include_str!("shaders/gemv_4bit_fast.wgsl");
+const TERNARY_GEMV_FAST: &str = include_str!("shaders/ternary_gemv_fast.wgsl");
+
+/// How a GEMV kernel splits work: `tpr` threads share a set of `rpt` rows (both powers of two, tpr * rpt <= 256
+/// rows per workgroup), and the threads of a set sum their partials through subgroup operations (`subgroup`)
+/// or through workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemvShape {
+    pub tpr: u32,
+    pub rpt: u32,
+    pub subgroup: bool,
+}
+
+/// Fills a GEMV template: the work split, `rpt` accumulators of type `acc_ty` with `body` (where `{i}` names the
+/// row index) and the cross-thread reduction leaving this thread's row `t` in `total`.
+impl GemvShape {
+    /// The work splits the benchmarks compare (portable reduction; each also exists with subgroups).
+    pub const CANDIDATES: [GemvShape; 5] = [
+        GemvShape::new(32, 4),
+        GemvShape::new(64, 2),
+        GemvShape::new(64, 4),
+        GemvShape::new(128, 2),
+        GemvShape::new(256, 1),
+    ];
+
+    pub const fn new(tpr: u32, rpt: u32) -> GemvShape {
+        GemvShape {
+            tpr,
+            rpt,
+            subgroup: false,
+        }
+    }
+
+    /// Rows one workgroup covers.
+    pub fn rows_per_group(&self) -> usize {
+        (256 / self.tpr * self.rpt) as usize
+    }
+}
+
+fn gemv_template(
+    template: &str,
+    shape: GemvShape,
+    acc_ty: &str,
+    setup: &str,
+    body: &str,
+) -> String {
+    let GemvShape { tpr, rpt, subgroup } = shape;
+    assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
+    let mut row_setup = String::new();
+    let mut row_body = String::new();
+    for i in 0..rpt {
+        row_setup += &setup.replace("{i}", &i.to_string());
+        row_body += &body.replace("{i}", &i.to_string());
+    }
+    let zero = format!("{acc_ty}(0)");
+    let mut reduce = String::new();
+    if subgroup {
+        // Lanes are numbered linearly within the workgroup (probed when the device opens), and TPR is a
+        // multiple of the subgroup size, so a subgroup never spans two sets.
+        reduce += "    let sg = lid / sg_size;
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "    let s{i} = subgroupAdd(acc{i});
+"
+            );
+        }
+        reduce += "    if (sg_id == 0u) {
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "        red[sg * RPT + {i}u] = s{i};
+"
+            );
+        }
+        reduce += &format!(
+            "    }}
+    workgroupBarrier();
+    var total = {zero};
+    if (t < RPT) {{
+        let per_set = TPR / sg_size;
+        for (var j = 0u; j < per_set; j = j + 1u) {{
+            total = total + red[(rs * per_set + j) * RPT + t];
+        }}
+    }}
+"
+        );
+    } else {
+        for i in 0..rpt {
+            reduce += &format!(
+                "    red[lid * RPT + {i}u] = acc{i};
+"
+            );
+        }
+        reduce += "    workgroupBarrier();
+    for (var off = TPR / 2u; off > 0u; off = off >> 1u) {
+        if (t < off) {
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "            red[lid * RPT + {i}u] = red[lid * RPT + {i}u] + red[(lid + off) * RPT + {i}u];
+"
+            );
+        }
+        reduce += &format!(
+            "        }}
+        workgroupBarrier();
+    }}
+    var total = {zero};
+    if (t < RPT) {{
+        total = red[rs * TPR * RPT + t];
+    }}
+"
+        );
+    }
+    let builtins = if subgroup {
+        "@builtin(subgroup_invocation_id) sg_id: u32,\n    @builtin(subgroup_size) sg_size: u32,"
+    } else {
+        ""
+    };
+    let consts = format!(
+        "const TPR: u32 = {tpr}u;\nconst RPT: u32 = {rpt}u;\nconst SETS: u32 = {}u;\nconst RED_LEN: u32 = {}u;\n",
+        256 / tpr,
+        256 * rpt
+    );
+    consts
+        + &template
+            .replace("SUBGROUP_BUILTINS", builtins)
+            .replace("ROW_SETUP\n", &row_setup)
+            .replace("ROW_BODY\n", &row_body)
+            .replace("REDUCE\n", &reduce)
+}
+
+fn gemv_4bit_fast(shape: GemvShape) -> String {
+    gemv_template(
+        GEMV_4BIT_FAST,
+        shape,
+        "f32",
+        "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n",
+        "        {\n            let e = e{i} + c * 32u;\n            acc{i} = acc{i} + absmax[e >> p.p2] * dot32(packed[e / 32u - p.p4], x0, x1, x2, x3, x4, x5, x6, x7);\n        }\n",
+    )
+}
+
+fn ternary_gemv_fast(shape: GemvShape) -> String {
+    gemv_template(
+        TERNARY_GEMV_FAST,
+        shape,
+        "vec4<i32>",
+        "    let b{i} = min(pr0 + {i}u, last) * chunks;\n    var acc{i} = vec4<i32>(0);\n",
+        "        acc{i} = acc{i} + dot16(w[b{i} + c], xv) - xs;\n",
+    )
+}
 
 /// What a blockwise quantizer writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -171,7 +331,9 @@ fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Quantize(DType, Encoding),
-    Dequantize { bits: u32 },
+    Dequantize {
+        bits: u32,
+    },
     Gemv4bit,
     Gemm(GemmKind),
     RowScale(DType),
@@ -182,11 +344,25 @@ pub enum Shader {
     RowsFloat,
     Copy,
     TernaryGemv,
+    Gemv4bitFast(GemvShape),
+    TernaryGemvFast(GemvShape),
+    /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
+    SubgroupProbe,
 }
 
 impl Shader {
     pub fn key(&self) -> String {
         format!("{self:?}")
+    }
+
+    /// Whether the shader uses subgroup operations (the adapter must have them).
+    pub fn needs_subgroups(&self) -> bool {
+        matches!(
+            self,
+            Shader::SubgroupProbe
+                | Shader::Gemv4bitFast(GemvShape { subgroup: true, .. })
+                | Shader::TernaryGemvFast(GemvShape { subgroup: true, .. })
+        )
     }
 
     pub fn source(&self) -> String {
@@ -229,6 +405,9 @@ impl Shader {
             Shader::RowsFloat => s += ROWS_FLOAT,
             Shader::Copy => s += COPY,
             Shader::TernaryGemv => s += TERNARY_GEMV,
+            Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
+            Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
+            Shader::SubgroupProbe => s += SUBGROUP_PROBE,
         }
         s
     }
@@ -266,6 +445,17 @@ impl Shader {
         v.push(Shader::RowsFloat);
         v.push(Shader::Copy);
         v.push(Shader::TernaryGemv);
+        v.push(Shader::SubgroupProbe);
+        for shape in GemvShape::CANDIDATES {
+            v.push(Shader::Gemv4bitFast(shape));
+            v.push(Shader::TernaryGemvFast(shape));
+            let sg = GemvShape {
+                subgroup: true,
+                ..shape
+            };
+            v.push(Shader::Gemv4bitFast(sg));
+            v.push(Shader::TernaryGemvFast(sg));
+        }
         v
     }
 }

@@ -94,16 +94,6 @@ impl WgpuBackend {
         let gpu = self.gpu();
         let y = self.empty(vec![w.rows], DType::F32);
         let bias = gpu.output(4);
-        let params = [
-            w.rows as u32,
-            w.cols as u32,
-            w.blocksize.trailing_zeros(),
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
         let bufs = [
             (1, &w.packed.buffer),
             (2, &w.absmax.buffer),
@@ -112,14 +102,21 @@ impl WgpuBackend {
             (5, &bias),
             (6, &y.buffer),
         ];
-        let grid = super::Gpu::grid(w.rows.div_ceil(4) as u32);
+        let piece = super::kernels::RowPiece {
+            r0: 0,
+            r1: w.rows,
+            first_word: 0,
+        };
         gpu.run(|enc| {
-            gpu.encode(
+            super::kernels::encode_gemv_4bit(
+                gpu,
                 enc,
-                &super::shaders::Shader::Gemv4bit,
-                params,
+                piece,
+                w.cols,
+                w.blocksize,
+                0,
                 &bufs,
-                grid,
+                None,
                 None,
             )
         })?;
