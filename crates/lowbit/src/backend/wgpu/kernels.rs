@@ -163,7 +163,7 @@ pub(crate) fn gemv_4bit_shader(
     blocksize: usize,
     force: Option<GemvShape>,
 ) -> Shader {
-    if cols % 32 == 0 && blocksize >= 32 {
+    if cols.is_multiple_of(32) && blocksize >= 32 {
         Shader::Gemv4bitFast(force.unwrap_or_else(|| gemv_shape(gpu, rows, cols / 32)))
     } else {
         Shader::Gemv4bit
@@ -683,7 +683,7 @@ pub(crate) fn ternary_gemv_kernel(
     cols: usize,
     force: Option<GemvShape>,
 ) -> (Shader, (u32, u32, u32)) {
-    if cols % 16 == 0 {
+    if cols.is_multiple_of(16) {
         let shape = force.unwrap_or_else(|| gemv_shape(gpu, r_rows, cols / 16));
         (
             Shader::TernaryGemvFast(shape),
