@@ -45,11 +45,12 @@ pub struct GemvShape {
 /// row index) and the cross-thread reduction leaving this thread's row `t` in `total`.
 impl GemvShape {
     /// The work splits the benchmarks compare (portable reduction; each also exists with subgroups).
-    pub const CANDIDATES: [GemvShape; 5] = [
+    pub const CANDIDATES: [GemvShape; 6] = [
         GemvShape::new(32, 4),
-        GemvShape::new(64, 2),
         GemvShape::new(64, 4),
+        GemvShape::new(64, 8),
         GemvShape::new(128, 2),
+        GemvShape::new(128, 4),
         GemvShape::new(256, 1),
     ];
 
