@@ -66,8 +66,8 @@ fn every_shader_validates_and_translates_to_metal() {
                 );
                 if shader.needs_subgroups() {
                     assert!(
-                        out.contains("simd_sum"),
-                        "{key}: no simd_sum in the MSL output"
+                        out.contains("simdgroup"),
+                        "{key}: no simdgroup built-in in the MSL output"
                     );
                 }
             }
