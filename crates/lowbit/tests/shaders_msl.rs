@@ -51,11 +51,11 @@ fn every_shader_validates_and_translates_to_metal() {
     );
     for shader in &shaders {
         let (key, src) = (shader.key(), shader.source());
-        // pack/unpack2x16float: every Vulkan, Metal and DX12 adapter has it (only old GL ES lacks it).
-        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-        if shader.needs_subgroups() {
-            caps |= Capabilities::SUBGROUP;
-        }
+        let caps = if shader.needs_subgroups() {
+            Capabilities::SUBGROUP
+        } else {
+            Capabilities::empty()
+        };
         // The backend compiles without injected checks; wgpu's default (Restrict) is kept translatable too.
         for checks in [BoundsCheckPolicy::Unchecked, BoundsCheckPolicy::Restrict] {
             for v in [(2, 4), (3, 0)] {

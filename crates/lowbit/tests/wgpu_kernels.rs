@@ -460,10 +460,9 @@ fn gemv_work_splits_match_cpu() {
         }
     }
     println!(
-        "gemv splits tested: {} ({} with subgroups); f16 code pairs: {}",
+        "gemv splits tested: {} ({} with subgroups)",
         splits.len(),
-        splits.iter().filter(|s| s.subgroup).count(),
-        g.f16_code_pairs_fit()
+        splits.iter().filter(|s| s.subgroup).count()
     );
     for &(rows, cols, bs) in &[(37usize, 1056usize, 64usize), (70, 4096, 32), (3, 96, 4096)] {
         let wv = data(&mut r, rows * cols, bs);
@@ -489,23 +488,15 @@ fn gemv_work_splits_match_cpu() {
             )
             .unwrap()
             .to_f32_vec();
-        // f32 activations read exact codes; f16/bf16 ones may read f16 code pairs (f16 output tolerance).
-        let code_modes: &[(bool, DType)] = if g.f16_code_pairs_fit() {
-            &[(false, DType::F32), (true, DType::F16)]
-        } else {
-            &[(false, DType::F32)]
-        };
         for &split in &splits {
-            for &(half_codes, tol_dt) in code_modes {
-                let got = g
-                    .gemv_4bit_split(&x, w, Some(bias.as_floats()), half_codes, split)
-                    .unwrap();
-                let e = max_rel(&got, &want);
-                assert!(
-                    e <= tol(tol_dt),
-                    "gemv {rows}x{cols} bs {bs} {split:?} f16 codes {half_codes}: rel err {e:.2e}"
-                );
-            }
+            let got = g
+                .gemv_4bit_split(&x, w, Some(bias.as_floats()), split)
+                .unwrap();
+            let e = max_rel(&got, &want);
+            assert!(
+                e <= tol(DType::F32),
+                "gemv {rows}x{cols} bs {bs} {split:?}: rel err {e:.2e}"
+            );
         }
     }
     for &(rows, cols) in &[(37usize, 1040usize), (130, 4096), (5, 16)] {

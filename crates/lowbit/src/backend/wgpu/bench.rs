@@ -4,9 +4,7 @@
 
 use super::WgpuBackend;
 use super::context::{Gpu, gpu_err};
-use super::kernels::{
-    GemvCodes, RowPiece, code_pairs_f16, encode_gemv_4bit, gemm_grid, ternary_gemv_kernel,
-};
+use super::kernels::{RowPiece, encode_gemv_4bit, gemm_grid, ternary_gemv_kernel};
 use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
 use crate::Result;
 use crate::format::{FourBitType, dynamic_map};
@@ -239,7 +237,6 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         (8192, 28672),
     ];
     let table = gpu.upload(bytemuck::cast_slice(FourBitType::Nf4.dequant_table()));
-    let pairs = gpu.upload(bytemuck::cast_slice(&code_pairs_f16(FourBitType::Nf4)));
     for &(rows, cols) in &shapes {
         let n = rows * cols;
         let bs = 64usize;
@@ -250,29 +247,27 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let bias = gpu.output(4);
         let y = gpu.output((rows * 4) as u64);
         let bytes = (n / 2 + n / bs * 4 + cols * 4 + rows * 4) as u64;
-        let bufs = [(1, &packed), (2, &absmax), (4, &x), (5, &bias), (6, &y)];
+        let bufs = [
+            (1, &packed),
+            (2, &absmax),
+            (3, &table),
+            (4, &x),
+            (5, &bias),
+            (6, &y),
+        ];
         let piece = RowPiece {
             r0: 0,
             r1: rows,
             first_word: 0,
         };
-        // f32 activations read the exact f32 codes; f16/bf16 activations may read the f16 code pairs.
-        for (act, pairs) in [("", None), (" f16-act", Some(&pairs))] {
-            let codes = GemvCodes {
-                table: &table,
-                pairs,
-            };
-            for (label, force) in gemv_variants(gpu, cfg.sweep) {
-                s.add(
-                    &format!("gemv_4bit nf4{act}{label}"),
-                    format!("{rows}x{cols}"),
-                    bytes,
-                    2 * n as u64,
-                    &|enc, ts| {
-                        encode_gemv_4bit(gpu, enc, piece, cols, bs, 0, &bufs, codes, force, ts)
-                    },
-                )?;
-            }
+        for (label, force) in gemv_variants(gpu, cfg.sweep) {
+            s.add(
+                &format!("gemv_4bit nf4{label}"),
+                format!("{rows}x{cols}"),
+                bytes,
+                2 * n as u64,
+                &|enc, ts| encode_gemv_4bit(gpu, enc, piece, cols, bs, 0, &bufs, force, ts),
+            )?;
         }
         if cfg.sweep {
             let params = [rows as u32, cols as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0];
@@ -286,7 +281,7 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
                         enc,
                         &Shader::Gemv4bit,
                         params,
-                        &[bufs.as_slice(), &[(3, &table)]].concat(),
+                        &bufs,
                         Gpu::grid(rows.div_ceil(4) as u32),
                         ts,
                     )

@@ -3,12 +3,12 @@
 //! narrowing, BitNet's true division).
 
 use super::context::{Gpu, gpu_err, gpu_oom};
-use super::shaders::{Encoding, GemmKind, GemvLut, GemvShape, PAIR_LUT_BYTES, Shader};
+use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
 use crate::Result;
 use crate::backend::{BlockCodes, Int8Rows, Packed4bit, PackedTernary};
+use crate::format::Codebook8;
 use crate::format::int8::MM_DEQUANT_SCALE;
 use crate::format::ternary::{EPS, packed_rows};
-use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, Floats};
 use half::f16;
 
@@ -154,45 +154,20 @@ pub(crate) struct RowPiece {
     pub first_word: usize,
 }
 
-/// The code tables a 4-bit GEMV may bind: the exact f32 codes, and for f16/bf16 activations the f16 code
-/// pairs of [`GemvLut::PairF16`] (see [`code_pairs_f16`]).
-#[derive(Clone, Copy)]
-pub(crate) struct GemvCodes<'a> {
-    pub table: &'a wgpu::Buffer,
-    pub pairs: Option<&'a wgpu::Buffer>,
-}
-
-/// For each byte value, the codes of its high and low nibble rounded to f16 (round to nearest even), packed
-/// low half first: the table [`GemvLut::PairF16`] reads.
-pub(crate) fn code_pairs_f16(quant_type: FourBitType) -> Vec<u32> {
-    let t = quant_type.dequant_table();
-    let h = |v: f32| f16::from_f32(v).to_bits() as u32;
-    (0..256usize)
-        .map(|b| h(t[b >> 4]) | (h(t[b & 15]) << 16))
-        .collect()
-}
-
 /// The 4-bit GEMV kernel for a weight of `cols` columns: the vectorised one when rows are whole 16-byte words
-/// of one block (cols % 32 == 0, blocksize >= 32), else the general one. `half_codes`: the activations are
-/// f16/bf16, so the f16 pair table may be used where the adapter has the workgroup memory for it.
+/// of one block (cols % 32 == 0, blocksize >= 32), else the general one.
 pub(crate) fn gemv_4bit_shader(
     gpu: &Gpu,
     rows: usize,
     cols: usize,
     blocksize: usize,
     force: Option<GemvShape>,
-    half_codes: bool,
 ) -> Shader {
-    if !(cols.is_multiple_of(32) && blocksize >= 32) {
-        return Shader::Gemv4bit;
-    }
-    let shape = force.unwrap_or_else(|| gemv_4bit_split(gpu, rows));
-    let lut = if half_codes && gpu.limits.max_compute_workgroup_storage_size >= PAIR_LUT_BYTES {
-        GemvLut::PairF16
+    if cols.is_multiple_of(32) && blocksize >= 32 {
+        Shader::Gemv4bitFast(force.unwrap_or_else(|| gemv_4bit_split(gpu, rows)))
     } else {
-        GemvLut::F32
-    };
-    Shader::Gemv4bitFast(shape, lut)
+        Shader::Gemv4bit
+    }
 }
 
 /// The NF4/FP4 GEMV work split for `rows` rows. The kernel is bound by its code-table reads from workgroup
@@ -216,8 +191,8 @@ fn with_subgroups(gpu: &Gpu, mut shape: GemvShape) -> GemvShape {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// Records one dispatch of the 4-bit GEMV over `piece`; `bufs` binds packed (the piece), absmax, x, bias and y
-/// at 1, 2, 4, 5, 6; the code table (3) comes from `codes`.
+/// Records one dispatch of the 4-bit GEMV over `piece`; `bufs` binds packed (the piece), absmax, table, x, bias
+/// and y at 1..=6.
 pub(crate) fn encode_gemv_4bit(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
@@ -226,29 +201,14 @@ pub(crate) fn encode_gemv_4bit(
     blocksize: usize,
     has_bias: u32,
     bufs: &[(u32, &wgpu::Buffer)],
-    codes: GemvCodes<'_>,
     force: Option<GemvShape>,
     timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
 ) -> Result<()> {
-    let shader = gemv_4bit_shader(
-        gpu,
-        piece.r1 - piece.r0,
-        cols,
-        blocksize,
-        force,
-        codes.pairs.is_some(),
-    );
-    let (first, per_group, table) = match shader {
+    let shader = gemv_4bit_shader(gpu, piece.r1 - piece.r0, cols, blocksize, force);
+    let (first, per_group) = match shader {
         // The fast kernel indexes packed words 4 at a time; rows of 32 nibbles keep pieces 16-byte aligned.
-        Shader::Gemv4bitFast(shape, lut) => (
-            piece.first_word / 4,
-            shape.rows_per_group(),
-            match (lut, codes.pairs) {
-                (GemvLut::PairF16, Some(pairs)) => pairs,
-                _ => codes.table,
-            },
-        ),
-        _ => (piece.first_word, 4, codes.table),
+        Shader::Gemv4bitFast(shape) => (piece.first_word / 4, shape.rows_per_group()),
+        _ => (piece.first_word, 4),
     };
     let params = [
         piece.r1 as u32,
@@ -260,26 +220,22 @@ pub(crate) fn encode_gemv_4bit(
         0,
         0,
     ];
-    let mut all = bufs.to_vec();
-    all.push((3, table));
     gpu.encode(
         enc,
         &shader,
         params,
-        &all,
+        bufs,
         groups(piece.r1 - piece.r0, per_group),
         timestamps,
     )
 }
 
-/// `y = W x (+ bias)`; `half_codes`: the activations are f16/bf16 (see [`gemv_4bit_shader`]); `force` pins the
-/// work split of the vectorised kernel (tests and benchmarks).
+/// `y = W x (+ bias)`; `force` pins the work split of the vectorised kernel (tests and benchmarks).
 pub fn gemv_4bit(
     gpu: &Gpu,
     x: &[f32],
     w: &Packed4bit,
     bias: Option<Floats>,
-    half_codes: bool,
     force: Option<GemvShape>,
 ) -> Result<Vec<f32>> {
     let (rows, cols) = (w.rows, w.cols);
@@ -290,11 +246,6 @@ pub fn gemv_4bit(
     let xbuf = gpu.upload(f32_bytes(x));
     let abuf = gpu.upload(f32_bytes(w.absmax));
     let tbuf = gpu.upload(f32_bytes(w.quant_type.dequant_table()));
-    let pairs = half_codes.then(|| gpu.upload(bytemuck::cast_slice(&code_pairs_f16(w.quant_type))));
-    let codes = GemvCodes {
-        table: &tbuf,
-        pairs: pairs.as_ref(),
-    };
     let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let ybuf = gpu.output((rows * 4) as u64);
     // Rows per piece so that a piece's packed bytes fit one binding.
@@ -310,7 +261,14 @@ pub fn gemv_4bit(
     }
     gpu.run(|enc| {
         for (r0, r1, w0, pbuf) in &pieces {
-            let bufs = [(1, pbuf), (2, &abuf), (4, &xbuf), (5, &bbuf), (6, &ybuf)];
+            let bufs = [
+                (1, pbuf),
+                (2, &abuf),
+                (3, &tbuf),
+                (4, &xbuf),
+                (5, &bbuf),
+                (6, &ybuf),
+            ];
             let piece = RowPiece {
                 r0: *r0,
                 r1: *r1,
@@ -324,7 +282,6 @@ pub fn gemv_4bit(
                 w.blocksize,
                 has_bias,
                 &bufs,
-                codes,
                 force,
                 None,
             )?;

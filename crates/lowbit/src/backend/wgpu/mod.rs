@@ -168,28 +168,21 @@ impl WgpuBackend {
         &self.gpu.info
     }
 
-    /// Whether this device has the workgroup memory for the f16 code-pair GEMV (f16/bf16 activations).
-    pub fn f16_code_pairs_fit(&self) -> bool {
-        self.gpu.limits.max_compute_workgroup_storage_size >= shaders::PAIR_LUT_BYTES
-    }
-
     /// Whether this device runs the subgroup variants of the GEMV kernels for row sets of `lanes` threads.
     pub fn subgroups_fit(&self, lanes: u32) -> bool {
         self.gpu.subgroups_fit(lanes)
     }
 
-    /// [`Backend::gemv_4bit`] on f32 `x` with a pinned work split of the vectorised kernel, using the f16 code
-    /// pairs where the adapter allows when `half_codes` (tests and benchmarks).
+    /// [`Backend::gemv_4bit`] with a pinned work split of the vectorised kernel (tests and benchmarks).
     #[doc(hidden)]
     pub fn gemv_4bit_split(
         &self,
         x: &[f32],
         w: Packed4bit,
         bias: Option<Floats>,
-        half_codes: bool,
         split: shaders::GemvShape,
     ) -> Result<Vec<f32>> {
-        kernels::gemv_4bit(&self.gpu, x, &w, bias, half_codes, Some(split))
+        kernels::gemv_4bit(&self.gpu, x, &w, bias, Some(split))
     }
 
     /// [`Backend::ternary_matmul`] at batch 1 with a pinned work split of the vectorised kernel.
@@ -265,8 +258,7 @@ impl Backend for WgpuBackend {
         Ok(FloatVec::from_f32(y, out_dtype))
     }
     fn gemv_4bit(&self, x: Floats, w: Packed4bit, bias: Option<Floats>) -> Result<FloatVec> {
-        let half = x.dtype() != DType::F32;
-        let y = kernels::gemv_4bit(&self.gpu, &x.to_f32_vec(), &w, bias, half, None)?;
+        let y = kernels::gemv_4bit(&self.gpu, &x.to_f32_vec(), &w, bias, None)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
     fn matmul_4bit(

@@ -77,41 +77,73 @@ fn gemv_template(
 ) -> String {
     let GemvShape { tpr, rpt, subgroup } = shape;
     assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
+    let mut row_setup = String::new();
+    let mut row_body = String::new();
+    for i in 0..rpt {
+        row_setup += &setup.replace("{i}", &i.to_string());
+        row_body += &body.replace("{i}", &i.to_string());
+    }
     let zero = format!("{acc_ty}(0)");
-    let per_row = |line: &str| -> String {
-        (0..rpt)
-            .map(|i| line.replace("{i}", &i.to_string()))
-            .collect()
-    };
-    let reduce = if subgroup {
+    let mut reduce = String::new();
+    if subgroup {
         // Lanes are numbered linearly within the workgroup (probed when the device opens), and TPR is a
         // multiple of the subgroup size, so a subgroup never spans two sets.
-        [
-            "    let sg = lid / sg_size;\n".to_string(),
-            per_row("    let s{i} = subgroupAdd(acc{i});\n"),
-            "    if (sg_id == 0u) {\n".into(),
-            per_row("        red_store(sg * RPT + {i}u, s{i});\n"),
-            "    }\n    workgroupBarrier();\n".into(),
-            format!("    var total = {zero};\n"),
-            "    if (t < RPT) {\n        let per_set = TPR / sg_size;\n".into(),
-            "        for (var j = 0u; j < per_set; j = j + 1u) {\n".into(),
-            "            total = total + red_load((rs * per_set + j) * RPT + t);\n        }\n    }\n".into(),
-        ]
-        .concat()
+        reduce += "    let sg = lid / sg_size;
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "    let s{i} = subgroupAdd(acc{i});
+"
+            );
+        }
+        reduce += "    if (sg_id == 0u) {
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "        red[sg * RPT + {i}u] = s{i};
+"
+            );
+        }
+        reduce += &format!(
+            "    }}
+    workgroupBarrier();
+    var total = {zero};
+    if (t < RPT) {{
+        let per_set = TPR / sg_size;
+        for (var j = 0u; j < per_set; j = j + 1u) {{
+            total = total + red[(rs * per_set + j) * RPT + t];
+        }}
+    }}
+"
+        );
     } else {
-        [
-            per_row("    red_store(lid * RPT + {i}u, acc{i});\n"),
-            "    workgroupBarrier();\n".into(),
-            "    for (var off = TPR / 2u; off > 0u; off = off >> 1u) {\n        if (t < off) {\n".into(),
-            per_row(
-                "            red_store(lid * RPT + {i}u, red_load(lid * RPT + {i}u) + red_load((lid + off) * RPT + {i}u));\n",
-            ),
-            "        }\n        workgroupBarrier();\n    }\n".into(),
-            format!("    var total = {zero};\n"),
-            "    if (t < RPT) {\n        total = red_load(rs * TPR * RPT + t);\n    }\n".into(),
-        ]
-        .concat()
-    };
+        for i in 0..rpt {
+            reduce += &format!(
+                "    red[lid * RPT + {i}u] = acc{i};
+"
+            );
+        }
+        reduce += "    workgroupBarrier();
+    for (var off = TPR / 2u; off > 0u; off = off >> 1u) {
+        if (t < off) {
+";
+        for i in 0..rpt {
+            reduce += &format!(
+                "            red[lid * RPT + {i}u] = red[lid * RPT + {i}u] + red[(lid + off) * RPT + {i}u];
+"
+            );
+        }
+        reduce += &format!(
+            "        }}
+        workgroupBarrier();
+    }}
+    var total = {zero};
+    if (t < RPT) {{
+        total = red[rs * TPR * RPT + t];
+    }}
+"
+        );
+    }
     let builtins = if subgroup {
         "@builtin(subgroup_invocation_id) sg_id: u32,\n    @builtin(subgroup_size) sg_size: u32,"
     } else {
@@ -125,89 +157,14 @@ fn gemv_template(
     consts
         + &template
             .replace("SUBGROUP_BUILTINS", builtins)
-            .replace("ROW_SETUP\n", &per_row(setup))
-            .replace("ROW_BODY\n", &per_row(body))
+            .replace("ROW_SETUP\n", &row_setup)
+            .replace("ROW_BODY\n", &row_body)
             .replace("REDUCE\n", &reduce)
 }
 
-/// Where the 4-bit GEMV reads its code table from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GemvLut {
-    /// The 16 exact f32 codes in workgroup memory: one read per nibble. For f32 activations.
-    F32,
-    /// Code pairs (one per byte value) rounded to f16, replicated once per memory bank (32 KiB): one read per
-    /// two nibbles and no bank conflicts, which halves the workgroup-memory traffic that bounds the f32 variant.
-    /// For f16/bf16 activations, whose outputs round far coarser than the codes' 2^-12 relative error.
-    /// Pairs are widened with the core `unpack2x16float`: the shader-f16 form (`bitcast<vec2<f16>>` of the
-    /// word) gave wrong values on lavapipe (Mesa 22.3), and the widening is one instruction either way.
-    PairF16,
-}
-
-/// Workgroup memory of the pair table (256 pairs x 32 banks of u32), which its reduction reuses.
-pub const PAIR_LUT_BYTES: u32 = 256 * 32 * 4;
-
-const GEMV_LUT_F32: &str = "var<workgroup> lut: array<f32, 16>;
-var<workgroup> red: array<f32, RED_LEN>;
-fn red_store(i: u32, v: f32) {
-    red[i] = v;
-}
-fn red_load(i: u32) -> f32 {
-    return red[i];
-}
-@group(0) @binding(3) var<storage, read> table: array<f32>;
-
-// Element 2k of a word is the high nibble of byte k. Four partial sums keep four FMA chains in flight.
-fn dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let s0 = a.x * lut[(w >> 4u) & 15u] + a.y * lut[w & 15u];
-    let s1 = a.z * lut[(w >> 12u) & 15u] + a.w * lut[(w >> 8u) & 15u];
-    let s2 = b.x * lut[(w >> 20u) & 15u] + b.y * lut[(w >> 16u) & 15u];
-    let s3 = b.z * lut[(w >> 28u) & 15u] + b.w * lut[(w >> 24u) & 15u];
-    return (s0 + s1) + (s2 + s3);
-}
-";
-
-const GEMV_LUT_PAIR: &str = "// Pair table: entry (byte << 5) | bank holds (code of the high nibble, code of the low nibble) as two f16;
-// each lane reads the copy in its own bank.
-var<workgroup> plut: array<u32, 8192>;
-var<private> bank: u32;
-// The reduction reuses the table's memory (after a barrier), so the kernel needs 32 KiB in all.
-fn red_store(i: u32, v: f32) {
-    plut[i] = bitcast<u32>(v);
-}
-fn red_load(i: u32) -> f32 {
-    return bitcast<f32>(plut[i]);
-}
-@group(0) @binding(3) var<storage, read> pairs: array<u32>;
-
-fn pair(b: u32) -> vec2<f32> {
-    return unpack2x16float(plut[(b << 5u) | bank]);
-}
-
-fn dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-    let p0 = pair(w & 0xffu);
-    let p1 = pair((w >> 8u) & 0xffu);
-    let p2 = pair((w >> 16u) & 0xffu);
-    let p3 = pair(w >> 24u);
-    return (a.x * p0.x + a.y * p0.y + a.z * p1.x + a.w * p1.y) + (b.x * p2.x + b.y * p2.y + b.z * p3.x + b.w * p3.y);
-}
-";
-
-fn gemv_4bit_fast(shape: GemvShape, lut: GemvLut) -> String {
-    let (decl, fill) = match lut {
-        GemvLut::F32 => (
-            GEMV_LUT_F32.to_string(),
-            "    if (lid < 16u) {\n        lut[lid] = table[lid];\n    }\n",
-        ),
-        GemvLut::PairF16 => (
-            GEMV_LUT_PAIR.to_string(),
-            "    bank = lid % 32u;\n    for (var i = 0u; i < 32u; i = i + 1u) {\n        let e = lid + 256u * i;\n        plut[e] = pairs[e >> 5u];\n    }\n",
-        ),
-    };
-    let template = GEMV_4BIT_FAST
-        .replace("LUT_DECL\n", &decl)
-        .replace("LUT_FILL", fill);
+fn gemv_4bit_fast(shape: GemvShape) -> String {
     gemv_template(
-        &template,
+        GEMV_4BIT_FAST,
         shape,
         "f32",
         "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n",
@@ -388,7 +345,7 @@ pub enum Shader {
     RowsFloat,
     Copy,
     TernaryGemv,
-    Gemv4bitFast(GemvShape, GemvLut),
+    Gemv4bitFast(GemvShape),
     TernaryGemvFast(GemvShape),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
     SubgroupProbe,
@@ -404,7 +361,7 @@ impl Shader {
         matches!(
             self,
             Shader::SubgroupProbe
-                | Shader::Gemv4bitFast(GemvShape { subgroup: true, .. }, _)
+                | Shader::Gemv4bitFast(GemvShape { subgroup: true, .. })
                 | Shader::TernaryGemvFast(GemvShape { subgroup: true, .. })
         )
     }
@@ -449,7 +406,7 @@ impl Shader {
             Shader::RowsFloat => s += ROWS_FLOAT,
             Shader::Copy => s += COPY,
             Shader::TernaryGemv => s += TERNARY_GEMV,
-            Shader::Gemv4bitFast(shape, lut) => s += &gemv_4bit_fast(*shape, *lut),
+            Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
         }
@@ -490,15 +447,15 @@ impl Shader {
         v.push(Shader::Copy);
         v.push(Shader::TernaryGemv);
         v.push(Shader::SubgroupProbe);
-        let luts = [GemvLut::F32, GemvLut::PairF16];
         for shape in GemvShape::CANDIDATES {
-            for subgroup in [false, true] {
-                let shape = GemvShape { subgroup, ..shape };
-                for lut in luts {
-                    v.push(Shader::Gemv4bitFast(shape, lut));
-                }
-                v.push(Shader::TernaryGemvFast(shape));
-            }
+            v.push(Shader::Gemv4bitFast(shape));
+            v.push(Shader::TernaryGemvFast(shape));
+            let sg = GemvShape {
+                subgroup: true,
+                ..shape
+            };
+            v.push(Shader::Gemv4bitFast(sg));
+            v.push(Shader::TernaryGemvFast(sg));
         }
         v
     }

@@ -97,14 +97,11 @@ impl WgpuBackend {
         let bufs = [
             (1, &w.packed.buffer),
             (2, &w.absmax.buffer),
+            (3, &w.table),
             (4, &x.buffer),
             (5, &bias),
             (6, &y.buffer),
         ];
-        let codes = super::kernels::GemvCodes {
-            table: &w.table,
-            pairs: None,
-        };
         let piece = super::kernels::RowPiece {
             r0: 0,
             r1: w.rows,
@@ -119,7 +116,6 @@ impl WgpuBackend {
                 w.blocksize,
                 0,
                 &bufs,
-                codes,
                 None,
                 None,
             )

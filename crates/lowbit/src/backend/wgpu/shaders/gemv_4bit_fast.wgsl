@@ -4,23 +4,32 @@
 // sets. The float sum order differs from the CPU's, within the GEMV tolerance (no bytes to match here).
 // Params: p0 = row end of this dispatch, p1 = cols, p2 = log2(blocksize), p3 = has bias, p4 = first vec4 held by
 // `packed`, p5 = first row of this dispatch.
-// Needs (generated): TPR, RPT, SETS, RED_LEN, the code table in workgroup memory (declaration and fill) with
-// dot8(w, a, b) and red_store/red_load, the per-row body and the reduction.
+// Needs (generated): TPR, RPT, SETS, RED_LEN, dot32(w, x0..x7), the per-row body and the reduction.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> packed: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> absmax: array<f32>;
+@group(0) @binding(3) var<storage, read> table: array<f32>;
 @group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 
-LUT_DECL
+var<workgroup> lut: array<f32, 16>;
+var<workgroup> red: array<f32, RED_LEN>;
 
 // The 32-term dot product of x0..x7 with one 16-byte word's dequantization codes (unscaled). Element 2k of a
 // byte is its high nibble. Four partial sums keep four FMA chains in flight.
 fn dot32(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>,
          x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
     return dot8(w.x, x0, x1) + dot8(w.y, x2, x3) + dot8(w.z, x4, x5) + dot8(w.w, x6, x7);
+}
+
+fn dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let s0 = a.x * lut[(w >> 4u) & 15u] + a.y * lut[w & 15u];
+    let s1 = a.z * lut[(w >> 12u) & 15u] + a.w * lut[(w >> 8u) & 15u];
+    let s2 = b.x * lut[(w >> 20u) & 15u] + b.y * lut[(w >> 16u) & 15u];
+    let s3 = b.z * lut[(w >> 28u) & 15u] + b.w * lut[(w >> 24u) & 15u];
+    return (s0 + s1) + (s2 + s3);
 }
 
 @compute @workgroup_size(256)
@@ -30,7 +39,10 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
     SUBGROUP_BUILTINS
 ) {
-LUT_FILL    workgroupBarrier();
+    if (lid < 16u) {
+        lut[lid] = table[lid];
+    }
+    workgroupBarrier();
     let rs = lid / TPR;
     let t = lid % TPR;
     let row0 = p.p5 + (wg_linear(wid, nwg) * SETS + rs) * RPT;
@@ -51,8 +63,6 @@ ROW_SETUP
         let x7 = x[xi + 7u];
 ROW_BODY
     }
-    // Every lane is done with the code table before the reduction may reuse its memory.
-    workgroupBarrier();
 REDUCE
     if (t < RPT) {
         let row = row0 + t;

@@ -12,12 +12,6 @@
 @group(0) @binding(3) var<storage, read_write> y: array<i32>;
 
 var<workgroup> red: array<vec4<i32>, RED_LEN>;
-fn red_store(i: u32, v: vec4<i32>) {
-    red[i] = v;
-}
-fn red_load(i: u32) -> vec4<i32> {
-    return red[i];
-}
 
 const CODES: u32 = 0x03030303u;
 
