@@ -77,73 +77,42 @@ fn gemv_template(
 ) -> String {
     let GemvShape { tpr, rpt, subgroup } = shape;
     assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
-    let mut row_setup = String::new();
-    let mut row_body = String::new();
-    for i in 0..rpt {
-        row_setup += &setup.replace("{i}", &i.to_string());
-        row_body += &body.replace("{i}", &i.to_string());
-    }
     let zero = format!("{acc_ty}(0)");
-    let mut reduce = String::new();
-    if subgroup {
+    let per_row = |line: &str| -> String {
+        (0..rpt)
+            .map(|i| line.replace("{i}", &i.to_string()))
+            .collect()
+    };
+    let reduce = if subgroup {
         // Lanes are numbered linearly within the workgroup (probed when the device opens), and TPR is a
         // multiple of the subgroup size, so a subgroup never spans two sets.
-        reduce += "    let sg = lid / sg_size;
-";
-        for i in 0..rpt {
-            reduce += &format!(
-                "    let s{i} = subgroupAdd(acc{i});
-"
-            );
-        }
-        reduce += "    if (sg_id == 0u) {
-";
-        for i in 0..rpt {
-            reduce += &format!(
-                "        red[sg * RPT + {i}u] = s{i};
-"
-            );
-        }
-        reduce += &format!(
-            "    }}
-    workgroupBarrier();
-    var total = {zero};
-    if (t < RPT) {{
-        let per_set = TPR / sg_size;
-        for (var j = 0u; j < per_set; j = j + 1u) {{
-            total = total + red[(rs * per_set + j) * RPT + t];
-        }}
-    }}
-"
-        );
+        [
+            "    let sg = lid / sg_size;\n".to_string(),
+            per_row("    let s{i} = subgroupAdd(acc{i});\n"),
+            "    if (sg_id == 0u) {\n".into(),
+            per_row("        red[sg * RPT + {i}u] = s{i};\n"),
+            "    }\n    workgroupBarrier();\n".into(),
+            format!("    var total = {zero};\n"),
+            "    if (t < RPT) {\n        let per_set = TPR / sg_size;\n".into(),
+            "        for (var j = 0u; j < per_set; j = j + 1u) {\n".into(),
+            "            total = total + red[(rs * per_set + j) * RPT + t];\n        }\n    }\n"
+                .into(),
+        ]
+        .concat()
     } else {
-        for i in 0..rpt {
-            reduce += &format!(
-                "    red[lid * RPT + {i}u] = acc{i};
-"
-            );
-        }
-        reduce += "    workgroupBarrier();
-    for (var off = TPR / 2u; off > 0u; off = off >> 1u) {
-        if (t < off) {
-";
-        for i in 0..rpt {
-            reduce += &format!(
-                "            red[lid * RPT + {i}u] = red[lid * RPT + {i}u] + red[(lid + off) * RPT + {i}u];
-"
-            );
-        }
-        reduce += &format!(
-            "        }}
-        workgroupBarrier();
-    }}
-    var total = {zero};
-    if (t < RPT) {{
-        total = red[rs * TPR * RPT + t];
-    }}
-"
-        );
-    }
+        [
+            per_row("    red[lid * RPT + {i}u] = acc{i};\n"),
+            "    workgroupBarrier();\n".into(),
+            "    for (var off = TPR / 2u; off > 0u; off = off >> 1u) {\n        if (t < off) {\n".into(),
+            per_row(
+                "            red[lid * RPT + {i}u] = red[lid * RPT + {i}u] + red[(lid + off) * RPT + {i}u];\n",
+            ),
+            "        }\n        workgroupBarrier();\n    }\n".into(),
+            format!("    var total = {zero};\n"),
+            "    if (t < RPT) {\n        total = red[rs * TPR * RPT + t];\n    }\n".into(),
+        ]
+        .concat()
+    };
     let builtins = if subgroup {
         "@builtin(subgroup_invocation_id) sg_id: u32,\n    @builtin(subgroup_size) sg_size: u32,"
     } else {
@@ -157,8 +126,8 @@ fn gemv_template(
     consts
         + &template
             .replace("SUBGROUP_BUILTINS", builtins)
-            .replace("ROW_SETUP\n", &row_setup)
-            .replace("ROW_BODY\n", &row_body)
+            .replace("ROW_SETUP\n", &per_row(setup))
+            .replace("ROW_BODY\n", &per_row(body))
             .replace("REDUCE\n", &reduce)
 }
 
