@@ -51,11 +51,13 @@ fn every_shader_validates_and_translates_to_metal() {
     );
     for shader in &shaders {
         let (key, src) = (shader.key(), shader.source());
-        let caps = if shader.needs_subgroups() {
-            Capabilities::SUBGROUP
-        } else {
-            Capabilities::empty()
-        };
+        let mut caps = Capabilities::empty();
+        if shader.needs_subgroups() {
+            caps |= Capabilities::SUBGROUP;
+        }
+        if shader.needs_f16() {
+            caps |= Capabilities::SHADER_FLOAT16;
+        }
         // The backend compiles without injected checks; wgpu's default (Restrict) is kept translatable too.
         for checks in [BoundsCheckPolicy::Unchecked, BoundsCheckPolicy::Restrict] {
             for v in [(2, 4), (3, 0)] {

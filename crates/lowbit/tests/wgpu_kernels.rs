@@ -349,6 +349,28 @@ fn dense_matches_cpu() {
                 .unwrap();
             let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
             assert!(e <= tol(dt), "matmul {dt} {m}x{n}x{k}: {e:.2e}");
+            if dt == DType::F16 {
+                // The path for adapters without shader-f16 (f32 output: compare before rounding to f16).
+                let want = cpu
+                    .matmul(
+                        FloatVec::F32(x.to_f32_vec()).as_floats(),
+                        FloatVec::F32(w.to_f32_vec()).as_floats(),
+                        None,
+                        m,
+                        n,
+                        k,
+                    )
+                    .unwrap()
+                    .to_f32_vec();
+                let got = g
+                    .matmul_f16_widened(x.as_floats(), w.as_floats(), m, n, k)
+                    .unwrap();
+                let e = max_rel(&got, &want);
+                assert!(
+                    e <= tol(DType::F32),
+                    "matmul f16 widened {m}x{n}x{k}: {e:.2e}"
+                );
+            }
             let sw = cpu.softmax(x.as_floats(), k).unwrap();
             let sg = g.softmax(x.as_floats(), k).unwrap();
             let e = max_rel(&sg.to_f32_vec(), &sw.to_f32_vec());

@@ -431,7 +431,11 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
     for (name, kind, esize) in [
         ("matmul f32", GemmKind::DenseF32, 4usize),
         ("matmul f16", GemmKind::DenseF16, 2),
+        ("matmul f16 native", GemmKind::DenseF16Native, 2),
     ] {
+        if kind == GemmKind::DenseF16Native && !gpu.features.contains(wgpu::Features::SHADER_F16) {
+            continue;
+        }
         let fill = |len, seed| {
             if esize == 4 {
                 random_f32(len, seed)

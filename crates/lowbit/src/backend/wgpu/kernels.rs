@@ -349,27 +349,49 @@ pub fn matmul_4bit(
     gpu.read_f32(&ybuf, batch * rows)
 }
 
+/// Dense `y[m, n] = x[m, k] @ w[n, k]^T (+ bias)` in f32. f16 operands are read as f16 (half the upload), through
+/// shader-f16 types where the adapter has them and `native_f16`, else widened exactly on integers; anything
+/// else is widened to f32 on the host.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     gpu: &Gpu,
-    x: &[f32],
-    w: &[f32],
+    x: Floats,
+    w: Floats,
     bias: Option<Floats>,
     m: usize,
     n: usize,
     k: usize,
+    native_f16: bool,
 ) -> Result<Vec<f32>> {
     if m == 0 || n == 0 {
         return Ok(vec![0.0; m * n]);
     }
     u32_len("matmul", (m * k).max(n * k).max(m * n))?;
     check_binding(gpu, "matmul", (m * k).max(n * k).max(m * n) * 4)?;
-    let xbuf = gpu.upload(f32_bytes(x));
-    let wbuf = gpu.upload(f32_bytes(w));
+    let half = x.dtype() == DType::F16 && w.dtype() == DType::F16;
+    let (xbuf, wbuf, kind) = if half {
+        let kind = if native_f16 && gpu.features.contains(wgpu::Features::SHADER_F16) {
+            GemmKind::DenseF16Native
+        } else {
+            GemmKind::DenseF16
+        };
+        (
+            gpu.upload(float_bytes(&x)),
+            gpu.upload(float_bytes(&w)),
+            kind,
+        )
+    } else {
+        (
+            gpu.upload(f32_bytes(&x.to_f32_vec())),
+            gpu.upload(f32_bytes(&w.to_f32_vec())),
+            GemmKind::DenseF32,
+        )
+    };
     let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let ybuf = gpu.output((m * n * 4) as u64);
     let params = [m as u32, n as u32, k as u32, has_bias, 0, 0, 0, 0];
     let bufs = [(1, &xbuf), (2, &wbuf), (5, &bbuf), (6, &ybuf)];
-    let shader = Shader::Gemm(GemmKind::DenseF32);
+    let shader = Shader::Gemm(kind);
     gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(m, n), None))?;
     gpu.read_f32(&ybuf, m * n)
 }

@@ -168,6 +168,20 @@ impl WgpuBackend {
         &self.gpu.info
     }
 
+    /// [`Backend::matmul`] without shader-f16 types: f16 operands are widened on integers, as on adapters
+    /// without shader-f16 (tests).
+    #[doc(hidden)]
+    pub fn matmul_f16_widened(
+        &self,
+        x: Floats,
+        w: Floats,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>> {
+        kernels::matmul(&self.gpu, x, w, None, m, n, k, false)
+    }
+
     /// Whether this device runs the subgroup variants of the GEMV kernels for row sets of `lanes` threads.
     pub fn subgroups_fit(&self, lanes: u32) -> bool {
         self.gpu.subgroups_fit(lanes)
@@ -343,7 +357,7 @@ impl Backend for WgpuBackend {
         n: usize,
         k: usize,
     ) -> Result<FloatVec> {
-        let y = kernels::matmul(&self.gpu, &x.to_f32_vec(), &w.to_f32_vec(), bias, m, n, k)?;
+        let y = kernels::matmul(&self.gpu, x, w, bias, m, n, k, true)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
     fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec> {

@@ -166,8 +166,10 @@ pub enum GemmKind {
     FourBit,
     /// f32 activations times f32 weights.
     DenseF32,
-    /// f16 activations and weights (raw bits, widened exactly), f32 accumulation and output.
+    /// f16 activations and weights (raw bits, widened exactly on integers), f32 accumulation and output.
     DenseF16,
+    /// The same through shader-f16 types, where the adapter has them (one conversion per load).
+    DenseF16Native,
     /// i8 x i8 -> exact i32.
     Int8,
     /// i8 activations times 2-bit packed ternary weights -> exact i32.
@@ -274,6 +276,16 @@ fn load_a(b: u32, k: u32) -> f32 {\n    let i = b * p.p2 + k;\n    return half_a
 fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_at(w_in[i >> 1u], i);\n}\n\
 fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
         }
+        GemmKind::DenseF16Native => {
+            "alias ACC = f32;\n\
+@group(0) @binding(1) var<storage, read> a_in: array<f16>;\n\
+@group(0) @binding(2) var<storage, read> w_in: array<f16>;\n\
+@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
+fn load_a(b: u32, k: u32) -> f32 {\n    return f32(a_in[b * p.p2 + k]);\n}\n\
+fn load_w(r: u32, k: u32) -> f32 {\n    return f32(w_in[r * p.p2 + k]);\n}\n\
+fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+        }
         GemmKind::Int8 => {
             "alias ACC = i32;\n\
 @group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
@@ -335,8 +347,19 @@ impl Shader {
         )
     }
 
+    /// Whether the shader uses shader-f16 types (the adapter must have them).
+    pub fn needs_f16(&self) -> bool {
+        matches!(self, Shader::Gemm(GemmKind::DenseF16Native))
+    }
+
     pub fn source(&self) -> String {
-        let mut s = String::from(COMMON);
+        // An `enable` directive must precede every declaration.
+        let mut s = if self.needs_f16() {
+            String::from("enable f16;\n")
+        } else {
+            String::new()
+        };
+        s += COMMON;
         match self {
             Shader::Quantize(dt, enc) => {
                 s += RCP_TABLE;
@@ -406,6 +429,7 @@ impl Shader {
             GemmKind::FourBit,
             GemmKind::DenseF32,
             GemmKind::DenseF16,
+            GemmKind::DenseF16Native,
             GemmKind::Int8,
             GemmKind::Ternary,
         ] {
