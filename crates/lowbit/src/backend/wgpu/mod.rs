@@ -10,7 +10,7 @@ pub mod shaders;
 mod tensor;
 
 pub use context::Gpu;
-pub use tensor::{GpuPacked4bit, GpuTensor};
+pub use tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 
 use super::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
 use crate::format::{Codebook8, FourBitType};
