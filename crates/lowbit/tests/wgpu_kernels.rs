@@ -877,3 +877,48 @@ fn resident_bad_inputs_are_errors() {
         "{e}"
     );
 }
+
+/// On a Metal device, dense f32/f16 matmul runs through MPS (not the WGSL GEMM) and matches the CPU within the
+/// dtype's tolerance, bias included, without falling back. Unverified on hardware until this runs on a Mac.
+#[cfg(target_os = "macos")]
+#[test]
+fn mps_matmul_on_metal_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    if g.adapter_info().backend != wgpu::Backend::Metal {
+        println!("skipped: not a Metal adapter");
+        return;
+    }
+    assert!(g.mps_gemm().is_some(), "MPS GEMM unavailable on Metal");
+    let mut r = rng("mps_matmul");
+    let cpu = CpuBackend;
+    let before = g.mps_fallbacks();
+    for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
+        for dt in [DType::F32, DType::F16] {
+            let mut rand = |len: usize| {
+                as_dtype(
+                    &(0..len)
+                        .map(|_| r.random_range(-1.0f32..1.0))
+                        .collect::<Vec<_>>(),
+                    dt,
+                )
+            };
+            let (x, w, b) = (rand(m * k), rand(n * k), rand(n));
+            for bias in [None, Some(b.as_floats())] {
+                let want = cpu
+                    .matmul(x.as_floats(), w.as_floats(), bias, m, n, k)
+                    .unwrap();
+                let got = g
+                    .matmul(x.as_floats(), w.as_floats(), bias, m, n, k)
+                    .unwrap();
+                assert_eq!(got.dtype(), dt);
+                let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
+                assert!(e <= tol(dt), "MPS matmul {dt} {m}x{n}x{k}: {e:.2e}");
+            }
+        }
+    }
+    assert_eq!(
+        g.mps_fallbacks(),
+        before,
+        "MPS failed over to the WGSL GEMM"
+    );
+}
