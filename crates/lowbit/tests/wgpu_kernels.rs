@@ -856,6 +856,12 @@ fn resident_bad_inputs_are_errors() {
         .unwrap();
     assert!(is_shape(g.ternary_linear_resident(&xk, &gt).err().unwrap()));
     // An output larger than one storage binding: the typed out-of-memory error, before any allocation.
+    if g.gpu().max_binding() >= 1 << 32 {
+        println!(
+            "bindings reach past the kernels' u32 index range; binding-limit case not exercised"
+        );
+        return;
+    }
     let (big_rows, big_cols) = (1usize << 20, 32usize);
     let batch = (g.gpu().max_binding() as usize / (big_rows * 4) + 1).max(2);
     let packed = vec![0u8; big_rows * big_cols / 2];
