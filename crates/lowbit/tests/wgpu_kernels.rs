@@ -548,3 +548,405 @@ fn gemv_work_splits_match_cpu() {
         }
     }
 }
+
+/// Quantizes `rows x cols` random weights with `qt` on the CPU (the bytes both backends read).
+fn random_4bit(
+    r: &mut StdRng,
+    rows: usize,
+    cols: usize,
+    qt: FourBitType,
+    bs: usize,
+) -> lowbit::backend::BlockCodes {
+    let wv: Vec<f32> = (0..rows * cols)
+        .map(|_| r.random_range(-1.0f32..1.0))
+        .collect();
+    CpuBackend
+        .quantize_4bit(FloatVec::F32(wv).as_floats(), qt, bs)
+        .unwrap()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+/// A layer's float ops chained on the GPU without reading back in between: RMSNorm -> 4-bit linear (GEMV at
+/// batch 1, GEMM above; vectorised and general GEMV shapes) -> softmax. Each stage is read back only after the
+/// whole chain ran and compared with the CPU fed the GPU's previous stage (the file's f32 tolerance); the
+/// final output is also compared with the all-CPU chain, where three ops' roundings compound (10x the
+/// tolerance).
+#[test]
+fn resident_layer_chain_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident_layer_chain");
+    let cpu = CpuBackend;
+    let f = |v: &[f32]| FloatVec::F32(v.to_vec());
+    for &(rows, cols, bs) in &[(96usize, 256usize, 64usize), (33, 70, 32), (8200, 64, 128)] {
+        for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+            let q = random_4bit(&mut r, rows, cols, qt, bs);
+            let w = Packed4bit {
+                packed: &q.codes,
+                absmax: &q.absmax,
+                quant_type: qt,
+                blocksize: bs,
+                rows,
+                cols,
+            };
+            let gw = g.upload_4bit(&w).unwrap();
+            let norm_w: Vec<f32> = (0..cols).map(|_| r.random_range(0.5f32..1.5)).collect();
+            let gnw = g.upload(bytemuck::cast_slice(&norm_w), vec![cols], DType::F32);
+            for batch in [1usize, 3] {
+                let x: Vec<f32> = (0..batch * cols)
+                    .map(|_| r.random_range(-2.0f32..2.0))
+                    .collect();
+                let gx = g.upload(bytemuck::cast_slice(&x), vec![batch, cols], DType::F32);
+                let gn = g.rms_norm_resident(&gx, &gnw, 1e-6).unwrap();
+                let gy = g.matmul_4bit_resident(&gn, &gw).unwrap();
+                let gs = g.softmax_resident(&gy).unwrap();
+                assert_eq!(gs.shape, vec![batch, rows]);
+                let (n, y, s) = (
+                    f32s(&g.download(&gn).unwrap()),
+                    f32s(&g.download(&gy).unwrap()),
+                    f32s(&g.download(&gs).unwrap()),
+                );
+                let linear = |v: &FloatVec| {
+                    if batch == 1 {
+                        cpu.gemv_4bit(v.as_floats(), w, None).unwrap()
+                    } else {
+                        cpu.matmul_4bit(v.as_floats(), batch, w, None).unwrap()
+                    }
+                };
+                let what = format!("{qt} {rows}x{cols} bs {bs} batch {batch}");
+                let cn = cpu
+                    .rms_norm(f(&x).as_floats(), f(&norm_w).as_floats(), 1e-6, cols)
+                    .unwrap()
+                    .to_f32_vec();
+                let e = max_rel(&n, &cn);
+                assert!(e <= tol(DType::F32), "rms_norm {what}: {e:.2e}");
+                let e = max_rel(&y, &linear(&f(&n)).to_f32_vec());
+                assert!(e <= tol(DType::F32), "linear {what}: {e:.2e}");
+                let cs = cpu.softmax(f(&y).as_floats(), rows).unwrap().to_f32_vec();
+                let e = max_rel(&s, &cs);
+                assert!(e <= tol(DType::F32), "softmax {what}: {e:.2e}");
+                let cy = linear(&FloatVec::F32(cn));
+                let all_cpu = cpu.softmax(cy.as_floats(), rows).unwrap().to_f32_vec();
+                let e = max_rel(&s, &all_cpu);
+                assert!(e <= 10.0 * tol(DType::F32), "chain {what}: {e:.2e}");
+            }
+        }
+    }
+}
+
+/// The resident dequantization is byte-identical to the CPU's.
+#[test]
+fn resident_dequantize_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident_dequantize");
+    for &(rows, cols, bs) in &[(7usize, 9usize, 32usize), (64, 512, 64), (3, 4096, 4096)] {
+        for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+            let q = random_4bit(&mut r, rows, cols, qt, bs);
+            let w = Packed4bit {
+                packed: &q.codes,
+                absmax: &q.absmax,
+                quant_type: qt,
+                blocksize: bs,
+                rows,
+                cols,
+            };
+            let gd = g
+                .dequantize_4bit_resident(&g.upload_4bit(&w).unwrap())
+                .unwrap();
+            assert_eq!(gd.shape, vec![rows, cols]);
+            let want = CpuBackend
+                .dequantize_4bit(&q.codes, &q.absmax, qt, bs, rows * cols, DType::F32)
+                .unwrap();
+            assert!(
+                g.download(&gd).unwrap() == want.to_le_bytes(),
+                "dequantize {qt} {rows}x{cols} bs {bs}"
+            );
+        }
+    }
+}
+
+/// Float bits with NaNs made equal (payloads and NaN signs are not part of the contract).
+fn canon_bits(v: &[f32]) -> Vec<u32> {
+    v.iter()
+        .map(|x| if x.is_nan() { 0x7fc0_0000 } else { x.to_bits() })
+        .collect()
+}
+
+/// The BitNet linear layer on the GPU (activation quantization, exact integer product, exact division) is
+/// bit-identical to the CPU's `ternary_act_quant` + `ternary_matmul`, for every kernel it may pick: the
+/// vectorised GEMV (cols % 16 == 0), the general GEMV (cols % 4 == 0), the GEMM (other cols, batch > 1).
+#[test]
+fn resident_ternary_linear_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident_ternary_linear");
+    let cpu = CpuBackend;
+    for &(rows, cols) in &[(13usize, 64usize), (64, 260), (5, 70), (1, 3)] {
+        let wv: Vec<f32> = (0..rows * cols)
+            .map(|_| r.random_range(-0.1f32..0.1))
+            .collect();
+        let sum: f32 = wv.iter().map(|v| v.abs()).sum();
+        let scale = lowbit::format::ternary::weight_scale(sum, (rows * cols).max(1));
+        let packed = cpu
+            .ternary_quantize(FloatVec::F32(wv).as_floats(), rows, cols, scale)
+            .unwrap();
+        let pt = PackedTernary {
+            packed: &packed,
+            weight_scale: scale,
+            rows,
+            cols,
+        };
+        let gw = g.upload_ternary(pt).unwrap();
+        for dt in DTYPES {
+            for batch in [1usize, 4] {
+                let mut xv: Vec<f32> = (0..batch * cols)
+                    .map(|_| r.random_range(-5.0f32..5.0) * 10f32.powi(r.random_range(-3..3)))
+                    .collect();
+                if batch > 1 {
+                    // A zero row (scale from the 1e-5 floor) and a row with an infinity (scale 0: 0/0 = NaN).
+                    xv[..cols].iter_mut().for_each(|v| *v = 0.0);
+                    if cols > 0 {
+                        xv[cols] = f32::INFINITY;
+                    }
+                }
+                let x = as_dtype(&xv, dt);
+                let gx = g.upload(&x.to_le_bytes(), vec![batch, cols], dt);
+                let gy = g.ternary_linear_resident(&gx, &gw).unwrap();
+                assert_eq!(gy.shape, vec![batch, rows]);
+                let got = f32s(&g.download(&gy).unwrap());
+                let (xq, xs) = cpu.ternary_act_quant(x.as_floats(), batch, cols).unwrap();
+                let want = cpu.ternary_matmul(&xq, &xs, batch, pt, None).unwrap();
+                assert_eq!(
+                    canon_bits(&got),
+                    canon_bits(&want),
+                    "ternary linear {dt} {rows}x{cols} batch {batch}"
+                );
+            }
+        }
+    }
+    // No columns: every accumulator is 0, so y = 0 / (activation_scale(0) * weight_scale) = +0.
+    let gw = g
+        .upload_ternary(PackedTernary {
+            packed: &[],
+            weight_scale: 3.0,
+            rows: 9,
+            cols: 0,
+        })
+        .unwrap();
+    let gy = g
+        .ternary_linear_resident(&g.upload(&[], vec![2, 0], DType::F32), &gw)
+        .unwrap();
+    assert_eq!(gy.shape, vec![2, 9]);
+    assert_eq!(g.download(&gy).unwrap(), vec![0u8; 2 * 9 * 4]);
+}
+
+/// Random float bits: every exponent (zero, subnormal, normal, infinity/NaN) and mantissas that are dense or
+/// have few set bits (those give exact ties in products and subnormal results).
+fn any_f32(r: &mut StdRng) -> f32 {
+    let exp: u32 = match r.random_range(0..10) {
+        0 => 0,
+        1 => 255,
+        2..=4 => r.random_range(100..160),
+        _ => r.random_range(0..256),
+    };
+    let mut man: u32 = r.random_range(0..1 << 23);
+    match r.random_range(0..3) {
+        0 => man &= 0x7f_0000,
+        1 => man &= 0x40_0001 | (1 << r.random_range(0..23)),
+        _ => {}
+    }
+    f32::from_bits((r.random::<u32>() & 0x8000_0000) | (exp << 23) | man)
+}
+
+/// The GPU's integer-arithmetic `f32(acc) / (x_scale * weight_scale)` equals Rust's float32 arithmetic for any
+/// bit patterns: rounding ties, subnormal and overflowing products and quotients, zeros, infinities, NaNs.
+#[test]
+fn ternary_rescale_is_exact() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("ternary_rescale");
+    let rows = 1000;
+    for _ in 0..4 {
+        let weight_scale = any_f32(&mut r);
+        let x_scale: Vec<f32> = (0..64).map(|_| any_f32(&mut r)).collect();
+        let acc: Vec<i32> = (0..rows * x_scale.len())
+            .map(|_| match r.random_range(0..6) {
+                0 => r.random(),
+                1 => r.random_range(-300..300),
+                // Conversions that round (ties included) just above 2^24, 2^25, ...
+                2 => (1i32 << r.random_range(24..31)) + r.random_range(-8..8),
+                3 => [i32::MIN, i32::MAX, 0, -1, 1][r.random_range(0..5)],
+                _ => r.random_range(-20000..20000),
+            })
+            .collect();
+        let got = g
+            .ternary_rescale(&acc, &x_scale, weight_scale, rows)
+            .unwrap();
+        let want: Vec<f32> = acc
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| a as f32 / (x_scale[i / rows] * weight_scale))
+            .collect();
+        let (gb, wb) = (canon_bits(&got), canon_bits(&want));
+        if let Some(i) = (0..gb.len()).find(|&i| gb[i] != wb[i]) {
+            panic!(
+                "acc {} / ({:e} [{:#010x}] * {:e} [{:#010x}]): got {:#010x}, want {:#010x}",
+                acc[i],
+                x_scale[i / rows],
+                x_scale[i / rows].to_bits(),
+                weight_scale,
+                weight_scale.to_bits(),
+                gb[i],
+                wb[i]
+            );
+        }
+    }
+}
+
+/// Bad shapes, dtypes and buffers give typed errors from the resident ops, never a dispatch or a panic.
+#[test]
+fn resident_bad_inputs_are_errors() {
+    use lowbit::Error;
+    use lowbit::backend::wgpu::GpuTensor;
+    use lowbit::runtime::DeviceError;
+    let Some(g) = gpu() else { return };
+    let mut r = rng("resident_bad_inputs");
+    let (rows, cols) = (8usize, 64usize);
+    let q = random_4bit(&mut r, rows, cols, FourBitType::Nf4, 64);
+    let w = Packed4bit {
+        packed: &q.codes,
+        absmax: &q.absmax,
+        quant_type: FourBitType::Nf4,
+        blocksize: 64,
+        rows,
+        cols,
+    };
+    let gw = g.upload_4bit(&w).unwrap();
+    let is_shape = |e: Error| matches!(e, Error::Shape { .. });
+    let zeros = |shape: Vec<usize>, dt: DType| {
+        let n: usize = shape.iter().product();
+        g.upload(&vec![0u8; n * dt.size_in_bytes()], shape, dt)
+    };
+    let x = zeros(vec![2, cols], DType::F32);
+    let nw = zeros(vec![cols], DType::F32);
+    // Wrong dtypes, ranks and lengths.
+    let x16 = zeros(vec![2, cols], DType::F16);
+    assert!(is_shape(
+        g.rms_norm_resident(&x16, &nw, 1e-6).err().unwrap()
+    ));
+    let bad_nw = zeros(vec![cols + 1], DType::F32);
+    assert!(is_shape(
+        g.rms_norm_resident(&x, &bad_nw, 1e-6).err().unwrap()
+    ));
+    let x3 = zeros(vec![1, 2, cols], DType::F32);
+    assert!(is_shape(g.softmax_resident(&x3).err().unwrap()));
+    let xk = zeros(vec![2, cols + 1], DType::F32);
+    assert!(is_shape(g.matmul_4bit_resident(&xk, &gw).err().unwrap()));
+    assert!(is_shape(g.gemv_4bit_resident(&xk, &gw).err().unwrap()));
+    let xu8 = zeros(vec![2, cols], DType::U8);
+    assert!(is_shape(g.matmul_4bit_resident(&xu8, &gw).err().unwrap()));
+    assert!(is_shape(g.matmul_resident(&x, &xk).err().unwrap()));
+    // A shape that claims more than its buffer holds.
+    let lying = GpuTensor {
+        buffer: g.gpu().output(16),
+        shape: vec![1000, cols],
+        dtype: DType::F32,
+    };
+    assert!(is_shape(g.softmax_resident(&lying).err().unwrap()));
+    assert!(is_shape(g.matmul_4bit_resident(&lying, &gw).err().unwrap()));
+    // Inconsistent weights.
+    let short = Packed4bit {
+        packed: &q.codes[..q.codes.len() - 1],
+        ..w
+    };
+    assert!(is_shape(g.upload_4bit(&short).err().unwrap()));
+    let odd_bs = Packed4bit { blocksize: 48, ..w };
+    assert!(matches!(
+        g.upload_4bit(&odd_bs).err().unwrap(),
+        Error::BlockSize { .. }
+    ));
+    let tp = vec![0u8; 2 * cols];
+    let bad_t = PackedTernary {
+        packed: &tp,
+        weight_scale: 1.0,
+        rows: 9,
+        cols,
+    };
+    assert!(is_shape(g.upload_ternary(bad_t).err().unwrap()));
+    let gt = g
+        .upload_ternary(PackedTernary { rows: 8, ..bad_t })
+        .unwrap();
+    assert!(is_shape(g.ternary_linear_resident(&xk, &gt).err().unwrap()));
+    // An output larger than one storage binding: the typed out-of-memory error, before any allocation.
+    if g.gpu().max_binding() >= 1 << 32 {
+        println!(
+            "bindings reach past the kernels' u32 index range; binding-limit case not exercised"
+        );
+        return;
+    }
+    let (big_rows, big_cols) = (1usize << 20, 32usize);
+    let batch = (g.gpu().max_binding() as usize / (big_rows * 4) + 1).max(2);
+    let packed = vec![0u8; big_rows * big_cols / 2];
+    let absmax = vec![1.0f32; big_rows * big_cols / 32];
+    let big = g
+        .upload_4bit(&Packed4bit {
+            packed: &packed,
+            absmax: &absmax,
+            quant_type: FourBitType::Nf4,
+            blocksize: 32,
+            rows: big_rows,
+            cols: big_cols,
+        })
+        .unwrap();
+    let xb = zeros(vec![batch, big_cols], DType::F32);
+    let e = g.matmul_4bit_resident(&xb, &big).err().unwrap();
+    assert!(
+        matches!(e, Error::Device(DeviceError::OutOfMemory { .. })),
+        "{e}"
+    );
+}
+
+/// On a Metal device, dense f32/f16 matmul runs through MPS (not the WGSL GEMM) and matches the CPU within the
+/// dtype's tolerance, bias included, without falling back. Unverified on hardware until this runs on a Mac.
+#[cfg(target_os = "macos")]
+#[test]
+fn mps_matmul_on_metal_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    if g.adapter_info().backend != wgpu::Backend::Metal {
+        println!("skipped: not a Metal adapter");
+        return;
+    }
+    assert!(g.mps_gemm().is_some(), "MPS GEMM unavailable on Metal");
+    let mut r = rng("mps_matmul");
+    let cpu = CpuBackend;
+    let before = g.mps_fallbacks();
+    for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
+        for dt in [DType::F32, DType::F16] {
+            let mut rand = |len: usize| {
+                as_dtype(
+                    &(0..len)
+                        .map(|_| r.random_range(-1.0f32..1.0))
+                        .collect::<Vec<_>>(),
+                    dt,
+                )
+            };
+            let (x, w, b) = (rand(m * k), rand(n * k), rand(n));
+            for bias in [None, Some(b.as_floats())] {
+                let want = cpu
+                    .matmul(x.as_floats(), w.as_floats(), bias, m, n, k)
+                    .unwrap();
+                let got = g
+                    .matmul(x.as_floats(), w.as_floats(), bias, m, n, k)
+                    .unwrap();
+                assert_eq!(got.dtype(), dt);
+                let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
+                assert!(e <= tol(dt), "MPS matmul {dt} {m}x{n}x{k}: {e:.2e}");
+            }
+        }
+    }
+    assert_eq!(
+        g.mps_fallbacks(),
+        before,
+        "MPS failed over to the WGSL GEMM"
+    );
+}

@@ -1,6 +1,7 @@
 //! Dense f16/f32 GEMM through Metal Performance Shaders (`MPSMatrixMultiplication`) on the Metal device wgpu
-//! opened, for macOS; the WGSL matmul is the fallback everywhere else. Unverified on hardware: this module
-//! type-checks for aarch64-apple-darwin but has not yet run on a Mac.
+//! opened, for macOS: `WgpuBackend`'s dense `matmul` runs here on a Metal device, and the WGSL GEMM everywhere
+//! else or when MPS fails. Unverified on hardware: this module type-checks for aarch64-apple-darwin but has
+//! not yet run on a Mac.
 //!
 //! wgpu's hal interop exposes the `MTLDevice` but not a buffer's `MTLBuffer`, so operands go into
 //! shared-storage Metal buffers of their own (on Apple Silicon's unified memory that is one host copy, no

@@ -1,6 +1,7 @@
 //! Host side of each kernel: upload, dispatch (in pieces where a tensor exceeds the adapter's largest storage
 //! binding, e.g. lavapipe's 128 MiB), read back, and the final host-side steps that must be exact (f16/bf16
-//! narrowing, BitNet's true division).
+//! narrowing, BitNet's true division). Each kernel's dispatch is recorded by one `encode_*` function, shared by
+//! the host-slice functions here and the resident ops of `tensor.rs`.
 
 use super::context::{Gpu, gpu_err, gpu_oom};
 use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
@@ -29,7 +30,7 @@ fn i8_bytes(v: &[i8]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-fn u32_len(op: &'static str, n: usize) -> Result<u32> {
+pub(crate) fn u32_len(op: &'static str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| {
         gpu_err(format!(
             "{op}: {n} elements exceed the GPU kernels' 2^32 index range; split the tensor or use the CPU"
@@ -111,7 +112,6 @@ pub fn dequantize(
         return Ok(out);
     }
     let epw = 32 / bits;
-    let shader = Shader::Dequantize { bits: bits as u32 };
     let tbuf = gpu.upload(f32_bytes(table));
     let step = piece_len(gpu, 4, blocksize);
     for start in (0..n).step_by(step) {
@@ -122,21 +122,42 @@ pub fn dequantize(
         let abuf = gpu.upload(f32_bytes(&absmax[b0..b0 + len.div_ceil(blocksize)]));
         let words = len.div_ceil(epw);
         let obuf = gpu.output((words * epw * 4) as u64);
-        let params = [
-            u32_len("dequantize", len)?,
-            blocksize.trailing_zeros(),
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
         let bufs = [(1, &cbuf), (2, &abuf), (3, &tbuf), (4, &obuf)];
-        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, groups(words, 256), None))?;
+        gpu.run(|enc| encode_dequantize(gpu, enc, bits, len, blocksize, &bufs))?;
         out.extend(gpu.read_f32(&obuf, len)?);
     }
     Ok(out)
+}
+
+/// Records one dequantize dispatch over `len` codes of `bits` bits (blocksize a power of two, a multiple of the
+/// codes per u32 word); `bufs` binds codes, absmax, table and out at 1..=4, out holding whole words of floats.
+pub(crate) fn encode_dequantize(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    bits: usize,
+    len: usize,
+    blocksize: usize,
+    bufs: &[(u32, &wgpu::Buffer)],
+) -> Result<()> {
+    let params = [
+        u32_len("dequantize", len)?,
+        blocksize.trailing_zeros(),
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let shader = Shader::Dequantize { bits: bits as u32 };
+    gpu.encode(
+        enc,
+        &shader,
+        params,
+        bufs,
+        groups(len.div_ceil(32 / bits), 256),
+        None,
+    )
 }
 
 fn bias_buffer(gpu: &Gpu, bias: Option<Floats>) -> (wgpu::Buffer, u32) {
@@ -295,7 +316,33 @@ pub(crate) fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
     (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1)
 }
 
-fn check_binding(gpu: &Gpu, op: &'static str, bytes: usize) -> Result<()> {
+/// Records one GEMM `y[m, n] = a[m, k] @ w[n, k]^T (+ bias)`; `bufs` binds what `kind`'s loaders declare (a, w,
+/// and for 4-bit absmax and table, bias, y). `extra` is the loaders' p4: log2(blocksize) for 4-bit weights, the
+/// packed row count for ternary ones.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_gemm(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    kind: GemmKind,
+    m: usize,
+    n: usize,
+    k: usize,
+    has_bias: u32,
+    extra: u32,
+    bufs: &[(u32, &wgpu::Buffer)],
+) -> Result<()> {
+    let params = [m as u32, n as u32, k as u32, has_bias, extra, 0, 0, 0];
+    gpu.encode(
+        enc,
+        &Shader::Gemm(kind),
+        params,
+        bufs,
+        gemm_grid(m, n),
+        None,
+    )
+}
+
+pub(crate) fn check_binding(gpu: &Gpu, op: &'static str, bytes: usize) -> Result<()> {
     if bytes as u64 > gpu.max_binding() {
         // An operand larger than one binding: reported as out-of-memory so the runtime splits the op.
         return Err(gpu_oom(op, bytes as u64, Some(gpu.max_binding())));
@@ -326,16 +373,6 @@ pub fn matmul_4bit(
     let tbuf = gpu.upload(f32_bytes(w.quant_type.dequant_table()));
     let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let ybuf = gpu.output((batch * rows * 4) as u64);
-    let params = [
-        batch as u32,
-        rows as u32,
-        cols as u32,
-        has_bias,
-        w.blocksize.trailing_zeros(),
-        0,
-        0,
-        0,
-    ];
     let bufs = [
         (1, &xbuf),
         (2, &pbuf),
@@ -344,8 +381,20 @@ pub fn matmul_4bit(
         (5, &bbuf),
         (6, &ybuf),
     ];
-    let shader = Shader::Gemm(GemmKind::FourBit);
-    gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(batch, rows), None))?;
+    let log2_bs = w.blocksize.trailing_zeros();
+    gpu.run(|enc| {
+        encode_gemm(
+            gpu,
+            enc,
+            GemmKind::FourBit,
+            batch,
+            rows,
+            cols,
+            has_bias,
+            log2_bs,
+            &bufs,
+        )
+    })?;
     gpu.read_f32(&ybuf, batch * rows)
 }
 
@@ -389,86 +438,118 @@ pub fn matmul(
     };
     let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let ybuf = gpu.output((m * n * 4) as u64);
-    let params = [m as u32, n as u32, k as u32, has_bias, 0, 0, 0, 0];
     let bufs = [(1, &xbuf), (2, &wbuf), (5, &bbuf), (6, &ybuf)];
-    let shader = Shader::Gemm(kind);
-    gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(m, n), None))?;
+    gpu.run(|enc| encode_gemm(gpu, enc, kind, m, n, k, has_bias, 0, &bufs))?;
     gpu.read_f32(&ybuf, m * n)
 }
 
-/// Runs the row-scale kernel (absmax + scale per row) for LLM.int8() (mode 0) or BitNet (mode 1).
-fn row_scales(
+/// What the row-scale and row-quant kernels compute: LLM.int8() (mode 0, with an outlier threshold) or BitNet
+/// activations (mode 1, threshold 0), over `rows` rows of `cols` values of `dtype`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowSpec {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub threshold: f32,
+    pub mode: u32,
+}
+
+/// Records the row-scale kernel: absmax (as bits) and the quantization scale of each row.
+pub(crate) fn encode_row_scales(
     gpu: &Gpu,
-    xbuf: &wgpu::Buffer,
-    dtype: DType,
-    rows: usize,
-    cols: usize,
-    threshold: f32,
-    mode: u32,
-) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-    let abuf = gpu.output((rows * 4) as u64);
-    let sbuf = gpu.output((rows * 4) as u64);
+    enc: &mut wgpu::CommandEncoder,
+    spec: RowSpec,
+    x: &wgpu::Buffer,
+    absmax: &wgpu::Buffer,
+    scale: &wgpu::Buffer,
+) -> Result<()> {
     let params = [
-        rows as u32,
-        cols as u32,
-        threshold.to_bits(),
-        mode,
+        spec.rows as u32,
+        spec.cols as u32,
+        spec.threshold.to_bits(),
+        spec.mode,
         EPS.to_bits(),
         0,
         0,
         0,
     ];
-    let bufs = [(1, xbuf), (2, &abuf), (3, &sbuf), (9, gpu.rcp_delta())];
-    gpu.run(|enc| {
-        gpu.encode(
-            enc,
-            &Shader::RowScale(dtype),
-            params,
-            &bufs,
-            Gpu::grid(rows as u32),
-            None,
-        )
-    })?;
-    Ok((abuf, sbuf))
+    let bufs = [(1, x), (2, absmax), (3, scale), (9, gpu.rcp_delta())];
+    let shader = Shader::RowScale(spec.dtype);
+    gpu.encode(
+        enc,
+        &shader,
+        params,
+        &bufs,
+        Gpu::grid(spec.rows as u32),
+        None,
+    )
 }
 
+/// Records the row-quant kernel writing `rows * cols` int8 values into `q`; `flags` marks outlier columns
+/// (read only with a threshold).
 #[allow(clippy::too_many_arguments)]
-fn row_quant(
+pub(crate) fn encode_row_quant(
     gpu: &Gpu,
-    xbuf: &wgpu::Buffer,
-    dtype: DType,
-    abuf: &wgpu::Buffer,
-    sbuf: &wgpu::Buffer,
+    enc: &mut wgpu::CommandEncoder,
+    spec: RowSpec,
+    x: &wgpu::Buffer,
+    absmax: &wgpu::Buffer,
+    scale: &wgpu::Buffer,
     flags: &wgpu::Buffer,
-    rows: usize,
-    cols: usize,
-    threshold: f32,
-    mode: u32,
-) -> Result<Vec<i8>> {
-    let n = rows * cols;
-    let qbuf = gpu.output(n as u64);
+    q: &wgpu::Buffer,
+) -> Result<()> {
+    let n = spec.rows * spec.cols;
     let params = [
-        rows as u32,
-        cols as u32,
-        threshold.to_bits(),
-        mode,
-        (rows > 1) as u32,
+        spec.rows as u32,
+        spec.cols as u32,
+        spec.threshold.to_bits(),
+        spec.mode,
+        (spec.rows > 1) as u32,
         0,
         0,
         0,
     ];
-    let bufs = [(1, xbuf), (2, abuf), (3, sbuf), (4, flags), (5, &qbuf)];
-    gpu.run(|enc| {
-        gpu.encode(
-            enc,
-            &Shader::RowQuant(dtype),
-            params,
-            &bufs,
-            groups(n.div_ceil(4), 256),
-            None,
-        )
-    })?;
-    Ok(gpu.read(&qbuf, n)?.into_iter().map(|b| b as i8).collect())
+    let bufs = [(1, x), (2, absmax), (3, scale), (4, flags), (5, q)];
+    let shader = Shader::RowQuant(spec.dtype);
+    gpu.encode(
+        enc,
+        &shader,
+        params,
+        &bufs,
+        groups(n.div_ceil(4), 256),
+        None,
+    )
+}
+
+/// Records BitNet's activation quantization of `rows x cols` values of `dtype` in `x`: int8 values into `q`
+/// (`rows * cols` bytes) and one float32 scale per row into `scale`, exactly as the CPU computes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_ternary_act_quant(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    x: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    scale: &wgpu::Buffer,
+) -> Result<()> {
+    let spec = RowSpec {
+        dtype,
+        rows,
+        cols,
+        threshold: 0.0,
+        mode: 1,
+    };
+    // Kept alive by the command buffer once recorded.
+    let absmax = gpu.output((rows * 4) as u64);
+    let no_flags = gpu.output(4);
+    encode_row_scales(gpu, enc, spec, x, &absmax, scale)?;
+    encode_row_quant(gpu, enc, spec, x, &absmax, scale, &no_flags, q)
+}
+
+fn read_i8(gpu: &Gpu, buf: &wgpu::Buffer, n: usize) -> Result<Vec<i8>> {
+    Ok(gpu.read(buf, n)?.into_iter().map(|b| b as i8).collect())
 }
 
 pub fn int8_vectorwise_quant(
@@ -488,27 +569,29 @@ pub fn int8_vectorwise_quant(
     }
     u32_len("int8_vectorwise_quant", n)?;
     check_binding(gpu, "int8_vectorwise_quant", n * 4)?;
-    let dtype = a.dtype();
+    let spec = RowSpec {
+        dtype: a.dtype(),
+        rows,
+        cols,
+        threshold,
+        mode: 0,
+    };
     let xbuf = gpu.upload(float_bytes(&a));
     let flags = gpu.output((cols * 4) as u64);
-    if threshold > 0.0 {
-        let params = [rows as u32, cols as u32, threshold.to_bits(), 0, 0, 0, 0, 0];
-        let bufs = [(1, &xbuf), (2, &flags)];
-        gpu.run(|enc| {
-            gpu.encode(
-                enc,
-                &Shader::ColOutliers(dtype),
-                params,
-                &bufs,
-                groups(cols, 256),
-                None,
-            )
-        })?;
-    }
-    let (abuf, sbuf) = row_scales(gpu, &xbuf, dtype, rows, cols, threshold, 0)?;
-    let q = row_quant(
-        gpu, &xbuf, dtype, &abuf, &sbuf, &flags, rows, cols, threshold, 0,
-    )?;
+    let abuf = gpu.output((rows * 4) as u64);
+    let sbuf = gpu.output((rows * 4) as u64);
+    let qbuf = gpu.output(n as u64);
+    gpu.run(|enc| {
+        if threshold > 0.0 {
+            let params = [rows as u32, cols as u32, threshold.to_bits(), 0, 0, 0, 0, 0];
+            let bufs = [(1, &xbuf), (2, &flags)];
+            let shader = Shader::ColOutliers(spec.dtype);
+            gpu.encode(enc, &shader, params, &bufs, groups(cols, 256), None)?;
+        }
+        encode_row_scales(gpu, enc, spec, &xbuf, &abuf, &sbuf)?;
+        encode_row_quant(gpu, enc, spec, &xbuf, &abuf, &sbuf, &flags, &qbuf)
+    })?;
+    let q = read_i8(gpu, &qbuf, n)?;
     let row_stats = gpu.read_f32(&abuf, rows)?;
     let outlier_cols = if threshold > 0.0 {
         let f: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&flags, cols * 4)?);
@@ -611,10 +694,8 @@ pub fn int8_linear_matmul(
     let abuf = gpu.upload(i8_bytes(a));
     let bbuf = gpu.upload(i8_bytes(b));
     let ybuf = gpu.output((m * n * 4) as u64);
-    let params = [m as u32, n as u32, k as u32, 0, 0, 0, 0, 0];
     let bufs = [(1, &abuf), (2, &bbuf), (6, &ybuf)];
-    let shader = Shader::Gemm(GemmKind::Int8);
-    gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(m, n), None))?;
+    gpu.run(|enc| encode_gemm(gpu, enc, GemmKind::Int8, m, n, k, 0, 0, &bufs))?;
     Ok(bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, m * n * 4)?))
 }
 
@@ -695,12 +776,14 @@ pub fn ternary_act_quant(
     }
     u32_len("ternary_act_quant", rows * cols)?;
     check_binding(gpu, "ternary_act_quant", rows * cols * 4)?;
-    let dtype = x.dtype();
     let xbuf = gpu.upload(float_bytes(&x));
-    let (abuf, sbuf) = row_scales(gpu, &xbuf, dtype, rows, cols, 0.0, 1)?;
-    let flags = gpu.output(4);
-    let q = row_quant(gpu, &xbuf, dtype, &abuf, &sbuf, &flags, rows, cols, 0.0, 1)?;
-    Ok((q, gpu.read_f32(&sbuf, rows)?))
+    let qbuf = gpu.output((rows * cols) as u64);
+    let sbuf = gpu.output((rows * 4) as u64);
+    gpu.run(|enc| encode_ternary_act_quant(gpu, enc, x.dtype(), rows, cols, &xbuf, &qbuf, &sbuf))?;
+    Ok((
+        read_i8(gpu, &qbuf, rows * cols)?,
+        gpu.read_f32(&sbuf, rows)?,
+    ))
 }
 
 /// The ternary GEMV kernel and grid for `r_rows` packed rows of `cols` bytes (cols % 4 == 0): the vectorised
@@ -720,6 +803,85 @@ pub(crate) fn ternary_gemv_kernel(
     } else {
         (Shader::TernaryGemv, Gpu::grid(r_rows as u32))
     }
+}
+
+/// Records BitNet's exact integer product `acc[b, o] = sum_k xq[b, k] * w[o, k]` (`[batch, rows]` i32): the GEMV
+/// kernels at batch 1 when cols % 4 == 0 (`force` pins the vectorised one's work split), else the ternary GEMM.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_ternary_matmul(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    xq: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    acc: &wgpu::Buffer,
+    force: Option<GemvShape>,
+) -> Result<()> {
+    let r_rows = packed_rows(rows);
+    if batch == 1 && cols.is_multiple_of(4) {
+        let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
+        let bufs = [(1, xq), (2, w), (3, acc)];
+        let (shader, grid) = ternary_gemv_kernel(gpu, r_rows, cols, force);
+        gpu.encode(enc, &shader, params, &bufs, grid, None)
+    } else {
+        let bufs = [(1, xq), (2, w), (6, acc)];
+        let kind = GemmKind::Ternary;
+        encode_gemm(gpu, enc, kind, batch, rows, cols, 0, r_rows as u32, &bufs)
+    }
+}
+
+/// Records BitNet's final scaling `y[b, o] = f32(acc[b, o]) / (x_scale[b] * weight_scale)` (`[batch, rows]`),
+/// bit-exact with the CPU: conversion, product and quotient are correctly rounded on integer bit patterns
+/// (`ternary_rescale.wgsl`), since WGSL's own division is not. NaN results are a canonical quiet NaN.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_ternary_rescale(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    batch: usize,
+    rows: usize,
+    weight_scale: f32,
+    acc: &wgpu::Buffer,
+    x_scale: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    let n = u32_len("ternary_rescale", batch * rows)?;
+    let params = [n, rows as u32, weight_scale.to_bits(), 0, 0, 0, 0, 0];
+    let bufs = [(1, acc), (2, x_scale), (3, y)];
+    let grid = groups(batch * rows, 256);
+    gpu.encode(enc, &Shader::TernaryRescale, params, &bufs, grid, None)
+}
+
+/// The GPU's exact BitNet scaling on host data (tests compare it with the CPU's division on any bit patterns).
+pub fn ternary_rescale(
+    gpu: &Gpu,
+    acc: &[i32],
+    x_scale: &[f32],
+    weight_scale: f32,
+    rows: usize,
+) -> Result<Vec<f32>> {
+    let batch = x_scale.len();
+    if acc.len() != batch * rows {
+        return Err(crate::Error::shape(
+            "ternary_rescale",
+            format!(
+                "{} accumulators for {batch} scales x {rows} rows",
+                acc.len()
+            ),
+        ));
+    }
+    if acc.is_empty() {
+        return Ok(Vec::new());
+    }
+    check_binding(gpu, "ternary_rescale", acc.len() * 4)?;
+    let abuf = gpu.upload(bytemuck::cast_slice(acc));
+    let sbuf = gpu.upload(f32_bytes(x_scale));
+    let ybuf = gpu.output((acc.len() * 4) as u64);
+    gpu.run(|enc| {
+        encode_ternary_rescale(gpu, enc, batch, rows, weight_scale, &abuf, &sbuf, &ybuf)
+    })?;
+    gpu.read_f32(&ybuf, acc.len())
 }
 
 /// `force` pins the work split of the vectorised batch-1 kernel (tests and benchmarks).
@@ -744,29 +906,10 @@ pub fn ternary_matmul(
     let abuf = gpu.upload(i8_bytes(xq));
     let wbuf = gpu.upload(w.packed);
     let ybuf = gpu.output((batch * rows * 4) as u64);
-    let params = [
-        batch as u32,
-        rows as u32,
-        cols as u32,
-        0,
-        packed_rows(rows) as u32,
-        0,
-        0,
-        0,
-    ];
-    if batch == 1 && cols % 4 == 0 {
-        let r_rows = packed_rows(rows);
-        let params = [rows as u32, cols as u32, r_rows as u32, 0, 0, 0, 0, 0];
-        let bufs = [(1, &abuf), (2, &wbuf), (3, &ybuf)];
-        let (shader, grid) = ternary_gemv_kernel(gpu, r_rows, cols, force);
-        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, grid, None))?;
-    } else {
-        let bufs = [(1, &abuf), (2, &wbuf), (6, &ybuf)];
-        let shader = Shader::Gemm(GemmKind::Ternary);
-        gpu.run(|enc| gpu.encode(enc, &shader, params, &bufs, gemm_grid(batch, rows), None))?;
-    }
+    gpu.run(|enc| encode_ternary_matmul(gpu, enc, batch, rows, cols, &abuf, &wbuf, &ybuf, force))?;
     let acc: Vec<i32> = bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, batch * rows * 4)?);
-    // The true float32 division stays on the host: WGSL's division is not correctly rounded.
+    // The true float32 division of host callers stays on the host, where it is exact for free (the resident
+    // path uses `encode_ternary_rescale` instead).
     Ok(acc
         .iter()
         .enumerate()
@@ -775,6 +918,38 @@ pub fn ternary_matmul(
             a as f32 / (x_scale[b] * w.weight_scale) + bias.map_or(0.0, |bb| bb.get_f32(o))
         })
         .collect())
+}
+
+/// Records softmax (`rms` false) or RMSNorm (weight, `eps`) over `rows` rows of `cols`; `bufs` binds x, weight
+/// (a placeholder for softmax) and y at 1..=3.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_rows_float(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    rows: usize,
+    cols: usize,
+    rms: bool,
+    eps: f32,
+    bufs: &[(u32, &wgpu::Buffer)],
+) -> Result<()> {
+    let params = [
+        rows as u32,
+        cols as u32,
+        rms as u32,
+        eps.to_bits(),
+        0,
+        0,
+        0,
+        0,
+    ];
+    gpu.encode(
+        enc,
+        &Shader::RowsFloat,
+        params,
+        bufs,
+        Gpu::grid(rows as u32),
+        None,
+    )
 }
 
 /// Softmax (`weight` None) or RMSNorm over rows of `cols`.
@@ -797,18 +972,7 @@ pub fn rows_float(
         None => gpu.output(4),
     };
     let ybuf = gpu.output((x.len() * 4) as u64);
-    let op = weight.is_some() as u32;
-    let params = [rows as u32, cols as u32, op, eps.to_bits(), 0, 0, 0, 0];
     let bufs = [(1, &xbuf), (2, &wbuf), (3, &ybuf)];
-    gpu.run(|enc| {
-        gpu.encode(
-            enc,
-            &Shader::RowsFloat,
-            params,
-            &bufs,
-            Gpu::grid(rows as u32),
-            None,
-        )
-    })?;
+    gpu.run(|enc| encode_rows_float(gpu, enc, rows, cols, weight.is_some(), eps, &bufs))?;
     gpu.read_f32(&ybuf, x.len())
 }

@@ -10,7 +10,7 @@ pub mod shaders;
 mod tensor;
 
 pub use context::Gpu;
-pub use tensor::{GpuPacked4bit, GpuTensor};
+pub use tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 
 use super::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
 use crate::format::{Codebook8, FourBitType};
@@ -42,6 +42,17 @@ pub struct AdapterSummary {
 #[derive(Clone)]
 pub struct WgpuBackend {
     gpu: Arc<Gpu>,
+    /// Dense matmul through Metal Performance Shaders on the same Metal device (shared by clones).
+    #[cfg(target_os = "macos")]
+    mps: Arc<MpsState>,
+}
+
+/// The MPS GEMM of one Metal device, created on first use, and how often it failed over to the WGSL GEMM.
+#[cfg(target_os = "macos")]
+#[derive(Default)]
+struct MpsState {
+    gemm: std::sync::OnceLock<Option<super::mps::MpsGemm>>,
+    fallbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -128,13 +139,14 @@ impl WgpuBackend {
         // One device and queue per adapter for the whole process: opening it again returns the same
         // context (no per-call device creation), and creation is serialised because some drivers do not
         // tolerate concurrent instance/device creation in one process.
-        static OPENED: Mutex<Vec<(wgpu::Backends, usize, Arc<Gpu>)>> = Mutex::new(Vec::new());
+        // The backend itself is kept, so its MPS GEMM (macOS) is created once per device too.
+        static OPENED: Mutex<Vec<(wgpu::Backends, usize, WgpuBackend)>> = Mutex::new(Vec::new());
         let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, gpu)) = opened
+        if let Some((_, _, backend)) = opened
             .iter()
             .find(|(b, i, _)| *b == backends && *i == adapter_index)
         {
-            return Ok(WgpuBackend { gpu: gpu.clone() });
+            return Ok(backend.clone());
         }
         let list = adapters(backends);
         if list.is_empty() {
@@ -154,9 +166,13 @@ impl WgpuBackend {
                 format!("adapter index {adapter_index} out of range: {count} adapter(s) found"),
             )
         })?;
-        let gpu = Arc::new(Gpu::new(&adapter)?);
-        opened.push((backends, adapter_index, gpu.clone()));
-        Ok(WgpuBackend { gpu })
+        let backend = WgpuBackend {
+            gpu: Arc::new(Gpu::new(&adapter)?),
+            #[cfg(target_os = "macos")]
+            mps: Arc::default(),
+        };
+        opened.push((backends, adapter_index, backend.clone()));
+        Ok(backend)
     }
 
     /// The shared plumbing (device, queue, pipeline cache).
@@ -209,6 +225,104 @@ impl WgpuBackend {
         split: shaders::GemvShape,
     ) -> Result<Vec<f32>> {
         kernels::ternary_matmul(&self.gpu, xq, &[x_scale], 1, &w, None, Some(split))
+    }
+}
+
+#[cfg(target_os = "macos")]
+impl WgpuBackend {
+    /// The MPS GEMM on this backend's Metal device, created on the first dense matmul; `None` on a non-Metal
+    /// wgpu device or where MPS cannot be set up (the WGSL GEMM runs then).
+    pub fn mps_gemm(&self) -> Option<&super::mps::MpsGemm> {
+        self.mps
+            .gemm
+            .get_or_init(|| {
+                if self.gpu.info.backend != wgpu::Backend::Metal {
+                    return None;
+                }
+                let g = super::mps::MpsGemm::from_wgpu(&self.gpu.device);
+                if g.is_none() {
+                    tracing::warn!(
+                        "{}: Metal Performance Shaders unavailable; dense matmul uses the WGSL GEMM",
+                        self.gpu.info.name
+                    );
+                }
+                g
+            })
+            .as_ref()
+    }
+
+    /// How many dense matmuls MPS failed and the WGSL GEMM ran instead.
+    pub fn mps_fallbacks(&self) -> u64 {
+        self.mps
+            .fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dense f32 or f16 matmul through MPS (x and w of one dtype, no empty dimension); `None` when MPS does not
+    /// apply or failed, and the caller runs the WGSL GEMM. MPS computes `x @ w^T` in the input dtype; the bias
+    /// is added on the host in f32 (for f16 that rounds the MPS result once more, within the f16 tolerance).
+    fn matmul_mps(
+        &self,
+        x: Floats,
+        w: Floats,
+        bias: Option<Floats>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Option<FloatVec> {
+        let dtype = x.dtype();
+        if dtype != w.dtype() || !matches!(dtype, DType::F32 | DType::F16) || m * n * k == 0 {
+            return None;
+        }
+        let mps = self.mps_gemm()?;
+        let bytes = match mps.matmul(
+            kernels::float_bytes(&x),
+            kernels::float_bytes(&w),
+            m,
+            n,
+            k,
+            dtype,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                let count = self
+                    .mps
+                    .fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                // Warned at the 1st, 2nd, 4th, ... failure so a persistent one does not flood the log.
+                if count.is_power_of_two() {
+                    tracing::warn!(
+                        fallbacks = count,
+                        "MPS matmul {m}x{n}x{k} {dtype} failed ({e}); running the WGSL GEMM"
+                    );
+                } else {
+                    tracing::debug!(fallbacks = count, "MPS matmul failed ({e})");
+                }
+                return None;
+            }
+        };
+        let add_bias = |y: &mut [f32]| {
+            if let Some(b) = bias {
+                for (i, v) in y.iter_mut().enumerate() {
+                    *v += b.get_f32(i % n);
+                }
+            }
+        };
+        Some(match dtype {
+            DType::F16 if bias.is_none() => FloatVec::F16(bytemuck::pod_collect_to_vec(&bytes)),
+            DType::F16 => {
+                let h: Vec<f16> = bytemuck::pod_collect_to_vec(&bytes);
+                let mut y: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+                add_bias(&mut y);
+                FloatVec::from_f32(y, DType::F16)
+            }
+            _ => {
+                let mut y: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+                add_bias(&mut y);
+                FloatVec::F32(y)
+            }
+        })
     }
 }
 
@@ -357,6 +471,10 @@ impl Backend for WgpuBackend {
         n: usize,
         k: usize,
     ) -> Result<FloatVec> {
+        #[cfg(target_os = "macos")]
+        if let Some(y) = self.matmul_mps(x, w, bias, m, n, k) {
+            return Ok(y);
+        }
         let y = kernels::matmul(&self.gpu, x, w, bias, m, n, k, true)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }

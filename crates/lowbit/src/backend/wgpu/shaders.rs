@@ -20,6 +20,7 @@ const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
+const TERNARY_RESCALE: &str = include_str!("shaders/ternary_rescale.wgsl");
 const SUBGROUP_PROBE: &str = "@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> lanes: array<u32>;
 @compute @workgroup_size(256)
@@ -326,6 +327,8 @@ pub enum Shader {
     RowsFloat,
     Copy,
     TernaryGemv,
+    /// BitNet's exact `f32(acc) / (x_scale * weight_scale)` on integer bit patterns.
+    TernaryRescale,
     Gemv4bitFast(GemvShape),
     TernaryGemvFast(GemvShape),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
@@ -398,6 +401,7 @@ impl Shader {
             Shader::RowsFloat => s += ROWS_FLOAT,
             Shader::Copy => s += COPY,
             Shader::TernaryGemv => s += TERNARY_GEMV,
+            Shader::TernaryRescale => s += TERNARY_RESCALE,
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
@@ -439,6 +443,7 @@ impl Shader {
         v.push(Shader::RowsFloat);
         v.push(Shader::Copy);
         v.push(Shader::TernaryGemv);
+        v.push(Shader::TernaryRescale);
         v.push(Shader::SubgroupProbe);
         for shape in GemvShape::CANDIDATES {
             v.push(Shader::Gemv4bitFast(shape));

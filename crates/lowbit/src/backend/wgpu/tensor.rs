@@ -1,8 +1,19 @@
-//! Device-resident tensors: a buffer plus shape and dtype, so weights stay on the GPU between ops.
+//! Device-resident tensors: a buffer plus shape and dtype, so weights and activations stay on the GPU between
+//! ops and a layer runs without host round trips (only [`WgpuBackend::download`] reads back).
+//!
+//! Every resident op records its dispatches through the same `kernels::encode_*` function as its host-slice
+//! twin. Because the shaders run without injected bounds checks, each op checks shapes and dtypes (typed
+//! [`Error::Shape`] errors), that every buffer holds what its shape claims, and that every operand fits one
+//! storage binding (the out-of-memory error of the host path) before it records anything.
 
 use super::WgpuBackend;
-use crate::Result;
+use super::kernels::{self, RowPiece, check_binding, u32_len};
+use super::shaders::GemmKind;
+use crate::backend::{Packed4bit, PackedTernary};
+use crate::format::BLOCKSIZES_4BIT;
+use crate::format::ternary::packed_rows;
 use crate::tensor::DType;
+use crate::{Error, Result};
 
 /// A tensor living in GPU memory. Float data is stored as its raw bits (f32, or u16 for f16/bf16).
 pub struct GpuTensor {
@@ -18,6 +29,53 @@ impl GpuTensor {
 
     pub fn size_in_bytes(&self) -> usize {
         self.numel() * self.dtype.size_in_bytes()
+    }
+
+    /// The byte size the shape claims, `None` on overflow.
+    fn checked_bytes(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size_in_bytes(), |a, &d| a.checked_mul(d))
+    }
+
+    /// `[rows, cols]` of a matrix, a vector `[cols]` counting as one row; the buffer must hold the bytes the
+    /// shape claims (the fields are public and the kernels trust them).
+    fn rows_cols(&self, op: &'static str, name: &str, dtypes: &[DType]) -> Result<(usize, usize)> {
+        let rc = match self.shape[..] {
+            [c] => Some((1, c)),
+            [r, c] => Some((r, c)),
+            _ => None,
+        };
+        let (Some(rc), true) = (rc, dtypes.contains(&self.dtype)) else {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{name} must be {dtypes:?} [rows, cols] or [cols], got {} {:?}",
+                    self.dtype, self.shape
+                ),
+            ));
+        };
+        match self.checked_bytes() {
+            Some(b) if b as u64 <= self.buffer.size() => Ok(rc),
+            _ => Err(Error::shape(
+                op,
+                format!(
+                    "{name}'s buffer holds {} bytes, less than its shape {:?} of {} needs",
+                    self.buffer.size(),
+                    self.shape,
+                    self.dtype
+                ),
+            )),
+        }
+    }
+
+    /// The output shape of a row-wise op on this tensor: `[rows, n]`, or `[n]` when this is a vector.
+    fn out_shape(&self, rows: usize, n: usize) -> Vec<usize> {
+        if self.shape.len() == 1 {
+            vec![n]
+        } else {
+            vec![rows, n]
+        }
     }
 }
 
@@ -45,28 +103,115 @@ impl WgpuBackend {
     pub fn download(&self, t: &GpuTensor) -> Result<Vec<u8>> {
         self.gpu().read(&t.buffer, t.size_in_bytes())
     }
+
+    /// A zero-filled output tensor whose buffer holds `capacity` (>= the shape's) elements, checked against the
+    /// kernels' u32 indexing and one storage binding before it is allocated.
+    fn output(
+        &self,
+        op: &'static str,
+        shape: Vec<usize>,
+        dtype: DType,
+        capacity: usize,
+    ) -> Result<GpuTensor> {
+        u32_len(op, capacity)?;
+        let bytes = capacity * dtype.size_in_bytes();
+        check_binding(self.gpu(), op, bytes)?;
+        Ok(GpuTensor {
+            buffer: self.gpu().output(bytes as u64),
+            shape,
+            dtype,
+        })
+    }
 }
 
-/// A packed NF4/FP4 weight resident on the GPU (codes, float32 absmax, its table).
+/// A packed NF4/FP4 weight resident on the GPU (codes, float32 absmax, its table). Its fields are checked
+/// once at upload and read-only afterwards, so the kernels can trust them.
 pub struct GpuPacked4bit {
-    pub packed: GpuTensor,
-    pub absmax: GpuTensor,
+    packed: GpuTensor,
+    absmax: GpuTensor,
     table: wgpu::Buffer,
-    pub blocksize: usize,
-    pub rows: usize,
-    pub cols: usize,
+    blocksize: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuPacked4bit {
+    pub fn packed(&self) -> &GpuTensor {
+        &self.packed
+    }
+    pub fn absmax(&self) -> &GpuTensor {
+        &self.absmax
+    }
+    pub fn blocksize(&self) -> usize {
+        self.blocksize
+    }
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A ternary weight in transformers' 2-bit packing (`[ceil(rows/4), cols]` bytes) resident on the GPU.
+pub struct GpuPackedTernary {
+    packed: GpuTensor,
+    weight_scale: f32,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuPackedTernary {
+    pub fn packed(&self) -> &GpuTensor {
+        &self.packed
+    }
+    pub fn weight_scale(&self) -> f32 {
+        self.weight_scale
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
 }
 
 impl WgpuBackend {
-    /// Uploads a packed 4-bit weight once, for repeated [`WgpuBackend::gemv_4bit_resident`] calls.
-    pub fn upload_4bit(&self, w: &crate::backend::Packed4bit) -> Result<GpuPacked4bit> {
-        if w.packed.len() as u64 > self.gpu().max_binding() {
-            return Err(super::context::gpu_err(format!(
-                "a resident 4-bit weight must fit one storage binding ({} bytes); this one has {}",
-                self.gpu().max_binding(),
-                w.packed.len()
-            )));
+    /// Uploads a packed 4-bit weight once, for repeated resident GEMV/matmul/dequantize calls. The packed bytes
+    /// must fit one storage binding (else the host path's out-of-memory error).
+    pub fn upload_4bit(&self, w: &Packed4bit) -> Result<GpuPacked4bit> {
+        const OP: &str = "upload_4bit";
+        if !BLOCKSIZES_4BIT.contains(&w.blocksize) {
+            return Err(Error::BlockSize {
+                op: OP,
+                got: w.blocksize,
+                allowed: BLOCKSIZES_4BIT,
+            });
         }
+        let n = w
+            .rows
+            .checked_mul(w.cols)
+            .ok_or_else(|| Error::shape(OP, format!("{} x {} overflows", w.rows, w.cols)))?;
+        if w.packed.len() < n.div_ceil(2) || w.absmax.len() < n.div_ceil(w.blocksize) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "a {} x {} weight of blocksize {} needs {} packed bytes and {} absmax values, got {} and {}",
+                    w.rows,
+                    w.cols,
+                    w.blocksize,
+                    n.div_ceil(2),
+                    n.div_ceil(w.blocksize),
+                    w.packed.len(),
+                    w.absmax.len()
+                ),
+            ));
+        }
+        // The kernels index elements with u32 (the GEMV reads up to 8 past the last one).
+        u32_len(OP, n + 8)?;
+        check_binding(self.gpu(), OP, w.packed.len().max(w.absmax.len() * 4))?;
         Ok(GpuPacked4bit {
             packed: self.upload(w.packed, vec![w.packed.len()], DType::U8),
             absmax: self.upload(
@@ -83,78 +228,311 @@ impl WgpuBackend {
         })
     }
 
-    /// `y = W x` with W and x (f32, `[cols]`) already on the GPU; y stays there (f32, `[rows]`).
-    pub fn gemv_4bit_resident(&self, x: &GpuTensor, w: &GpuPacked4bit) -> Result<GpuTensor> {
-        if x.dtype != DType::F32 || x.numel() != w.cols {
-            return Err(crate::Error::shape(
-                "gemv_4bit_resident",
-                format!("x must be f32 [{}], got {} {:?}", w.cols, x.dtype, x.shape),
+    /// Uploads a packed ternary weight once, for repeated [`WgpuBackend::ternary_linear_resident`] calls.
+    pub fn upload_ternary(&self, w: PackedTernary) -> Result<GpuPackedTernary> {
+        const OP: &str = "upload_ternary";
+        let want = packed_rows(w.rows).checked_mul(w.cols);
+        if want != Some(w.packed.len()) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "a {} x {} ternary weight packs into ceil({} / 4) x {} bytes, got {}",
+                    w.rows,
+                    w.cols,
+                    w.rows,
+                    w.cols,
+                    w.packed.len()
+                ),
             ));
         }
+        u32_len(OP, w.packed.len().max(w.rows))?;
+        check_binding(self.gpu(), OP, w.packed.len())?;
+        Ok(GpuPackedTernary {
+            packed: self.upload(w.packed, vec![packed_rows(w.rows), w.cols], DType::U8),
+            weight_scale: w.weight_scale,
+            rows: w.rows,
+            cols: w.cols,
+        })
+    }
+
+    /// The whole weight, dequantized on the GPU: f32 `[rows, cols]`, resident.
+    pub fn dequantize_4bit_resident(&self, w: &GpuPacked4bit) -> Result<GpuTensor> {
+        const OP: &str = "dequantize_4bit_resident";
+        let n = w.rows * w.cols;
+        // The kernel writes whole u32 words of codes (8 values), so the buffer is rounded up to them.
+        let y = self.output(OP, vec![w.rows, w.cols], DType::F32, n.div_ceil(8) * 8)?;
+        if n == 0 {
+            return Ok(y);
+        }
         let gpu = self.gpu();
-        let y = self.empty(vec![w.rows], DType::F32);
-        let bias = gpu.output(4);
         let bufs = [
             (1, &w.packed.buffer),
             (2, &w.absmax.buffer),
             (3, &w.table),
-            (4, &x.buffer),
-            (5, &bias),
-            (6, &y.buffer),
+            (4, &y.buffer),
         ];
-        let piece = super::kernels::RowPiece {
-            r0: 0,
-            r1: w.rows,
-            first_word: 0,
-        };
-        gpu.run(|enc| {
-            super::kernels::encode_gemv_4bit(
-                gpu,
-                enc,
-                piece,
-                w.cols,
-                w.blocksize,
-                0,
-                &bufs,
-                None,
-                None,
+        gpu.run(|enc| kernels::encode_dequantize(gpu, enc, 4, n, w.blocksize, &bufs))?;
+        Ok(y)
+    }
+
+    /// `y = W x` with W and x (f32, `cols` values in any shape) already on the GPU; y stays there (f32,
+    /// `[rows]`).
+    pub fn gemv_4bit_resident(&self, x: &GpuTensor, w: &GpuPacked4bit) -> Result<GpuTensor> {
+        const OP: &str = "gemv_4bit_resident";
+        let bad = || {
+            Error::shape(
+                OP,
+                format!("x must be f32 [{}], got {} {:?}", w.cols, x.dtype, x.shape),
             )
+        };
+        if x.dtype != DType::F32 || x.checked_bytes() != Some(w.cols * 4) {
+            return Err(bad());
+        }
+        if x.buffer.size() < (w.cols * 4) as u64 {
+            return Err(bad());
+        }
+        self.linear_4bit(OP, x, 1, vec![w.rows], w)
+    }
+
+    /// `y[batch, rows] = x[batch, cols] @ W^T` for a resident 4-bit weight: the GEMV kernels at batch 1, the
+    /// tiled GEMM above. x is f32 `[batch, cols]` (or `[cols]`, giving `[rows]`); y stays on the GPU.
+    pub fn matmul_4bit_resident(&self, x: &GpuTensor, w: &GpuPacked4bit) -> Result<GpuTensor> {
+        const OP: &str = "matmul_4bit_resident";
+        let (batch, cols) = x.rows_cols(OP, "x", &[DType::F32])?;
+        if cols != w.cols {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x has {cols} columns, the weight {} x {} takes {}",
+                    w.rows, w.cols, w.cols
+                ),
+            ));
+        }
+        self.linear_4bit(OP, x, batch, x.out_shape(batch, w.rows), w)
+    }
+
+    /// Records the 4-bit linear layer for a checked x of `batch` rows of `w.cols`.
+    fn linear_4bit(
+        &self,
+        op: &'static str,
+        x: &GpuTensor,
+        batch: usize,
+        shape: Vec<usize>,
+        w: &GpuPacked4bit,
+    ) -> Result<GpuTensor> {
+        let (rows, cols) = (w.rows, w.cols);
+        u32_len(op, batch * cols)?;
+        check_binding(self.gpu(), op, batch * cols * 4)?;
+        let y = self.output(op, shape, DType::F32, batch * rows)?;
+        // No columns: y is all zeros, as allocated.
+        if batch * rows == 0 || cols == 0 {
+            return Ok(y);
+        }
+        let gpu = self.gpu();
+        let no_bias = gpu.output(4);
+        gpu.run(|enc| {
+            if batch == 1 {
+                let bufs = [
+                    (1, &w.packed.buffer),
+                    (2, &w.absmax.buffer),
+                    (3, &w.table),
+                    (4, &x.buffer),
+                    (5, &no_bias),
+                    (6, &y.buffer),
+                ];
+                let piece = RowPiece {
+                    r0: 0,
+                    r1: rows,
+                    first_word: 0,
+                };
+                kernels::encode_gemv_4bit(gpu, enc, piece, cols, w.blocksize, 0, &bufs, None, None)
+            } else {
+                let bufs = [
+                    (1, &x.buffer),
+                    (2, &w.packed.buffer),
+                    (3, &w.absmax.buffer),
+                    (4, &w.table),
+                    (5, &no_bias),
+                    (6, &y.buffer),
+                ];
+                let log2_bs = w.blocksize.trailing_zeros();
+                let kind = GemmKind::FourBit;
+                kernels::encode_gemm(gpu, enc, kind, batch, rows, cols, 0, log2_bs, &bufs)
+            }
         })?;
         Ok(y)
     }
 
     /// `y[m, n] = x[m, k] @ w[n, k]^T` on resident f32 tensors; y stays on the GPU.
     pub fn matmul_resident(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
-        let (m, k, n) = match (&x.shape[..], &w.shape[..]) {
-            ([m, k], [n, k2]) if k == k2 && x.dtype == DType::F32 && w.dtype == DType::F32 => {
-                (*m, *k, *n)
-            }
-            _ => {
-                return Err(crate::Error::shape(
-                    "matmul_resident",
-                    format!(
-                        "need f32 x [m, k] and w [n, k], got {:?} and {:?}",
-                        x.shape, w.shape
-                    ),
-                ));
+        const OP: &str = "matmul_resident";
+        let (m, k) = x.rows_cols(OP, "x", &[DType::F32])?;
+        let (n, k2) = w.rows_cols(OP, "w", &[DType::F32])?;
+        if k != k2 || x.shape.len() != 2 || w.shape.len() != 2 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "need f32 x [m, k] and w [n, k], got {:?} and {:?}",
+                    x.shape, w.shape
+                ),
+            ));
+        }
+        u32_len(OP, (m * k).max(n * k))?;
+        check_binding(self.gpu(), OP, (m * k).max(n * k) * 4)?;
+        let y = self.output(OP, vec![m, n], DType::F32, m * n)?;
+        if m * n == 0 {
+            return Ok(y);
+        }
+        let gpu = self.gpu();
+        let no_bias = gpu.output(4);
+        let bufs = [
+            (1, &x.buffer),
+            (2, &w.buffer),
+            (5, &no_bias),
+            (6, &y.buffer),
+        ];
+        let kind = GemmKind::DenseF32;
+        gpu.run(|enc| kernels::encode_gemm(gpu, enc, kind, m, n, k, 0, 0, &bufs))?;
+        Ok(y)
+    }
+
+    /// RMSNorm over the last dimension: `y = x / sqrt(mean(x^2) + eps) * weight`, x f32 `[rows, cols]` (or
+    /// `[cols]`), weight f32 `[cols]`; y has x's shape and stays on the GPU.
+    pub fn rms_norm_resident(
+        &self,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        eps: f32,
+    ) -> Result<GpuTensor> {
+        const OP: &str = "rms_norm_resident";
+        let (rows, cols) = x.rows_cols(OP, "x", &[DType::F32])?;
+        let (wr, wc) = weight.rows_cols(OP, "weight", &[DType::F32])?;
+        if weight.shape.len() != 1 || (wr, wc) != (1, cols) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "weight must be f32 [{cols}] for x {:?}, got {:?}",
+                    x.shape, weight.shape
+                ),
+            ));
+        }
+        self.rows_float(OP, x, rows, cols, Some(weight), eps)
+    }
+
+    /// Softmax over the last dimension of x f32 `[rows, cols]` (or `[cols]`); y has x's shape and stays on the
+    /// GPU.
+    pub fn softmax_resident(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        const OP: &str = "softmax_resident";
+        let (rows, cols) = x.rows_cols(OP, "x", &[DType::F32])?;
+        self.rows_float(OP, x, rows, cols, None, 0.0)
+    }
+
+    fn rows_float(
+        &self,
+        op: &'static str,
+        x: &GpuTensor,
+        rows: usize,
+        cols: usize,
+        weight: Option<&GpuTensor>,
+        eps: f32,
+    ) -> Result<GpuTensor> {
+        let y = self.output(op, x.shape.clone(), DType::F32, rows * cols)?;
+        if rows * cols == 0 {
+            return Ok(y);
+        }
+        let gpu = self.gpu();
+        let no_weight;
+        let wbuf = match weight {
+            Some(w) => &w.buffer,
+            None => {
+                no_weight = gpu.output(4);
+                &no_weight
             }
         };
+        let bufs = [(1, &x.buffer), (2, wbuf), (3, &y.buffer)];
+        let rms = weight.is_some();
+        gpu.run(|enc| kernels::encode_rows_float(gpu, enc, rows, cols, rms, eps, &bufs))?;
+        Ok(y)
+    }
+
+    /// BitNet b1.58 linear layer on the GPU: x (f32, f16 or bf16 `[batch, cols]`, or `[cols]` giving `[rows]`)
+    /// is quantized per row exactly as `ternary_act_quant` does, multiplied with the ternary weight in exact
+    /// i32, then scaled: `y = f32(acc) / (x_scale * weight_scale)`, f32 `[batch, rows]`, resident.
+    ///
+    /// Exactness: the result is bit-identical to the CPU's `ternary_act_quant` + `ternary_matmul` (no bias).
+    /// The scaling runs on the GPU as a correctly rounded float32 conversion, product and division done on
+    /// integer bit patterns (not WGSL's `/`, which allows 2.5 ulp, nor a multiplication by a reciprocal, which
+    /// rounds twice), with subnormals kept. Only NaN results (a row of x with an infinity, times 0) differ in
+    /// payload and sign: they are the quiet NaN `0x7fc00000`.
+    pub fn ternary_linear_resident(
+        &self,
+        x: &GpuTensor,
+        w: &GpuPackedTernary,
+    ) -> Result<GpuTensor> {
+        const OP: &str = "ternary_linear_resident";
+        let (batch, cols) = x.rows_cols(OP, "x", &[DType::F32, DType::F16, DType::BF16])?;
+        if cols != w.cols {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "x has {cols} columns, the ternary weight {} x {} takes {}",
+                    w.rows, w.cols, w.cols
+                ),
+            ));
+        }
+        let rows = w.rows;
+        u32_len(OP, batch * cols)?;
+        check_binding(self.gpu(), OP, batch * cols * x.dtype.size_in_bytes())?;
+        let y = self.output(OP, x.out_shape(batch, rows), DType::F32, batch * rows)?;
+        if batch * rows == 0 {
+            return Ok(y);
+        }
         let gpu = self.gpu();
-        let y = self.empty(vec![m, n], DType::F32);
-        let bias = gpu.output(4);
-        let params = [m as u32, n as u32, k as u32, 0, 0, 0, 0, 0];
-        let bufs = [(1, &x.buffer), (2, &w.buffer), (5, &bias), (6, &y.buffer)];
-        let shader = super::shaders::Shader::Gemm(super::shaders::GemmKind::DenseF32);
+        let q = gpu.output((batch * cols) as u64);
+        let x_scale = gpu.output((batch * 4) as u64);
+        let acc = gpu.output((batch * rows * 4) as u64);
         gpu.run(|enc| {
-            gpu.encode(
+            kernels::encode_ternary_act_quant(
+                gpu, enc, x.dtype, batch, cols, &x.buffer, &q, &x_scale,
+            )?;
+            // Without columns every accumulator is 0, as allocated.
+            if cols > 0 {
+                kernels::encode_ternary_matmul(
+                    gpu,
+                    enc,
+                    batch,
+                    rows,
+                    cols,
+                    &q,
+                    &w.packed.buffer,
+                    &acc,
+                    None,
+                )?;
+            }
+            kernels::encode_ternary_rescale(
+                gpu,
                 enc,
-                &shader,
-                params,
-                &bufs,
-                super::kernels::gemm_grid(m, n),
-                None,
+                batch,
+                rows,
+                w.weight_scale,
+                &acc,
+                &x_scale,
+                &y.buffer,
             )
         })?;
         Ok(y)
+    }
+
+    /// The GPU's exact BitNet scaling `f32(acc) / (x_scale[b] * weight_scale)` on host data, `acc` being
+    /// `[x_scale.len(), rows]` (tests compare it with the CPU's division on arbitrary bit patterns).
+    #[doc(hidden)]
+    pub fn ternary_rescale(
+        &self,
+        acc: &[i32],
+        x_scale: &[f32],
+        weight_scale: f32,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        kernels::ternary_rescale(self.gpu(), acc, x_scale, weight_scale, rows)
     }
 }
