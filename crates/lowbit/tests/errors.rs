@@ -222,3 +222,28 @@ fn bad_scalars() {
         Err(Error::Shape { .. })
     ));
 }
+
+#[test]
+fn ternary_rows_without_columns_do_not_panic() {
+    use lowbit::backend::cpu::{CpuBackend, ReferenceBackend};
+    use lowbit::backend::{Backend, PackedTernary};
+    let backends: [&dyn Backend; 2] = [&CpuBackend, &ReferenceBackend];
+    for b in backends {
+        let (q, scales) = b
+            .ternary_act_quant(FloatVec::F32(Vec::new()).as_floats(), 3, 0)
+            .unwrap();
+        assert!(q.is_empty());
+        assert_eq!(scales.len(), 3, "one scale per row, even for empty rows");
+        let w = PackedTernary {
+            packed: &[],
+            weight_scale: 1.0,
+            rows: 2,
+            cols: 0,
+        };
+        let bias = FloatVec::F32(vec![0.5, -1.5]);
+        let y = b
+            .ternary_matmul(&q, &scales, 3, w, Some(bias.as_floats()))
+            .unwrap();
+        assert_eq!(y, vec![0.5, -1.5, 0.5, -1.5, 0.5, -1.5]);
+    }
+}

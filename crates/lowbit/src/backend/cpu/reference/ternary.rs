@@ -31,6 +31,10 @@ pub fn quantize(w: Floats, rows: usize, cols: usize, weight_scale: f32) -> Vec<u
 }
 
 pub fn act_quant(x: Floats, rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    if cols == 0 {
+        // Empty rows still have a scale (that of absmax 0), one per row.
+        return (Vec::new(), vec![activation_scale(0.0); rows]);
+    }
     let xf = x.to_f32_vec();
     let mut q = vec![0i8; rows * cols];
     let scales: Vec<f32> = xf
