@@ -181,6 +181,13 @@ fn ternary_gemv_fast(shape: GemvShape) -> String {
     )
 }
 
+/// The rows of 256 items a quantize workgroup may cover (blocks of more than 256 items need rows >= their
+/// item count / 256, so this bounds the block size at 1024 items: 4096 elements of 8-bit codes).
+pub const QUANTIZE_ROWS: [u32; 3] = [1, 2, 4];
+
+/// The vec4 stores per thread a dequantize kernel may make.
+pub const DEQUANTIZE_VPT: [u32; 3] = [1, 2, 4];
+
 /// What a blockwise quantizer writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -242,11 +249,15 @@ fn word_layout(bits: u32) -> String {
 fn encoder(enc: Encoding) -> String {
     match enc {
         Encoding::Code8 => "@group(0) @binding(5) var<storage, read> midpoints: array<f32>;\n\
-// Nearest code: #{j : m_j < s}; a value exactly on a midpoint goes to the even index.\n\
-fn encode(s: f32) -> u32 {\n    var lo = 0u;\n    var hi = 255u;\n    while (lo < hi) {\n        let mid = (lo + hi) / 2u;\n        if (midpoints[mid] < s) {\n            lo = mid + 1u;\n        } else {\n            hi = mid;\n        }\n    }\n    if (lo < 255u && midpoints[lo] == s && (lo & 1u) == 1u) {\n        return lo + 1u;\n    }\n    return lo;\n}\n"
+var<workgroup> mids: array<f32, 256>;\n\
+// The 255 midpoints in workgroup memory (slot 255 is never searched).\n\
+fn encoder_init(lid: u32) {\n    mids[lid] = midpoints[min(lid, 254u)];\n}\n\
+// Nearest code: #{j : m_j < s} by bisection of [0, 255), which always takes exactly 8 steps; a value exactly\n\
+// on a midpoint goes to the even index.\n\
+fn encode(s: f32) -> u32 {\n    var lo = 0u;\n    var hi = 255u;\n    for (var step = 0u; step < 8u; step = step + 1u) {\n        let mid = (lo + hi) >> 1u;\n        let below = mids[mid] < s;\n        lo = select(lo, mid + 1u, below);\n        hi = select(mid, hi, below);\n    }\n    if (lo < 255u && mids[lo] == s && (lo & 1u) == 1u) {\n        return lo + 1u;\n    }\n    return lo;\n}\n"
             .into(),
         Encoding::FourBit(FourBitType::Nf4) => {
-            let mut s = String::from("// dQuantizeNF4: number of thresholds strictly below s.\nfn encode(s: f32) -> u32 {\n    var c = 0u;\n");
+            let mut s = String::from("fn encoder_init(lid: u32) {}\n// dQuantizeNF4: number of thresholds strictly below s.\nfn encode(s: f32) -> u32 {\n    var c = 0u;\n");
             for t in NF4_THRESHOLDS {
                 s += &format!("    c = c + select(0u, 1u, {} < s);\n", wgsl_f32(t));
             }
@@ -258,12 +269,69 @@ fn encode(s: f32) -> u32 {\n    var lo = 0u;\n    var hi = 255u;\n    while (lo 
                 .enumerate()
                 .map(|(i, &b)| (b as u32) << (4 * i))
                 .sum();
-            let mut s = String::from("// dQuantizeFP4: magnitude rank by strict >, sign bit iff s < 0.\nfn encode(s: f32) -> u32 {\n    let a = abs(s);\n    var r = 0u;\n");
+            let mut s = String::from("fn encoder_init(lid: u32) {}\n// dQuantizeFP4: magnitude rank by strict >, sign bit iff s < 0.\nfn encode(s: f32) -> u32 {\n    let a = abs(s);\n    var r = 0u;\n");
             for t in FP4_THRESHOLDS {
                 s += &format!("    r = r + select(0u, 1u, a > {});\n", wgsl_f32(t));
             }
             s + &format!(
                 "    return ((0x{lut:08x}u >> (4u * r)) & 7u) | select(0u, 8u, s < 0.0);\n}}\n"
+            )
+        }
+    }
+}
+
+/// The quantize kernel's input side for `dtype` and `epw` elements per item: `x` as 16-byte (or, for 4
+/// half-precision elements, 8-byte) vectors, `load_item(i)` reading item i's f32 bit patterns with whole-vector
+/// loads, and `load_x_bits(e)` reading one element (the tail). The host pads `x` to a multiple of 16 bytes.
+fn load_items(dtype: DType, epw: u32) -> String {
+    let half = |h: &str| match dtype {
+        DType::F16 => format!("bitcast<u32>(f16_bits_to_f32({h}))"),
+        _ => format!("(({h}) << 16u)"),
+    };
+    let lanes = ["x", "y", "z", "w"];
+    match (dtype, epw) {
+        (DType::F32, 8) => "@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;\n\
+fn load_item(i: u32) -> array<u32, 8> {\n    let a = x[2u * i];\n    let b = x[2u * i + 1u];\n    return array<u32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);\n}\n\
+fn load_x_bits(e: u32) -> u32 {\n    return x[e >> 2u][e & 3u];\n}\n"
+            .into(),
+        (DType::F32, _) => "@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;\n\
+fn load_item(i: u32) -> array<u32, 4> {\n    let a = x[i];\n    return array<u32, 4>(a.x, a.y, a.z, a.w);\n}\n\
+fn load_x_bits(e: u32) -> u32 {\n    return x[e >> 2u][e & 3u];\n}\n"
+            .into(),
+        (_, 8) => {
+            let elems: Vec<String> = lanes
+                .iter()
+                .flat_map(|l| {
+                    [
+                        half(&format!("a.{l} & 0xffffu")),
+                        half(&format!("a.{l} >> 16u")),
+                    ]
+                })
+                .collect();
+            format!(
+                "@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;\n\
+fn load_item(i: u32) -> array<u32, 8> {{\n    let a = x[i];\n    return array<u32, 8>({});\n}}\n\
+fn load_x_bits(e: u32) -> u32 {{\n    let q = e >> 1u;\n    let h = (x[q >> 2u][q & 3u] >> ((e & 1u) * 16u)) & 0xffffu;\n    return {};\n}}\n",
+                elems.join(", "),
+                half("h")
+            )
+        }
+        _ => {
+            let elems: Vec<String> = lanes[..2]
+                .iter()
+                .flat_map(|l| {
+                    [
+                        half(&format!("a.{l} & 0xffffu")),
+                        half(&format!("a.{l} >> 16u")),
+                    ]
+                })
+                .collect();
+            format!(
+                "@group(0) @binding(1) var<storage, read> x: array<vec2<u32>>;\n\
+fn load_item(i: u32) -> array<u32, 4> {{\n    let a = x[i];\n    return array<u32, 4>({});\n}}\n\
+fn load_x_bits(e: u32) -> u32 {{\n    let q = e >> 1u;\n    let h = (x[q >> 1u][q & 1u] >> ((e & 1u) * 16u)) & 0xffffu;\n    return {};\n}}\n",
+                elems.join(", "),
+                half("h")
             )
         }
     }
@@ -330,9 +398,12 @@ fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
 /// One compiled variant: a cache key and its full WGSL text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
-    Quantize(DType, Encoding),
+    /// Input dtype, encoding and R, the rows of 256 items (output words) each workgroup covers.
+    Quantize(DType, Encoding, u32),
+    /// Code width and vec4 stores per thread.
     Dequantize {
         bits: u32,
+        vpt: u32,
     },
     Gemv4bit,
     Gemm(GemmKind),
@@ -368,14 +439,20 @@ impl Shader {
     pub fn source(&self) -> String {
         let mut s = String::from(COMMON);
         match self {
-            Shader::Quantize(dt, enc) => {
+            Shader::Quantize(dt, enc, rows) => {
+                let bits = if *enc == Encoding::Code8 { 8 } else { 4 };
+                s += &format!("const R: u32 = {rows}u;\n");
                 s += RCP_TABLE;
                 s += QUANTIZE;
-                s += load_x(*dt);
-                s += &word_layout(if *enc == Encoding::Code8 { 8 } else { 4 });
+                s += &load_items(*dt, 32 / bits);
+                s += &word_layout(bits);
                 s += &encoder(*enc);
             }
-            Shader::Dequantize { bits } => {
+            Shader::Dequantize { bits, vpt } => {
+                s += &format!(
+                    "const VPT: u32 = {vpt}u;\nconst TABLE_LEN: u32 = {}u;\n",
+                    1u32 << bits
+                );
                 s += DEQUANTIZE;
                 s += &word_layout(*bits);
             }
@@ -422,15 +499,20 @@ impl Shader {
                 Encoding::FourBit(FourBitType::Nf4),
                 Encoding::FourBit(FourBitType::Fp4),
             ] {
-                v.push(Shader::Quantize(dt, enc));
+                for rows in QUANTIZE_ROWS {
+                    v.push(Shader::Quantize(dt, enc, rows));
+                }
             }
             v.push(Shader::RowScale(dt));
             v.push(Shader::RowQuant(dt));
             v.push(Shader::ColOutliers(dt));
             v.push(Shader::TernaryQuantize(dt));
         }
-        v.push(Shader::Dequantize { bits: 8 });
-        v.push(Shader::Dequantize { bits: 4 });
+        for bits in [8, 4] {
+            for vpt in DEQUANTIZE_VPT {
+                v.push(Shader::Dequantize { bits, vpt });
+            }
+        }
         v.push(Shader::Gemv4bit);
         for k in [
             GemmKind::FourBit,
