@@ -249,12 +249,14 @@ fn word_layout(bits: u32) -> String {
 fn encoder(enc: Encoding) -> String {
     match enc {
         Encoding::Code8 => "@group(0) @binding(5) var<storage, read> midpoints: array<f32>;\n\
-var<workgroup> mids: array<f32, 256>;\n\
-// The 255 midpoints in workgroup memory (slot 255 is never searched).\n\
-fn encoder_init(lid: u32) {\n    mids[lid] = midpoints[min(lid, 254u)];\n}\n\
-// Nearest code: #{j : m_j < s} by bisection of [0, 255), which always takes exactly 8 steps; a value exactly\n\
-// on a midpoint goes to the even index.\n\
-fn encode(s: f32) -> u32 {\n    var lo = 0u;\n    var hi = 255u;\n    for (var step = 0u; step < 8u; step = step + 1u) {\n        let mid = (lo + hi) >> 1u;\n        let below = mids[mid] < s;\n        lo = select(lo, mid + 1u, below);\n        hi = select(mid, hi, below);\n    }\n    if (lo < 255u && mids[lo] == s && (lo & 1u) == 1u) {\n        return lo + 1u;\n    }\n    return lo;\n}\n"
+// The bisection of [0, 255) with mid = (lo + hi) / 2 always takes 8 steps and visits a perfect binary tree\n\
+// whose in-order sequence is the sorted midpoints; here it is stored level by level (node i has children 2i\n\
+// and 2i + 1, level k at [2^(k-1), 2^k)), so the lanes of one step read nearby words (few bank conflicts).\n\
+var<workgroup> tree: array<f32, 256>;\n\
+fn encoder_init(lid: u32) {\n    // Node lid (level k, j-th of its level) is midpoint (2j + 1) * 2^(8-k) - 1; slot 0 is unused.\n    let k = 32u - countLeadingZeros(max(lid, 1u));\n    let j = max(lid, 1u) - (1u << (k - 1u));\n    tree[lid] = midpoints[((2u * j + 1u) << (8u - k)) - 1u];\n}\n\
+// Nearest code: #{j : m_j < s} (the bisection's lo: one bit per step, 1 = went right); a value exactly on a\n\
+// midpoint goes to the even index. m_lo is the node of the last left turn (lo < 255 iff there was one).\n\
+fn encode(s: f32) -> u32 {\n    var i = 1u;\n    var last_left = 0.0;\n    for (var step = 0u; step < 8u; step = step + 1u) {\n        let m = tree[i];\n        let below = m < s;\n        last_left = select(m, last_left, below);\n        i = 2u * i + select(0u, 1u, below);\n    }\n    let lo = i - 256u;\n    if (lo < 255u && last_left == s && (lo & 1u) == 1u) {\n        return lo + 1u;\n    }\n    return lo;\n}\n"
             .into(),
         Encoding::FourBit(FourBitType::Nf4) => {
             let mut s = String::from("fn encoder_init(lid: u32) {}\n// dQuantizeNF4: number of thresholds strictly below s.\nfn encode(s: f32) -> u32 {\n    var c = 0u;\n");
