@@ -1,7 +1,8 @@
 // Blockwise dequantization: out[i] = ftz(table[code_i] * absmax[i / blocksize]). Each thread writes VPT vec4s
 // (16 contiguous bytes per lane, consecutive lanes consecutive), at vec4 index g0 + k * 256; the code table
 // sits in workgroup memory. Params: p0 = n, p1 = log2(blocksize). Needs: EPW, code_shift(j), CODE_MASK,
-// TABLE_LEN (2^bits), VPT. The host binds `out` with ceil(n / 4) vec4s at least.
+// TABLE_LEN (2^bits), VPT; regions between ROWS markers are repeated for k = 0..VPT by the host. The host binds
+// `out` with ceil(n / 4) vec4s at least.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> codes: array<u32>;
@@ -22,31 +23,27 @@ fn main(
     }
     let n = p.p0;
     let g0 = wg_linear(wid, nwg) * (256u * VPT) + lid;
-    // All loads first, then the stores. Block sizes are multiples of 4, so one vec4 lies in one block.
-    var words: array<u32, VPT>;
-    var scales: array<f32, VPT>;
-    for (var k = 0u; k < VPT; k = k + 1u) {
-        let e0 = (g0 + k * 256u) * 4u;
-        if (e0 < n) {
-            words[k] = codes[e0 / EPW];
-            scales[k] = absmax[e0 >> p.p1];
-        }
+    // All loads first (overlapping the table's), then the stores. Block sizes are multiples of 4, so one vec4
+    // lies in one block.
+//{ROWS
+    let e{k} = (g0 + {k}u * 256u) * 4u;
+    var w{k} = 0u;
+    var a{k} = 0.0;
+    if (e{k} < n) {
+        w{k} = codes[e{k} / EPW];
+        a{k} = absmax[e{k} >> p.p1];
     }
-    // The table's loads overlap the codes' loads.
+//}ROWS
     workgroupBarrier();
-    for (var k = 0u; k < VPT; k = k + 1u) {
-        let g = g0 + k * 256u;
-        let e0 = g * 4u;
-        if (e0 < n) {
-            let w = words[k];
-            let a = scales[k];
-            let j0 = e0 % EPW;
-            var v: vec4<f32>;
-            v.x = ftz(tbl[(w >> code_shift(j0)) & CODE_MASK] * a);
-            v.y = ftz(tbl[(w >> code_shift(j0 + 1u)) & CODE_MASK] * a);
-            v.z = ftz(tbl[(w >> code_shift(j0 + 2u)) & CODE_MASK] * a);
-            v.w = ftz(tbl[(w >> code_shift(j0 + 3u)) & CODE_MASK] * a);
-            out[g] = v;
-        }
+//{ROWS
+    if (e{k} < n) {
+        let j0 = e{k} % EPW;
+        out[e{k} / 4u] = vec4<f32>(
+            ftz(tbl[(w{k} >> code_shift(j0)) & CODE_MASK] * a{k}),
+            ftz(tbl[(w{k} >> code_shift(j0 + 1u)) & CODE_MASK] * a{k}),
+            ftz(tbl[(w{k} >> code_shift(j0 + 2u)) & CODE_MASK] * a{k}),
+            ftz(tbl[(w{k} >> code_shift(j0 + 3u)) & CODE_MASK] * a{k}),
+        );
     }
+//}ROWS
 }

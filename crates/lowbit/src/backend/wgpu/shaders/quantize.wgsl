@@ -1,13 +1,15 @@
 // Blockwise quantization (8-bit codes or packed NF4/FP4 nibbles), FORMATS.md 2-3. An item is one output word
-// (EPW consecutive elements). A workgroup covers ITEMS = 256 * R consecutive items in R rows of 256: thread
-// `lid` holds item lid + 256 k of each row k in registers (one vector load per item, consecutive lanes reading
-// consecutive items), so x is read once. Blocks are 2^p1 items: a block lies within one row when it has at
-// most 256 items (p2 = its item count threads share it), else it spans whole rows (p2 = 256).
+// (EPW consecutive elements, held as `Item`: EPW / 4 vec4s of f32 bit patterns). A workgroup covers
+// ITEMS = 256 * R consecutive items in R rows of 256: thread `lid` holds item lid + 256 k of each row k in
+// registers (whole-vector loads, consecutive lanes reading consecutive items), so x is read once. Blocks are
+// 2^p1 items: a block lies within one row when it has at most 256 items (p2 = its item count threads share
+// it), else it spans whole rows (p2 = 256).
 // absmax: an exact integer max over |x| bit patterns, reduced in workgroup memory; one thread per block then
 // computes the reciprocal, and every thread encodes its items from registers and writes whole words.
 // Params: p0 = n, p1 = log2(items per block), p2 = min(items per block, 256).
-// Needs: R, EPW, code_shift(j), load_item(i) (all EPW elements of item i, in range), load_x_bits(e) (one
-// element), encoder_init(lid) (before the first barrier) and encode(s).
+// Needs: R, EPW, `Item`, load_item(i, n) (elements past n read as 0.0), item_max(it), item_word(it, r),
+// encoder_init(lid) (before the first barrier) and encode4(s). Regions between ROWS markers are repeated for
+// k = 0..R (the host unrolls them, so items stay in registers).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read_write> codes: array<u32>;
@@ -22,6 +24,31 @@ var<workgroup> red: array<u32, ITEMS>;
 // Per block of this workgroup: the reciprocal's bits, or NAN_BLOCK.
 var<workgroup> rs: array<u32, ITEMS>;
 
+// max |x| over the non-NaN lanes (CUDA's fmaxf skips NaN); for non-negative floats the bit order is the value
+// order.
+fn quad_max(v: vec4<u32>) -> u32 {
+    let a = v & vec4<u32>(ABS_MASK);
+    let m = select(vec4<u32>(0u), a, a <= vec4<u32>(EXP_MASK));
+    return max(max(m.x, m.y), max(m.z, m.w));
+}
+
+fn ftz4(b: vec4<u32>) -> vec4<u32> {
+    return select(b, b & vec4<u32>(SIGN_MASK), (b & vec4<u32>(EXP_MASK)) == vec4<u32>(0u));
+}
+
+// Codes of four elements: encode(ftz(ftz(x) * r)), 0 for a non-finite x.
+fn encode_quad(v: vec4<u32>, r: f32) -> vec4<u32> {
+    let s = ftz4(bitcast<vec4<u32>>(bitcast<vec4<f32>>(ftz4(v)) * r));
+    let c = encode4(bitcast<vec4<f32>>(s));
+    return select(vec4<u32>(0u), c, (v & vec4<u32>(EXP_MASK)) != vec4<u32>(EXP_MASK));
+}
+
+// Four codes placed as elements j0..j0 + 3 of a word.
+fn pack_quad(c: vec4<u32>, j0: u32) -> u32 {
+    return (c.x << code_shift(j0)) | (c.y << code_shift(j0 + 1u)) | (c.z << code_shift(j0 + 2u))
+        | (c.w << code_shift(j0 + 3u));
+}
+
 @compute @workgroup_size(256)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -34,35 +61,11 @@ fn main(
     let item0 = wg_linear(wid, nwg) * ITEMS;
     encoder_init(lid);
 
-    // Load every item once; elements past n read as 0.0 (the padding nibble of an odd length).
-    var xs: array<u32, R * EPW>;
-    for (var k = 0u; k < R; k = k + 1u) {
-        let i = item0 + k * 256u + lid;
-        let e0 = i * EPW;
-        if (e0 + EPW <= n) {
-            let v = load_item(i);
-            for (var j = 0u; j < EPW; j = j + 1u) {
-                xs[k * EPW + j] = v[j];
-            }
-        } else {
-            for (var j = 0u; j < EPW; j = j + 1u) {
-                var b = 0u;
-                if (e0 + j < n) {
-                    b = load_x_bits(e0 + j);
-                }
-                xs[k * EPW + j] = b;
-            }
-        }
-        // NaN is skipped (CUDA's fmaxf); for non-negative floats the bit order is the value order.
-        var m = 0u;
-        for (var j = 0u; j < EPW; j = j + 1u) {
-            let b = xs[k * EPW + j] & ABS_MASK;
-            if (b <= EXP_MASK) {
-                m = max(m, b);
-            }
-        }
-        red[k * 256u + lid] = m;
-    }
+    // Every item is loaded once.
+//{ROWS
+    let it{k} = load_item(item0 + {k}u * 256u + lid, n);
+    red[{k}u * 256u + lid] = item_max(it{k});
+//}ROWS
     workgroupBarrier();
 
     // Tree over each block's threads of a row down to (at most) 8 partial maxima at its first lanes.
@@ -91,8 +94,7 @@ fn main(
         }
         var r_bits = NAN_BLOCK;
         if ((item0 + first) * EPW < n) {
-            let blk = (item0 >> lg) + b;
-            absmax_out[blk] = amax;
+            absmax_out[(item0 >> lg) + b] = amax;
             // absmax 0 (or subnormal, flushed) makes every scaled value 0 * inf = NaN on CUDA: code 0 everywhere.
             if ((amax & EXP_MASK) != 0u) {
                 r_bits = bitcast<u32>(rcp_fast_math(amax));
@@ -102,24 +104,17 @@ fn main(
     }
     workgroupBarrier();
 
-    for (var k = 0u; k < R; k = k + 1u) {
-        let li = k * 256u + lid;
-        let i = item0 + li;
-        if (i * EPW < n) {
+//{ROWS
+    {
+        let li = {k}u * 256u + lid;
+        if ((item0 + li) * EPW < n) {
             let rb = rs[li >> lg];
             var word = 0u;
             if (rb != NAN_BLOCK) {
-                let r = bitcast<f32>(rb);
-                for (var j = 0u; j < EPW; j = j + 1u) {
-                    let xb = xs[k * EPW + j];
-                    var c = 0u;
-                    if (is_finite_bits(xb)) {
-                        c = encode(ftz(ftz(bitcast<f32>(xb)) * r));
-                    }
-                    word = word | (c << code_shift(j));
-                }
+                word = item_word(it{k}, bitcast<f32>(rb));
             }
-            codes[i] = word;
+            codes[item0 + li] = word;
         }
     }
+//}ROWS
 }
