@@ -67,6 +67,7 @@ fn every_shader_validates_and_translates_to_metal() {
                     "{key}: no compute kernel in the MSL output"
                 );
                 if shader.needs_subgroups() {
+                    // simd_sum for the reductions, simdgroup builtins for the lane probe.
                     assert!(
                         out.contains("simdgroup"),
                         "{key}: no simdgroup built-in in the MSL output"

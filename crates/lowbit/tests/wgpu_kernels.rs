@@ -129,6 +129,126 @@ fn fourbit_matches_cpu() {
     }
 }
 
+/// `data` with NaNs, infinities, signed zeros and subnormals sprinkled in, and some blocks holding nothing but
+/// zeros and NaNs (absmax 0: the all-zero-codes branch).
+fn data_special(r: &mut StdRng, n: usize, blocksize: usize) -> Vec<f32> {
+    let mut v = data(r, n, blocksize);
+    for b in 0..n.div_ceil(blocksize) {
+        let blk = &mut v[b * blocksize..((b + 1) * blocksize).min(n)];
+        match r.random_range(0..6) {
+            0 => {
+                for x in blk.iter_mut() {
+                    *x = if r.random_range(0..4) == 0 {
+                        f32::NAN
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            1 | 2 => {
+                for _ in 0..r.random_range(1..4) {
+                    let i = r.random_range(0..blk.len());
+                    blk[i] = [
+                        f32::NAN,
+                        f32::INFINITY,
+                        f32::NEG_INFINITY,
+                        -0.0,
+                        1e-40,
+                        -3e-39,
+                    ][r.random_range(0..6)];
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Every rows-per-workgroup variant of the quantize kernel and every stores-per-thread variant of the
+/// dequantize kernel, byte for byte against the CPU, on ragged lengths (tails inside a vector, an item and a
+/// workgroup) and special values.
+#[test]
+fn kernel_variants_match_cpu() {
+    use lowbit::backend::wgpu::shaders::{DEQUANTIZE_VPT, Encoding, QUANTIZE_ROWS};
+    let Some(g) = gpu() else { return };
+    let mut r = rng("variants");
+    let cpu = CpuBackend;
+    let code = dynamic_map(true);
+    let cases: [(Encoding, &[usize]); 3] = [
+        (
+            Encoding::FourBit(FourBitType::Nf4),
+            &[32, 64, 256, 2048, 4096],
+        ),
+        (Encoding::FourBit(FourBitType::Fp4), &[32, 512, 4096]),
+        (Encoding::Code8, &[64, 1024, 2048, 4096]),
+    ];
+    for dt in DTYPES {
+        for (enc, sizes) in cases {
+            let (epw, bits) = if enc == Encoding::Code8 {
+                (4, 8)
+            } else {
+                (8, 4)
+            };
+            for &bs in sizes {
+                for n in [1, 6, bs * 3 + 2, 8192 * 2 + 4 * bs + 13, 8192 * 3 + 8, 9000] {
+                    let x = as_dtype(&data_special(&mut r, n, bs), dt);
+                    let want = match enc {
+                        Encoding::Code8 => cpu.quantize_blockwise(x.as_floats(), code, bs),
+                        Encoding::FourBit(qt) => cpu.quantize_4bit(x.as_floats(), qt, bs),
+                    }
+                    .unwrap();
+                    for rows in QUANTIZE_ROWS {
+                        if (rows as usize) * 256 < bs / epw {
+                            continue;
+                        }
+                        let c = (enc == Encoding::Code8).then_some(code);
+                        let got = g.quantize_rows(x.as_floats(), enc, c, bs, rows).unwrap();
+                        let bits_of = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits_of(&got.absmax),
+                            bits_of(&want.absmax),
+                            "absmax {enc:?} {dt} bs {bs} n {n} rows {rows}"
+                        );
+                        assert!(
+                            got.codes == want.codes,
+                            "codes {enc:?} {dt} bs {bs} n {n} rows {rows}"
+                        );
+                    }
+                    if dt != DType::F32 {
+                        continue;
+                    }
+                    let w = match enc {
+                        Encoding::Code8 => cpu.dequantize_blockwise(
+                            &want.codes,
+                            &want.absmax,
+                            code,
+                            bs,
+                            DType::F32,
+                        ),
+                        Encoding::FourBit(qt) => {
+                            cpu.dequantize_4bit(&want.codes, &want.absmax, qt, bs, n, DType::F32)
+                        }
+                    }
+                    .unwrap();
+                    let table: &[f32] = match enc {
+                        Encoding::Code8 => &code.values,
+                        Encoding::FourBit(qt) => qt.dequant_table(),
+                    };
+                    for vpt in DEQUANTIZE_VPT {
+                        let d = g
+                            .dequantize_vpt(&want.codes, &want.absmax, table, bits, bs, n, vpt)
+                            .unwrap();
+                        assert!(
+                            FloatVec::F32(d).to_le_bytes() == w.to_le_bytes(),
+                            "dequant {enc:?} bs {bs} n {n} vpt {vpt}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn fourbit_linear_matches_cpu() {
     let Some(g) = gpu() else { return };

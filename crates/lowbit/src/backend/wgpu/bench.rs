@@ -4,8 +4,10 @@
 
 use super::WgpuBackend;
 use super::context::{Gpu, gpu_err};
-use super::kernels::{RowPiece, encode_gemv_4bit, gemm_grid, ternary_gemv_kernel};
-use super::shaders::{Encoding, GemmKind, GemvShape, Shader};
+use super::kernels::{
+    RowPiece, dequantize_plan, encode_gemv_4bit, gemm_grid, quantize_plan, ternary_gemv_kernel,
+};
+use super::shaders::{DEQUANTIZE_VPT, Encoding, GemmKind, GemvShape, QUANTIZE_ROWS, Shader};
 use crate::Result;
 use crate::format::{FourBitType, dynamic_map};
 use std::time::Instant;
@@ -337,33 +339,33 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         ("quantize_blockwise", Encoding::Code8, 4096),
     ] {
         let bits = if enc == Encoding::Code8 { 8 } else { 4 };
-        let epw = 32 / bits;
         let codes = gpu.output((n * bits / 8) as u64);
         let absmax = gpu.output((n / bs * 4) as u64);
-        let tpb = (bs / epw).min(256);
-        let params = [n as u32, bs as u32, tpb as u32, 0, 0, 0, 0, 0];
         let mut bufs = vec![(1, &x), (2, &codes), (3, &absmax), (9, delta)];
         if enc == Encoding::Code8 {
             bufs.push((5, &mids));
         }
         let bytes = (bulk + n * bits / 8 + n / bs * 4) as u64;
-        let shader = Shader::Quantize(crate::tensor::DType::F32, enc);
-        s.add(
-            name,
-            format!("{} MiB f32, bs {bs}", bulk >> 20),
-            bytes,
-            0,
-            &|e, ts| {
-                gpu.encode(
-                    e,
-                    &shader,
-                    params,
-                    &bufs,
-                    Gpu::grid((n / bs).div_ceil(256 / tpb) as u32),
-                    ts,
-                )
-            },
-        )?;
+        // The library's choice, then (sweep) every rows-per-workgroup variant a block fits.
+        let mut variants = vec![(String::new(), None)];
+        if cfg.sweep {
+            for rows in QUANTIZE_ROWS {
+                variants.push((format!(" r{rows}"), Some(rows)));
+            }
+        }
+        for (label, rows) in variants {
+            let Ok(plan) = quantize_plan(crate::tensor::DType::F32, enc, bs, rows) else {
+                continue;
+            };
+            let params = plan.params(n as u32);
+            s.add(
+                &format!("{name}{label}"),
+                format!("{} MiB f32, bs {bs}", bulk >> 20),
+                bytes,
+                0,
+                &|e, ts| gpu.encode(e, &plan.shader, params, &bufs, plan.grid(n), ts),
+            )?;
+        }
     }
     {
         let bs = 64usize;
@@ -373,22 +375,22 @@ pub fn run_suite_with(b: &WgpuBackend, cfg: BenchConfig) -> Result<Vec<BenchRow>
         let params = [n as u32, bs.trailing_zeros(), 0, 0, 0, 0, 0, 0];
         let bufs = [(1, &codes), (2, &absmax), (3, &table), (4, &out)];
         let bytes = (n / 2 + n / bs * 4 + bulk) as u64;
-        s.add(
-            "dequantize_4bit nf4",
-            format!("{} MiB f32 out, bs 64", bulk >> 20),
-            bytes,
-            0,
-            &|e, ts| {
-                gpu.encode(
-                    e,
-                    &Shader::Dequantize { bits: 4 },
-                    params,
-                    &bufs,
-                    Gpu::grid((n / 8).div_ceil(256) as u32),
-                    ts,
-                )
-            },
-        )?;
+        let mut variants = vec![(String::new(), None)];
+        if cfg.sweep {
+            for vpt in DEQUANTIZE_VPT {
+                variants.push((format!(" v{vpt}"), Some(vpt)));
+            }
+        }
+        for (label, vpt) in variants {
+            let (shader, grid) = dequantize_plan(4, vpt, n);
+            s.add(
+                &format!("dequantize_4bit nf4{label}"),
+                format!("{} MiB f32 out, bs 64", bulk >> 20),
+                bytes,
+                0,
+                &|e, ts| gpu.encode(e, &shader, params, &bufs, grid, ts),
+            )?;
+        }
     }
     drop(x);
 

@@ -225,6 +225,28 @@ impl Gpu {
             })
     }
 
+    /// A storage buffer holding `bytes`, zero-padded to a multiple of `align` bytes (a power of two, at least
+    /// 4), for kernels that read it as vectors; the data is copied once, into the buffer mapped at creation.
+    pub fn upload_aligned(&self, bytes: &[u8], align: usize) -> wgpu::Buffer {
+        debug_assert!(align.is_power_of_two() && align >= 4);
+        let padded = bytes.len().div_ceil(align).max(1) * align;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: padded as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        // Mapped-at-creation memory starts zeroed (WebGPU's rule), so only the data is written.
+        buf.get_mapped_range_mut(..)
+            .expect("a buffer mapped at creation maps")
+            .slice(..bytes.len())
+            .copy_from_slice(bytes);
+        buf.unmap();
+        buf
+    }
+
     /// A zero-filled storage buffer of at least `bytes` bytes (rounded up to u32 words).
     pub fn output(&self, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -215,6 +215,45 @@ impl WgpuBackend {
         kernels::gemv_4bit(&self.gpu, x, &w, bias, Some(split))
     }
 
+    /// A blockwise quantizer ([`Backend::quantize_4bit`] for a 4-bit `enc`, [`Backend::quantize_blockwise`]
+    /// for `Code8` with `code`) with `rows` rows of 256 output words per workgroup pinned (tests and benchmarks).
+    #[doc(hidden)]
+    pub fn quantize_rows(
+        &self,
+        x: Floats,
+        enc: shaders::Encoding,
+        code: Option<&Codebook8>,
+        blocksize: usize,
+        rows: u32,
+    ) -> Result<BlockCodes> {
+        kernels::quantize_with(&self.gpu, x, enc, code, blocksize, Some(rows))
+    }
+
+    /// The dequantize kernel (f32 out) for `bits`-bit codes with `vpt` vec4 stores per thread pinned.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dequantize_vpt(
+        &self,
+        codes: &[u8],
+        absmax: &[f32],
+        table: &[f32],
+        bits: usize,
+        blocksize: usize,
+        n: usize,
+        vpt: u32,
+    ) -> Result<Vec<f32>> {
+        kernels::dequantize_with(
+            &self.gpu,
+            codes,
+            absmax,
+            table,
+            bits,
+            blocksize,
+            n,
+            Some(vpt),
+        )
+    }
+
     /// [`Backend::ternary_matmul`] at batch 1 with a pinned work split of the vectorised kernel.
     #[doc(hidden)]
     pub fn ternary_gemv_split(

@@ -259,7 +259,7 @@ impl WgpuBackend {
     pub fn dequantize_4bit_resident(&self, w: &GpuPacked4bit) -> Result<GpuTensor> {
         const OP: &str = "dequantize_4bit_resident";
         let n = w.rows * w.cols;
-        // The kernel writes whole u32 words of codes (8 values), so the buffer is rounded up to them.
+        // The kernel writes whole vec4s; rounding up to whole u32 words of codes (8 values) covers them.
         let y = self.output(OP, vec![w.rows, w.cols], DType::F32, n.div_ceil(8) * 8)?;
         if n == 0 {
             return Ok(y);
@@ -271,7 +271,7 @@ impl WgpuBackend {
             (3, &w.table),
             (4, &y.buffer),
         ];
-        gpu.run(|enc| kernels::encode_dequantize(gpu, enc, 4, n, w.blocksize, &bufs))?;
+        gpu.run(|enc| kernels::encode_dequantize(gpu, enc, 4, n, w.blocksize, None, &bufs))?;
         Ok(y)
     }
 
