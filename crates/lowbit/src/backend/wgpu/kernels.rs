@@ -724,26 +724,15 @@ fn elementwise(
     k: f32,
     row_stats: &[f32],
     col_stats: &[f32],
-    bias: Option<Floats>,
 ) -> Result<Vec<f32>> {
     u32_len("elementwise", n)?;
     check_binding(gpu, "elementwise", n * 4)?;
     let sbuf = gpu.upload(src);
     let rbuf = gpu.upload(f32_bytes(row_stats));
     let cbuf = gpu.upload(f32_bytes(col_stats));
-    let (bbuf, has_bias) = bias_buffer(gpu, bias);
     let obuf = gpu.output((n * 4) as u64);
-    let params = [
-        n as u32,
-        cols.max(1) as u32,
-        op,
-        k.to_bits(),
-        has_bias,
-        0,
-        0,
-        0,
-    ];
-    let bufs = [(1, &sbuf), (2, &rbuf), (3, &cbuf), (4, &bbuf), (5, &obuf)];
+    let params = [n as u32, cols.max(1) as u32, op, k.to_bits(), 0, 0, 0, 0];
+    let bufs = [(1, &sbuf), (2, &rbuf), (3, &cbuf), (5, &obuf)];
     gpu.run(|enc| {
         gpu.encode(
             enc,
@@ -776,7 +765,6 @@ pub fn int8_vectorwise_dequant(
         INV_127,
         row_stats,
         &[0.0],
-        None,
     )
 }
 
@@ -811,18 +799,25 @@ pub fn int8_mm_dequant(
     if c.is_empty() {
         return Ok(Vec::new());
     }
-    let y = elementwise(
+    let n = col_stats.len().max(1);
+    let t = elementwise(
         gpu,
         bytemuck::cast_slice(c),
         c.len(),
-        col_stats.len(),
+        n,
         1,
-        MM_DEQUANT_SCALE,
+        0.0,
         row_stats,
         col_stats,
-        bias,
     )?;
-    Ok(y.into_iter().map(f16::from_f32).collect())
+    // CUDA's single-rounding fmaf, then RNE to f16, on the host: a Vulkan shader's fma may round twice.
+    Ok(t.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let b = bias.map_or(0.0, |b| b.get_f32(i % n));
+            f16::from_f32(t.mul_add(MM_DEQUANT_SCALE, b))
+        })
+        .collect())
 }
 
 pub fn ternary_quantize(
