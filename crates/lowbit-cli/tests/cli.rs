@@ -114,3 +114,55 @@ fn bad_input_exits_non_zero_with_a_message() {
         assert!(err.contains("error"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_resident_needs_a_gpu_device() {
+    let out = lowbit(&["bench", "--resident"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a GPU device"), "{err}");
+}
+
+/// The GPU suite on resident buffers through the CLI, on the first Vulkan adapter (lavapipe in CI, where
+/// `LOWBIT_REQUIRE_GPU=1` makes a missing adapter a failure).
+#[test]
+fn bench_resident_runs_the_gpu_suite() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args([
+            "--device",
+            "vulkan:0",
+            "bench",
+            "--resident",
+            "--quick",
+            "--iters",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var("LOWBIT_REQUIRE_GPU").as_deref() != Ok("1"),
+            "no GPU suite with LOWBIT_REQUIRE_GPU=1: {err}"
+        );
+        println!("skipped: no Vulkan adapter ({err})");
+        return;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for want in [
+        "copy",
+        "gemv_4bit nf4",
+        "ternary gemv",
+        "quantize_4bit nf4",
+        "matmul_4bit nf4",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for r in rows {
+        assert!(r["median_us"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["frac_of_copy"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

@@ -14,8 +14,18 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// Op to time, or `all`.
-    #[arg(long, value_parser = op_parser())]
-    op: String,
+    #[arg(long, value_parser = op_parser(), required_unless_present = "resident")]
+    op: Option<String>,
+    /// On a GPU device (vulkan / metal / dx12): the GPU kernel suite on device-resident buffers, timed on
+    /// the GPU, against a plain copy kernel on the same device (the LLM shapes; --op/--shape do not apply).
+    #[arg(long, conflicts_with = "op")]
+    resident: bool,
+    /// With --resident: smaller bulk inputs and GEMM batch (software adapters).
+    #[arg(long, requires = "resident")]
+    quick: bool,
+    /// With --resident: also every work split of the GEMV kernels and every quantizer variant.
+    #[arg(long, requires = "resident")]
+    sweep: bool,
     /// Weight / data shape OUTxIN (rows x columns).
     #[arg(long, default_value = "4096x4096")]
     shape: String,
@@ -285,14 +295,14 @@ fn time(job: &mut Job, iters: Option<usize>) -> lowbit::Result<(f64, usize)> {
 
 pub fn run(args: Args, global: &Global) -> CliResult {
     let dev = super::open_device(global)?;
+    if args.resident {
+        return run_resident(&dev, &args, global);
+    }
     let (rows, cols) = parse_shape(&args.shape)?;
     // 512 MiB, best of 3: well past the last-level cache, quick enough to measure in every run.
     let read_bw = lowbit::bench::measure_read_bandwidth_with(512 << 20, 3) / 1e9;
-    let ops: Vec<&str> = if args.op == "all" {
-        OPS.to_vec()
-    } else {
-        vec![args.op.as_str()]
-    };
+    let op = args.op.as_deref().unwrap_or("all");
+    let ops: Vec<&str> = if op == "all" { OPS.to_vec() } else { vec![op] };
     let mut results = Vec::new();
     if !global.json {
         println!(
@@ -344,6 +354,37 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         }
     } else {
         println!("\nruntime statistics ({}):\n{}", dev.id(), dev.stats());
+    }
+    Ok(())
+}
+
+/// `bench --resident`: the wgpu backend's kernel suite on the device `--device` names.
+fn run_resident(dev: &lowbit::Device, args: &Args, global: &Global) -> CliResult {
+    use lowbit::backend::wgpu::WgpuBackend;
+    use lowbit::backend::wgpu::bench::{BenchConfig, format_table, run_suite_with};
+    // The same adapter the device runs on: WgpuBackend opens one context per adapter and process.
+    let gpu = WgpuBackend::open_device(dev.info()).map_err(|e| {
+        format!("bench --resident needs a GPU device (--device vulkan, metal or dx12): {e}")
+    })?;
+    let mut cfg = BenchConfig {
+        quick: args.quick,
+        sweep: args.sweep,
+        ..Default::default()
+    };
+    if let Some(n) = args.iters {
+        cfg.iters = n.max(1);
+        cfg.warmup = cfg.warmup.min(cfg.iters);
+    }
+    let rows = run_suite_with(&gpu, cfg)?;
+    if global.json {
+        print_json(&json!({ "device": dev.id(), "adapter": dev.info().name, "results": rows }));
+    } else {
+        println!(
+            "device {} ({}), resident buffers, GPU-timed",
+            dev.id(),
+            dev.info().name
+        );
+        print!("{}", format_table(&rows));
     }
     Ok(())
 }

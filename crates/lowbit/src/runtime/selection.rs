@@ -160,22 +160,14 @@ pub fn open_backend(info: &DeviceInfo) -> Result<Arc<dyn Backend>> {
     match info.backend.as_str() {
         "cpu" => Ok(Arc::new(CpuBackend)),
         #[cfg(feature = "wgpu")]
-        "vulkan" | "metal" | "dx12" => {
-            let backends = match info.backend.as_str() {
-                "vulkan" => wgpu::Backends::VULKAN,
-                "metal" => wgpu::Backends::METAL,
-                _ => wgpu::Backends::DX12,
-            };
-            let index = info.index.unwrap_or(0);
-            crate::backend::wgpu::WgpuBackend::open(backends, index)
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| {
-                    crate::Error::Device(DeviceError::InitFailed {
-                        device: info.id.clone(),
-                        reason: e.to_string(),
-                    })
+        "vulkan" | "metal" | "dx12" => crate::backend::wgpu::WgpuBackend::open_device(info)
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| {
+                crate::Error::Device(DeviceError::InitFailed {
+                    device: info.id.clone(),
+                    reason: e.to_string(),
                 })
-        }
+            }),
         _ => Err(crate::Error::Device(DeviceError::PlatformUnavailable {
             device: info.id.clone(),
             reason: info

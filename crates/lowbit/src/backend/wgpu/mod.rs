@@ -175,6 +175,26 @@ impl WgpuBackend {
         Ok(backend)
     }
 
+    /// Opens the adapter a discovered device names (`vulkan:N`, `metal:N`, `dx12:N`): the same context the
+    /// runtime's device uses.
+    pub fn open_device(info: &crate::runtime::DeviceInfo) -> Result<WgpuBackend> {
+        let backends = match info.backend.as_str() {
+            "vulkan" => wgpu::Backends::VULKAN,
+            "metal" => wgpu::Backends::METAL,
+            "dx12" => wgpu::Backends::DX12,
+            other => {
+                return Err(Error::invalid(
+                    "wgpu",
+                    format!(
+                        "{} is a {other} device, not a wgpu adapter (vulkan, metal or dx12)",
+                        info.id
+                    ),
+                ));
+            }
+        };
+        WgpuBackend::open(backends, info.index.unwrap_or(0))
+    }
+
     /// The shared plumbing (device, queue, pipeline cache).
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
