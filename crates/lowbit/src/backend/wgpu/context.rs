@@ -67,7 +67,6 @@ impl Gpu {
         let limits = wgpu::Limits {
             max_storage_buffer_binding_size: alimits.max_storage_buffer_binding_size,
             max_buffer_size: alimits.max_buffer_size,
-            max_compute_workgroup_storage_size: alimits.max_compute_workgroup_storage_size,
             max_storage_buffers_per_shader_stage: alimits
                 .max_storage_buffers_per_shader_stage
                 .min(10),
