@@ -150,6 +150,13 @@ pub fn activation_scale(max_abs: f32) -> f32 {
     (1.0f32 / max_abs.max(EPS)) * 127.0
 }
 
+/// BitNet's output before bias: `float32(acc) / float32(x_scale * weight_scale)`, a true division (torch's
+/// `y / (x_scale * w_scale)`).
+#[inline(always)]
+pub fn rescale(acc: i32, x_scale: f32, weight_scale: f32) -> f32 {
+    acc as f32 / (x_scale * weight_scale)
+}
+
 /// `int8(clamp(round_half_even(float32(x * s)), -128, 127))`.
 #[inline(always)]
 pub fn quantize_activation(x: f32, s: f32) -> i8 {

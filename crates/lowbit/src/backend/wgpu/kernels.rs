@@ -8,8 +8,8 @@ use super::shaders::{DEQUANTIZE_VPT, Encoding, GemmKind, GemvShape, QUANTIZE_ROW
 use crate::Result;
 use crate::backend::{BlockCodes, Int8Rows, Packed4bit, PackedTernary};
 use crate::format::Codebook8;
-use crate::format::int8::MM_DEQUANT_SCALE;
-use crate::format::ternary::{EPS, packed_rows};
+use crate::format::int8::mm_dequant_output;
+use crate::format::ternary::{EPS, packed_rows, rescale};
 use crate::tensor::{DType, Floats};
 use half::f16;
 
@@ -816,7 +816,7 @@ pub fn int8_mm_dequant(
         .enumerate()
         .map(|(i, &t)| {
             let b = bias.map_or(0.0, |b| b.get_f32(i % n));
-            f16::from_f32(t.mul_add(MM_DEQUANT_SCALE, b))
+            mm_dequant_output(t, b)
         })
         .collect())
 }
@@ -1013,7 +1013,7 @@ pub fn ternary_matmul(
         .enumerate()
         .map(|(i, &a)| {
             let (b, o) = (i / rows, i % rows);
-            a as f32 / (x_scale[b] * w.weight_scale) + bias.map_or(0.0, |bb| bb.get_f32(o))
+            rescale(a, x_scale[b], w.weight_scale) + bias.map_or(0.0, |bb| bb.get_f32(o))
         })
         .collect())
 }

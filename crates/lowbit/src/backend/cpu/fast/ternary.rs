@@ -7,7 +7,7 @@
 
 use super::{Isa, task_len};
 use crate::backend::PackedTernary;
-use crate::format::ternary::packed_rows;
+use crate::format::ternary::{packed_rows, rescale};
 use crate::tensor::Floats;
 use rayon::prelude::*;
 
@@ -51,7 +51,7 @@ pub fn matmul(
                 let o = i * r_rows + r;
                 if o < rows {
                     let bias = bias.map_or(0.0, |bb| bb.get_f32(o));
-                    y[b * rows + o] = a as f32 / (x_scale[b] * w.weight_scale) + bias;
+                    y[b * rows + o] = rescale(a, x_scale[b], w.weight_scale) + bias;
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use crate::backend::Int8Rows;
 use crate::format::float::mul_ftz;
-use crate::format::int8::MM_DEQUANT_SCALE;
+use crate::format::int8::mm_dequant_output;
 use crate::format::rcp::fdividef_127;
 use crate::tensor::Floats;
 use half::f16;
@@ -90,7 +90,7 @@ pub fn mm_dequant(
             let (r, j) = (i / n, i % n);
             let t = (v as f32 * row_stats[r]) * col_stats[j];
             let b = bias.map_or(0.0, |b| b.get_f32(j));
-            f16::from_f32(t.mul_add(MM_DEQUANT_SCALE, b))
+            mm_dequant_output(t, b)
         })
         .collect()
 }

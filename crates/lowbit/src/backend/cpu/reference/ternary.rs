@@ -2,7 +2,7 @@
 
 use crate::backend::PackedTernary;
 use crate::format::ternary::{
-    activation_scale, packed_rows, quantize_activation, ternarize, unpack_value,
+    activation_scale, packed_rows, quantize_activation, rescale, ternarize, unpack_value,
 };
 use crate::tensor::Floats;
 use rayon::prelude::*;
@@ -70,7 +70,7 @@ pub fn matmul(
                     .map(|k| xr[k] as i32 * unpack_value(w.packed, r_rows, cols, o, k) as i32)
                     .sum();
                 let bias = bias.map_or(0.0, |bb| bb.get_f32(o));
-                *yv = acc as f32 / (x_scale[b] * w.weight_scale) + bias;
+                *yv = rescale(acc, x_scale[b], w.weight_scale) + bias;
             }
         });
     y
