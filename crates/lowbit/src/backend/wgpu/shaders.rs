@@ -376,72 +376,78 @@ fn quantize_items(dtype: DType, epw: u32) -> String {
     s
 }
 
-fn gemm_loaders(kind: GemmKind) -> &'static str {
-    match kind {
+/// The output side of the GEMM: float kinds accumulate in f32 and add the optional bias; integer kinds
+/// return exact i32 sums.
+const GEMM_OUT_F32: &str = "alias ACC = f32;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+fn store(b: u32, r: u32, v: f32) {
+    var bv = 0.0;
+    if (p.p3 != 0u) {
+        bv = bias[r];
+    }
+    y[b * p.p1 + r] = v + bv;
+}
+";
+const GEMM_OUT_I32: &str = "alias ACC = i32;
+@group(0) @binding(6) var<storage, read_write> y: array<i32>;
+fn store(b: u32, r: u32, v: i32) {
+    y[b * p.p1 + r] = v;
+}
+";
+
+/// The GEMM's output declarations plus its operand loaders `load_a(b, k)` and `load_w(r, k)`.
+fn gemm_loaders(kind: GemmKind) -> String {
+    let out = match kind {
+        GemmKind::Int8 | GemmKind::Ternary => GEMM_OUT_I32,
+        GemmKind::FourBit | GemmKind::DenseF32 | GemmKind::DenseF16 | GemmKind::DenseF16Native => {
+            GEMM_OUT_F32
+        }
+    };
+    let operands = match kind {
         GemmKind::FourBit => {
-            "alias ACC = f32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
 @group(0) @binding(2) var<storage, read> w_packed: array<u32>;\n\
 @group(0) @binding(3) var<storage, read> w_absmax: array<f32>;\n\
 @group(0) @binding(4) var<storage, read> w_table: array<f32>;\n\
-@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
 fn load_a(b: u32, k: u32) -> f32 {\n    return a_in[b * p.p2 + k];\n}\n\
-fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    let j = i & 7u;\n    let nib = (w_packed[i >> 3u] >> ((j >> 1u) * 8u + 4u * (1u - (j & 1u)))) & 15u;\n    return ftz(w_table[nib] * w_absmax[i >> p.p4]);\n}\n\
-fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    let j = i & 7u;\n    let nib = (w_packed[i >> 3u] >> ((j >> 1u) * 8u + 4u * (1u - (j & 1u)))) & 15u;\n    return ftz(w_table[nib] * w_absmax[i >> p.p4]);\n}\n"
         }
         GemmKind::DenseF32 => {
-            "alias ACC = f32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<f32>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<f32>;\n\
-@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
 fn load_a(b: u32, k: u32) -> f32 {\n    return a_in[b * p.p2 + k];\n}\n\
-fn load_w(r: u32, k: u32) -> f32 {\n    return w_in[r * p.p2 + k];\n}\n\
-fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+fn load_w(r: u32, k: u32) -> f32 {\n    return w_in[r * p.p2 + k];\n}\n"
         }
         GemmKind::DenseF16 => {
-            "alias ACC = f32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
-@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
 fn half_at(word: u32, i: u32) -> f32 {\n    return f16_bits_to_f32((word >> ((i & 1u) * 16u)) & 0xffffu);\n}\n\
 fn load_a(b: u32, k: u32) -> f32 {\n    let i = b * p.p2 + k;\n    return half_at(a_in[i >> 1u], i);\n}\n\
-fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_at(w_in[i >> 1u], i);\n}\n\
-fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_at(w_in[i >> 1u], i);\n}\n"
         }
         GemmKind::DenseF16Native => {
-            "alias ACC = f32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<f16>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<f16>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<f16>;\n\
-@group(0) @binding(5) var<storage, read> bias: array<f32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<f32>;\n\
 fn load_a(b: u32, k: u32) -> f32 {\n    return f32(a_in[b * p.p2 + k]);\n}\n\
-fn load_w(r: u32, k: u32) -> f32 {\n    return f32(w_in[r * p.p2 + k]);\n}\n\
-fn store(b: u32, r: u32, v: f32) {\n    var bv = 0.0;\n    if (p.p3 != 0u) {\n        bv = bias[r];\n    }\n    y[b * p.p1 + r] = v + bv;\n}\n"
+fn load_w(r: u32, k: u32) -> f32 {\n    return f32(w_in[r * p.p2 + k]);\n}\n"
         }
         GemmKind::Int8 => {
-            "alias ACC = i32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<i32>;\n\
 fn byte_i8(word: u32, i: u32) -> i32 {\n    return i32(word << (24u - 8u * (i & 3u))) >> 24u;\n}\n\
 fn load_a(b: u32, k: u32) -> i32 {\n    let i = b * p.p2 + k;\n    return byte_i8(a_in[i >> 2u], i);\n}\n\
-fn load_w(r: u32, k: u32) -> i32 {\n    let i = r * p.p2 + k;\n    return byte_i8(w_in[i >> 2u], i);\n}\n\
-fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
+fn load_w(r: u32, k: u32) -> i32 {\n    let i = r * p.p2 + k;\n    return byte_i8(w_in[i >> 2u], i);\n}\n"
         }
         GemmKind::Ternary => {
-            "alias ACC = i32;\n\
-@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
+            "@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
-@group(0) @binding(6) var<storage, read_write> y: array<i32>;\n\
 fn load_a(b: u32, k: u32) -> i32 {\n    let i = b * p.p2 + k;\n    return i32(a_in[i >> 2u] << (24u - 8u * (i & 3u))) >> 24u;\n}\n\
 // Row r lives in packed row r % R, bits 2 * (r / R); pattern 00 is -1.\n\
-fn load_w(r: u32, k: u32) -> i32 {\n    let rr = p.p4;\n    let i = (r % rr) * p.p2 + k;\n    let byte = (w_in[i >> 2u] >> (8u * (i & 3u))) & 0xffu;\n    return i32((byte >> (2u * (r / rr))) & 3u) - 1;\n}\n\
-fn store(b: u32, r: u32, v: i32) {\n    y[b * p.p1 + r] = v;\n}\n"
+fn load_w(r: u32, k: u32) -> i32 {\n    let rr = p.p4;\n    let i = (r % rr) * p.p2 + k;\n    let byte = (w_in[i >> 2u] >> (8u * (i & 3u))) & 0xffu;\n    return i32((byte >> (2u * (r / rr))) & 3u) - 1;\n}\n"
         }
-    }
+    };
+    format!("{out}{operands}")
 }
 
 /// One compiled variant: a cache key and its full WGSL text.
@@ -521,7 +527,7 @@ impl Shader {
             Shader::Gemv4bit => s += GEMV_4BIT,
             Shader::Gemm(kind) => {
                 s += GEMM;
-                s += gemm_loaders(*kind);
+                s += &gemm_loaders(*kind);
             }
             Shader::RowScale(dt) => {
                 s += RCP_TABLE;
