@@ -613,6 +613,24 @@ fn gemv_work_splits_match_cpu() {
         splits.len(),
         splits.iter().filter(|s| s.subgroup).count()
     );
+    // A split outside the generated candidates is a typed error, not a panic in shader generation.
+    let bad = GemvShape::new(48, 3);
+    let e = g
+        .gemv_4bit_split(
+            &[0.5; 32],
+            Packed4bit {
+                packed: &[0x12; 16],
+                absmax: &[1.0],
+                quant_type: FourBitType::Nf4,
+                blocksize: 32,
+                rows: 1,
+                cols: 32,
+            },
+            None,
+            bad,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("CANDIDATES"), "{e}");
     for &(rows, cols, bs) in &[(37usize, 1056usize, 64usize), (70, 4096, 32), (3, 96, 4096)] {
         let wv = data(&mut r, rows * cols, bs);
         let q = cpu

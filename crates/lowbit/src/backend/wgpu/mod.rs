@@ -232,7 +232,30 @@ impl WgpuBackend {
         bias: Option<Floats>,
         split: shaders::GemvShape,
     ) -> Result<Vec<f32>> {
+        let split = self.checked_split(split)?;
         kernels::gemv_4bit(&self.gpu, x, &w, bias, Some(split))
+    }
+
+    /// A pinned GEMV split must be one of the generated candidates, and its subgroup reduction must fit this
+    /// adapter's subgroups (a wider subgroup would sum across row sets).
+    fn checked_split(&self, split: shaders::GemvShape) -> Result<shaders::GemvShape> {
+        let portable = shaders::GemvShape {
+            subgroup: false,
+            ..split
+        };
+        if !shaders::GemvShape::CANDIDATES.contains(&portable)
+            || (split.subgroup && !self.subgroups_fit(split.tpr))
+        {
+            return Err(Error::invalid(
+                "gemv split",
+                format!(
+                    "{split:?} is not available on {}: use one of GemvShape::CANDIDATES, with subgroups only \
+                     where subgroups_fit(tpr)",
+                    self.name()
+                ),
+            ));
+        }
+        Ok(split)
     }
 
     /// A blockwise quantizer ([`Backend::quantize_4bit`] for a 4-bit `enc`, [`Backend::quantize_blockwise`]
@@ -283,6 +306,7 @@ impl WgpuBackend {
         w: PackedTernary,
         split: shaders::GemvShape,
     ) -> Result<Vec<f32>> {
+        let split = self.checked_split(split)?;
         kernels::ternary_matmul(&self.gpu, xq, &[x_scale], 1, &w, None, Some(split))
     }
 }
