@@ -2,6 +2,8 @@
 //! for quantizers, exact for integer kernels, float kernels within `1e-5·Σ|x·w|` plus output rounding.
 //! Every check runs both on the detected instruction set and on the portable path.
 
+mod common;
+
 use half::{bf16, f16};
 use lowbit::backend::cpu::fast::{self, Isa};
 use lowbit::backend::cpu::{CpuBackend, ReferenceBackend};
@@ -320,4 +322,64 @@ fn int8_all_minus_128_is_exact() {
     let a = vec![-128i8; k];
     let c = fast::int8::linear_matmul(&a, &a, 1, 1, k, fast::isa());
     assert_eq!(c, vec![128 * 128 * k as i32]);
+}
+
+/// The multi-row GEMV kernels (4-bit, int8, ternary) for every row count 1-32 against the reference, on every
+/// instruction set, and the backend's choice of kernel by row count likewise. Shapes cover column slices
+/// (> 1024 columns), partial weight-row tiles, several rayon tasks, and columns the SIMD kernels cannot take.
+#[test]
+fn gemv_rows_match_reference_for_every_row_count() {
+    let mut rng = Rng(common::seed("gemv_rows"));
+    for batch in 1..=32usize {
+        let d = FLOATS[batch % 3];
+        let (rows, cols) = match rng.below(3) {
+            // Several rayon tasks (at least 256 KiB of weight each).
+            _ if batch % 8 == 0 => (300 + rng.below(40), 4096),
+            0 => (1 + rng.below(40), 16 * (1 + rng.below(40)) + rng.below(16)),
+            1 => (1 + rng.below(20), 16 * (60 + rng.below(100))),
+            _ => (1 + rng.below(40), 1 + rng.below(300)),
+        };
+        let w = weight4(&mut rng, rows, cols);
+        let x = values(&mut rng, batch * cols, false);
+        let bias = values(&mut rng, rows, false);
+        let sabs = abs_dots(&x, &w.dense, batch, rows, cols);
+        let pw = Packed4bit { packed: &w.packed, absmax: &w.absmax, quant_type: w.qt, blocksize: w.bs, rows, cols };
+        let xd = as_dtype(&x, d);
+        let bd = as_dtype(&bias, d);
+        let b = (rng.below(2) == 0).then(|| bd.as_floats());
+        let what = format!("4-bit {} {d:?} batch {batch} {rows}x{cols} bs {}", w.qt, w.bs);
+        let r = REF.matmul_4bit(xd.as_floats(), batch, pw, b).unwrap();
+        for isa in isas() {
+            let f = fast::gemv_rows::matmul_4bit(xd.as_floats(), batch, pw, b, isa);
+            assert_close(&f, &r, &sabs, d, &format!("{what} {isa:?}"));
+        }
+        let f = CpuBackend.matmul_4bit(xd.as_floats(), batch, pw, b).unwrap();
+        assert_close(&f, &r, &sabs, d, &format!("{what} backend"));
+
+        // int8: extremes included (-128 · -128 pairs).
+        let draw = |rng: &mut Rng| if rng.below(8) == 0 { -128 } else { rng.i8() };
+        let a: Vec<i8> = (0..batch * cols).map(|_| draw(&mut rng)).collect();
+        let wb: Vec<i8> = (0..rows * cols).map(|_| draw(&mut rng)).collect();
+        let r = REF.int8_linear_matmul(&a, &wb, batch, rows, cols).unwrap();
+        for isa in isas() {
+            let f = fast::gemv_rows::int8_linear_matmul(&a, &wb, batch, rows, cols, isa);
+            assert_eq!(f, r, "int8 batch {batch} {rows}x{cols} {isa:?}");
+        }
+        let f = CpuBackend.int8_linear_matmul(&a, &wb, batch, rows, cols).unwrap();
+        assert_eq!(f, r, "int8 batch {batch} {rows}x{cols} backend");
+
+        let t: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
+        let packed = pack(&t, rows, cols);
+        let x_scale: Vec<f32> = (0..batch).map(|_| rng.unit().abs() * 100.0 + 0.5).collect();
+        let pt = PackedTernary { packed: &packed, weight_scale: 1.0 + rng.unit().abs(), rows, cols };
+        let tb = (rng.below(2) == 0).then_some(Floats::F32(&bias));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let r = REF.ternary_matmul(&a, &x_scale, batch, pt, tb).unwrap();
+        for isa in isas() {
+            let f = fast::gemv_rows::ternary_matmul(&a, &x_scale, batch, pt, tb, isa);
+            assert_eq!(bits(&f), bits(&r), "ternary batch {batch} {rows}x{cols} {isa:?}");
+        }
+        let f = CpuBackend.ternary_matmul(&a, &x_scale, batch, pt, tb).unwrap();
+        assert_eq!(bits(&f), bits(&r), "ternary batch {batch} {rows}x{cols} backend");
+    }
 }

@@ -322,6 +322,50 @@ fn fourbit_linear_matches_cpu() {
     }
 }
 
+/// The 4-bit linear kernels for every row count 1-32 against the CPU reference: the multi-row GEMV on
+/// aligned weights (cols % 32 == 0, blocksize >= 32; partial workgroups of weight rows, several dispatches of
+/// activation rows above 8) and the GEMM it falls back to on the others.
+#[test]
+fn fourbit_rows_match_reference_for_every_row_count() {
+    use lowbit::backend::cpu::ReferenceBackend;
+    let Some(g) = gpu() else { return };
+    let mut r = rng("fourbit_rows");
+    for batch in 1..=32usize {
+        let dt = DTYPES[batch % 3];
+        let qt = [FourBitType::Nf4, FourBitType::Fp4][r.random_range(0..2)];
+        let aligned = (
+            r.random_range(1..80usize),
+            32 * r.random_range(1..80usize),
+            [32usize, 64, 128, 4096][r.random_range(0..4)],
+        );
+        let ragged = (r.random_range(1..40usize), r.random_range(1..200usize), 64);
+        for (rows, cols, bs) in [aligned, ragged] {
+            let q = random_4bit(&mut r, rows, cols, qt, bs);
+            let w = Packed4bit {
+                packed: &q.codes,
+                absmax: &q.absmax,
+                quant_type: qt,
+                blocksize: bs,
+                rows,
+                cols,
+            };
+            let x = as_dtype(&data(&mut r, batch * cols, 64), dt);
+            let bias = as_dtype(&data(&mut r, rows, 64), dt);
+            let b = r.random::<bool>().then(|| bias.as_floats());
+            let want = ReferenceBackend
+                .matmul_4bit(x.as_floats(), batch, w, b)
+                .unwrap();
+            let got = g.matmul_4bit(x.as_floats(), batch, w, b).unwrap();
+            assert_eq!(got.dtype(), dt);
+            let e = max_rel(&got.to_f32_vec(), &want.to_f32_vec());
+            assert!(
+                e <= tol(dt),
+                "{qt} {dt} {rows}x{cols} bs {bs} batch {batch}: rel err {e:.2e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn int8_matches_cpu() {
     let Some(g) = gpu() else { return };

@@ -157,3 +157,13 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> String {
         a.iter().zip(b).filter(|(x, y)| x != y).count()
     )
 }
+
+/// A fresh random seed for `test`, printed so a failure can be replayed (`LOWBIT_SEED` overrides it).
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("LOWBIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("{test}: seed {seed} (LOWBIT_SEED={seed} replays)");
+    seed
+}

@@ -10,6 +10,7 @@ use crate::Result;
 use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats};
 use crate::with_floats;
+use fast::gemv_rows::{LinearPath, WeightKind, pick_linear_path};
 use fast::{Isa, isa};
 use half::f16;
 
@@ -101,10 +102,11 @@ impl Backend for CpuBackend {
         w: Packed4bit,
         bias: Option<Floats>,
     ) -> Result<FloatVec> {
-        if batch == 1 {
-            return Ok(fast::gemv4::gemv(x, w, bias, isa()));
-        }
-        Ok(fast::gemm::matmul_4bit(x, batch, w, bias, isa()))
+        Ok(match pick_linear_path(WeightKind::FourBit, batch) {
+            LinearPath::Gemv => fast::gemv4::gemv(x, w, bias, isa()),
+            LinearPath::GemvRows => fast::gemv_rows::matmul_4bit(x, batch, w, bias, isa()),
+            LinearPath::Gemm => fast::gemm::matmul_4bit(x, batch, w, bias, isa()),
+        })
     }
     fn int8_vectorwise_quant(
         &self,
@@ -131,7 +133,11 @@ impl Backend for CpuBackend {
         n: usize,
         k: usize,
     ) -> Result<Vec<i32>> {
-        Ok(fast::int8::linear_matmul(a, b, m, n, k, isa()))
+        // A holds the activations: few rows take one pass over the weight B for all of them.
+        Ok(match pick_linear_path(WeightKind::Int8, m) {
+            LinearPath::Gemm => fast::int8::linear_matmul(a, b, m, n, k, isa()),
+            _ => fast::gemv_rows::int8_linear_matmul(a, b, m, n, k, isa()),
+        })
     }
     fn int8_mm_dequant(
         &self,
@@ -167,7 +173,10 @@ impl Backend for CpuBackend {
         w: PackedTernary,
         bias: Option<Floats>,
     ) -> Result<Vec<f32>> {
-        Ok(fast::ternary::matmul(xq, x_scale, batch, w, bias, isa()))
+        Ok(match pick_linear_path(WeightKind::Ternary, batch) {
+            LinearPath::Gemm => fast::ternary::matmul(xq, x_scale, batch, w, bias, isa()),
+            _ => fast::gemv_rows::ternary_matmul(xq, x_scale, batch, w, bias, isa()),
+        })
     }
     fn matmul(
         &self,

@@ -5,6 +5,7 @@
 
 pub mod bench;
 mod context;
+pub mod gemv_rows;
 mod kernels;
 pub mod shaders;
 mod tensor;
@@ -479,7 +480,14 @@ impl Backend for WgpuBackend {
         w: Packed4bit,
         bias: Option<Floats>,
     ) -> Result<FloatVec> {
-        let y = kernels::matmul_4bit(&self.gpu, &x.to_f32_vec(), batch, &w, bias)?;
+        let xf = x.to_f32_vec();
+        let y = match gemv_rows::pick_linear_path(batch, w.cols, w.blocksize) {
+            gemv_rows::LinearPath::Gemv => kernels::gemv_4bit(&self.gpu, &xf, &w, bias, None)?,
+            gemv_rows::LinearPath::GemvRows => {
+                gemv_rows::matmul_4bit(&self.gpu, &xf, batch, &w, bias)?
+            }
+            gemv_rows::LinearPath::Gemm => kernels::matmul_4bit(&self.gpu, &xf, batch, &w, bias)?,
+        };
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
     fn int8_vectorwise_quant(

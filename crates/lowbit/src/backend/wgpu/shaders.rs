@@ -474,6 +474,8 @@ pub enum Shader {
     TernaryRescale,
     Gemv4bitFast(GemvShape),
     TernaryGemvFast(GemvShape),
+    /// The multi-row 4-bit GEMV for this many activation rows per dispatch (`gemv_rows.rs`).
+    Gemv4bitRows(u32),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
     SubgroupProbe,
 }
@@ -553,6 +555,7 @@ impl Shader {
             Shader::TernaryRescale => s += TERNARY_RESCALE,
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
+            Shader::Gemv4bitRows(nb) => s += &super::gemv_rows::source(*nb),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
         }
         s
@@ -599,6 +602,9 @@ impl Shader {
         v.push(Shader::TernaryGemv);
         v.push(Shader::TernaryRescale);
         v.push(Shader::SubgroupProbe);
+        for nb in [1, 2, 4, 8] {
+            v.push(Shader::Gemv4bitRows(nb));
+        }
         for shape in GemvShape::CANDIDATES {
             v.push(Shader::Gemv4bitFast(shape));
             v.push(Shader::TernaryGemvFast(shape));

@@ -51,7 +51,7 @@ enum Path {
 }
 
 /// Per group of `g` columns: the even columns, then the odd ones (high nibbles, then low nibbles).
-fn deinterleave(x: &[f32], g: usize) -> Vec<f32> {
+pub(super) fn deinterleave(x: &[f32], g: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     for (o, grp) in out.chunks_exact_mut(g).zip(x.chunks_exact(g)) {
         for t in 0..g / 2 {
