@@ -343,17 +343,29 @@ fn gemv_rows_match_reference_for_every_row_count() {
         let x = values(&mut rng, batch * cols, false);
         let bias = values(&mut rng, rows, false);
         let sabs = abs_dots(&x, &w.dense, batch, rows, cols);
-        let pw = Packed4bit { packed: &w.packed, absmax: &w.absmax, quant_type: w.qt, blocksize: w.bs, rows, cols };
+        let pw = Packed4bit {
+            packed: &w.packed,
+            absmax: &w.absmax,
+            quant_type: w.qt,
+            blocksize: w.bs,
+            rows,
+            cols,
+        };
         let xd = as_dtype(&x, d);
         let bd = as_dtype(&bias, d);
         let b = (rng.below(2) == 0).then(|| bd.as_floats());
-        let what = format!("4-bit {} {d:?} batch {batch} {rows}x{cols} bs {}", w.qt, w.bs);
+        let what = format!(
+            "4-bit {} {d:?} batch {batch} {rows}x{cols} bs {}",
+            w.qt, w.bs
+        );
         let r = REF.matmul_4bit(xd.as_floats(), batch, pw, b).unwrap();
         for isa in isas() {
             let f = fast::gemv_rows::matmul_4bit(xd.as_floats(), batch, pw, b, isa);
             assert_close(&f, &r, &sabs, d, &format!("{what} {isa:?}"));
         }
-        let f = CpuBackend.matmul_4bit(xd.as_floats(), batch, pw, b).unwrap();
+        let f = CpuBackend
+            .matmul_4bit(xd.as_floats(), batch, pw, b)
+            .unwrap();
         assert_close(&f, &r, &sabs, d, &format!("{what} backend"));
 
         // int8: extremes included (-128 · -128 pairs).
@@ -365,21 +377,38 @@ fn gemv_rows_match_reference_for_every_row_count() {
             let f = fast::gemv_rows::int8_linear_matmul(&a, &wb, batch, rows, cols, isa);
             assert_eq!(f, r, "int8 batch {batch} {rows}x{cols} {isa:?}");
         }
-        let f = CpuBackend.int8_linear_matmul(&a, &wb, batch, rows, cols).unwrap();
+        let f = CpuBackend
+            .int8_linear_matmul(&a, &wb, batch, rows, cols)
+            .unwrap();
         assert_eq!(f, r, "int8 batch {batch} {rows}x{cols} backend");
 
         let t: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
         let packed = pack(&t, rows, cols);
         let x_scale: Vec<f32> = (0..batch).map(|_| rng.unit().abs() * 100.0 + 0.5).collect();
-        let pt = PackedTernary { packed: &packed, weight_scale: 1.0 + rng.unit().abs(), rows, cols };
+        let pt = PackedTernary {
+            packed: &packed,
+            weight_scale: 1.0 + rng.unit().abs(),
+            rows,
+            cols,
+        };
         let tb = (rng.below(2) == 0).then_some(Floats::F32(&bias));
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let r = REF.ternary_matmul(&a, &x_scale, batch, pt, tb).unwrap();
         for isa in isas() {
             let f = fast::gemv_rows::ternary_matmul(&a, &x_scale, batch, pt, tb, isa);
-            assert_eq!(bits(&f), bits(&r), "ternary batch {batch} {rows}x{cols} {isa:?}");
+            assert_eq!(
+                bits(&f),
+                bits(&r),
+                "ternary batch {batch} {rows}x{cols} {isa:?}"
+            );
         }
-        let f = CpuBackend.ternary_matmul(&a, &x_scale, batch, pt, tb).unwrap();
-        assert_eq!(bits(&f), bits(&r), "ternary batch {batch} {rows}x{cols} backend");
+        let f = CpuBackend
+            .ternary_matmul(&a, &x_scale, batch, pt, tb)
+            .unwrap();
+        assert_eq!(
+            bits(&f),
+            bits(&r),
+            "ternary batch {batch} {rows}x{cols} backend"
+        );
     }
 }

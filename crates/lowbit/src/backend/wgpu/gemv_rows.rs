@@ -127,7 +127,10 @@ pub fn matmul_4bit(
     }
     assert!(cols.is_multiple_of(32) && w.blocksize >= 32);
     // Also bounds rows below 2^31 (cols >= 32), as p3 shares the row count with the bias flag.
-    u32_len("matmul_4bit", (rows * cols).max(batch * cols).max(batch * rows) + 8)?;
+    u32_len(
+        "matmul_4bit",
+        (rows * cols).max(batch * cols).max(batch * rows) + 8,
+    )?;
     super::kernels::check_binding(gpu, "matmul_4bit", (x.len() * 4).max(batch * rows * 4))?;
     let xbuf = gpu.upload(bytemuck::cast_slice(x));
     let abuf = gpu.upload(bytemuck::cast_slice(w.absmax));

@@ -57,21 +57,24 @@ pub fn pick_linear_path(kind: WeightKind, rows: usize) -> LinearPath {
     }
 }
 
-/// Activation rows whose accumulators one kernel call keeps in registers (2 per row, 16 ymm in all).
-pub const GROUP: usize = 4;
-/// Columns per slice: a group's activation slices (4 rows x 1024 f32 = 16 KiB) stay in L1 across a tile.
-const KC: usize = 1024;
+/// Activation rows whose accumulators one kernel call keeps in registers: 4-bit decodes a weight group once
+/// per call, so it takes 8 rows (one accumulator each, 2 per row up to 4 rows); the integer kernels 4.
+pub const GROUP_4BIT: usize = 8;
+pub const GROUP_INT: usize = 4;
+/// Columns per slice: a group's activation slices (8 rows x 512 f32 = 16 KiB) stay in L1 across a tile.
+const KC: usize = 512;
 /// Weight rows per tile: each activation slice loaded into L1 serves this many weight rows.
 const TILE: usize = 8;
 
 /// Runs `kernel(j, k0, k1, g0, acc)` for every weight row `j < n`, column slice `k0..k1` and activation group
-/// starting at `g0`, where `acc` is row j's accumulators for activation rows `g0..g0 + acc.len()`. Returns the
+/// (of up to `group` rows) starting at `g0`, where `acc` is row j's accumulators for activation rows `g0..g0 + acc.len()`. Returns the
 /// accumulators as `[n][m]`.
 fn tiled<T: Copy + Default + Send>(
     n: usize,
     m: usize,
     k: usize,
     bytes_per_row: usize,
+    group: usize,
     kernel: impl Fn(usize, usize, usize, usize, &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut acc = vec![T::default(); n * m];
@@ -87,8 +90,8 @@ fn tiled<T: Copy + Default + Send>(
                 let t1 = (t0 + TILE).min(rows);
                 for k0 in (0..k).step_by(KC) {
                     let k1 = (k0 + KC).min(k);
-                    for g0 in (0..m).step_by(GROUP) {
-                        let g1 = (g0 + GROUP).min(m);
+                    for g0 in (0..m).step_by(group) {
+                        let g1 = (g0 + group).min(m);
                         for t in t0..t1 {
                             kernel(c * chunk + t, k0, k1, g0, &mut part[t * m + g0..t * m + g1]);
                         }
@@ -100,7 +103,12 @@ fn tiled<T: Copy + Default + Send>(
 }
 
 /// `[n][m]` to `[m][n]` with `f(j, value)` applied.
-fn transpose<T: Copy, U>(acc: &[T], n: usize, m: usize, f: impl Fn(usize, usize, T) -> U) -> Vec<U> {
+fn transpose<T: Copy, U>(
+    acc: &[T],
+    n: usize,
+    m: usize,
+    f: impl Fn(usize, usize, T) -> U,
+) -> Vec<U> {
     (0..m)
         .flat_map(|i| (0..n).map(move |j| (i, j)))
         .map(|(i, j)| f(i, j, acc[j * m + i]))
@@ -129,14 +137,22 @@ pub fn matmul_4bit(
     } else {
         xf
     };
-    let acc = tiled(w.rows, batch, cols, cols / 2, |j, k0, k1, g0, acc: &mut [f32]| {
-        let xg = &xd[g0 * cols..(g0 + acc.len()) * cols];
-        if simd {
-            span_4bit_simd(&w, j, k0, k1, xg, acc);
-        } else {
-            span_4bit_portable(&w, j, k0, k1, xg, acc);
-        }
-    });
+    let group = if simd { GROUP_4BIT } else { 1 };
+    let acc = tiled(
+        w.rows,
+        batch,
+        cols,
+        cols / 2,
+        group,
+        |j, k0, k1, g0, acc: &mut [f32]| {
+            let xg = &xd[g0 * cols..(g0 + acc.len()) * cols];
+            if simd {
+                span_4bit_simd(&w, j, k0, k1, xg, acc);
+            } else {
+                span_4bit_portable(&w, j, k0, k1, xg, acc);
+            }
+        },
+    );
     let y = transpose(&acc, w.rows, batch, |_, j, v| {
         v + bias.map_or(0.0, |b| b.get_f32(j))
     });
@@ -145,7 +161,13 @@ pub fn matmul_4bit(
 
 /// Calls `f(k, end, block)` for each run `k..end` of columns of row `r` inside `k0..k1` that lies in one block.
 #[inline(always)]
-fn block_runs(w: &Packed4bit, r: usize, k0: usize, k1: usize, mut f: impl FnMut(usize, usize, usize)) {
+fn block_runs(
+    w: &Packed4bit,
+    r: usize,
+    k0: usize,
+    k1: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let start = r * w.cols;
     let mut k = k0;
     // One division per span; blocks then follow one another.
@@ -167,7 +189,8 @@ fn span_4bit_portable(w: &Packed4bit, r: usize, k0: usize, k1: usize, x: &[f32],
             let xr = &x[i * w.cols..(i + 1) * w.cols];
             let mut s = [0.0f32; 8];
             for kk in k..end {
-                s[kk % 8] += xr[kk] * t[crate::format::fourbit::nibble(w.packed, start + kk) as usize];
+                s[kk % 8] +=
+                    xr[kk] * t[crate::format::fourbit::nibble(w.packed, start + kk) as usize];
             }
             *a += s.iter().sum::<f32>();
         }
@@ -183,10 +206,14 @@ fn span_4bit_simd(w: &Packed4bit, r: usize, k0: usize, k1: usize, xd: &[f32], ac
         // reads bytes (start + k0)/2 .. (start + k1)/2 and x columns k0..k1 of `acc.len()` rows.
         unsafe {
             match acc.len() {
-                1 => avx2::span_4bit::<1>(w, r, k0, k1, xd, acc),
-                2 => avx2::span_4bit::<2>(w, r, k0, k1, xd, acc),
-                3 => avx2::span_4bit::<3>(w, r, k0, k1, xd, acc),
-                _ => avx2::span_4bit::<4>(w, r, k0, k1, xd, acc),
+                1 => avx2::span_4bit::<1, 2>(w, r, k0, k1, xd, acc),
+                2 => avx2::span_4bit::<2, 2>(w, r, k0, k1, xd, acc),
+                3 => avx2::span_4bit::<3, 2>(w, r, k0, k1, xd, acc),
+                4 => avx2::span_4bit::<4, 2>(w, r, k0, k1, xd, acc),
+                5 => avx2::span_4bit::<5, 1>(w, r, k0, k1, xd, acc),
+                6 => avx2::span_4bit::<6, 1>(w, r, k0, k1, xd, acc),
+                7 => avx2::span_4bit::<7, 1>(w, r, k0, k1, xd, acc),
+                _ => avx2::span_4bit::<8, 1>(w, r, k0, k1, xd, acc),
             }
         }
     }
@@ -205,7 +232,7 @@ pub fn int8_linear_matmul(a: &[i8], b: &[i8], m: usize, n: usize, k: usize, isa:
     // Activations widened once: the kernel then multiplies i16 pairs with `madd` (exact, see fast::int8).
     let a16: Vec<i16> = a[..m * k].iter().map(|&v| v as i16).collect();
     let simd = isa.has_avx2();
-    let acc = tiled(n, m, k, k, |j, k0, k1, g0, acc: &mut [i32]| {
+    let acc = tiled(n, m, k, k, GROUP_INT, |j, k0, k1, g0, acc: &mut [i32]| {
         let br = &b[j * k..(j + 1) * k];
         let ag = &a16[g0 * k..(g0 + acc.len()) * k];
         if simd {
@@ -260,22 +287,29 @@ pub fn ternary_matmul(
         .map(|b| xq[b * cols..(b + 1) * cols].iter().map(|&v| v as i32).sum())
         .collect();
     let simd = isa.has_avx2();
-    let acc = tiled(r_rows, batch, cols, cols, |r, k0, k1, g0, acc: &mut [[i32; 4]]| {
-        let wr = &w.packed[r * cols..(r + 1) * cols];
-        let xg = &xq[g0 * cols..(g0 + acc.len()) * cols];
-        if simd {
-            span_ternary_simd(wr, k0, k1, xg, cols, acc);
-        } else {
-            for (i, o) in acc.iter_mut().enumerate() {
-                let xr = &xg[i * cols..(i + 1) * cols];
-                for c in k0..k1 {
-                    for (f, of) in o.iter_mut().enumerate() {
-                        *of += ((wr[c] >> (2 * f)) & 3) as i32 * xr[c] as i32;
+    let acc = tiled(
+        r_rows,
+        batch,
+        cols,
+        cols,
+        GROUP_INT,
+        |r, k0, k1, g0, acc: &mut [[i32; 4]]| {
+            let wr = &w.packed[r * cols..(r + 1) * cols];
+            let xg = &xq[g0 * cols..(g0 + acc.len()) * cols];
+            if simd {
+                span_ternary_simd(wr, k0, k1, xg, cols, acc);
+            } else {
+                for (i, o) in acc.iter_mut().enumerate() {
+                    let xr = &xg[i * cols..(i + 1) * cols];
+                    for c in k0..k1 {
+                        for (f, of) in o.iter_mut().enumerate() {
+                            *of += ((wr[c] >> (2 * f)) & 3) as i32 * xr[c] as i32;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     let mut y = vec![0.0f32; batch * rows];
     for (b, yr) in y.chunks_mut(rows.max(1)).enumerate() {
         for (o, yv) in yr.iter_mut().enumerate() {
@@ -324,10 +358,11 @@ mod avx2 {
     }
 
     /// M activation rows (de-interleaved per 16, row stride `cols`) against columns `k0..k1` of weight row
-    /// `r`; each 16-weight group is looked up once and feeds 2·M FMAs. Needs `cols`, `blocksize`, `k0` and
+    /// `r`; each 16-weight group is looked up once and feeds 2·M FMAs into A accumulators per row (2 keep
+    /// two FMA chains per row in flight when few rows are; 1 fits 8 rows in 16 registers). Needs `cols`, `blocksize`, `k0` and
     /// `k1` multiples of 16; the caller checks the slice bounds.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn span_4bit<const M: usize>(
+    pub(super) unsafe fn span_4bit<const M: usize, const A: usize>(
         w: &Packed4bit,
         r: usize,
         k0: usize,
@@ -345,7 +380,7 @@ mod avx2 {
                 _mm256_loadu_ps(table.as_ptr().add(8)),
             )
         };
-        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        let mut acc = [[_mm256_setzero_ps(); A]; M];
         let mut k = k0;
         // One division per span; blocks then follow one another.
         let mut b = (start + k0) / w.blocksize;
@@ -366,7 +401,7 @@ mod avx2 {
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let x = xp.add(i * w.cols + kk);
                         acc[0] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(x), acc[0]);
-                        acc[1] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x.add(8)), acc[1]);
+                        acc[A - 1] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x.add(8)), acc[A - 1]);
                     }
                 }
                 kk += 16;
@@ -375,7 +410,7 @@ mod avx2 {
             b += 1;
         }
         for (o, acc) in out.iter_mut().zip(&acc) {
-            *o += hsum(_mm256_add_ps(acc[0], acc[1]));
+            *o += hsum(acc[1..].iter().fold(acc[0], |s, &a| _mm256_add_ps(s, a)));
         }
     }
 
@@ -475,9 +510,18 @@ mod tests {
                 assert_eq!(pick_linear_path(kind, rows), GemvRows, "{kind:?} {rows}");
             }
         }
-        assert_eq!(pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT), GemvRows);
-        assert_eq!(pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT + 1), Gemm);
+        assert_eq!(
+            pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT),
+            GemvRows
+        );
+        assert_eq!(
+            pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT + 1),
+            Gemm
+        );
         assert_eq!(pick_linear_path(WeightKind::Int8, ROWS_MAX_INT8 + 1), Gemm);
-        assert_eq!(pick_linear_path(WeightKind::Ternary, ROWS_MAX_TERNARY + 1), Gemm);
+        assert_eq!(
+            pick_linear_path(WeightKind::Ternary, ROWS_MAX_TERNARY + 1),
+            Gemm
+        );
     }
 }
