@@ -7,6 +7,8 @@
 
 pub mod backend;
 pub mod bench;
+pub mod capability;
+pub mod device_tensor;
 pub mod error;
 pub mod format;
 pub mod io;
@@ -16,6 +18,7 @@ pub mod runtime;
 pub mod synth;
 pub mod tensor;
 
+pub use device_tensor::DeviceTensor;
 pub use error::{Error, Result};
 pub use format::{FourBitType, QuantState};
 pub use runtime::Device;

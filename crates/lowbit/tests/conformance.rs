@@ -1,0 +1,294 @@
+//! One conformance suite for every backend: each device-tensor op on each device (the CPU, the CPU reference
+//! backend, and the test GPU where there is one) against the host API on the CPU reference and against
+//! float64, on fresh random inputs (the seed is printed; `LOWBIT_SEED` replays). Devices run in strict mode
+//! and every test asserts that nothing fell back to the CPU, so a failing kernel cannot hide behind the
+//! recovery policy.
+
+mod wgpu_common;
+
+use lowbit::backend::cpu::{CpuBackend, ReferenceBackend};
+use lowbit::runtime::RecoveryPolicy;
+use lowbit::tensor::{DType, FloatVec, Tensor, TensorData};
+use lowbit::{Device, DeviceTensor, FourBitType};
+use std::sync::Arc;
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("LOWBIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    println!("{test}: seed {seed} (LOWBIT_SEED={seed} replays)");
+    seed
+}
+
+fn strict() -> RecoveryPolicy {
+    RecoveryPolicy {
+        strict: true,
+        ..RecoveryPolicy::default()
+    }
+}
+
+/// Every device under test, strict.
+fn devices() -> Vec<Device> {
+    let mut v = vec![
+        Device::from_backend(Arc::new(CpuBackend)).with_policy(strict()),
+        Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict()),
+    ];
+    if let Some(g) = wgpu_common::gpu() {
+        v.push(Device::from_backend(Arc::new(g)).with_policy(strict()));
+    }
+    v
+}
+
+/// The device's fallback count over all ops (must stay 0 in strict mode).
+fn fallbacks(dev: &Device) -> u64 {
+    dev.stats().ops.values().map(|s| s.fallbacks).sum()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        TensorData::Float(f) => f.to_f32_vec(),
+        _ => panic!("not a float tensor"),
+    }
+}
+
+fn rand(shape: Vec<usize>, scale: f32, seed: u64, dtype: DType) -> Tensor {
+    lowbit::synth::normal(shape, scale, seed, dtype)
+}
+
+/// `|a - b| <= tol * (1 + |b|)` elementwise, with a message naming the first offender.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: got {g}, want {w} (tol {tol})"
+        );
+    }
+}
+
+fn up(dev: &Device, t: &Tensor) -> DeviceTensor {
+    dev.to_device(t).unwrap()
+}
+
+#[test]
+fn linear_matches_float64_on_every_device() {
+    let s = seed("linear");
+    let (m, n, k) = (5, 37, 67);
+    let x = rand(vec![m, k], 1.0, s, DType::F32);
+    let w = rand(vec![n, k], 0.1, s + 1, DType::F32);
+    let b = rand(vec![n], 0.5, s + 2, DType::F32);
+    let (xv, wv, bv) = (f32s(&x), f32s(&w), f32s(&b));
+    let want: Vec<f32> = (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            let acc: f64 = (0..k)
+                .map(|j| xv[r * k + j] as f64 * wv[c * k + j] as f64)
+                .sum();
+            (acc + bv[c] as f64) as f32
+        })
+        .collect();
+    for dev in devices() {
+        let y = dev
+            .linear(&up(&dev, &x), &up(&dev, &w), Some(&up(&dev, &b)))
+            .unwrap();
+        assert_eq!(y.shape(), [m, n]);
+        assert_eq!(y.device_id(), dev.id());
+        let y = dev.to_host(&y).unwrap();
+        assert_close(&format!("linear on {}", dev.id()), &f32s(&y), &want, 1e-5);
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
+#[test]
+fn linear_4bit_matches_the_host_reference_on_every_device() {
+    let s = seed("linear_4bit");
+    let (rows, cols) = (48, 256);
+    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    for (qt, dq) in [(FourBitType::Nf4, true), (FourBitType::Fp4, false)] {
+        let q = reference.quantize_4bit(&w, qt, 64, dq).unwrap();
+        let bias = rand(vec![rows], 0.5, s + 3, DType::F32);
+        for batch in [1usize, 3] {
+            let x = rand(vec![batch, cols], 1.0, s + batch as u64, DType::F32);
+            let want = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
+            for dev in devices() {
+                let dw = dev.upload_4bit(&q).unwrap();
+                let y = dev
+                    .linear_4bit(&up(&dev, &x), &dw, Some(&up(&dev, &bias)))
+                    .unwrap();
+                assert_eq!(y.shape(), [batch, rows]);
+                let got = f32s(&dev.to_host(&y).unwrap());
+                assert_close(
+                    &format!("{qt:?} batch {batch} on {}", dev.id()),
+                    &got,
+                    &want,
+                    2e-5,
+                );
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_ternary_is_bit_identical_on_every_device() {
+    let s = seed("linear_ternary");
+    let (rows, cols, batch) = (21, 96, 4);
+    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let tw = reference.ternary_quantize(&w).unwrap();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let x = rand(vec![batch, cols], 1.0, s + 1, dtype);
+        let layer = lowbit::ops::BitLinear {
+            weight: tw.clone(),
+            bias: None,
+        };
+        let want = f32s(&reference.bitlinear(&x, &layer).unwrap());
+        let want = FloatVec::from_f32(want, dtype).to_f32_vec();
+        for dev in devices() {
+            let dw = dev.upload_ternary(&tw).unwrap();
+            let y = dev.linear_ternary(&up(&dev, &x), &dw, None).unwrap();
+            assert_eq!(y.dtype(), dtype);
+            let got = f32s(&dev.to_host(&y).unwrap());
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{dtype} on {}: {got:?} vs {want:?}", dev.id());
+            assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+        }
+    }
+}
+
+#[test]
+fn norms_match_float64_on_every_device() {
+    let s = seed("norms");
+    let (rows, cols) = (6, 300);
+    let x = rand(vec![rows, cols], 2.0, s, DType::F32);
+    let w = rand(vec![cols], 1.0, s + 1, DType::F32);
+    let (xv, wv) = (f32s(&x), f32s(&w));
+    let eps = 1e-6f32;
+    let mut rms = vec![0f32; rows * cols];
+    let mut soft = vec![0f32; rows * cols];
+    for r in 0..rows {
+        let row = &xv[r * cols..(r + 1) * cols];
+        let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+        let inv = 1.0 / (ms + eps as f64).sqrt();
+        let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - mx).exp()).sum();
+        for c in 0..cols {
+            rms[r * cols + c] = (row[c] as f64 * inv * wv[c] as f64) as f32;
+            soft[r * cols + c] = ((row[c] as f64 - mx).exp() / z) as f32;
+        }
+    }
+    for dev in devices() {
+        let dx = up(&dev, &x);
+        let y = dev.rms_norm_on(&dx, &up(&dev, &w), eps).unwrap();
+        assert_close(
+            &format!("rms_norm on {}", dev.id()),
+            &f32s(&dev.to_host(&y).unwrap()),
+            &rms,
+            2e-6,
+        );
+        let y = dev.softmax_on(&dx).unwrap();
+        assert_close(
+            &format!("softmax on {}", dev.id()),
+            &f32s(&dev.to_host(&y).unwrap()),
+            &soft,
+            2e-6,
+        );
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
+#[test]
+fn copy_rows_appends_in_place_on_every_device() {
+    let s = seed("copy_rows");
+    let cache = rand(vec![8, 2, 4], 1.0, s, DType::F32);
+    let new = rand(vec![3, 2, 4], 1.0, s + 1, DType::F32);
+    let mut want = f32s(&cache);
+    want[2 * 8..5 * 8].copy_from_slice(&f32s(&new));
+    for dev in devices() {
+        let dc = up(&dev, &cache);
+        dev.copy_rows(&dc, 2, &up(&dev, &new)).unwrap();
+        assert_eq!(f32s(&dev.to_host(&dc).unwrap()), want, "{}", dev.id());
+        let err = dev.copy_rows(&dc, 6, &up(&dev, &new)).unwrap_err();
+        assert!(err.to_string().contains("cannot write"), "{err}");
+    }
+}
+
+#[test]
+fn a_chain_stays_on_the_gpu_and_reads_back_once() {
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("chain");
+    let dev = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let (rows, cols) = (64, 128);
+    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
+    let q = dev.quantize_4bit(&w, FourBitType::Nf4, 64, true).unwrap();
+    let norm_w = rand(vec![cols], 1.0, s + 1, DType::F32);
+    let x = rand(vec![2, cols], 1.0, s + 2, DType::F32);
+    let dw = dev.upload_4bit(&q).unwrap();
+    let dn = up(&dev, &norm_w);
+    let dx = up(&dev, &x);
+    let (subs0, reads0) = g.gpu().counters();
+    let h = dev.rms_norm_on(&dx, &dn, 1e-5).unwrap();
+    let y = dev.linear_4bit(&h, &dw, None).unwrap();
+    let p = dev.softmax_on(&y).unwrap();
+    let (subs1, reads1) = g.gpu().counters();
+    assert_eq!(reads1 - reads0, 0, "no host read before to_host");
+    assert_eq!(subs1 - subs0, 3, "one submission per op");
+    let got = f32s(&dev.to_host(&p).unwrap());
+    assert_eq!(g.gpu().counters().1 - reads1, 1, "one read for the result");
+    // The same chain through the host API on the CPU.
+    let cpu = Device::cpu();
+    let want = cpu
+        .softmax(
+            &cpu.matmul_4bit(&cpu.rms_norm(&x, &norm_w, 1e-5).unwrap(), &q, None)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_close("chain", &got, &f32s(&want), 1e-5);
+    assert_eq!(fallbacks(&dev), 0);
+}
+
+#[test]
+fn bad_operands_are_typed_errors() {
+    let s = seed("errors");
+    let cpu = Device::cpu();
+    let x = up(&cpu, &rand(vec![2, 16], 1.0, s, DType::F32));
+    let w = up(&cpu, &rand(vec![8, 15], 1.0, s + 1, DType::F32));
+    let e = cpu.linear(&x, &w, None).unwrap_err().to_string();
+    assert!(e.contains("w must be [n, 16]"), "{e}");
+    let ids = up(
+        &cpu,
+        &Tensor {
+            shape: vec![2],
+            data: TensorData::I32(vec![0, 1]),
+        },
+    );
+    let e = cpu.add(&x, &ids).unwrap_err().to_string();
+    assert!(e.contains("one shape and dtype"), "{e}");
+    // A tensor of another device is refused before any kernel runs.
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let other = up(&reference, &rand(vec![2, 16], 1.0, s, DType::F32));
+    let e = cpu.add(&x, &other).unwrap_err();
+    assert!(
+        matches!(e, lowbit::Error::WrongDevice { .. }),
+        "{e}: expected a wrong-device error"
+    );
+    // Storage shorter than the shape claims cannot be built.
+    let e = DeviceTensor::new(vec![1 << 40, 1 << 30], DType::F32, x.storage().clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs") || e.contains("overflows"), "{e}");
+    let e = x.reshape(vec![3, 11]).unwrap_err().to_string();
+    assert!(e.contains("cannot view"), "{e}");
+}
