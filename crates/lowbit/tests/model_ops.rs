@@ -4,7 +4,8 @@
 //!
 //! Tolerances: the float32 arithmetic of each op is bounded a priori (a few units of 2^-24 per operation, the
 //! bound is written next to each check), plus half an ulp of the output dtype for the final narrowing
-//! (`2^-24`, `2^-11`, `2^-8` relative) and, for f16, half its smallest subnormal.
+//! (`2^-24`, `2^-11`, `2^-8` relative) and an underflow floor (f32's smallest normal; for f16 half its
+//! smallest subnormal).
 
 use half::{bf16, f16};
 use lowbit::backend::cpu::reference::model;
@@ -25,12 +26,14 @@ fn rng(test: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-/// Half an ulp of `dt` relative, and an absolute floor for f16's subnormal spacing.
+/// Half an ulp of `dt` relative, and an absolute floor for underflow (f32's smallest normal: results
+/// below it, e.g. silu(-100), may flush through `exp` overflow; half of f16's smallest subnormal).
 fn narrowing(dt: DType) -> (f64, f64) {
+    let tiny = f32::MIN_POSITIVE as f64;
     match dt {
-        DType::F32 => (EPS32, 0.0),
+        DType::F32 => (EPS32, tiny),
         DType::F16 => (1.0 / 2048.0, 2f64.powi(-25)),
-        _ => (1.0 / 256.0, 0.0),
+        _ => (1.0 / 256.0, tiny),
     }
 }
 

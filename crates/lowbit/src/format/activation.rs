@@ -62,6 +62,10 @@ pub const ERFC_FIT: [f32; 10] = [
 /// beyond. Measured maximum absolute error against a float64 erf: 1.3e-7 (`tests/model_ops.rs` checks
 /// 2e-7); NaN stays NaN.
 pub fn erf(x: f32) -> f32 {
+    if x.is_nan() {
+        // `min` below would turn NaN into the clamp.
+        return x;
+    }
     let z = x.abs().min(ERF_CLAMP);
     if z < ERF_SPLIT {
         let s = x * x;
