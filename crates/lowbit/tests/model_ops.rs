@@ -38,7 +38,9 @@ fn narrowing(dt: DType) -> (f64, f64) {
 }
 
 fn uniform(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| r.random_range(-1.0f32..1.0) * scale).collect()
+    (0..n)
+        .map(|_| r.random_range(-1.0f32..1.0) * scale)
+        .collect()
 }
 
 fn to<T: Float>(v: &[f32]) -> Vec<T> {
@@ -87,7 +89,12 @@ fn inv_freq_matches_the_formula() {
     assert_eq!(inv_freq(4, 500000.0, None), vec![1.0, want]);
     // Odd dims: arange(0, 5, 2) has three entries.
     assert_eq!(inv_freq(5, 10000.0, None).len(), 3);
-    for (theta, dim) in [(10000.0, 128usize), (500000.0, 128), (10000.0, 64), (1e6, 96)] {
+    for (theta, dim) in [
+        (10000.0, 128usize),
+        (500000.0, 128),
+        (10000.0, 64),
+        (1e6, 96),
+    ] {
         let got = inv_freq(dim, theta, None);
         assert_eq!(got.len(), dim / 2);
         for (i, &g) in got.iter().enumerate() {
@@ -122,11 +129,18 @@ fn llama3_scaling_matches_the_piecewise_rule() {
         let wavelen = 2.0 * std::f64::consts::PI / f;
         let want = if wavelen < 2048.0 {
             kept += 1;
-            assert_eq!(scaled[i], plain[i], "i {i}: high frequencies are kept bit for bit");
+            assert_eq!(
+                scaled[i], plain[i],
+                "i {i}: high frequencies are kept bit for bit"
+            );
             f
         } else if wavelen > 8192.0 {
             divided += 1;
-            assert_eq!(scaled[i], plain[i] / 8.0, "i {i}: low frequencies are divided by 8");
+            assert_eq!(
+                scaled[i],
+                plain[i] / 8.0,
+                "i {i}: low frequencies are divided by 8"
+            );
             f / 8.0
         } else {
             smooth += 1;
@@ -163,8 +177,14 @@ fn cos_sin_tables_match_f64() {
             let angle = pos as f64 * f as f64;
             let bound = angle * EPS32 + EPS32;
             let k = row * 64 + i;
-            assert!((c[k] as f64 - angle.cos()).abs() <= bound, "cos pos {pos} i {i}");
-            assert!((s[k] as f64 - angle.sin()).abs() <= bound, "sin pos {pos} i {i}");
+            assert!(
+                (c[k] as f64 - angle.cos()).abs() <= bound,
+                "cos pos {pos} i {i}"
+            );
+            assert!(
+                (s[k] as f64 - angle.sin()).abs() <= bound,
+                "sin pos {pos} i {i}"
+            );
         }
     }
 }
@@ -197,10 +217,23 @@ fn erf64(x: f64) -> f64 {
 fn erf_approximation_is_within_2e_7() {
     let mut r = rng("erf");
     let mut worst = (0.0f64, 0.0f32);
-    let mut xs: Vec<f32> = (0..2_000_000).map(|_| r.random_range(-6.0f32..6.0)).collect();
+    let mut xs: Vec<f32> = (0..2_000_000)
+        .map(|_| r.random_range(-6.0f32..6.0))
+        .collect();
     // Dense around the branch point and tiny values.
     xs.extend((0..20000).map(|i| 0.99 + i as f32 * 1e-6));
-    xs.extend([0.0, -0.0, 1e-30, 1e-10, 1.0, -1.0, 9.99, 10.0, 1e30, f32::INFINITY]);
+    xs.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        1e-10,
+        1.0,
+        -1.0,
+        9.99,
+        10.0,
+        1e30,
+        f32::INFINITY,
+    ]);
     for &x in &xs {
         let err = (activation::erf(x) as f64 - erf64(x as f64)).abs();
         if err > worst.0 {
@@ -289,7 +322,10 @@ fn embedding_case<T: Float>(r: &mut StdRng) {
     assert_eq!(got.len(), ids.len() * dim);
     for (t, &id) in ids.iter().enumerate() {
         for d in 0..dim {
-            let (g, w) = (got[t * dim + d].to_f32(), table[id as usize * dim + d].to_f32());
+            let (g, w) = (
+                got[t * dim + d].to_f32(),
+                table[id as usize * dim + d].to_f32(),
+            );
             assert_eq!(g.to_bits(), w.to_bits(), "token {t} dim {d}");
         }
     }
@@ -420,7 +456,8 @@ fn attention64(
                     .sum();
                 s.push(dot * scale as f64);
                 // A sequential f32 dot of hd terms errs by at most hd eps sum|q k|; then the scale.
-                ds = ds.max(((hd + 1) as f64 * EPS32 * mag + EPS32 * dot.abs()) * scale.abs() as f64);
+                ds = ds
+                    .max(((hd + 1) as f64 * EPS32 * mag + EPS32 * dot.abs()) * scale.abs() as f64);
             }
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -461,7 +498,10 @@ fn attention_case<T: Float>(
     let mut v = to::<T>(&uniform(r, capacity * n_kv * hd, 1.0));
     // Rows past kv_len must never be read.
     let row = n_kv * hd;
-    for x in k[kv_len * row..].iter_mut().chain(v[kv_len * row..].iter_mut()) {
+    for x in k[kv_len * row..]
+        .iter_mut()
+        .chain(v[kv_len * row..].iter_mut())
+    {
         *x = T::from_f32(f32::NAN);
     }
     let scale = 1.0 / (hd as f32).sqrt();
@@ -518,5 +558,8 @@ fn attention_causal_rows_and_single_key() {
     assert_eq!(&out[..4], &v[..]);
     assert_ne!(&out[4..], &v[..]);
     // An empty cache gives zeros.
-    assert_eq!(model::attention(&q, &k, &v, 1, 1, 4, 0, 0, 0.5), vec![0.0; 4]);
+    assert_eq!(
+        model::attention(&q, &k, &v, 1, 1, 4, 0, 0, 0.5),
+        vec![0.0; 4]
+    );
 }

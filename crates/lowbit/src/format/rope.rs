@@ -73,7 +73,11 @@ fn scale(inv: &[f32], scaling: &RopeScaling) -> Vec<f32> {
                 .map(|&f| {
                     // `scalar / tensor` is `tensor.reciprocal() * scalar` in torch.
                     let wavelen = (1.0 / f) * two_pi;
-                    let f_llama = if wavelen > low_wavelen { f / factor32 } else { f };
+                    let f_llama = if wavelen > low_wavelen {
+                        f / factor32
+                    } else {
+                        f
+                    };
                     let smooth = ((1.0 / wavelen) * old as f32 - low32) / span;
                     let smoothed = (1.0 - smooth) * f_llama / factor32 + smooth * f_llama;
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);

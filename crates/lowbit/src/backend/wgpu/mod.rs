@@ -6,6 +6,7 @@
 pub mod bench;
 mod context;
 mod kernels;
+pub mod model_ops;
 pub mod shaders;
 mod tensor;
 
