@@ -215,7 +215,7 @@ fn cast_narrowing_matches_half_bit_for_bit() {
     let mut r = rng("cast_narrowing");
     let mut pats = narrowing_patterns(&mut r);
     // An odd count exercises the half-filled last word.
-    if pats.len() % 2 == 0 {
+    if pats.len().is_multiple_of(2) {
         pats.push(0x3f80_1000);
     }
     let x: Vec<f32> = pats.iter().map(|&b| f32::from_bits(b)).collect();

@@ -44,7 +44,8 @@ pub const ERF_TAYLOR: [f32; 12] = [
 ];
 
 /// Numerical Recipes' Chebyshev fit `erfc(z) = t exp(-z^2 + P(t))`, `t = 1 / (1 + z/2)` (fractional error
-/// below 1.2e-7 for every z >= 0); coefficients of P from t^0 to t^9.
+/// below 1.2e-7 for every z >= 0); coefficients of P from t^0 to t^9 (the published decimals, written
+/// with the digits that determine their f32 values).
 pub const ERFC_FIT: [f32; 10] = [
     -1.265_512_2,
     1.000_023_7,
@@ -52,8 +53,8 @@ pub const ERFC_FIT: [f32; 10] = [
     0.096_784_18,
     -0.186_288_06,
     0.278_868_07,
-    -1.135_203_98,
-    1.488_515_87,
+    -1.135_204,
+    1.488_515_9,
     -0.822_152_23,
     0.170_872_77,
 ];

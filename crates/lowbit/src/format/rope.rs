@@ -80,7 +80,8 @@ fn scale(inv: &[f32], scaling: &RopeScaling) -> Vec<f32> {
                     };
                     let smooth = ((1.0 / wavelen) * old as f32 - low32) / span;
                     let smoothed = (1.0 - smooth) * f_llama / factor32 + smooth * f_llama;
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    // torch's `~(w < high) * ~(w > low)`; the same for every non-NaN wavelength.
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     if medium { smoothed } else { f_llama }
                 })
                 .collect()

@@ -153,7 +153,7 @@ pub(crate) fn encode_rope(
         pos_start,
         layout,
     } = *dims;
-    if rotary_dim % 2 != 0 || rotary_dim > head_dim {
+    if !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
         return Err(Error::invalid(
             OP,
             format!("rotary_dim {rotary_dim} must be even and at most head_dim {head_dim}"),
@@ -273,7 +273,7 @@ fn check_attention(dims: &AttentionDims) -> Result<()> {
         head_dim,
         ..
     } = *dims;
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(Error::invalid(
             OP,
             format!("n_heads {n_heads} must be a positive multiple of n_kv_heads {n_kv_heads}"),
@@ -404,7 +404,9 @@ pub(crate) fn encode_copy_rows(
     let row_bytes = mul(OP, row_len, dtype.size_in_bytes())?;
     let offset = mul(OP, dst_row, row_bytes)? as u64;
     let size = mul(OP, n_rows, row_bytes)? as u64;
-    if offset % wgpu::COPY_BUFFER_ALIGNMENT != 0 || size % wgpu::COPY_BUFFER_ALIGNMENT != 0 {
+    if !offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        || !size.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+    {
         return Err(Error::invalid(
             OP,
             format!("byte offset {offset} and size {size} must be multiples of 4"),
@@ -463,7 +465,7 @@ fn run_f32(
 /// Rows of `table` (`[vocab, dim]`) for `ids`, as f32. Every id must be below vocab.
 pub fn embedding(gpu: &Gpu, table: Floats, dim: usize, ids: &[u32]) -> Result<Vec<f32>> {
     const OP: &str = "embedding";
-    if dim == 0 || table.len() % dim != 0 {
+    if dim == 0 || !table.len().is_multiple_of(dim) {
         return Err(Error::shape(
             OP,
             format!("table of {} elements is not [vocab, {dim}]", table.len()),
@@ -567,7 +569,7 @@ pub fn attention(
     same_len(OP, "q", q.len(), n)?;
     same_len(OP, "v cache", v.len(), k.len())?;
     let kv_row = dims.n_kv_heads * dims.head_dim;
-    if k.len() % kv_row != 0 || k.len() / kv_row < dims.kv_len {
+    if !k.len().is_multiple_of(kv_row) || k.len() / kv_row < dims.kv_len {
         return Err(Error::shape(
             OP,
             format!(
@@ -610,7 +612,7 @@ pub fn copy_rows(
 ) -> Result<FloatVec> {
     const OP: &str = "copy_rows";
     same_dtype(OP, dst.dtype(), src.dtype())?;
-    if row_len == 0 || src.len() % row_len != 0 {
+    if row_len == 0 || !src.len().is_multiple_of(row_len) {
         return Err(Error::shape(
             OP,
             format!(
