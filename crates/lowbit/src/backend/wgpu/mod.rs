@@ -7,6 +7,7 @@ pub mod bench;
 mod context;
 mod device_ops;
 mod kernels;
+pub mod model_ops;
 pub mod shaders;
 mod tensor;
 

@@ -476,6 +476,13 @@ pub enum Shader {
     TernaryGemvFast(GemvShape),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
     SubgroupProbe,
+    /// Model ops (`model_ops.rs`), inputs of the given dtype.
+    Embedding(DType),
+    Rope(DType),
+    ModelElementwise(DType),
+    Attention(DType),
+    /// f32 <-> f16/bf16 on bit patterns, the direction in the params.
+    Cast,
 }
 
 impl Shader {
@@ -554,6 +561,13 @@ impl Shader {
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
+            Shader::Embedding(_)
+            | Shader::Rope(_)
+            | Shader::ModelElementwise(_)
+            | Shader::Attention(_)
+            | Shader::Cast => {
+                s += &super::model_ops::source(self).expect("a model-op shader");
+            }
         }
         s
     }
@@ -576,7 +590,12 @@ impl Shader {
             v.push(Shader::RowQuant(dt));
             v.push(Shader::ColOutliers(dt));
             v.push(Shader::TernaryQuantize(dt));
+            v.push(Shader::Embedding(dt));
+            v.push(Shader::Rope(dt));
+            v.push(Shader::ModelElementwise(dt));
+            v.push(Shader::Attention(dt));
         }
+        v.push(Shader::Cast);
         for bits in [8, 4] {
             for vpt in DEQUANTIZE_VPT {
                 v.push(Shader::Dequantize { bits, vpt });
