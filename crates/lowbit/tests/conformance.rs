@@ -12,6 +12,13 @@ use lowbit::tensor::{DType, FloatVec, Tensor, TensorData};
 use lowbit::{Device, DeviceTensor, FourBitType};
 use std::sync::Arc;
 
+/// The tests of this file run one at a time: they share the GPU, whose submission and read counters some of
+/// them assert, and the per-device statistics.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn seed(test: &str) -> u64 {
     let seed = std::env::var("LOWBIT_SEED")
         .ok()
@@ -78,6 +85,7 @@ fn up(dev: &Device, t: &Tensor) -> DeviceTensor {
 
 #[test]
 fn linear_matches_float64_on_every_device() {
+    let _serial = serial();
     let s = seed("linear");
     let (m, n, k) = (5, 37, 67);
     let x = rand(vec![m, k], 1.0, s, DType::F32);
@@ -107,6 +115,7 @@ fn linear_matches_float64_on_every_device() {
 
 #[test]
 fn linear_4bit_matches_the_host_reference_on_every_device() {
+    let _serial = serial();
     let s = seed("linear_4bit");
     let (rows, cols) = (48, 256);
     let w = rand(vec![rows, cols], 0.05, s, DType::F32);
@@ -138,6 +147,7 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
 
 #[test]
 fn linear_ternary_is_bit_identical_on_every_device() {
+    let _serial = serial();
     let s = seed("linear_ternary");
     let (rows, cols, batch) = (21, 96, 4);
     let w = rand(vec![rows, cols], 0.05, s, DType::F32);
@@ -168,6 +178,7 @@ fn linear_ternary_is_bit_identical_on_every_device() {
 
 #[test]
 fn norms_match_float64_on_every_device() {
+    let _serial = serial();
     let s = seed("norms");
     let (rows, cols) = (6, 300);
     let x = rand(vec![rows, cols], 2.0, s, DType::F32);
@@ -209,6 +220,7 @@ fn norms_match_float64_on_every_device() {
 
 #[test]
 fn copy_rows_appends_in_place_on_every_device() {
+    let _serial = serial();
     let s = seed("copy_rows");
     let cache = rand(vec![8, 2, 4], 1.0, s, DType::F32);
     let new = rand(vec![3, 2, 4], 1.0, s + 1, DType::F32);
@@ -225,6 +237,7 @@ fn copy_rows_appends_in_place_on_every_device() {
 
 #[test]
 fn a_chain_stays_on_the_gpu_and_reads_back_once() {
+    let _serial = serial();
     let Some(g) = wgpu_common::gpu() else {
         return;
     };
@@ -261,6 +274,7 @@ fn a_chain_stays_on_the_gpu_and_reads_back_once() {
 
 #[test]
 fn bad_operands_are_typed_errors() {
+    let _serial = serial();
     let s = seed("errors");
     let cpu = Device::cpu();
     let x = up(&cpu, &rand(vec![2, 16], 1.0, s, DType::F32));
@@ -291,4 +305,179 @@ fn bad_operands_are_typed_errors() {
     assert!(e.contains("needs") || e.contains("overflows"), "{e}");
     let e = x.reshape(vec![3, 11]).unwrap_err().to_string();
     assert!(e.contains("cannot view"), "{e}");
+}
+
+fn small_block() -> lowbit::nn::BlockConfig {
+    lowbit::nn::BlockConfig {
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        intermediate: 512,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        max_positions: 16,
+    }
+}
+
+#[test]
+fn a_decoder_block_on_the_gpu_equals_the_cpu_and_stays_there() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("decoder_block");
+    let cfg = small_block();
+    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, s);
+    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let mut on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let mut on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    // Prefill 5 tokens in one block call, then decode 3 single tokens.
+    for (step, tokens) in [5usize, 1, 1, 1].into_iter().enumerate() {
+        let x = rand(
+            vec![tokens, cfg.hidden],
+            1.0,
+            s + 10 + step as u64,
+            DType::F32,
+        );
+        let want = cpu
+            .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
+            .unwrap();
+        let dx = up(&gpu, &x);
+        let (subs0, reads0) = g.gpu().counters();
+        let y = on_gpu.forward(&gpu, &dx).unwrap();
+        let (subs1, reads1) = g.gpu().counters();
+        assert_eq!(
+            reads1 - reads0,
+            0,
+            "step {step}: the block reads nothing back"
+        );
+        // One submission per op: norm, q, k, v, 2 rope, 2 cache writes, attention, o, add, norm, gate, up,
+        // silu*up, down, add.
+        assert_eq!(subs1 - subs0, 17, "step {step}: submissions per block");
+        let got = gpu.to_host(&y).unwrap();
+        assert_close(
+            &format!("block step {step}"),
+            &f32s(&got),
+            &f32s(&want),
+            2e-4,
+        );
+    }
+    assert_eq!(on_gpu.cached(), 8);
+    assert_eq!(fallbacks(&gpu), 0);
+    assert_eq!(fallbacks(&cpu), 0);
+}
+
+#[test]
+fn model_ops_match_the_cpu_on_every_device_and_dtype() {
+    let _serial = serial();
+    use lowbit::format::activation::GeluKind;
+    use lowbit::format::rope::{RopeLayout, cos_sin_table, inv_freq};
+    let s = seed("model_ops");
+    let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
+    let (tokens, heads, kv_heads, hd) = (3usize, 4usize, 2usize, 16usize);
+    let freqs = inv_freq(hd, 10000.0, None);
+    let (cos, sin) = cos_sin_table(&freqs, 0..32);
+    let cos = Tensor::f32(vec![32, hd / 2], cos);
+    let sin = Tensor::f32(vec![32, hd / 2], sin);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        // Bounds: f32 kernels agree within float32 rounding; narrowed results within one unit of the
+        // narrow type's last place.
+        let tol = match dtype {
+            DType::F32 => 2e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        let a = rand(vec![tokens, heads, hd], 1.0, s, dtype);
+        let b = rand(vec![tokens, heads, hd], 1.0, s + 1, dtype);
+        let kc = rand(vec![8, kv_heads, hd], 1.0, s + 2, dtype);
+        let vc = rand(vec![8, kv_heads, hd], 1.0, s + 3, dtype);
+        let table = rand(vec![50, 24], 1.0, s + 4, dtype);
+        let ids = [3u32, 49, 0, 7];
+        type Run<'a> = dyn Fn(&Device) -> DeviceTensor + 'a;
+        let cases: Vec<(&str, Box<Run<'_>>)> = vec![
+            (
+                "add",
+                Box::new(|d: &Device| d.add(&up(d, &a), &up(d, &b)).unwrap()),
+            ),
+            (
+                "silu_mul",
+                Box::new(|d: &Device| d.silu_mul(&up(d, &a), &up(d, &b)).unwrap()),
+            ),
+            (
+                "gelu tanh",
+                Box::new(|d: &Device| d.gelu(&up(d, &a), GeluKind::Tanh).unwrap()),
+            ),
+            (
+                "gelu erf",
+                Box::new(|d: &Device| d.gelu(&up(d, &a), GeluKind::Erf).unwrap()),
+            ),
+            (
+                "rope halves",
+                Box::new(|d: &Device| {
+                    d.rope(
+                        &up(d, &a),
+                        &up(d, &cos),
+                        &up(d, &sin),
+                        5,
+                        hd,
+                        RopeLayout::Halves,
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "rope interleaved",
+                Box::new(|d: &Device| {
+                    d.rope(
+                        &up(d, &a),
+                        &up(d, &cos),
+                        &up(d, &sin),
+                        2,
+                        hd,
+                        RopeLayout::Interleaved,
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "attention",
+                Box::new(|d: &Device| {
+                    d.attention(&up(d, &a), &up(d, &kc), &up(d, &vc), 6, None)
+                        .unwrap()
+                }),
+            ),
+            (
+                "embedding",
+                Box::new(|d: &Device| d.embedding(&up(d, &table), &ids).unwrap()),
+            ),
+            (
+                "cast",
+                Box::new(|d: &Device| {
+                    let x = d.cast(&up(d, &a), DType::F32).unwrap();
+                    d.cast(&x, dtype).unwrap()
+                }),
+            ),
+        ];
+        for (name, run) in &cases {
+            let want = cpu.to_host(&run(&cpu)).unwrap();
+            for dev in devices() {
+                let y = run(&dev);
+                assert_eq!(y.dtype(), dtype, "{name} {dtype} on {}", dev.id());
+                let got = dev.to_host(&y).unwrap();
+                assert_eq!(got.shape, want.shape);
+                assert_close(
+                    &format!("{name} {dtype} on {}", dev.id()),
+                    &f32s(&got),
+                    &f32s(&want),
+                    tol,
+                );
+                if matches!(*name, "embedding" | "cast" | "add") {
+                    assert_eq!(got, want, "{name} {dtype} on {}: exact", dev.id());
+                }
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+            }
+        }
+    }
 }

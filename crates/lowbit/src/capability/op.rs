@@ -1,6 +1,8 @@
 //! The ops by name: the unit of capability checks and statistics.
 
 use crate::format::FourBitType;
+use crate::format::activation::GeluKind;
+use crate::format::rope::RopeLayout;
 use crate::tensor::DType;
 
 /// The kernels, by name: the unit of capability checks and statistics.
@@ -128,13 +130,12 @@ pub enum Op {
         head_dim: usize,
         rotary_dim: usize,
         pos_start: usize,
-        /// Pairs `(2i, 2i+1)` (Meta, GPT-J) instead of `(i, i + d/2)` (GPT-NeoX, transformers).
-        interleaved: bool,
+        layout: RopeLayout,
     },
     /// `silu(gate) * up`. Operands: gate, up (same shape).
     SiluMul,
     /// GELU, tanh approximation or erf. Operand: x.
-    Gelu { tanh: bool },
+    Gelu { kind: GeluKind },
     /// `a + b` (same shape). Operands: a, b.
     Add,
     /// Causal attention of `q [nq, n_heads, head_dim]` over KV caches `[capacity, n_kv_heads, head_dim]`

@@ -5,6 +5,8 @@
 use crate::capability::Op;
 use crate::device_tensor::DeviceTensor;
 use crate::format::BLOCKSIZES_4BIT;
+use crate::format::activation::GeluKind;
+use crate::format::rope::RopeLayout;
 use crate::format::ternary::packed_rows;
 use crate::ops::{Quantized4bit, TernaryWeight};
 use crate::runtime::Device;
@@ -307,10 +309,10 @@ impl Device {
         self.run_op(&Op::SiluMul, &[gate, up])
     }
 
-    /// GELU (`tanh` approximation or the erf form).
-    pub fn gelu(&self, x: &DeviceTensor, tanh: bool) -> Result<DeviceTensor> {
+    /// GELU (tanh approximation or the erf form).
+    pub fn gelu(&self, x: &DeviceTensor, kind: GeluKind) -> Result<DeviceTensor> {
         float_dtype("gelu", "x", x)?;
-        self.run_op(&Op::Gelu { tanh }, &[x])
+        self.run_op(&Op::Gelu { kind }, &[x])
     }
 
     /// Converts a float tensor to `to` on the device (exact widening, round-to-nearest-even narrowing).
@@ -366,7 +368,7 @@ impl Device {
         sin: &DeviceTensor,
         pos_start: usize,
         rotary_dim: usize,
-        interleaved: bool,
+        layout: RopeLayout,
     ) -> Result<DeviceTensor> {
         const OP: &str = "rope";
         float_dtype(OP, "x", x)?;
@@ -407,7 +409,7 @@ impl Device {
                 head_dim,
                 rotary_dim,
                 pos_start,
-                interleaved,
+                layout,
             },
             &[x, cos, sin],
         )
@@ -452,7 +454,7 @@ impl Device {
                 expected: "caches of q's dtype",
             });
         }
-        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::shape(
                 OP,
                 format!("{n_heads} query heads cannot share {n_kv_heads} KV heads evenly"),

@@ -2,6 +2,7 @@
 //! CPU kernels, or the reference ones). The runtime's CPU fallback runs the same code, so an op gives the same
 //! answer whether the CPU was chosen or fallen back to.
 
+use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
 use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
@@ -28,7 +29,6 @@ impl<'a> HostView<'a> {
             _ => Err(dtype_err(op, self.data, "u8")),
         }
     }
-    #[allow(dead_code)] // used by the model ops
     fn i32(&self, op: &'static str) -> Result<&'a [i32]> {
         match self.data {
             TensorData::I32(v) => Ok(v),
@@ -70,6 +70,24 @@ fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
 
 fn out(shape: Vec<usize>, v: FloatVec) -> Tensor {
     Tensor::from_floats(shape, v)
+}
+
+/// Runs an elementwise kernel of two operands of one float dtype.
+macro_rules! binary {
+    ($op:expr, $a:expr, $b:expr, $f:path) => {
+        match ($a, $b) {
+            (Floats::F32(a), Floats::F32(b)) => FloatVec::from($f(a, b)),
+            (Floats::F16(a), Floats::F16(b)) => FloatVec::from($f(a, b)),
+            (Floats::BF16(a), Floats::BF16(b)) => FloatVec::from($f(a, b)),
+            (a, b) => {
+                return Err(Error::DType {
+                    op: $op,
+                    got: format!("{} and {}", a.dtype(), b.dtype()),
+                    expected: "two operands of one dtype",
+                });
+            }
+        }
+    };
 }
 
 /// Runs `op` on host operands through `b`'s host-slice kernels. Operands were validated by the op layer.
@@ -161,20 +179,82 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             };
             Ok(out(inputs[0].shape.to_vec(), y))
         }
-        Op::Embedding
-        | Op::Rope { .. }
-        | Op::SiluMul
-        | Op::Add
-        | Op::Gelu { .. }
-        | Op::Attention { .. } => Err(Error::Device(crate::capability::DeviceError::unsupported(
-            "cpu",
-            name,
-            "model ops are not wired yet",
-        ))),
+        Op::Embedding => {
+            let table = inputs[0].floats(name)?;
+            let ids: Vec<u32> = inputs[1].i32(name)?.iter().map(|&i| i as u32).collect();
+            let dim = inputs[0].shape[1];
+            let y = with_floats!(table, t => FloatVec::from(model::embedding(t, dim, &ids)));
+            Ok(out(vec![ids.len(), dim], y))
+        }
+        Op::Rope {
+            heads,
+            head_dim,
+            rotary_dim,
+            pos_start,
+            layout,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let (cos, sin) = (f32s(name, &inputs[1])?, f32s(name, &inputs[2])?);
+            let y = with_floats!(x, s => FloatVec::from(model::rope(
+                s, heads, head_dim, rotary_dim, cos, sin, pos_start, layout
+            )));
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::SiluMul => {
+            let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
+            let y = binary!(name, g, u, model::silu_mul);
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Add => {
+            let (a, c) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
+            let y = binary!(name, a, c, model::add);
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Gelu { kind } => {
+            let x = inputs[0].floats(name)?;
+            let y = with_floats!(x, s => FloatVec::from(model::gelu(s, kind)));
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Attention {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_len,
+            pos_start,
+            scale,
+        } => {
+            let q = inputs[0].floats(name)?;
+            let k = inputs[1].floats(name)?;
+            let v = inputs[2].floats(name)?;
+            let y = match (q, k, v) {
+                (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                (Floats::F16(q), Floats::F16(k), Floats::F16(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                (Floats::BF16(q), Floats::BF16(k), Floats::BF16(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                _ => {
+                    return Err(Error::DType {
+                        op: name,
+                        got: format!("{}/{}/{}", q.dtype(), k.dtype(), v.dtype()),
+                        expected: "q, k and v of one dtype",
+                    });
+                }
+            };
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
     }
 }
 
-#[allow(dead_code)] // used by the model ops
 fn f32s<'a>(op: &'static str, v: &HostView<'a>) -> Result<&'a [f32]> {
     match v.data {
         TensorData::Float(FloatVec::F32(s)) => Ok(s),

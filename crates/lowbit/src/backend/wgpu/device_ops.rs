@@ -3,8 +3,8 @@
 //! runtime runs the rest on the CPU and counts it.
 
 use super::WgpuBackend;
+use super::model_ops::{self as mk, AttentionDims, RopeDims};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
-use crate::backend::Backend;
 use crate::capability::{Op, Support};
 use crate::device_tensor::{BackendStorage, DeviceTensor};
 use crate::tensor::{DType, FloatVec, Tensor, TensorData};
@@ -103,35 +103,84 @@ impl WgpuBackend {
     }
 
     pub(crate) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
-        let all_f32 = dtypes
+        // Float operands may be f32, f16 or bf16 (widened and narrowed on the device); packed weights and
+        // ids have the dtypes the op layer checked.
+        let floats_ok = dtypes
             .iter()
             .enumerate()
-            .all(|(i, d)| *d == DType::F32 || !float_operand(op, i));
+            .all(|(i, d)| d.is_float() || !float_operand(op, i));
         let ok = match op {
-            Op::Linear { .. } | Op::RmsNorm { .. } | Op::Softmax | Op::Linear4bit { .. } => all_f32,
-            // The activation quantizer reads f32, f16 and bf16; the rescale has no bias input.
-            Op::LinearTernary { bias, .. } => !bias,
-            _ => false,
+            // The BitNet rescale kernel has no bias input yet.
+            Op::LinearTernary { bias, .. } => floats_ok && !bias,
+            _ => floats_ok,
         };
         if ok {
             Support::Yes
         } else {
             Support::No(format!(
-                "no {} kernel for operands {dtypes:?} in the wgpu backend yet",
+                "no {} kernel for operands {dtypes:?} in the wgpu backend",
                 op.kind().name()
             ))
         }
     }
 
+    /// `t` as f32 on the device: itself, or widened exactly by the cast kernel.
+    fn widened(&self, name: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+        let v = self.view(name, t)?;
+        if v.dtype == DType::F32 {
+            return Ok(v);
+        }
+        let n = t.numel();
+        let out = self.gpu().output((n * 4) as u64);
+        let gpu = self.gpu();
+        gpu.submit(|enc| mk::encode_cast(gpu, enc, v.dtype, DType::F32, n, &v.buffer, &out))?;
+        Ok(GpuTensor {
+            buffer: out,
+            shape: v.shape,
+            dtype: DType::F32,
+        })
+    }
+
+    /// An f32 result narrowed to `to` on the device (round to nearest even, the CPU's bits).
+    fn narrowed(&self, y: GpuTensor, to: DType) -> Result<GpuTensor> {
+        if to == DType::F32 {
+            return Ok(y);
+        }
+        let n = y.numel();
+        let out = self.gpu().output((n * 2) as u64);
+        let gpu = self.gpu();
+        gpu.submit(|enc| mk::encode_cast(gpu, enc, DType::F32, to, n, &y.buffer, &out))?;
+        Ok(GpuTensor {
+            buffer: out,
+            shape: y.shape,
+            dtype: to,
+        })
+    }
+
+    /// A new f32 output buffer of `n` elements, checked against the kernels' limits.
+    fn f32_out(&self, op: &'static str, shape: Vec<usize>) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        super::kernels::u32_len(op, n)?;
+        super::kernels::check_binding(self.gpu(), op, n * 4)?;
+        Ok(GpuTensor {
+            buffer: self.gpu().output((n * 4) as u64),
+            shape,
+            dtype: DType::F32,
+        })
+    }
+
     pub(crate) fn run_device_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
         let name = op.kind().name();
+        let out_dtype = inputs[0].dtype();
+        let shape0 = inputs[0].shape().to_vec();
         let v = |i: usize| self.view(name, inputs[i]);
+        let w = |i: usize| self.widened(name, inputs[i]);
+        let gpu = self.gpu();
         let y = match *op {
             Op::Linear { bias } => {
-                let x = v(0)?.into_matrix();
-                let b = if bias { Some(v(2)?.buffer) } else { None };
-                let y = self.linear_f32(name, &x, &v(1)?, b.as_ref())?;
-                y.with_shape(with_last(inputs[0].shape(), inputs[1].shape()[0]))
+                let b = if bias { Some(w(2)?.buffer) } else { None };
+                let y = self.linear_f32(name, &w(0)?.into_matrix(), &w(1)?, b.as_ref())?;
+                y.with_shape(with_last(&shape0, inputs[1].shape()[0]))
             }
             Op::Linear4bit {
                 quant_type,
@@ -140,18 +189,24 @@ impl WgpuBackend {
                 cols,
                 bias,
             } => {
-                let w = GpuPacked4bit::from_parts(
+                let wt = GpuPacked4bit::from_parts(
                     v(1)?,
                     v(2)?,
-                    self.gpu().table_4bit(quant_type).clone(),
+                    gpu.table_4bit(quant_type).clone(),
                     blocksize,
                     rows,
                     cols,
                 );
                 let (batch, _) = inputs[0].rows_cols();
-                let b = if bias { Some(v(3)?.buffer) } else { None };
-                let shape = with_last(inputs[0].shape(), rows);
-                self.linear_4bit(name, &v(0)?, batch, shape, &w, b.as_ref())?
+                let b = if bias { Some(w(3)?.buffer) } else { None };
+                self.linear_4bit(
+                    name,
+                    &w(0)?,
+                    batch,
+                    with_last(&shape0, rows),
+                    &wt,
+                    b.as_ref(),
+                )?
             }
             Op::LinearTernary {
                 weight_scale,
@@ -159,38 +214,126 @@ impl WgpuBackend {
                 cols,
                 ..
             } => {
-                let w = GpuPackedTernary::from_parts(v(1)?, weight_scale, rows, cols);
-                let x = v(0)?.into_matrix();
-                let y = self.ternary_linear_resident(&x, &w)?;
-                let y = y.with_shape(with_last(inputs[0].shape(), rows));
-                if inputs[0].dtype() != DType::F32 {
-                    // Output in x's dtype, as on the CPU: narrowed on the host until the cast kernel lands.
-                    return self.narrow_via_host(y, inputs[0].dtype());
-                }
-                y
+                let wt = GpuPackedTernary::from_parts(v(1)?, weight_scale, rows, cols);
+                // The activation quantizer reads f16/bf16 itself: no widening.
+                let y = self.ternary_linear_resident(&v(0)?.into_matrix(), &wt)?;
+                y.with_shape(with_last(&shape0, rows))
             }
             Op::RmsNorm { eps } => {
-                let x = v(0)?.into_matrix();
-                let y = self.rms_norm_resident(&x, &v(1)?, eps)?;
-                y.with_shape(inputs[0].shape().to_vec())
+                let y = self.rms_norm_resident(&w(0)?.into_matrix(), &w(1)?, eps)?;
+                y.with_shape(shape0)
             }
             Op::Softmax => {
-                let x = v(0)?.into_matrix();
-                let y = self.softmax_resident(&x)?;
-                y.with_shape(inputs[0].shape().to_vec())
+                let y = self.softmax_resident(&w(0)?.into_matrix())?;
+                y.with_shape(shape0)
             }
-            _ => return Err(self.unsupported(name, "no kernel in the wgpu backend")),
+            Op::Cast { to } => {
+                let x = w(0)?;
+                return self.wrap(self.narrowed(x, to)?);
+            }
+            Op::Embedding => {
+                let (vocab, dim) = (inputs[0].shape()[0], inputs[0].shape()[1]);
+                let n = inputs[1].numel();
+                let (t, ids) = (v(0)?, v(1)?);
+                let y = self.f32_out(name, vec![n, dim])?;
+                gpu.submit(|enc| {
+                    mk::encode_embedding(
+                        gpu,
+                        enc,
+                        t.dtype,
+                        vocab,
+                        dim,
+                        n,
+                        &t.buffer,
+                        &ids.buffer,
+                        &y.buffer,
+                    )
+                })?;
+                y
+            }
+            Op::Rope {
+                heads,
+                head_dim,
+                rotary_dim,
+                pos_start,
+                layout,
+            } => {
+                let dims = RopeDims {
+                    tokens: shape0[0],
+                    heads,
+                    head_dim,
+                    rotary_dim,
+                    pos_start,
+                    layout,
+                };
+                let (x, cos, sin) = (v(0)?, v(1)?, v(2)?);
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_rope(
+                        gpu,
+                        enc,
+                        x.dtype,
+                        &dims,
+                        &x.buffer,
+                        &cos.buffer,
+                        &sin.buffer,
+                        &y.buffer,
+                    )
+                })?;
+                y
+            }
+            Op::SiluMul | Op::Add => {
+                let (a, b) = (v(0)?, v(1)?);
+                let n = a.numel();
+                let y = self.f32_out(name, shape0)?;
+                let silu = matches!(op, Op::SiluMul);
+                gpu.submit(|enc| {
+                    if silu {
+                        mk::encode_silu_mul(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
+                    } else {
+                        mk::encode_add(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
+                    }
+                })?;
+                y
+            }
+            Op::Gelu { kind } => {
+                let x = v(0)?;
+                let n = x.numel();
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_gelu(gpu, enc, x.dtype, n, kind, &x.buffer, &y.buffer)
+                })?;
+                y
+            }
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+                pos_start,
+                scale,
+            } => {
+                let dims = AttentionDims {
+                    nq: shape0[0],
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    kv_len,
+                    pos_start,
+                    scale,
+                };
+                let (q, k, vv) = (v(0)?, v(1)?, v(2)?);
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_attention(
+                        gpu, enc, q.dtype, &dims, &q.buffer, &k.buffer, &vv.buffer, &y.buffer,
+                    )
+                })?;
+                y
+            }
         };
-        self.wrap(y)
-    }
-
-    fn narrow_via_host(&self, y: GpuTensor, dtype: DType) -> Result<DeviceTensor> {
-        let t = self.download_tensor(&self.wrap(y)?)?;
-        let f = match &t.data {
-            TensorData::Float(f) => f.to_f32_vec(),
-            _ => unreachable!("resident float kernels return f32"),
-        };
-        self.upload_tensor(&Tensor::from_floats(t.shape, FloatVec::from_f32(f, dtype)))
+        // Every kernel above writes f32; the result takes the first operand's dtype, as on the CPU.
+        self.wrap(self.narrowed(y, out_dtype)?)
     }
 
     pub(crate) fn write_rows_on_device(
@@ -228,7 +371,7 @@ impl WgpuBackend {
 fn float_operand(op: &Op, i: usize) -> bool {
     match op {
         Op::Linear4bit { .. } => i != 1 && i != 2,
-        Op::LinearTernary { .. } => i != 1,
+        Op::LinearTernary { .. } | Op::Embedding => i != 1,
         _ => true,
     }
 }
