@@ -1,3 +1,4 @@
+#![cfg(feature = "wgpu")]
 //! The recovery policy on device tensors, in its own process (statistics are per device and process-wide, so
 //! the strict conformance suite's zero-fallback checks must not see this test's counted fallback).
 

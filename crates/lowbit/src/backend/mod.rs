@@ -4,8 +4,6 @@
 //! tolerances documented in `docs/ARCHITECTURE.md`.
 
 pub mod cpu;
-#[cfg(all(target_os = "macos", feature = "wgpu"))]
-pub mod mps;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

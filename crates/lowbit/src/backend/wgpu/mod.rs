@@ -8,6 +8,9 @@ mod context;
 mod device_ops;
 mod kernels;
 pub mod model_ops;
+/// Dense GEMM through Metal Performance Shaders on wgpu's Metal device (macOS).
+#[cfg(target_os = "macos")]
+pub mod mps;
 pub mod shaders;
 mod tensor;
 
@@ -55,7 +58,7 @@ pub struct WgpuBackend {
 #[cfg(target_os = "macos")]
 #[derive(Default)]
 struct MpsState {
-    gemm: std::sync::OnceLock<Option<super::mps::MpsGemm>>,
+    gemm: std::sync::OnceLock<Option<mps::MpsGemm>>,
     fallbacks: std::sync::atomic::AtomicU64,
 }
 
@@ -342,14 +345,14 @@ impl WgpuBackend {
 impl WgpuBackend {
     /// The MPS GEMM on this backend's Metal device, created on the first dense matmul; `None` on a non-Metal
     /// wgpu device or where MPS cannot be set up (the WGSL GEMM runs then).
-    pub fn mps_gemm(&self) -> Option<&super::mps::MpsGemm> {
+    pub fn mps_gemm(&self) -> Option<&mps::MpsGemm> {
         self.mps
             .gemm
             .get_or_init(|| {
                 if self.gpu.info.backend != wgpu::Backend::Metal {
                     return None;
                 }
-                let g = super::mps::MpsGemm::from_wgpu(&self.gpu.device);
+                let g = mps::MpsGemm::from_wgpu(&self.gpu.device);
                 if g.is_none() {
                     tracing::warn!(
                         "{}: Metal Performance Shaders unavailable; dense matmul uses the WGSL GEMM",
