@@ -1,6 +1,7 @@
 //! `lowbit dequantize IN OUT`: a bitsandbytes / BitNet checkpoint (lowbit's or transformers') back to floats.
 
 use super::CliResult;
+use crate::outln;
 use super::quantize::human;
 use crate::{Global, output};
 use lowbit::DType;
@@ -44,9 +45,9 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         output::print_json(&serde_json::json!({
             "output": r.output, "tensors": r.tensors, "dequantized": r.dequantized,
             "bytes_in": r.bytes_in, "bytes_out": r.bytes_out, "seconds": r.seconds,
-        }));
+        }))?;
     } else {
-        println!(
+        outln!(
             "{}: {} tensors ({} dequantized), bytes {} -> {}, time {:.2} s",
             r.output.display(),
             r.tensors,
