@@ -64,8 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e
-                .downcast_ref::<output::StdoutError>()
+            if e.downcast_ref::<output::StdoutError>()
                 .is_some_and(output::StdoutError::is_broken_pipe)
             {
                 // The reader went away (`| head`): nothing more to say, as other Unix tools do.
@@ -105,7 +104,9 @@ fn install_interrupt_handler() {
         std::process::exit(INTERRUPTED_EXIT as i32);
     });
     if let Err(e) = result {
-        tracing::warn!("cannot install the Ctrl-C handler ({e}); an interrupt may leave temporary files");
+        tracing::warn!(
+            "cannot install the Ctrl-C handler ({e}); an interrupt may leave temporary files"
+        );
     }
 }
 

@@ -80,7 +80,10 @@ pub fn write_line(args: std::fmt::Arguments) -> Result<(), StdoutError> {
 /// Writes formatted text to stdout (no newline). Use through [`out!`].
 pub fn write_text(args: std::fmt::Arguments) -> Result<(), StdoutError> {
     use std::io::Write;
-    std::io::stdout().lock().write_fmt(args).map_err(StdoutError)
+    std::io::stdout()
+        .lock()
+        .write_fmt(args)
+        .map_err(StdoutError)
 }
 
 /// Flushes stdout (at the end of the program), reporting failure.

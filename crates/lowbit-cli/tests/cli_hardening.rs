@@ -10,7 +10,9 @@ use std::process::{Command, Output, Stdio};
 
 fn lowbit_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lowbit"));
-    c.args(args).env("LOWBIT_DEVICE", "cpu").env_remove("RUST_LOG");
+    c.args(args)
+        .env("LOWBIT_DEVICE", "cpu")
+        .env_remove("RUST_LOG");
     c
 }
 
@@ -60,7 +62,8 @@ fn write_file(path: &Path, tensors: &[T]) {
     write_all(path, &t, pt_metadata()).unwrap();
 }
 
-const LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float16"}"#;
+const LLAMA: &str =
+    r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float16"}"#;
 
 /// A model directory: config.json, model.safetensors, tokenizer.json.
 fn model_dir(dir: &Path, tensors: &[T], config: &str) {
@@ -111,13 +114,27 @@ fn force_replaces_only_previous_outputs() {
     let foreign = d.path().join("photos");
     std::fs::create_dir_all(foreign.join("2024")).unwrap();
     std::fs::write(foreign.join("a.jpg"), "x").unwrap();
-    let (ok, _, err) = lowbit(&["quantize", s(&input), s(&foreign), "--format", "nf4", "--force"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&input),
+        s(&foreign),
+        "--format",
+        "nf4",
+        "--force",
+    ]);
     assert!(!ok && err.contains("not a previous lowbit output"), "{err}");
     assert!(foreign.join("a.jpg").is_file() && foreign.join("2024").is_dir());
     // A plain file in the way of a directory output.
     let file = d.path().join("notes.txt");
     std::fs::write(&file, "keep me").unwrap();
-    let (ok, _, err) = lowbit(&["quantize", s(&input), s(&file), "--format", "nf4", "--force"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&input),
+        s(&file),
+        "--format",
+        "nf4",
+        "--force",
+    ]);
     assert!(!ok && err.contains("not a previous lowbit output"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     // A previous output is replaced.
@@ -150,7 +167,8 @@ fn hub_cache_symlinks_are_followed_and_reported() {
     ] {
         std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(name)).unwrap();
     }
-    std::os::unix::fs::symlink("../../blobs/missing", snap.join("special_tokens_map.json")).unwrap();
+    std::os::unix::fs::symlink("../../blobs/missing", snap.join("special_tokens_map.json"))
+        .unwrap();
     let out = d.path().join("q");
     let (ok, stdout, err) = lowbit(&["--json", "quantize", s(&snap), s(&out), "--format", "nf4"]);
     assert!(ok, "{err}");
@@ -161,17 +179,25 @@ fn hub_cache_symlinks_are_followed_and_reported() {
     );
     assert_eq!(r["skipped_files"][0]["name"], "special_tokens_map.json");
     assert_eq!(r["skipped_files"][0]["reason"], "a broken symbolic link");
-    assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), "{\"tok\": 1}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        "{\"tok\": 1}"
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap(),
         "{\"cfg\": 2}"
     );
     // Human output says what was copied.
-    let (ok, stdout, err) =
-        lowbit(&["quantize", s(&snap), s(&out), "--format", "nf4", "--force"]);
+    let (ok, stdout, err) = lowbit(&["quantize", s(&snap), s(&out), "--format", "nf4", "--force"]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("copied tokenizer.json, tokenizer_config.json"), "{stdout}");
-    assert!(stdout.contains("not copied: special_tokens_map.json"), "{stdout}");
+    assert!(
+        stdout.contains("copied tokenizer.json, tokenizer_config.json"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not copied: special_tokens_map.json"),
+        "{stdout}"
+    );
 }
 
 // 3 ---------------------------------------------------------------------------------------------------------
@@ -221,7 +247,11 @@ fn skip_list_describes_exactly_what_was_quantized() {
             "--exclude",
             "q_proj",
             "--force",
-            if fmt == "ternary" { "--allow-ptq-ternary" } else { "-q" },
+            if fmt == "ternary" {
+                "--allow-ptq-ternary"
+            } else {
+                "-q"
+            },
         ]);
         assert!(ok, "{err}");
         let cfg = json(&std::fs::read_to_string(out.join("config.json")).unwrap());
@@ -255,9 +285,20 @@ fn excluding_everything_is_an_error_and_writes_nothing() {
     let input = d.path().join("m");
     model_dir(&input, &tied_llama(), LLAMA);
     let out = d.path().join("q");
-    let (ok, stdout, err) = lowbit(&["quantize", s(&input), s(&out), "--format", "nf4", "--exclude", ".*"]);
+    let (ok, stdout, err) = lowbit(&[
+        "quantize",
+        s(&input),
+        s(&out),
+        "--format",
+        "nf4",
+        "--exclude",
+        ".*",
+    ]);
     assert!(!ok, "exit 0: {stdout}");
-    assert!(err.contains("no tensor") && err.contains("--exclude"), "{err}");
+    assert!(
+        err.contains("no tensor") && err.contains("--exclude"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -286,11 +327,22 @@ fn ternary_needs_a_bitnet_model_or_an_explicit_flag() {
         "--allow-ptq-ternary",
     ]);
     assert!(ok, "{err}");
-    assert!(json(&stdout)["warnings"][0].as_str().unwrap().contains("not BitNet"));
+    assert!(
+        json(&stdout)["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not BitNet")
+    );
     // A BitNet-trained model needs no flag.
     let bitnet = d.path().join("b");
     model_dir(&bitnet, &tied_llama(), r#"{"model_type": "bitnet"}"#);
-    let (ok, _, err) = lowbit(&["quantize", s(&bitnet), s(&d.path().join("bq")), "--format", "ternary"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&bitnet),
+        s(&d.path().join("bq")),
+        "--format",
+        "ternary",
+    ]);
     assert!(ok, "{err}");
 }
 
@@ -308,9 +360,19 @@ fn an_output_header_over_the_reader_limit_is_refused_before_writing() {
     model_dir(&input, &t, LLAMA);
     drop(t);
     let out = d.path().join("q");
-    let (ok, _, err) = lowbit(&["quantize", s(&input), s(&out), "--format", "nf4", "--double-quant"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&input),
+        s(&out),
+        "--format",
+        "nf4",
+        "--double-quant",
+    ]);
     assert!(!ok, "wrote an unreadable file");
-    assert!(err.contains("100000000-byte limit") && err.contains("nothing was written"), "{err}");
+    assert!(
+        err.contains("100000000-byte limit") && err.contains("nothing was written"),
+        "{err}"
+    );
     assert!(!out.exists());
     assert!(tmp_entries(d.path()).is_empty());
 }
@@ -344,7 +406,10 @@ fn a_closed_stdout_ends_quietly() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
-        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -387,7 +452,13 @@ fn sigterm_and_sigint_remove_the_temporary_output() {
     let input = d.path().join("m");
     // 16 x 1024x1024 f16 (32 MiB): several seconds of quantization in a debug build.
     let t: Vec<T> = (0..16)
-        .map(|i| f16_tensor(&format!("model.layers.{i}.mlp.up_proj.weight"), &[1024, 1024], wave))
+        .map(|i| {
+            f16_tensor(
+                &format!("model.layers.{i}.mlp.up_proj.weight"),
+                &[1024, 1024],
+                wave,
+            )
+        })
         .collect();
     model_dir(&input, &t, LLAMA);
     drop(t);
@@ -401,7 +472,10 @@ fn sigterm_and_sigint_remove_the_temporary_output() {
         let t0 = std::time::Instant::now();
         while tmp_entries(d.path()).is_empty() {
             assert!(t0.elapsed().as_secs() < 60, "no temporary output appeared");
-            assert!(child.try_wait().unwrap().is_none(), "finished before the signal");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "finished before the signal"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -412,9 +486,18 @@ fn sigterm_and_sigint_remove_the_temporary_output() {
         assert!(st.success());
         let res = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&res.stderr);
-        assert_eq!(res.status.code(), Some(130), "{sig}: {:?} {err}", res.status);
+        assert_eq!(
+            res.status.code(),
+            Some(130),
+            "{sig}: {:?} {err}",
+            res.status
+        );
         assert!(err.contains("interrupted"), "{err}");
-        assert!(tmp_entries(d.path()).is_empty(), "{sig}: {:?}", tmp_entries(d.path()));
+        assert!(
+            tmp_entries(d.path()).is_empty(),
+            "{sig}: {:?}",
+            tmp_entries(d.path())
+        );
         assert!(!out.exists());
     }
 }
@@ -440,8 +523,16 @@ fn temporaries_of_dead_processes_are_removed_and_reported() {
     assert!(!stale_dir.exists() && !stale_old.exists());
     assert!(live.exists());
     let r = json(&stdout);
-    assert_eq!(r["stale_temporaries_removed"].as_array().unwrap().len(), 2, "{r}");
-    assert_eq!(r["stale_temporaries_kept"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(
+        r["stale_temporaries_removed"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
+    assert_eq!(
+        r["stale_temporaries_kept"].as_array().unwrap().len(),
+        1,
+        "{r}"
+    );
 }
 
 #[test]
@@ -456,7 +547,11 @@ fn a_failed_run_leaves_no_directories_it_created() {
     let out = d.path().join("a").join("b").join("q");
     let (ok, _, err) = lowbit(&["quantize", s(&input), s(&out), "--format", "nf4"]);
     assert!(!ok && err.contains("non-finite"), "{err}");
-    assert!(!d.path().join("a").exists(), "left {:?}", d.path().join("a"));
+    assert!(
+        !d.path().join("a").exists(),
+        "left {:?}",
+        d.path().join("a")
+    );
     // A successful run keeps them, of course.
     t[2] = f16_tensor("model.layers.0.mlp.up_proj.weight", &[128, 64], wave);
     model_dir(&input, &t, LLAMA);
@@ -476,11 +571,19 @@ fn concurrent_forced_runs_all_land_a_complete_output() {
     for _ in 0..3 {
         let children: Vec<_> = (0..12)
             .map(|_| {
-                lowbit_cmd(&["-q", "quantize", s(&input), s(&out), "--format", "nf4", "--force"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                lowbit_cmd(&[
+                    "-q",
+                    "quantize",
+                    s(&input),
+                    s(&out),
+                    "--format",
+                    "nf4",
+                    "--force",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
             })
             .collect();
         for c in children {
@@ -493,7 +596,11 @@ fn concurrent_forced_runs_all_land_a_complete_output() {
         }
         let (ok, _, err) = lowbit(&["inspect", s(&out)]);
         assert!(ok, "{err}");
-        assert!(tmp_entries(d.path()).is_empty(), "{:?}", tmp_entries(d.path()));
+        assert!(
+            tmp_entries(d.path()).is_empty(),
+            "{:?}",
+            tmp_entries(d.path())
+        );
     }
 }
 
@@ -505,7 +612,14 @@ fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<T>)) {
     let mut t: Vec<T> = f
         .tensors()
         .iter()
-        .map(|e| (e.name.clone(), e.dtype, e.shape.clone(), f.bytes(e).unwrap()))
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.dtype,
+                e.shape.clone(),
+                f.bytes(e).unwrap(),
+            )
+        })
         .collect();
     edit(&mut t);
     write_file(dst, &t);
@@ -519,35 +633,71 @@ fn set_json(t: &mut [T], key: &str, f: impl Fn(&mut serde_json::Value)) {
     e.2 = vec![e.3.len()];
 }
 
+/// An edit of a file's tensors.
+type Edit = Box<dyn Fn(&mut Vec<T>)>;
+
 #[test]
 fn inspect_rejects_what_dequantize_rejects() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("w.safetensors");
     write_file(&src, &[f16_tensor("l.q_proj.weight", &[64, 128], wave)]);
     let q = d.path().join("q.safetensors");
-    let (ok, _, err) = lowbit(&["quantize", s(&src), s(&q), "--format", "nf4", "--double-quant"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&src),
+        s(&q),
+        "--format",
+        "nf4",
+        "--double-quant",
+    ]);
     assert!(ok, "{err}");
     let qs = "quant_state.bitsandbytes__nf4";
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<T>)>)> = vec![
-        ("absmax", Box::new(|t| t.retain(|x| !x.0.ends_with(".absmax")))),
-        ("packed bytes", Box::new(|t| {
-            let w = t.iter_mut().find(|x| x.0 == "l.q_proj.weight").unwrap();
-            w.3.truncate(w.3.len() - 2);
-            w.2 = vec![w.3.len(), 1];
-        })),
-        ("quant_map", Box::new(|t| {
-            let m = t.iter_mut().find(|x| x.0.ends_with(".weight.quant_map")).unwrap();
-            m.3[4] ^= 1;
-        })),
-        ("blocksize 7", Box::new(move |t| set_json(t, qs, |v| v["blocksize"] = 7.into()))),
-        ("packed bytes", Box::new(move |t| {
-            set_json(t, qs, |v| v["shape"] = serde_json::json!([1u64 << 20, 1u64 << 20]))
-        })),
-        ("nested absmax", Box::new(|t| {
-            let m = t.iter_mut().find(|x| x.0.ends_with("nested_absmax")).unwrap();
-            m.3.extend([0, 0, 0, 0]);
-            m.2 = vec![m.3.len() / 4];
-        })),
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "absmax",
+            Box::new(|t| t.retain(|x| !x.0.ends_with(".absmax"))),
+        ),
+        (
+            "packed bytes",
+            Box::new(|t| {
+                let w = t.iter_mut().find(|x| x.0 == "l.q_proj.weight").unwrap();
+                w.3.truncate(w.3.len() - 2);
+                w.2 = vec![w.3.len(), 1];
+            }),
+        ),
+        (
+            "quant_map",
+            Box::new(|t| {
+                let m = t
+                    .iter_mut()
+                    .find(|x| x.0.ends_with(".weight.quant_map"))
+                    .unwrap();
+                m.3[4] ^= 1;
+            }),
+        ),
+        (
+            "blocksize 7",
+            Box::new(move |t| set_json(t, qs, |v| v["blocksize"] = 7.into())),
+        ),
+        (
+            "packed bytes",
+            Box::new(move |t| {
+                set_json(t, qs, |v| {
+                    v["shape"] = serde_json::json!([1u64 << 20, 1u64 << 20])
+                })
+            }),
+        ),
+        (
+            "nested absmax",
+            Box::new(|t| {
+                let m = t
+                    .iter_mut()
+                    .find(|x| x.0.ends_with("nested_absmax"))
+                    .unwrap();
+                m.3.extend([0, 0, 0, 0]);
+                m.2 = vec![m.3.len() / 4];
+            }),
+        ),
     ];
     for (i, (needle, edit)) in cases.iter().enumerate() {
         let bad = d.path().join(format!("bad{i}.safetensors"));
@@ -562,7 +712,10 @@ fn inspect_rejects_what_dequantize_rejects() {
     // The intact file inspects, and says what was checked.
     let (ok, stdout, err) = lowbit(&["inspect", s(&q)]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("passed the checks dequantize makes"), "{stdout}");
+    assert!(
+        stdout.contains("passed the checks dequantize makes"),
+        "{stdout}"
+    );
 }
 
 // 12 --------------------------------------------------------------------------------------------------------
@@ -580,8 +733,14 @@ fn inspect_escapes_control_characters_in_names() {
     );
     let (ok, stdout, err) = lowbit(&["inspect", s(&p)]);
     assert!(ok, "{err}");
-    assert!(!stdout.contains('\u{1b}') && !stdout.contains('\r'), "{stdout:?}");
-    assert!(stdout.contains("a\\u{1b}[2Jb") && stdout.contains("c\\nfake 1 2 3\\r"), "{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.contains("a\\u{1b}[2Jb") && stdout.contains("c\\nfake 1 2 3\\r"),
+        "{stdout}"
+    );
     // Header, two rows, blank line, three summary lines.
     assert_eq!(stdout.lines().count(), 7, "{stdout}");
 }
@@ -598,31 +757,91 @@ fn messages_name_the_real_problem() {
     };
     let out = d.path().join("o.safetensors");
     // Zero-size weights.
-    let z = one("z.safetensors", vec![f16_tensor("l.up_proj.weight", &[0, 64], wave)]);
-    let (ok, _, err) = lowbit(&["quantize", s(&z), s(&out), "--format", "nf4", "--double-quant"]);
-    assert!(!ok && err.contains("no elements") && !err.contains("NaN"), "{err}");
-    let z = one("z8.safetensors", vec![f16_tensor("l.up_proj.weight", &[8, 0], wave)]);
+    let z = one(
+        "z.safetensors",
+        vec![f16_tensor("l.up_proj.weight", &[0, 64], wave)],
+    );
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&z),
+        s(&out),
+        "--format",
+        "nf4",
+        "--double-quant",
+    ]);
+    assert!(
+        !ok && err.contains("no elements") && !err.contains("NaN"),
+        "{err}"
+    );
+    let z = one(
+        "z8.safetensors",
+        vec![f16_tensor("l.up_proj.weight", &[8, 0], wave)],
+    );
     let (ok, _, err) = lowbit(&["quantize", s(&z), s(&out), "--format", "int8"]);
-    assert!(!ok && err.contains("no elements") && !err.contains("length mismatch"), "{err}");
+    assert!(
+        !ok && err.contains("no elements") && !err.contains("length mismatch"),
+        "{err}"
+    );
     // Finite weights whose block scales overflow double quantization's float32 mean.
-    let big = one("big.safetensors", vec![f32_tensor("l.up_proj.weight", &[64, 64], |i| {
-        if i % 64 == 0 { 3.4e38 } else { 1.0 }
-    })]);
-    let (ok, _, err) = lowbit(&["quantize", s(&big), s(&out), "--format", "nf4", "--double-quant"]);
-    assert!(!ok && err.contains("without --double-quant") && !err.contains("offset inf"), "{err}");
+    let big = one(
+        "big.safetensors",
+        vec![f32_tensor("l.up_proj.weight", &[64, 64], |i| {
+            if i % 64 == 0 { 3.4e38 } else { 1.0 }
+        })],
+    );
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&big),
+        s(&out),
+        "--format",
+        "nf4",
+        "--double-quant",
+    ]);
+    assert!(
+        !ok && err.contains("without --double-quant") && !err.contains("offset inf"),
+        "{err}"
+    );
     let (ok, _, err) = lowbit(&["quantize", s(&big), s(&out), "--format", "nf4"]);
     assert!(ok, "{err}");
     // Options that do not apply to the format are refused, not ignored.
-    let w = one("w.safetensors", vec![f16_tensor("l.up_proj.weight", &[8, 64], wave)]);
-    let (ok, _, err) = lowbit(&["quantize", s(&w), s(&out), "--format", "int8", "--blocksize", "128", "--force"]);
+    let w = one(
+        "w.safetensors",
+        vec![f16_tensor("l.up_proj.weight", &[8, 64], wave)],
+    );
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&w),
+        s(&out),
+        "--format",
+        "int8",
+        "--blocksize",
+        "128",
+        "--force",
+    ]);
     assert!(!ok && err.contains("--blocksize"), "{err}");
-    let (ok, _, err) = lowbit(&["quantize", s(&w), s(&out), "--format", "int8", "--double-quant", "--force"]);
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&w),
+        s(&out),
+        "--format",
+        "int8",
+        "--double-quant",
+        "--force",
+    ]);
     assert!(!ok && err.contains("--double-quant"), "{err}");
     // A packed ternary row count that overflows when unpacked.
-    let t = one("t.safetensors", vec![
-        ("l.weight".into(), StDtype::U8, vec![(1usize << 62) + 1, 0], vec![]),
-        f16_tensor("l.weight_scale", &[1], |_| 1.0),
-    ]);
+    let t = one(
+        "t.safetensors",
+        vec![
+            (
+                "l.weight".into(),
+                StDtype::U8,
+                vec![(1usize << 62) + 1, 0],
+                vec![],
+            ),
+            f16_tensor("l.weight_scale", &[1], |_| 1.0),
+        ],
+    );
     let (ok, stdout, err) = lowbit(&["inspect", s(&t)]);
     assert!(!ok && err.contains("overflows"), "{stdout} {err}");
     // A PyTorch-only model directory.
@@ -630,26 +849,41 @@ fn messages_name_the_real_problem() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("config.json"), LLAMA).unwrap();
     std::fs::write(bin.join("pytorch_model.bin"), "pickle").unwrap();
-    let (ok, _, err) = lowbit(&["quantize", s(&bin), s(&d.path().join("bq")), "--format", "nf4"]);
-    assert!(!ok && err.contains("pytorch_model.bin is not supported") && err.contains("convert"), "{err}");
+    let (ok, _, err) = lowbit(&[
+        "quantize",
+        s(&bin),
+        s(&d.path().join("bq")),
+        "--format",
+        "nf4",
+    ]);
+    assert!(
+        !ok && err.contains("pytorch_model.bin is not supported") && err.contains("convert"),
+        "{err}"
+    );
     // demo with no layers.
     let (ok, stdout, err) = lowbit(&["demo", "--layers", "0"]);
-    assert!(!ok && !stdout.contains("NaN") && err.contains("--layers"), "{stdout} {err}");
+    assert!(
+        !ok && !stdout.contains("NaN") && err.contains("--layers"),
+        "{stdout} {err}"
+    );
 }
 
 #[cfg(not(target_os = "macos"))]
 #[test]
 fn metal_outside_macos_says_so() {
-    let (ok, _, err) = lowbit(&["--device", "metal", "bench", "--op", "softmax", "--shape", "8x8"]);
+    let (ok, _, err) = lowbit(&[
+        "--device", "metal", "bench", "--op", "softmax", "--shape", "8x8",
+    ]);
     assert!(!ok && err.contains("Metal is macOS-only"), "{err}");
     assert!(!err.contains("dx12") || cfg!(windows), "{err}");
 }
 
 #[test]
 fn devices_lists_no_phantom_cuda_gpu() {
-    let have_nvidia = Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU")
-    });
+    let have_nvidia = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"));
     let (ok, stdout, err) = lowbit(&["--json", "devices"]);
     assert!(ok, "{err}");
     let v = json(&stdout);

@@ -277,7 +277,10 @@ fn nf4_layout_matches_bitsandbytes_key_by_key() {
                 (qs.dtype, qs.shape.clone()),
                 (StDtype::U8, vec![f.bytes(qs).unwrap().len()])
             );
-            assert_eq!(std::str::from_utf8(&f.bytes(qs).unwrap()).unwrap(), q.state.to_json());
+            assert_eq!(
+                std::str::from_utf8(&f.bytes(qs).unwrap()).unwrap(),
+                q.state.to_json()
+            );
             let na = f.get(&format!("{name}.nested_absmax"));
             let nq = f.get(&format!("{name}.nested_quant_map"));
             if double {
@@ -340,13 +343,19 @@ fn int8_and_ternary_layouts() {
         let l = Linear8bitLt::from_weight(&dev, &wt, None, 0.0).unwrap();
         let w = f8.get(name).unwrap();
         assert_eq!((w.dtype, w.shape.clone()), (StDtype::I8, shape.clone()));
-        assert_eq!(&f8.bytes(w).unwrap(), bytemuck::cast_slice::<i8, u8>(&l.weight));
+        assert_eq!(
+            &f8.bytes(w).unwrap(),
+            bytemuck::cast_slice::<i8, u8>(&l.weight)
+        );
         let scb = f8.get(&format!("{m}.SCB")).unwrap();
         assert_eq!(
             (scb.dtype, scb.shape.clone()),
             (StDtype::F32, vec![shape[0]])
         );
-        assert_eq!(&f8.bytes(scb).unwrap(), bytemuck::cast_slice::<f32, u8>(&l.scb));
+        assert_eq!(
+            &f8.bytes(scb).unwrap(),
+            bytemuck::cast_slice::<f32, u8>(&l.scb)
+        );
         let wf = f8.get(&format!("{m}.weight_format")).unwrap();
         assert_eq!(
             (wf.dtype, wf.shape.clone(), &f8.bytes(wf).unwrap()[..]),
@@ -362,7 +371,10 @@ fn int8_and_ternary_layouts() {
         assert_eq!(&ft.bytes(w).unwrap(), &t.packed[..]);
         let s = ft.get(&format!("{m}.weight_scale")).unwrap();
         assert_eq!((s.dtype, s.shape.clone()), (StDtype::F16, vec![1]));
-        assert_eq!(ft.bytes(s).unwrap(), f16::from_f32(t.weight_scale).to_le_bytes());
+        assert_eq!(
+            ft.bytes(s).unwrap(),
+            f16::from_f32(t.weight_scale).to_le_bytes()
+        );
     }
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out8.join("config.json")).unwrap()).unwrap();
@@ -715,9 +727,18 @@ fn concurrent_forced_commits_land_or_say_why() {
         }
     });
     let f = failures.into_inner().unwrap();
-    assert!(f.is_empty(), "{} raw failures, e.g. {:?}", f.len(), &f[..f.len().min(3)]);
+    assert!(
+        f.is_empty(),
+        "{} raw failures, e.g. {:?}",
+        f.len(),
+        &f[..f.len().min(3)]
+    );
     assert!(target.join("model.safetensors").is_file());
-    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
 }
 
 /// Copying the tokenizer onto a full disk names the file being written, not the input.
@@ -730,7 +751,7 @@ fn a_failed_copy_names_the_destination() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.join("tokenizer.json")).unwrap();
-    let e = lowbit::io::model_dir::copy_files(&[src.clone()], &out).unwrap_err();
+    let e = lowbit::io::model_dir::copy_files(std::slice::from_ref(&src), &out).unwrap_err();
     match &e {
         Error::Io { path, .. } => assert_eq!(path, &out.join("tokenizer.json"), "{e}"),
         other => panic!("{other:?}"),
@@ -760,7 +781,10 @@ fn ternary_row_count_overflow_is_an_error() {
     .unwrap();
     let f = SafetensorsFile::open(&p).unwrap();
     let g = layout::groups(&f).unwrap();
-    assert_checkpoint_err(layout::original_shape_dtype(&f, &g[0]).unwrap_err(), "overflows");
+    assert_checkpoint_err(
+        layout::original_shape_dtype(&f, &g[0]).unwrap_err(),
+        "overflows",
+    );
     assert_checkpoint_err(
         layout::decode(&Device::cpu(), &f, &g[0], None).unwrap_err(),
         "overflows",

@@ -110,7 +110,13 @@ use lowbit::tensor::{FloatVec, Tensor};
 type Entry = (String, StDtype, Vec<usize>, Vec<u8>);
 
 /// The exact tensors lowbit writes for one `[rows, cols]` weight in `format`.
-fn quantized_entries(format: QuantFormat, dq: bool, rows: usize, cols: usize, seed: u64) -> Vec<Entry> {
+fn quantized_entries(
+    format: QuantFormat,
+    dq: bool,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Vec<Entry> {
     let spec = QuantSpec {
         format,
         blocksize: 64,
@@ -224,7 +230,10 @@ fn edit(t: &mut Vec<Entry>, kind: u8, a: u32, b: u32) {
         // Duplicate a key under a sibling name.
         4 => {
             let mut e = t[i].clone();
-            e.0 = format!("m.k.weight{}", &t[i].0[t[i].0.find(".weight").map_or(0, |p| p + 7)..]);
+            e.0 = format!(
+                "m.k.weight{}",
+                &t[i].0[t[i].0.find(".weight").map_or(0, |p| p + 7)..]
+            );
             t.push(e);
         }
         // Flip bytes of a (small) tensor's data.
@@ -242,9 +251,16 @@ fn edit(t: &mut Vec<Entry>, kind: u8, a: u32, b: u32) {
             let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&q.3) else {
                 return;
             };
-            let keys = ["quant_type", "blocksize", "dtype", "shape", "nested_offset", "nested_blocksize"];
+            let keys = [
+                "quant_type",
+                "blocksize",
+                "dtype",
+                "shape",
+                "nested_offset",
+                "nested_blocksize",
+            ];
             let k = keys[a as usize % keys.len()];
-            if b % 9 == 0 {
+            if b.is_multiple_of(9) {
                 m.remove(k);
             } else {
                 m.insert(k.into(), json_value(b));

@@ -2,9 +2,9 @@
 //! read bandwidth, measured in the same run.
 
 use super::CliResult;
-use crate::{outln, out};
 use crate::Global;
 use crate::output::print_json;
+use crate::{out, outln};
 use lowbit::ops::{BitLinear, Linear8bitLt};
 use lowbit::synth::{WeightSpec, linear_weight, normal};
 use lowbit::tensor::{DType, FloatVec, Tensor, TensorData};
@@ -314,7 +314,12 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         );
         outln!(
             "{:<22} {:>11} {:>9} {:>10} {:>9} {:>6}",
-            "op", "median", "GB/s", "GFLOP/s", "of read", "iters"
+            "op",
+            "median",
+            "GB/s",
+            "GFLOP/s",
+            "of read",
+            "iters"
         );
     }
     for op in ops {

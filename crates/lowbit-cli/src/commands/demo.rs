@@ -3,8 +3,8 @@
 //! compression, error and throughput, and checks every fused kernel against dequantize-then-multiply.
 
 use super::CliResult;
-use crate::outln;
 use crate::Global;
+use crate::outln;
 use crate::output::{print_json, progress};
 use lowbit::metrics::{ErrorStats, error_stats, max_rel_err as rel_err};
 use lowbit::ops::Linear8bitLt;
@@ -375,7 +375,14 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         );
         outln!(
             "{:<26} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10}",
-            "format", "bits/w", "size MB", "vs bf16", "RMSE", "SQNR dB", "max abs", "quant GB/s"
+            "format",
+            "bits/w",
+            "size MB",
+            "vs bf16",
+            "RMSE",
+            "SQNR dB",
+            "max abs",
+            "quant GB/s"
         );
         for r in &rows {
             outln!(
@@ -395,7 +402,11 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             let verdict = if c.passed() { "ok" } else { "FAIL" };
             outln!(
                 "  {:<18} {:<26} {:<24} {:>10.2e} (bound {:.0e}) {verdict}",
-                c.kernel, c.format, c.shape, c.rel_err, c.bound
+                c.kernel,
+                c.format,
+                c.shape,
+                c.rel_err,
+                c.bound
             );
         }
         outln!(

@@ -1,8 +1,8 @@
 //! `lowbit dequantize IN OUT`: a bitsandbytes / BitNet checkpoint (lowbit's or transformers') back to floats.
 
 use super::CliResult;
-use crate::outln;
 use super::quantize::human;
+use crate::outln;
 use crate::{Global, output};
 use lowbit::DType;
 use lowbit::io::DequantizeJob;

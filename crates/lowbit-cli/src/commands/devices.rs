@@ -1,8 +1,8 @@
 //! `lowbit devices`: every device lowbit found, its capabilities, and which one `auto` picks and why.
 
 use super::CliResult;
-use crate::outln;
 use crate::Global;
+use crate::outln;
 use crate::output::print_json;
 use lowbit::runtime::{DeviceInfo, RecoveryPolicy, auto_select, devices};
 
@@ -36,7 +36,14 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
     }
     outln!(
         "{:<10} {:<14} {:<40} {:>19} {:>10} {:<12} {:<8} {:<9} status",
-        "id", "type", "name", "memory (free/total)", "max buffer", "dtypes", "int8 dot", "subgroup"
+        "id",
+        "type",
+        "name",
+        "memory (free/total)",
+        "max buffer",
+        "dtypes",
+        "int8 dot",
+        "subgroup"
     );
     for d in &list {
         outln!(
@@ -92,7 +99,10 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
     outln!();
     outln!("auto picks {}: {}", auto.id, auto.reason);
     if let Ok(id) = &selected {
-        outln!("--device {} -> {id}", crate::output::printable(&global.device));
+        outln!(
+            "--device {} -> {id}",
+            crate::output::printable(&global.device)
+        );
     }
     outln!(
         "recovery: {}, {} retries, memory limit {}, CPU fallback {} (see docs/RUNTIME.md)",

@@ -1,8 +1,8 @@
 //! `lowbit inspect PATH`: per tensor format, block size, shape and bytes; model summary.
 
 use super::CliResult;
-use crate::outln;
 use super::quantize::human;
+use crate::outln;
 use crate::{Global, output};
 use std::path::PathBuf;
 
@@ -35,7 +35,11 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         return Ok(());
     }
     // Names come from an untrusted file: control characters are escaped, never sent to the terminal.
-    let names: Vec<_> = r.entries.iter().map(|e| output::printable(&e.name)).collect();
+    let names: Vec<_> = r
+        .entries
+        .iter()
+        .map(|e| output::printable(&e.name))
+        .collect();
     let w = names
         .iter()
         .map(|n| n.chars().count())
@@ -44,7 +48,11 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         .max(4);
     outln!(
         "{:<w$}  {:<8} {:>5}  {:<18} {:>12}",
-        "name", "format", "block", "shape", "bytes"
+        "name",
+        "format",
+        "block",
+        "shape",
+        "bytes"
     );
     for (e, name) in r.entries.iter().zip(&names) {
         let block = e

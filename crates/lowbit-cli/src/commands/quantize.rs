@@ -144,7 +144,10 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             outln!("  warning: {w}");
         }
         for t in &stale.removed {
-            outln!("  removed {} left by an earlier, interrupted run", p(&t.display().to_string()));
+            outln!(
+                "  removed {} left by an earlier, interrupted run",
+                p(&t.display().to_string())
+            );
         }
     }
     Ok(())

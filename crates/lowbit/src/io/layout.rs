@@ -361,7 +361,7 @@ fn check_double_quant_range(name: &str, wf: Floats, blocksize: usize) -> Result<
     let (mut sum, mut block_max) = (0.0f64, 0.0f64);
     for i in 0..wf.len() {
         block_max = block_max.max((wf.get_f32(i) as f64).abs());
-        if (i + 1) % blocksize == 0 || i + 1 == wf.len() {
+        if (i + 1).is_multiple_of(blocksize) || i + 1 == wf.len() {
             sum += block_max;
             block_max = 0.0;
         }
@@ -659,7 +659,8 @@ fn fourbit_parts<'a>(file: &'a SafetensorsFile, weight: &str) -> Result<FourBitP
             {
                 return Err(bad(
                     &nqm.name,
-                    "is not the signed dynamic 8-bit map; custom code maps are not supported".into(),
+                    "is not the signed dynamic 8-bit map; custom code maps are not supported"
+                        .into(),
                 ));
             }
             let na = file.require(&sub(weight, NESTED_ABSMAX))?;

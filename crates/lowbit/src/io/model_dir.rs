@@ -509,7 +509,9 @@ pub fn check_replaceable(target: &Path, is_dir: bool) -> Result<()> {
     }
     if !is_dir {
         if meta.is_dir() {
-            return refuse("is a directory (a single .safetensors input makes a single file)".into());
+            return refuse(
+                "is a directory (a single .safetensors input makes a single file)".into(),
+            );
         }
         if super::SafetensorsFile::open(target).is_err() {
             return refuse("is not a readable safetensors file".into());

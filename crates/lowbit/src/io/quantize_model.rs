@@ -116,7 +116,10 @@ impl Selector {
 /// naming BitNet). Only such models survive ternarization.
 fn is_bitnet_model(config: Option<&serde_json::Map<String, Value>>) -> bool {
     let Some(c) = config else { return false };
-    let mentions = |v: &Value| v.as_str().is_some_and(|s| s.to_ascii_lowercase().contains("bitnet"));
+    let mentions = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| s.to_ascii_lowercase().contains("bitnet"))
+    };
     c.get("model_type").is_some_and(mentions)
         || c.get("architectures")
             .and_then(Value::as_array)

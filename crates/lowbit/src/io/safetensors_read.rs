@@ -58,8 +58,12 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
 /// [`parse_header`] from the first bytes of a file of `file_len` bytes: `prefix` must hold at least the
 /// 8-byte length and the header it announces (when shorter, the header is reported as truncated).
 pub fn parse_header_prefix(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header> {
-    let file_len = usize::try_from(file_len)
-        .map_err(|_| ck(path, format!("file is {file_len} bytes, too large for this platform")))?;
+    let file_len = usize::try_from(file_len).map_err(|_| {
+        ck(
+            path,
+            format!("file is {file_len} bytes, too large for this platform"),
+        )
+    })?;
     if file_len < 8 || bytes.len() < 8 {
         return Err(ck(
             path,
@@ -403,7 +407,11 @@ impl SafetensorsFile {
     pub fn widened_f32(&self, t: &TensorEntry) -> Result<Vec<f32>> {
         Ok(match t.dtype {
             StDtype::F32 => self.read_vec(t)?,
-            StDtype::F16 => self.read_vec::<f16>(t)?.into_iter().map(f32::from).collect(),
+            StDtype::F16 => self
+                .read_vec::<f16>(t)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
             StDtype::BF16 => self
                 .read_vec::<bf16>(t)?
                 .into_iter()

@@ -79,9 +79,8 @@ impl StreamingWriter {
             .ok_or_else(|| ck(path, "output path has no file name"))?
             .to_string_lossy();
         let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", temps::unique_tag()));
-        let file = temps::create_registered(&tmp, || {
-            File::create(&tmp).map_err(|e| Error::io(&tmp, e))
-        })?;
+        let file =
+            temps::create_registered(&tmp, || File::create(&tmp).map_err(|e| Error::io(&tmp, e)))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         // Placeholder header; the real one is written by `finish`.
         out.write_all(&vec![b' '; 8 + header_len])
