@@ -70,6 +70,10 @@ pub enum Error {
     #[error(transparent)]
     Device(#[from] crate::capability::DeviceError),
 
+    /// Ctrl-C / SIGTERM (see [`crate::io::temps`]): the run stopped and removed its temporary output.
+    #[error("interrupted: nothing was written at {path} and the temporary output was removed")]
+    Interrupted { path: PathBuf },
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

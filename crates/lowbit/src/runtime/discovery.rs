@@ -178,7 +178,7 @@ fn vulkan_loader_present() -> bool {
 }
 
 /// NVIDIA GPUs as `nvidia-smi` reports them (name, memory, temperature, throttling), unavailable until the CUDA
-/// backend exists; a single `cuda` entry when there is no NVIDIA driver.
+/// backend exists; none when there is no NVIDIA GPU or driver.
 fn cuda_devices() -> Vec<DeviceInfo> {
     const NOT_BUILT: &str = "CUDA backend not built";
     let query = command_output(
@@ -224,11 +224,8 @@ fn cuda_devices() -> Vec<DeviceInfo> {
             Some(info)
         })
         .collect();
-    if gpus.is_empty() {
-        vec![DeviceInfo::new("cuda", "cuda", "-", DeviceType::DiscreteGpu).unavailable(NOT_BUILT)]
-    } else {
-        gpus
-    }
+    // No NVIDIA GPU: no row (a placeholder "cuda discrete gpu" would claim hardware that is not there).
+    gpus
 }
 
 /// Apple silicon has a Neural Engine, but no public API runs arbitrary compute on it.
