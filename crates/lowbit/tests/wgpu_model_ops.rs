@@ -101,10 +101,24 @@ fn check_narrowed<T: Float>(g: &Gpu, what: &str, got32: &[f32], want32: &[f32], 
         if got32[i].to_bits() == want32[i].to_bits() {
             assert_eq!(got[i], want[i], "{what}: element {i} narrowed differently");
         } else {
-            // Same sign: neighbouring bit patterns are neighbouring values.
+            // The f32 results differ within the op's stated f32 bound (GPU exp/division are not correctly
+            // rounded, e.g. NVIDIA's): the narrowed values may then differ by that bound plus one unit in the
+            // last place of `T`, not by more.
             let d = (got[i] as i32 - want[i] as i32).abs();
+            let to_f32 = |b: u16| match T::DTYPE {
+                DType::F16 => half::f16::from_bits(b).to_f32(),
+                _ => half::bf16::from_bits(b).to_f32(),
+            };
+            let (gv, wv) = (to_f32(got[i]), to_f32(want[i]));
+            let eps = if T::DTYPE == DType::F16 {
+                1.0 / 1024.0
+            } else {
+                1.0 / 128.0
+            };
+            let max = want32.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let bound = 4e-6 * max + eps * wv.abs().max(6.1e-5);
             assert!(
-                d <= 1 || (got[i] | want[i]) & 0x7fff == 0,
+                d <= 1 || (got[i] | want[i]) & 0x7fff == 0 || (gv - wv).abs() <= bound,
                 "{what}: element {i}: {:#06x} vs {:#06x}",
                 got[i],
                 want[i]

@@ -45,6 +45,16 @@ fn runtime_checks() -> bool {
     *ON.get_or_init(|| std::env::var("LOWBIT_GPU_CHECKS").is_ok_and(|v| v == "1"))
 }
 
+/// Ops recorded into a pending command buffer before one submission drains them.
+const MAX_PENDING: u32 = 128;
+
+/// The command encoder ops are recorded into, and how many ops it holds.
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    ops: u32,
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -59,6 +69,9 @@ pub struct Gpu {
     rcp_delta: OnceLock<wgpu::Buffer>,
     /// NF4 and FP4 dequantization tables, uploaded on first use.
     tables_4bit: [OnceLock<wgpu::Buffer>; 2],
+    /// Dispatches recorded but not yet submitted: ops append to one command encoder, which is submitted when
+    /// the host reads or waits, or when it holds `MAX_PENDING` ops.
+    pending: Mutex<Pending>,
     submissions: std::sync::atomic::AtomicU64,
     reads: std::sync::atomic::AtomicU64,
     /// Errors no error scope caught (wgpu's default handler would panic): logged and counted instead.
@@ -111,6 +124,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             rcp_delta: OnceLock::new(),
             tables_4bit: Default::default(),
+            pending: Mutex::new(Pending::default()),
             submissions: Default::default(),
             reads: Default::default(),
             uncaptured,
@@ -349,30 +363,66 @@ impl Gpu {
         self.wait()
     }
 
-    /// Records a sequence of dispatches into one command buffer and submits it without waiting: the GPU runs
-    /// it after what was submitted before, and a later read-back waits for it. Validation and memory errors
-    /// (caught at recording and submission) become typed errors.
+    /// Records a sequence of dispatches after everything recorded before, without submitting or waiting:
+    /// a chain of ops becomes one command buffer, submitted when the host reads or waits (or every
+    /// `MAX_PENDING` ops). Errors raised while recording (validation, out-of-memory) become typed errors
+    /// here; errors the driver reports only at submission surface at the next read or wait.
     pub fn submit(
         &self,
         record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
     ) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        let recorded = record(&mut encoder);
-        self.queue.submit([encoder.finish()]);
-        self.submissions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let recorded = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+            });
+            let r = record(enc);
+            p.ops += 1;
+            r
+        };
         let oom_err = pollster::block_on(oom.pop());
         let val_err = pollster::block_on(scope.pop());
+        if self.pending_ops() >= MAX_PENDING {
+            self.flush()?;
+        }
         recorded?;
         if let Some(e) = oom_err {
             tracing::debug!("wgpu out-of-memory scope: {e}");
             return Err(gpu_oom("gpu dispatch", 0, None));
         }
         if let Some(e) = val_err {
+            return Err(gpu_err(format!("GPU validation error: {e}")));
+        }
+        Ok(())
+    }
+
+    fn pending_ops(&self) -> u32 {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).ops
+    }
+
+    /// Submits what is recorded (one command buffer), without waiting for it.
+    pub fn flush(&self) -> Result<()> {
+        let encoder = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.ops = 0;
+            p.encoder.take()
+        };
+        let Some(encoder) = encoder else {
+            return Ok(());
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.queue.submit([encoder.finish()]);
+        self.submissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            tracing::debug!("wgpu out-of-memory scope: {e}");
+            return Err(gpu_oom("gpu submission", 0, None));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err(format!("GPU validation error: {e}")));
         }
         Ok(())
@@ -390,6 +440,7 @@ impl Gpu {
     }
 
     pub fn wait(&self) -> Result<()> {
+        self.flush()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -398,6 +449,7 @@ impl Gpu {
 
     /// Copies the first `len` bytes of `buf` back to the host.
     pub fn read(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<u8>> {
+        self.flush()?;
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let size = (len.div_ceil(4).max(1) * 4) as u64;
