@@ -111,7 +111,7 @@ def main():
             failures.append(name)
     # BitNet: transformers loads lowbit's packed ternary checkpoint on CUDA and runs it.
     tdir = os.path.join(work, "lowbit-ternary")
-    lowbit(a.lowbit, "quantize", src, tdir, "--force", "--format", "ternary")
+    lowbit(a.lowbit, "quantize", src, tdir, "--force", "--format", "ternary", "--allow-ptq-ternary")
     ref_model = AutoModelForCausalLM.from_pretrained(src, device_map="cuda").eval()
     tm = AutoModelForCausalLM.from_pretrained(tdir, device_map="cuda").eval()
     ids = torch.randint(0, 1024, (2, 16), device="cuda")

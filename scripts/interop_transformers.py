@@ -87,7 +87,7 @@ def main():
     results, failures = [], []
 
     formats = [("nf4", ["--format", "nf4"]), ("nf4-dq", ["--format", "nf4", "--double-quant"]),
-               ("fp4", ["--format", "fp4"]), ("int8", ["--format", "int8"]), ("ternary", ["--format", "ternary"])]
+               ("fp4", ["--format", "fp4"]), ("int8", ["--format", "int8"]), ("ternary", ["--format", "ternary", "--allow-ptq-ternary"])]
     for name, flags in formats:
         out = os.path.join(work, f"lowbit-{name}")
         summary = run_lowbit(a.lowbit, ["quantize", src, out, "--force", *flags])

@@ -4,6 +4,7 @@ mod commands;
 mod output;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::process::ExitCode;
 
 /// Low-bit quantization (bitsandbytes NF4/FP4/8-bit, LLM.int8(), BitNet b1.58) on CPU and GPUs.
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
     quiet_vulkan_loader_noise();
     let cli = Cli::parse();
     output::init_logging(cli.global.quiet);
+    install_interrupt_handler();
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a, &cli.global),
         Command::Bench(a) => commands::bench::run(a, &cli.global),
@@ -58,12 +60,53 @@ fn main() -> ExitCode {
         Command::Dequantize(a) => commands::dequantize::run(a, &cli.global),
         Command::Inspect(a) => commands::inspect::run(a, &cli.global),
     };
+    let result = result.and_then(|()| output::flush().map_err(Into::into));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<output::StdoutError>()
+                .is_some_and(output::StdoutError::is_broken_pipe)
+            {
+                // The reader went away (`| head`): nothing more to say, as other Unix tools do.
+                return ExitCode::SUCCESS;
+            }
+            let interrupted = matches!(
+                e.downcast_ref::<lowbit::Error>(),
+                Some(lowbit::Error::Interrupted { .. })
+            );
+            // stderr may be closed or full too: never panic over it.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            if interrupted {
+                ExitCode::from(INTERRUPTED_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// Exit status after Ctrl-C / SIGTERM (128 + SIGINT, as shells report it).
+const INTERRUPTED_EXIT: u8 = 130;
+
+/// Ctrl-C, SIGTERM and SIGHUP ask the running job to stop at the next tensor and remove its temporary output
+/// (it then returns `Error::Interrupted` and `main` exits 130). A job stuck in one long step is not waited
+/// for: after a grace period the handler removes every registered temporary itself and exits.
+fn install_interrupt_handler() {
+    let result = ctrlc::set_handler(|| {
+        lowbit::io::temps::request_interrupt();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let removed = lowbit::io::temps::remove_registered();
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: interrupted; removed {} temporary output path(s)",
+            removed.len()
+        );
+        std::process::exit(INTERRUPTED_EXIT as i32);
+    });
+    if let Err(e) = result {
+        tracing::warn!(
+            "cannot install the Ctrl-C handler ({e}); an interrupt may leave temporary files"
+        );
     }
 }
 

@@ -50,15 +50,29 @@ pub enum Error {
         first: usize,
     },
 
+    #[error(
+        "{op}: an operand lives on {got}, but the op runs on {expected}; move it there with \
+         Device::to_device (or Device::to_host first)"
+    )]
+    WrongDevice {
+        op: &'static str,
+        got: String,
+        expected: String,
+    },
+
     #[error("invalid argument for {op}: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
 
     #[error("{path}: {detail}")]
     Checkpoint { path: PathBuf, detail: String },
 
-    /// A device failed, or no device matches a name (see [`crate::runtime::DeviceError`]).
+    /// A device failed, or no device matches a name (see [`crate::capability::DeviceError`]).
     #[error(transparent)]
-    Device(#[from] crate::runtime::DeviceError),
+    Device(#[from] crate::capability::DeviceError),
+
+    /// Ctrl-C / SIGTERM (see [`crate::io::temps`]): the run stopped and removed its temporary output.
+    #[error("interrupted: nothing was written at {path} and the temporary output was removed")]
+    Interrupted { path: PathBuf },
 
     #[error("I/O error on {path}: {source}")]
     Io {

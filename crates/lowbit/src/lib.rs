@@ -7,15 +7,19 @@
 
 pub mod backend;
 pub mod bench;
+pub mod capability;
+pub mod device_tensor;
 pub mod error;
 pub mod format;
 pub mod io;
 pub mod metrics;
+pub mod nn;
 pub mod ops;
 pub mod runtime;
 pub mod synth;
 pub mod tensor;
 
+pub use device_tensor::DeviceTensor;
 pub use error::{Error, Result};
 pub use format::{FourBitType, QuantState};
 pub use runtime::Device;

@@ -240,6 +240,22 @@ impl FloatVec {
     }
 }
 
+impl From<Vec<f32>> for FloatVec {
+    fn from(v: Vec<f32>) -> Self {
+        FloatVec::F32(v)
+    }
+}
+impl From<Vec<f16>> for FloatVec {
+    fn from(v: Vec<f16>) -> Self {
+        FloatVec::F16(v)
+    }
+}
+impl From<Vec<bf16>> for FloatVec {
+    fn from(v: Vec<bf16>) -> Self {
+        FloatVec::BF16(v)
+    }
+}
+
 /// A host tensor: row-major shape and typed storage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {

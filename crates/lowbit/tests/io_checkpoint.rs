@@ -27,6 +27,7 @@ fn opts(format: QuantFormat, double_quant: bool) -> QuantizeOptions {
         include: None,
         exclude: None,
         force: false,
+        allow_ptq_ternary: true,
     }
 }
 
@@ -88,12 +89,12 @@ fn streaming_writer_round_trip_with_tail() {
     let f = SafetensorsFile::open(&p).unwrap();
     assert_eq!(f.get("a").unwrap().shape, vec![3, 100]);
     assert_eq!(
-        f.bytes(f.get("a").unwrap()),
+        &f.bytes(f.get("a").unwrap()).unwrap(),
         bytemuck::cast_slice::<f16, u8>(&a)
     );
-    assert_eq!(f.bytes(f.get("s").unwrap()), &[7]);
+    assert_eq!(&f.bytes(f.get("s").unwrap()).unwrap(), &[7]);
     assert_eq!(f.get("s").unwrap().shape, Vec::<usize>::new());
-    assert_eq!(f.bytes(f.get("t").unwrap()), b"{\"x\": 1}");
+    assert_eq!(&f.bytes(f.get("t").unwrap()).unwrap(), b"{\"x\": 1}");
     assert_eq!(f.metadata().unwrap()["format"], "pt");
     assert!(leftovers(dir.path()).is_empty());
 }
@@ -246,7 +247,7 @@ fn nf4_layout_matches_bitsandbytes_key_by_key() {
             if !selected {
                 let e = f.get(name).unwrap();
                 assert_eq!(
-                    f.bytes(e),
+                    &f.bytes(e).unwrap(),
                     bytemuck::cast_slice::<f16, u8>(v),
                     "{name} copied unchanged"
                 );
@@ -262,21 +263,24 @@ fn nf4_layout_matches_bitsandbytes_key_by_key() {
                 (w.dtype, w.shape.clone()),
                 (StDtype::U8, vec![n.div_ceil(2), 1])
             );
-            assert_eq!(f.bytes(w), &q.packed[..]);
+            assert_eq!(&f.bytes(w).unwrap(), &q.packed[..]);
             let absmax = f.get(&format!("{name}.absmax")).unwrap();
             let qm = f.get(&format!("{name}.quant_map")).unwrap();
             assert_eq!((qm.dtype, qm.shape.clone()), (StDtype::F32, vec![16]));
             assert_eq!(
-                f.bytes(qm),
+                &f.bytes(qm).unwrap(),
                 bytemuck::cast_slice::<f32, u8>(fmt.quant_map())
             );
             let qs_key = format!("{name}.quant_state.bitsandbytes__{}", fmt.name());
             let qs = f.get(&qs_key).unwrap();
             assert_eq!(
                 (qs.dtype, qs.shape.clone()),
-                (StDtype::U8, vec![f.bytes(qs).len()])
+                (StDtype::U8, vec![f.bytes(qs).unwrap().len()])
             );
-            assert_eq!(std::str::from_utf8(f.bytes(qs)).unwrap(), q.state.to_json());
+            assert_eq!(
+                std::str::from_utf8(&f.bytes(qs).unwrap()).unwrap(),
+                q.state.to_json()
+            );
             let na = f.get(&format!("{name}.nested_absmax"));
             let nq = f.get(&format!("{name}.nested_quant_map"));
             if double {
@@ -287,7 +291,7 @@ fn nf4_layout_matches_bitsandbytes_key_by_key() {
                 assert_eq!(na.unwrap().shape, vec![nb.div_ceil(256)]);
                 assert_eq!(nq.unwrap().shape, vec![256]);
                 assert!(
-                    std::str::from_utf8(f.bytes(qs))
+                    std::str::from_utf8(&f.bytes(qs).unwrap())
                         .unwrap()
                         .contains("\"nested_blocksize\": 256")
                 );
@@ -339,16 +343,22 @@ fn int8_and_ternary_layouts() {
         let l = Linear8bitLt::from_weight(&dev, &wt, None, 0.0).unwrap();
         let w = f8.get(name).unwrap();
         assert_eq!((w.dtype, w.shape.clone()), (StDtype::I8, shape.clone()));
-        assert_eq!(f8.bytes(w), bytemuck::cast_slice::<i8, u8>(&l.weight));
+        assert_eq!(
+            &f8.bytes(w).unwrap(),
+            bytemuck::cast_slice::<i8, u8>(&l.weight)
+        );
         let scb = f8.get(&format!("{m}.SCB")).unwrap();
         assert_eq!(
             (scb.dtype, scb.shape.clone()),
             (StDtype::F32, vec![shape[0]])
         );
-        assert_eq!(f8.bytes(scb), bytemuck::cast_slice::<f32, u8>(&l.scb));
+        assert_eq!(
+            &f8.bytes(scb).unwrap(),
+            bytemuck::cast_slice::<f32, u8>(&l.scb)
+        );
         let wf = f8.get(&format!("{m}.weight_format")).unwrap();
         assert_eq!(
-            (wf.dtype, wf.shape.clone(), f8.bytes(wf)),
+            (wf.dtype, wf.shape.clone(), &f8.bytes(wf).unwrap()[..]),
             (StDtype::U8, vec![], &[0u8][..])
         );
 
@@ -358,10 +368,13 @@ fn int8_and_ternary_layouts() {
             (w.dtype, w.shape.clone()),
             (StDtype::U8, vec![shape[0] / 4, shape[1]])
         );
-        assert_eq!(ft.bytes(w), &t.packed[..]);
+        assert_eq!(&ft.bytes(w).unwrap(), &t.packed[..]);
         let s = ft.get(&format!("{m}.weight_scale")).unwrap();
         assert_eq!((s.dtype, s.shape.clone()), (StDtype::F16, vec![1]));
-        assert_eq!(ft.bytes(s), f16::from_f32(t.weight_scale).to_le_bytes());
+        assert_eq!(
+            ft.bytes(s).unwrap(),
+            f16::from_f32(t.weight_scale).to_le_bytes()
+        );
     }
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out8.join("config.json")).unwrap()).unwrap();
@@ -440,7 +453,7 @@ fn sharded_model_keeps_shards_and_index_and_dequantizes_back() {
         } else {
             v.iter().map(|x| x.to_f32()).collect()
         };
-        let got: Vec<f32> = bytemuck::cast_slice::<u8, f16>(f.bytes(e))
+        let got: Vec<f32> = bytemuck::cast_slice::<u8, f16>(&f.bytes(e).unwrap())
             .iter()
             .map(|x| x.to_f32())
             .collect();
@@ -545,8 +558,14 @@ fn failures_leave_nothing_and_existing_outputs_need_force() {
     assert!(out.join("keep").exists());
     let o = QuantizeOptions {
         force: true,
+        allow_ptq_ternary: true,
         ..opts(QuantFormat::Int8, false)
     };
+    // --force replaces only what looks like a previous output (a model directory), never other files.
+    let e = QuantizeJob::prepare(&src2, &out, o.clone()).err().unwrap();
+    assert_checkpoint_err(e, "not a previous lowbit output");
+    assert!(out.join("keep").exists());
+    std::fs::write(out.join("model.safetensors"), "old").unwrap();
     quantize(&src2, &out, o).unwrap();
     assert!(!out.join("keep").exists() && out.join("model.safetensors").exists());
     assert!(leftovers(dir.path()).is_empty());
@@ -618,7 +637,7 @@ fn index_and_quant_state_lies_are_typed_errors() {
         .map(|t| {
             (
                 PlannedTensor::new(&t.name, t.dtype, t.shape.clone()),
-                f.bytes(t).to_vec(),
+                f.bytes(t).unwrap(),
             )
         })
         .collect();
@@ -643,4 +662,131 @@ fn index_and_quant_state_lies_are_typed_errors() {
         .unwrap_err();
     assert_checkpoint_err(e, name);
     assert!(!dir.path().join("bad-out.safetensors").exists());
+}
+
+/// A file truncated by another process while lowbit reads it: a typed error naming the tensor, not SIGBUS.
+#[test]
+fn a_file_truncated_while_open_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let mut rng = Rng::fresh();
+    write_tensors(&p, &llama_tensors(&mut rng, 1));
+    let f = SafetensorsFile::open(&p).unwrap();
+    let last = f.tensors().last().unwrap().clone();
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = f.tensor(&last).unwrap_err();
+    assert_checkpoint_err(e, "shrank");
+    assert_checkpoint_err(f.bytes(&last).unwrap_err(), &last.name);
+}
+
+/// A header naming a tensor twice (a JSON map would keep the last silently) is reported by name.
+#[test]
+fn duplicate_header_names_are_named() {
+    let h = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#;
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(&[1, 2, 3, 4]);
+    let e = parse_header(Path::new("d.safetensors"), &b).unwrap_err();
+    assert_checkpoint_err(e, "\"a\" appears twice");
+}
+
+/// Threads of one process replacing the same output concurrently: every commit lands a complete output or
+/// says another process replaced it; never a raw "No such file" / "Directory not empty".
+#[test]
+fn concurrent_forced_commits_land_or_say_why() {
+    use lowbit::io::model_dir::Output;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::write(&input, b"x").unwrap();
+    let target = dir.path().join("out");
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (input, target, failures) = (&input, &target, &failures);
+            s.spawn(move || {
+                for i in 0..60 {
+                    let r = Output::create(target, input, true, true).and_then(|o| {
+                        std::fs::write(o.path().join("model.safetensors"), format!("{t}-{i}"))
+                            .unwrap();
+                        o.commit()
+                    });
+                    if let Err(e) = r {
+                        let m = e.to_string();
+                        if !m.contains("another process") {
+                            failures.lock().unwrap().push(m);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let f = failures.into_inner().unwrap();
+    assert!(
+        f.is_empty(),
+        "{} raw failures, e.g. {:?}",
+        f.len(),
+        &f[..f.len().min(3)]
+    );
+    assert!(target.join("model.safetensors").is_file());
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+/// Copying the tokenizer onto a full disk names the file being written, not the input.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_copy_names_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tokenizer.json");
+    std::fs::write(&src, vec![b'x'; 4096]).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("tokenizer.json")).unwrap();
+    let e = lowbit::io::model_dir::copy_files(std::slice::from_ref(&src), &out).unwrap_err();
+    match &e {
+        Error::Io { path, .. } => assert_eq!(path, &out.join("tokenizer.json"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A quantized file with a zero-size, 2^62-row packed ternary weight: the unpacked row count overflows and
+/// must be an error, not a wrapped `[4, 0]`.
+#[test]
+fn ternary_row_count_overflow_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.safetensors");
+    lowbit::io::safetensors_write::write_all(
+        &p,
+        &[
+            (
+                PlannedTensor::new("l.weight", StDtype::U8, vec![(1usize << 62) + 1, 0]),
+                vec![],
+            ),
+            (
+                PlannedTensor::new("l.weight_scale", StDtype::F16, vec![1]),
+                f16::from_f32(1.0).to_le_bytes().to_vec(),
+            ),
+        ],
+        pt_metadata(),
+    )
+    .unwrap();
+    let f = SafetensorsFile::open(&p).unwrap();
+    let g = layout::groups(&f).unwrap();
+    assert_checkpoint_err(
+        layout::original_shape_dtype(&f, &g[0]).unwrap_err(),
+        "overflows",
+    );
+    assert_checkpoint_err(
+        layout::decode(&Device::cpu(), &f, &g[0], None).unwrap_err(),
+        "overflows",
+    );
 }

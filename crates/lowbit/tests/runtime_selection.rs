@@ -55,8 +55,17 @@ fn discovery_lists_the_cpu_first_with_real_capabilities() {
             "{d:?}"
         );
     }
-    // CUDA is listed, unavailable, until that backend exists.
-    assert!(all.iter().any(|d| d.backend == "cuda" && !d.available));
+    // NVIDIA GPUs are listed, unavailable, until the CUDA backend exists; without one, no CUDA row.
+    let nvidia = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"));
+    assert_eq!(all.iter().any(|d| d.backend == "cuda"), nvidia, "{all:?}");
+    assert!(
+        all.iter()
+            .filter(|d| d.backend == "cuda")
+            .all(|d| !d.available)
+    );
     // The JSON form has every field.
     let j = serde_json::to_value(cpu).unwrap();
     for key in [

@@ -609,15 +609,15 @@ fn resident_tensors_match_host_path() {
     };
     let x: Vec<f32> = (0..cols).map(|_| r.random_range(-1.0f32..1.0)).collect();
     let gw = g.upload_4bit(&w).unwrap();
-    let gx = g.upload(bytemuck::cast_slice(&x), vec![cols], DType::F32);
+    let gx = g.upload_raw(bytemuck::cast_slice(&x), vec![cols], DType::F32);
     let y = g.gemv_4bit_resident(&gx, &gw).unwrap();
     let got: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y).unwrap());
     let want = g
         .gemv_4bit(FloatVec::F32(x.clone()).as_floats(), w, None)
         .unwrap();
     assert_eq!(got, want.to_f32_vec());
-    let gwd = g.upload(bytemuck::cast_slice(&wv), vec![rows, cols], DType::F32);
-    let gx2 = g.upload(bytemuck::cast_slice(&x), vec![1, cols], DType::F32);
+    let gwd = g.upload_raw(bytemuck::cast_slice(&wv), vec![rows, cols], DType::F32);
+    let gx2 = g.upload_raw(bytemuck::cast_slice(&x), vec![1, cols], DType::F32);
     let y2 = g.matmul_resident(&gx2, &gwd).unwrap();
     let got2: Vec<f32> = bytemuck::pod_collect_to_vec(&g.download(&y2).unwrap());
     let want2 = g
@@ -782,12 +782,12 @@ fn resident_layer_chain_matches_cpu() {
             };
             let gw = g.upload_4bit(&w).unwrap();
             let norm_w: Vec<f32> = (0..cols).map(|_| r.random_range(0.5f32..1.5)).collect();
-            let gnw = g.upload(bytemuck::cast_slice(&norm_w), vec![cols], DType::F32);
+            let gnw = g.upload_raw(bytemuck::cast_slice(&norm_w), vec![cols], DType::F32);
             for batch in [1usize, 3] {
                 let x: Vec<f32> = (0..batch * cols)
                     .map(|_| r.random_range(-2.0f32..2.0))
                     .collect();
-                let gx = g.upload(bytemuck::cast_slice(&x), vec![batch, cols], DType::F32);
+                let gx = g.upload_raw(bytemuck::cast_slice(&x), vec![batch, cols], DType::F32);
                 let gn = g.rms_norm_resident(&gx, &gnw, 1e-6).unwrap();
                 let gy = g.matmul_4bit_resident(&gn, &gw).unwrap();
                 let gs = g.softmax_resident(&gy).unwrap();
@@ -900,7 +900,7 @@ fn resident_ternary_linear_matches_cpu() {
                     }
                 }
                 let x = as_dtype(&xv, dt);
-                let gx = g.upload(&x.to_le_bytes(), vec![batch, cols], dt);
+                let gx = g.upload_raw(&x.to_le_bytes(), vec![batch, cols], dt);
                 let gy = g.ternary_linear_resident(&gx, &gw).unwrap();
                 assert_eq!(gy.shape, vec![batch, rows]);
                 let got = f32s(&g.download(&gy).unwrap());
@@ -924,7 +924,7 @@ fn resident_ternary_linear_matches_cpu() {
         })
         .unwrap();
     let gy = g
-        .ternary_linear_resident(&g.upload(&[], vec![2, 0], DType::F32), &gw)
+        .ternary_linear_resident(&g.upload_raw(&[], vec![2, 0], DType::F32), &gw)
         .unwrap();
     assert_eq!(gy.shape, vec![2, 9]);
     assert_eq!(g.download(&gy).unwrap(), vec![0u8; 2 * 9 * 4]);
@@ -1014,7 +1014,7 @@ fn resident_bad_inputs_are_errors() {
     let is_shape = |e: Error| matches!(e, Error::Shape { .. });
     let zeros = |shape: Vec<usize>, dt: DType| {
         let n: usize = shape.iter().product();
-        g.upload(&vec![0u8; n * dt.size_in_bytes()], shape, dt)
+        g.upload_raw(&vec![0u8; n * dt.size_in_bytes()], shape, dt)
     };
     let x = zeros(vec![2, cols], DType::F32);
     let nw = zeros(vec![cols], DType::F32);

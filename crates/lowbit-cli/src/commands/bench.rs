@@ -4,6 +4,7 @@
 use super::CliResult;
 use crate::Global;
 use crate::output::print_json;
+use crate::{out, outln};
 use lowbit::ops::{BitLinear, Linear8bitLt};
 use lowbit::synth::{WeightSpec, linear_weight, normal};
 use lowbit::tensor::{DType, FloatVec, Tensor, TensorData};
@@ -305,15 +306,20 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let ops: Vec<&str> = if op == "all" { OPS.to_vec() } else { vec![op] };
     let mut results = Vec::new();
     if !global.json {
-        println!(
+        outln!(
             "device {}, shape {rows}x{cols}, batch {}, dtype {}, read bandwidth {read_bw:.1} GB/s",
             dev.name(),
             args.batch,
             args.dtype
         );
-        println!(
+        outln!(
             "{:<22} {:>11} {:>9} {:>10} {:>9} {:>6}",
-            "op", "median", "GB/s", "GFLOP/s", "of read", "iters"
+            "op",
+            "median",
+            "GB/s",
+            "GFLOP/s",
+            "of read",
+            "iters"
         );
     }
     for op in ops {
@@ -323,7 +329,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         let gflops = p.flops / median / 1e9;
         let frac = gbps / read_bw;
         if !global.json {
-            println!(
+            outln!(
                 "{op:<22} {:>9.3}ms {gbps:>9.2} {gflops:>10.2} {:>8.1}% {iters:>6}",
                 median * 1e3,
                 frac * 100.0
@@ -348,12 +354,12 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     if global.json {
         if let [one] = &mut results[..] {
             one["statistics"] = json!(dev.stats());
-            print_json(one);
+            print_json(one)?;
         } else {
-            print_json(&json!({ "results": results, "statistics": dev.stats() }));
+            print_json(&json!({ "results": results, "statistics": dev.stats() }))?;
         }
     } else {
-        println!("\nruntime statistics ({}):\n{}", dev.id(), dev.stats());
+        outln!("\nruntime statistics ({}):\n{}", dev.id(), dev.stats());
     }
     Ok(())
 }
@@ -377,14 +383,14 @@ fn run_resident(dev: &lowbit::Device, args: &Args, global: &Global) -> CliResult
     }
     let rows = run_suite_with(&gpu, cfg)?;
     if global.json {
-        print_json(&json!({ "device": dev.id(), "adapter": dev.info().name, "results": rows }));
+        print_json(&json!({ "device": dev.id(), "adapter": dev.info().name, "results": rows }))?;
     } else {
-        println!(
+        outln!(
             "device {} ({}), resident buffers, GPU-timed",
             dev.id(),
             dev.info().name
         );
-        print!("{}", format_table(&rows));
+        out!("{}", format_table(&rows));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use super::CliResult;
 use crate::Global;
+use crate::outln;
 use crate::output::{print_json, progress};
 use lowbit::metrics::{ErrorStats, error_stats, max_rel_err as rel_err};
 use lowbit::ops::Linear8bitLt;
@@ -17,8 +18,8 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// Number of decoder layers to synthesize (each has 7 projections, 202M parameters).
-    #[arg(long, default_value_t = 1)]
-    layers: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    layers: u16,
     /// Seed for the synthetic weights.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -279,7 +280,7 @@ struct Row {
 
 pub fn run(args: Args, global: &Global) -> CliResult {
     let dev = super::open_device(global)?;
-    let mats: Vec<(String, usize, usize)> = (0..args.layers)
+    let mats: Vec<(String, usize, usize)> = (0..args.layers as usize)
         .flat_map(|l| {
             let k = args.shrink as usize;
             LLAMA7B_LAYER
@@ -362,9 +363,9 @@ pub fn run(args: Args, global: &Global) -> CliResult {
                 "kernel": c.kernel, "format": c.format, "shape": c.shape,
                 "rel_err": c.rel_err, "bound": c.bound, "ok": c.passed(),
             })).collect::<Vec<_>>(),
-        }));
+        }))?;
     } else {
-        println!(
+        outln!(
             "lowbit demo: {} Llama-7B-shaped layer(s), {} projections, {:.1}M bf16 parameters ({:.0} MB), device {}\n",
             args.layers,
             mats.len(),
@@ -372,12 +373,19 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             (params * 2) as f64 / 1e6,
             dev.name()
         );
-        println!(
+        outln!(
             "{:<26} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>10}",
-            "format", "bits/w", "size MB", "vs bf16", "RMSE", "SQNR dB", "max abs", "quant GB/s"
+            "format",
+            "bits/w",
+            "size MB",
+            "vs bf16",
+            "RMSE",
+            "SQNR dB",
+            "max abs",
+            "quant GB/s"
         );
         for r in &rows {
-            println!(
+            outln!(
                 "{:<26} {:>8.3} {:>10.1} {:>7.2}x {:>10.3e} {:>9.2} {:>9.4} {:>10.2}",
                 r.format.name(),
                 r.bytes as f64 * 8.0 / r.params as f64,
@@ -389,19 +397,23 @@ pub fn run(args: Args, global: &Global) -> CliResult {
                 (r.params * 2) as f64 / r.quant_seconds / 1e9
             );
         }
-        println!("\nfused kernels vs dequantize-then-multiply (max |Δ| / max |y|):");
+        outln!("\nfused kernels vs dequantize-then-multiply (max |Δ| / max |y|):");
         for c in &checks {
             let verdict = if c.passed() { "ok" } else { "FAIL" };
-            println!(
+            outln!(
                 "  {:<18} {:<26} {:<24} {:>10.2e} (bound {:.0e}) {verdict}",
-                c.kernel, c.format, c.shape, c.rel_err, c.bound
+                c.kernel,
+                c.format,
+                c.shape,
+                c.rel_err,
+                c.bound
             );
         }
-        println!(
+        outln!(
             "\nruntime statistics:\n{}",
             lowbit::runtime::stats_snapshot()
         );
-        println!(
+        outln!(
             "\n{} checks, {} failed; {:.1} s",
             checks.len(),
             failed,

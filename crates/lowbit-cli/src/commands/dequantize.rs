@@ -2,6 +2,7 @@
 
 use super::CliResult;
 use super::quantize::human;
+use crate::outln;
 use crate::{Global, output};
 use lowbit::DType;
 use lowbit::io::DequantizeJob;
@@ -44,9 +45,9 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         output::print_json(&serde_json::json!({
             "output": r.output, "tensors": r.tensors, "dequantized": r.dequantized,
             "bytes_in": r.bytes_in, "bytes_out": r.bytes_out, "seconds": r.seconds,
-        }));
+        }))?;
     } else {
-        println!(
+        outln!(
             "{}: {} tensors ({} dequantized), bytes {} -> {}, time {:.2} s",
             r.output.display(),
             r.tensors,

@@ -2,6 +2,7 @@
 
 use super::CliResult;
 use crate::Global;
+use crate::outln;
 use crate::output::print_json;
 use lowbit::runtime::{DeviceInfo, RecoveryPolicy, auto_select, devices};
 
@@ -13,9 +14,11 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
     let policy = RecoveryPolicy::from_env()?;
     let (_, auto) = auto_select(&list, policy.clone());
     // What `--device` / LOWBIT_DEVICE names now, so a bad value is reported here too.
-    let selected = lowbit::Device::open_in(&global.device, &list, policy.clone())
-        .map(|d| d.id().to_string())
-        .map_err(|e| e.to_string());
+    let selected = super::check_device_name(&global.device).and_then(|()| {
+        lowbit::Device::open_in(&global.device, &list, policy.clone())
+            .map(|d| d.id().to_string())
+            .map_err(|e| e.to_string())
+    });
     if global.json {
         print_json(&serde_json::json!({
             "devices": list,
@@ -28,19 +31,26 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
                 "memory_limit": policy.memory_limit,
                 "cpu_fallback": policy.cpu_fallback,
             },
-        }));
-        return Ok(());
+        }))?;
+        return selected.map(drop).map_err(Into::into);
     }
-    println!(
+    outln!(
         "{:<10} {:<14} {:<40} {:>19} {:>10} {:<12} {:<8} {:<9} status",
-        "id", "type", "name", "memory (free/total)", "max buffer", "dtypes", "int8 dot", "subgroup"
+        "id",
+        "type",
+        "name",
+        "memory (free/total)",
+        "max buffer",
+        "dtypes",
+        "int8 dot",
+        "subgroup"
     );
     for d in &list {
-        println!(
+        outln!(
             "{:<10} {:<14} {:<40} {:>19} {:>10} {:<12} {:<8} {:<9} {}",
             d.id,
             d.device_type.name(),
-            truncate(&d.name, 40),
+            truncate(&crate::output::printable(&d.name), 40),
             memory(d),
             d.max_buffer_size.map_or("-".into(), human),
             dtypes(d),
@@ -53,7 +63,7 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
             status(d),
         );
     }
-    println!();
+    outln!();
     for d in list.iter().filter(|d| d.available) {
         let mut extra = Vec::new();
         if let Some(v) = &d.vendor {
@@ -77,8 +87,8 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
         if let Some(t) = &d.thermal {
             extra.push(format!("thermal {t}"));
         }
-        println!("{}: {}", d.id, extra.join(", "));
-        println!(
+        outln!("{}: {}", d.id, extra.join(", "));
+        outln!(
             "  formats {}; 4-bit block sizes {:?}; 8-bit block sizes {:?}; {} ops",
             d.formats.join(" "),
             d.blocksizes_4bit,
@@ -86,20 +96,23 @@ pub fn run(_args: Args, global: &Global) -> CliResult {
             d.ops.len()
         );
     }
-    println!();
-    println!("auto picks {}: {}", auto.id, auto.reason);
-    match selected {
-        Ok(id) => println!("--device {} -> {id}", global.device),
-        Err(e) => println!("--device {}: {e}", global.device),
+    outln!();
+    outln!("auto picks {}: {}", auto.id, auto.reason);
+    if let Ok(id) = &selected {
+        outln!(
+            "--device {} -> {id}",
+            crate::output::printable(&global.device)
+        );
     }
-    println!(
+    outln!(
         "recovery: {}, {} retries, memory limit {}, CPU fallback {} (see docs/RUNTIME.md)",
         if policy.strict { "strict" } else { "recover" },
         policy.max_retries,
         policy.memory_limit.map_or("none".into(), human),
         if policy.cpu_fallback { "on" } else { "off" },
     );
-    Ok(())
+    // An unknown or unavailable requested device is an error (non-zero exit), after the listing.
+    selected.map(drop).map_err(Into::into)
 }
 
 fn status(d: &DeviceInfo) -> String {

@@ -2,6 +2,7 @@
 
 use super::CliResult;
 use super::quantize::human;
+use crate::outln;
 use crate::{Global, output};
 use std::path::PathBuf;
 
@@ -30,36 +31,47 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "tensors": entries, "params": r.params, "quantized_params": r.quantized_params,
             "bytes": r.bytes, "original_bytes": r.original_bytes, "bits_per_weight": r.bits_per_weight,
             "compression": r.compression, "quantization_config": r.quantization_config,
-        }));
+        }))?;
         return Ok(());
     }
-    let w = r
+    // Names come from an untrusted file: control characters are escaped, never sent to the terminal.
+    let names: Vec<_> = r
         .entries
         .iter()
-        .map(|e| e.name.len())
+        .map(|e| output::printable(&e.name))
+        .collect();
+    let w = names
+        .iter()
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "{:<w$}  {:<8} {:>5}  {:<18} {:>12}",
-        "name", "format", "block", "shape", "bytes"
+        "name",
+        "format",
+        "block",
+        "shape",
+        "bytes"
     );
-    for e in &r.entries {
+    for (e, name) in r.entries.iter().zip(&names) {
         let block = e
             .blocksize
             .map(|b| format!("{b}{}", if e.double_quant { "+dq" } else { "" }));
-        println!(
+        outln!(
             "{:<w$}  {:<8} {:>5}  {:<18} {:>12}",
-            e.name,
+            name,
             e.format,
             block.unwrap_or_else(|| "-".into()),
             format!("{:?}", e.shape),
             e.bytes
         );
     }
-    println!(
+    outln!(
         "\n{} tensors, {} parameters ({} quantized), {} on disk ({} in original dtypes)\n\
-         {:.3} bits per weight, compression {:.2}x",
+         {:.3} bits per weight, compression {:.2}x\n\
+         every tensor passed the checks dequantize makes (quant_state, code maps, lengths, scales); \
+         the packed values themselves were not read",
         r.entries.len(),
         r.params,
         r.quantized_params,

@@ -3,6 +3,7 @@
 //! Weights holding NaN or Inf are rejected (`lowbit::ops::ensure_finite`).
 
 use super::CliResult;
+use crate::outln;
 use crate::{Global, output};
 use lowbit::DType;
 use lowbit::io::{QuantFormat, QuantSpec, QuantizeJob, QuantizeOptions};
@@ -17,9 +18,9 @@ pub struct Args {
     /// nf4, fp4 (bitsandbytes 4-bit), int8 (LLM.int8()), ternary (BitNet b1.58).
     #[arg(long)]
     pub format: String,
-    /// 4-bit block size (transformers uses 64).
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
+    /// 4-bit block size (default 64, what transformers uses; nf4 / fp4 only).
+    #[arg(long)]
+    pub blocksize: Option<usize>,
     /// 4-bit double quantization of the block scales (bnb_4bit_use_double_quant).
     #[arg(long)]
     pub double_quant: bool,
@@ -32,13 +33,29 @@ pub struct Args {
     /// Never quantize tensors whose name matches this regular expression.
     #[arg(long)]
     pub exclude: Option<String>,
-    /// Replace an existing output.
+    /// Replace an existing output (only a previous lowbit output; never the input or another directory).
     #[arg(long)]
     pub force: bool,
+    /// With --format ternary: ternarize a model that was not trained for BitNet b1.58 anyway. Post-training
+    /// ternarization ruins ordinary models (perplexity rises by orders of magnitude); refused without this.
+    #[arg(long)]
+    pub allow_ptq_ternary: bool,
 }
 
 pub fn run(args: Args, global: &Global) -> CliResult {
     let format: QuantFormat = args.format.parse()?;
+    let four_bit = matches!(format, QuantFormat::FourBit(_));
+    if let (Some(b), false) = (args.blocksize, four_bit) {
+        return Err(format!(
+            "--blocksize {b} applies to nf4 / fp4 only; {} has no block size (int8 scales each row, ternary \
+             the whole tensor): drop --blocksize",
+            format.name()
+        )
+        .into());
+    }
+    if args.allow_ptq_ternary && format != QuantFormat::Ternary {
+        return Err("--allow-ptq-ternary applies to --format ternary only".into());
+    }
     let compute_dtype = DType::parse(&args.compute_dtype)
         .filter(|d| d.is_float())
         .ok_or_else(|| {
@@ -50,17 +67,19 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let opts = QuantizeOptions {
         spec: QuantSpec {
             format,
-            blocksize: args.blocksize,
+            blocksize: args.blocksize.unwrap_or(64),
             double_quant: args.double_quant,
         },
         compute_dtype,
         include: args.include,
         exclude: args.exclude,
         force: args.force,
+        allow_ptq_ternary: args.allow_ptq_ternary,
     };
     let dev = super::open_device(global)?;
     let job = QuantizeJob::prepare(&args.input, &args.output, opts)?;
     let pb = output::byte_progress(job.total_bytes(), global.quiet || global.json, "quantizing");
+    let stale = job.stale_temporaries().clone();
     let report = job.run(&dev, &mut |done| pb.set_position(done))?;
     pb.finish_and_clear();
     let peak = lowbit::io::peak_rss_bytes();
@@ -81,12 +100,19 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "bytes_out": report.bytes_out, "seconds": report.seconds,
             "mean_rel_error": report.mean_rel_error, "max_rel_error": report.max_rel_error,
             "peak_rss_bytes": peak, "per_tensor": tensors,
-        }));
+            "copied_files": report.copied,
+            "skipped_files": report.skipped_files.iter()
+                .map(|(n, why)| serde_json::json!({"name": n, "reason": why})).collect::<Vec<_>>(),
+            "skip_modules": report.skip_modules,
+            "warnings": report.warnings,
+            "stale_temporaries_removed": stale.removed,
+            "stale_temporaries_kept": stale.kept,
+        }))?;
     } else {
-        println!(
+        outln!(
             "{}: {} tensors ({} quantized to {}), {} shard(s)\n  bytes {} -> {} ({:.2}x)\n  time {:.2} s, \
              mean relative error {:.4} (max {:.4}){}",
-            report.output.display(),
+            crate::output::printable(&report.output.display().to_string()),
             report.tensors.len(),
             report.quantized,
             format.name(),
@@ -100,6 +126,29 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             peak.map(|p| format!(", peak RSS {}", human(p)))
                 .unwrap_or_default(),
         );
+        let p = crate::output::printable;
+        if !report.copied.is_empty() {
+            let names: Vec<_> = report.copied.iter().map(|n| p(n)).collect();
+            outln!("  copied {}", names.join(", "));
+        }
+        for (name, why) in &report.skipped_files {
+            outln!("  not copied: {} ({why})", p(name));
+        }
+        if let Some(skip) = &report.skip_modules {
+            outln!(
+                "  config.json lists {} module(s) as not quantized (llm_int8_skip_modules / modules_to_not_convert)",
+                skip.len()
+            );
+        }
+        for w in &report.warnings {
+            outln!("  warning: {w}");
+        }
+        for t in &stale.removed {
+            outln!(
+                "  removed {} left by an earlier, interrupted run",
+                p(&t.display().to_string())
+            );
+        }
     }
     Ok(())
 }

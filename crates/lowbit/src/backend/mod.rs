@@ -4,14 +4,14 @@
 //! tolerances documented in `docs/ARCHITECTURE.md`.
 
 pub mod cpu;
-#[cfg(all(target_os = "macos", feature = "wgpu"))]
-pub mod mps;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
 use crate::Result;
+use crate::capability::{DeviceError, DeviceInfo, DeviceType, Op, OpKind, OpParams, Support};
+use crate::device_tensor::DeviceTensor;
 use crate::format::{Codebook8, FourBitType};
-use crate::runtime::{DeviceInfo, DeviceType, OpKind, OpParams, Support};
+use crate::tensor::Tensor;
 use crate::tensor::{DType, FloatVec, Floats};
 use half::f16;
 
@@ -68,27 +68,62 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     fn name(&self) -> String;
 
-    /// What this backend runs on. The default describes the host CPU for CPU backends named `cpu`, and a
-    /// device with every op and unknown limits otherwise; GPU backends report their adapter.
+    /// What this backend runs on. The default describes a device with every op and unknown limits (test
+    /// backends); the CPU backend describes the host, GPU backends their adapter.
     fn info(&self) -> DeviceInfo {
         let name = self.name();
-        match self.kind() {
-            BackendKind::Cpu if name == "cpu" => crate::runtime::cpu_info(),
-            kind => {
-                let (backend, ty) = match kind {
-                    BackendKind::Cpu => ("cpu", DeviceType::Cpu),
-                    BackendKind::Wgpu => ("wgpu", DeviceType::Other),
-                    BackendKind::Cuda => ("cuda", DeviceType::DiscreteGpu),
-                };
-                DeviceInfo::new(name.clone(), backend, name, ty).with_all_ops()
-            }
-        }
+        let (backend, ty) = match self.kind() {
+            BackendKind::Cpu => ("cpu", DeviceType::Cpu),
+            BackendKind::Wgpu => ("wgpu", DeviceType::Other),
+            BackendKind::Cuda => ("cuda", DeviceType::DiscreteGpu),
+        };
+        DeviceInfo::new(name.clone(), backend, name, ty).with_all_ops()
     }
 
     /// Whether this backend can run `op` with `params` (dtype, block size, format). The runtime asks before
     /// every dispatch; `No` leads to a CPU fallback or, in strict mode, a capability error.
     fn supports(&self, _op: OpKind, _params: &OpParams) -> Support {
         Support::Yes
+    }
+
+    // ---- Device tensors: memory this backend owns and ops that take and return it. ----
+    // The defaults say "not here": a backend implements what it accelerates, and the runtime routes every
+    // other op to the CPU (counted, logged) or, in strict mode, returns the capability error.
+
+    /// Copies a host tensor into this backend's memory.
+    fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let _ = t;
+        Err(self.unsupported("upload", "this backend has no device memory"))
+    }
+    /// Copies one of this backend's tensors back to the host, after the queued work that writes it.
+    fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let _ = t;
+        Err(self.unsupported("download", "this backend has no device memory"))
+    }
+    /// Whether [`run_op`](Backend::run_op) runs `op` on operands of these dtypes (in operand order).
+    fn supports_op(&self, op: &Op, dtypes: &[DType]) -> Support {
+        let _ = (op, dtypes);
+        Support::No("this backend runs no device-tensor ops".into())
+    }
+    /// Queues `op` on validated operands of this backend and returns its output tensor; the work may still
+    /// be in flight (a later download waits for it).
+    fn run_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
+        let _ = inputs;
+        Err(self.unsupported(op.kind().name(), "this backend runs no device-tensor ops"))
+    }
+    /// Copies `src [n, ..]` into rows `row..row + n` of `dst` (same dtype and row size), in place: how a KV
+    /// cache grows without reallocating.
+    fn write_rows(&self, dst: &DeviceTensor, row: usize, src: &DeviceTensor) -> Result<()> {
+        let _ = (dst, row, src);
+        Err(self.unsupported("copy_rows", "this backend has no device memory"))
+    }
+    /// Waits until all queued work has finished.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The capability error for an op this backend does not run.
+    fn unsupported(&self, op: &str, reason: &str) -> crate::Error {
+        crate::Error::Device(DeviceError::unsupported(&self.info().id, op, reason))
     }
 
     /// 8-bit blockwise quantization with `code` (FORMATS.md §2).

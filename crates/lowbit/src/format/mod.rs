@@ -2,6 +2,7 @@
 //! and the two CUDA quirks that bytes depend on (the hardware reciprocal and torch's mean order).
 //! Each fact lives here once; kernels (CPU and GPU) take their tables from this module.
 
+pub mod activation;
 pub mod blocksize;
 pub mod codebook;
 pub mod float;
@@ -10,6 +11,7 @@ pub mod int8;
 pub mod pyrepr;
 pub mod quant_state;
 pub mod rcp;
+pub mod rope;
 pub mod ternary;
 pub mod torch_mean;
 

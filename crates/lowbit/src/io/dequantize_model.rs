@@ -92,9 +92,10 @@ impl DequantizeJob {
                 .unwrap_or_else(super::safetensors_write::pt_metadata);
             let mut writer = StreamingWriter::create(&out_path, planned, vec![], metadata)?;
             for g in groups {
+                super::temps::check_interrupt(self.output.target())?;
                 if let Group::Plain(name) = g {
                     let t = file.require(name)?;
-                    writer.write(name, file.bytes(t))?;
+                    writer.write(name, &file.bytes(t)?)?;
                 } else {
                     let t = layout::decode(dev, file, g, self.dtype)?;
                     let bytes = match &t.data {
@@ -106,9 +107,7 @@ impl DequantizeJob {
                 }
                 count += 1;
                 for k in g.keys() {
-                    let e = file.require(&k)?;
-                    bytes_in += e.nbytes() as u64;
-                    file.release(e);
+                    bytes_in += file.require(&k)?.nbytes() as u64;
                 }
                 progress(bytes_in);
             }
@@ -123,9 +122,10 @@ impl DequantizeJob {
                 config.remove("quantization_config");
                 model_dir::write_json(&out.join(CONFIG), &Value::Object(config))?;
             }
-            model_dir::copy_files(&self.input.other_files()?, out)?;
+            model_dir::copy_files(&self.input.other_files()?.copy, out)?;
         }
         let target = self.output.target().to_path_buf();
+        super::temps::check_interrupt(&target)?;
         self.output.commit()?;
         Ok(DequantizeReport {
             tensors: count,

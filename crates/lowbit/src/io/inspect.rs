@@ -1,6 +1,8 @@
 //! `inspect`: what a checkpoint holds, per logical tensor (format, block size, original shape, bytes on disk)
-//! and in total (parameters, bits per weight, compression against the original dtypes). Reads headers and
-//! quant_state JSON only.
+//! and in total (parameters, bits per weight, compression against the original dtypes). Every group passes the
+//! checks loading it would make ([`layout::check`]: quant_state JSON, code maps, every length, int8 scales,
+//! ternary packing), so a checkpoint `dequantize` would reject is an error here too. Reads headers, the
+//! quant_state JSON and the code maps; the packed data and scale values themselves are not read.
 
 use super::StDtype;
 use super::layout::{self, Group};
@@ -44,6 +46,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
     let mut entries = Vec::new();
     for (i, file) in files.iter().enumerate() {
         for g in layout::groups(file)? {
+            layout::check(file, &g)?;
             let (shape, original_dtype) = layout::original_shape_dtype(file, &g)?;
             let mut bytes = 0u64;
             for k in g.keys() {

@@ -94,6 +94,15 @@ impl QuantSpec {
                 allowed: BLOCKSIZES_4BIT,
             });
         }
+        if self.double_quant && !matches!(self.format, QuantFormat::FourBit(_)) {
+            return Err(Error::invalid(
+                "quantize",
+                format!(
+                    "double quantization applies to the 4-bit formats (nf4, fp4) only, not {}; drop --double-quant",
+                    self.format.name()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -119,8 +128,20 @@ pub fn plan(
     dtype: DType,
     shape: &[usize],
 ) -> Result<(Vec<PlannedTensor>, Option<TailTensor>)> {
-    let n: usize = shape.iter().product();
     let w = weight_name;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::shape("quantize", format!("{w}: shape {shape:?} overflows")))?;
+    if n == 0 {
+        return Err(Error::shape(
+            "quantize",
+            format!(
+                "{w}: shape {shape:?} has no elements; a zero-size weight cannot be quantized \
+                 (keep it in full precision with --exclude)"
+            ),
+        ));
+    }
     Ok(match spec.format {
         QuantFormat::FourBit(t) => {
             let nb = num_blocks(n, spec.blocksize);
@@ -239,6 +260,9 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
     let name = weight_name;
     match spec.format {
         QuantFormat::FourBit(t) => {
+            if spec.double_quant {
+                check_double_quant_range(name, wf, spec.blocksize)?;
+            }
             let q = dev.quantize_4bit(w, t, spec.blocksize, spec.double_quant)?;
             let deq = dev.dequantize_4bit(&q)?;
             let rel_error = rel_error(wf, deq.floats("dequantize")?);
@@ -271,6 +295,7 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             })
         }
         QuantFormat::Int8 => {
+            check_f16_range(name, wf, &w.shape)?;
             let layer = Linear8bitLt::from_weight(dev, w, None, 0.0)?;
             let qt = Tensor {
                 shape: w.shape.clone(),
@@ -307,6 +332,51 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             })
         }
     }
+}
+
+/// LLM.int8() works on the float16 weight (bitsandbytes' `Int8Params` converts to half before quantizing), so
+/// a value beyond float16's range (±65504) becomes inf, its row's SCB inf, and the row dequantizes to NaN.
+/// Refused with the tensor, row and value instead.
+fn check_f16_range(name: &str, wf: Floats, shape: &[usize]) -> Result<()> {
+    let cols = shape.get(1).copied().unwrap_or(1).max(1);
+    if let Some(i) = (0..wf.len()).find(|&i| half::f16::from_f32(wf.get_f32(i)).is_infinite()) {
+        return Err(Error::invalid(
+            "quantize",
+            format!(
+                "{name}: row {} holds {:e} (column {}), beyond float16's range (±65504); LLM.int8() computes \
+                 its row scales (SCB) in float16 as bitsandbytes does, so this row would dequantize to NaN. \
+                 Keep the tensor in full precision with --exclude, or use nf4/fp4",
+                i / cols,
+                wf.get_f32(i),
+                i % cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Double quantization subtracts the float32 mean of the block scales (torch's `absmax.mean()`): when their
+/// sum leaves float32's range the mean is inf and the nested state is unusable. Refused before quantizing.
+fn check_double_quant_range(name: &str, wf: Floats, blocksize: usize) -> Result<()> {
+    let (mut sum, mut block_max) = (0.0f64, 0.0f64);
+    for i in 0..wf.len() {
+        block_max = block_max.max((wf.get_f32(i) as f64).abs());
+        if (i + 1).is_multiple_of(blocksize) || i + 1 == wf.len() {
+            sum += block_max;
+            block_max = 0.0;
+        }
+    }
+    if sum >= f32::MAX as f64 / 2.0 {
+        return Err(Error::invalid(
+            "quantize",
+            format!(
+                "{name}: the block scales (absmax) sum to {sum:e}, beyond float32's range, so double \
+                 quantization's mean of them (the nested offset) would be infinite. Quantize without \
+                 --double-quant, or rescale the weights"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -485,7 +555,7 @@ pub fn fourbit_json(file: &SafetensorsFile, weight: &str) -> Result<(String, Qua
             format!("dtype {} where U8 is required", qs_entry.dtype),
         ));
     }
-    let js = QuantStateJson::parse(file.bytes(qs_entry))
+    let js = QuantStateJson::parse(&file.bytes(qs_entry)?)
         .map_err(|e| bad(&qs_entry.name, e.to_string()))?;
     let suffix_type = &qs_entry.name[weight.len() + 1 + QUANT_STATE_PREFIX.len()..];
     if suffix_type != js.quant_type.name() {
@@ -497,8 +567,17 @@ pub fn fourbit_json(file: &SafetensorsFile, weight: &str) -> Result<(String, Qua
     Ok((qs_entry.name.clone(), js))
 }
 
-/// Reads a 4-bit weight back into a [`Quantized4bit`], cross-checking every key against the JSON.
-pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bit> {
+/// The entries of a 4-bit group and its JSON, after every check loading makes that does not need the bulk
+/// data: dtypes, the standard code maps (64 B and 1 KiB read), and every length against the JSON's shape and
+/// block size. [`load_fourbit`] and [`check`] (what `inspect` runs) share it.
+struct FourBitParts<'a> {
+    js: QuantStateJson,
+    packed: &'a TensorEntry,
+    absmax: &'a TensorEntry,
+    nested_absmax: Option<&'a TensorEntry>,
+}
+
+fn fourbit_parts<'a>(file: &'a SafetensorsFile, weight: &str) -> Result<FourBitParts<'a>> {
     let path = file.path();
     let bad = |key: &str, d: String| ck(path, format!("tensor {key:?}: {d}"));
     let (_, js) = fourbit_json(file, weight)?;
@@ -514,9 +593,8 @@ pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bi
             format!("packed 4-bit data has dtype {}", w.dtype),
         ));
     }
-    // quant_storage other than uint8 reinterprets the same bytes.
-    let packed = file.bytes(w).to_vec();
-    let quant_map = file.f32_values(file.require(&sub(weight, QUANT_MAP))?)?;
+    let qm = file.require(&sub(weight, QUANT_MAP))?;
+    let quant_map = file.f32_values(qm)?;
     if quant_map.iter().map(|v| v.to_bits()).ne(js
         .quant_type
         .quant_map()
@@ -524,45 +602,113 @@ pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bi
         .map(|v| v.to_bits()))
     {
         return Err(bad(
-            &sub(weight, QUANT_MAP),
+            &qm.name,
             format!(
                 "is not the standard {} table; custom code maps are not supported",
                 js.quant_type
             ),
         ));
     }
-    let absmax_e = file.require(&sub(weight, ABSMAX))?;
-    let absmax = match js.nested_offset {
-        None => Absmax::Plain(file.widened_f32(absmax_e)?),
-        Some(offset) => {
-            if absmax_e.dtype != StDtype::U8 {
+    let absmax = file.require(&sub(weight, ABSMAX))?;
+    let corrupt = |d: String| bad(weight, Error::CorruptQuantState(d).to_string());
+    if !BLOCKSIZES_4BIT.contains(&js.blocksize) {
+        return Err(corrupt(format!(
+            "blocksize {} is not one of {BLOCKSIZES_4BIT:?}",
+            js.blocksize
+        )));
+    }
+    let n: usize = js.shape.iter().product();
+    if w.nbytes() != n.div_ceil(2) {
+        return Err(corrupt(format!(
+            "{} packed bytes for shape {:?} ({n} elements); expected {}",
+            w.nbytes(),
+            js.shape,
+            n.div_ceil(2)
+        )));
+    }
+    let nb = num_blocks(n, js.blocksize);
+    let mut nested_absmax = None;
+    match js.nested_offset {
+        None => {
+            if !absmax.dtype.is_float() {
                 return Err(bad(
-                    &absmax_e.name,
+                    &absmax.name,
+                    format!("dtype {} where a float type is required", absmax.dtype),
+                ));
+            }
+        }
+        Some(offset) => {
+            if absmax.dtype != StDtype::U8 {
+                return Err(bad(
+                    &absmax.name,
                     format!(
                         "dtype {} with double quantization; expected U8",
-                        absmax_e.dtype
+                        absmax.dtype
                     ),
                 ));
             }
-            let nested_code = file.f32_values(file.require(&sub(weight, NESTED_QUANT_MAP))?)?;
+            if !offset.is_finite() {
+                return Err(corrupt(format!("nested offset {offset} is not finite")));
+            }
+            let nqm = file.require(&sub(weight, NESTED_QUANT_MAP))?;
+            let nested_code = file.f32_values(nqm)?;
             if nested_code
                 .iter()
                 .map(|v| v.to_bits())
                 .ne(dynamic_map(true).values.iter().map(|v| v.to_bits()))
             {
                 return Err(bad(
-                    &sub(weight, NESTED_QUANT_MAP),
+                    &nqm.name,
                     "is not the signed dynamic 8-bit map; custom code maps are not supported"
                         .into(),
                 ));
             }
-            Absmax::Nested {
-                absmax_q: file.bytes(absmax_e).to_vec(),
-                nested_absmax: file.widened_f32(file.require(&sub(weight, NESTED_ABSMAX))?)?,
-                nested_code,
-                offset,
+            let na = file.require(&sub(weight, NESTED_ABSMAX))?;
+            if !na.dtype.is_float() {
+                return Err(bad(
+                    &na.name,
+                    format!("dtype {} where a float type is required", na.dtype),
+                ));
             }
+            let nn = num_blocks(nb, NESTED_BLOCKSIZE);
+            if na.numel() != nn {
+                return Err(corrupt(format!(
+                    "{} nested absmax values; expected {nn}",
+                    na.numel()
+                )));
+            }
+            nested_absmax = Some(na);
         }
+    }
+    if absmax.numel() != nb {
+        return Err(corrupt(format!(
+            "{} absmax values for {n} elements in blocks of {}; expected {nb}",
+            absmax.numel(),
+            js.blocksize
+        )));
+    }
+    Ok(FourBitParts {
+        js,
+        packed: w,
+        absmax,
+        nested_absmax,
+    })
+}
+
+/// Reads a 4-bit weight back into a [`Quantized4bit`], cross-checking every key against the JSON.
+pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bit> {
+    let parts = fourbit_parts(file, weight)?;
+    let js = parts.js;
+    // quant_storage other than uint8 reinterprets the same bytes.
+    let packed = file.bytes(parts.packed)?;
+    let absmax = match (js.nested_offset, parts.nested_absmax) {
+        (Some(offset), Some(na)) => Absmax::Nested {
+            absmax_q: file.bytes(parts.absmax)?,
+            nested_absmax: file.widened_f32(na)?,
+            nested_code: dynamic_map(true).values.to_vec(),
+            offset,
+        },
+        _ => Absmax::Plain(file.widened_f32(parts.absmax)?),
     };
     let state = QuantState {
         quant_type: js.quant_type,
@@ -573,8 +719,126 @@ pub fn load_fourbit(file: &SafetensorsFile, weight: &str) -> Result<Quantized4bi
     };
     state
         .validate(packed.len())
-        .map_err(|e| bad(weight, e.to_string()))?;
+        .map_err(|e| ck(file.path(), format!("tensor {weight:?}: {e}")))?;
     Ok(Quantized4bit { packed, state })
+}
+
+/// An int8 group's entries after the checks loading makes: 2-D I8 weight, one float SCB per row, row-major
+/// `weight_format` if present.
+fn int8_parts<'a>(
+    file: &'a SafetensorsFile,
+    weight: &str,
+) -> Result<(&'a TensorEntry, &'a TensorEntry)> {
+    let path = file.path();
+    let w = file.require(weight)?;
+    let scb_e = file.require(&module_key(weight, SCB))?;
+    if w.dtype != StDtype::I8 {
+        return Err(ck(
+            path,
+            format!("tensor {weight:?}: int8 weight has dtype {}", w.dtype),
+        ));
+    }
+    let [rows, _] = dims2(&w.shape).ok_or_else(|| {
+        ck(
+            path,
+            format!(
+                "tensor {weight:?}: int8 weight must be 2-D, got {:?}",
+                w.shape
+            ),
+        )
+    })?;
+    if !scb_e.dtype.is_float() {
+        return Err(ck(
+            path,
+            format!(
+                "tensor {:?}: dtype {} where a float type is required",
+                scb_e.name, scb_e.dtype
+            ),
+        ));
+    }
+    if scb_e.numel() != rows {
+        return Err(ck(
+            path,
+            format!(
+                "tensor {:?}: {} values for {rows} rows",
+                scb_e.name,
+                scb_e.numel()
+            ),
+        ));
+    }
+    if let Some(wf) = file.get(&module_key(weight, WEIGHT_FORMAT)) {
+        let b = if wf.nbytes() <= 16 {
+            file.bytes(wf)?
+        } else {
+            vec![]
+        };
+        if wf.dtype != StDtype::U8 || b != [WEIGHT_FORMAT_ROW] {
+            return Err(ck(
+                path,
+                format!(
+                    "tensor {:?}: only the row-major weight format (U8 scalar 0) is supported, got {} {:?}",
+                    wf.name, wf.dtype, b
+                ),
+            ));
+        }
+    }
+    Ok((w, scb_e))
+}
+
+/// A ternary group's entries after the checks loading makes, and the unpacked shape `[4 * rows, cols]`.
+fn ternary_parts<'a>(
+    file: &'a SafetensorsFile,
+    weight: &str,
+) -> Result<(&'a TensorEntry, &'a TensorEntry, [usize; 2])> {
+    let path = file.path();
+    let w = file.require(weight)?;
+    let s = file.require(&module_key(weight, WEIGHT_SCALE))?;
+    if !s.dtype.is_float() {
+        return Err(ck(
+            path,
+            format!("tensor {:?}: weight_scale must be a float", s.name),
+        ));
+    }
+    if s.numel() != 1 {
+        return Err(ck(
+            path,
+            format!(
+                "tensor {:?}: weight_scale has {} values, expected 1",
+                s.name,
+                s.numel()
+            ),
+        ));
+    }
+    let [r, cols] = dims2(&w.shape).ok_or_else(|| {
+        ck(
+            path,
+            format!(
+                "tensor {weight:?}: packed ternary weight must be 2-D, got {:?}",
+                w.shape
+            ),
+        )
+    })?;
+    let rows = r.checked_mul(4).ok_or_else(|| {
+        ck(
+            path,
+            format!(
+                "tensor {weight:?}: packed shape {:?} unpacks to {r} x 4 rows, which overflows",
+                w.shape
+            ),
+        )
+    })?;
+    Ok((w, s, [rows, cols]))
+}
+
+/// Every check loading a group makes that does not need its bulk data (`inspect` runs this): the 4-bit
+/// JSON, code maps and lengths, int8 SCB and weight format, ternary packing and scale.
+pub fn check(file: &SafetensorsFile, group: &Group) -> Result<()> {
+    match group {
+        Group::Plain(name) => file.require(name).map(drop),
+        Group::FourBit { weight, .. } => fourbit_parts(file, weight).map(drop),
+        Group::Int8 { weight, .. } => int8_parts(file, weight).map(drop),
+        Group::Ternary { weight, .. } => ternary_parts(file, weight).map(drop),
+    }
 }
 
 /// Dequantizes a group to floats (`dtype` or the weight's original dtype).
@@ -589,40 +853,8 @@ pub fn decode(
         Group::Plain(name) => return file.tensor(file.require(name)?),
         Group::FourBit { weight, .. } => dev.dequantize_4bit(&load_fourbit(file, weight)?)?,
         Group::Int8 { weight, .. } => {
-            let w = file.require(weight)?;
-            let scb_e = file.require(&module_key(weight, SCB))?;
+            let (w, scb_e) = int8_parts(file, weight)?;
             let scb = file.widened_f32(scb_e)?;
-            let [rows, _] = dims2(&w.shape).ok_or_else(|| {
-                ck(
-                    path,
-                    format!(
-                        "tensor {weight:?}: int8 weight must be 2-D, got {:?}",
-                        w.shape
-                    ),
-                )
-            })?;
-            if scb.len() != rows {
-                return Err(ck(
-                    path,
-                    format!(
-                        "tensor {:?}: {} values for {rows} rows",
-                        scb_e.name,
-                        scb.len()
-                    ),
-                ));
-            }
-            if let Some(wf) = file.get(&module_key(weight, WEIGHT_FORMAT)) {
-                let b = file.bytes(wf);
-                if wf.dtype != StDtype::U8 || b != [WEIGHT_FORMAT_ROW] {
-                    return Err(ck(
-                        path,
-                        format!(
-                            "tensor {:?}: only the row-major weight format (U8 scalar 0) is supported, got {} {:?}",
-                            wf.name, wf.dtype, b
-                        ),
-                    ));
-                }
-            }
             let q = file.tensor(w)?;
             let out = dev.int8_vectorwise_dequant(&q, &scb)?;
             let out_dtype = dtype.unwrap_or(DType::F16);
@@ -632,8 +864,7 @@ pub fn decode(
             ));
         }
         Group::Ternary { weight, .. } => {
-            let w = file.require(weight)?;
-            let s = file.require(&module_key(weight, WEIGHT_SCALE))?;
+            let (w, s, [rows, cols]) = ternary_parts(file, weight)?;
             let scale_t = file.tensor(s)?;
             let sf = scale_t.floats("decode").map_err(|_| {
                 ck(
@@ -641,27 +872,7 @@ pub fn decode(
                     format!("tensor {:?}: weight_scale must be a float", s.name),
                 )
             })?;
-            if sf.len() != 1 {
-                return Err(ck(
-                    path,
-                    format!(
-                        "tensor {:?}: weight_scale has {} values, expected 1",
-                        s.name,
-                        sf.len()
-                    ),
-                ));
-            }
-            let [r, cols] = dims2(&w.shape).ok_or_else(|| {
-                ck(
-                    path,
-                    format!(
-                        "tensor {weight:?}: packed ternary weight must be 2-D, got {:?}",
-                        w.shape
-                    ),
-                )
-            })?;
-            let rows = r * 4;
-            let vals = ternary_values(file.bytes(w), rows, cols, sf.get_f32(0));
+            let vals = ternary_values(&file.bytes(w)?, rows, cols, sf.get_f32(0));
             let out_dtype = dtype.unwrap_or(sf.dtype());
             return Ok(Tensor::from_floats(
                 vec![rows, cols],
@@ -683,7 +894,6 @@ pub fn original_shape_dtype(
     file: &SafetensorsFile,
     group: &Group,
 ) -> Result<(Vec<usize>, StDtype)> {
-    let path = file.path();
     let get = |n: &str| -> Result<&TensorEntry> { file.require(n) };
     Ok(match group {
         Group::Plain(n) => {
@@ -696,15 +906,8 @@ pub fn original_shape_dtype(
         }
         Group::Int8 { weight, .. } => (get(weight)?.shape.clone(), StDtype::F16),
         Group::Ternary { weight, .. } => {
-            let w = get(weight)?;
-            let s = get(&module_key(weight, WEIGHT_SCALE))?;
-            if w.shape.len() != 2 {
-                return Err(ck(
-                    path,
-                    format!("tensor {weight:?}: packed ternary weight must be 2-D"),
-                ));
-            }
-            (vec![w.shape[0] * 4, w.shape[1]], s.dtype)
+            let (_, s, shape) = ternary_parts(file, weight)?;
+            (shape.to_vec(), s.dtype)
         }
     })
 }

@@ -11,6 +11,7 @@ pub mod quantize_model;
 pub mod safetensors_read;
 pub mod safetensors_write;
 mod st_dtype;
+pub mod temps;
 
 pub use dequantize_model::DequantizeJob;
 pub use inspect::{InspectReport, inspect};

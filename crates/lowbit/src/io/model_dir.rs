@@ -149,6 +149,22 @@ impl ModelInput {
                 weight_map: None,
             });
         }
+        let bins: Vec<String> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
+            .collect();
+        if let Some(bin) = bins.iter().min() {
+            return Err(ck(
+                path,
+                format!(
+                    "no {SINGLE_FILE} or {INDEX_FILE}, only PyTorch pickle weights ({bin}); {bin} is not \
+                     supported (pickles can run code): convert it to safetensors first, e.g. \
+                     `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)`"
+                ),
+            ));
+        }
         Err(ck(
             path,
             format!(
@@ -215,32 +231,50 @@ impl ModelInput {
         Ok(files)
     }
 
-    /// Regular files of the input directory other than weights, index and config (tokenizer and the like),
-    /// to be copied unchanged. Hidden files and subdirectories are skipped.
-    pub fn other_files(&self) -> Result<Vec<PathBuf>> {
+    /// Files of the input directory other than weights, index and config (tokenizer and the like), to be
+    /// copied unchanged. Symbolic links to files are followed (the Hugging Face hub cache links every file of
+    /// `snapshots/<hash>/` into `blobs/`). Hidden files, subdirectories and broken links are skipped and
+    /// listed with the reason.
+    pub fn other_files(&self) -> Result<OtherFiles> {
+        let mut out = OtherFiles::default();
         let Some(dir) = &self.dir else {
-            return Ok(vec![]);
+            return Ok(out);
         };
-        let mut out = Vec::new();
         for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let e = e.map_err(|e| Error::io(dir, e))?;
             let name = e.file_name().to_string_lossy().to_string();
-            let is_file = e
-                .file_type()
-                .map_err(|err| Error::io(e.path(), err))?
-                .is_file();
-            let skip = !is_file
-                || name.starts_with('.')
-                || name == CONFIG
-                || name == INDEX_FILE
-                || name.ends_with(".safetensors");
-            if !skip {
-                out.push(e.path());
+            if name == CONFIG || name == INDEX_FILE || name.ends_with(".safetensors") {
+                continue;
+            }
+            let path = e.path();
+            let reason = if name.starts_with('.') {
+                Some("hidden")
+            } else {
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => None,
+                    Ok(m) if m.is_dir() => Some("a directory"),
+                    Ok(_) => Some("not a regular file"),
+                    Err(_) => Some("a broken symbolic link"),
+                }
+            };
+            match reason {
+                None => out.copy.push(path),
+                Some(r) => out.skipped.push((name, r)),
             }
         }
-        out.sort();
+        out.copy.sort();
+        out.skipped.sort();
         Ok(out)
     }
+}
+
+/// What [`ModelInput::other_files`] found.
+#[derive(Clone, Debug, Default)]
+pub struct OtherFiles {
+    /// Files to copy (symbolic links resolved when copying).
+    pub copy: Vec<PathBuf>,
+    /// Entries left out, with the reason.
+    pub skipped: Vec<(String, &'static str)>,
 }
 
 /// Writes `model.safetensors.index.json` as transformers does (`metadata.total_size`, sorted `weight_map`).
@@ -265,9 +299,9 @@ pub fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }
 
-/// An output being built: a directory `OUT.tmp-<pid>` renamed to `OUT` by [`commit`](Self::commit), or, for
-/// a single-file output, the file itself (the safetensors writer renames its own temporary). Dropping it
-/// uncommitted removes everything written.
+/// An output being built: a directory `OUT.tmp-<pid>-<n>` renamed to `OUT` by [`commit`](Self::commit), or,
+/// for a single-file output, the file itself (the safetensors writer renames its own temporary). Dropping it
+/// uncommitted removes everything written, including parent directories it created.
 #[derive(Debug)]
 pub struct Output {
     target: PathBuf,
@@ -275,39 +309,72 @@ pub struct Output {
     is_dir: bool,
     force: bool,
     committed: bool,
+    /// Missing ancestors of `target` that `create` made, deepest last.
+    created_parents: Vec<PathBuf>,
+    /// Temporaries of dead processes removed (or found) next to the target.
+    pub stale: super::temps::StaleTemps,
 }
 
+/// How many times [`Output::commit`] retries when another process keeps replacing the target.
+const COMMIT_ATTEMPTS: usize = 64;
+
 impl Output {
-    /// Refuses an existing `target` unless `force`, and the input itself as target.
+    /// Refuses an existing `target` unless `force`; refuses the input itself as target, a target inside the
+    /// input, a target that contains the input, and (even with `force`) an existing target that is not a
+    /// previous lowbit output.
     pub fn create(target: &Path, input: &Path, is_dir: bool, force: bool) -> Result<Output> {
-        if let (Some(a), Ok(b)) = (absolute(target), input.canonicalize())
-            && (a == b || a.starts_with(&b) && b.is_dir())
-        {
-            return Err(ck(
-                target,
-                "the output must not be the input or lie inside it",
-            ));
-        }
-        if target.exists() && !force {
-            return Err(ck(target, "already exists; pass --force to replace it"));
-        }
         if target.as_os_str().is_empty() || target.file_name().is_none() {
             return Err(ck(target, "output path has no file name"));
         }
-        let build = if is_dir {
-            let b = sibling(target, &format!("tmp-{}", std::process::id()));
-            if b.exists() {
-                std::fs::remove_dir_all(&b).map_err(|e| Error::io(&b, e))?;
-            }
-            std::fs::create_dir_all(&b).map_err(|e| Error::io(&b, e))?;
-            b
-        } else {
-            if target.is_dir() {
+        if let (Some(a), Ok(b)) = (absolute(target), input.canonicalize()) {
+            if a == b || a.starts_with(&b) && b.is_dir() {
                 return Err(ck(
                     target,
-                    "is a directory; a single .safetensors input makes a single file",
+                    "the output must not be the input or lie inside it",
                 ));
             }
+            if b.starts_with(&a) {
+                return Err(ck(
+                    target,
+                    format!(
+                        "the input {} lies inside the output; writing (or --force replacing) the output would \
+                         delete the input. Choose an output path outside the input",
+                        input.display()
+                    ),
+                ));
+            }
+        }
+        if std::fs::symlink_metadata(target).is_ok() {
+            if !force {
+                return Err(ck(target, "already exists; pass --force to replace it"));
+            }
+            check_replaceable(target, is_dir)?;
+        }
+        let stale = super::temps::remove_stale(target);
+        let mut created_parents = Vec::new();
+        let build = if is_dir {
+            if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                let mut p = Some(parent);
+                while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                    created_parents.push(d.to_path_buf());
+                    p = d.parent();
+                }
+                created_parents.reverse();
+                if let Err(e) = std::fs::create_dir_all(parent) {
+                    remove_empty_dirs(&created_parents);
+                    return Err(Error::io(parent, e));
+                }
+            }
+            let b = sibling(target, &format!("tmp-{}", super::temps::unique_tag()));
+            let made = super::temps::create_registered(&b, || {
+                std::fs::create_dir(&b).map_err(|e| Error::io(&b, e))
+            });
+            if let Err(e) = made {
+                remove_empty_dirs(&created_parents);
+                return Err(e);
+            }
+            b
+        } else {
             target.to_path_buf()
         };
         Ok(Output {
@@ -316,6 +383,8 @@ impl Output {
             is_dir,
             force,
             committed: false,
+            created_parents,
+            stale,
         })
     }
 
@@ -329,41 +398,155 @@ impl Output {
         &self.build
     }
 
-    /// Moves the finished output into place (replacing an old one only if `force` was given).
+    /// Moves the finished output into place (replacing an old one only if `force` was given). When other
+    /// processes write the same target at the same time, each either lands its complete output or says that
+    /// another process replaced the target; the target always holds one complete output.
     pub fn commit(mut self) -> Result<()> {
-        if self.is_dir {
-            let old = sibling(&self.target, &format!("old-{}", std::process::id()));
-            let had_old = self.target.exists();
-            if had_old {
+        if !self.is_dir {
+            self.committed = true;
+            return Ok(());
+        }
+        let mut olds = Vec::new();
+        let result = self.commit_dir(&mut olds);
+        for old in &olds {
+            super::temps::remove_path(old);
+            super::temps::unregister(old);
+        }
+        result?;
+        super::temps::unregister(&self.build);
+        self.committed = true;
+        Ok(())
+    }
+
+    fn commit_dir(&self, olds: &mut Vec<PathBuf>) -> Result<()> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            super::temps::check_interrupt(&self.target)?;
+            let exists = std::fs::symlink_metadata(&self.target).is_ok();
+            if exists {
                 if !self.force {
                     return Err(ck(
                         &self.target,
-                        "appeared while writing; pass --force to replace it",
+                        "appeared while this run was writing (another process?); pass --force to replace it",
                     ));
                 }
-                std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
-            }
-            if let Err(e) = std::fs::rename(&self.build, &self.target) {
-                if had_old {
-                    let _ = std::fs::rename(&old, &self.target);
+                check_replaceable(&self.target, true)?;
+                let old = sibling(&self.target, &format!("old-{}", super::temps::unique_tag()));
+                super::temps::register(&old);
+                match std::fs::rename(&self.target, &old) {
+                    Ok(()) => olds.push(old),
+                    Err(e) => {
+                        super::temps::unregister(&old);
+                        // Another process moved it away first: try again.
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(Error::io(&self.target, e));
+                        }
+                    }
                 }
-                return Err(Error::io(&self.target, e));
             }
-            if had_old {
-                remove_any(&old);
+            match std::fs::rename(&self.build, &self.target) {
+                Ok(()) => return Ok(()),
+                // Another process put its output there in between: replace it in the next round.
+                Err(e) if target_taken(&e) => continue,
+                Err(e) => return Err(Error::io(&self.target, e)),
             }
         }
-        self.committed = true;
-        Ok(())
+        Err(ck(
+            &self.target,
+            format!(
+                "another process replaced it {COMMIT_ATTEMPTS} times while this run was moving its output into \
+                 place; it holds that process's complete output, and this run's output was discarded"
+            ),
+        ))
     }
 }
 
 impl Drop for Output {
     fn drop(&mut self) {
-        if !self.committed && self.is_dir {
-            let _ = std::fs::remove_dir_all(&self.build);
+        if !self.committed {
+            if self.is_dir {
+                super::temps::remove_path(&self.build);
+                super::temps::unregister(&self.build);
+            }
+            remove_empty_dirs(&self.created_parents);
         }
     }
+}
+
+/// Whether a failed `rename(build, target)` means that something now occupies `target`.
+fn target_taken(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(e.kind(), K::DirectoryNotEmpty | K::AlreadyExists)
+        || cfg!(windows) && e.kind() == K::PermissionDenied
+}
+
+/// Removes the directories in `dirs` (outermost first) that are empty, deepest first.
+fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// `--force` replaces only what lowbit itself writes: a safetensors file for a file output, a model
+/// directory (only files, with `model.safetensors` or an index) or an empty directory for a directory output.
+pub fn check_replaceable(target: &Path, is_dir: bool) -> Result<()> {
+    let refuse = |why: String| {
+        Err(ck(
+            target,
+            format!(
+                "{why}, so it is not a previous lowbit output; --force only replaces those. Remove it yourself \
+                 or choose another output path"
+            ),
+        ))
+    };
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    // Gone meanwhile (another run moved it away): nothing left to protect.
+    let meta = match std::fs::symlink_metadata(target) {
+        Err(e) if gone(&e) => return Ok(()),
+        r => r.map_err(|e| Error::io(target, e))?,
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link".into());
+    }
+    if !is_dir {
+        if meta.is_dir() {
+            return refuse(
+                "is a directory (a single .safetensors input makes a single file)".into(),
+            );
+        }
+        if super::SafetensorsFile::open(target).is_err() {
+            return refuse("is not a readable safetensors file".into());
+        }
+        return Ok(());
+    }
+    if !meta.is_dir() {
+        return refuse("is a file, not a model directory".into());
+    }
+    let mut empty = true;
+    let mut has_weights = false;
+    let entries = match std::fs::read_dir(target) {
+        Err(e) if gone(&e) => return Ok(()),
+        r => r.map_err(|e| Error::io(target, e))?,
+    };
+    for e in entries {
+        let e = match e {
+            Err(e) if gone(&e) => return Ok(()),
+            r => r.map_err(|e| Error::io(target, e))?,
+        };
+        empty = false;
+        let name = e.file_name().to_string_lossy().to_string();
+        let ft = match e.file_type() {
+            Err(err) if gone(&err) => continue,
+            r => r.map_err(|err| Error::io(e.path(), err))?,
+        };
+        if ft.is_dir() {
+            return refuse(format!("holds a subdirectory {name:?}"));
+        }
+        has_weights |= name == SINGLE_FILE || name == INDEX_FILE;
+    }
+    if !empty && !has_weights {
+        return refuse(format!("holds files but no {SINGLE_FILE} or {INDEX_FILE}"));
+    }
+    Ok(())
 }
 
 fn sibling(target: &Path, tag: &str) -> PathBuf {
@@ -374,21 +557,30 @@ fn sibling(target: &Path, tag: &str) -> PathBuf {
     target.with_file_name(format!("{name}.{tag}"))
 }
 
-fn remove_any(p: &Path) {
-    if p.is_dir() {
-        let _ = std::fs::remove_dir_all(p);
-    } else {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
-/// Copies `files` into `dir` (same file names).
-pub fn copy_files(files: &[PathBuf], dir: &Path) -> Result<()> {
+/// Copies `files` into `dir` (same file names; symbolic links are followed) and returns the names copied.
+/// Errors name the file that failed: the source when reading, the destination when writing.
+pub fn copy_files(files: &[PathBuf], dir: &Path) -> Result<Vec<String>> {
+    use std::io::{Read, Write};
+    let mut names = Vec::new();
     for f in files {
-        let to = dir.join(f.file_name().expect("listed files have names"));
-        std::fs::copy(f, &to).map_err(|e| Error::io(f, e))?;
+        let name = f.file_name().expect("listed files have names");
+        let to = dir.join(name);
+        let mut src = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+        let mut dst = std::fs::File::create(&to).map_err(|e| Error::io(&to, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(f, e)),
+            };
+            dst.write_all(&buf[..n]).map_err(|e| Error::io(&to, e))?;
+        }
+        dst.sync_all().map_err(|e| Error::io(&to, e))?;
+        names.push(name.to_string_lossy().to_string());
     }
-    Ok(())
+    Ok(names)
 }
 
 /// `p` with its parent directory resolved (the file itself need not exist yet).

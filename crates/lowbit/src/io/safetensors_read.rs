@@ -1,13 +1,17 @@
-//! Reading safetensors files: memory-mapped, with the header treated as untrusted input. Every inconsistency
-//! (header size, JSON, dtype, shape, offsets, overlaps, gaps) is an [`Error::Checkpoint`] naming the file and
-//! the tensor.
+//! Reading safetensors files, with the header treated as untrusted input. Every inconsistency (header size,
+//! JSON, duplicate names, dtype, shape, offsets, overlaps, gaps) is an [`Error::Checkpoint`] naming the file
+//! and the tensor.
+//!
+//! Tensor data is read with positioned reads (`pread`), one tensor at a time, not through a memory map: a
+//! mapped file that another process truncates kills the reader with SIGBUS, while a short read is an error
+//! lowbit can report ("the file shrank while being read"). Streaming memory stays bounded by the largest
+//! tensor, and the page cache is not counted against the process.
 
 use super::StDtype;
 use super::checkpoint_error as ck;
 use crate::tensor::{FloatVec, Tensor, TensorData};
 use crate::{Error, Result};
 use half::{bf16, f16};
-use memmap2::Mmap;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -48,8 +52,19 @@ pub struct Header {
 /// Validates the header of a safetensors file whose full contents are `bytes` (only the header is read; the
 /// data section is checked against the declared offsets). `path` is used in error messages.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
-    let file_len = bytes.len();
-    if file_len < 8 {
+    parse_header_prefix(path, bytes, bytes.len() as u64)
+}
+
+/// [`parse_header`] from the first bytes of a file of `file_len` bytes: `prefix` must hold at least the
+/// 8-byte length and the header it announces (when shorter, the header is reported as truncated).
+pub fn parse_header_prefix(path: &Path, bytes: &[u8], file_len: u64) -> Result<Header> {
+    let file_len = usize::try_from(file_len).map_err(|_| {
+        ck(
+            path,
+            format!("file is {file_len} bytes, too large for this platform"),
+        )
+    })?;
+    if file_len < 8 || bytes.len() < 8 {
         return Err(ck(
             path,
             format!(
@@ -67,7 +82,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         ));
     }
     let n = n as usize;
-    if 8 + n > file_len {
+    if 8 + n > file_len || 8 + n > bytes.len() {
         return Err(ck(
             path,
             format!("header length {n} runs past the end of the {file_len}-byte file (truncated?)"),
@@ -75,15 +90,20 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     }
     let text = std::str::from_utf8(&bytes[8..8 + n])
         .map_err(|e| ck(path, format!("header is not UTF-8: {e}")))?;
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ck(path, format!("header is not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| ck(path, "header JSON is not an object"))?;
+    let entries = parse_entries(text).map_err(|e| ck(path, format!("header {e}")))?;
     let data_len = file_len - 8 - n;
     let mut metadata = None;
-    let mut tensors = Vec::with_capacity(obj.len());
-    for (name, v) in obj {
+    let mut tensors = Vec::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    for (name, v) in &entries {
+        if !seen.insert(name.as_str()) {
+            return Err(ck(
+                path,
+                format!(
+                    "tensor {name:?} appears twice in the header; every name must be unique (the file is corrupt)"
+                ),
+            ));
+        }
         if name == "__metadata__" {
             metadata = Some(parse_metadata(path, v)?);
             continue;
@@ -127,6 +147,38 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         tensors,
         metadata,
     })
+}
+
+/// The header's top-level entries in file order, duplicates kept (a JSON map would silently keep the last).
+fn parse_entries(text: &str) -> std::result::Result<Vec<(String, serde_json::Value)>, String> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(e) = map.next_entry::<String, serde_json::Value>()? {
+                v.push(e);
+            }
+            Ok(v)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = de.deserialize_map(Entries).map_err(|e| {
+        if e.is_data() {
+            "JSON is not an object".to_string()
+        } else {
+            format!("is not valid JSON: {e}")
+        }
+    })?;
+    de.end().map_err(|e| format!("is not valid JSON: {e}"))?;
+    Ok(v)
 }
 
 fn parse_metadata(path: &Path, v: &serde_json::Value) -> Result<BTreeMap<String, String>> {
@@ -222,10 +274,10 @@ fn parse_entry(
     })
 }
 
-/// An open, validated, memory-mapped safetensors file.
+/// An open, validated safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: std::fs::File,
     header: Header,
     index: HashMap<String, usize>,
 }
@@ -251,10 +303,14 @@ impl SafetensorsFile {
                 ),
             ));
         }
-        // SAFETY: the file is opened read-only; lowbit never writes through this mapping. A file truncated
-        // by another process while mapped would fault, as with every mmap-based reader.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let header = parse_header(path, &mmap)?;
+        let mut prefix = vec![0u8; 8];
+        read_exact_at(&file, &mut prefix, 0).map_err(|e| Error::io(path, e))?;
+        let n = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+        if n <= MAX_HEADER_BYTES && 8 + n <= len {
+            prefix.resize(8 + n as usize, 0);
+            read_exact_at(&file, &mut prefix[8..], 8).map_err(|e| Error::io(path, e))?;
+        }
+        let header = parse_header_prefix(path, &prefix, len)?;
         let index = header
             .tensors
             .iter()
@@ -263,7 +319,7 @@ impl SafetensorsFile {
             .collect();
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            mmap,
+            file,
             header,
             index,
         })
@@ -288,48 +344,51 @@ impl SafetensorsFile {
             .ok_or_else(|| ck(&self.path, format!("tensor {name:?} is missing")))
     }
 
-    /// The raw little-endian bytes of a tensor (straight from the mapping).
-    pub fn bytes(&self, t: &TensorEntry) -> &[u8] {
-        let s = self.header.data_start;
-        &self.mmap[s + t.range.start..s + t.range.end]
+    /// The raw little-endian bytes of a tensor, read from the file. A file that shrank since it was opened
+    /// (another process truncating it) is an error saying so.
+    pub fn bytes(&self, t: &TensorEntry) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; t.range.len()];
+        self.read_into(t, &mut v)?;
+        Ok(v)
     }
 
-    /// Tells the kernel the pages of `t` are no longer needed, so that streaming a large file through the
-    /// mapping keeps resident memory bounded by the largest tensor instead of growing with the file.
-    pub fn release(&self, t: &TensorEntry) {
-        #[cfg(unix)]
-        {
-            let page = 4096;
-            let s = self.header.data_start + t.range.start;
-            let start = s.div_ceil(page) * page;
-            let end = (self.header.data_start + t.range.end) / page * page;
-            if end > start {
-                // SAFETY: read-only file-backed private mapping; dropped pages are re-read from the file on
-                // the next access, so no data the program can observe changes.
-                let _ = unsafe {
-                    self.mmap.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
+    fn read_into(&self, t: &TensorEntry, buf: &mut [u8]) -> Result<()> {
+        let at = (self.header.data_start + t.range.start) as u64;
+        read_exact_at(&self.file, buf, at).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ck(
+                    &self.path,
+                    format!(
+                        "tensor {:?}: the file ended before its data (bytes {}..{}); it shrank after it was \
+                         opened (truncated or rewritten by another process?)",
+                        t.name,
+                        at,
+                        at + buf.len() as u64
+                    ),
+                )
+            } else {
+                Error::io(&self.path, e)
             }
-        }
-        #[cfg(not(unix))]
-        let _ = t;
+        })
+    }
+
+    /// The tensor's bytes read straight into a vector of `T` (no second copy).
+    fn read_vec<T: bytemuck::Pod>(&self, t: &TensorEntry) -> Result<Vec<T>> {
+        let mut v = vec![T::zeroed(); t.range.len() / std::mem::size_of::<T>()];
+        self.read_into(t, bytemuck::cast_slice_mut::<T, u8>(&mut v))?;
+        Ok(v)
     }
 
     /// A tensor copied into a lowbit [`Tensor`] (f32/f16/bf16/u8/i8/i32/i64 only).
     pub fn tensor(&self, t: &TensorEntry) -> Result<Tensor> {
-        let b = self.bytes(t);
         let data = match t.dtype {
-            StDtype::F32 => TensorData::Float(FloatVec::F32(le_vec(b))),
-            StDtype::F16 => TensorData::Float(FloatVec::F16(le_vec::<f16>(b))),
-            StDtype::BF16 => TensorData::Float(FloatVec::BF16(le_vec::<bf16>(b))),
-            StDtype::U8 => TensorData::U8(b.to_vec()),
-            StDtype::I8 => TensorData::I8(le_vec(b)),
-            StDtype::I32 => TensorData::I32(le_vec(b)),
-            StDtype::I64 => TensorData::I64(le_vec(b)),
+            StDtype::F32 => TensorData::Float(FloatVec::F32(self.read_vec(t)?)),
+            StDtype::F16 => TensorData::Float(FloatVec::F16(self.read_vec::<f16>(t)?)),
+            StDtype::BF16 => TensorData::Float(FloatVec::BF16(self.read_vec::<bf16>(t)?)),
+            StDtype::U8 => TensorData::U8(self.bytes(t)?),
+            StDtype::I8 => TensorData::I8(self.read_vec(t)?),
+            StDtype::I32 => TensorData::I32(self.read_vec(t)?),
+            StDtype::I64 => TensorData::I64(self.read_vec(t)?),
             other => {
                 return Err(ck(
                     &self.path,
@@ -346,11 +405,18 @@ impl SafetensorsFile {
     /// A float tensor of any float dtype widened (exactly) to f32: block scales, which bitsandbytes' CPU
     /// backend saves in bfloat16 where its CUDA backend saves float32.
     pub fn widened_f32(&self, t: &TensorEntry) -> Result<Vec<f32>> {
-        let b = self.bytes(t);
         Ok(match t.dtype {
-            StDtype::F32 => le_vec(b),
-            StDtype::F16 => le_vec::<f16>(b).into_iter().map(f32::from).collect(),
-            StDtype::BF16 => le_vec::<bf16>(b).into_iter().map(f32::from).collect(),
+            StDtype::F32 => self.read_vec(t)?,
+            StDtype::F16 => self
+                .read_vec::<f16>(t)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            StDtype::BF16 => self
+                .read_vec::<bf16>(t)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
             other => {
                 return Err(ck(
                     &self.path,
@@ -374,13 +440,30 @@ impl SafetensorsFile {
                 ),
             ));
         }
-        Ok(le_vec(self.bytes(t)))
+        self.read_vec(t)
     }
 }
 
-/// Copies little-endian bytes (any alignment) into a typed vector. lowbit targets little-endian hosts only.
-pub(crate) fn le_vec<T: bytemuck::Pod>(b: &[u8]) -> Vec<T> {
-    let mut v = vec![T::zeroed(); b.len() / std::mem::size_of::<T>()];
-    bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(b);
-    v
+/// Reads exactly `buf.len()` bytes at `offset` without moving a shared cursor.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut done, mut buf) = (0u64, buf);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset + done) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    done += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }

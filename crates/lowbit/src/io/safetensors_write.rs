@@ -6,6 +6,8 @@
 
 use super::StDtype;
 use super::checkpoint_error as ck;
+use super::safetensors_read::MAX_HEADER_BYTES;
+use super::temps;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -71,18 +73,14 @@ impl StreamingWriter {
                 return Err(ck(path, format!("tensor {n:?} would be written twice")));
             }
         }
-        let max_tails: Vec<(String, usize)> =
-            tails.iter().map(|t| (t.name.clone(), t.max_len)).collect();
-        let header_len = header_json(&planned, &max_tails, &metadata)
-            .len()
-            .div_ceil(8)
-            * 8;
+        let header_len = check_header_size(path, &planned, &tails, &metadata)?;
         let file_name = path
             .file_name()
             .ok_or_else(|| ck(path, "output path has no file name"))?
             .to_string_lossy();
-        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", temps::unique_tag()));
+        let file =
+            temps::create_registered(&tmp, || File::create(&tmp).map_err(|e| Error::io(&tmp, e)))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         // Placeholder header; the real one is written by `finish`.
         out.write_all(&vec![b' '; 8 + header_len])
@@ -183,6 +181,7 @@ impl StreamingWriter {
         file.sync_all().map_err(io)?;
         drop(file);
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        temps::unregister(&self.tmp);
         Ok(self.data_len as u64)
     }
 }
@@ -192,8 +191,36 @@ impl Drop for StreamingWriter {
         // Not finished (error or panic): leave nothing behind.
         if self.out.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
+            temps::unregister(&self.tmp);
         }
     }
+}
+
+/// The padded header length of a file holding `planned` and `tails` (at their maximum length), or an error
+/// when it exceeds the 100 MB limit that lowbit's reader and the safetensors library enforce: such a file
+/// could be written but never read back.
+pub fn check_header_size(
+    path: &Path,
+    planned: &[PlannedTensor],
+    tails: &[TailTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<usize> {
+    let max_tails: Vec<(String, usize)> =
+        tails.iter().map(|t| (t.name.clone(), t.max_len)).collect();
+    let header_len = header_json(planned, &max_tails, metadata).len().div_ceil(8) * 8;
+    if header_len as u64 > MAX_HEADER_BYTES {
+        return Err(ck(
+            path,
+            format!(
+                "the header would be {header_len} bytes for {} tensors, over the {MAX_HEADER_BYTES}-byte limit \
+                 that safetensors readers (lowbit's and the safetensors library) enforce, so the file could \
+                 not be read back; nothing was written. Split the model into more shards (fewer tensors per \
+                 file) or quantize fewer tensors (--exclude)",
+                planned.len() + tails.len()
+            ),
+        ));
+    }
+    Ok(header_len)
 }
 
 /// The header JSON: planned tensors in order, then the tails, then `__metadata__`.

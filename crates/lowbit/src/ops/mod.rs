@@ -8,11 +8,13 @@
 
 mod blockwise;
 mod dense;
+pub mod device;
 mod fourbit;
 mod int8;
 mod ternary;
 
 pub use blockwise::Quantized8bit;
+pub use device::{Weight4bit, WeightTernary};
 pub use fourbit::Quantized4bit;
 pub use int8::{Int8Quantized, Linear8bitLt};
 pub use ternary::{BitLinear, TernaryWeight};

@@ -2,8 +2,6 @@
 //! place where validation against capabilities and memory, retries, chunking, CPU fallback and statistics
 //! happen; the op layer only describes the op ([`OpParams`]) and how to run a range of it.
 
-use super::error::DeviceError;
-use super::info::{DeviceInfo, OpParams, Support};
 use super::join::{Join, chunks};
 use super::memory::{self, Limits, Plan};
 use super::policy::RecoveryPolicy;
@@ -11,6 +9,12 @@ use super::stats::{self, DeviceStats, DeviceStatsSnapshot, OpStats};
 use super::{OpKind, discovery};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::device_ops::{HostView, run_host_op};
+use crate::capability::DeviceError;
+use crate::capability::Op;
+use crate::capability::{DeviceInfo, DeviceType, OpParams, Support};
+use crate::device_tensor::DeviceTensor;
+use crate::tensor::Tensor;
 use crate::{Error, Result};
 use std::collections::HashSet;
 use std::ops::Range;
@@ -73,7 +77,7 @@ impl Device {
         info: DeviceInfo,
         policy: RecoveryPolicy,
     ) -> Device {
-        let host_cpu = info.id == "cpu";
+        let host_cpu = info.device_type == DeviceType::Cpu;
         Device {
             stats: stats::for_device(&info.id),
             backend,
@@ -337,6 +341,140 @@ impl Device {
         });
         call.fallbacks += 1;
         let r = f(&CpuBackend, 0..params.memory.units);
+        if let Err(e2) = &r {
+            note_error(call, e2);
+        }
+        r
+    }
+
+    // ---- Device tensors ----
+
+    /// Copies a host tensor to this device (transient failures retried).
+    pub fn to_device(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let mut call = OpStats::default();
+        self.call_with_retry(OpKind::CopyRows, 0..1, &|b, _| b.upload(t), &mut call)
+    }
+
+    /// Copies a tensor of this device back to the host, waiting for the queued work that writes it.
+    pub fn to_host(&self, t: &DeviceTensor) -> Result<Tensor> {
+        self.check_on_device("to_host", t)?;
+        self.backend.download(t)
+    }
+
+    /// Waits until every op queued on this device has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.backend.synchronize()
+    }
+
+    /// A typed error unless `t` lives on this device.
+    pub fn check_on_device(&self, op: &'static str, t: &DeviceTensor) -> Result<()> {
+        if t.device_id() == self.info.id {
+            Ok(())
+        } else {
+            Err(Error::WrongDevice {
+                op,
+                got: t.device_id().to_string(),
+                expected: self.info.id.clone(),
+            })
+        }
+    }
+
+    /// Runs a device-tensor op the op layer has validated, under the recovery policy: unsupported ops and
+    /// failures other than bad input run on the CPU (operands copied to the host, the result handed back on
+    /// this device), transient failures are retried, strict mode returns the error; all of it is counted.
+    /// Out-of-memory is not split for device tensors (their operands are already resident): it falls back.
+    pub(crate) fn run_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
+        let name = op.kind().name();
+        for t in inputs {
+            self.check_on_device(name, t)?;
+        }
+        let start = Instant::now();
+        let mut call = OpStats {
+            runs: 1,
+            ..Default::default()
+        };
+        let dtypes: Vec<_> = inputs.iter().map(|t| t.dtype()).collect();
+        let result = match self.backend.supports_op(op, &dtypes) {
+            Support::No(reason) => {
+                let e = Error::Device(DeviceError::unsupported(&self.info.id, name, reason));
+                note_error(&mut call, &e);
+                Err(e)
+            }
+            Support::Yes => {
+                self.call_with_retry(op.kind(), 0..1, &|b, _| b.run_op(op, inputs), &mut call)
+            }
+        };
+        let result = match result {
+            Ok(v) => Ok(v),
+            Err(e) => self.recover_op(op, inputs, e, &mut call),
+        };
+        call.failures = u64::from(result.is_err());
+        call.total_ns = start.elapsed().as_nanos() as u64;
+        self.stats.record(op.kind(), &call);
+        result
+    }
+
+    /// Writes `src`'s rows into `dst` from `row` on (a KV cache append), in place on this device.
+    pub(crate) fn write_rows(
+        &self,
+        dst: &DeviceTensor,
+        row: usize,
+        src: &DeviceTensor,
+    ) -> Result<()> {
+        self.check_on_device("copy_rows", dst)?;
+        self.check_on_device("copy_rows", src)?;
+        let start = Instant::now();
+        let mut call = OpStats {
+            runs: 1,
+            ..Default::default()
+        };
+        let r = self.call_with_retry(
+            OpKind::CopyRows,
+            0..1,
+            &|b, _| b.write_rows(dst, row, src),
+            &mut call,
+        );
+        call.failures = u64::from(r.is_err());
+        call.total_ns = start.elapsed().as_nanos() as u64;
+        self.stats.record(OpKind::CopyRows, &call);
+        r
+    }
+
+    fn recover_op(
+        &self,
+        op: &Op,
+        inputs: &[&DeviceTensor],
+        e: Error,
+        call: &mut OpStats,
+    ) -> Result<DeviceTensor> {
+        let device_error = match &e {
+            Error::Device(d) if !d.is_input_error() => d,
+            _ => return Err(e),
+        };
+        if self.policy.strict || !self.policy.cpu_fallback || self.host_cpu {
+            return Err(e);
+        }
+        let reason = device_error.kind().name();
+        self.warn_once(op.kind(), reason, || {
+            format!("{e}; running it on the CPU instead (operands copied to the host and back)")
+        });
+        call.fallbacks += 1;
+        let run = || -> Result<DeviceTensor> {
+            let host = inputs
+                .iter()
+                .map(|t| self.backend.download(t))
+                .collect::<Result<Vec<_>>>()?;
+            let views: Vec<HostView> = host
+                .iter()
+                .map(|t| HostView {
+                    shape: &t.shape,
+                    data: &t.data,
+                })
+                .collect();
+            let y = run_host_op(&CpuBackend, op, &views)?;
+            self.backend.upload(&y)
+        };
+        let r = run();
         if let Err(e2) = &r {
             note_error(call, e2);
         }

@@ -2,69 +2,7 @@
 //! where a unit is what it can be split by (a block, a row, a batch row); the runtime then picks the largest
 //! chunk that fits the device's limits and the policy's budget.
 
-use serde::Serialize;
-
-/// One buffer an op reads or writes: `fixed + per_unit * units` bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct BufferEstimate {
-    pub fixed: u64,
-    pub per_unit: u64,
-}
-
-/// The buffers of one op, over `units` splittable units.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MemoryEstimate {
-    pub units: usize,
-    pub buffers: Vec<BufferEstimate>,
-}
-
-impl MemoryEstimate {
-    pub fn new(units: usize) -> Self {
-        MemoryEstimate {
-            units,
-            buffers: Vec::new(),
-        }
-    }
-
-    /// Adds a buffer of `fixed + per_unit * units` bytes.
-    pub fn buffer(mut self, fixed: u64, per_unit: u64) -> Self {
-        self.buffers.push(BufferEstimate { fixed, per_unit });
-        self
-    }
-
-    /// Total bytes for a chunk of `units`.
-    pub fn total(&self, units: usize) -> u64 {
-        self.buffers
-            .iter()
-            .map(|b| {
-                b.fixed
-                    .saturating_add(b.per_unit.saturating_mul(units as u64))
-            })
-            .fold(0u64, u64::saturating_add)
-    }
-
-    /// The largest single buffer for a chunk of `units`.
-    pub fn largest(&self, units: usize) -> u64 {
-        self.buffers
-            .iter()
-            .map(|b| {
-                b.fixed
-                    .saturating_add(b.per_unit.saturating_mul(units as u64))
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Bytes per unit over all buffers (at least 1).
-    pub fn per_unit(&self) -> u64 {
-        self.buffers.iter().map(|b| b.per_unit).sum::<u64>().max(1)
-    }
-
-    fn fits(&self, units: usize, limits: &Limits) -> bool {
-        limits.total.is_none_or(|t| self.total(units) <= t)
-            && limits.buffer.is_none_or(|b| self.largest(units) <= b)
-    }
-}
+pub use crate::capability::{BufferEstimate, MemoryEstimate};
 
 /// What one op may use on a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,11 +26,11 @@ pub enum Plan {
 
 /// The largest chunk (in units) that fits, not below `min_units`; `splittable` false means whole or nothing.
 pub fn plan(est: &MemoryEstimate, limits: &Limits, splittable: bool, min_units: usize) -> Plan {
-    if est.fits(est.units, limits) {
+    if fits(est, est.units, limits) {
         return Plan::Whole;
     }
     let min_units = min_units.clamp(1, est.units.max(1));
-    if !splittable || est.units <= 1 || !est.fits(min_units, limits) {
+    if !splittable || est.units <= 1 || !fits(est, min_units, limits) {
         let u = if splittable { min_units } else { est.units };
         return Plan::TooBig {
             needed: est.total(u),
@@ -102,7 +40,7 @@ pub fn plan(est: &MemoryEstimate, limits: &Limits, splittable: bool, min_units: 
     let (mut lo, mut hi) = (min_units, est.units);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if est.fits(mid, limits) {
+        if fits(est, mid, limits) {
             lo = mid;
         } else {
             hi = mid;
@@ -114,6 +52,12 @@ pub fn plan(est: &MemoryEstimate, limits: &Limits, splittable: bool, min_units: 
 /// The smallest chunk (in units) worth splitting down to: about `min_chunk_bytes`.
 pub fn min_units(est: &MemoryEstimate, min_chunk_bytes: u64) -> usize {
     (min_chunk_bytes.div_ceil(est.per_unit()) as usize).max(1)
+}
+
+/// Whether a chunk of `units` fits `limits`.
+fn fits(est: &MemoryEstimate, units: usize, limits: &Limits) -> bool {
+    limits.total.is_none_or(|t| est.total(units) <= t)
+        && limits.buffer.is_none_or(|b| est.largest(units) <= b)
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 
 use super::device::Device;
 use super::discovery;
-use super::error::DeviceError;
-use super::info::{DeviceInfo, DeviceType};
 use super::policy::RecoveryPolicy;
 use crate::Result;
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::capability::DeviceError;
+use crate::capability::{DeviceInfo, DeviceType};
 use std::sync::Arc;
 
 /// `LOWBIT_DEVICE`: the process's device (`auto` when unset).

@@ -1,7 +1,7 @@
 //! Per-device, per-op statistics: runs, time, retries, chunking, fallbacks, errors by kind. Devices with the
 //! same id share one record for the whole process, so `stats_snapshot()` answers "where did my ops run?".
 
-use super::OpKind;
+use crate::capability::OpKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,11 +2,15 @@
 //! order, multi-threaded with rayon over independent blocks and rows. `fast` holds the SIMD kernels that
 //! [`CpuBackend`] runs; [`ReferenceBackend`] runs the spec alone, for tests and comparisons.
 
+pub mod device_ops;
 pub mod fast;
+pub mod host;
 pub mod reference;
+pub mod storage;
 
 use super::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
 use crate::Result;
+use crate::capability::DeviceInfo;
 use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats};
 use crate::with_floats;
@@ -17,6 +21,9 @@ use half::f16;
 /// The CPU backend (always available): the fast kernels, on the best instruction set this CPU has.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
+
+/// The device id of [`ReferenceBackend`].
+pub const REFERENCE_ID: &str = "cpu-reference";
 
 /// The CPU reference kernels alone: the executable spec.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,6 +47,38 @@ impl Backend for CpuBackend {
     }
     fn name(&self) -> String {
         "cpu".into()
+    }
+
+    fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
+        storage::host_tensor(t.clone(), storage::CPU_ID)
+    }
+    fn download(&self, t: &crate::device_tensor::DeviceTensor) -> Result<crate::tensor::Tensor> {
+        storage::to_host(t)
+    }
+    fn supports_op(
+        &self,
+        _op: &crate::capability::Op,
+        _dtypes: &[DType],
+    ) -> crate::capability::Support {
+        crate::capability::Support::Yes
+    }
+    fn run_op(
+        &self,
+        op: &crate::capability::Op,
+        inputs: &[&crate::device_tensor::DeviceTensor],
+    ) -> Result<crate::device_tensor::DeviceTensor> {
+        device_ops::run_on_host_storage(self, storage::CPU_ID, op, inputs)
+    }
+    fn write_rows(
+        &self,
+        dst: &crate::device_tensor::DeviceTensor,
+        row: usize,
+        src: &crate::device_tensor::DeviceTensor,
+    ) -> Result<()> {
+        storage::write_rows(dst, row, src)
+    }
+    fn info(&self) -> DeviceInfo {
+        host::cpu_info()
     }
     fn quantize_blockwise(
         &self,
@@ -202,7 +241,36 @@ impl Backend for ReferenceBackend {
         BackendKind::Cpu
     }
     fn name(&self) -> String {
-        "cpu-reference".into()
+        REFERENCE_ID.into()
+    }
+
+    fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
+        storage::host_tensor(t.clone(), REFERENCE_ID)
+    }
+    fn download(&self, t: &crate::device_tensor::DeviceTensor) -> Result<crate::tensor::Tensor> {
+        storage::to_host(t)
+    }
+    fn supports_op(
+        &self,
+        _op: &crate::capability::Op,
+        _dtypes: &[DType],
+    ) -> crate::capability::Support {
+        crate::capability::Support::Yes
+    }
+    fn run_op(
+        &self,
+        op: &crate::capability::Op,
+        inputs: &[&crate::device_tensor::DeviceTensor],
+    ) -> Result<crate::device_tensor::DeviceTensor> {
+        device_ops::run_on_host_storage(self, REFERENCE_ID, op, inputs)
+    }
+    fn write_rows(
+        &self,
+        dst: &crate::device_tensor::DeviceTensor,
+        row: usize,
+        src: &crate::device_tensor::DeviceTensor,
+    ) -> Result<()> {
+        storage::write_rows(dst, row, src)
     }
     fn quantize_blockwise(
         &self,

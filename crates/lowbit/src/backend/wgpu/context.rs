@@ -2,7 +2,7 @@
 //! compiled once), the reciprocal correction table (uploaded once), uploads, dispatch and read-back.
 
 use super::shaders::Shader;
-use crate::runtime::DeviceError;
+use crate::capability::DeviceError;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -45,6 +45,16 @@ fn runtime_checks() -> bool {
     *ON.get_or_init(|| std::env::var("LOWBIT_GPU_CHECKS").is_ok_and(|v| v == "1"))
 }
 
+/// Ops recorded into a pending command buffer before one submission drains them.
+const MAX_PENDING: u32 = 128;
+
+/// The command encoder ops are recorded into, and how many ops it holds.
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    ops: u32,
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -57,6 +67,15 @@ pub struct Gpu {
     pub subgroup_max: Option<u32>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     rcp_delta: OnceLock<wgpu::Buffer>,
+    /// NF4 and FP4 dequantization tables, uploaded on first use.
+    tables_4bit: [OnceLock<wgpu::Buffer>; 2],
+    /// Dispatches recorded but not yet submitted: ops append to one command encoder, which is submitted when
+    /// the host reads or waits, or when it holds `MAX_PENDING` ops.
+    pending: Mutex<Pending>,
+    submissions: std::sync::atomic::AtomicU64,
+    reads: std::sync::atomic::AtomicU64,
+    /// Errors no error scope caught (wgpu's default handler would panic): logged and counted instead.
+    uncaptured: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gpu {
@@ -87,6 +106,14 @@ impl Gpu {
                 info.name, info.backend
             ))
         })?;
+        // wgpu's default handler panics on an error outside an error scope; a library must not.
+        let uncaptured = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = uncaptured.clone();
+        let adapter_name = info.name.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("{adapter_name}: uncaptured GPU error: {e}");
+        }));
         let mut gpu = Gpu {
             device,
             queue,
@@ -96,6 +123,11 @@ impl Gpu {
             subgroup_max: None,
             pipelines: Mutex::new(HashMap::new()),
             rcp_delta: OnceLock::new(),
+            tables_4bit: Default::default(),
+            pending: Mutex::new(Pending::default()),
+            submissions: Default::default(),
+            reads: Default::default(),
+            uncaptured,
         };
         if features.contains(wgpu::Features::SUBGROUP) {
             match gpu.probe_subgroup_lanes() {
@@ -198,6 +230,16 @@ impl Gpu {
     pub fn rcp_delta(&self) -> &wgpu::Buffer {
         self.rcp_delta
             .get_or_init(|| self.upload(crate::format::rcp::delta_table()))
+    }
+
+    /// The 16-entry float32 dequantization table of `quant_type`, uploaded once per device.
+    pub fn table_4bit(&self, quant_type: crate::format::FourBitType) -> &wgpu::Buffer {
+        let i = match quant_type {
+            crate::format::FourBitType::Nf4 => 0,
+            crate::format::FourBitType::Fp4 => 1,
+        };
+        self.tables_4bit[i]
+            .get_or_init(|| self.upload(bytemuck::cast_slice(quant_type.dequant_table())))
     }
 
     /// A storage buffer holding `bytes`, padded to a whole number of u32 words (at least one).
@@ -317,15 +359,35 @@ impl Gpu {
 
     /// Runs a sequence of dispatches and waits for them; validation and memory errors become typed errors.
     pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        self.submit(record)?;
+        self.wait()
+    }
+
+    /// Records a sequence of dispatches after everything recorded before, without submitting or waiting:
+    /// a chain of ops becomes one command buffer, submitted when the host reads or waits (or every
+    /// `MAX_PENDING` ops). Errors raised while recording (validation, out-of-memory) become typed errors
+    /// here; errors the driver reports only at submission surface at the next read or wait.
+    pub fn submit(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        let recorded = record(&mut encoder);
-        self.queue.submit([encoder.finish()]);
+        let recorded = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+            });
+            let r = record(enc);
+            p.ops += 1;
+            r
+        };
         let oom_err = pollster::block_on(oom.pop());
         let val_err = pollster::block_on(scope.pop());
+        if self.pending_ops() >= MAX_PENDING {
+            self.flush()?;
+        }
         recorded?;
         if let Some(e) = oom_err {
             tracing::debug!("wgpu out-of-memory scope: {e}");
@@ -334,10 +396,51 @@ impl Gpu {
         if let Some(e) = val_err {
             return Err(gpu_err(format!("GPU validation error: {e}")));
         }
-        self.wait()
+        Ok(())
+    }
+
+    fn pending_ops(&self) -> u32 {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).ops
+    }
+
+    /// Submits what is recorded (one command buffer), without waiting for it.
+    pub fn flush(&self) -> Result<()> {
+        let encoder = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.ops = 0;
+            p.encoder.take()
+        };
+        let Some(encoder) = encoder else {
+            return Ok(());
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.queue.submit([encoder.finish()]);
+        self.submissions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            tracing::debug!("wgpu out-of-memory scope: {e}");
+            return Err(gpu_oom("gpu submission", 0, None));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(gpu_err(format!("GPU validation error: {e}")));
+        }
+        Ok(())
+    }
+
+    /// GPU errors that no error scope caught since the device opened.
+    pub fn uncaptured_errors(&self) -> u64 {
+        self.uncaptured.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Command buffers submitted and host reads made so far (tests assert how many an op sequence costs).
+    pub fn counters(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.submissions.load(Relaxed), self.reads.load(Relaxed))
     }
 
     pub fn wait(&self) -> Result<()> {
+        self.flush()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -346,6 +449,9 @@ impl Gpu {
 
     /// Copies the first `len` bytes of `buf` back to the host.
     pub fn read(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<u8>> {
+        self.flush()?;
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let size = (len.div_ceil(4).max(1) * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,

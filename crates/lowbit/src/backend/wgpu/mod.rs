@@ -5,8 +5,13 @@
 
 pub mod bench;
 mod context;
+mod device_ops;
 pub mod gemv_rows;
 mod kernels;
+pub mod model_ops;
+/// Dense GEMM through Metal Performance Shaders on wgpu's Metal device (macOS).
+#[cfg(target_os = "macos")]
+pub mod mps;
 pub mod shaders;
 mod tensor;
 
@@ -43,6 +48,8 @@ pub struct AdapterSummary {
 #[derive(Clone)]
 pub struct WgpuBackend {
     gpu: Arc<Gpu>,
+    /// The device id (`vulkan:0`, `metal:0`, `dx12:0`): what `--device` names and device tensors carry.
+    id: Arc<str>,
     /// Dense matmul through Metal Performance Shaders on the same Metal device (shared by clones).
     #[cfg(target_os = "macos")]
     mps: Arc<MpsState>,
@@ -52,7 +59,7 @@ pub struct WgpuBackend {
 #[cfg(target_os = "macos")]
 #[derive(Default)]
 struct MpsState {
-    gemm: std::sync::OnceLock<Option<super::mps::MpsGemm>>,
+    gemm: std::sync::OnceLock<Option<mps::MpsGemm>>,
     fallbacks: std::sync::atomic::AtomicU64,
 }
 
@@ -75,6 +82,19 @@ pub(crate) fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
 }
 
 /// A readable name for a backend set ("Vulkan", "Metal", ...).
+/// The `--device` kind of a single wgpu backend.
+fn device_kind(backends: wgpu::Backends) -> &'static str {
+    if backends == wgpu::Backends::VULKAN {
+        "vulkan"
+    } else if backends == wgpu::Backends::METAL {
+        "metal"
+    } else if backends == wgpu::Backends::DX12 {
+        "dx12"
+    } else {
+        "wgpu"
+    }
+}
+
 fn backends_name(backends: wgpu::Backends) -> String {
     let names: Vec<&str> = [
         (wgpu::Backends::VULKAN, "Vulkan"),
@@ -169,6 +189,7 @@ impl WgpuBackend {
         })?;
         let backend = WgpuBackend {
             gpu: Arc::new(Gpu::new(&adapter)?),
+            id: format!("{}:{adapter_index}", device_kind(backends)).into(),
             #[cfg(target_os = "macos")]
             mps: Arc::default(),
         };
@@ -178,7 +199,7 @@ impl WgpuBackend {
 
     /// Opens the adapter a discovered device names (`vulkan:N`, `metal:N`, `dx12:N`): the same context the
     /// runtime's device uses.
-    pub fn open_device(info: &crate::runtime::DeviceInfo) -> Result<WgpuBackend> {
+    pub fn open_device(info: &crate::capability::DeviceInfo) -> Result<WgpuBackend> {
         let backends = match info.backend.as_str() {
             "vulkan" => wgpu::Backends::VULKAN,
             "metal" => wgpu::Backends::METAL,
@@ -194,6 +215,15 @@ impl WgpuBackend {
             }
         };
         WgpuBackend::open(backends, info.index.unwrap_or(0))
+    }
+
+    /// The device id (`vulkan:0`, ...).
+    pub fn device_id(&self) -> &str {
+        &self.id
+    }
+
+    fn device_id_arc(&self) -> Arc<str> {
+        self.id.clone()
     }
 
     /// The shared plumbing (device, queue, pipeline cache).
@@ -316,14 +346,14 @@ impl WgpuBackend {
 impl WgpuBackend {
     /// The MPS GEMM on this backend's Metal device, created on the first dense matmul; `None` on a non-Metal
     /// wgpu device or where MPS cannot be set up (the WGSL GEMM runs then).
-    pub fn mps_gemm(&self) -> Option<&super::mps::MpsGemm> {
+    pub fn mps_gemm(&self) -> Option<&mps::MpsGemm> {
         self.mps
             .gemm
             .get_or_init(|| {
                 if self.gpu.info.backend != wgpu::Backend::Metal {
                     return None;
                 }
-                let g = super::mps::MpsGemm::from_wgpu(&self.gpu.device);
+                let g = mps::MpsGemm::from_wgpu(&self.gpu.device);
                 if g.is_none() {
                     tracing::warn!(
                         "{}: Metal Performance Shaders unavailable; dense matmul uses the WGSL GEMM",
@@ -416,6 +446,52 @@ impl Backend for WgpuBackend {
     }
     fn name(&self) -> String {
         format!("wgpu:{:?}:{}", self.gpu.info.backend, self.gpu.info.name).to_lowercase()
+    }
+    fn info(&self) -> crate::capability::DeviceInfo {
+        let ty = match self.gpu.info.device_type {
+            wgpu::DeviceType::DiscreteGpu => crate::capability::DeviceType::DiscreteGpu,
+            wgpu::DeviceType::IntegratedGpu => crate::capability::DeviceType::IntegratedGpu,
+            wgpu::DeviceType::VirtualGpu => crate::capability::DeviceType::VirtualGpu,
+            wgpu::DeviceType::Cpu => crate::capability::DeviceType::SoftwareGpu,
+            wgpu::DeviceType::Other => crate::capability::DeviceType::Other,
+        };
+        let kind = self.id.split(':').next().unwrap_or("wgpu");
+        let mut info = crate::capability::DeviceInfo::new(&*self.id, kind, &self.gpu.info.name, ty)
+            .with_all_ops();
+        info.max_buffer_size = Some(self.gpu.limits.max_buffer_size);
+        info.max_storage_binding = Some(self.gpu.max_binding());
+        info
+    }
+    fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
+        self.upload_tensor(t)
+    }
+    fn download(&self, t: &crate::device_tensor::DeviceTensor) -> Result<crate::tensor::Tensor> {
+        self.download_tensor(t)
+    }
+    fn supports_op(
+        &self,
+        op: &crate::capability::Op,
+        dtypes: &[DType],
+    ) -> crate::capability::Support {
+        self.supports_device_op(op, dtypes)
+    }
+    fn run_op(
+        &self,
+        op: &crate::capability::Op,
+        inputs: &[&crate::device_tensor::DeviceTensor],
+    ) -> Result<crate::device_tensor::DeviceTensor> {
+        self.run_device_op(op, inputs)
+    }
+    fn write_rows(
+        &self,
+        dst: &crate::device_tensor::DeviceTensor,
+        row: usize,
+        src: &crate::device_tensor::DeviceTensor,
+    ) -> Result<()> {
+        self.write_rows_on_device(dst, row, src)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.wait()
     }
     fn quantize_blockwise(
         &self,

@@ -478,6 +478,13 @@ pub enum Shader {
     Gemv4bitRows(u32),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
     SubgroupProbe,
+    /// Model ops (`model_ops.rs`), inputs of the given dtype.
+    Embedding(DType),
+    Rope(DType),
+    ModelElementwise(DType),
+    Attention(DType),
+    /// f32 <-> f16/bf16 on bit patterns, the direction in the params.
+    Cast,
 }
 
 impl Shader {
@@ -557,6 +564,13 @@ impl Shader {
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::Gemv4bitRows(nb) => s += &super::gemv_rows::source(*nb),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
+            Shader::Embedding(_)
+            | Shader::Rope(_)
+            | Shader::ModelElementwise(_)
+            | Shader::Attention(_)
+            | Shader::Cast => {
+                s += &super::model_ops::source(self).expect("a model-op shader");
+            }
         }
         s
     }
@@ -579,7 +593,12 @@ impl Shader {
             v.push(Shader::RowQuant(dt));
             v.push(Shader::ColOutliers(dt));
             v.push(Shader::TernaryQuantize(dt));
+            v.push(Shader::Embedding(dt));
+            v.push(Shader::Rope(dt));
+            v.push(Shader::ModelElementwise(dt));
+            v.push(Shader::Attention(dt));
         }
+        v.push(Shader::Cast);
         for bits in [8, 4] {
             for vpt in DEQUANTIZE_VPT {
                 v.push(Shader::Dequantize { bits, vpt });

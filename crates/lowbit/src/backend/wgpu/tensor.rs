@@ -69,6 +69,24 @@ impl GpuTensor {
         }
     }
 
+    /// The same buffer viewed as `[rows, last dim]` (the resident kernels take matrices and vectors).
+    pub(crate) fn into_matrix(self) -> GpuTensor {
+        let (r, c) = match self.shape.split_last() {
+            Some((&c, rest)) => (rest.iter().product(), c),
+            None => (1, 1),
+        };
+        GpuTensor {
+            shape: vec![r, c],
+            ..self
+        }
+    }
+
+    /// The same buffer under `shape` (same element count).
+    pub(crate) fn with_shape(self, shape: Vec<usize>) -> GpuTensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
+        GpuTensor { shape, ..self }
+    }
+
     /// The output shape of a row-wise op on this tensor: `[rows, n]`, or `[n]` when this is a vector.
     fn out_shape(&self, rows: usize, n: usize) -> Vec<usize> {
         if self.shape.len() == 1 {
@@ -81,7 +99,7 @@ impl GpuTensor {
 
 impl WgpuBackend {
     /// Copies host bytes (little-endian, `dtype` elements) to a new device tensor.
-    pub fn upload(&self, bytes: &[u8], shape: Vec<usize>, dtype: DType) -> GpuTensor {
+    pub fn upload_raw(&self, bytes: &[u8], shape: Vec<usize>, dtype: DType) -> GpuTensor {
         GpuTensor {
             buffer: self.gpu().upload(bytes),
             shape,
@@ -136,6 +154,24 @@ pub struct GpuPacked4bit {
 }
 
 impl GpuPacked4bit {
+    /// A weight from operands the op layer validated.
+    pub(crate) fn from_parts(
+        packed: GpuTensor,
+        absmax: GpuTensor,
+        table: wgpu::Buffer,
+        blocksize: usize,
+        rows: usize,
+        cols: usize,
+    ) -> GpuPacked4bit {
+        GpuPacked4bit {
+            packed,
+            absmax,
+            table,
+            blocksize,
+            rows,
+            cols,
+        }
+    }
     pub fn packed(&self) -> &GpuTensor {
         &self.packed
     }
@@ -164,6 +200,19 @@ pub struct GpuPackedTernary {
 }
 
 impl GpuPackedTernary {
+    pub(crate) fn from_parts(
+        packed: GpuTensor,
+        weight_scale: f32,
+        rows: usize,
+        cols: usize,
+    ) -> GpuPackedTernary {
+        GpuPackedTernary {
+            packed,
+            weight_scale,
+            rows,
+            cols,
+        }
+    }
     pub fn packed(&self) -> &GpuTensor {
         &self.packed
     }
@@ -213,15 +262,13 @@ impl WgpuBackend {
         u32_len(OP, n + 8)?;
         check_binding(self.gpu(), OP, w.packed.len().max(w.absmax.len() * 4))?;
         Ok(GpuPacked4bit {
-            packed: self.upload(w.packed, vec![w.packed.len()], DType::U8),
-            absmax: self.upload(
+            packed: self.upload_raw(w.packed, vec![w.packed.len()], DType::U8),
+            absmax: self.upload_raw(
                 bytemuck::cast_slice(w.absmax),
                 vec![w.absmax.len()],
                 DType::F32,
             ),
-            table: self
-                .gpu()
-                .upload(bytemuck::cast_slice(w.quant_type.dequant_table())),
+            table: self.gpu().table_4bit(w.quant_type).clone(),
             blocksize: w.blocksize,
             rows: w.rows,
             cols: w.cols,
@@ -248,7 +295,7 @@ impl WgpuBackend {
         u32_len(OP, w.packed.len().max(w.rows))?;
         check_binding(self.gpu(), OP, w.packed.len())?;
         Ok(GpuPackedTernary {
-            packed: self.upload(w.packed, vec![packed_rows(w.rows), w.cols], DType::U8),
+            packed: self.upload_raw(w.packed, vec![packed_rows(w.rows), w.cols], DType::U8),
             weight_scale: w.weight_scale,
             rows: w.rows,
             cols: w.cols,
@@ -271,7 +318,7 @@ impl WgpuBackend {
             (3, &w.table),
             (4, &y.buffer),
         ];
-        gpu.run(|enc| kernels::encode_dequantize(gpu, enc, 4, n, w.blocksize, None, &bufs))?;
+        gpu.submit(|enc| kernels::encode_dequantize(gpu, enc, 4, n, w.blocksize, None, &bufs))?;
         Ok(y)
     }
 
@@ -291,7 +338,7 @@ impl WgpuBackend {
         if x.buffer.size() < (w.cols * 4) as u64 {
             return Err(bad());
         }
-        self.linear_4bit(OP, x, 1, vec![w.rows], w)
+        self.linear_4bit(OP, x, 1, vec![w.rows], w, None)
     }
 
     /// `y[batch, rows] = x[batch, cols] @ W^T` for a resident 4-bit weight: the GEMV kernels at batch 1, the
@@ -308,17 +355,19 @@ impl WgpuBackend {
                 ),
             ));
         }
-        self.linear_4bit(OP, x, batch, x.out_shape(batch, w.rows), w)
+        self.linear_4bit(OP, x, batch, x.out_shape(batch, w.rows), w, None)
     }
 
-    /// Records the 4-bit linear layer for a checked x of `batch` rows of `w.cols`.
-    fn linear_4bit(
+    /// Records the 4-bit linear layer for a checked x of `batch` rows of `w.cols`, with an optional f32 bias
+    /// `[rows]`.
+    pub(crate) fn linear_4bit(
         &self,
         op: &'static str,
         x: &GpuTensor,
         batch: usize,
         shape: Vec<usize>,
         w: &GpuPacked4bit,
+        bias: Option<&wgpu::Buffer>,
     ) -> Result<GpuTensor> {
         let (rows, cols) = (w.rows, w.cols);
         u32_len(op, batch * cols)?;
@@ -329,15 +378,22 @@ impl WgpuBackend {
             return Ok(y);
         }
         let gpu = self.gpu();
-        let no_bias = gpu.output(4);
-        gpu.run(|enc| {
+        let no_bias;
+        let (bias_buf, has_bias) = match bias {
+            Some(b) => (b, 1),
+            None => {
+                no_bias = gpu.output(4);
+                (&no_bias, 0)
+            }
+        };
+        gpu.submit(|enc| {
             if batch == 1 {
                 let bufs = [
                     (1, &w.packed.buffer),
                     (2, &w.absmax.buffer),
                     (3, &w.table),
                     (4, &x.buffer),
-                    (5, &no_bias),
+                    (5, bias_buf),
                     (6, &y.buffer),
                 ];
                 let piece = RowPiece {
@@ -345,19 +401,29 @@ impl WgpuBackend {
                     r1: rows,
                     first_word: 0,
                 };
-                kernels::encode_gemv_4bit(gpu, enc, piece, cols, w.blocksize, 0, &bufs, None, None)
+                kernels::encode_gemv_4bit(
+                    gpu,
+                    enc,
+                    piece,
+                    cols,
+                    w.blocksize,
+                    has_bias,
+                    &bufs,
+                    None,
+                    None,
+                )
             } else {
                 let bufs = [
                     (1, &x.buffer),
                     (2, &w.packed.buffer),
                     (3, &w.absmax.buffer),
                     (4, &w.table),
-                    (5, &no_bias),
+                    (5, bias_buf),
                     (6, &y.buffer),
                 ];
                 let log2_bs = w.blocksize.trailing_zeros();
                 let kind = GemmKind::FourBit;
-                kernels::encode_gemm(gpu, enc, kind, batch, rows, cols, 0, log2_bs, &bufs)
+                kernels::encode_gemm(gpu, enc, kind, batch, rows, cols, has_bias, log2_bs, &bufs)
             }
         })?;
         Ok(y)
@@ -365,34 +431,51 @@ impl WgpuBackend {
 
     /// `y[m, n] = x[m, k] @ w[n, k]^T` on resident f32 tensors; y stays on the GPU.
     pub fn matmul_resident(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
-        const OP: &str = "matmul_resident";
-        let (m, k) = x.rows_cols(OP, "x", &[DType::F32])?;
-        let (n, k2) = w.rows_cols(OP, "w", &[DType::F32])?;
+        self.linear_f32("matmul_resident", x, w, None)
+    }
+
+    /// `y = x @ w^T (+ bias)` for f32 x `[m, k]`, w `[n, k]`, bias `[n]`.
+    pub(crate) fn linear_f32(
+        &self,
+        op: &'static str,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        bias: Option<&wgpu::Buffer>,
+    ) -> Result<GpuTensor> {
+        let (m, k) = x.rows_cols(op, "x", &[DType::F32])?;
+        let (n, k2) = w.rows_cols(op, "w", &[DType::F32])?;
         if k != k2 || x.shape.len() != 2 || w.shape.len() != 2 {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "need f32 x [m, k] and w [n, k], got {:?} and {:?}",
                     x.shape, w.shape
                 ),
             ));
         }
-        u32_len(OP, (m * k).max(n * k))?;
-        check_binding(self.gpu(), OP, (m * k).max(n * k) * 4)?;
-        let y = self.output(OP, vec![m, n], DType::F32, m * n)?;
+        u32_len(op, (m * k).max(n * k))?;
+        check_binding(self.gpu(), op, (m * k).max(n * k) * 4)?;
+        let y = self.output(op, vec![m, n], DType::F32, m * n)?;
         if m * n == 0 {
             return Ok(y);
         }
         let gpu = self.gpu();
-        let no_bias = gpu.output(4);
+        let no_bias;
+        let (bias_buf, has_bias) = match bias {
+            Some(b) => (b, 1),
+            None => {
+                no_bias = gpu.output(4);
+                (&no_bias, 0)
+            }
+        };
         let bufs = [
             (1, &x.buffer),
             (2, &w.buffer),
-            (5, &no_bias),
+            (5, bias_buf),
             (6, &y.buffer),
         ];
         let kind = GemmKind::DenseF32;
-        gpu.run(|enc| kernels::encode_gemm(gpu, enc, kind, m, n, k, 0, 0, &bufs))?;
+        gpu.submit(|enc| kernels::encode_gemm(gpu, enc, kind, m, n, k, has_bias, 0, &bufs))?;
         Ok(y)
     }
 
@@ -451,7 +534,7 @@ impl WgpuBackend {
         };
         let bufs = [(1, &x.buffer), (2, wbuf), (3, &y.buffer)];
         let rms = weight.is_some();
-        gpu.run(|enc| kernels::encode_rows_float(gpu, enc, rows, cols, rms, eps, &bufs))?;
+        gpu.submit(|enc| kernels::encode_rows_float(gpu, enc, rows, cols, rms, eps, &bufs))?;
         Ok(y)
     }
 
@@ -491,7 +574,7 @@ impl WgpuBackend {
         let q = gpu.output((batch * cols) as u64);
         let x_scale = gpu.output((batch * 4) as u64);
         let acc = gpu.output((batch * rows * 4) as u64);
-        gpu.run(|enc| {
+        gpu.submit(|enc| {
             kernels::encode_ternary_act_quant(
                 gpu, enc, x.dtype, batch, cols, &x.buffer, &q, &x_scale,
             )?;

@@ -11,14 +11,23 @@ pub mod ternary;
 
 use std::sync::OnceLock;
 
-/// The instruction set a kernel may use.
+/// The instruction set a kernel may use. Only this crate can name a variant: outside it an `Isa` comes from
+/// [`isa`] or [`Isa::available`], which report what this CPU runs, so safe code cannot ask a kernel to
+/// execute AVX-512 instructions on a CPU without them.
+///
+/// ```compile_fail
+/// let forged = lowbit::backend::cpu::fast::Isa::Avx512;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust; the compiler's auto-vectorisation only.
+    #[non_exhaustive]
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
+    #[non_exhaustive]
     Avx2,
     /// AVX2 plus AVX-512 F/BW/VL: kernels without an AVX-512 variant run their AVX2 one.
+    #[non_exhaustive]
     Avx512,
 }
 

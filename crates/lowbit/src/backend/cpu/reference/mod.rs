@@ -4,6 +4,7 @@ pub mod blockwise;
 pub mod dense;
 pub mod fourbit;
 pub mod int8;
+pub mod model;
 pub mod ternary;
 
 use crate::format::float::mul_ftz;

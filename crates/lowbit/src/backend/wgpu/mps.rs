@@ -51,7 +51,7 @@ impl MpsGemm {
     }
 
     /// Uses the Metal device of a wgpu backend (macOS).
-    pub fn from_backend(backend: &super::wgpu::WgpuBackend) -> Option<MpsGemm> {
+    pub fn from_backend(backend: &super::WgpuBackend) -> Option<MpsGemm> {
         Self::from_wgpu(&backend.gpu().device)
     }
 

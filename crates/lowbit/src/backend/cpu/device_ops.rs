@@ -1,0 +1,289 @@
+//! Device-tensor ops on host memory: each [`Op`] runs through the host-slice kernels of a backend (the fast
+//! CPU kernels, or the reference ones). The runtime's CPU fallback runs the same code, so an op gives the same
+//! answer whether the CPU was chosen or fallen back to.
+
+use super::reference::model;
+use crate::backend::{Backend, Packed4bit, PackedTernary};
+use crate::capability::Op;
+use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
+use crate::with_floats;
+use crate::{Error, Result};
+
+/// A borrowed host operand.
+#[derive(Clone, Copy, Debug)]
+pub struct HostView<'a> {
+    pub shape: &'a [usize],
+    pub data: &'a TensorData,
+}
+
+impl<'a> HostView<'a> {
+    fn floats(&self, op: &'static str) -> Result<Floats<'a>> {
+        match self.data {
+            TensorData::Float(f) => Ok(f.as_floats()),
+            _ => Err(dtype_err(op, self.data, "f32, f16, bf16")),
+        }
+    }
+    fn u8(&self, op: &'static str) -> Result<&'a [u8]> {
+        match self.data {
+            TensorData::U8(v) => Ok(v),
+            _ => Err(dtype_err(op, self.data, "u8")),
+        }
+    }
+    fn i32(&self, op: &'static str) -> Result<&'a [i32]> {
+        match self.data {
+            TensorData::I32(v) => Ok(v),
+            _ => Err(dtype_err(op, self.data, "i32")),
+        }
+    }
+    fn rows_cols(&self) -> (usize, usize) {
+        match self.shape.split_last() {
+            Some((&c, rest)) => (rest.iter().product(), c),
+            None => (1, 1),
+        }
+    }
+}
+
+fn dtype_err(op: &'static str, d: &TensorData, expected: &'static str) -> Error {
+    let got = match d {
+        TensorData::Float(f) => f.dtype(),
+        TensorData::U8(_) => DType::U8,
+        TensorData::I8(_) => DType::I8,
+        TensorData::I32(_) => DType::I32,
+        TensorData::I64(_) => DType::I64,
+    };
+    Error::DType {
+        op,
+        got: got.to_string(),
+        expected,
+    }
+}
+
+/// The output shape of a linear layer: `x`'s shape with the last dimension replaced by `n`.
+fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    match s.last_mut() {
+        Some(l) => *l = n,
+        None => s.push(n),
+    }
+    s
+}
+
+fn out(shape: Vec<usize>, v: FloatVec) -> Tensor {
+    Tensor::from_floats(shape, v)
+}
+
+/// Runs an elementwise kernel of two operands of one float dtype.
+macro_rules! binary {
+    ($op:expr, $a:expr, $b:expr, $f:path) => {
+        match ($a, $b) {
+            (Floats::F32(a), Floats::F32(b)) => FloatVec::from($f(a, b)),
+            (Floats::F16(a), Floats::F16(b)) => FloatVec::from($f(a, b)),
+            (Floats::BF16(a), Floats::BF16(b)) => FloatVec::from($f(a, b)),
+            (a, b) => {
+                return Err(Error::DType {
+                    op: $op,
+                    got: format!("{} and {}", a.dtype(), b.dtype()),
+                    expected: "two operands of one dtype",
+                });
+            }
+        }
+    };
+}
+
+/// Runs `op` on host operands through `b`'s host-slice kernels. Operands were validated by the op layer.
+pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tensor> {
+    let name = op.kind().name();
+    let bias = |i: usize, present: bool| -> Result<Option<Floats>> {
+        if present {
+            inputs[i].floats(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    match *op {
+        Op::Linear { bias: has_bias } => {
+            let x = inputs[0].floats(name)?;
+            let w = inputs[1].floats(name)?;
+            let (m, k) = inputs[0].rows_cols();
+            let n = inputs[1].shape[0];
+            let y = b.matmul(x, w, bias(2, has_bias)?, m, n, k)?;
+            Ok(out(with_last(inputs[0].shape, n), y))
+        }
+        Op::Linear4bit {
+            quant_type,
+            blocksize,
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let absmax = match inputs[2].data {
+                TensorData::Float(FloatVec::F32(v)) => v.as_slice(),
+                d => return Err(dtype_err(name, d, "f32")),
+            };
+            let w = Packed4bit {
+                packed: inputs[1].u8(name)?,
+                absmax,
+                quant_type,
+                blocksize,
+                rows,
+                cols,
+            };
+            let (m, _) = inputs[0].rows_cols();
+            let bias = bias(3, has_bias)?;
+            let y = if m == 1 {
+                b.gemv_4bit(x, w, bias)?
+            } else {
+                b.matmul_4bit(x, m, w, bias)?
+            };
+            Ok(out(with_last(inputs[0].shape, rows), y))
+        }
+        Op::LinearTernary {
+            weight_scale,
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let (m, _) = inputs[0].rows_cols();
+            let (xq, xs) = b.ternary_act_quant(x, m, cols)?;
+            let w = PackedTernary {
+                packed: inputs[1].u8(name)?,
+                weight_scale,
+                rows,
+                cols,
+            };
+            let y = b.ternary_matmul(&xq, &xs, m, w, bias(2, has_bias)?)?;
+            Ok(out(
+                with_last(inputs[0].shape, rows),
+                FloatVec::from_f32(y, x.dtype()),
+            ))
+        }
+        Op::RmsNorm { eps } => {
+            let x = inputs[0].floats(name)?;
+            let w = inputs[1].floats(name)?;
+            let cols = inputs[0].rows_cols().1;
+            Ok(out(inputs[0].shape.to_vec(), b.rms_norm(x, w, eps, cols)?))
+        }
+        Op::Softmax => {
+            let x = inputs[0].floats(name)?;
+            let cols = inputs[0].rows_cols().1;
+            Ok(out(inputs[0].shape.to_vec(), b.softmax(x, cols)?))
+        }
+        Op::Cast { to } => {
+            let x = inputs[0].floats(name)?;
+            let y = if x.dtype() == to {
+                with_floats!(x, s => FloatVec::from(s.to_vec()))
+            } else {
+                FloatVec::from_f32(x.to_f32_vec(), to)
+            };
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Embedding => {
+            let table = inputs[0].floats(name)?;
+            let ids: Vec<u32> = inputs[1].i32(name)?.iter().map(|&i| i as u32).collect();
+            let dim = inputs[0].shape[1];
+            let y = with_floats!(table, t => FloatVec::from(model::embedding(t, dim, &ids)));
+            Ok(out(vec![ids.len(), dim], y))
+        }
+        Op::Rope {
+            heads,
+            head_dim,
+            rotary_dim,
+            pos_start,
+            layout,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let (cos, sin) = (f32s(name, &inputs[1])?, f32s(name, &inputs[2])?);
+            let y = with_floats!(x, s => FloatVec::from(model::rope(
+                s, heads, head_dim, rotary_dim, cos, sin, pos_start, layout
+            )));
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::SiluMul => {
+            let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
+            let y = binary!(name, g, u, model::silu_mul);
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Add => {
+            let (a, c) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
+            let y = binary!(name, a, c, model::add);
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Gelu { kind } => {
+            let x = inputs[0].floats(name)?;
+            let y = with_floats!(x, s => FloatVec::from(model::gelu(s, kind)));
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+        Op::Attention {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_len,
+            pos_start,
+            scale,
+        } => {
+            let q = inputs[0].floats(name)?;
+            let k = inputs[1].floats(name)?;
+            let v = inputs[2].floats(name)?;
+            let y = match (q, k, v) {
+                (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                (Floats::F16(q), Floats::F16(k), Floats::F16(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                (Floats::BF16(q), Floats::BF16(k), Floats::BF16(v)) => {
+                    FloatVec::from(model::attention(
+                        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                    ))
+                }
+                _ => {
+                    return Err(Error::DType {
+                        op: name,
+                        got: format!("{}/{}/{}", q.dtype(), k.dtype(), v.dtype()),
+                        expected: "q, k and v of one dtype",
+                    });
+                }
+            };
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
+    }
+}
+
+fn f32s<'a>(op: &'static str, v: &HostView<'a>) -> Result<&'a [f32]> {
+    match v.data {
+        TensorData::Float(FloatVec::F32(s)) => Ok(s),
+        d => Err(dtype_err(op, d, "f32")),
+    }
+}
+
+/// The CPU backends' `run_op`: operands in host storage, output in new host storage.
+pub fn run_on_host_storage(
+    b: &dyn Backend,
+    device: &'static str,
+    op: &Op,
+    inputs: &[&crate::device_tensor::DeviceTensor],
+) -> Result<crate::device_tensor::DeviceTensor> {
+    let name = op.kind().name();
+    let storages = inputs
+        .iter()
+        .map(|t| super::storage::host_storage(name, t))
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = storages.iter().map(|s| s.read()).collect();
+    let views: Vec<HostView> = inputs
+        .iter()
+        .zip(&guards)
+        .map(|(t, g)| HostView {
+            shape: t.shape(),
+            data: g,
+        })
+        .collect();
+    let y = run_host_op(b, op, &views)?;
+    drop(guards);
+    super::storage::host_tensor(y, device)
+}

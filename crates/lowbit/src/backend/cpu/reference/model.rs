@@ -1,0 +1,160 @@
+//! Reference ops of a transformer forward pass (Llama family): embedding gather, RoPE, SwiGLU/GELU, residual
+//! add, causal grouped-query attention over a KV cache, KV-cache row writes. Inputs of any [`Float`] dtype are
+//! widened exactly, arithmetic is float32, outputs are narrowed to the input dtype with round-to-nearest-even.
+//!
+//! Shapes are the caller's to validate (the op layer does it once); these loops assume consistent lengths.
+
+use crate::format::activation::{self, GeluKind};
+use crate::format::rope::RopeLayout;
+use crate::tensor::Float;
+use rayon::prelude::*;
+
+/// Rows of `table` (`[vocab, dim]`) picked by `ids`: `[ids.len(), dim]`, bit-exact. Every id must be below
+/// `vocab`.
+pub fn embedding<T: Float>(table: &[T], dim: usize, ids: &[u32]) -> Vec<T> {
+    let mut out = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        let start = id as usize * dim;
+        out.extend_from_slice(&table[start..start + dim]);
+    }
+    out
+}
+
+/// Rotates the first `rotary_dim` elements of every head of `x` (`[tokens, heads, head_dim]`); elements past
+/// `rotary_dim` are copied unchanged. Token `t` uses row `pos_start + t` of `cos` and `sin`
+/// (`[n_pos, rotary_dim / 2]`, from [`crate::format::rope::cos_sin_table`]). For a pair `(a, b)` with
+/// angle index `i`: `a' = a c - b s`, `b' = b c + a s` in float32.
+#[allow(clippy::too_many_arguments)]
+pub fn rope<T: Float>(
+    x: &[T],
+    heads: usize,
+    head_dim: usize,
+    rotary_dim: usize,
+    cos: &[f32],
+    sin: &[f32],
+    pos_start: usize,
+    layout: RopeLayout,
+) -> Vec<T> {
+    let half = rotary_dim / 2;
+    let row_len = heads * head_dim;
+    let mut out = x.to_vec();
+    if row_len == 0 {
+        return out;
+    }
+    out.par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(t, row)| {
+            let table = (pos_start + t) * half;
+            let (c, s) = (&cos[table..table + half], &sin[table..table + half]);
+            for head in row.chunks_mut(head_dim) {
+                for i in 0..half {
+                    let (ia, ib) = match layout {
+                        RopeLayout::Halves => (i, i + half),
+                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (a, b) = (head[ia].to_f32(), head[ib].to_f32());
+                    head[ia] = T::from_f32(a * c[i] - b * s[i]);
+                    head[ib] = T::from_f32(b * c[i] + a * s[i]);
+                }
+            }
+        });
+    out
+}
+
+fn map2<T: Float>(a: &[T], b: &[T], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<T> {
+    a.par_iter()
+        .zip(b)
+        .map(|(&x, &y)| T::from_f32(f(x.to_f32(), y.to_f32())))
+        .collect()
+}
+
+/// SwiGLU's `silu(gate) * up`, element-wise ([`activation::silu_mul`]).
+pub fn silu_mul<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
+    map2(gate, up, activation::silu_mul)
+}
+
+/// GELU, element-wise ([`activation::gelu`]).
+pub fn gelu<T: Float>(x: &[T], kind: GeluKind) -> Vec<T> {
+    x.par_iter()
+        .map(|&v| T::from_f32(activation::gelu(v.to_f32(), kind)))
+        .collect()
+}
+
+/// `a + b`, element-wise (residual connections).
+pub fn add<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    map2(a, b, |x, y| x + y)
+}
+
+/// Causal grouped-query attention of `q` (`[nq, n_heads, head_dim]`) over the first `kv_len` rows of the
+/// caches `k`, `v` (`[kv_capacity, n_kv_heads, head_dim]`); returns `[nq, n_heads, head_dim]`.
+///
+/// Query row `i` sits at position `pos_start + i` and sees cache rows `0..=min(pos_start + i, kv_len - 1)`;
+/// head `h` reads kv head `h / (n_heads / n_kv_heads)`. The float32 order (the spec the GPU is held to):
+/// `s_j = (sum_d q_d k_jd, d ascending) * scale`; `m = max_j s_j`; `p_j = exp(s_j - m)`;
+/// `l = sum_j p_j` and `o_d = sum_j p_j v_jd` (j ascending); output `o_d / l`. With `kv_len == 0` the
+/// output is zero.
+#[allow(clippy::too_many_arguments)]
+pub fn attention<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    kv_len: usize,
+    pos_start: usize,
+    scale: f32,
+) -> Vec<T> {
+    let mut out = vec![T::default(); q.len()];
+    if head_dim == 0 || n_heads == 0 {
+        return out;
+    }
+    let group = n_heads / n_kv_heads;
+    let kv_row = n_kv_heads * head_dim;
+    out.par_chunks_mut(head_dim)
+        .enumerate()
+        .for_each(|(row, o)| {
+            let (i, h) = (row / n_heads, row % n_heads);
+            let n_keys = (pos_start + i + 1).min(kv_len);
+            if n_keys == 0 {
+                return;
+            }
+            let qv: Vec<f32> = q[row * head_dim..(row + 1) * head_dim]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            let off = (h / group) * head_dim;
+            let scores: Vec<f32> = (0..n_keys)
+                .map(|j| {
+                    let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
+                    let dot = qv
+                        .iter()
+                        .zip(kr)
+                        .fold(0.0f32, |acc, (&a, b)| acc + a * b.to_f32());
+                    dot * scale
+                })
+                .collect();
+            let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut acc = vec![0.0f32; head_dim];
+            let mut l = 0.0f32;
+            for (j, &s) in scores.iter().enumerate() {
+                let p = (s - m).exp();
+                l += p;
+                let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
+                for (a, x) in acc.iter_mut().zip(vr) {
+                    *a += p * x.to_f32();
+                }
+            }
+            for (o, a) in o.iter_mut().zip(&acc) {
+                *o = T::from_f32(a / l);
+            }
+        });
+    out
+}
+
+/// Writes `src` (whole rows of `row_len`) into `dst` starting at row `dst_row`: a KV-cache append. The rows
+/// must fit.
+pub fn copy_rows<T: Copy>(dst: &mut [T], row_len: usize, dst_row: usize, src: &[T]) {
+    let start = dst_row * row_len;
+    dst[start..start + src.len()].copy_from_slice(src);
+}

@@ -1,0 +1,386 @@
+//! The wgpu backend's device tensors: storage is a GPU buffer, ops are recorded and submitted without
+//! waiting (a download waits), and `supports_op` says exactly which ops and dtypes have kernels here; the
+//! runtime runs the rest on the CPU and counts it.
+
+use super::WgpuBackend;
+use super::model_ops::{self as mk, AttentionDims, RopeDims};
+use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
+use crate::capability::{Op, Support};
+use crate::device_tensor::{BackendStorage, DeviceTensor};
+use crate::tensor::{DType, FloatVec, Tensor, TensorData};
+use crate::{Error, Result};
+use half::{bf16, f16};
+use std::any::Any;
+use std::sync::Arc;
+
+/// A GPU buffer owned by one wgpu device.
+pub struct GpuStorage {
+    pub(crate) buffer: wgpu::Buffer,
+    device: Arc<str>,
+}
+
+impl BackendStorage for GpuStorage {
+    fn device_id(&self) -> &str {
+        &self.device
+    }
+    fn size_in_bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn bytes_of(data: &TensorData) -> &[u8] {
+    match data {
+        TensorData::Float(FloatVec::F32(v)) => bytemuck::cast_slice(v),
+        TensorData::Float(FloatVec::F16(v)) => bytemuck::cast_slice(v),
+        TensorData::Float(FloatVec::BF16(v)) => bytemuck::cast_slice(v),
+        TensorData::U8(v) => v,
+        TensorData::I8(v) => bytemuck::cast_slice(v),
+        TensorData::I32(v) => bytemuck::cast_slice(v),
+        TensorData::I64(v) => bytemuck::cast_slice(v),
+    }
+}
+
+fn data_from_bytes(dtype: DType, b: &[u8]) -> TensorData {
+    match dtype {
+        DType::F32 => TensorData::Float(FloatVec::F32(bytemuck::pod_collect_to_vec(b))),
+        DType::F16 => TensorData::Float(FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(b))),
+        DType::BF16 => {
+            TensorData::Float(FloatVec::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(b)))
+        }
+        DType::U8 => TensorData::U8(b.to_vec()),
+        DType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(b)),
+        DType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(b)),
+        DType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(b)),
+    }
+}
+
+impl WgpuBackend {
+    fn storage<'a>(&self, op: &'static str, t: &'a DeviceTensor) -> Result<&'a GpuStorage> {
+        match t.storage_as::<GpuStorage>() {
+            Some(s) if s.device_id() == self.device_id() => Ok(s),
+            _ => Err(Error::WrongDevice {
+                op,
+                got: t.device_id().to_string(),
+                expected: self.device_id().to_string(),
+            }),
+        }
+    }
+
+    /// The resident-kernel view of a device tensor of this backend.
+    fn view(&self, op: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+        Ok(GpuTensor {
+            buffer: self.storage(op, t)?.buffer.clone(),
+            shape: t.shape().to_vec(),
+            dtype: t.dtype(),
+        })
+    }
+
+    fn wrap(&self, t: GpuTensor) -> Result<DeviceTensor> {
+        let storage = GpuStorage {
+            buffer: t.buffer,
+            device: self.device_id_arc(),
+        };
+        DeviceTensor::new(t.shape, t.dtype, Arc::new(storage))
+    }
+
+    pub(crate) fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let bytes = bytes_of(&t.data);
+        super::kernels::check_binding(self.gpu(), "upload", bytes.len())?;
+        let g = self.upload_raw(bytes, t.shape.clone(), t.dtype());
+        self.wrap(g)
+    }
+
+    pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let s = self.storage("download", t)?;
+        let bytes = self.gpu().read(&s.buffer, t.size_in_bytes())?;
+        Ok(Tensor {
+            shape: t.shape().to_vec(),
+            data: data_from_bytes(t.dtype(), &bytes),
+        })
+    }
+
+    pub(crate) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
+        // Float operands may be f32, f16 or bf16 (widened and narrowed on the device); packed weights and
+        // ids have the dtypes the op layer checked.
+        let floats_ok = dtypes
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.is_float() || !float_operand(op, i));
+        let ok = match op {
+            // The BitNet rescale kernel has no bias input yet.
+            Op::LinearTernary { bias, .. } => floats_ok && !bias,
+            _ => floats_ok,
+        };
+        if ok {
+            Support::Yes
+        } else {
+            Support::No(format!(
+                "no {} kernel for operands {dtypes:?} in the wgpu backend",
+                op.kind().name()
+            ))
+        }
+    }
+
+    /// `t` as f32 on the device: itself, or widened exactly by the cast kernel.
+    fn widened(&self, name: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+        let v = self.view(name, t)?;
+        if v.dtype == DType::F32 {
+            return Ok(v);
+        }
+        let n = t.numel();
+        let out = self.gpu().output((n * 4) as u64);
+        let gpu = self.gpu();
+        gpu.submit(|enc| mk::encode_cast(gpu, enc, v.dtype, DType::F32, n, &v.buffer, &out))?;
+        Ok(GpuTensor {
+            buffer: out,
+            shape: v.shape,
+            dtype: DType::F32,
+        })
+    }
+
+    /// An f32 result narrowed to `to` on the device (round to nearest even, the CPU's bits).
+    fn narrowed(&self, y: GpuTensor, to: DType) -> Result<GpuTensor> {
+        if to == DType::F32 {
+            return Ok(y);
+        }
+        let n = y.numel();
+        let out = self.gpu().output((n * 2) as u64);
+        let gpu = self.gpu();
+        gpu.submit(|enc| mk::encode_cast(gpu, enc, DType::F32, to, n, &y.buffer, &out))?;
+        Ok(GpuTensor {
+            buffer: out,
+            shape: y.shape,
+            dtype: to,
+        })
+    }
+
+    /// A new f32 output buffer of `n` elements, checked against the kernels' limits.
+    fn f32_out(&self, op: &'static str, shape: Vec<usize>) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        super::kernels::u32_len(op, n)?;
+        super::kernels::check_binding(self.gpu(), op, n * 4)?;
+        Ok(GpuTensor {
+            buffer: self.gpu().output((n * 4) as u64),
+            shape,
+            dtype: DType::F32,
+        })
+    }
+
+    pub(crate) fn run_device_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
+        let name = op.kind().name();
+        let out_dtype = inputs[0].dtype();
+        let shape0 = inputs[0].shape().to_vec();
+        let v = |i: usize| self.view(name, inputs[i]);
+        let w = |i: usize| self.widened(name, inputs[i]);
+        let gpu = self.gpu();
+        let y = match *op {
+            Op::Linear { bias } => {
+                let b = if bias { Some(w(2)?.buffer) } else { None };
+                let y = self.linear_f32(name, &w(0)?.into_matrix(), &w(1)?, b.as_ref())?;
+                y.with_shape(with_last(&shape0, inputs[1].shape()[0]))
+            }
+            Op::Linear4bit {
+                quant_type,
+                blocksize,
+                rows,
+                cols,
+                bias,
+            } => {
+                let wt = GpuPacked4bit::from_parts(
+                    v(1)?,
+                    v(2)?,
+                    gpu.table_4bit(quant_type).clone(),
+                    blocksize,
+                    rows,
+                    cols,
+                );
+                let (batch, _) = inputs[0].rows_cols();
+                let b = if bias { Some(w(3)?.buffer) } else { None };
+                self.linear_4bit(
+                    name,
+                    &w(0)?,
+                    batch,
+                    with_last(&shape0, rows),
+                    &wt,
+                    b.as_ref(),
+                )?
+            }
+            Op::LinearTernary {
+                weight_scale,
+                rows,
+                cols,
+                ..
+            } => {
+                let wt = GpuPackedTernary::from_parts(v(1)?, weight_scale, rows, cols);
+                // The activation quantizer reads f16/bf16 itself: no widening.
+                let y = self.ternary_linear_resident(&v(0)?.into_matrix(), &wt)?;
+                y.with_shape(with_last(&shape0, rows))
+            }
+            Op::RmsNorm { eps } => {
+                let y = self.rms_norm_resident(&w(0)?.into_matrix(), &w(1)?, eps)?;
+                y.with_shape(shape0)
+            }
+            Op::Softmax => {
+                let y = self.softmax_resident(&w(0)?.into_matrix())?;
+                y.with_shape(shape0)
+            }
+            Op::Cast { to } => {
+                let x = w(0)?;
+                return self.wrap(self.narrowed(x, to)?);
+            }
+            Op::Embedding => {
+                let (vocab, dim) = (inputs[0].shape()[0], inputs[0].shape()[1]);
+                let n = inputs[1].numel();
+                let (t, ids) = (v(0)?, v(1)?);
+                let y = self.f32_out(name, vec![n, dim])?;
+                gpu.submit(|enc| {
+                    mk::encode_embedding(
+                        gpu,
+                        enc,
+                        t.dtype,
+                        vocab,
+                        dim,
+                        n,
+                        &t.buffer,
+                        &ids.buffer,
+                        &y.buffer,
+                    )
+                })?;
+                y
+            }
+            Op::Rope {
+                heads,
+                head_dim,
+                rotary_dim,
+                pos_start,
+                layout,
+            } => {
+                let dims = RopeDims {
+                    tokens: shape0[0],
+                    heads,
+                    head_dim,
+                    rotary_dim,
+                    pos_start,
+                    layout,
+                };
+                let (x, cos, sin) = (v(0)?, v(1)?, v(2)?);
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_rope(
+                        gpu,
+                        enc,
+                        x.dtype,
+                        &dims,
+                        &x.buffer,
+                        &cos.buffer,
+                        &sin.buffer,
+                        &y.buffer,
+                    )
+                })?;
+                y
+            }
+            Op::SiluMul | Op::Add => {
+                let (a, b) = (v(0)?, v(1)?);
+                let n = a.numel();
+                let y = self.f32_out(name, shape0)?;
+                let silu = matches!(op, Op::SiluMul);
+                gpu.submit(|enc| {
+                    if silu {
+                        mk::encode_silu_mul(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
+                    } else {
+                        mk::encode_add(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
+                    }
+                })?;
+                y
+            }
+            Op::Gelu { kind } => {
+                let x = v(0)?;
+                let n = x.numel();
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_gelu(gpu, enc, x.dtype, n, kind, &x.buffer, &y.buffer)
+                })?;
+                y
+            }
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+                pos_start,
+                scale,
+            } => {
+                let dims = AttentionDims {
+                    nq: shape0[0],
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    kv_len,
+                    pos_start,
+                    scale,
+                };
+                let (q, k, vv) = (v(0)?, v(1)?, v(2)?);
+                let y = self.f32_out(name, shape0)?;
+                gpu.submit(|enc| {
+                    mk::encode_attention(
+                        gpu, enc, q.dtype, &dims, &q.buffer, &k.buffer, &vv.buffer, &y.buffer,
+                    )
+                })?;
+                y
+            }
+        };
+        // Every kernel above writes f32; the result takes the first operand's dtype, as on the CPU.
+        self.wrap(self.narrowed(y, out_dtype)?)
+    }
+
+    pub(crate) fn write_rows_on_device(
+        &self,
+        dst: &DeviceTensor,
+        row: usize,
+        src: &DeviceTensor,
+    ) -> Result<()> {
+        let d = self.storage("copy_rows", dst)?;
+        let s = self.storage("copy_rows", src)?;
+        let row_bytes = dst.rows_cols_first().1 * dst.dtype().size_in_bytes();
+        let bytes = src.size_in_bytes() as u64;
+        let offset = (row * row_bytes) as u64;
+        if bytes == 0 {
+            return Ok(());
+        }
+        // Buffer copies move whole 4-byte words (every Llama-family cache row is: head_dim is even).
+        if !bytes.is_multiple_of(4) || !offset.is_multiple_of(4) {
+            return Err(Error::InvalidArgument {
+                op: "copy_rows",
+                detail: format!(
+                    "rows of {row_bytes} bytes: the wgpu backend copies cache rows in whole 4-byte words"
+                ),
+            });
+        }
+        let gpu = self.gpu();
+        gpu.submit(|enc| {
+            enc.copy_buffer_to_buffer(&s.buffer, 0, &d.buffer, offset, bytes);
+            Ok(())
+        })
+    }
+}
+
+/// Whether operand `i` of `op` is float data (not packed codes or scales).
+fn float_operand(op: &Op, i: usize) -> bool {
+    match op {
+        Op::Linear4bit { .. } => i != 1 && i != 2,
+        Op::LinearTernary { .. } | Op::Embedding => i != 1,
+        _ => true,
+    }
+}
+
+fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    match s.last_mut() {
+        Some(l) => *l = n,
+        None => s.push(n),
+    }
+    s
+}

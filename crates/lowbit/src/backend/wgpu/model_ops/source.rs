@@ -1,0 +1,86 @@
+//! WGSL text of the model-op kernels: the hand-written kernels plus generated input loaders per dtype and
+//! the activation constants of `crate::format::activation` as exact hex literals.
+
+use super::super::shaders::{Shader, wgsl_f32};
+use crate::format::activation::{
+    ERF_CLAMP, ERF_SPLIT, ERF_TAYLOR, ERFC_FIT, FRAC_1_SQRT_2, FRAC_2_SQRT_PI, GELU_TANH_BETA,
+    GELU_TANH_KAPPA,
+};
+use crate::tensor::DType;
+
+const MODEL_COMMON: &str = include_str!("../shaders/model_common.wgsl");
+const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
+const ROPE: &str = include_str!("../shaders/rope.wgsl");
+const ELEMENTWISE: &str = include_str!("../shaders/model_elementwise.wgsl");
+const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const CAST: &str = include_str!("../shaders/cast.wgsl");
+
+/// `bits_<name>(i)` (element i as exact f32 bits) and `load_<name>(i)` for the u32 array `array`.
+fn loader(name: &str, array: &str, dtype: DType) -> String {
+    let bits = match dtype {
+        DType::F16 => format!("widen_f16(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu)"),
+        DType::BF16 => format!("widen_bf16(({array}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu)"),
+        _ => format!("{array}[i]"),
+    };
+    format!(
+        "fn bits_{name}(i: u32) -> u32 {{\n    return {bits};\n}}\n\
+         fn load_{name}(i: u32) -> f32 {{\n    return bitcast<f32>(bits_{name}(i));\n}}\n"
+    )
+}
+
+/// `format::activation::erf` in WGSL, the same steps and constants.
+fn erf() -> String {
+    let horner = |coef: &[f32], var: &str| -> String {
+        let last = coef.len() - 1;
+        let mut s = format!("    var p = {};\n", wgsl_f32(coef[last]));
+        for &c in coef[..last].iter().rev() {
+            s += &format!("    p = p * {var} + {};\n", wgsl_f32(c));
+        }
+        s
+    };
+    format!(
+        "const GELU_TANH_BETA: f32 = {};\nconst GELU_TANH_KAPPA: f32 = {};\nconst FRAC_1_SQRT_2: f32 = {};\n\
+fn erf_small(x: f32) -> f32 {{\n    let s = x * x;\n{}    return (x + x * (p * s)) * {};\n}}\n\
+fn erfc_large(z: f32) -> f32 {{\n    let t = 1.0 / (1.0 + 0.5 * z);\n{}    return t * exp(-z * z + p);\n}}\n\
+fn erf(x: f32) -> f32 {{\n    let z = min(abs(x), {});\n    if (z < {}) {{\n        return erf_small(x);\n    }}\n\
+    let r = 1.0 - erfc_large(z);\n    return select(r, -r, x < 0.0);\n}}\n",
+        wgsl_f32(GELU_TANH_BETA),
+        wgsl_f32(GELU_TANH_KAPPA),
+        wgsl_f32(FRAC_1_SQRT_2),
+        horner(&ERF_TAYLOR, "s"),
+        wgsl_f32(FRAC_2_SQRT_PI),
+        horner(&ERFC_FIT, "t"),
+        wgsl_f32(ERF_CLAMP),
+        wgsl_f32(ERF_SPLIT),
+    )
+}
+
+/// The kernel-specific part of a model-op shader (after `common.wgsl`), or None for other shaders.
+pub(crate) fn source(shader: &Shader) -> Option<String> {
+    let mut s = String::from(MODEL_COMMON);
+    match shader {
+        Shader::Embedding(dt) => {
+            s += EMBEDDING;
+            s += &loader("table", "table", *dt);
+        }
+        Shader::Rope(dt) => {
+            s += ROPE;
+            s += &loader("x", "x", *dt);
+        }
+        Shader::ModelElementwise(dt) => {
+            s += ELEMENTWISE;
+            s += &loader("a", "a_in", *dt);
+            s += &loader("b", "b_in", *dt);
+            s += &erf();
+        }
+        Shader::Attention(dt) => {
+            s += ATTENTION;
+            s += &loader("q", "q_in", *dt);
+            s += &loader("k", "k_in", *dt);
+            s += &loader("v", "v_in", *dt);
+        }
+        Shader::Cast => s += CAST,
+        _ => return None,
+    }
+    Some(s)
+}
