@@ -263,12 +263,16 @@ fn a_chain_stays_on_the_gpu_and_reads_back_once() {
     assert_eq!(
         subs1 - subs0,
         0,
-        "the ops are queued, not submitted one by one"
+        "the ops are queued in one command buffer, not submitted one by one"
     );
     let got = f32s(&dev.to_host(&p).unwrap());
     let (subs2, reads2) = g.gpu().counters();
     assert_eq!(reads2 - reads1, 1, "one read for the result");
-    assert_eq!(subs2 - subs1, 1, "the whole chain is one command buffer");
+    assert_eq!(
+        subs2 - subs1,
+        1,
+        "the whole chain is one command buffer, submitted at the read"
+    );
     // The same chain through the host API on the CPU.
     let cpu = Device::cpu();
     let want = cpu

@@ -51,8 +51,14 @@ impl Device {
         }
         let params = OpParams::new(OpKind::Softmax).dtype(x.dtype()).memory(
             MemoryEstimate::new(xf.len() / cols)
-                .buffer(0, (cols * x.dtype().size_in_bytes()) as u64)
-                .buffer(0, (cols * x.dtype().size_in_bytes()) as u64),
+                .buffer(
+                    0,
+                    (cols as u64).saturating_mul(x.dtype().size_in_bytes() as u64),
+                )
+                .buffer(
+                    0,
+                    (cols as u64).saturating_mul(x.dtype().size_in_bytes() as u64),
+                ),
         );
         let y = self.run_split(&params, |b, r| {
             b.softmax(xf.slice(r.start * cols..r.end * cols), cols)
@@ -75,7 +81,10 @@ impl Device {
         let row_bytes = (cols * x.dtype().size_in_bytes()) as u64;
         let params = OpParams::new(OpKind::RmsNorm).dtype(x.dtype()).memory(
             MemoryEstimate::new(xf.len().checked_div(cols).unwrap_or(0))
-                .buffer((cols * weight.dtype().size_in_bytes()) as u64, 0)
+                .buffer(
+                    (cols as u64).saturating_mul(weight.dtype().size_in_bytes() as u64),
+                    0,
+                )
                 .buffer(0, row_bytes)
                 .buffer(0, row_bytes),
         );

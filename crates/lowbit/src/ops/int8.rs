@@ -59,7 +59,11 @@ impl Device {
         check_len(OP, "row_stats", row_stats.len(), rows)?;
         let qd = i8_data(OP, q)?;
         let params = OpParams::new(OpKind::Int8VectorwiseDequant)
-            .memory(MemoryEstimate::new(rows).buffer(0, 5 * cols as u64 + 4));
+            // Saturating: a tensor with no rows may claim any column count.
+            .memory(
+                MemoryEstimate::new(rows)
+                    .buffer(0, (cols as u64).saturating_mul(5).saturating_add(4)),
+            );
         let out = self.run_split(&params, |b, r| {
             b.int8_vectorwise_dequant(&qd[r.start * cols..r.end * cols], &row_stats[r], cols)
         })?;

@@ -403,19 +403,19 @@ impl Gpu {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).ops
     }
 
-    /// Submits what is recorded (one command buffer), without waiting for it.
+    /// Submits what is recorded (one command buffer), without waiting for it. The lock is held through the
+    /// submission: once any caller's flush returns, everything recorded before it is on the queue, so a
+    /// read-back submitted next cannot overtake another thread's queued work.
     pub fn flush(&self) -> Result<()> {
-        let encoder = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.ops = 0;
-            p.encoder.take()
-        };
-        let Some(encoder) = encoder else {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.ops = 0;
+        let Some(encoder) = p.encoder.take() else {
             return Ok(());
         };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.queue.submit([encoder.finish()]);
+        drop(p);
         self.submissions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(e) = pollster::block_on(oom.pop()) {

@@ -6,7 +6,8 @@
 // Params: p0 = row end of this dispatch, p1 = cols, p2 = log2(blocksize), p3 = total rows (y's row stride) with
 // bit 31 set when there is a bias, p4 = first vec4 held by `packed`, p5 = first row of this dispatch, p6 = first
 // activation row of this dispatch, p7 = activation rows in x.
-// Needs (generated): TPR, SETS, NB, and the per-activation-row ROW_SETUP / ROW_BODY / ROW_STORE lines.
+// Needs (generated): TPR, SETS, NB, and the per-activation-row setup, body and store lines the host writes in
+// place of the three placeholder lines below.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> packed: array<vec4<u32>>;
