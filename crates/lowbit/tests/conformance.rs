@@ -43,15 +43,23 @@ fn strict() -> RecoveryPolicy {
 
 /// Every device under test, strict.
 fn devices() -> Vec<Device> {
-    let mut v = vec![
+    let cpus = [
         Device::from_backend(Arc::new(CpuBackend)).with_policy(strict()),
         Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict()),
     ];
+    cpus.into_iter().chain(gpu_device()).collect()
+}
+
+/// The test GPU as a strict device, where there is one.
+fn gpu_device() -> Option<Device> {
     #[cfg(feature = "wgpu")]
-    if let Some(g) = wgpu_common::gpu() {
-        v.push(Device::from_backend(Arc::new(g)).with_policy(strict()));
+    {
+        wgpu_common::gpu().map(|g| Device::from_backend(Arc::new(g)).with_policy(strict()))
     }
-    v
+    #[cfg(not(feature = "wgpu"))]
+    {
+        None
+    }
 }
 
 /// The device's fallback count over all ops (must stay 0 in strict mode).

@@ -23,6 +23,7 @@ pub fn devices() -> Vec<DeviceInfo> {
 }
 
 /// PCI vendor ids as Vulkan/DX12 report them.
+#[cfg(feature = "wgpu")]
 fn vendor_name(id: u32) -> Option<&'static str> {
     Some(match id {
         0x10de => "NVIDIA",
