@@ -120,10 +120,7 @@ impl DeviceTensor {
     /// `[rows, cols]` of a matrix, a vector counting as one row and a higher-rank tensor as its rows of the
     /// last dimension.
     pub fn rows_cols(&self) -> (usize, usize) {
-        match self.shape.split_last() {
-            Some((&c, rest)) => (rest.iter().product(), c),
-            None => (1, 1),
-        }
+        crate::tensor::split_last_dim(&self.shape)
     }
 
     /// `[rows, row_len]` counting rows along the first dimension (a KV cache's positions).

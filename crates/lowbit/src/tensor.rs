@@ -256,6 +256,23 @@ impl From<Vec<bf16>> for FloatVec {
     }
 }
 
+/// The shape of an output that replaces the last dimension of `shape` with `n`.
+pub fn with_last_dim(shape: &[usize], n: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if let Some(last) = s.last_mut() {
+        *last = n;
+    }
+    s
+}
+
+/// `(rows, cols)` of a row-major shape read as rows of its last dimension (a scalar is one value).
+pub fn split_last_dim(shape: &[usize]) -> (usize, usize) {
+    match shape.split_last() {
+        Some((&c, rest)) => (rest.iter().product(), c),
+        None => (1, 1),
+    }
+}
+
 /// A host tensor: row-major shape and typed storage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {

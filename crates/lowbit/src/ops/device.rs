@@ -112,6 +112,25 @@ fn check_bias(op: &'static str, bias: Option<&DeviceTensor>, n: usize) -> Result
     Ok(())
 }
 
+/// x `[.., cols]` of floats and an optional bias `[rows]` for a resident `[rows, cols]` weight.
+fn check_linear_input(
+    op: &'static str,
+    x: &DeviceTensor,
+    rows: usize,
+    cols: usize,
+    bias: Option<&DeviceTensor>,
+) -> Result<()> {
+    float_dtype(op, "x", x)?;
+    let k = last_dim(op, "x", x)?;
+    if k != cols {
+        return Err(Error::shape(
+            op,
+            format!("x has {k} features but the weight expects {cols}"),
+        ));
+    }
+    check_bias(op, bias, rows)
+}
+
 fn operands<'a>(
     first: &'a [&'a DeviceTensor],
     bias: Option<&'a DeviceTensor>,
@@ -212,15 +231,7 @@ impl Device {
         bias: Option<&DeviceTensor>,
     ) -> Result<DeviceTensor> {
         const OP: &str = "linear_4bit";
-        float_dtype(OP, "x", x)?;
-        let k = last_dim(OP, "x", x)?;
-        if k != w.cols {
-            return Err(Error::shape(
-                OP,
-                format!("x has {k} features but the weight expects {}", w.cols),
-            ));
-        }
-        check_bias(OP, bias, w.rows)?;
+        check_linear_input(OP, x, w.rows, w.cols, bias)?;
         self.run_op(
             &Op::Linear4bit {
                 quant_type: w.quant_type,
@@ -241,15 +252,7 @@ impl Device {
         bias: Option<&DeviceTensor>,
     ) -> Result<DeviceTensor> {
         const OP: &str = "linear_ternary";
-        float_dtype(OP, "x", x)?;
-        let k = last_dim(OP, "x", x)?;
-        if k != w.cols {
-            return Err(Error::shape(
-                OP,
-                format!("x has {k} features but the weight expects {}", w.cols),
-            ));
-        }
-        check_bias(OP, bias, w.rows)?;
+        check_linear_input(OP, x, w.rows, w.cols, bias)?;
         self.run_op(
             &Op::LinearTernary {
                 weight_scale: w.weight_scale,

@@ -74,11 +74,4 @@ pub(crate) fn bias_floats<'a>(
     .transpose()
 }
 
-/// The shape of an output that replaces the last dimension of `x` with `n`.
-pub(crate) fn with_last_dim(shape: &[usize], n: usize) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    if let Some(last) = s.last_mut() {
-        *last = n;
-    }
-    s
-}
+pub(crate) use crate::tensor::with_last_dim;

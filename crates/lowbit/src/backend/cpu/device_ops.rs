@@ -5,7 +5,7 @@
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
-use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
+use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData, split_last_dim, with_last_dim};
 use crate::with_floats;
 use crate::{Error, Result};
 
@@ -36,10 +36,7 @@ impl<'a> HostView<'a> {
         }
     }
     fn rows_cols(&self) -> (usize, usize) {
-        match self.shape.split_last() {
-            Some((&c, rest)) => (rest.iter().product(), c),
-            None => (1, 1),
-        }
+        split_last_dim(self.shape)
     }
 }
 
@@ -56,16 +53,6 @@ fn dtype_err(op: &'static str, d: &TensorData, expected: &'static str) -> Error 
         got: got.to_string(),
         expected,
     }
-}
-
-/// The output shape of a linear layer: `x`'s shape with the last dimension replaced by `n`.
-fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    match s.last_mut() {
-        Some(l) => *l = n,
-        None => s.push(n),
-    }
-    s
 }
 
 fn out(shape: Vec<usize>, v: FloatVec) -> Tensor {
@@ -107,7 +94,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let (m, k) = inputs[0].rows_cols();
             let n = inputs[1].shape[0];
             let y = b.matmul(x, w, bias(2, has_bias)?, m, n, k)?;
-            Ok(out(with_last(inputs[0].shape, n), y))
+            Ok(out(with_last_dim(inputs[0].shape, n), y))
         }
         Op::Linear4bit {
             quant_type,
@@ -136,7 +123,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             } else {
                 b.matmul_4bit(x, m, w, bias)?
             };
-            Ok(out(with_last(inputs[0].shape, rows), y))
+            Ok(out(with_last_dim(inputs[0].shape, rows), y))
         }
         Op::LinearTernary {
             weight_scale,
@@ -155,7 +142,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             };
             let y = b.ternary_matmul(&xq, &xs, m, w, bias(2, has_bias)?)?;
             Ok(out(
-                with_last(inputs[0].shape, rows),
+                with_last_dim(inputs[0].shape, rows),
                 FloatVec::from_f32(y, x.dtype()),
             ))
         }

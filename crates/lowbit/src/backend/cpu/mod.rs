@@ -18,6 +18,44 @@ use fast::gemv_rows::{LinearPath, WeightKind, pick_linear_path};
 use fast::{Isa, isa};
 use half::f16;
 
+/// The device-tensor seam of a host backend whose storage is host memory named `$id`: every op runs through
+/// its own host-slice kernels (`device_ops`), which is also the runtime's CPU fallback.
+macro_rules! host_device_tensors {
+    ($id:expr) => {
+        fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
+            storage::host_tensor(t.clone(), $id)
+        }
+        fn download(
+            &self,
+            t: &crate::device_tensor::DeviceTensor,
+        ) -> Result<crate::tensor::Tensor> {
+            storage::to_host(t)
+        }
+        fn supports_op(
+            &self,
+            _op: &crate::capability::Op,
+            _dtypes: &[DType],
+        ) -> crate::capability::Support {
+            crate::capability::Support::Yes
+        }
+        fn run_op(
+            &self,
+            op: &crate::capability::Op,
+            inputs: &[&crate::device_tensor::DeviceTensor],
+        ) -> Result<crate::device_tensor::DeviceTensor> {
+            device_ops::run_on_host_storage(self, $id, op, inputs)
+        }
+        fn write_rows(
+            &self,
+            dst: &crate::device_tensor::DeviceTensor,
+            row: usize,
+            src: &crate::device_tensor::DeviceTensor,
+        ) -> Result<()> {
+            storage::write_rows(dst, row, src)
+        }
+    };
+}
+
 /// The CPU backend (always available): the fast kernels, on the best instruction set this CPU has.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
@@ -49,34 +87,7 @@ impl Backend for CpuBackend {
         "cpu".into()
     }
 
-    fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
-        storage::host_tensor(t.clone(), storage::CPU_ID)
-    }
-    fn download(&self, t: &crate::device_tensor::DeviceTensor) -> Result<crate::tensor::Tensor> {
-        storage::to_host(t)
-    }
-    fn supports_op(
-        &self,
-        _op: &crate::capability::Op,
-        _dtypes: &[DType],
-    ) -> crate::capability::Support {
-        crate::capability::Support::Yes
-    }
-    fn run_op(
-        &self,
-        op: &crate::capability::Op,
-        inputs: &[&crate::device_tensor::DeviceTensor],
-    ) -> Result<crate::device_tensor::DeviceTensor> {
-        device_ops::run_on_host_storage(self, storage::CPU_ID, op, inputs)
-    }
-    fn write_rows(
-        &self,
-        dst: &crate::device_tensor::DeviceTensor,
-        row: usize,
-        src: &crate::device_tensor::DeviceTensor,
-    ) -> Result<()> {
-        storage::write_rows(dst, row, src)
-    }
+    host_device_tensors!(storage::CPU_ID);
     fn info(&self) -> DeviceInfo {
         host::cpu_info()
     }
@@ -244,34 +255,7 @@ impl Backend for ReferenceBackend {
         REFERENCE_ID.into()
     }
 
-    fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
-        storage::host_tensor(t.clone(), REFERENCE_ID)
-    }
-    fn download(&self, t: &crate::device_tensor::DeviceTensor) -> Result<crate::tensor::Tensor> {
-        storage::to_host(t)
-    }
-    fn supports_op(
-        &self,
-        _op: &crate::capability::Op,
-        _dtypes: &[DType],
-    ) -> crate::capability::Support {
-        crate::capability::Support::Yes
-    }
-    fn run_op(
-        &self,
-        op: &crate::capability::Op,
-        inputs: &[&crate::device_tensor::DeviceTensor],
-    ) -> Result<crate::device_tensor::DeviceTensor> {
-        device_ops::run_on_host_storage(self, REFERENCE_ID, op, inputs)
-    }
-    fn write_rows(
-        &self,
-        dst: &crate::device_tensor::DeviceTensor,
-        row: usize,
-        src: &crate::device_tensor::DeviceTensor,
-    ) -> Result<()> {
-        storage::write_rows(dst, row, src)
-    }
+    host_device_tensors!(REFERENCE_ID);
     fn quantize_blockwise(
         &self,
         x: Floats,

@@ -7,7 +7,7 @@ use super::model_ops::{self as mk, AttentionDims, RopeDims};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 use crate::capability::{Op, Support};
 use crate::device_tensor::{BackendStorage, DeviceTensor};
-use crate::tensor::{DType, FloatVec, Tensor, TensorData};
+use crate::tensor::{DType, FloatVec, Tensor, TensorData, with_last_dim};
 use crate::{Error, Result};
 use half::{bf16, f16};
 use std::any::Any;
@@ -180,7 +180,7 @@ impl WgpuBackend {
             Op::Linear { bias } => {
                 let b = if bias { Some(w(2)?.buffer) } else { None };
                 let y = self.linear_f32(name, &w(0)?.into_matrix(), &w(1)?, b.as_ref())?;
-                y.with_shape(with_last(&shape0, inputs[1].shape()[0]))
+                y.with_shape(with_last_dim(&shape0, inputs[1].shape()[0]))
             }
             Op::Linear4bit {
                 quant_type,
@@ -203,7 +203,7 @@ impl WgpuBackend {
                     name,
                     &w(0)?,
                     batch,
-                    with_last(&shape0, rows),
+                    with_last_dim(&shape0, rows),
                     &wt,
                     b.as_ref(),
                 )?
@@ -217,7 +217,7 @@ impl WgpuBackend {
                 let wt = GpuPackedTernary::from_parts(v(1)?, weight_scale, rows, cols);
                 // The activation quantizer reads f16/bf16 itself: no widening.
                 let y = self.ternary_linear_resident(&v(0)?.into_matrix(), &wt)?;
-                y.with_shape(with_last(&shape0, rows))
+                y.with_shape(with_last_dim(&shape0, rows))
             }
             Op::RmsNorm { eps } => {
                 let y = self.rms_norm_resident(&w(0)?.into_matrix(), &w(1)?, eps)?;
@@ -374,13 +374,4 @@ fn float_operand(op: &Op, i: usize) -> bool {
         Op::LinearTernary { .. } | Op::Embedding => i != 1,
         _ => true,
     }
-}
-
-fn with_last(shape: &[usize], n: usize) -> Vec<usize> {
-    let mut s = shape.to_vec();
-    match s.last_mut() {
-        Some(l) => *l = n,
-        None => s.push(n),
-    }
-    s
 }

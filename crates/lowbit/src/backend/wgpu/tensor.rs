@@ -71,10 +71,7 @@ impl GpuTensor {
 
     /// The same buffer viewed as `[rows, last dim]` (the resident kernels take matrices and vectors).
     pub(crate) fn into_matrix(self) -> GpuTensor {
-        let (r, c) = match self.shape.split_last() {
-            Some((&c, rest)) => (rest.iter().product(), c),
-            None => (1, 1),
-        };
+        let (r, c) = crate::tensor::split_last_dim(&self.shape);
         GpuTensor {
             shape: vec![r, c],
             ..self
