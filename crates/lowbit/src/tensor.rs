@@ -303,6 +303,18 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The row-major shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The typed storage.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+    /// Shape and storage, moved out.
+    pub fn into_parts(self) -> (Vec<usize>, TensorData) {
+        (self.shape, self.data)
+    }
     pub fn dtype(&self) -> DType {
         match &self.data {
             TensorData::Float(f) => f.dtype(),
