@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod metrics;
+pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod runtime;

@@ -830,6 +830,24 @@ fn ternary_parts<'a>(
     Ok((w, s, [rows, cols]))
 }
 
+/// Reads a ternary weight (transformers' BitNet packing) and its `weight_scale`.
+pub fn load_ternary(file: &SafetensorsFile, weight: &str) -> Result<crate::ops::TernaryWeight> {
+    let (w, s, [rows, cols]) = ternary_parts(file, weight)?;
+    let scale = file.widened_f32(s)?[0];
+    if !scale.is_finite() || scale <= 0.0 {
+        return Err(ck(
+            file.path(),
+            format!("tensor {:?}: weight_scale must be positive and finite, got {scale}", s.name),
+        ));
+    }
+    Ok(crate::ops::TernaryWeight {
+        packed: file.bytes(w)?,
+        weight_scale: scale,
+        rows,
+        cols,
+    })
+}
+
 /// Every check loading a group makes that does not need its bulk data (`inspect` runs this): the 4-bit
 /// JSON, code maps and lengths, int8 SCB and weight format, ternary packing and scale.
 pub fn check(file: &SafetensorsFile, group: &Group) -> Result<()> {

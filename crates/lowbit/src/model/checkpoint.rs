@@ -1,0 +1,112 @@
+//! A model's weights by name across its shards: plain float tensors and quantized groups (bitsandbytes 4-bit
+//! and 8-bit, BitNet ternary) in the layouts `lowbit quantize` and transformers write.
+
+use crate::io::layout::{self, Group};
+use crate::io::model_dir::ModelInput;
+use crate::io::safetensors_read::SafetensorsFile;
+use crate::ops::{Quantized4bit, TernaryWeight};
+use crate::tensor::{FloatVec, Tensor};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One stored weight, as the checkpoint holds it.
+pub enum StoredWeight {
+    Float(Tensor),
+    FourBit(Quantized4bit),
+    /// LLM.int8 rows and their absmax (SCB), dequantized to f32 here: see [`Checkpoint::weight`].
+    Int8(Tensor),
+    Ternary(TernaryWeight),
+}
+
+/// The open shards of a checkpoint and where each logical tensor lives.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// Logical tensor name (a quantized group's weight name) -> (shard, group).
+    groups: HashMap<String, (usize, Group)>,
+}
+
+impl Checkpoint {
+    /// Opens a model directory (or one `.safetensors` file) and indexes its tensors.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let input = ModelInput::open(path)?;
+        let files = input.open_shards()?;
+        let mut groups = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for g in layout::groups(f)? {
+                groups.insert(g.weight().to_string(), (i, g));
+            }
+        }
+        Ok(Checkpoint {
+            dir: input.dir.unwrap_or_else(|| path.to_path_buf()),
+            files,
+            groups,
+        })
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.groups.contains_key(name)
+    }
+
+    /// Every logical tensor name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().map(String::as_str)
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::Checkpoint {
+            path: self.dir.clone(),
+            detail: format!("tensor {name:?} is missing from the checkpoint"),
+        }
+    }
+
+    /// A weight as stored (quantized groups loaded with every cross-check `dequantize` makes).
+    pub fn weight(&self, name: &str) -> Result<StoredWeight> {
+        let (i, group) = self.groups.get(name).ok_or_else(|| self.missing(name))?;
+        let file = &self.files[*i];
+        Ok(match group {
+            Group::Plain(n) => StoredWeight::Float(self.float_tensor(file, n)?),
+            Group::FourBit { weight, .. } => StoredWeight::FourBit(layout::load_fourbit(file, weight)?),
+            Group::Ternary { weight, .. } => StoredWeight::Ternary(layout::load_ternary(file, weight)?),
+            Group::Int8 { .. } => {
+                let t = layout::decode(&crate::Device::cpu(), file, group, None)?;
+                StoredWeight::Int8(widen(t)?)
+            }
+        })
+    }
+
+    /// A plain float tensor, widened to f32.
+    pub fn float(&self, name: &str) -> Result<Tensor> {
+        match self.groups.get(name) {
+            Some((i, Group::Plain(n))) => self.float_tensor(&self.files[*i], n),
+            Some(_) => Err(Error::Checkpoint {
+                path: self.dir.clone(),
+                detail: format!("tensor {name:?} is quantized where a float tensor is expected"),
+            }),
+            None => Err(self.missing(name)),
+        }
+    }
+
+    fn float_tensor(&self, file: &SafetensorsFile, name: &str) -> Result<Tensor> {
+        let t = file.tensor(file.require(name)?)?;
+        if !t.dtype().is_float() {
+            return Err(Error::Checkpoint {
+                path: file.path().to_path_buf(),
+                detail: format!("tensor {name:?} is {} where a float tensor is expected", t.dtype()),
+            });
+        }
+        widen(t)
+    }
+}
+
+/// A float tensor as f32 (exact widening).
+fn widen(t: Tensor) -> Result<Tensor> {
+    let values = t.floats("checkpoint")?.to_f32_vec();
+    Ok(Tensor::from_floats(t.shape().to_vec(), FloatVec::F32(values)))
+}

@@ -1,0 +1,463 @@
+//! Llama-family causal language models (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM, TinyLlama) and BitNet
+//! b1.58 on one device, loaded from a Hugging Face model directory in transformers' names. Every op runs on
+//! the model's device; the host sends token ids and reads logits.
+
+use super::adapter::PeftAdapter;
+use super::checkpoint::{Checkpoint, StoredWeight};
+use super::config::{Activation, Architecture, ModelConfig};
+use crate::device_tensor::DeviceTensor;
+use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
+use crate::nn::linear::{LoadFormat, Linear};
+use crate::nn::lora::LoraAdapter;
+use crate::runtime::Device;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Format of the decoder's linear layers when the checkpoint holds float weights (pre-quantized
+    /// weights keep their format). Embeddings, norms and `lm_head` stay float, as bitsandbytes leaves them.
+    pub format: LoadFormat,
+    /// Longest context to serve (RoPE tables and KV cache); default `min(config, 4096)`.
+    pub max_context: Option<usize>,
+    /// PEFT LoRA adapters: (name, directory).
+    pub adapters: Vec<(String, PathBuf)>,
+    /// Merge the first adapter into the float weights before quantizing (PEFT's `merge_and_unload`).
+    pub merge_adapter: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: LoadFormat::Float,
+            max_context: None,
+            adapters: Vec::new(),
+            merge_adapter: false,
+        }
+    }
+}
+
+struct Layer {
+    input_norm: DeviceTensor,
+    post_norm: DeviceTensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<DeviceTensor>,
+    k_norm: Option<DeviceTensor>,
+    attn_sub_norm: Option<DeviceTensor>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    ffn_sub_norm: Option<DeviceTensor>,
+}
+
+/// A loaded model on one device.
+pub struct Model {
+    config: ModelConfig,
+    dev: Device,
+    embed: DeviceTensor,
+    layers: Vec<Layer>,
+    norm: DeviceTensor,
+    lm_head: Linear,
+    cos: DeviceTensor,
+    sin: DeviceTensor,
+    max_context: usize,
+    adapter_names: Vec<String>,
+}
+
+/// Keys and values of every layer for one sequence, on the model's device.
+pub struct KvCache {
+    k: Vec<DeviceTensor>,
+    v: Vec<DeviceTensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets every position (the buffers are reused).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// The transformers module prefix of layer `i`.
+fn layer_prefix(i: usize) -> String {
+    format!("model.layers.{i}")
+}
+
+struct Loader<'a> {
+    dev: &'a Device,
+    ckpt: &'a Checkpoint,
+    format: LoadFormat,
+    merge: Option<&'a PeftAdapter>,
+}
+
+impl Loader<'_> {
+    fn norm(&self, name: &str, len: usize) -> Result<DeviceTensor> {
+        let t = self.ckpt.float(name)?;
+        if t.shape() != [len] {
+            return Err(Error::Checkpoint {
+                path: self.ckpt.dir().to_path_buf(),
+                detail: format!("tensor {name:?} must be [{len}], got {:?}", t.shape()),
+            });
+        }
+        self.dev.to_device(&t)
+    }
+
+    fn linear(&self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let wname = format!("{module}.weight");
+        let mut stored = self.ckpt.weight(&wname)?;
+        if let Some(lora) = self.merge.and_then(|a| a.modules.get(module)) {
+            stored = match stored {
+                StoredWeight::Float(w) => StoredWeight::Float(lora.merge_into(&w)?),
+                _ => {
+                    return Err(Error::Checkpoint {
+                        path: self.ckpt.dir().to_path_buf(),
+                        detail: format!(
+                            "{wname} is quantized: a LoRA adapter merges into float weights only (load it unmerged)"
+                        ),
+                    });
+                }
+            };
+        }
+        let b = if bias {
+            Some(self.ckpt.float(&format!("{module}.bias"))?)
+        } else {
+            None
+        };
+        let l = Linear::load(self.dev, &wname, stored, b.as_ref(), self.format)?;
+        if (l.out_features(), l.in_features()) != (out, inp) {
+            return Err(Error::Checkpoint {
+                path: self.ckpt.dir().to_path_buf(),
+                detail: format!(
+                    "{wname} is {}x{}, config.json implies {out}x{inp}",
+                    l.out_features(),
+                    l.in_features()
+                ),
+            });
+        }
+        Ok(l)
+    }
+}
+
+impl Model {
+    /// Loads `dir` (config.json + safetensors) onto `dev`.
+    pub fn load(dir: &Path, dev: &Device, opts: &LoadOptions) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join(crate::io::model_dir::CONFIG))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let adapters: Vec<(String, PeftAdapter)> = opts
+            .adapters
+            .iter()
+            .map(|(n, d)| Ok((n.clone(), PeftAdapter::open(d)?)))
+            .collect::<Result<_>>()?;
+        let merge = if opts.merge_adapter {
+            Some(&adapters.first().ok_or_else(|| Error::invalid("load", "merge_adapter without an adapter"))?.1)
+        } else {
+            None
+        };
+        Model::build(config, &ckpt, dev, opts, merge, &adapters)
+    }
+
+    fn build(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        dev: &Device,
+        opts: &LoadOptions,
+        merge: Option<&PeftAdapter>,
+        adapters: &[(String, PeftAdapter)],
+    ) -> Result<Model> {
+        let c = &config;
+        let ld = Loader {
+            dev,
+            ckpt,
+            format: opts.format,
+            merge,
+        };
+        let embed_t = ckpt.float("model.embed_tokens.weight")?;
+        if embed_t.shape() != [c.vocab_size, c.hidden_size] {
+            return Err(Error::Checkpoint {
+                path: ckpt.dir().to_path_buf(),
+                detail: format!(
+                    "model.embed_tokens.weight must be [{}, {}], got {:?}",
+                    c.vocab_size,
+                    c.hidden_size,
+                    embed_t.shape()
+                ),
+            });
+        }
+        let embed = dev.to_device(&embed_t)?;
+        drop(embed_t);
+        let bitnet = c.architecture == Architecture::BitNet;
+        let (qb, ob) = match c.architecture {
+            Architecture::Qwen2 => (true, false),
+            _ => (c.attention_bias, c.attention_bias),
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = layer_prefix(i);
+            let h = c.hidden_size;
+            let hd_norm = |name: &str| ld.norm(&format!("{p}.self_attn.{name}.weight"), c.head_dim);
+            layers.push(Layer {
+                input_norm: ld.norm(&format!("{p}.input_layernorm.weight"), h)?,
+                post_norm: ld.norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                q: ld.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h, qb)?,
+                k: ld.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h, qb)?,
+                v: ld.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h, qb)?,
+                o: ld.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), ob)?,
+                q_norm: c.qk_norm.then(|| hd_norm("q_norm")).transpose()?,
+                k_norm: c.qk_norm.then(|| hd_norm("k_norm")).transpose()?,
+                attn_sub_norm: bitnet
+                    .then(|| ld.norm(&format!("{p}.self_attn.attn_sub_norm.weight"), c.q_dim()))
+                    .transpose()?,
+                gate: ld.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                up: ld.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                down: ld.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                ffn_sub_norm: bitnet
+                    .then(|| ld.norm(&format!("{p}.mlp.ffn_sub_norm.weight"), c.intermediate_size))
+                    .transpose()?,
+            });
+        }
+        let norm = ld.norm("model.norm.weight", c.hidden_size)?;
+        let lm_head = if c.tie_word_embeddings || !ckpt.contains("lm_head.weight") {
+            if !c.tie_word_embeddings {
+                return Err(Error::Checkpoint {
+                    path: ckpt.dir().to_path_buf(),
+                    detail: "lm_head.weight is missing and tie_word_embeddings is false".into(),
+                });
+            }
+            Linear::from_device(embed.clone())?
+        } else {
+            // bitsandbytes and transformers keep lm_head in float.
+            let w = ckpt.float("lm_head.weight")?;
+            Linear::load(dev, "lm_head.weight", StoredWeight::Float(w), None, LoadFormat::Float)?
+        };
+        let max_context = opts
+            .max_context
+            .unwrap_or(c.max_positions.min(4096))
+            .min(c.max_positions)
+            .max(1);
+        let freqs = inv_freq(c.head_dim, c.rope_theta, c.rope_scaling.as_ref());
+        let (cos, sin) = cos_sin_table(&freqs, 0..max_context);
+        let half = c.head_dim / 2;
+        let mut model = Model {
+            cos: dev.to_device(&Tensor::f32(vec![max_context, half], cos))?,
+            sin: dev.to_device(&Tensor::f32(vec![max_context, half], sin))?,
+            config,
+            dev: dev.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            max_context,
+            adapter_names: Vec::new(),
+        };
+        for (name, a) in adapters.iter().skip(usize::from(merge.is_some())) {
+            model.add_adapter(name, a)?;
+        }
+        Ok(model)
+    }
+
+    fn add_adapter(&mut self, name: &str, a: &PeftAdapter) -> Result<()> {
+        let mut used = 0;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = layer_prefix(i);
+            let named: [(&str, &mut Linear); 7] = [
+                ("self_attn.q_proj", &mut l.q),
+                ("self_attn.k_proj", &mut l.k),
+                ("self_attn.v_proj", &mut l.v),
+                ("self_attn.o_proj", &mut l.o),
+                ("mlp.gate_proj", &mut l.gate),
+                ("mlp.up_proj", &mut l.up),
+                ("mlp.down_proj", &mut l.down),
+            ];
+            for (m, lin) in named {
+                if let Some(w) = a.modules.get(&format!("{p}.{m}")) {
+                    lin.add_adapter(name, LoraAdapter::upload(&self.dev, w)?)?;
+                    used += 1;
+                }
+            }
+        }
+        if used != a.modules.len() {
+            let known: Vec<String> = (0..self.layers.len()).map(layer_prefix).collect();
+            let stray = a
+                .modules
+                .keys()
+                .find(|k| !known.iter().any(|p| k.starts_with(&format!("{p}."))))
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::Checkpoint {
+                path: a.dir.clone(),
+                detail: format!(
+                    "{} of {} adapted modules are not decoder linear layers of this model (e.g. {stray:?})",
+                    a.modules.len() - used,
+                    a.modules.len()
+                ),
+            });
+        }
+        self.adapter_names.push(name.to_string());
+        Ok(())
+    }
+
+    /// Activates the LoRA adapter `name` in every layer that has one, or none.
+    pub fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name
+            && !self.adapter_names.iter().any(|a| a == n)
+        {
+            return Err(Error::invalid(
+                "set_adapter",
+                format!("no adapter {n:?}; loaded: {:?}", self.adapter_names),
+            ));
+        }
+        for l in &mut self.layers {
+            for lin in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
+                lin.set_adapter(name);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// The longest context this model was loaded for.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// An empty KV cache for up to `capacity` positions (at most [`Model::max_context`]).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        if capacity == 0 || capacity > self.max_context {
+            return Err(Error::invalid(
+                "kv cache",
+                format!("capacity {capacity} must be in 1..={}", self.max_context),
+            ));
+        }
+        let c = &self.config;
+        let zeros = Tensor::f32(
+            vec![capacity, c.num_kv_heads, c.head_dim],
+            vec![0.0; capacity * c.kv_dim()],
+        );
+        let mut k = Vec::with_capacity(c.num_layers);
+        let mut v = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            k.push(self.dev.to_device(&zeros)?);
+            v.push(self.dev.to_device(&zeros)?);
+        }
+        Ok(KvCache {
+            k,
+            v,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Runs `tokens` at the next positions of `cache` and returns the logits of every token `[n, vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.hidden(tokens, cache)?;
+        let logits = self.lm_head.forward(&self.dev, &h)?;
+        self.dev.to_host(&logits)
+    }
+
+    /// Like [`Model::forward`], returning only the last token's logits (the head runs on one row).
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let h = self.hidden(tokens, cache)?;
+        let last = self.dev.embedding(&h, &[tokens.len() as u32 - 1])?;
+        let logits = self.lm_head.forward(&self.dev, &last)?;
+        Ok(self.dev.to_host(&logits)?.floats("forward")?.to_f32_vec())
+    }
+
+    /// The final hidden states (after the last norm) of `tokens`, appended to `cache`.
+    fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<DeviceTensor> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::invalid("forward", "no tokens"));
+        }
+        if cache.len + n > cache.capacity || cache.k.len() != self.layers.len() {
+            return Err(Error::invalid(
+                "forward",
+                format!(
+                    "{n} tokens after {} cached positions exceed the cache of {} (start a new cache or load \
+                     with a longer max_context)",
+                    cache.len, cache.capacity
+                ),
+            ));
+        }
+        let dev = &self.dev;
+        let pos = cache.len;
+        let mut x = dev.embedding(&self.embed, tokens)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
+            let mut q = l.q.forward(dev, &h)?.reshape(vec![n, c.num_heads, c.head_dim])?;
+            let mut k = l.k.forward(dev, &h)?.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            let v = l.v.forward(dev, &h)?.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                q = dev.rms_norm_on(&q, qn, c.rms_norm_eps)?;
+                k = dev.rms_norm_on(&k, kn, c.rms_norm_eps)?;
+            }
+            let layout = RopeLayout::Halves;
+            let q = dev.rope(&q, &self.cos, &self.sin, pos, c.head_dim, layout)?;
+            let k = dev.rope(&k, &self.cos, &self.sin, pos, c.head_dim, layout)?;
+            dev.copy_rows(&cache.k[i], pos, &k)?;
+            dev.copy_rows(&cache.v[i], pos, &v)?;
+            let a = dev.attention(&q, &cache.k[i], &cache.v[i], pos + n, None)?;
+            let mut a = a.reshape(vec![n, c.q_dim()])?;
+            if let Some(sn) = &l.attn_sub_norm {
+                a = dev.rms_norm_on(&a, sn, c.rms_norm_eps)?;
+            }
+            x = dev.add(&x, &l.o.forward(dev, &a)?)?;
+            let h = dev.rms_norm_on(&x, &l.post_norm, c.rms_norm_eps)?;
+            let g = l.gate.forward(dev, &h)?;
+            let u = l.up.forward(dev, &h)?;
+            let mut m = match c.activation {
+                Activation::Silu => dev.silu_mul(&g, &u)?,
+                Activation::Relu2 => {
+                    return Err(Error::invalid("forward", "BitNet's relu² MLP is not available yet"));
+                }
+            };
+            if let Some(sn) = &l.ffn_sub_norm {
+                m = dev.rms_norm_on(&m, sn, c.rms_norm_eps)?;
+            }
+            x = dev.add(&x, &l.down.forward(dev, &m)?)?;
+        }
+        cache.len = pos + n;
+        dev.rms_norm_on(&x, &self.norm, c.rms_norm_eps)
+    }
+
+    /// Bytes one decode step reads at least: every weight once (the embedding row aside), the KV cache
+    /// rows attended over, and the norms.
+    pub fn bytes_per_token(&self, kv_len: usize) -> u64 {
+        let c = &self.config;
+        let linears: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|x| x.weight_bytes())
+                    .sum::<u64>()
+            })
+            .sum();
+        let kv = (2 * c.num_layers * kv_len * c.kv_dim() * 4) as u64;
+        linears + self.lm_head.weight_bytes() + kv
+    }
+}

@@ -1,0 +1,198 @@
+//! A linear layer on one device, whatever its weight format: float, NF4/FP4 (fused 4-bit kernels), BitNet
+//! ternary; with an optional bias and any number of LoRA adapters, one of them active.
+
+use super::lora::LoraAdapter;
+use crate::device_tensor::DeviceTensor;
+use crate::format::FourBitType;
+use crate::model::checkpoint::StoredWeight;
+use crate::ops::{Weight4bit, WeightTernary};
+use crate::runtime::Device;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// The format a float weight is quantized to when a model is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// Keep float weights (f32 on the device).
+    Float,
+    /// bitsandbytes 4-bit (block size 64, double quantization), as `BitsAndBytesConfig(load_in_4bit=True,
+    /// bnb_4bit_use_double_quant=True)` quantizes on load.
+    FourBit(FourBitType),
+    /// BitNet b1.58 absmean ternary (only meaningful for models trained for it).
+    Ternary,
+}
+
+impl LoadFormat {
+    /// `none`, `nf4`, `fp4`, `ternary`.
+    pub fn parse(s: &str) -> Option<LoadFormat> {
+        Some(match s {
+            "none" | "float" => LoadFormat::Float,
+            "nf4" => LoadFormat::FourBit(FourBitType::Nf4),
+            "fp4" => LoadFormat::FourBit(FourBitType::Fp4),
+            "ternary" => LoadFormat::Ternary,
+            _ => return None,
+        })
+    }
+}
+
+/// A weight resident on a device.
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    /// `[out, in]` f32.
+    Float(DeviceTensor),
+    FourBit(Weight4bit),
+    Ternary(WeightTernary),
+}
+
+/// `y = x W^T + b (+ s·B(A x) for the active adapter)`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Option<DeviceTensor>,
+    out_features: usize,
+    in_features: usize,
+    adapters: Vec<(String, LoraAdapter)>,
+    active: Option<usize>,
+}
+
+impl Linear {
+    /// Uploads a stored weight `[out, in]` to `dev`, quantizing a float weight to `format` first.
+    pub fn load(
+        dev: &Device,
+        name: &str,
+        stored: StoredWeight,
+        bias: Option<&Tensor>,
+        format: LoadFormat,
+    ) -> Result<Linear> {
+        let cpu = Device::cpu();
+        let (weight, out_features, in_features) = match stored {
+            StoredWeight::Float(t) | StoredWeight::Int8(t) => {
+                let (o, i) = dims(name, &t)?;
+                let w = match format {
+                    LoadFormat::Float => LinearWeight::Float(dev.to_device(&t)?),
+                    LoadFormat::FourBit(q) => {
+                        LinearWeight::FourBit(dev.upload_4bit(&cpu.quantize_4bit(&t, q, 64, true)?)?)
+                    }
+                    LoadFormat::Ternary => {
+                        LinearWeight::Ternary(dev.upload_ternary(&cpu.ternary_quantize(&t)?)?)
+                    }
+                };
+                (w, o, i)
+            }
+            StoredWeight::FourBit(q) => {
+                let w = dev.upload_4bit(&q)?;
+                let (o, i) = (w.rows(), w.cols());
+                (LinearWeight::FourBit(w), o, i)
+            }
+            StoredWeight::Ternary(t) => {
+                let w = dev.upload_ternary(&t)?;
+                let (o, i) = (w.rows(), w.cols());
+                (LinearWeight::Ternary(w), o, i)
+            }
+        };
+        let bias = match bias {
+            Some(b) if b.shape() != [out_features] => {
+                return Err(Error::shape(
+                    "linear",
+                    format!("{name}: bias must be [{out_features}], got {:?}", b.shape()),
+                ));
+            }
+            Some(b) => Some(dev.to_device(b)?),
+            None => None,
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            out_features,
+            in_features,
+            adapters: Vec::new(),
+            active: None,
+        })
+    }
+
+    /// A float layer from a weight already on the device (tied embeddings share the table).
+    pub fn from_device(weight: DeviceTensor) -> Result<Linear> {
+        let (o, i) = match weight.shape() {
+            [o, i] => (*o, *i),
+            s => return Err(Error::shape("linear", format!("weight must be 2-D, got {s:?}"))),
+        };
+        Ok(Linear {
+            weight: LinearWeight::Float(weight),
+            bias: None,
+            out_features: o,
+            in_features: i,
+            adapters: Vec::new(),
+            active: None,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn weight(&self) -> &LinearWeight {
+        &self.weight
+    }
+
+    /// Bytes of weight a forward pass reads (packed codes and scales for quantized weights).
+    pub fn weight_bytes(&self) -> u64 {
+        let n = (self.out_features * self.in_features) as u64;
+        match &self.weight {
+            LinearWeight::Float(_) => 4 * n,
+            LinearWeight::FourBit(w) => n / 2 + 4 * n.div_ceil(w.blocksize() as u64),
+            LinearWeight::Ternary(_) => n / 4,
+        }
+    }
+
+    /// Adds a LoRA adapter under `name` (inactive until [`Linear::set_adapter`]).
+    pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<()> {
+        if adapter.in_features() != self.in_features || adapter.out_features() != self.out_features {
+            return Err(Error::shape(
+                "lora",
+                format!(
+                    "adapter {name:?} is {}x{} for a {}x{} layer",
+                    adapter.out_features(),
+                    adapter.in_features(),
+                    self.out_features,
+                    self.in_features
+                ),
+            ));
+        }
+        self.adapters.retain(|(n, _)| n != name);
+        self.adapters.push((name.to_string(), adapter));
+        Ok(())
+    }
+
+    /// Activates the adapter `name` (false when this layer has none of that name), or none.
+    pub fn set_adapter(&mut self, name: Option<&str>) -> bool {
+        self.active = name.and_then(|n| self.adapters.iter().position(|(a, _)| a == n));
+        name.is_none() || self.active.is_some()
+    }
+
+    pub fn forward(&self, dev: &Device, x: &DeviceTensor) -> Result<DeviceTensor> {
+        let bias = self.bias.as_ref();
+        let y = match &self.weight {
+            LinearWeight::Float(w) => dev.linear(x, w, bias)?,
+            LinearWeight::FourBit(w) => dev.linear_4bit(x, w, bias)?,
+            LinearWeight::Ternary(w) => dev.linear_ternary(x, w, bias)?,
+        };
+        match self.active {
+            Some(i) => dev.add(&y, &self.adapters[i].1.delta(dev, x)?),
+            None => Ok(y),
+        }
+    }
+}
+
+fn dims(name: &str, t: &Tensor) -> Result<(usize, usize)> {
+    match t.shape() {
+        [o, i] => Ok((*o, *i)),
+        s => Err(Error::shape(
+            "linear",
+            format!("{name}: weight must be [out, in], got {s:?}"),
+        )),
+    }
+}
