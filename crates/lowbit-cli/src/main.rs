@@ -45,6 +45,10 @@ enum Command {
     Dequantize(commands::dequantize::Args),
     /// Show the tensors, formats, sizes and compression of a checkpoint.
     Inspect(commands::inspect::Args),
+    /// Generate text with a model (Llama family, Qwen2/3, Mistral, BitNet), printing it as it is made.
+    Generate(commands::generate::Args),
+    /// Perplexity of a model on a text file.
+    Perplexity(commands::perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a, &cli.global),
         Command::Dequantize(a) => commands::dequantize::run(a, &cli.global),
         Command::Inspect(a) => commands::inspect::run(a, &cli.global),
+        Command::Generate(a) => commands::generate::run(a, &cli.global),
+        Command::Perplexity(a) => commands::perplexity::run(a, &cli.global),
     };
     let result = result.and_then(|()| output::flush().map_err(Into::into));
     match result {

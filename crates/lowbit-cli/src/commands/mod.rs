@@ -4,7 +4,9 @@ pub mod bench;
 pub mod demo;
 pub mod dequantize;
 pub mod devices;
+pub mod generate;
 pub mod inspect;
+pub mod perplexity;
 pub mod quantize;
 
 /// Errors surface to `main` as boxed errors with a message for the user.

@@ -1,0 +1,173 @@
+//! `lowbit generate MODEL --prompt "..."`: loads a model (quantizing float weights on load if asked), prints
+//! the text as it is made, then prefill and decode speed, bytes read per token and peak memory.
+
+use super::{CliResult, open_device};
+use crate::{Global, out, outln, output};
+use lowbit::model::{
+    GenerateOptions, Generator, LoadOptions, Message, Model, SamplingParams, TextStream, TextTokenizer,
+};
+use lowbit::nn::LoadFormat;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options shared by `generate` and `perplexity`: how the model is loaded.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model directory (config.json, safetensors, tokenizer.json), float or bitsandbytes/BitNet-quantized.
+    pub model: PathBuf,
+    /// Quantize float linear weights on load: none, nf4, fp4, ternary (pre-quantized weights keep theirs).
+    #[arg(long, default_value = "none", value_parser = ["none", "nf4", "fp4", "ternary"])]
+    pub format: String,
+    /// A PEFT LoRA adapter directory (repeat for several; the first is active).
+    #[arg(long)]
+    pub lora: Vec<PathBuf>,
+    /// Merge the first --lora adapter into the float weights before quantizing.
+    #[arg(long, requires = "lora")]
+    pub merge_lora: bool,
+    /// Longest context (KV cache and RoPE tables); default min(model's, 4096).
+    #[arg(long)]
+    pub max_context: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, global: &Global) -> Result<(Model, f64), Box<dyn std::error::Error + Send + Sync>> {
+        let dev = open_device(global)?;
+        let format = LoadFormat::parse(&self.format).ok_or("unknown --format")?;
+        let opts = LoadOptions {
+            format,
+            max_context: self.max_context,
+            adapters: self
+                .lora
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("lora{i}"), d.clone()))
+                .collect(),
+            merge_adapter: self.merge_lora,
+        };
+        let t = Instant::now();
+        let mut model = Model::load(&self.model, &dev, &opts)?;
+        if !self.lora.is_empty() && !self.merge_lora {
+            model.set_adapter(Some("lora0"))?;
+        }
+        Ok((model, t.elapsed().as_secs_f64()))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt.
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// CTRL repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(args: Args, global: &Global) -> CliResult {
+    let (model, load_s) = args.model.load(global)?;
+    let tok = TextTokenizer::load(&args.model.model, &model.config().eos_token_ids)?;
+    let ids = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(Message { role: "system".into(), content: s.clone() });
+        }
+        messages.push(Message { role: "user".into(), content: args.prompt.clone() });
+        tok.encode(&tok.apply_chat_template(&messages)?, false)?
+    } else {
+        tok.encode(&args.prompt, true)?
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        stop_ids: tok.stop_ids().to_vec(),
+    };
+    let mut generator = Generator::new(&model, &ids, opts)?;
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let mut generated = Vec::new();
+    while let Some(id) = generator.next() {
+        let id = id?;
+        generated.push(id);
+        if let Some(piece) = stream.push(&tok, id)? {
+            if !global.json {
+                out!("{piece}");
+                output::flush()?;
+            }
+            text.push_str(&piece);
+        }
+    }
+    let stats = generator.stats();
+    let kv_len = generator.cached();
+    let bytes = model.bytes_per_token(kv_len);
+    let decode_gbs = bytes as f64 * stats.decode_tokens_per_s() / 1e9;
+    // The fraction of memory bandwidth only where lowbit can measure it here: host memory for the CPU.
+    let fraction = (model.device().id() == "cpu").then(|| {
+        let bw = lowbit::bench::measure_read_bandwidth_with(256 << 20, 3);
+        decode_gbs * 1e9 / bw
+    });
+    let peak = lowbit::io::peak_rss_bytes();
+    let dev_stats = model.device().stats();
+    let fallbacks: u64 = dev_stats.ops.values().map(|s| s.fallbacks).sum();
+    if global.json {
+        output::print_json(&serde_json::json!({
+            "text": text, "prompt_tokens": ids.len(), "generated_ids": generated,
+            "device": model.device().id(), "load_s": load_s,
+            "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
+            "decode_tokens_per_s": stats.decode_tokens_per_s(),
+            "bytes_per_token": bytes, "decode_gb_per_s": decode_gbs,
+            "bandwidth_fraction": fraction, "peak_rss_bytes": peak, "fallbacks": fallbacks,
+        }))?;
+        return Ok(());
+    }
+    outln!();
+    let mut line = format!(
+        "{} prompt tokens, {} generated on {} | load {:.2} s | prefill {:.1} tok/s | decode {:.1} tok/s, \
+         {:.1} MB/token, {:.2} GB/s",
+        ids.len(),
+        stats.generated,
+        model.device().id(),
+        load_s,
+        stats.prefill_tokens_per_s(),
+        stats.decode_tokens_per_s(),
+        bytes as f64 / 1e6,
+        decode_gbs
+    );
+    if let Some(f) = fraction {
+        line.push_str(&format!(" ({:.0}% of measured read bandwidth)", 100.0 * f));
+    }
+    if let Some(p) = peak {
+        line.push_str(&format!(" | peak RSS {:.0} MiB", p as f64 / (1 << 20) as f64));
+    }
+    if fallbacks > 0 {
+        line.push_str(&format!(" | {fallbacks} ops fell back to the CPU (see the log)"));
+    }
+    eprintln!("{line}");
+    Ok(())
+}
