@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # BitNet's torch.compile helpers run eagerly: same ops
 import torch
 from safetensors.torch import save_file
 
@@ -132,6 +133,49 @@ def float_fixtures(root):
         print("wrote", path)
 
 
+def bitnet_fixtures(root):
+    """BitNet b1.58 with ternary weights in transformers' 2-bit packing, for both linear classes: `bitlinear`
+    (weight_scale = 1 / mean|W|, lowbit's layout) and `autobitlinear` offline (weight_scale = mean|W|, the
+    layout of microsoft/bitnet-b1.58-2B-4T). transformers loads each and computes the expected values."""
+    from safetensors.torch import save_file as save
+    from transformers import AutoModelForCausalLM, BitNetConfig
+    from transformers.integrations.bitnet import pack_weights
+    for linear_class in ("bitlinear", "autobitlinear"):
+        name = f"tiny-bitnet-{linear_class}"
+        config = BitNetConfig(vocab_size=320, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, tie_word_embeddings=True,
+                              hidden_act="relu2", dtype="float32",
+                              rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+        model = build(name, config)
+        path = os.path.join(root, name)
+        os.makedirs(path, exist_ok=True)
+        sd = {}
+        for k, v in model.state_dict().items():
+            if k == "lm_head.weight":
+                continue
+            module = k[: -len(".weight")]
+            if k.endswith("_proj.weight"):
+                mean = v.abs().mean().clamp(min=1e-5)
+                t = (v / mean).round().clamp(-1, 1)
+                sd[k] = pack_weights(t.clone())
+                scale = mean if linear_class == "autobitlinear" else 1.0 / mean
+                sd[module + ".weight_scale"] = scale.reshape(1).float()
+            else:
+                sd[k] = v.contiguous()
+        save(sd, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        cfg = config.to_dict()
+        cfg["quantization_config"] = {"quant_method": "bitnet", "linear_class": linear_class,
+                                      "quantization_mode": "offline"}
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        logits, greedy = expected(loaded, PROMPT)
+        save_expected(path, {"input_ids": torch.tensor(PROMPT, dtype=torch.int64), "logits": logits,
+                             "greedy": greedy})
+        print("wrote", path)
+
+
 def bnb_fixtures(root):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     for name in configs():
@@ -159,6 +203,7 @@ def main():
         bnb_fixtures(a.out)
     else:
         float_fixtures(a.out)
+        bitnet_fixtures(a.out)
 
 
 if __name__ == "__main__":

@@ -434,6 +434,10 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
                 Box::new(|d: &Device| d.silu_mul(&up(d, &a), &up(d, &b)).unwrap()),
             ),
             (
+                "relu2_mul",
+                Box::new(|d: &Device| d.relu2_mul(&up(d, &a), &up(d, &b)).unwrap()),
+            ),
+            (
                 "gelu tanh",
                 Box::new(|d: &Device| d.gelu(&up(d, &a), GeluKind::Tanh).unwrap()),
             ),

@@ -267,6 +267,17 @@ fn elementwise_case<T: Float>(r: &mut StdRng) {
     let arith: Vec<f64> = want.iter().map(|w| 8.0 * EPS32 * w.abs()).collect();
     check("silu_mul", dt, &got, &want, &arith);
 
+    let got = wide(&model::relu2_mul(&gt, &ut));
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            let r = (gw[i] as f64).max(0.0);
+            r * r * uw[i] as f64
+        })
+        .collect();
+    // The square and the product: two roundings.
+    let arith: Vec<f64> = want.iter().map(|w| 3.0 * EPS32 * w.abs()).collect();
+    check("relu2_mul", dt, &got, &want, &arith);
+
     let got = wide(&model::add(&gt, &ut));
     let want: Vec<f64> = (0..n).map(|i| gw[i] as f64 + uw[i] as f64).collect();
     let arith: Vec<f64> = want.iter().map(|w| EPS32 * w.abs()).collect();

@@ -4,7 +4,8 @@
 use super::{CliResult, open_device};
 use crate::{Global, out, outln, output};
 use lowbit::model::{
-    GenerateOptions, Generator, LoadOptions, Message, Model, SamplingParams, TextStream, TextTokenizer,
+    GenerateOptions, Generator, LoadOptions, Message, Model, SamplingParams, TextStream,
+    TextTokenizer,
 };
 use lowbit::nn::LoadFormat;
 use std::path::PathBuf;
@@ -30,7 +31,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self, global: &Global) -> Result<(Model, f64), Box<dyn std::error::Error + Send + Sync>> {
+    pub fn load(
+        &self,
+        global: &Global,
+    ) -> Result<(Model, f64), Box<dyn std::error::Error + Send + Sync>> {
         let dev = open_device(global)?;
         let format = LoadFormat::parse(&self.format).ok_or("unknown --format")?;
         let opts = LoadOptions {
@@ -90,9 +94,15 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let ids = if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
-            messages.push(Message { role: "system".into(), content: s.clone() });
+            messages.push(Message {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
-        messages.push(Message { role: "user".into(), content: args.prompt.clone() });
+        messages.push(Message {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        });
         tok.encode(&tok.apply_chat_template(&messages)?, false)?
     } else {
         tok.encode(&args.prompt, true)?
@@ -147,6 +157,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         return Ok(());
     }
     outln!();
+    output::flush()?;
     let mut line = format!(
         "{} prompt tokens, {} generated on {} | load {:.2} s | prefill {:.1} tok/s | decode {:.1} tok/s, \
          {:.1} MB/token, {:.2} GB/s",
@@ -163,10 +174,15 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         line.push_str(&format!(" ({:.0}% of measured read bandwidth)", 100.0 * f));
     }
     if let Some(p) = peak {
-        line.push_str(&format!(" | peak RSS {:.0} MiB", p as f64 / (1 << 20) as f64));
+        line.push_str(&format!(
+            " | peak RSS {:.0} MiB",
+            p as f64 / (1 << 20) as f64
+        ));
     }
     if fallbacks > 0 {
-        line.push_str(&format!(" | {fallbacks} ops fell back to the CPU (see the log)"));
+        line.push_str(&format!(
+            " | {fallbacks} ops fell back to the CPU (see the log)"
+        ));
     }
     eprintln!("{line}");
     Ok(())

@@ -23,12 +23,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> CliResult {
-    let text = std::fs::read_to_string(&args.text)
-        .map_err(|e| format!("{}: {e} (a UTF-8 text file is expected)", args.text.display()))?;
+    let text = std::fs::read_to_string(&args.text).map_err(|e| {
+        format!(
+            "{}: {e} (a UTF-8 text file is expected)",
+            args.text.display()
+        )
+    })?;
     let (model, load_s) = args.model.load(global)?;
     let tok = TextTokenizer::load(&args.model.model, &model.config().eos_token_ids)?;
     let ids = tok.encode(&text, true)?;
-    let context = args.context.unwrap_or(model.max_context()).min(model.max_context());
+    let context = args
+        .context
+        .unwrap_or(model.max_context())
+        .min(model.max_context());
     let stride = args.stride.unwrap_or(context.div_ceil(2).max(1));
     let t = Instant::now();
     let r = lowbit::model::perplexity::perplexity(&model, &ids, context, stride)?;

@@ -28,6 +28,7 @@ pub enum OpKind {
     Embedding,
     Rope,
     SiluMul,
+    Relu2Mul,
     Gelu,
     Add,
     Attention,
@@ -36,7 +37,7 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 24] = [
+    pub const ALL: [OpKind; 25] = [
         OpKind::QuantizeBlockwise,
         OpKind::DequantizeBlockwise,
         OpKind::Quantize4bit,
@@ -56,6 +57,7 @@ impl OpKind {
         OpKind::Embedding,
         OpKind::Rope,
         OpKind::SiluMul,
+        OpKind::Relu2Mul,
         OpKind::Gelu,
         OpKind::Add,
         OpKind::Attention,
@@ -84,6 +86,7 @@ impl OpKind {
             OpKind::Embedding => "embedding",
             OpKind::Rope => "rope",
             OpKind::SiluMul => "silu_mul",
+            OpKind::Relu2Mul => "relu2_mul",
             OpKind::Gelu => "gelu",
             OpKind::Add => "add",
             OpKind::Attention => "attention",
@@ -134,6 +137,8 @@ pub enum Op {
     },
     /// `silu(gate) * up`. Operands: gate, up (same shape).
     SiluMul,
+    /// `relu(gate)^2 * up` (BitNet's MLP). Operands: gate, up (same shape).
+    Relu2Mul,
     /// GELU, tanh approximation or erf. Operand: x.
     Gelu { kind: GeluKind },
     /// `a + b` (same shape). Operands: a, b.
@@ -164,6 +169,7 @@ impl Op {
             Op::Embedding => OpKind::Embedding,
             Op::Rope { .. } => OpKind::Rope,
             Op::SiluMul => OpKind::SiluMul,
+            Op::Relu2Mul => OpKind::Relu2Mul,
             Op::Gelu { .. } => OpKind::Gelu,
             Op::Add => OpKind::Add,
             Op::Attention { .. } => OpKind::Attention,

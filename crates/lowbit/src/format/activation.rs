@@ -96,6 +96,12 @@ pub fn gelu(x: f32, kind: GeluKind) -> f32 {
     }
 }
 
+/// `relu(g)^2 * u` in float32, as transformers' `ReLUSquaredActivation` then `* up`: `(r * r) * u`.
+pub fn relu2_mul(g: f32, u: f32) -> f32 {
+    let r = if g > 0.0 { g } else { 0.0 };
+    (r * r) * u
+}
+
 /// `silu(g) * u` in float32, `silu(g) = g / (1 + exp(-g))`.
 pub fn silu_mul(g: f32, u: f32) -> f32 {
     g / (1.0 + (-g).exp()) * u

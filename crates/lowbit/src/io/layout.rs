@@ -837,7 +837,10 @@ pub fn load_ternary(file: &SafetensorsFile, weight: &str) -> Result<crate::ops::
     if !scale.is_finite() || scale <= 0.0 {
         return Err(ck(
             file.path(),
-            format!("tensor {:?}: weight_scale must be positive and finite, got {scale}", s.name),
+            format!(
+                "tensor {:?}: weight_scale must be positive and finite, got {scale}",
+                s.name
+            ),
         ));
     }
     Ok(crate::ops::TernaryWeight {

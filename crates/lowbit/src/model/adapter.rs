@@ -27,14 +27,24 @@ impl PeftAdapter {
         let err = |field: &str, detail: String| config_error(&cfg_path, field, detail);
         match cfg.get("peft_type").and_then(Value::as_str) {
             Some("LORA") | None => {}
-            Some(other) => return Err(err("peft_type", format!("{other:?} is not supported (only LORA)"))),
+            Some(other) => {
+                return Err(err(
+                    "peft_type",
+                    format!("{other:?} is not supported (only LORA)"),
+                ));
+            }
         }
         if cfg.get("use_dora").and_then(Value::as_bool) == Some(true) {
             return Err(err("use_dora", "true is not supported (DoRA)".into()));
         }
         match cfg.get("bias").and_then(Value::as_str) {
             Some("none") | None => {}
-            Some(other) => return Err(err("bias", format!("{other:?} is not supported (only \"none\")"))),
+            Some(other) => {
+                return Err(err(
+                    "bias",
+                    format!("{other:?} is not supported (only \"none\")"),
+                ));
+            }
         }
         let num = |field: &str| -> Result<Option<f64>> {
             match cfg.get(field) {
@@ -48,8 +58,14 @@ impl PeftAdapter {
         };
         let r_default = num("r")?.unwrap_or(8.0);
         let alpha_default = num("lora_alpha")?.unwrap_or(8.0);
-        let rslora = cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
-        let fan_in_fan_out = cfg.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false);
+        let rslora = cfg
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let fan_in_fan_out = cfg
+            .get("fan_in_fan_out")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let patterns = |field: &str| -> Result<Vec<(String, f64)>> {
             match cfg.get(field) {
                 None | Some(Value::Null) => Ok(Vec::new()),
@@ -59,7 +75,9 @@ impl PeftAdapter {
                         v.as_f64()
                             .filter(|x| *x > 0.0)
                             .map(|x| (k.clone(), x))
-                            .ok_or_else(|| err(field, format!("{k:?} must be a positive number, got {v}")))
+                            .ok_or_else(|| {
+                                err(field, format!("{k:?} must be a positive number, got {v}"))
+                            })
                     })
                     .collect(),
                 Some(v) => Err(err(field, format!("must be an object, got {v}"))),
@@ -106,7 +124,9 @@ impl PeftAdapter {
             if stored_r != r {
                 return Err(Error::Checkpoint {
                     path: weights_path.clone(),
-                    detail: format!("{module}: lora_A has rank {stored_r} but the config says r = {r}"),
+                    detail: format!(
+                        "{module}: lora_A has rank {stored_r} but the config says r = {r}"
+                    ),
                 });
             }
             let scale = if rslora { alpha / r.sqrt() } else { alpha / r } as f32;
@@ -127,7 +147,10 @@ impl PeftAdapter {
 
 /// PEFT saves `base_model.model.<module>`; the base model's own names drop that prefix.
 fn base_module_name(saved: &str) -> String {
-    saved.strip_prefix("base_model.model.").unwrap_or(saved).to_string()
+    saved
+        .strip_prefix("base_model.model.")
+        .unwrap_or(saved)
+        .to_string()
 }
 
 /// PEFT's rule: a pattern key matches a module whose name is the key or ends with `.key`.
@@ -141,7 +164,12 @@ fn pattern_value(patterns: &[(String, f64)], module: &str) -> Option<f64> {
 fn transpose(t: &Tensor) -> Result<Tensor> {
     let (r, c) = match t.shape() {
         [r, c] => (*r, *c),
-        s => return Err(Error::shape("lora", format!("expected a matrix, got {s:?}"))),
+        s => {
+            return Err(Error::shape(
+                "lora",
+                format!("expected a matrix, got {s:?}"),
+            ));
+        }
     };
     let v = t.floats("lora")?.to_f32_vec();
     let mut out = vec![0f32; r * c];

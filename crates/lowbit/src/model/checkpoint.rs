@@ -72,8 +72,12 @@ impl Checkpoint {
         let file = &self.files[*i];
         Ok(match group {
             Group::Plain(n) => StoredWeight::Float(self.float_tensor(file, n)?),
-            Group::FourBit { weight, .. } => StoredWeight::FourBit(layout::load_fourbit(file, weight)?),
-            Group::Ternary { weight, .. } => StoredWeight::Ternary(layout::load_ternary(file, weight)?),
+            Group::FourBit { weight, .. } => {
+                StoredWeight::FourBit(layout::load_fourbit(file, weight)?)
+            }
+            Group::Ternary { weight, .. } => {
+                StoredWeight::Ternary(layout::load_ternary(file, weight)?)
+            }
             Group::Int8 { .. } => {
                 let t = layout::decode(&crate::Device::cpu(), file, group, None)?;
                 StoredWeight::Int8(widen(t)?)
@@ -98,7 +102,10 @@ impl Checkpoint {
         if !t.dtype().is_float() {
             return Err(Error::Checkpoint {
                 path: file.path().to_path_buf(),
-                detail: format!("tensor {name:?} is {} where a float tensor is expected", t.dtype()),
+                detail: format!(
+                    "tensor {name:?} is {} where a float tensor is expected",
+                    t.dtype()
+                ),
             });
         }
         widen(t)
@@ -108,5 +115,8 @@ impl Checkpoint {
 /// A float tensor as f32 (exact widening).
 fn widen(t: Tensor) -> Result<Tensor> {
     let values = t.floats("checkpoint")?.to_f32_vec();
-    Ok(Tensor::from_floats(t.shape().to_vec(), FloatVec::F32(values)))
+    Ok(Tensor::from_floats(
+        t.shape().to_vec(),
+        FloatVec::F32(values),
+    ))
 }

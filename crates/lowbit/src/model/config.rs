@@ -56,6 +56,16 @@ pub enum Activation {
     Relu2,
 }
 
+/// How a BitNet checkpoint's `weight_scale` is meant (`quantization_config.linear_class`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TernaryScale {
+    /// `bitlinear` (lowbit's layout): `y = (x_q T^T) / (s · weight_scale)`, the scale is `1 / mean|W|`.
+    Divide,
+    /// `autobitlinear` offline (microsoft/bitnet-b1.58-2B-4T): `y = (x T^T) · weight_scale`, the scale is
+    /// `mean|W|`.
+    Multiply,
+}
+
 /// Everything the forward pass needs from `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -79,6 +89,8 @@ pub struct ModelConfig {
     /// Per-head RMSNorm of queries and keys (Qwen3).
     pub qk_norm: bool,
     pub activation: Activation,
+    /// BitNet checkpoints: how their stored ternary scales are meant.
+    pub ternary_scale: Option<TernaryScale>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -205,12 +217,18 @@ impl ModelConfig {
             ));
         }
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return Err(f.err("head_dim", format!("must be even and positive, got {head_dim}")));
+            return Err(f.err(
+                "head_dim",
+                format!("must be even and positive, got {head_dim}"),
+            ));
         }
         if let Some(p) = f.f64("partial_rotary_factor")?
             && p != 1.0
         {
-            return Err(f.err("partial_rotary_factor", format!("{p} is not supported (only 1.0)")));
+            return Err(f.err(
+                "partial_rotary_factor",
+                format!("{p} is not supported (only 1.0)"),
+            ));
         }
         let activation = match (architecture, f.str("hidden_act")?.unwrap_or("silu")) {
             (Architecture::BitNet, "relu2") => Activation::Relu2,
@@ -257,6 +275,7 @@ impl ModelConfig {
             mlp_bias: f.bool("mlp_bias", false)?,
             qk_norm: architecture == Architecture::Qwen3,
             activation,
+            ternary_scale: ternary_scale(&f, architecture)?,
             bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.token_ids("eos_token_id")?,
         })
@@ -273,6 +292,46 @@ impl ModelConfig {
     }
 }
 
+/// A BitNet `quantization_config`: packed offline weights, either linear class; no in-layer RMSNorm.
+fn ternary_scale(f: &Fields, arch: Architecture) -> Result<Option<TernaryScale>> {
+    let Some(Value::Object(q)) = f.map.get("quantization_config") else {
+        return Ok(None);
+    };
+    let q = Fields {
+        path: f.path,
+        map: q,
+    };
+    if q.str("quant_method")? != Some("bitnet") {
+        return Ok(None);
+    }
+    if arch != Architecture::BitNet {
+        return Err(f.err(
+            "quantization_config.quant_method",
+            format!("\"bitnet\" on a {} model", arch.name()),
+        ));
+    }
+    if q.bool("use_rms_norm", false)? {
+        return Err(f.err("quantization_config.use_rms_norm", "true is not supported"));
+    }
+    let mode = q.str("quantization_mode")?.unwrap_or("offline");
+    if mode != "offline" {
+        return Err(f.err(
+            "quantization_config.quantization_mode",
+            format!("{mode:?} is not supported: load float weights with --format ternary instead"),
+        ));
+    }
+    Ok(Some(match q.str("linear_class")?.unwrap_or("bitlinear") {
+        "bitlinear" => TernaryScale::Divide,
+        "autobitlinear" => TernaryScale::Multiply,
+        other => {
+            return Err(f.err(
+                "quantization_config.linear_class",
+                format!("{other:?} is not supported; supported: bitlinear, autobitlinear"),
+            ));
+        }
+    }))
+}
+
 /// `rope_theta` and the scaling rule: transformers 5 writes them in `rope_parameters`, earlier versions as
 /// `rope_theta` and `rope_scaling`.
 fn rope(f: &Fields) -> Result<(f64, Option<RopeScaling>)> {
@@ -286,7 +345,12 @@ fn rope(f: &Fields) -> Result<(f64, Option<RopeScaling>)> {
         Some(v) => return Err(f.err("rope_parameters", format!("must be an object, got {v}"))),
     };
     let inner = params.map(|map| Fields { path: f.path, map });
-    let theta = match inner.as_ref().map(|p| p.f64("rope_theta")).transpose()?.flatten() {
+    let theta = match inner
+        .as_ref()
+        .map(|p| p.f64("rope_theta"))
+        .transpose()?
+        .flatten()
+    {
         Some(t) => t,
         None => f.f64("rope_theta")?.unwrap_or(10000.0),
     };
@@ -350,7 +414,10 @@ mod tests {
     #[test]
     fn reads_a_llama_config() {
         let c = parse(llama()).unwrap();
-        assert_eq!((c.head_dim, c.num_kv_heads, c.q_dim(), c.kv_dim()), (16, 2, 64, 32));
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.q_dim(), c.kv_dim()),
+            (16, 2, 64, 32)
+        );
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert!(!c.attention_bias && !c.qk_norm && c.rope_scaling.is_none());
@@ -363,7 +430,9 @@ mod tests {
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
         let c = parse(v).unwrap();
         assert_eq!(c.rope_theta, 10000.0);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
     }
 
     #[test]
@@ -383,7 +452,12 @@ mod tests {
         }
         let mut v = llama();
         v.as_object_mut().unwrap().remove("hidden_size");
-        assert!(parse(v).unwrap_err().to_string().contains("`hidden_size` is missing"));
+        assert!(
+            parse(v)
+                .unwrap_err()
+                .to_string()
+                .contains("`hidden_size` is missing")
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ impl<'m> Generator<'m> {
     pub fn new(model: &'m Model, prompt: &[u32], opts: GenerateOptions) -> Result<Generator<'m>> {
         opts.sampling.validate()?;
         if prompt.is_empty() {
-            return Err(crate::Error::invalid("generate", "the prompt has no tokens"));
+            return Err(crate::Error::invalid(
+                "generate",
+                "the prompt has no tokens",
+            ));
         }
         if prompt.len() > model.max_context() {
             return Err(crate::Error::invalid(

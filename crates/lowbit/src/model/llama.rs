@@ -4,10 +4,10 @@
 
 use super::adapter::PeftAdapter;
 use super::checkpoint::{Checkpoint, StoredWeight};
-use super::config::{Activation, Architecture, ModelConfig};
+use super::config::{Activation, Architecture, ModelConfig, TernaryScale};
 use crate::device_tensor::DeviceTensor;
 use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
-use crate::nn::linear::{LoadFormat, Linear};
+use crate::nn::linear::{Linear, LoadFormat};
 use crate::nn::lora::LoraAdapter;
 use crate::runtime::Device;
 use crate::tensor::Tensor;
@@ -104,6 +104,7 @@ struct Loader<'a> {
     ckpt: &'a Checkpoint,
     format: LoadFormat,
     merge: Option<&'a PeftAdapter>,
+    ternary_scale: Option<TernaryScale>,
 }
 
 impl Loader<'_> {
@@ -121,6 +122,12 @@ impl Loader<'_> {
     fn linear(&self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let wname = format!("{module}.weight");
         let mut stored = self.ckpt.weight(&wname)?;
+        if let (StoredWeight::Ternary(t), Some(TernaryScale::Multiply)) =
+            (&mut stored, self.ternary_scale)
+        {
+            // lowbit's kernels divide by the scale; autobitlinear stores its reciprocal.
+            t.weight_scale = 1.0 / t.weight_scale;
+        }
         if let Some(lora) = self.merge.and_then(|a| a.modules.get(module)) {
             stored = match stored {
                 StoredWeight::Float(w) => StoredWeight::Float(lora.merge_into(&w)?),
@@ -165,7 +172,12 @@ impl Model {
             .map(|(n, d)| Ok((n.clone(), PeftAdapter::open(d)?)))
             .collect::<Result<_>>()?;
         let merge = if opts.merge_adapter {
-            Some(&adapters.first().ok_or_else(|| Error::invalid("load", "merge_adapter without an adapter"))?.1)
+            Some(
+                &adapters
+                    .first()
+                    .ok_or_else(|| Error::invalid("load", "merge_adapter without an adapter"))?
+                    .1,
+            )
         } else {
             None
         };
@@ -186,6 +198,7 @@ impl Model {
             ckpt,
             format: opts.format,
             merge,
+            ternary_scale: c.ternary_scale,
         };
         let embed_t = ckpt.float("model.embed_tokens.weight")?;
         if embed_t.shape() != [c.vocab_size, c.hidden_size] {
@@ -223,9 +236,24 @@ impl Model {
                 attn_sub_norm: bitnet
                     .then(|| ld.norm(&format!("{p}.self_attn.attn_sub_norm.weight"), c.q_dim()))
                     .transpose()?,
-                gate: ld.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                up: ld.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, c.mlp_bias)?,
-                down: ld.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, c.mlp_bias)?,
+                gate: ld.linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
+                up: ld.linear(
+                    &format!("{p}.mlp.up_proj"),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
+                down: ld.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
                 ffn_sub_norm: bitnet
                     .then(|| ld.norm(&format!("{p}.mlp.ffn_sub_norm.weight"), c.intermediate_size))
                     .transpose()?,
@@ -243,7 +271,13 @@ impl Model {
         } else {
             // bitsandbytes and transformers keep lm_head in float.
             let w = ckpt.float("lm_head.weight")?;
-            Linear::load(dev, "lm_head.weight", StoredWeight::Float(w), None, LoadFormat::Float)?
+            Linear::load(
+                dev,
+                "lm_head.weight",
+                StoredWeight::Float(w),
+                None,
+                LoadFormat::Float,
+            )?
         };
         let max_context = opts
             .max_context
@@ -323,7 +357,15 @@ impl Model {
             ));
         }
         for l in &mut self.layers {
-            for lin in [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down] {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
                 lin.set_adapter(name);
             }
         }
@@ -407,9 +449,15 @@ impl Model {
         let mut x = dev.embedding(&self.embed, tokens)?;
         for (i, l) in self.layers.iter().enumerate() {
             let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
-            let mut q = l.q.forward(dev, &h)?.reshape(vec![n, c.num_heads, c.head_dim])?;
-            let mut k = l.k.forward(dev, &h)?.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
-            let v = l.v.forward(dev, &h)?.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            let mut q =
+                l.q.forward(dev, &h)?
+                    .reshape(vec![n, c.num_heads, c.head_dim])?;
+            let mut k =
+                l.k.forward(dev, &h)?
+                    .reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            let v =
+                l.v.forward(dev, &h)?
+                    .reshape(vec![n, c.num_kv_heads, c.head_dim])?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 q = dev.rms_norm_on(&q, qn, c.rms_norm_eps)?;
                 k = dev.rms_norm_on(&k, kn, c.rms_norm_eps)?;
@@ -430,9 +478,7 @@ impl Model {
             let u = l.up.forward(dev, &h)?;
             let mut m = match c.activation {
                 Activation::Silu => dev.silu_mul(&g, &u)?,
-                Activation::Relu2 => {
-                    return Err(Error::invalid("forward", "BitNet's relu² MLP is not available yet"));
-                }
+                Activation::Relu2 => dev.relu2_mul(&g, &u)?,
             };
             if let Some(sn) = &l.ffn_sub_norm {
                 m = dev.rms_norm_on(&m, sn, c.rms_norm_eps)?;

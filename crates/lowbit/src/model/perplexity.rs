@@ -32,9 +32,17 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
 }
 
 /// Scores `ids` in windows of `context` tokens advancing by `stride`.
-pub fn perplexity(model: &Model, ids: &[u32], context: usize, stride: usize) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Model,
+    ids: &[u32],
+    context: usize,
+    stride: usize,
+) -> Result<PerplexityReport> {
     if ids.len() < 2 {
-        return Err(Error::invalid("perplexity", format!("{} tokens: at least 2 are needed", ids.len())));
+        return Err(Error::invalid(
+            "perplexity",
+            format!("{} tokens: at least 2 are needed", ids.len()),
+        ));
     }
     if context < 2 || context > model.max_context() || stride == 0 || stride > context {
         return Err(Error::invalid(
@@ -46,7 +54,11 @@ pub fn perplexity(model: &Model, ids: &[u32], context: usize, stride: usize) -> 
         ));
     }
     let vocab = model.config().vocab_size;
-    let mut report = PerplexityReport { tokens_scored: 0, nll_sum: 0.0, windows: 0 };
+    let mut report = PerplexityReport {
+        tokens_scored: 0,
+        nll_sum: 0.0,
+        windows: 0,
+    };
     let mut prev_end = 0;
     let mut begin = 0;
     while begin < ids.len() {

@@ -163,8 +163,16 @@ mod tests {
     fn top_k_one_and_tiny_top_p_are_greedy() {
         let logits = [0.5f32, 2.0, 1.9, -3.0];
         for params in [
-            SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() },
-            SamplingParams { temperature: 1.0, top_p: 1e-6, ..Default::default() },
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 1e-6,
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(params);
             for _ in 0..20 {
@@ -175,18 +183,27 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution_and_the_seed() {
-        let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4, 3/4
         let draw = |seed| {
             let mut s = Sampler::new(SamplingParams { seed, ..params });
-            (0..4000).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(7);
         assert_eq!(a, draw(7), "same seed, same tokens");
         let ones = a.iter().filter(|&&t| t == 1).count() as f64 / a.len() as f64;
         assert!((ones - 0.75).abs() < 0.03, "P(1) = {ones}");
         // top_p = 0.5 keeps only the 3/4 token.
-        let mut s = Sampler::new(SamplingParams { top_p: 0.5, ..params });
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.5,
+            ..params
+        });
         assert!((0..200).all(|_| s.sample(&mut logits.clone(), &[]) == 1));
     }
 }

@@ -41,7 +41,11 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         None => Vec::new(),
     }
@@ -130,14 +134,23 @@ impl TextTokenizer {
     /// adding special tokens: the template writes them.
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
-            Error::invalid("chat", "this tokenizer has no chat_template; prompt without --chat")
+            Error::invalid(
+                "chat",
+                "this tokenizer has no chat_template; prompt without --chat",
+            )
         })?;
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         let err = |e: minijinja::Error| Error::invalid("chat template", e.to_string());
         env.add_template("chat", template).map_err(err)?;
         let ctx = minijinja::context! {
@@ -146,7 +159,10 @@ impl TextTokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        env.get_template("chat").map_err(err)?.render(ctx).map_err(err)
+        env.get_template("chat")
+            .map_err(err)?
+            .render(ctx)
+            .map_err(err)
     }
 }
 
@@ -175,7 +191,10 @@ impl TextStream {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
         // An incomplete UTF-8 sequence decodes to U+FFFD: wait for the next token.
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let piece = text[self.emitted..].to_string();

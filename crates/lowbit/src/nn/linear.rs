@@ -70,9 +70,9 @@ impl Linear {
                 let (o, i) = dims(name, &t)?;
                 let w = match format {
                     LoadFormat::Float => LinearWeight::Float(dev.to_device(&t)?),
-                    LoadFormat::FourBit(q) => {
-                        LinearWeight::FourBit(dev.upload_4bit(&cpu.quantize_4bit(&t, q, 64, true)?)?)
-                    }
+                    LoadFormat::FourBit(q) => LinearWeight::FourBit(
+                        dev.upload_4bit(&cpu.quantize_4bit(&t, q, 64, true)?)?,
+                    ),
                     LoadFormat::Ternary => {
                         LinearWeight::Ternary(dev.upload_ternary(&cpu.ternary_quantize(&t)?)?)
                     }
@@ -114,7 +114,12 @@ impl Linear {
     pub fn from_device(weight: DeviceTensor) -> Result<Linear> {
         let (o, i) = match weight.shape() {
             [o, i] => (*o, *i),
-            s => return Err(Error::shape("linear", format!("weight must be 2-D, got {s:?}"))),
+            s => {
+                return Err(Error::shape(
+                    "linear",
+                    format!("weight must be 2-D, got {s:?}"),
+                ));
+            }
         };
         Ok(Linear {
             weight: LinearWeight::Float(weight),
@@ -150,7 +155,8 @@ impl Linear {
 
     /// Adds a LoRA adapter under `name` (inactive until [`Linear::set_adapter`]).
     pub fn add_adapter(&mut self, name: &str, adapter: LoraAdapter) -> Result<()> {
-        if adapter.in_features() != self.in_features || adapter.out_features() != self.out_features {
+        if adapter.in_features() != self.in_features || adapter.out_features() != self.out_features
+        {
             return Err(Error::shape(
                 "lora",
                 format!(

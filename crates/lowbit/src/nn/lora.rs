@@ -26,7 +26,12 @@ impl LoraWeights {
     fn checked(&self) -> Result<(usize, usize, usize, Vec<f32>, Vec<f32>)> {
         let (r, i) = match self.a.shape() {
             [r, i] => (*r, *i),
-            s => return Err(Error::shape("lora", format!("lora_A must be [r, in], got {s:?}"))),
+            s => {
+                return Err(Error::shape(
+                    "lora",
+                    format!("lora_A must be [r, in], got {s:?}"),
+                ));
+            }
         };
         let o = match self.b.shape() {
             [o, rb] if *rb == r => *o,

@@ -312,6 +312,13 @@ impl Device {
         self.run_op(&Op::SiluMul, &[gate, up])
     }
 
+    /// `relu(gate)^2 * up` (BitNet's MLP).
+    pub fn relu2_mul(&self, gate: &DeviceTensor, up: &DeviceTensor) -> Result<DeviceTensor> {
+        float_dtype("relu2_mul", "gate", gate)?;
+        same_shape("relu2_mul", gate, up)?;
+        self.run_op(&Op::Relu2Mul, &[gate, up])
+    }
+
     /// GELU (tanh approximation or the erf form).
     pub fn gelu(&self, x: &DeviceTensor, kind: GeluKind) -> Result<DeviceTensor> {
         float_dtype("gelu", "x", x)?;

@@ -192,6 +192,11 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let y = binary!(name, g, u, model::silu_mul);
             Ok(out(inputs[0].shape.to_vec(), y))
         }
+        Op::Relu2Mul => {
+            let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
+            let y = binary!(name, g, u, model::relu2_mul);
+            Ok(out(inputs[0].shape.to_vec(), y))
+        }
         Op::Add => {
             let (a, c) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, a, c, model::add);

@@ -282,16 +282,16 @@ impl WgpuBackend {
                 })?;
                 y
             }
-            Op::SiluMul | Op::Add => {
+            Op::SiluMul | Op::Relu2Mul | Op::Add => {
                 let (a, b) = (v(0)?, v(1)?);
                 let n = a.numel();
                 let y = self.f32_out(name, shape0)?;
-                let silu = matches!(op, Op::SiluMul);
                 gpu.submit(|enc| {
-                    if silu {
-                        mk::encode_silu_mul(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
-                    } else {
-                        mk::encode_add(gpu, enc, a.dtype, n, &a.buffer, &b.buffer, &y.buffer)
+                    let (ab, bb, yb) = (&a.buffer, &b.buffer, &y.buffer);
+                    match op {
+                        Op::SiluMul => mk::encode_silu_mul(gpu, enc, a.dtype, n, ab, bb, yb),
+                        Op::Relu2Mul => mk::encode_relu2_mul(gpu, enc, a.dtype, n, ab, bb, yb),
+                        _ => mk::encode_add(gpu, enc, a.dtype, n, ab, bb, yb),
                     }
                 })?;
                 y

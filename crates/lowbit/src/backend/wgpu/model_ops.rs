@@ -234,6 +234,19 @@ pub(crate) fn encode_silu_mul(
     encode_elementwise(gpu, enc, "silu_mul", 0, dtype, n, gate, up, out)
 }
 
+/// `relu(gate)^2 * up` over `n` elements of `dtype` into f32 `out`.
+pub(crate) fn encode_relu2_mul(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    dtype: DType,
+    n: usize,
+    gate: &wgpu::Buffer,
+    up: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    encode_elementwise(gpu, enc, "relu2_mul", 4, dtype, n, gate, up, out)
+}
+
 /// GELU over `n` elements of `dtype` into f32 `out`.
 pub(crate) fn encode_gelu(
     gpu: &Gpu,

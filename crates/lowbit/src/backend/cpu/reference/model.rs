@@ -73,6 +73,11 @@ pub fn silu_mul<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
     map2(gate, up, activation::silu_mul)
 }
 
+/// BitNet's `relu(gate)^2 * up`, element-wise ([`activation::relu2_mul`]).
+pub fn relu2_mul<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
+    map2(gate, up, activation::relu2_mul)
+}
+
 /// GELU, element-wise ([`activation::gelu`]).
 pub fn gelu<T: Float>(x: &[T], kind: GeluKind) -> Vec<T> {
     x.par_iter()

@@ -1,5 +1,5 @@
 // Element-wise model ops, f32 out, the formulas of format::activation (erf generated from its tables).
-// Params: p0 = n, p1 = op (0: silu(a) * b, 1: gelu tanh(a), 2: gelu erf(a), 3: a + b).
+// Params: p0 = n, p1 = op (0: silu(a) * b, 1: gelu tanh(a), 2: gelu erf(a), 3: a + b, 4: relu(a)^2 * b).
 // exp overflows only where the CPU's IEEE result is x / inf = +-0; that case takes an explicit branch that
 // writes the zero with x's sign bit (drivers assuming no infinities or signed zeros would not).
 
@@ -41,6 +41,10 @@ fn main(
         }
         case 2u: {
             y = a * 0.5 * (1.0 + erf(a * FRAC_1_SQRT_2));
+        }
+        case 4u: {
+            let r = select(0.0, a, a > 0.0);
+            y = (r * r) * load_b(i);
         }
         default: {
             y = a + load_b(i);
