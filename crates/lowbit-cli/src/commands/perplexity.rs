@@ -44,7 +44,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         output::print_json(&serde_json::json!({
             "perplexity": r.perplexity(), "mean_nll": r.mean_nll(), "tokens": ids.len(),
             "tokens_scored": r.tokens_scored, "windows": r.windows, "context": context, "stride": stride,
-            "device": model.device().id(), "load_s": load_s, "seconds": secs,
+            "device": model.device().id(), "load_s": load_s, "seconds": secs, "top1": r.top1,
         }))?;
         return Ok(());
     }

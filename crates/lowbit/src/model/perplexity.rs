@@ -7,9 +7,12 @@ use super::llama::Model;
 use crate::{Error, Result};
 
 /// The result of [`perplexity`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PerplexityReport {
     pub tokens_scored: usize,
+    /// The most likely next token at each scored position (`top1[i]` predicts the `i + 1`-th scored token's
+    /// position), for top-1 agreement with another implementation.
+    pub top1: Vec<u32>,
     /// Sum of negative log-likelihoods (nats).
     pub nll_sum: f64,
     pub windows: usize,
@@ -56,6 +59,7 @@ pub fn perplexity(
     let vocab = model.config().vocab_size;
     let mut report = PerplexityReport {
         tokens_scored: 0,
+        top1: Vec::new(),
         nll_sum: 0.0,
         windows: 0,
     };
@@ -70,7 +74,9 @@ pub fn perplexity(
         // Token j (absolute) is predicted by row j - 1 of this window.
         for j in (begin + 1).max(prev_end)..end {
             let row = j - 1 - begin;
-            report.nll_sum += nll(&values[row * vocab..(row + 1) * vocab], ids[j]);
+            let row_logits = &values[row * vocab..(row + 1) * vocab];
+            report.nll_sum += nll(row_logits, ids[j]);
+            report.top1.push(super::sampling::argmax(row_logits));
             report.tokens_scored += 1;
         }
         report.windows += 1;
