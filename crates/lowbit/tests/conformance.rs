@@ -68,7 +68,7 @@ fn fallbacks(dev: &Device) -> u64 {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    match &t.data {
+    match t.data() {
         TensorData::Float(f) => f.to_f32_vec(),
         _ => panic!("not a float tensor"),
     }
@@ -302,13 +302,7 @@ fn bad_operands_are_typed_errors() {
     let w = up(&cpu, &rand(vec![8, 15], 1.0, s + 1, DType::F32));
     let e = cpu.linear(&x, &w, None).unwrap_err().to_string();
     assert!(e.contains("w must be [n, 16]"), "{e}");
-    let ids = up(
-        &cpu,
-        &Tensor {
-            shape: vec![2],
-            data: TensorData::I32(vec![0, 1]),
-        },
-    );
+    let ids = up(&cpu, &Tensor::vector(vec![0i32, 1]));
     let e = cpu.add(&x, &ids).unwrap_err().to_string();
     assert!(e.contains("one shape and dtype"), "{e}");
     // A tensor of another device is refused before any kernel runs.
@@ -407,8 +401,8 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
     let (tokens, heads, kv_heads, hd) = (3usize, 4usize, 2usize, 16usize);
     let freqs = inv_freq(hd, 10000.0, None);
     let (cos, sin) = cos_sin_table(&freqs, 0..32);
-    let cos = Tensor::f32(vec![32, hd / 2], cos);
-    let sin = Tensor::f32(vec![32, hd / 2], sin);
+    let cos = Tensor::f32(vec![32, hd / 2], cos).unwrap();
+    let sin = Tensor::f32(vec![32, hd / 2], sin).unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         // Bounds: f32 kernels agree within float32 rounding; narrowed results within one unit of the
         // narrow type's last place.
@@ -494,7 +488,7 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
                 let y = run(&dev);
                 assert_eq!(y.dtype(), dtype, "{name} {dtype} on {}", dev.id());
                 let got = dev.to_host(&y).unwrap();
-                assert_eq!(got.shape, want.shape);
+                assert_eq!(got.shape(), want.shape());
                 assert_close(
                     &format!("{name} {dtype} on {}", dev.id()),
                     &f32s(&got),

@@ -12,17 +12,17 @@ use half::f16;
 pub type Int8Quantized = Int8Rows;
 
 fn dims2(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    match t.shape[..] {
+    match t.shape()[..] {
         [r, c] => Ok((r, c)),
         _ => Err(Error::shape(
             op,
-            format!("expected a 2-D tensor, got shape {:?}", t.shape),
+            format!("expected a 2-D tensor, got shape {:?}", t.shape()),
         )),
     }
 }
 
 fn i8_data<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [i8]> {
-    match &t.data {
+    match t.data() {
         TensorData::I8(v) => Ok(v),
         _ => Err(Error::DType {
             op,
@@ -67,7 +67,7 @@ impl Device {
         let out = self.run_split(&params, |b, r| {
             b.int8_vectorwise_dequant(&qd[r.start * cols..r.end * cols], &row_stats[r], cols)
         })?;
-        Ok(Tensor::f32(q.shape.clone(), out))
+        Tensor::f32(q.shape().to_vec(), out)
     }
 
     /// Exact `A[m,k] @ B[n,k]^T` as i32 `[m, n]`.
@@ -82,10 +82,7 @@ impl Device {
             ));
         }
         let c = self.int8_matmul_rows(i8_data(OP, a)?, i8_data(OP, b)?, m, n, k)?;
-        Ok(Tensor {
-            shape: vec![m, n],
-            data: TensorData::I32(c),
-        })
+        Tensor::new(vec![m, n], c)
     }
 
     /// `A[m,k] @ B[n,k]^T` on validated slices, split by rows of A when the runtime chunks it.
@@ -124,7 +121,7 @@ impl Device {
     ) -> Result<Tensor> {
         const OP: &str = "int8_mm_dequant";
         let (m, n) = dims2(OP, c)?;
-        let cd = match &c.data {
+        let cd = match c.data() {
             TensorData::I32(v) => v,
             _ => {
                 return Err(Error::DType {
@@ -145,7 +142,7 @@ impl Device {
         let out = self.run_split(&params, |b, r| {
             b.int8_mm_dequant(&cd[r.start * n..r.end * n], &row_stats[r], col_stats, bias)
         })?;
-        Ok(Tensor::from_floats(vec![m, n], FloatVec::F16(out)))
+        Tensor::from_floats(vec![m, n], FloatVec::F16(out))
     }
 }
 
@@ -175,7 +172,7 @@ impl Linear8bitLt {
         const OP: &str = "Linear8bitLt";
         let (out_features, in_features) = dims2(OP, weight)?;
         let w16 = to_f16(weight.floats(OP)?);
-        let wt = Tensor::from_floats(weight.shape.clone(), FloatVec::F16(w16));
+        let wt = Tensor::from_floats(weight.shape().to_vec(), FloatVec::F16(w16))?;
         let q = dev.int8_vectorwise_quant(&wt, 0.0)?;
         let bias = bias_floats(OP, bias, out_features)?.map(to_f16);
         Ok(Linear8bitLt {
@@ -204,7 +201,7 @@ impl Linear8bitLt {
             ));
         }
         let x16 = to_f16(x.floats(OP)?);
-        let x2 = Tensor::from_floats(vec![rows, k], FloatVec::F16(x16.clone()));
+        let x2 = Tensor::from_floats(vec![rows, k], FloatVec::F16(x16.clone()))?;
         let xq = dev.int8_vectorwise_quant(&x2, self.threshold)?;
         if self.weight.len() != self.out_features * k {
             return Err(Error::Length {
@@ -216,16 +213,13 @@ impl Linear8bitLt {
         }
         // The layer's weight is used in place: no copy of it per forward pass.
         let c = dev.int8_matmul_rows(&xq.q, &self.weight, rows, self.out_features, k)?;
-        let c = Tensor {
-            shape: vec![rows, self.out_features],
-            data: TensorData::I32(c),
-        };
+        let c = Tensor::new(vec![rows, self.out_features], c)?;
         let bias_t = self
             .bias
             .as_ref()
-            .map(|b| Tensor::from_floats(vec![b.len()], FloatVec::F16(b.clone())));
+            .map(|b| Tensor::vector(FloatVec::F16(b.clone())));
         let y = dev.int8_mm_dequant(&c, &xq.row_stats, &self.scb, bias_t.as_ref())?;
-        let mut y16 = match y.data {
+        let mut y16 = match y.into_parts().1 {
             TensorData::Float(FloatVec::F16(v)) => v,
             _ => unreachable!("int8_mm_dequant returns f16"),
         };
@@ -257,10 +251,10 @@ impl Linear8bitLt {
                 *yv = f16::from_f32(yv.to_f32() + e);
             }
         }
-        Ok(Tensor::from_floats(
-            with_last_dim(&x.shape, self.out_features),
+        Tensor::from_floats(
+            with_last_dim(x.shape(), self.out_features),
             FloatVec::F16(y16),
-        ))
+        )
     }
 }
 

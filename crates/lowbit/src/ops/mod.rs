@@ -32,7 +32,7 @@ pub fn ensure_finite(op: &'static str, x: Floats) -> Result<()> {
 
 /// Splits a tensor of shape `[..., k]` into (rows, k). A 1-D tensor is one row.
 pub(crate) fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    match t.shape.split_last() {
+    match t.shape().split_last() {
         None => Err(Error::shape(
             op,
             "expected at least one dimension, got a scalar",

@@ -55,7 +55,7 @@ fn dtype_err(op: &'static str, d: &TensorData, expected: &'static str) -> Error 
     }
 }
 
-fn out(shape: Vec<usize>, v: FloatVec) -> Tensor {
+fn out(shape: Vec<usize>, v: FloatVec) -> Result<Tensor> {
     Tensor::from_floats(shape, v)
 }
 
@@ -94,7 +94,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let (m, k) = inputs[0].rows_cols();
             let n = inputs[1].shape[0];
             let y = b.matmul(x, w, bias(2, has_bias)?, m, n, k)?;
-            Ok(out(with_last_dim(inputs[0].shape, n), y))
+            out(with_last_dim(inputs[0].shape, n), y)
         }
         Op::Linear4bit {
             quant_type,
@@ -123,7 +123,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             } else {
                 b.matmul_4bit(x, m, w, bias)?
             };
-            Ok(out(with_last_dim(inputs[0].shape, rows), y))
+            out(with_last_dim(inputs[0].shape, rows), y)
         }
         Op::LinearTernary {
             weight_scale,
@@ -141,21 +141,21 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
                 cols,
             };
             let y = b.ternary_matmul(&xq, &xs, m, w, bias(2, has_bias)?)?;
-            Ok(out(
+            out(
                 with_last_dim(inputs[0].shape, rows),
                 FloatVec::from_f32(y, x.dtype()),
-            ))
+            )
         }
         Op::RmsNorm { eps } => {
             let x = inputs[0].floats(name)?;
             let w = inputs[1].floats(name)?;
             let cols = inputs[0].rows_cols().1;
-            Ok(out(inputs[0].shape.to_vec(), b.rms_norm(x, w, eps, cols)?))
+            out(inputs[0].shape.to_vec(), b.rms_norm(x, w, eps, cols)?)
         }
         Op::Softmax => {
             let x = inputs[0].floats(name)?;
             let cols = inputs[0].rows_cols().1;
-            Ok(out(inputs[0].shape.to_vec(), b.softmax(x, cols)?))
+            out(inputs[0].shape.to_vec(), b.softmax(x, cols)?)
         }
         Op::Cast { to } => {
             let x = inputs[0].floats(name)?;
@@ -164,14 +164,14 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             } else {
                 FloatVec::from_f32(x.to_f32_vec(), to)
             };
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Embedding => {
             let table = inputs[0].floats(name)?;
             let ids: Vec<u32> = inputs[1].i32(name)?.iter().map(|&i| i as u32).collect();
             let dim = inputs[0].shape[1];
             let y = with_floats!(table, t => FloatVec::from(model::embedding(t, dim, &ids)));
-            Ok(out(vec![ids.len(), dim], y))
+            out(vec![ids.len(), dim], y)
         }
         Op::Rope {
             heads,
@@ -185,22 +185,22 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let y = with_floats!(x, s => FloatVec::from(model::rope(
                 s, heads, head_dim, rotary_dim, cos, sin, pos_start, layout
             )));
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::SiluMul => {
             let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, g, u, model::silu_mul);
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Add => {
             let (a, c) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, a, c, model::add);
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Gelu { kind } => {
             let x = inputs[0].floats(name)?;
             let y = with_floats!(x, s => FloatVec::from(model::gelu(s, kind)));
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Attention {
             n_heads,
@@ -237,7 +237,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
                     });
                 }
             };
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
     }
 }

@@ -87,19 +87,16 @@ impl WgpuBackend {
     }
 
     pub(crate) fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
-        let bytes = bytes_of(&t.data);
+        let bytes = bytes_of(t.data());
         super::kernels::check_binding(self.gpu(), "upload", bytes.len())?;
-        let g = self.upload_raw(bytes, t.shape.clone(), t.dtype());
+        let g = self.upload_raw(bytes, t.shape().to_vec(), t.dtype());
         self.wrap(g)
     }
 
     pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
         let s = self.storage("download", t)?;
         let bytes = self.gpu().read(&s.buffer, t.size_in_bytes())?;
-        Ok(Tensor {
-            shape: t.shape().to_vec(),
-            data: data_from_bytes(t.dtype(), &bytes),
-        })
+        Tensor::new(t.shape().to_vec(), data_from_bytes(t.dtype(), &bytes))
     }
 
     pub(crate) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
