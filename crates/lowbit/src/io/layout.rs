@@ -295,7 +295,7 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             })
         }
         QuantFormat::Int8 => {
-            check_f16_range(name, wf, &w.shape())?;
+            check_f16_range(name, wf, w.shape())?;
             let layer = Linear8bitLt::from_weight(dev, w, None, 0.0)?;
             let qt = Tensor::new(w.shape().to_vec(), layer.weight)?;
             let deq = dev.int8_vectorwise_dequant(&qt, &layer.scb)?;

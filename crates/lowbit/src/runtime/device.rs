@@ -467,7 +467,7 @@ impl Device {
             let views: Vec<HostView> = host
                 .iter()
                 .map(|t| HostView {
-                    shape: &t.shape(),
+                    shape: t.shape(),
                     data: t.data(),
                 })
                 .collect();
