@@ -186,6 +186,67 @@ fn linear_ternary_is_bit_identical_on_every_device() {
     }
 }
 
+/// LLM.int8() as one device op against the host layer on the CPU reference, for 1..=32 rows, every float
+/// input dtype, with and without outlier columns and bias. Without outliers every device gives the reference's
+/// bits; with them, the outlier columns' float product may round differently (CPU SIMD or GPU summation), so
+/// those are held to two f16 units in the last place, and each CPU device to its own host forward's bits.
+#[test]
+fn linear_8bit_matches_the_host_layer_on_every_device() {
+    let _serial = serial();
+    let s = seed("linear_8bit");
+    let (out, k) = (40, 96);
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let w = rand(vec![out, k], 0.05, s, DType::F32);
+    let bias = rand(vec![out], 0.5, s + 1, DType::F32);
+    let layer = |bias: Option<&Tensor>, threshold: f32| {
+        lowbit::ops::Linear8bitLt::from_weight(&reference, &w, bias, threshold).unwrap()
+    };
+    for dev in devices() {
+        let with_bias = dev.upload_8bit(&layer(Some(&bias), 0.0)).unwrap();
+        let without = dev.upload_8bit(&layer(None, 0.0)).unwrap();
+        for rows in 1..=32usize {
+            let has_bias = rows % 2 == 1;
+            let dw = if has_bias { &with_bias } else { &without };
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                // N(0, 1) inputs: a threshold of 2.5 flags a few columns, more as rows grow.
+                for threshold in [0.0f32, 2.5] {
+                    let what = format!("{rows} rows {dtype} threshold {threshold} on {}", dev.id());
+                    let x = rand(vec![rows, k], 1.0, s + 7 * rows as u64, dtype);
+                    let host = layer(has_bias.then_some(&bias), threshold);
+                    let want = f32s(&host.forward(&reference, &x).unwrap());
+                    let y = dev.linear_8bit(&up(&dev, &x), dw, threshold).unwrap();
+                    assert_eq!(y.shape(), [rows, out], "{what}");
+                    assert_eq!(y.dtype(), DType::F16, "{what}");
+                    let got = f32s(&dev.to_host(&y).unwrap());
+                    let outliers = reference
+                        .int8_vectorwise_quant(
+                            &lowbit::ops::device::host_floats(vec![rows, k], f32s(&x), DType::F16)
+                                .unwrap(),
+                            threshold,
+                        )
+                        .unwrap()
+                        .outlier_cols
+                        .is_some_and(|c| !c.is_empty());
+                    if outliers {
+                        assert_close(&what, &got, &want, 2e-3);
+                    } else {
+                        assert_eq!(bits(&got), bits(&want), "{what}: bit-identical");
+                    }
+                    if !dev.id().starts_with("vulkan") && !dev.id().starts_with("metal") {
+                        let own = f32s(&host.forward(&dev, &x).unwrap());
+                        assert_eq!(bits(&got), bits(&own), "{what}: the host layer's bits");
+                    }
+                }
+            }
+        }
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 #[test]
 fn norms_match_float64_on_every_device() {
     let _serial = serial();

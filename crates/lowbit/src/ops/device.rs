@@ -60,7 +60,7 @@ impl WeightTernary {
     }
 }
 
-fn float_dtype(op: &'static str, what: &str, t: &DeviceTensor) -> Result<DType> {
+pub(super) fn float_dtype(op: &'static str, what: &str, t: &DeviceTensor) -> Result<DType> {
     if t.dtype().is_float() {
         Ok(t.dtype())
     } else {
@@ -113,7 +113,7 @@ fn check_bias(op: &'static str, bias: Option<&DeviceTensor>, n: usize) -> Result
 }
 
 /// x `[.., cols]` of floats and an optional bias `[rows]` for a resident `[rows, cols]` weight.
-fn check_linear_input(
+pub(super) fn check_linear_input(
     op: &'static str,
     x: &DeviceTensor,
     rows: usize,
@@ -131,7 +131,7 @@ fn check_linear_input(
     check_bias(op, bias, rows)
 }
 
-fn operands<'a>(
+pub(super) fn operands<'a>(
     first: &'a [&'a DeviceTensor],
     bias: Option<&'a DeviceTensor>,
 ) -> Vec<&'a DeviceTensor> {

@@ -224,18 +224,7 @@ impl Linear8bitLt {
             _ => unreachable!("int8_mm_dequant returns f16"),
         };
         if let Some(cols) = xq.outlier_cols.filter(|c| !c.is_empty()) {
-            // Outlier columns in floating point: x16[:, cols] @ f16(W[:, cols] * SCB / 127)^T.
-            let nc = cols.len();
-            let xs: Vec<f16> = (0..rows)
-                .flat_map(|r| cols.iter().map(move |&c| (r, c as usize)))
-                .map(|(r, c)| x16[r * k + c])
-                .collect();
-            let ws: Vec<f16> = (0..self.out_features)
-                .flat_map(|o| cols.iter().map(move |&c| (o, c as usize)))
-                .map(|(o, c)| {
-                    f16::from_f32(self.weight[o * k + c] as f32 * self.scb[o] * (1.0 / 127.0))
-                })
-                .collect();
+            let (xs, ws) = outlier_operands(&x16, k, &cols, &self.weight, &self.scb);
             let extra = dev.run(OpKind::Matmul, |b| {
                 b.matmul(
                     Floats::F16(&xs),
@@ -243,13 +232,10 @@ impl Linear8bitLt {
                     None,
                     rows,
                     self.out_features,
-                    nc,
+                    cols.len(),
                 )
             })?;
-            let extra = extra.to_f32_vec();
-            for (yv, e) in y16.iter_mut().zip(extra) {
-                *yv = f16::from_f32(yv.to_f32() + e);
-            }
+            add_outliers(&mut y16, &extra);
         }
         Tensor::from_floats(
             with_last_dim(x.shape(), self.out_features),
@@ -258,7 +244,39 @@ impl Linear8bitLt {
     }
 }
 
-fn to_f16(x: Floats) -> Vec<f16> {
+/// The outlier columns' operands of `Linear8bitLt` (x16 `[rows, k]`, weight `[out, k]`): x16[:, cols]
+/// `[rows, nc]` and f16(W[:, cols] * SCB / 127) `[out, nc]`, multiplied in floating point.
+pub(crate) fn outlier_operands(
+    x16: &[f16],
+    k: usize,
+    cols: &[i64],
+    weight: &[i8],
+    scb: &[f32],
+) -> (Vec<f16>, Vec<f16>) {
+    let xs: Vec<f16> = x16
+        .chunks(k.max(1))
+        .flat_map(|row| cols.iter().map(move |&c| row[c as usize]))
+        .collect();
+    let ws: Vec<f16> = weight
+        .chunks(k.max(1))
+        .zip(scb)
+        .flat_map(|(row, &s)| {
+            cols.iter()
+                .map(move |&c| f16::from_f32(row[c as usize] as f32 * s * (1.0 / 127.0)))
+        })
+        .collect();
+    (xs, ws)
+}
+
+/// `y = f16(y + extra)`: the outlier columns' product added to the int8 result.
+pub(crate) fn add_outliers(y16: &mut [f16], extra: &FloatVec) {
+    for (yv, e) in y16.iter_mut().zip(extra.to_f32_vec()) {
+        *yv = f16::from_f32(yv.to_f32() + e);
+    }
+}
+
+/// Float values rounded to f16 (round to nearest even), as bitsandbytes casts the layer's input.
+pub(crate) fn to_f16(x: Floats) -> Vec<f16> {
     match x {
         Floats::F16(s) => s.to_vec(),
         other => other.to_f32_vec().into_iter().map(f16::from_f32).collect(),

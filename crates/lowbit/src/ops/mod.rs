@@ -9,12 +9,14 @@
 mod blockwise;
 mod dense;
 pub mod device;
+mod device_int8;
 mod fourbit;
-mod int8;
+pub(crate) mod int8;
 mod ternary;
 
 pub use blockwise::Quantized8bit;
 pub use device::{Weight4bit, WeightTernary};
+pub use device_int8::Weight8bit;
 pub use fourbit::Quantized4bit;
 pub use int8::{Int8Quantized, Linear8bitLt};
 pub use ternary::{BitLinear, TernaryWeight};

@@ -5,6 +5,7 @@
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
+use crate::ops::int8;
 use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData, split_last_dim, with_last_dim};
 use crate::with_floats;
 use crate::{Error, Result};
@@ -27,6 +28,12 @@ impl<'a> HostView<'a> {
         match self.data {
             TensorData::U8(v) => Ok(v),
             _ => Err(dtype_err(op, self.data, "u8")),
+        }
+    }
+    fn i8(&self, op: &'static str) -> Result<&'a [i8]> {
+        match self.data {
+            TensorData::I8(v) => Ok(v),
+            _ => Err(dtype_err(op, self.data, "i8")),
         }
     }
     fn i32(&self, op: &'static str) -> Result<&'a [i32]> {
@@ -145,6 +152,27 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
                 with_last_dim(inputs[0].shape, rows),
                 FloatVec::from_f32(y, x.dtype()),
             )
+        }
+        Op::Linear8bit {
+            threshold,
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x16 = int8::to_f16(inputs[0].floats(name)?);
+            let (m, _) = inputs[0].rows_cols();
+            let (w, scb) = (inputs[1].i8(name)?, f32s(name, &inputs[2])?);
+            // The host layer's forward (ops::int8::Linear8bitLt::forward), step for step.
+            let xq = b.int8_vectorwise_quant(Floats::F16(&x16), m, cols, threshold)?;
+            let c = b.int8_linear_matmul(&xq.q, w, m, rows, cols)?;
+            let mut y = b.int8_mm_dequant(&c, &xq.row_stats, scb, bias(3, has_bias)?)?;
+            if let Some(oc) = xq.outlier_cols.filter(|c| !c.is_empty()) {
+                let (xs, ws) = int8::outlier_operands(&x16, cols, &oc, w, scb);
+                let extra =
+                    b.matmul(Floats::F16(&xs), Floats::F16(&ws), None, m, rows, oc.len())?;
+                int8::add_outliers(&mut y, &extra);
+            }
+            out(with_last_dim(inputs[0].shape, rows), FloatVec::F16(y))
         }
         Op::RmsNorm { eps } => {
             let x = inputs[0].floats(name)?;

@@ -6,7 +6,7 @@ use crate::Result;
 use crate::backend::Int8Rows;
 use crate::backend::wgpu::context::Gpu;
 use crate::backend::wgpu::shaders::{GemmKind, Shader};
-use crate::format::int8::mm_dequant_output;
+use crate::format::int8::{MM_DEQUANT_SCALE, mm_dequant_output};
 use crate::format::ternary::EPS;
 use crate::tensor::{DType, Floats};
 use half::f16;
@@ -253,4 +253,100 @@ pub fn int8_mm_dequant(
             mm_dequant_output(t, b)
         })
         .collect())
+}
+
+/// The buffers of the LLM.int8() output kernel (`int8_linear_out.wgsl`): i32 products `c [m, n]`, the
+/// activations' row absmax `[m]`, the weight's SCB `[n]`, an optional f16 bias `[n]`, and for the outlier
+/// columns the f16 activations `[m, k]`, the int8 weight `[n, k]` and the column list; f16 output `[m, n]`.
+pub(crate) struct Int8OutBuffers<'a> {
+    pub c: &'a wgpu::Buffer,
+    pub row_stats: &'a wgpu::Buffer,
+    pub scb: &'a wgpu::Buffer,
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub x16: &'a wgpu::Buffer,
+    pub weight: &'a wgpu::Buffer,
+    pub list: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+}
+
+/// Records the LLM.int8() output kernel over `m x n` outputs: `int8_mm_dequant` with an exact fma, plus (with
+/// `outliers`) the listed columns' float product, narrowed to f16.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_int8_linear_out(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    m: usize,
+    n: usize,
+    k: usize,
+    outliers: bool,
+    b: &Int8OutBuffers,
+) -> Result<()> {
+    let params = [
+        m as u32,
+        n as u32,
+        k as u32,
+        u32::from(b.bias.is_some()),
+        u32::from(outliers),
+        MM_DEQUANT_SCALE.to_bits(),
+        (1.0f32 / 127.0).to_bits(),
+        0,
+    ];
+    // Kept alive by the command buffer once recorded.
+    let no_bias = gpu.output(4);
+    let bufs = [
+        (1, b.c),
+        (2, b.row_stats),
+        (3, b.scb),
+        (4, b.bias.unwrap_or(&no_bias)),
+        (5, b.x16),
+        (6, b.weight),
+        (7, b.list),
+        (8, b.y),
+    ];
+    let grid = groups((m * n).div_ceil(2), 256);
+    gpu.encode(enc, &Shader::Int8LinearOut, params, &bufs, grid, None)
+}
+
+/// `int8_mm_dequant` entirely on the GPU (the output kernel without outliers) on host data: tests compare it
+/// with the CPU's fused multiply-add on arbitrary bit patterns.
+pub fn int8_mm_dequant_exact(
+    gpu: &Gpu,
+    c: &[i32],
+    row_stats: &[f32],
+    col_stats: &[f32],
+    bias: Option<&[f16]>,
+) -> Result<Vec<f16>> {
+    let (m, n) = (row_stats.len(), col_stats.len());
+    if c.len() != m * n || bias.is_some_and(|b| b.len() != n) {
+        return Err(crate::Error::shape(
+            "int8_mm_dequant",
+            format!(
+                "{} products for {m} x {n} stats (and a bias of {n})",
+                c.len()
+            ),
+        ));
+    }
+    if c.is_empty() {
+        return Ok(Vec::new());
+    }
+    u32_len("int8_mm_dequant", c.len())?;
+    check_binding(gpu, "int8_mm_dequant", c.len() * 4)?;
+    let cbuf = gpu.upload(bytemuck::cast_slice(c));
+    let rbuf = gpu.upload(f32_bytes(row_stats));
+    let sbuf = gpu.upload(f32_bytes(col_stats));
+    let bbuf = bias.map(|b| gpu.upload(bytemuck::cast_slice(b)));
+    let unused = gpu.output(4);
+    let ybuf = gpu.output((c.len() * 2) as u64);
+    let bufs = Int8OutBuffers {
+        c: &cbuf,
+        row_stats: &rbuf,
+        scb: &sbuf,
+        bias: bbuf.as_ref(),
+        x16: &unused,
+        weight: &unused,
+        list: &unused,
+        y: &ybuf,
+    };
+    gpu.run(|enc| encode_int8_linear_out(gpu, enc, m, n, 0, false, &bufs))?;
+    Ok(bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, c.len() * 2)?))
 }

@@ -18,9 +18,12 @@ pub use dense::matmul;
 pub(crate) use dense::{encode_gemm, gemm_grid};
 pub(crate) use fourbit::{RowPiece, encode_gemv_4bit};
 pub use fourbit::{gemv_4bit, matmul_4bit};
-pub(crate) use int8::{RowSpec, encode_row_quant, encode_row_scales};
+pub(crate) use int8::{
+    Int8OutBuffers, RowSpec, encode_int8_linear_out, encode_row_quant, encode_row_scales,
+};
 pub use int8::{
-    int8_linear_matmul, int8_mm_dequant, int8_vectorwise_dequant, int8_vectorwise_quant,
+    int8_linear_matmul, int8_mm_dequant, int8_mm_dequant_exact, int8_vectorwise_dequant,
+    int8_vectorwise_quant,
 };
 pub(crate) use norm::encode_rows_float;
 pub use norm::rows_float;
