@@ -4,7 +4,7 @@ tokenizer on scripts/data/perplexity.txt (public-domain text), saved by transfor
 directory with a chat template. It memorises its small corpus, so `lowbit generate` has real, checkable
 text to continue offline: "We hold these truths" goes on as the Declaration of Independence does.
 
-    python3 scripts/make_demo_model.py models/demo-llama     # about a minute on two CPU cores
+    python3 scripts/make_demo_model.py models/demo-llama     # seconds on a GPU, minutes on two CPU cores
 """
 import json
 import os
@@ -50,12 +50,14 @@ def main():
                          max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1,
                          tie_word_embeddings=False, rope_parameters={"rope_type": "default",
                                                                      "rope_theta": 10000.0})
-    model = LlamaForCausalLM(config)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = LlamaForCausalLM(config).to(dev)
+    ids = ids.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    seq, batch, steps = 96, 16, 500
+    seq, batch, steps = 96, 32, 1500
     model.train()
     for step in range(steps):
-        starts = torch.randint(0, len(ids) - seq - 1, (batch,))
+        starts = torch.randint(0, len(ids) - seq - 1, (batch,)).tolist()
         x = torch.stack([ids[s:s + seq] for s in starts])
         loss = model(x, labels=x).loss
         opt.zero_grad()
@@ -66,8 +68,17 @@ def main():
         if step % 100 == 0 or step == steps - 1:
             print(f"step {step} loss {loss.item():.3f}", flush=True)
     model.eval()
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to("cpu", torch.bfloat16).save_pretrained(out, safe_serialization=True)
     print("wrote", out, sum(p.numel() for p in model.parameters()), "parameters")
+    # transformers' own greedy continuation of the saved (bf16) model in float32: the CLI test's expectation.
+    saved = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+    prompt = "We hold these truths"
+    p = torch.tensor([tok.encode(prompt).ids])
+    with torch.no_grad():
+        g = saved.generate(p, max_new_tokens=32, do_sample=False)[0, p.shape[1]:].tolist()
+    with open(os.path.join(out, "expected_greedy.json"), "w") as f:
+        json.dump({"prompt": prompt, "max_new_tokens": 32, "ids": g, "text": tok.decode(g)}, f, indent=1)
+    print(prompt + tok.decode(g))
 
 
 if __name__ == "__main__":

@@ -180,9 +180,12 @@ def bnb_fixtures(root):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     for name in configs():
         src = os.path.join(root, name)
-        for qt in ("nf4", "fp4"):
-            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt, bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.float32)
+        for qt in ("nf4", "fp4", "int8"):
+            if qt == "int8":
+                q = BitsAndBytesConfig(load_in_8bit=True)
+            else:
+                q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt, bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.float32)
             model = AutoModelForCausalLM.from_pretrained(src, quantization_config=q, dtype=torch.float32,
                                                          attn_implementation="eager", device_map="cuda:0")
             dst = os.path.join(root, f"{name}-{qt}")

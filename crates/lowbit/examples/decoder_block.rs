@@ -60,7 +60,7 @@ fn main() -> lowbit::Result<()> {
         per * 1e6,
         bytes as f64 / 1e6,
         bytes as f64 / per / 1e9,
-        match &out.data {
+        match out.data() {
             lowbit::tensor::TensorData::Float(f) => f.to_f32_vec()[0],
             _ => f32::NAN,
         }

@@ -60,12 +60,19 @@ pub struct WeightSpec {
 
 /// A `[rows, cols]` weight in `dtype`: N(0, std * row_scale) with row_scale in [0.5, 1.5) and a few columns
 /// scaled by `outlier_scale`.
+///
+/// # Panics
+/// When `rows * cols` overflows `usize` (no such tensor fits in memory).
 pub fn linear_weight(spec: WeightSpec, dtype: DType) -> Tensor {
     let mut col_rng = SplitMix64::new(spec.seed ^ 0xC0FFEE);
     let outliers: Vec<usize> = (0..spec.outlier_cols)
         .map(|_| (col_rng.next_u64() as usize) % spec.cols)
         .collect();
-    let mut w = vec![0.0f32; spec.rows * spec.cols];
+    let n = spec
+        .rows
+        .checked_mul(spec.cols)
+        .expect("rows * cols overflows usize");
+    let mut w = vec![0.0f32; n];
     w.par_chunks_mut(spec.cols)
         .enumerate()
         .for_each(|(r, row)| {
@@ -76,16 +83,23 @@ pub fn linear_weight(spec: WeightSpec, dtype: DType) -> Tensor {
                 row[c] *= spec.outlier_scale;
             }
         });
-    Tensor::from_floats(vec![spec.rows, spec.cols], FloatVec::from_f32(w, dtype))
+    Tensor::vector(FloatVec::from_f32(w, dtype))
+        .reshape(vec![spec.rows, spec.cols])
+        .expect("rows * cols values were generated")
 }
 
 /// `n` standard-normal values times `scale` in `dtype` (activations).
+///
+/// # Panics
+/// When the shape's element count overflows `usize` (no such tensor fits in memory).
 pub fn normal(shape: Vec<usize>, scale: f32, seed: u64, dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
+    let n = crate::tensor::checked_numel(&shape).expect("shape element count overflows usize");
     let mut v = vec![0.0f32; n];
     v.par_chunks_mut(4096).enumerate().for_each(|(i, c)| {
         let mut rng = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
         rng.fill_normal(c, scale);
     });
-    Tensor::from_floats(shape, FloatVec::from_f32(v, dtype))
+    Tensor::vector(FloatVec::from_f32(v, dtype))
+        .reshape(shape)
+        .expect("one value was generated per element of the shape")
 }

@@ -273,11 +273,23 @@ pub fn split_last_dim(shape: &[usize]) -> (usize, usize) {
     }
 }
 
-/// A host tensor: row-major shape and typed storage.
+/// The element count of a row-major shape, or None when it overflows `usize` (no such tensor fits in memory).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// A host tensor: row-major shape and typed storage. The fields are private so that every tensor holds
+/// exactly the elements its shape claims: kernels index by shape and would otherwise read past the data.
+/// Build one with [`Tensor::new`] (checked) or [`Tensor::vector`]; a struct literal does not compile:
+///
+/// ```compile_fail
+/// use lowbit::tensor::{Tensor, TensorData};
+/// let short = Tensor { shape: vec![1, 64], data: TensorData::U8(vec![0; 32]) };
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: TensorData,
+    shape: Vec<usize>,
+    data: TensorData,
 }
 
 /// Typed storage of a [`Tensor`].
@@ -290,18 +302,115 @@ pub enum TensorData {
     I64(Vec<i64>),
 }
 
-impl Tensor {
-    pub fn from_floats(shape: Vec<usize>, data: FloatVec) -> Tensor {
-        Tensor {
-            shape,
-            data: TensorData::Float(data),
+impl TensorData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::Float(f) => f.len(),
+            TensorData::U8(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
         }
     }
-    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        Tensor::from_floats(shape, FloatVec::F32(data))
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorData::Float(f) => f.dtype(),
+            TensorData::U8(_) => DType::U8,
+            TensorData::I8(_) => DType::I8,
+            TensorData::I32(_) => DType::I32,
+            TensorData::I64(_) => DType::I64,
+        }
+    }
+}
+
+impl From<FloatVec> for TensorData {
+    fn from(v: FloatVec) -> Self {
+        TensorData::Float(v)
+    }
+}
+impl From<Vec<f32>> for TensorData {
+    fn from(v: Vec<f32>) -> Self {
+        TensorData::Float(FloatVec::F32(v))
+    }
+}
+impl From<Vec<f16>> for TensorData {
+    fn from(v: Vec<f16>) -> Self {
+        TensorData::Float(FloatVec::F16(v))
+    }
+}
+impl From<Vec<bf16>> for TensorData {
+    fn from(v: Vec<bf16>) -> Self {
+        TensorData::Float(FloatVec::BF16(v))
+    }
+}
+impl From<Vec<u8>> for TensorData {
+    fn from(v: Vec<u8>) -> Self {
+        TensorData::U8(v)
+    }
+}
+impl From<Vec<i8>> for TensorData {
+    fn from(v: Vec<i8>) -> Self {
+        TensorData::I8(v)
+    }
+}
+impl From<Vec<i32>> for TensorData {
+    fn from(v: Vec<i32>) -> Self {
+        TensorData::I32(v)
+    }
+}
+impl From<Vec<i64>> for TensorData {
+    fn from(v: Vec<i64>) -> Self {
+        TensorData::I64(v)
+    }
+}
+
+impl Tensor {
+    /// A tensor of `shape` over `data`: a typed error unless `data` holds exactly the shape's element count.
+    pub fn new(shape: Vec<usize>, data: impl Into<TensorData>) -> crate::Result<Tensor> {
+        const OP: &str = "Tensor::new";
+        let data = data.into();
+        let expected = checked_numel(&shape).ok_or_else(|| {
+            crate::Error::shape(
+                OP,
+                format!("shape {shape:?} has more elements than usize holds"),
+            )
+        })?;
+        if data.len() != expected {
+            return Err(crate::Error::Length {
+                op: OP,
+                what: "data",
+                got: data.len(),
+                expected,
+            });
+        }
+        Ok(Tensor { shape, data })
+    }
+    /// A one-dimensional tensor of all of `data` (cannot mismatch, so it cannot fail).
+    pub fn vector(data: impl Into<TensorData>) -> Tensor {
+        let data = data.into();
+        Tensor {
+            shape: vec![data.len()],
+            data,
+        }
+    }
+    /// [`Tensor::new`] over float data.
+    pub fn from_floats(shape: Vec<usize>, data: FloatVec) -> crate::Result<Tensor> {
+        Tensor::new(shape, data)
+    }
+    /// [`Tensor::new`] over f32 data.
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> crate::Result<Tensor> {
+        Tensor::new(shape, FloatVec::F32(data))
+    }
+    /// The same data under another shape of the same element count.
+    pub fn reshape(self, shape: Vec<usize>) -> crate::Result<Tensor> {
+        Tensor::new(shape, self.data)
     }
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.data.len()
     }
     /// The row-major shape.
     pub fn shape(&self) -> &[usize] {
@@ -316,13 +425,7 @@ impl Tensor {
         (self.shape, self.data)
     }
     pub fn dtype(&self) -> DType {
-        match &self.data {
-            TensorData::Float(f) => f.dtype(),
-            TensorData::U8(_) => DType::U8,
-            TensorData::I8(_) => DType::I8,
-            TensorData::I32(_) => DType::I32,
-            TensorData::I64(_) => DType::I64,
-        }
+        self.data.dtype()
     }
     /// The float data, or a typed error naming `op` if this tensor is not f32/f16/bf16.
     pub fn floats(&self, op: &'static str) -> crate::Result<Floats<'_>> {

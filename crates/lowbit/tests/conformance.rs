@@ -68,7 +68,7 @@ fn fallbacks(dev: &Device) -> u64 {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    match &t.data {
+    match t.data() {
         TensorData::Float(f) => f.to_f32_vec(),
         _ => panic!("not a float tensor"),
     }
@@ -184,6 +184,67 @@ fn linear_ternary_is_bit_identical_on_every_device() {
             assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
         }
     }
+}
+
+/// LLM.int8() as one device op against the host layer on the CPU reference, for 1..=32 rows, every float
+/// input dtype, with and without outlier columns and bias. Without outliers every device gives the reference's
+/// bits; with them, the outlier columns' float product may round differently (CPU SIMD or GPU summation), so
+/// those are held to two f16 units in the last place, and each CPU device to its own host forward's bits.
+#[test]
+fn linear_8bit_matches_the_host_layer_on_every_device() {
+    let _serial = serial();
+    let s = seed("linear_8bit");
+    let (out, k) = (40, 96);
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let w = rand(vec![out, k], 0.05, s, DType::F32);
+    let bias = rand(vec![out], 0.5, s + 1, DType::F32);
+    let layer = |bias: Option<&Tensor>, threshold: f32| {
+        lowbit::ops::Linear8bitLt::from_weight(&reference, &w, bias, threshold).unwrap()
+    };
+    for dev in devices() {
+        let with_bias = dev.upload_8bit(&layer(Some(&bias), 0.0)).unwrap();
+        let without = dev.upload_8bit(&layer(None, 0.0)).unwrap();
+        for rows in 1..=32usize {
+            let has_bias = rows % 2 == 1;
+            let dw = if has_bias { &with_bias } else { &without };
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                // N(0, 1) inputs: a threshold of 2.5 flags a few columns, more as rows grow.
+                for threshold in [0.0f32, 2.5] {
+                    let what = format!("{rows} rows {dtype} threshold {threshold} on {}", dev.id());
+                    let x = rand(vec![rows, k], 1.0, s + 7 * rows as u64, dtype);
+                    let host = layer(has_bias.then_some(&bias), threshold);
+                    let want = f32s(&host.forward(&reference, &x).unwrap());
+                    let y = dev.linear_8bit(&up(&dev, &x), dw, threshold).unwrap();
+                    assert_eq!(y.shape(), [rows, out], "{what}");
+                    assert_eq!(y.dtype(), DType::F16, "{what}");
+                    let got = f32s(&dev.to_host(&y).unwrap());
+                    let outliers = reference
+                        .int8_vectorwise_quant(
+                            &lowbit::ops::device::host_floats(vec![rows, k], f32s(&x), DType::F16)
+                                .unwrap(),
+                            threshold,
+                        )
+                        .unwrap()
+                        .outlier_cols
+                        .is_some_and(|c| !c.is_empty());
+                    if outliers {
+                        assert_close(&what, &got, &want, 2e-3);
+                    } else {
+                        assert_eq!(bits(&got), bits(&want), "{what}: bit-identical");
+                    }
+                    if !dev.id().starts_with("vulkan") && !dev.id().starts_with("metal") {
+                        let own = f32s(&host.forward(&dev, &x).unwrap());
+                        assert_eq!(bits(&got), bits(&own), "{what}: the host layer's bits");
+                    }
+                }
+            }
+        }
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]
@@ -302,13 +363,7 @@ fn bad_operands_are_typed_errors() {
     let w = up(&cpu, &rand(vec![8, 15], 1.0, s + 1, DType::F32));
     let e = cpu.linear(&x, &w, None).unwrap_err().to_string();
     assert!(e.contains("w must be [n, 16]"), "{e}");
-    let ids = up(
-        &cpu,
-        &Tensor {
-            shape: vec![2],
-            data: TensorData::I32(vec![0, 1]),
-        },
-    );
+    let ids = up(&cpu, &Tensor::vector(vec![0i32, 1]));
     let e = cpu.add(&x, &ids).unwrap_err().to_string();
     assert!(e.contains("one shape and dtype"), "{e}");
     // A tensor of another device is refused before any kernel runs.
@@ -407,8 +462,8 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
     let (tokens, heads, kv_heads, hd) = (3usize, 4usize, 2usize, 16usize);
     let freqs = inv_freq(hd, 10000.0, None);
     let (cos, sin) = cos_sin_table(&freqs, 0..32);
-    let cos = Tensor::f32(vec![32, hd / 2], cos);
-    let sin = Tensor::f32(vec![32, hd / 2], sin);
+    let cos = Tensor::f32(vec![32, hd / 2], cos).unwrap();
+    let sin = Tensor::f32(vec![32, hd / 2], sin).unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         // Bounds: f32 kernels agree within float32 rounding; narrowed results within one unit of the
         // narrow type's last place.
@@ -498,7 +553,7 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
                 let y = run(&dev);
                 assert_eq!(y.dtype(), dtype, "{name} {dtype} on {}", dev.id());
                 let got = dev.to_host(&y).unwrap();
-                assert_eq!(got.shape, want.shape);
+                assert_eq!(got.shape(), want.shape());
                 assert_close(
                     &format!("{name} {dtype} on {}", dev.id()),
                     &f32s(&got),

@@ -8,7 +8,7 @@ use lowbit::{Device, Error};
 
 fn t(shape: Vec<usize>) -> Tensor {
     let n = shape.iter().product::<usize>();
-    Tensor::f32(shape, (0..n).map(|i| (i as f32 * 0.37).sin()).collect())
+    Tensor::f32(shape, (0..n).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap()
 }
 
 #[test]
@@ -29,10 +29,7 @@ fn block_size_not_allowed() {
 #[test]
 fn wrong_dtype() {
     let dev = Device::cpu();
-    let ints = Tensor {
-        shape: vec![4],
-        data: TensorData::I32(vec![1, 2, 3, 4]),
-    };
+    let ints = Tensor::vector(vec![1i32, 2, 3, 4]);
     let e = dev
         .quantize_4bit(&ints, FourBitType::Nf4, 64, false)
         .unwrap_err();
@@ -69,7 +66,9 @@ fn wrong_shapes() {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let e = dev.ternary_quantize(&t(vec![10])).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
-    let e = dev.softmax(&Tensor::f32(vec![], vec![1.0])).unwrap_err();
+    let e = dev
+        .softmax(&Tensor::f32(vec![], vec![1.0]).unwrap())
+        .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
 
@@ -96,10 +95,7 @@ fn length_mismatch() {
     );
     let e = dev.rms_norm(&t(vec![2, 8]), &t(vec![7]), 1e-6).unwrap_err();
     assert!(matches!(e, Error::Length { .. }), "{e}");
-    let c = Tensor {
-        shape: vec![2, 3],
-        data: TensorData::I32(vec![0; 6]),
-    };
+    let c = Tensor::new(vec![2, 3], vec![0i32; 6]).unwrap();
     let e = dev
         .int8_mm_dequant(&c, &[1.0], &[1.0, 1.0, 1.0], None)
         .unwrap_err();
@@ -182,7 +178,10 @@ fn non_finite_inputs_are_reported_on_request() {
     let v = vec![1.0f32, f32::NAN, 2.0, f32::INFINITY];
     let e = ensure_finite(
         "quantize",
-        Tensor::f32(vec![4], v.clone()).floats("t").unwrap(),
+        Tensor::f32(vec![4], v.clone())
+            .unwrap()
+            .floats("t")
+            .unwrap(),
     )
     .unwrap_err();
     assert!(
@@ -199,7 +198,12 @@ fn non_finite_inputs_are_reported_on_request() {
     // The quantizers themselves follow bitsandbytes' CUDA behaviour: NaN gets code 0, absmax ignores NaN.
     let dev = Device::cpu();
     let q = dev
-        .quantize_4bit(&Tensor::f32(vec![4], v), FourBitType::Nf4, 64, false)
+        .quantize_4bit(
+            &Tensor::f32(vec![4], v).unwrap(),
+            FourBitType::Nf4,
+            64,
+            false,
+        )
         .unwrap();
     assert_eq!(q.packed[0] & 0x0F, 0, "NaN quantizes to nibble 0");
 }
@@ -215,7 +219,7 @@ fn bad_scalars() {
         dev.int8_vectorwise_quant(&t(vec![2, 4]), -1.0),
         Err(Error::InvalidArgument { .. })
     ));
-    let w = Tensor::from_floats(vec![4, 4], FloatVec::from_f32(vec![0.5; 16], DType::F16));
+    let w = Tensor::from_floats(vec![4, 4], FloatVec::from_f32(vec![0.5; 16], DType::F16)).unwrap();
     let l = Linear8bitLt::from_weight(&dev, &w, None, 6.0).unwrap();
     assert!(matches!(
         l.forward(&dev, &t(vec![1, 5])),
@@ -246,4 +250,52 @@ fn ternary_rows_without_columns_do_not_panic() {
             .unwrap();
         assert_eq!(y, vec![0.5, -1.5, 0.5, -1.5, 0.5, -1.5]);
     }
+}
+
+/// A tensor shorter than its shape cannot be built, so no kernel (the CPU's fused GEMV indexes x by the weight's
+/// column count, the GPU uploads exactly the data's bytes) can be handed one: every constructor checks.
+#[test]
+fn a_tensor_shorter_than_its_shape_is_refused() {
+    let e = Tensor::f32(vec![1, 64], vec![0.5; 32]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Length {
+                got: 32,
+                expected: 64,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("data has 32 elements, expected 64"),
+        "{e}"
+    );
+    let e = Tensor::new(vec![2, 3], TensorData::I8(vec![0; 5])).unwrap_err();
+    assert!(matches!(e, Error::Length { .. }), "{e}");
+    let e = Tensor::vector(vec![0.5f32; 32])
+        .reshape(vec![1, 64])
+        .unwrap_err();
+    assert!(matches!(e, Error::Length { .. }), "{e}");
+    // A shape whose element count overflows is refused too (it would wrap to a small length).
+    let e = Tensor::new(vec![1 << 40, 1 << 40], vec![0u8; 0]).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    // Longer data than the shape is the same mistake.
+    let e = Tensor::from_floats(vec![2], FloatVec::F32(vec![0.0; 3])).unwrap_err();
+    assert!(matches!(e, Error::Length { .. }), "{e}");
+
+    // The fused GEMV's input is the only tensor of a whole row: with the checked constructors, a short row
+    // never reaches it and a well-formed one runs.
+    let dev = Device::cpu();
+    let q = dev
+        .quantize_4bit(&t(vec![4, 64]), FourBitType::Nf4, 64, false)
+        .unwrap();
+    assert!(Tensor::f32(vec![1, 64], vec![0.25; 63]).is_err());
+    let x = Tensor::f32(vec![1, 64], vec![0.25; 64]).unwrap();
+    assert_eq!(dev.matmul_4bit(&x, &q, None).unwrap().shape(), [1, 4]);
+    // And a device tensor is made from a checked host tensor: its shape and bytes agree as well.
+    let dx = dev.to_device(&x).unwrap();
+    assert_eq!(dx.shape(), [1, 64]);
+    assert_eq!(dev.to_host(&dx).unwrap(), x);
 }

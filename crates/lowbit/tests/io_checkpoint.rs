@@ -40,7 +40,7 @@ fn quantize(
 }
 
 fn weight_tensor(v: &[f16], shape: &[usize]) -> Tensor {
-    Tensor::from_floats(shape.to_vec(), FloatVec::F16(v.to_vec()))
+    Tensor::from_floats(shape.to_vec(), FloatVec::F16(v.to_vec())).unwrap()
 }
 
 fn assert_checkpoint_err(e: Error, needle: &str) {

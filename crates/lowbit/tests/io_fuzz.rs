@@ -131,7 +131,7 @@ fn quantized_entries(
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
         })
         .collect();
-    let w = Tensor::from_floats(vec![rows, cols], FloatVec::from_f32(vals, DType::F16));
+    let w = Tensor::from_floats(vec![rows, cols], FloatVec::from_f32(vals, DType::F16)).unwrap();
     let (planned, tail) = layout::plan(&spec, "m.l.weight", DType::F16, &[rows, cols]).unwrap();
     let enc = layout::encode(&Device::cpu(), &spec, "m.l.weight", &w).unwrap();
     let mut out: Vec<Entry> = planned

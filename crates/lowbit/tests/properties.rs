@@ -23,7 +23,7 @@ fn values(n: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
 }
 
 fn tensor(v: &[f32], dtype: DType) -> Tensor {
-    Tensor::from_floats(vec![v.len()], FloatVec::from_f32(v.to_vec(), dtype))
+    Tensor::from_floats(vec![v.len()], FloatVec::from_f32(v.to_vec(), dtype)).unwrap()
 }
 
 /// The input as the kernels see it (after narrowing to `dtype`).
@@ -109,7 +109,7 @@ proptest! {
         let bias = lowbit::synth::normal(vec![rows], 0.1, seed ^ 2, dtype);
         let q = dev.quantize_4bit(&w, qt, BLOCKSIZES_4BIT[bs_i], false).unwrap();
         let y = dev.matmul_4bit(&x, &q, with_bias.then_some(&bias)).unwrap();
-        prop_assert_eq!(&y.shape, &vec![batch, rows]);
+        prop_assert_eq!(y.shape(), &[batch, rows][..]);
         let y = y.floats("t").unwrap().to_f32_vec();
         let wd = dev.dequantize_4bit_as(&q, DType::F32).unwrap().floats("t").unwrap().to_f32_vec();
         let (xf, bf) = (x.floats("t").unwrap().to_f32_vec(), bias.floats("t").unwrap().to_f32_vec());
@@ -175,10 +175,10 @@ proptest! {
         let mut rng = lowbit::synth::SplitMix64::new(seed);
         let a: Vec<i8> = (0..m * k).map(|_| rng.next_u64() as i8).collect();
         let b: Vec<i8> = (0..n * k).map(|_| rng.next_u64() as i8).collect();
-        let at = Tensor { shape: vec![m, k], data: TensorData::I8(a.clone()) };
-        let bt = Tensor { shape: vec![n, k], data: TensorData::I8(b.clone()) };
+        let at = Tensor::new(vec![m, k], a.clone()).unwrap();
+        let bt = Tensor::new(vec![n, k], b.clone()).unwrap();
         let c = dev.int8_linear_matmul(&at, &bt).unwrap();
-        let TensorData::I32(c) = c.data else { panic!("i32 expected") };
+        let TensorData::I32(c) = c.into_parts().1 else { panic!("i32 expected") };
         for i in 0..m {
             for j in 0..n {
                 let e: i64 = (0..k).map(|t| a[i * k + t] as i64 * b[j * k + t] as i64).sum();
@@ -193,7 +193,7 @@ proptest! {
         let a = lowbit::synth::normal(vec![rows, cols], 1.0, seed, DType::F16);
         let af = a.floats("t").unwrap().to_f32_vec();
         let q = dev.int8_vectorwise_quant(&a, t).unwrap();
-        let qt = Tensor { shape: vec![rows, cols], data: TensorData::I8(q.q.clone()) };
+        let qt = Tensor::new(vec![rows, cols], q.q.clone()).unwrap();
         let y = dev.int8_vectorwise_dequant(&qt, &q.row_stats).unwrap().floats("t").unwrap().to_f32_vec();
         let outlier_cols = q.outlier_cols.clone().unwrap_or_default();
         for r in 0..rows {
@@ -261,11 +261,13 @@ fn half_and_bf16_inputs_are_widened_exactly() {
     let h = Tensor::from_floats(
         vec![1000],
         FloatVec::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-    );
+    )
+    .unwrap();
     let b = Tensor::from_floats(
         vec![1000],
         FloatVec::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
-    );
+    )
+    .unwrap();
     assert_eq!(
         dev.quantize_4bit(&h, FourBitType::Nf4, 64, false)
             .unwrap()

@@ -41,7 +41,7 @@ fn faulty(tag: &str, faults: Faults, policy: RecoveryPolicy) -> (Device, Arc<Fau
 }
 
 fn bytes(t: &Tensor) -> Vec<u8> {
-    match &t.data {
+    match t.data() {
         lowbit::tensor::TensorData::Float(f) => f.to_le_bytes(),
         other => panic!("expected floats, got {other:?}"),
     }
@@ -50,7 +50,7 @@ fn bytes(t: &Tensor) -> Vec<u8> {
 /// Runs every chunkable op on `dev` and compares with the plain CPU backend, byte for byte.
 fn assert_all_ops_match_cpu(dev: &Device) {
     let cpu = Device::cpu();
-    let x = Tensor::f32(vec![64, 96], random(64 * 96, 3.0));
+    let x = Tensor::f32(vec![64, 96], random(64 * 96, 3.0)).unwrap();
 
     // 4-bit, both formats, a block size that does not divide the row length.
     for qt in [FourBitType::Nf4, FourBitType::Fp4] {
@@ -65,15 +65,15 @@ fn assert_all_ops_match_cpu(dev: &Device) {
         // gemv (batch 1) and matmul (batch 12) against a [40, 96] weight.
         let w = cpu
             .quantize_4bit(
-                &Tensor::f32(vec![40, 96], random(40 * 96, 1.0)),
+                &Tensor::f32(vec![40, 96], random(40 * 96, 1.0)).unwrap(),
                 qt,
                 64,
                 false,
             )
             .unwrap();
-        let bias = Tensor::f32(vec![40], random(40, 1.0));
+        let bias = Tensor::f32(vec![40], random(40, 1.0)).unwrap();
         for batch in [1usize, 12] {
-            let xb = Tensor::f32(vec![batch, 96], random(batch * 96, 1.0));
+            let xb = Tensor::f32(vec![batch, 96], random(batch * 96, 1.0)).unwrap();
             assert_eq!(
                 bytes(&dev.matmul_4bit(&xb, &w, Some(&bias)).unwrap()),
                 bytes(&cpu.matmul_4bit(&xb, &w, Some(&bias)).unwrap()),
@@ -91,7 +91,7 @@ fn assert_all_ops_match_cpu(dev: &Device) {
         "dequantize_blockwise"
     );
     // Dense.
-    let w = Tensor::f32(vec![24, 96], random(24 * 96, 1.0));
+    let w = Tensor::f32(vec![24, 96], random(24 * 96, 1.0)).unwrap();
     assert_eq!(
         bytes(&dev.matmul(&x, &w, None).unwrap()),
         bytes(&cpu.matmul(&x, &w, None).unwrap()),
@@ -105,7 +105,7 @@ fn assert_all_ops_match_cpu(dev: &Device) {
     // LLM.int8() (row-split ops) and BitNet.
     let lin = lowbit::ops::Linear8bitLt::from_weight(
         &cpu,
-        &Tensor::f32(vec![20, 96], random(20 * 96, 1.0)),
+        &Tensor::f32(vec![20, 96], random(20 * 96, 1.0)).unwrap(),
         None,
         6.0,
     )
@@ -116,17 +116,14 @@ fn assert_all_ops_match_cpu(dev: &Device) {
         "Linear8bitLt.forward"
     );
     let q8 = cpu.int8_vectorwise_quant(&x, 0.0).unwrap();
-    let q8t = Tensor {
-        shape: vec![64, 96],
-        data: lowbit::tensor::TensorData::I8(q8.q.clone()),
-    };
+    let q8t = Tensor::new(vec![64, 96], q8.q.clone()).unwrap();
     assert_eq!(
         dev.int8_vectorwise_dequant(&q8t, &q8.row_stats).unwrap(),
         cpu.int8_vectorwise_dequant(&q8t, &q8.row_stats).unwrap(),
         "int8_vectorwise_dequant"
     );
     let tw = cpu
-        .ternary_quantize(&Tensor::f32(vec![30, 96], random(30 * 96, 1.0)))
+        .ternary_quantize(&Tensor::f32(vec![30, 96], random(30 * 96, 1.0)).unwrap())
         .unwrap();
     let layer = lowbit::ops::BitLinear {
         weight: tw,
@@ -137,7 +134,7 @@ fn assert_all_ops_match_cpu(dev: &Device) {
         bytes(&cpu.bitlinear(&x, &layer).unwrap()),
         "bitlinear"
     );
-    let g = Tensor::f32(vec![96], random(96, 1.0));
+    let g = Tensor::f32(vec![96], random(96, 1.0)).unwrap();
     assert_eq!(
         bytes(&dev.rms_norm(&x, &g, 1e-6).unwrap()),
         bytes(&cpu.rms_norm(&x, &g, 1e-6).unwrap()),
@@ -155,7 +152,7 @@ fn transient_failures_are_retried_with_the_same_result() {
         },
         fast_policy(),
     );
-    let x = Tensor::f32(vec![4096], random(4096, 2.0));
+    let x = Tensor::f32(vec![4096], random(4096, 2.0)).unwrap();
     let got = dev.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap();
     let want = Device::cpu()
         .quantize_4bit(&x, FourBitType::Nf4, 64, false)
@@ -183,7 +180,7 @@ fn transient_failures_beyond_the_retry_limit_fall_back_to_the_cpu() {
         },
         policy,
     );
-    let x = Tensor::f32(vec![1000], random(1000, 2.0));
+    let x = Tensor::f32(vec![1000], random(1000, 2.0)).unwrap();
     let got = dev.quantize_blockwise(&x, 64, None).unwrap();
     assert_eq!(got, Device::cpu().quantize_blockwise(&x, 64, None).unwrap());
     assert_eq!(backend.transient_injected.load(Ordering::SeqCst), 3);
@@ -255,7 +252,7 @@ fn out_of_memory_below_the_minimum_chunk_falls_back_to_the_cpu() {
         },
         policy,
     );
-    let x = Tensor::f32(vec![8192], random(8192, 1.0));
+    let x = Tensor::f32(vec![8192], random(8192, 1.0)).unwrap();
     let got = dev.quantize_4bit(&x, FourBitType::Fp4, 64, false).unwrap();
     assert_eq!(
         got,
@@ -298,7 +295,7 @@ fn unsupported_op_falls_back_and_strict_mode_reports_it() {
         ..Default::default()
     };
     let (dev, backend) = faulty("unsupported", faults.clone(), fast_policy());
-    let x = Tensor::f32(vec![2000], random(2000, 1.0));
+    let x = Tensor::f32(vec![2000], random(2000, 1.0)).unwrap();
     let q = dev.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap();
     let calls = backend.calls.load(Ordering::SeqCst);
     let y = dev.dequantize_4bit(&q).unwrap();
@@ -330,7 +327,7 @@ fn unsupported_op_falls_back_and_strict_mode_reports_it() {
 
 #[test]
 fn strict_mode_returns_every_device_error() {
-    let x = Tensor::f32(vec![4096], random(4096, 1.0));
+    let x = Tensor::f32(vec![4096], random(4096, 1.0)).unwrap();
     let cases = [
         (
             Faults {
@@ -411,7 +408,7 @@ fn memory_budget_chunks_ops_on_a_device_and_on_the_real_cpu() {
 
     // The real CPU backend with the same budget: chunked, and the bytes still match.
     let cpu = Device::cpu().with_policy(policy);
-    let x = Tensor::f32(vec![32768], random(32768, 4.0));
+    let x = Tensor::f32(vec![32768], random(32768, 4.0)).unwrap();
     let want = Device::cpu()
         .with_policy(fast_policy())
         .quantize_4bit(&x, FourBitType::Nf4, 64, true)
@@ -431,7 +428,7 @@ fn op_over_the_budget_at_the_smallest_chunk_falls_back_or_fails_in_strict_mode()
         min_chunk_bytes: 1 << 20,
         ..fast_policy()
     };
-    let x = Tensor::f32(vec![4096], random(4096, 1.0));
+    let x = Tensor::f32(vec![4096], random(4096, 1.0)).unwrap();
     let want = Device::cpu()
         .quantize_4bit(&x, FourBitType::Nf4, 64, false)
         .unwrap();
@@ -482,7 +479,7 @@ fn eight_threads_on_one_flaky_device_get_correct_results_and_exact_counters() {
             let (dev, cpu) = (dev.clone(), cpu.clone());
             scope.spawn(move || {
                 for _ in 0..ITERS {
-                    let x = Tensor::f32(vec![3, 512], random(3 * 512, 2.0));
+                    let x = Tensor::f32(vec![3, 512], random(3 * 512, 2.0)).unwrap();
                     let got = dev.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap();
                     let want = cpu.quantize_4bit(&x, FourBitType::Nf4, 64, false).unwrap();
                     assert_eq!(got, want);
@@ -520,7 +517,7 @@ fn statistics_render_as_a_table_and_json() {
         },
         fast_policy(),
     );
-    let x = Tensor::f32(vec![256], random(256, 1.0));
+    let x = Tensor::f32(vec![256], random(256, 1.0)).unwrap();
     dev.quantize_blockwise(&x, 64, None).unwrap();
     let snap = lowbit::runtime::stats_snapshot();
     let table = snap.to_string();

@@ -197,7 +197,7 @@ fn open_in_gives_a_working_cpu_and_errors_for_bad_names() {
     let cpu = Device::open_in("cpu", &m, policy.clone()).unwrap();
     assert_eq!(cpu.id(), "cpu");
     assert!(cpu.policy().strict);
-    let x = lowbit::Tensor::f32(vec![3], vec![0.5, -1.0, 2.0]);
+    let x = lowbit::Tensor::f32(vec![3], vec![0.5, -1.0, 2.0]).unwrap();
     assert!(cpu.softmax(&x).is_ok());
     assert!(Device::open_in("nonsense", &m, policy.clone()).is_err());
     assert!(Device::open_in("cuda:0", &m, policy.clone()).is_err());

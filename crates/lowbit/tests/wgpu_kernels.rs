@@ -948,6 +948,62 @@ fn any_f32(r: &mut StdRng) -> f32 {
     f32::from_bits((r.random::<u32>() & 0x8000_0000) | (exp << 23) | man)
 }
 
+/// LLM.int8()'s `int8_mm_dequant` as `linear_8bit` runs it on the GPU (products on bit patterns, one fused
+/// multiply-add, f16 narrowing, all in the shader) equals the CPU's float32 arithmetic and `fmaf` for any bit
+/// patterns: subnormal and overflowing products, cancellation against the bias, ties, infinities, NaNs.
+#[test]
+fn int8_mm_dequant_on_device_is_exact() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("int8_mm_dequant_on_device");
+    let (m, n) = (24, 200);
+    for round in 0..4 {
+        let row_stats: Vec<f32> = (0..m).map(|_| any_f32(&mut r)).collect();
+        let col_stats: Vec<f32> = (0..n).map(|_| any_f32(&mut r)).collect();
+        let c: Vec<i32> = (0..m * n)
+            .map(|_| match r.random_range(0..5) {
+                0 => r.random(),
+                1 => (1i32 << r.random_range(24..31)) + r.random_range(-8..8),
+                2 => [i32::MIN, i32::MAX, 0, -1, 1][r.random_range(0..5)],
+                _ => r.random_range(-20000..20000),
+            })
+            .collect();
+        let bias: Vec<f16> = (0..n)
+            .map(|_| match r.random_range(0..3) {
+                0 => f16::from_bits(r.random()),
+                1 => f16::from_f32(r.random_range(-4.0f32..4.0)),
+                _ => f16::from_bits(r.random::<u16>() & 0x83ff),
+            })
+            .collect();
+        let with_bias = round % 2 == 0;
+        let got = g
+            .int8_mm_dequant_on_device(&c, &row_stats, &col_stats, with_bias.then_some(&bias[..]))
+            .unwrap();
+        let want: Vec<f16> = c
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let t = (v as f32 * row_stats[i / n]) * col_stats[i % n];
+                let b = if with_bias { bias[i % n].to_f32() } else { 0.0 };
+                lowbit::format::int8::mm_dequant_output(t, b)
+            })
+            .collect();
+        let canon = |h: &f16| if h.is_nan() { 0x7e00 } else { h.to_bits() };
+        if let Some(i) = (0..got.len()).find(|&i| canon(&got[i]) != canon(&want[i])) {
+            panic!(
+                "c {} * {:e} [{:#010x}] * {:e} [{:#010x}], bias {:?}: got {:#06x}, want {:#06x}",
+                c[i],
+                row_stats[i / n],
+                row_stats[i / n].to_bits(),
+                col_stats[i % n],
+                col_stats[i % n].to_bits(),
+                with_bias.then(|| bias[i % n]),
+                got[i].to_bits(),
+                want[i].to_bits()
+            );
+        }
+    }
+}
+
 /// The GPU's integer-arithmetic `f32(acc) / (x_scale * weight_scale)` equals Rust's float32 arithmetic for any
 /// bit patterns: rounding ties, subnormal and overflowing products and quotients, zeros, infinities, NaNs.
 #[test]

@@ -7,7 +7,7 @@ use crate::output::print_json;
 use crate::{out, outln};
 use lowbit::ops::{BitLinear, Linear8bitLt};
 use lowbit::synth::{WeightSpec, linear_weight, normal};
-use lowbit::tensor::{DType, FloatVec, Tensor, TensorData};
+use lowbit::tensor::{DType, FloatVec, Tensor};
 use lowbit::{Device, FourBitType};
 use serde_json::json;
 use std::time::Instant;
@@ -162,7 +162,7 @@ fn prepare(
             } else {
                 x
             };
-            let bb = xb.shape[0] as f64;
+            let bb = xb.shape()[0] as f64;
             Prepared {
                 bytes: n / 2.0 + n / bs4 as f64 * 4.0 + bb * (cols + rows) as f64 * sz,
                 flops: 2.0 * bb * n,
@@ -178,16 +178,10 @@ fn prepare(
             }
         }
         "int8_linear_matmul" => {
-            let wq = dev.int8_vectorwise_quant(&to_f16(&w), 0.0)?;
-            let xq = dev.int8_vectorwise_quant(&to_f16(&x), 0.0)?;
-            let wt = Tensor {
-                shape: vec![rows, cols],
-                data: TensorData::I8(wq.q),
-            };
-            let xt = Tensor {
-                shape: vec![batch, cols],
-                data: TensorData::I8(xq.q),
-            };
+            let wq = dev.int8_vectorwise_quant(&to_f16(&w)?, 0.0)?;
+            let xq = dev.int8_vectorwise_quant(&to_f16(&x)?, 0.0)?;
+            let wt = Tensor::new(vec![rows, cols], wq.q)?;
+            let xt = Tensor::new(vec![batch, cols], xq.q)?;
             Prepared {
                 bytes: n + b * cols as f64 + b * rows as f64 * 4.0,
                 flops: 2.0 * b * n,
@@ -195,10 +189,12 @@ fn prepare(
             }
         }
         "int8_mm_dequant" => {
-            let c = Tensor {
-                shape: vec![rows, cols],
-                data: TensorData::I32((0..rows * cols).map(|i| (i % 2001) as i32 - 1000).collect()),
-            };
+            let c = Tensor::new(
+                vec![rows, cols],
+                (0..rows * cols)
+                    .map(|i| (i % 2001) as i32 - 1000)
+                    .collect::<Vec<i32>>(),
+            )?;
             let rs: Vec<f32> = (0..rows).map(|i| 1.0 + i as f32 * 1e-3).collect();
             let cs: Vec<f32> = (0..cols).map(|i| 2.0 + i as f32 * 1e-3).collect();
             Prepared {
@@ -250,7 +246,7 @@ fn prepare(
             job: Box::new(move || d.softmax(&w).map(drop)),
         },
         "rms_norm" => {
-            let g = Tensor::from_floats(vec![cols], FloatVec::from_f32(vec![1.0; cols], dtype));
+            let g = Tensor::vector(FloatVec::from_f32(vec![1.0; cols], dtype));
             Prepared {
                 bytes: 2.0 * n * sz,
                 flops: 3.0 * n,
@@ -266,9 +262,9 @@ fn prepare(
     })
 }
 
-fn to_f16(t: &Tensor) -> Tensor {
-    let v = t.floats("bench").expect("float tensor").to_f32_vec();
-    Tensor::from_floats(t.shape.clone(), FloatVec::from_f32(v, DType::F16))
+fn to_f16(t: &Tensor) -> lowbit::Result<Tensor> {
+    let v = t.floats("bench")?.to_f32_vec();
+    Tensor::from_floats(t.shape().to_vec(), FloatVec::from_f32(v, DType::F16))
 }
 
 /// Median seconds of `iters` runs after one warm-up (auto: runs until ~1 s have passed, 5 at least).

@@ -10,7 +10,7 @@ use lowbit::metrics::{ErrorStats, error_stats, max_rel_err as rel_err};
 use lowbit::ops::Linear8bitLt;
 use lowbit::ops::{BitLinear, Quantized4bit};
 use lowbit::synth::{WeightSpec, linear_weight, normal};
-use lowbit::tensor::{DType, Tensor, TensorData};
+use lowbit::tensor::{DType, Tensor};
 use lowbit::{Device, FourBitType};
 use serde_json::json;
 use std::time::Instant;
@@ -140,10 +140,7 @@ fn quantize(dev: &Device, fmt: Format, w: &Tensor, seconds: &mut f64) -> lowbit:
         }
         Format::Int8Rowwise => {
             let l = timed(seconds, || Linear8bitLt::from_weight(dev, w, None, 0.0))?;
-            let qt = Tensor {
-                shape: w.shape.clone(),
-                data: TensorData::I8(l.weight.clone()),
-            };
+            let qt = Tensor::new(w.shape().to_vec(), l.weight.clone())?;
             let dequant = dev
                 .int8_vectorwise_dequant(&qt, &l.scb)?
                 .floats("demo")?
@@ -194,7 +191,7 @@ fn fused_checks(
     cols: usize,
     seed: u64,
 ) -> lowbit::Result<Vec<Check>> {
-    let wdq = Tensor::f32(vec![rows, cols], q.dequant.clone());
+    let wdq = Tensor::f32(vec![rows, cols], q.dequant.clone())?;
     let mut out = Vec::new();
     for batch in [1usize, 8] {
         let x = normal(vec![batch, cols], 1.0, seed ^ batch as u64, DType::F32);
@@ -225,10 +222,7 @@ fn fused_checks(
                 let x16 = normal(vec![batch, cols], 1.0, seed ^ batch as u64, DType::F16);
                 let y = l.forward(dev, &x16)?;
                 let xq = dev.int8_vectorwise_quant(&x16, 0.0)?;
-                let xq_t = Tensor {
-                    shape: vec![batch, cols],
-                    data: TensorData::I8(xq.q),
-                };
+                let xq_t = Tensor::new(vec![batch, cols], xq.q)?;
                 let xdq = dev.int8_vectorwise_dequant(&xq_t, &xq.row_stats)?;
                 let want = dev.matmul(&xdq, &wdq, None)?;
                 let err = rel_err(
@@ -251,7 +245,7 @@ fn fused_checks(
                     .enumerate()
                     .map(|(i, &v)| v as f32 / xs[i / cols])
                     .collect();
-                let want = dev.matmul(&Tensor::f32(vec![batch, cols], xdq), &wdq, None)?;
+                let want = dev.matmul(&Tensor::f32(vec![batch, cols], xdq)?, &wdq, None)?;
                 let err = rel_err(
                     &y.floats("demo")?.to_f32_vec(),
                     &want.floats("demo")?.to_f32_vec(),

@@ -16,8 +16,8 @@ use std::time::Instant;
 pub struct ModelArgs {
     /// Model directory (config.json, safetensors, tokenizer.json), float or bitsandbytes/BitNet-quantized.
     pub model: PathBuf,
-    /// Quantize float linear weights on load: none, nf4, fp4, ternary (pre-quantized weights keep theirs).
-    #[arg(long, default_value = "none", value_parser = ["none", "nf4", "fp4", "ternary"])]
+    /// Quantize float linear weights on load: none, nf4, fp4, int8, ternary (pre-quantized weights keep theirs).
+    #[arg(long, default_value = "none", value_parser = ["none", "nf4", "fp4", "int8", "ternary"])]
     pub format: String,
     /// A PEFT LoRA adapter directory (repeat for several; the first is active).
     #[arg(long)]

@@ -34,10 +34,12 @@ pub enum OpKind {
     Attention,
     Cast,
     CopyRows,
+    /// LLM.int8()'s `Linear8bitLt` forward as one device op (the host API composes it from the int8 kinds).
+    Linear8bit,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 25] = [
+    pub const ALL: [OpKind; 26] = [
         OpKind::QuantizeBlockwise,
         OpKind::DequantizeBlockwise,
         OpKind::Quantize4bit,
@@ -63,6 +65,7 @@ impl OpKind {
         OpKind::Attention,
         OpKind::Cast,
         OpKind::CopyRows,
+        OpKind::Linear8bit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl OpKind {
             OpKind::Attention => "attention",
             OpKind::Cast => "cast",
             OpKind::CopyRows => "copy_rows",
+            OpKind::Linear8bit => "linear8bitlt",
         }
     }
 }
@@ -116,6 +120,16 @@ pub enum Op {
     /// Operands: x `[m, cols]`, packed u8 `[ceil(rows/4), cols]`[, bias `[rows]`].
     LinearTernary {
         weight_scale: f32,
+        rows: usize,
+        cols: usize,
+        bias: bool,
+    },
+    /// LLM.int8() linear (bitsandbytes' `Linear8bitLt` forward): x rounded to f16; columns where some row has
+    /// `|x| >= threshold` (threshold > 0) computed in float against the dequantized weight, the rest through
+    /// int8 row quantization, the exact int8 GEMM and `int8_mm_dequant`. Output f16, as bitsandbytes'.
+    /// Operands: x `[m, cols]`, weight i8 `[rows, cols]`, SCB f32 `[rows]`[, bias f16 `[rows]`].
+    Linear8bit {
+        threshold: f32,
         rows: usize,
         cols: usize,
         bias: bool,
@@ -164,6 +178,7 @@ impl Op {
             Op::Linear { .. } => OpKind::Matmul,
             Op::Linear4bit { .. } => OpKind::Matmul4bit,
             Op::LinearTernary { .. } => OpKind::TernaryMatmul,
+            Op::Linear8bit { .. } => OpKind::Linear8bit,
             Op::RmsNorm { .. } => OpKind::RmsNorm,
             Op::Softmax => OpKind::Softmax,
             Op::Embedding => OpKind::Embedding,

@@ -98,7 +98,7 @@ impl DequantizeJob {
                     writer.write(name, &file.bytes(t)?)?;
                 } else {
                     let t = layout::decode(dev, file, g, self.dtype)?;
-                    let bytes = match &t.data {
+                    let bytes = match t.data() {
                         TensorData::Float(f) => f.to_le_bytes(),
                         _ => unreachable!("decode returns floats for quantized groups"),
                     };

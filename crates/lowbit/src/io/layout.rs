@@ -295,15 +295,12 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             })
         }
         QuantFormat::Int8 => {
-            check_f16_range(name, wf, &w.shape)?;
+            check_f16_range(name, wf, w.shape())?;
             let layer = Linear8bitLt::from_weight(dev, w, None, 0.0)?;
-            let qt = Tensor {
-                shape: w.shape.clone(),
-                data: TensorData::I8(layer.weight),
-            };
+            let qt = Tensor::new(w.shape().to_vec(), layer.weight)?;
             let deq = dev.int8_vectorwise_dequant(&qt, &layer.scb)?;
             let rel_error = rel_error(wf, deq.floats("dequantize")?);
-            let TensorData::I8(q) = qt.data else {
+            let TensorData::I8(q) = qt.into_parts().1 else {
                 unreachable!("built above")
             };
             Ok(Encoded {
@@ -830,6 +827,17 @@ fn ternary_parts<'a>(
     Ok((w, s, [rows, cols]))
 }
 
+/// Reads an LLM.int8() weight: int8 rows `[rows, cols]` and their absmax (`SCB`) widened to f32.
+pub fn load_int8(file: &SafetensorsFile, weight: &str) -> Result<(Vec<i8>, Vec<f32>, [usize; 2])> {
+    let (w, scb_e) = int8_parts(file, weight)?;
+    let shape =
+        dims2(&w.shape).ok_or_else(|| ck(file.path(), format!("tensor {weight:?} must be 2-D")))?;
+    let TensorData::I8(rows) = file.tensor(w)?.into_parts().1 else {
+        return Err(ck(file.path(), format!("tensor {weight:?} is not int8")));
+    };
+    Ok((rows, file.widened_f32(scb_e)?, shape))
+}
+
 /// Reads a ternary weight (transformers' BitNet packing) and its `weight_scale`.
 pub fn load_ternary(file: &SafetensorsFile, weight: &str) -> Result<crate::ops::TernaryWeight> {
     let (w, s, [rows, cols]) = ternary_parts(file, weight)?;
@@ -879,10 +887,10 @@ pub fn decode(
             let q = file.tensor(w)?;
             let out = dev.int8_vectorwise_dequant(&q, &scb)?;
             let out_dtype = dtype.unwrap_or(DType::F16);
-            return Ok(Tensor::from_floats(
-                out.shape.clone(),
+            return Tensor::from_floats(
+                out.shape().to_vec(),
                 FloatVec::from_f32(out.floats("decode")?.to_f32_vec(), out_dtype),
-            ));
+            );
         }
         Group::Ternary { weight, .. } => {
             let (w, s, [rows, cols]) = ternary_parts(file, weight)?;
@@ -895,17 +903,14 @@ pub fn decode(
             })?;
             let vals = ternary_values(&file.bytes(w)?, rows, cols, sf.get_f32(0));
             let out_dtype = dtype.unwrap_or(sf.dtype());
-            return Ok(Tensor::from_floats(
-                vec![rows, cols],
-                FloatVec::from_f32(vals, out_dtype),
-            ));
+            return Tensor::from_floats(vec![rows, cols], FloatVec::from_f32(vals, out_dtype));
         }
     };
     Ok(match dtype {
         Some(d) if d != t.dtype() => Tensor::from_floats(
-            t.shape.clone(),
+            t.shape().to_vec(),
             FloatVec::from_f32(t.floats("decode")?.to_f32_vec(), d),
-        ),
+        )?,
         _ => t,
     })
 }

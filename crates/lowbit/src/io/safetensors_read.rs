@@ -396,10 +396,9 @@ impl SafetensorsFile {
                 ));
             }
         };
-        Ok(Tensor {
-            shape: t.shape.clone(),
-            data,
-        })
+        // The header check already matched the byte range to the shape; this keeps the path in any error.
+        Tensor::new(t.shape.clone(), data)
+            .map_err(|e| ck(&self.path, format!("tensor {:?}: {e}", t.name)))
     }
 
     /// A float tensor of any float dtype widened (exactly) to f32: block scales, which bitsandbytes' CPU

@@ -178,5 +178,5 @@ fn transpose(t: &Tensor) -> Result<Tensor> {
             out[j * r + i] = v[i * c + j];
         }
     }
-    Ok(Tensor::f32(vec![c, r], out))
+    Tensor::f32(vec![c, r], out)
 }

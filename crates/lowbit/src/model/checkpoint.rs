@@ -14,8 +14,13 @@ use std::path::{Path, PathBuf};
 pub enum StoredWeight {
     Float(Tensor),
     FourBit(Quantized4bit),
-    /// LLM.int8 rows and their absmax (SCB), dequantized to f32 here: see [`Checkpoint::weight`].
-    Int8(Tensor),
+    /// LLM.int8 rows `[rows, cols]` and their absmax (SCB).
+    Int8 {
+        weight: Vec<i8>,
+        scb: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
     Ternary(TernaryWeight),
 }
 
@@ -78,9 +83,14 @@ impl Checkpoint {
             Group::Ternary { weight, .. } => {
                 StoredWeight::Ternary(layout::load_ternary(file, weight)?)
             }
-            Group::Int8 { .. } => {
-                let t = layout::decode(&crate::Device::cpu(), file, group, None)?;
-                StoredWeight::Int8(widen(t)?)
+            Group::Int8 { weight, .. } => {
+                let (weight, scb, [rows, cols]) = layout::load_int8(file, weight)?;
+                StoredWeight::Int8 {
+                    weight,
+                    scb,
+                    rows,
+                    cols,
+                }
             }
         })
     }
@@ -115,8 +125,5 @@ impl Checkpoint {
 /// A float tensor as f32 (exact widening).
 fn widen(t: Tensor) -> Result<Tensor> {
     let values = t.floats("checkpoint")?.to_f32_vec();
-    Ok(Tensor::from_floats(
-        t.shape().to_vec(),
-        FloatVec::F32(values),
-    ))
+    Tensor::from_floats(t.shape().to_vec(), FloatVec::F32(values))
 }

@@ -89,6 +89,8 @@ pub struct ModelConfig {
     /// Per-head RMSNorm of queries and keys (Qwen3).
     pub qk_norm: bool,
     pub activation: Activation,
+    /// LLM.int8()'s outlier threshold (`quantization_config.llm_int8_threshold`, default 6.0).
+    pub int8_threshold: f32,
     /// BitNet checkpoints: how their stored ternary scales are meant.
     pub ternary_scale: Option<TernaryScale>,
     pub bos_token_id: Option<u32>,
@@ -276,6 +278,7 @@ impl ModelConfig {
             qk_norm: architecture == Architecture::Qwen3,
             activation,
             ternary_scale: ternary_scale(&f, architecture)?,
+            int8_threshold: int8_threshold(&f)?,
             bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.token_ids("eos_token_id")?,
         })
@@ -290,6 +293,18 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }
+}
+
+/// `quantization_config.llm_int8_threshold` where one is given, else bitsandbytes' default.
+fn int8_threshold(f: &Fields) -> Result<f32> {
+    let Some(Value::Object(q)) = f.map.get("quantization_config") else {
+        return Ok(6.0);
+    };
+    let q = Fields {
+        path: f.path,
+        map: q,
+    };
+    Ok(q.f64("llm_int8_threshold")?.unwrap_or(6.0) as f32)
 }
 
 /// A BitNet `quantization_config`: packed offline weights, either linear class; no in-layer RMSNorm.

@@ -105,6 +105,7 @@ struct Loader<'a> {
     format: LoadFormat,
     merge: Option<&'a PeftAdapter>,
     ternary_scale: Option<TernaryScale>,
+    int8_threshold: f32,
 }
 
 impl Loader<'_> {
@@ -146,7 +147,14 @@ impl Loader<'_> {
         } else {
             None
         };
-        let l = Linear::load(self.dev, &wname, stored, b.as_ref(), self.format)?;
+        let l = Linear::load(
+            self.dev,
+            &wname,
+            stored,
+            b.as_ref(),
+            self.format,
+            self.int8_threshold,
+        )?;
         if (l.out_features(), l.in_features()) != (out, inp) {
             return Err(Error::Checkpoint {
                 path: self.ckpt.dir().to_path_buf(),
@@ -199,6 +207,7 @@ impl Model {
             format: opts.format,
             merge,
             ternary_scale: c.ternary_scale,
+            int8_threshold: c.int8_threshold,
         };
         let embed_t = ckpt.float("model.embed_tokens.weight")?;
         if embed_t.shape() != [c.vocab_size, c.hidden_size] {
@@ -277,6 +286,7 @@ impl Model {
                 StoredWeight::Float(w),
                 None,
                 LoadFormat::Float,
+                0.0,
             )?
         };
         let max_context = opts
@@ -288,8 +298,8 @@ impl Model {
         let (cos, sin) = cos_sin_table(&freqs, 0..max_context);
         let half = c.head_dim / 2;
         let mut model = Model {
-            cos: dev.to_device(&Tensor::f32(vec![max_context, half], cos))?,
-            sin: dev.to_device(&Tensor::f32(vec![max_context, half], sin))?,
+            cos: dev.to_device(&Tensor::f32(vec![max_context, half], cos)?)?,
+            sin: dev.to_device(&Tensor::f32(vec![max_context, half], sin)?)?,
             config,
             dev: dev.clone(),
             embed,
@@ -397,7 +407,7 @@ impl Model {
         let zeros = Tensor::f32(
             vec![capacity, c.num_kv_heads, c.head_dim],
             vec![0.0; capacity * c.kv_dim()],
-        );
+        )?;
         let mut k = Vec::with_capacity(c.num_layers);
         let mut v = Vec::with_capacity(c.num_layers);
         for _ in 0..c.num_layers {

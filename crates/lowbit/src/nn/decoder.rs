@@ -84,13 +84,13 @@ impl BlockWeights {
         let kvd = c.kv_heads * c.head_dim;
         let norm = |s: u64| {
             let t = n(vec![c.hidden], 0.1, s);
-            let v: Vec<f32> = match &t.data {
+            let v: Vec<f32> = match t.data() {
                 crate::tensor::TensorData::Float(f) => {
                     f.to_f32_vec().iter().map(|x| 1.0 + x).collect()
                 }
                 _ => unreachable!("synth::normal returns floats"),
             };
-            Tensor::f32(vec![c.hidden], v)
+            Tensor::vector(v)
         };
         let scale = 1.0 / (c.hidden as f32).sqrt();
         BlockWeights {
@@ -140,7 +140,7 @@ impl DecoderBlock {
         let cache = Tensor::f32(
             vec![c.max_positions, c.kv_heads, c.head_dim],
             vec![0.0; c.max_positions * c.kv_heads * c.head_dim],
-        );
+        )?;
         Ok(DecoderBlock {
             config,
             input_norm: dev.to_device(&w.input_norm)?,
@@ -152,8 +152,8 @@ impl DecoderBlock {
             gate: q4(&w.gate)?,
             up: q4(&w.up)?,
             down: q4(&w.down)?,
-            cos: dev.to_device(&Tensor::f32(vec![c.max_positions, half], cos))?,
-            sin: dev.to_device(&Tensor::f32(vec![c.max_positions, half], sin))?,
+            cos: dev.to_device(&Tensor::f32(vec![c.max_positions, half], cos)?)?,
+            sin: dev.to_device(&Tensor::f32(vec![c.max_positions, half], sin)?)?,
             k_cache: dev.to_device(&cache)?,
             v_cache: dev.to_device(&cache)?,
             len: 0,

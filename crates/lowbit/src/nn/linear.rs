@@ -5,8 +5,9 @@ use super::lora::LoraAdapter;
 use crate::device_tensor::DeviceTensor;
 use crate::format::FourBitType;
 use crate::model::checkpoint::StoredWeight;
-use crate::ops::{Weight4bit, WeightTernary};
+use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightTernary};
 use crate::runtime::Device;
+use crate::tensor::FloatVec;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -18,6 +19,9 @@ pub enum LoadFormat {
     /// bitsandbytes 4-bit (block size 64, double quantization), as `BitsAndBytesConfig(load_in_4bit=True,
     /// bnb_4bit_use_double_quant=True)` quantizes on load.
     FourBit(FourBitType),
+    /// LLM.int8(): int8 rows with per-row absmax, activations above the outlier threshold in float, as
+    /// `BitsAndBytesConfig(load_in_8bit=True)` does.
+    Int8,
     /// BitNet b1.58 absmean ternary (only meaningful for models trained for it).
     Ternary,
 }
@@ -29,6 +33,7 @@ impl LoadFormat {
             "none" | "float" => LoadFormat::Float,
             "nf4" => LoadFormat::FourBit(FourBitType::Nf4),
             "fp4" => LoadFormat::FourBit(FourBitType::Fp4),
+            "int8" => LoadFormat::Int8,
             "ternary" => LoadFormat::Ternary,
             _ => return None,
         })
@@ -41,6 +46,8 @@ pub enum LinearWeight {
     /// `[out, in]` f32.
     Float(DeviceTensor),
     FourBit(Weight4bit),
+    /// LLM.int8() weight (its bias inside) and the outlier threshold.
+    Int8(Weight8bit, f32),
     Ternary(WeightTernary),
 }
 
@@ -56,20 +63,65 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Uploads a stored weight `[out, in]` to `dev`, quantizing a float weight to `format` first.
+    /// Uploads a stored weight `[out, in]` to `dev`, quantizing a float weight to `format` first;
+    /// `int8_threshold` is LLM.int8()'s outlier threshold (bitsandbytes' default 6.0).
     pub fn load(
         dev: &Device,
         name: &str,
         stored: StoredWeight,
         bias: Option<&Tensor>,
         format: LoadFormat,
+        int8_threshold: f32,
     ) -> Result<Linear> {
         let cpu = Device::cpu();
+        // bitsandbytes keeps an int8 layer's bias in float16, inside the layer.
+        let bias16 = || -> Result<Option<Tensor>> {
+            bias.map(|b| {
+                let v = b.floats("linear")?.to_f32_vec();
+                Tensor::from_floats(b.shape().to_vec(), FloatVec::from_f32(v, crate::DType::F16))
+            })
+            .transpose()
+        };
+        let mut bias_inside = false;
         let (weight, out_features, in_features) = match stored {
-            StoredWeight::Float(t) | StoredWeight::Int8(t) => {
+            StoredWeight::Int8 {
+                weight,
+                scb,
+                rows,
+                cols,
+            } => {
+                let b = bias16()?.map(|t| t.floats("linear").map(|f| f.to_f32_vec()));
+                let layer = Linear8bitLt {
+                    weight,
+                    scb,
+                    bias: b
+                        .transpose()?
+                        .map(|v| v.into_iter().map(half::f16::from_f32).collect()),
+                    out_features: rows,
+                    in_features: cols,
+                    threshold: int8_threshold,
+                };
+                bias_inside = true;
+                (
+                    LinearWeight::Int8(dev.upload_8bit(&layer)?, int8_threshold),
+                    rows,
+                    cols,
+                )
+            }
+            StoredWeight::Float(t) => {
                 let (o, i) = dims(name, &t)?;
                 let w = match format {
                     LoadFormat::Float => LinearWeight::Float(dev.to_device(&t)?),
+                    LoadFormat::Int8 => {
+                        bias_inside = true;
+                        let layer = Linear8bitLt::from_weight(
+                            &cpu,
+                            &t,
+                            bias16()?.as_ref(),
+                            int8_threshold,
+                        )?;
+                        LinearWeight::Int8(dev.upload_8bit(&layer)?, int8_threshold)
+                    }
                     LoadFormat::FourBit(q) => LinearWeight::FourBit(
                         dev.upload_4bit(&cpu.quantize_4bit(&t, q, 64, true)?)?,
                     ),
@@ -91,6 +143,7 @@ impl Linear {
             }
         };
         let bias = match bias {
+            _ if bias_inside => None,
             Some(b) if b.shape() != [out_features] => {
                 return Err(Error::shape(
                     "linear",
@@ -149,6 +202,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Float(_) => 4 * n,
             LinearWeight::FourBit(w) => n / 2 + 4 * n.div_ceil(w.blocksize() as u64),
+            LinearWeight::Int8(..) => n + 4 * self.out_features as u64,
             LinearWeight::Ternary(_) => n / 4,
         }
     }
@@ -185,6 +239,10 @@ impl Linear {
             LinearWeight::Float(w) => dev.linear(x, w, bias)?,
             LinearWeight::FourBit(w) => dev.linear_4bit(x, w, bias)?,
             LinearWeight::Ternary(w) => dev.linear_ternary(x, w, bias)?,
+            // LLM.int8() returns float16, as bitsandbytes does; the model continues in x's dtype.
+            LinearWeight::Int8(w, threshold) => {
+                dev.cast(&dev.linear_8bit(x, w, *threshold)?, x.dtype())?
+            }
         };
         match self.active {
             Some(i) => dev.add(&y, &self.adapters[i].1.delta(dev, x)?),

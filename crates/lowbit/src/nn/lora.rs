@@ -67,7 +67,7 @@ impl LoraWeights {
                 out.push((wv[row * i + col] as f64 + s * d) as f32);
             }
         }
-        Ok(Tensor::f32(vec![o, i], out))
+        Tensor::f32(vec![o, i], out)
     }
 }
 
@@ -77,8 +77,8 @@ impl LoraAdapter {
         let (r, i, o, a, b) = w.checked()?;
         let b_scaled: Vec<f32> = b.iter().map(|v| v * w.scale).collect();
         Ok(LoraAdapter {
-            a: dev.to_device(&Tensor::f32(vec![r, i], a))?,
-            b_scaled: dev.to_device(&Tensor::f32(vec![o, r], b_scaled))?,
+            a: dev.to_device(&Tensor::f32(vec![r, i], a)?)?,
+            b_scaled: dev.to_device(&Tensor::f32(vec![o, r], b_scaled)?)?,
         })
     }
 

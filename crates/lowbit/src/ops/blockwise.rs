@@ -61,7 +61,7 @@ impl Device {
             codes: out.codes,
             absmax: out.absmax,
             blocksize,
-            shape: x.shape.clone(),
+            shape: x.shape().to_vec(),
             dtype: x.dtype(),
             code: code.clone(),
         })
@@ -97,6 +97,6 @@ impl Device {
             let (lo, hi) = (r.start * blocksize, (r.end * blocksize).min(n));
             b.dequantize_blockwise(&q.codes[lo..hi], &q.absmax[r], &q.code, blocksize, dtype)
         })?;
-        Ok(Tensor::from_floats(q.shape.clone(), out))
+        Tensor::from_floats(q.shape.clone(), out)
     }
 }

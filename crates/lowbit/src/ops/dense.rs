@@ -11,12 +11,12 @@ impl Device {
         const OP: &str = "matmul";
         let (xf, wf) = (x.floats(OP)?, w.floats(OP)?);
         let (m, k) = rows_cols(OP, x)?;
-        let (n, kw) = match w.shape[..] {
+        let (n, kw) = match w.shape()[..] {
             [n, kw] => (n, kw),
             _ => {
                 return Err(Error::shape(
                     OP,
-                    format!("w must be 2-D [n, k], got {:?}", w.shape),
+                    format!("w must be 2-D [n, k], got {:?}", w.shape()),
                 ));
             }
         };
@@ -38,7 +38,7 @@ impl Device {
         let y = self.run_split(&params, |b, r| {
             b.matmul(xf.slice(r.start * k..r.end * k), wf, bias, r.len(), n, k)
         })?;
-        Ok(Tensor::from_floats(with_last_dim(&x.shape, n), y))
+        Tensor::from_floats(with_last_dim(x.shape(), n), y)
     }
 
     /// Softmax over the last dimension.
@@ -63,7 +63,7 @@ impl Device {
         let y = self.run_split(&params, |b, r| {
             b.softmax(xf.slice(r.start * cols..r.end * cols), cols)
         })?;
-        Ok(Tensor::from_floats(x.shape.clone(), y))
+        Tensor::from_floats(x.shape().to_vec(), y)
     }
 
     /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -91,6 +91,6 @@ impl Device {
         let y = self.run_split(&params, |b, r| {
             b.rms_norm(xf.slice(r.start * cols..r.end * cols), wf, eps, cols)
         })?;
-        Ok(Tensor::from_floats(x.shape.clone(), y))
+        Tensor::from_floats(x.shape().to_vec(), y)
     }
 }

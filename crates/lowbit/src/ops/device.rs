@@ -10,7 +10,7 @@ use crate::format::rope::RopeLayout;
 use crate::format::ternary::packed_rows;
 use crate::ops::{Quantized4bit, TernaryWeight};
 use crate::runtime::Device;
-use crate::tensor::{DType, FloatVec, Tensor, TensorData};
+use crate::tensor::{DType, FloatVec, Tensor};
 use crate::{Error, FourBitType, Result};
 
 /// An NF4/FP4 linear weight `[rows, cols]` resident on one device: packed codes and float32 block scales
@@ -60,7 +60,7 @@ impl WeightTernary {
     }
 }
 
-fn float_dtype(op: &'static str, what: &str, t: &DeviceTensor) -> Result<DType> {
+pub(super) fn float_dtype(op: &'static str, what: &str, t: &DeviceTensor) -> Result<DType> {
     if t.dtype().is_float() {
         Ok(t.dtype())
     } else {
@@ -113,7 +113,7 @@ fn check_bias(op: &'static str, bias: Option<&DeviceTensor>, n: usize) -> Result
 }
 
 /// x `[.., cols]` of floats and an optional bias `[rows]` for a resident `[rows, cols]` weight.
-fn check_linear_input(
+pub(super) fn check_linear_input(
     op: &'static str,
     x: &DeviceTensor,
     rows: usize,
@@ -131,7 +131,7 @@ fn check_linear_input(
     check_bias(op, bias, rows)
 }
 
-fn operands<'a>(
+pub(super) fn operands<'a>(
     first: &'a [&'a DeviceTensor],
     bias: Option<&'a DeviceTensor>,
 ) -> Vec<&'a DeviceTensor> {
@@ -154,13 +154,10 @@ impl Device {
             });
         }
         let absmax = w.state.absmax.to_f32();
-        let packed = Tensor {
-            shape: vec![w.packed.len()],
-            data: TensorData::U8(w.packed.clone()),
-        };
+        let packed = Tensor::vector(w.packed.clone());
         Ok(Weight4bit {
             packed: self.to_device(&packed)?,
-            absmax: self.to_device(&Tensor::f32(vec![absmax.len()], absmax.into_owned()))?,
+            absmax: self.to_device(&Tensor::f32(vec![absmax.len()], absmax.into_owned())?)?,
             quant_type: w.state.quant_type,
             blocksize: w.state.blocksize,
             rows,
@@ -182,10 +179,7 @@ impl Device {
                 expected,
             });
         }
-        let packed = Tensor {
-            shape: vec![packed_rows(w.rows), w.cols],
-            data: TensorData::U8(w.packed.clone()),
-        };
+        let packed = Tensor::new(vec![packed_rows(w.rows), w.cols], w.packed.clone())?;
         Ok(WeightTernary {
             packed: self.to_device(&packed)?,
             weight_scale: w.weight_scale,
@@ -360,10 +354,7 @@ impl Device {
                 detail: format!("token id {bad} is outside the vocabulary of {vocab}"),
             });
         }
-        let ids = Tensor {
-            shape: vec![ids.len()],
-            data: TensorData::I32(ids.iter().map(|&i| i as i32).collect()),
-        };
+        let ids = Tensor::vector(ids.iter().map(|&i| i as i32).collect::<Vec<i32>>());
         let ids = self.to_device(&ids)?;
         self.run_op(&Op::Embedding, &[table, &ids])
     }
@@ -522,7 +513,8 @@ impl Device {
     }
 }
 
-/// A host float tensor filled from f32 values in `dtype` (tests, examples).
-pub fn host_floats(shape: Vec<usize>, values: Vec<f32>, dtype: DType) -> Tensor {
+/// A host float tensor filled from f32 values in `dtype` (tests, examples); a typed error unless `values`
+/// holds exactly the shape's element count.
+pub fn host_floats(shape: Vec<usize>, values: Vec<f32>, dtype: DType) -> Result<Tensor> {
     Tensor::from_floats(shape, FloatVec::from_f32(values, dtype))
 }

@@ -78,7 +78,7 @@ impl Device {
                 quant_type,
                 blocksize,
                 dtype: x.dtype(),
-                shape: x.shape.clone(),
+                shape: x.shape().to_vec(),
                 absmax,
             },
         })
@@ -141,7 +141,7 @@ impl Device {
                 dtype,
             )
         })?;
-        Ok(Tensor::from_floats(s.shape.clone(), out))
+        Tensor::from_floats(s.shape.clone(), out)
     }
 
     /// `y = x @ dequant(W)^T + bias` for x `[..., in]`: the fused GEMV for one row, tiled matmul otherwise.
@@ -219,7 +219,7 @@ impl Device {
                 b.matmul_4bit(xs, r.len(), pw, bias)
             })?
         };
-        Ok(Tensor::from_floats(with_last_dim(&x.shape, rows), y))
+        Tensor::from_floats(with_last_dim(x.shape(), rows), y)
     }
 
     /// The batch-1 fused GEMV; x must hold exactly one row.

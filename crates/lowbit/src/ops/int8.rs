@@ -12,17 +12,17 @@ use half::f16;
 pub type Int8Quantized = Int8Rows;
 
 fn dims2(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    match t.shape[..] {
+    match t.shape()[..] {
         [r, c] => Ok((r, c)),
         _ => Err(Error::shape(
             op,
-            format!("expected a 2-D tensor, got shape {:?}", t.shape),
+            format!("expected a 2-D tensor, got shape {:?}", t.shape()),
         )),
     }
 }
 
 fn i8_data<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [i8]> {
-    match &t.data {
+    match t.data() {
         TensorData::I8(v) => Ok(v),
         _ => Err(Error::DType {
             op,
@@ -67,7 +67,7 @@ impl Device {
         let out = self.run_split(&params, |b, r| {
             b.int8_vectorwise_dequant(&qd[r.start * cols..r.end * cols], &row_stats[r], cols)
         })?;
-        Ok(Tensor::f32(q.shape.clone(), out))
+        Tensor::f32(q.shape().to_vec(), out)
     }
 
     /// Exact `A[m,k] @ B[n,k]^T` as i32 `[m, n]`.
@@ -82,10 +82,7 @@ impl Device {
             ));
         }
         let c = self.int8_matmul_rows(i8_data(OP, a)?, i8_data(OP, b)?, m, n, k)?;
-        Ok(Tensor {
-            shape: vec![m, n],
-            data: TensorData::I32(c),
-        })
+        Tensor::new(vec![m, n], c)
     }
 
     /// `A[m,k] @ B[n,k]^T` on validated slices, split by rows of A when the runtime chunks it.
@@ -124,7 +121,7 @@ impl Device {
     ) -> Result<Tensor> {
         const OP: &str = "int8_mm_dequant";
         let (m, n) = dims2(OP, c)?;
-        let cd = match &c.data {
+        let cd = match c.data() {
             TensorData::I32(v) => v,
             _ => {
                 return Err(Error::DType {
@@ -145,7 +142,7 @@ impl Device {
         let out = self.run_split(&params, |b, r| {
             b.int8_mm_dequant(&cd[r.start * n..r.end * n], &row_stats[r], col_stats, bias)
         })?;
-        Ok(Tensor::from_floats(vec![m, n], FloatVec::F16(out)))
+        Tensor::from_floats(vec![m, n], FloatVec::F16(out))
     }
 }
 
@@ -175,7 +172,7 @@ impl Linear8bitLt {
         const OP: &str = "Linear8bitLt";
         let (out_features, in_features) = dims2(OP, weight)?;
         let w16 = to_f16(weight.floats(OP)?);
-        let wt = Tensor::from_floats(weight.shape.clone(), FloatVec::F16(w16));
+        let wt = Tensor::from_floats(weight.shape().to_vec(), FloatVec::F16(w16))?;
         let q = dev.int8_vectorwise_quant(&wt, 0.0)?;
         let bias = bias_floats(OP, bias, out_features)?.map(to_f16);
         Ok(Linear8bitLt {
@@ -204,7 +201,7 @@ impl Linear8bitLt {
             ));
         }
         let x16 = to_f16(x.floats(OP)?);
-        let x2 = Tensor::from_floats(vec![rows, k], FloatVec::F16(x16.clone()));
+        let x2 = Tensor::from_floats(vec![rows, k], FloatVec::F16(x16.clone()))?;
         let xq = dev.int8_vectorwise_quant(&x2, self.threshold)?;
         if self.weight.len() != self.out_features * k {
             return Err(Error::Length {
@@ -216,32 +213,18 @@ impl Linear8bitLt {
         }
         // The layer's weight is used in place: no copy of it per forward pass.
         let c = dev.int8_matmul_rows(&xq.q, &self.weight, rows, self.out_features, k)?;
-        let c = Tensor {
-            shape: vec![rows, self.out_features],
-            data: TensorData::I32(c),
-        };
+        let c = Tensor::new(vec![rows, self.out_features], c)?;
         let bias_t = self
             .bias
             .as_ref()
-            .map(|b| Tensor::from_floats(vec![b.len()], FloatVec::F16(b.clone())));
+            .map(|b| Tensor::vector(FloatVec::F16(b.clone())));
         let y = dev.int8_mm_dequant(&c, &xq.row_stats, &self.scb, bias_t.as_ref())?;
-        let mut y16 = match y.data {
+        let mut y16 = match y.into_parts().1 {
             TensorData::Float(FloatVec::F16(v)) => v,
             _ => unreachable!("int8_mm_dequant returns f16"),
         };
         if let Some(cols) = xq.outlier_cols.filter(|c| !c.is_empty()) {
-            // Outlier columns in floating point: x16[:, cols] @ f16(W[:, cols] * SCB / 127)^T.
-            let nc = cols.len();
-            let xs: Vec<f16> = (0..rows)
-                .flat_map(|r| cols.iter().map(move |&c| (r, c as usize)))
-                .map(|(r, c)| x16[r * k + c])
-                .collect();
-            let ws: Vec<f16> = (0..self.out_features)
-                .flat_map(|o| cols.iter().map(move |&c| (o, c as usize)))
-                .map(|(o, c)| {
-                    f16::from_f32(self.weight[o * k + c] as f32 * self.scb[o] * (1.0 / 127.0))
-                })
-                .collect();
+            let (xs, ws) = outlier_operands(&x16, k, &cols, &self.weight, &self.scb);
             let extra = dev.run(OpKind::Matmul, |b| {
                 b.matmul(
                     Floats::F16(&xs),
@@ -249,22 +232,51 @@ impl Linear8bitLt {
                     None,
                     rows,
                     self.out_features,
-                    nc,
+                    cols.len(),
                 )
             })?;
-            let extra = extra.to_f32_vec();
-            for (yv, e) in y16.iter_mut().zip(extra) {
-                *yv = f16::from_f32(yv.to_f32() + e);
-            }
+            add_outliers(&mut y16, &extra);
         }
-        Ok(Tensor::from_floats(
-            with_last_dim(&x.shape, self.out_features),
+        Tensor::from_floats(
+            with_last_dim(x.shape(), self.out_features),
             FloatVec::F16(y16),
-        ))
+        )
     }
 }
 
-fn to_f16(x: Floats) -> Vec<f16> {
+/// The outlier columns' operands of `Linear8bitLt` (x16 `[rows, k]`, weight `[out, k]`): x16[:, cols]
+/// `[rows, nc]` and f16(W[:, cols] * SCB / 127) `[out, nc]`, multiplied in floating point.
+pub(crate) fn outlier_operands(
+    x16: &[f16],
+    k: usize,
+    cols: &[i64],
+    weight: &[i8],
+    scb: &[f32],
+) -> (Vec<f16>, Vec<f16>) {
+    let xs: Vec<f16> = x16
+        .chunks(k.max(1))
+        .flat_map(|row| cols.iter().map(move |&c| row[c as usize]))
+        .collect();
+    let ws: Vec<f16> = weight
+        .chunks(k.max(1))
+        .zip(scb)
+        .flat_map(|(row, &s)| {
+            cols.iter()
+                .map(move |&c| f16::from_f32(row[c as usize] as f32 * s * (1.0 / 127.0)))
+        })
+        .collect();
+    (xs, ws)
+}
+
+/// `y = f16(y + extra)`: the outlier columns' product added to the int8 result.
+pub(crate) fn add_outliers(y16: &mut [f16], extra: &FloatVec) {
+    for (yv, e) in y16.iter_mut().zip(extra.to_f32_vec()) {
+        *yv = f16::from_f32(yv.to_f32() + e);
+    }
+}
+
+/// Float values rounded to f16 (round to nearest even), as bitsandbytes casts the layer's input.
+pub(crate) fn to_f16(x: Floats) -> Vec<f16> {
     match x {
         Floats::F16(s) => s.to_vec(),
         other => other.to_f32_vec().into_iter().map(f16::from_f32).collect(),

@@ -9,12 +9,14 @@
 mod blockwise;
 mod dense;
 pub mod device;
+mod device_int8;
 mod fourbit;
-mod int8;
+pub(crate) mod int8;
 mod ternary;
 
 pub use blockwise::Quantized8bit;
 pub use device::{Weight4bit, WeightTernary};
+pub use device_int8::Weight8bit;
 pub use fourbit::Quantized4bit;
 pub use int8::{Int8Quantized, Linear8bitLt};
 pub use ternary::{BitLinear, TernaryWeight};
@@ -32,7 +34,7 @@ pub fn ensure_finite(op: &'static str, x: Floats) -> Result<()> {
 
 /// Splits a tensor of shape `[..., k]` into (rows, k). A 1-D tensor is one row.
 pub(crate) fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    match t.shape.split_last() {
+    match t.shape().split_last() {
         None => Err(Error::shape(
             op,
             "expected at least one dimension, got a scalar",

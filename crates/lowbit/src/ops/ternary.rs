@@ -40,12 +40,12 @@ impl Device {
     pub fn ternary_quantize(&self, w: &Tensor) -> Result<TernaryWeight> {
         const OP: &str = "ternary_quantize";
         let wf = w.floats(OP)?;
-        let (rows, cols) = match w.shape[..] {
+        let (rows, cols) = match w.shape()[..] {
             [r, c] => (r, c),
             _ => {
                 return Err(Error::shape(
                     OP,
-                    format!("weight must be 2-D [out, in], got {:?}", w.shape),
+                    format!("weight must be 2-D [out, in], got {:?}", w.shape()),
                 ));
             }
         };
@@ -101,10 +101,7 @@ impl Device {
                 expected: packed_rows(w.rows) * w.cols,
             });
         }
-        let bias_t = layer
-            .bias
-            .as_ref()
-            .map(|b| Tensor::f32(vec![b.len()], b.clone()));
+        let bias_t = layer.bias.as_ref().map(|b| Tensor::vector(b.clone()));
         let bias = bias_floats(OP, bias_t.as_ref(), w.rows)?;
         let (xq, xs) = self.ternary_act_quant(x)?;
         let params = OpParams::new(OpKind::TernaryMatmul).memory(
@@ -122,9 +119,6 @@ impl Device {
                 bias,
             )
         })?;
-        Ok(Tensor::from_floats(
-            with_last_dim(&x.shape, w.rows),
-            FloatVec::F32(y),
-        ))
+        Tensor::from_floats(with_last_dim(x.shape(), w.rows), FloatVec::F32(y))
     }
 }

@@ -467,8 +467,8 @@ impl Device {
             let views: Vec<HostView> = host
                 .iter()
                 .map(|t| HostView {
-                    shape: &t.shape,
-                    data: &t.data,
+                    shape: t.shape(),
+                    data: t.data(),
                 })
                 .collect();
             let y = run_host_op(&CpuBackend, op, &views)?;

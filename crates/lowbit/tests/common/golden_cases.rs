@@ -165,7 +165,7 @@ pub fn blockwise(dev: &Device, label: &str) {
 }
 
 pub(crate) fn i8s(t: &Tensor) -> Vec<i8> {
-    match &t.data {
+    match t.data() {
         TensorData::I8(v) => v.clone(),
         _ => panic!("expected i8"),
     }
@@ -190,7 +190,7 @@ pub fn int8(dev: &Device, label: &str) {
                     why.push("row_stats".into());
                 }
                 if let Some(oc) = g.try_get(case, "outlier_cols") {
-                    let want = match &oc.data {
+                    let want = match oc.data() {
                         TensorData::I64(v) => v.clone(),
                         _ => panic!("outlier_cols dtype"),
                     };

@@ -60,7 +60,7 @@ fn to_tensor(v: &safetensors::tensor::TensorView) -> Tensor {
         Dtype::I64 => TensorData::I64(cast!(i64)),
         other => panic!("unexpected golden dtype {other:?}"),
     };
-    Tensor { shape, data }
+    Tensor::new(shape, data).expect("golden tensor of its shape")
 }
 
 impl GoldenFile {
@@ -78,7 +78,7 @@ impl GoldenFile {
 
 /// Raw little-endian bytes of a tensor, for byte-exact comparisons.
 pub fn bytes(t: &Tensor) -> Vec<u8> {
-    match &t.data {
+    match t.data() {
         TensorData::Float(f) => f.to_le_bytes(),
         TensorData::U8(v) => v.clone(),
         TensorData::I8(v) => v.iter().map(|&x| x as u8).collect(),
@@ -92,7 +92,7 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn as_f32(t: &Tensor) -> Vec<f32> {
-    match &t.data {
+    match t.data() {
         TensorData::Float(f) => f.to_f32_vec(),
         TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
         TensorData::I8(v) => v.iter().map(|&x| x as f32).collect(),
@@ -102,7 +102,7 @@ pub fn as_f32(t: &Tensor) -> Vec<f32> {
 }
 
 pub fn u8s(t: &Tensor) -> &[u8] {
-    match &t.data {
+    match t.data() {
         TensorData::U8(v) => v,
         _ => panic!("expected u8 tensor"),
     }

@@ -5,6 +5,7 @@
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
+use crate::ops::int8;
 use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData, split_last_dim, with_last_dim};
 use crate::with_floats;
 use crate::{Error, Result};
@@ -27,6 +28,12 @@ impl<'a> HostView<'a> {
         match self.data {
             TensorData::U8(v) => Ok(v),
             _ => Err(dtype_err(op, self.data, "u8")),
+        }
+    }
+    fn i8(&self, op: &'static str) -> Result<&'a [i8]> {
+        match self.data {
+            TensorData::I8(v) => Ok(v),
+            _ => Err(dtype_err(op, self.data, "i8")),
         }
     }
     fn i32(&self, op: &'static str) -> Result<&'a [i32]> {
@@ -55,7 +62,7 @@ fn dtype_err(op: &'static str, d: &TensorData, expected: &'static str) -> Error 
     }
 }
 
-fn out(shape: Vec<usize>, v: FloatVec) -> Tensor {
+fn out(shape: Vec<usize>, v: FloatVec) -> Result<Tensor> {
     Tensor::from_floats(shape, v)
 }
 
@@ -94,7 +101,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let (m, k) = inputs[0].rows_cols();
             let n = inputs[1].shape[0];
             let y = b.matmul(x, w, bias(2, has_bias)?, m, n, k)?;
-            Ok(out(with_last_dim(inputs[0].shape, n), y))
+            out(with_last_dim(inputs[0].shape, n), y)
         }
         Op::Linear4bit {
             quant_type,
@@ -123,7 +130,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             } else {
                 b.matmul_4bit(x, m, w, bias)?
             };
-            Ok(out(with_last_dim(inputs[0].shape, rows), y))
+            out(with_last_dim(inputs[0].shape, rows), y)
         }
         Op::LinearTernary {
             weight_scale,
@@ -141,21 +148,42 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
                 cols,
             };
             let y = b.ternary_matmul(&xq, &xs, m, w, bias(2, has_bias)?)?;
-            Ok(out(
+            out(
                 with_last_dim(inputs[0].shape, rows),
                 FloatVec::from_f32(y, x.dtype()),
-            ))
+            )
+        }
+        Op::Linear8bit {
+            threshold,
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x16 = int8::to_f16(inputs[0].floats(name)?);
+            let (m, _) = inputs[0].rows_cols();
+            let (w, scb) = (inputs[1].i8(name)?, f32s(name, &inputs[2])?);
+            // The host layer's forward (ops::int8::Linear8bitLt::forward), step for step.
+            let xq = b.int8_vectorwise_quant(Floats::F16(&x16), m, cols, threshold)?;
+            let c = b.int8_linear_matmul(&xq.q, w, m, rows, cols)?;
+            let mut y = b.int8_mm_dequant(&c, &xq.row_stats, scb, bias(3, has_bias)?)?;
+            if let Some(oc) = xq.outlier_cols.filter(|c| !c.is_empty()) {
+                let (xs, ws) = int8::outlier_operands(&x16, cols, &oc, w, scb);
+                let extra =
+                    b.matmul(Floats::F16(&xs), Floats::F16(&ws), None, m, rows, oc.len())?;
+                int8::add_outliers(&mut y, &extra);
+            }
+            out(with_last_dim(inputs[0].shape, rows), FloatVec::F16(y))
         }
         Op::RmsNorm { eps } => {
             let x = inputs[0].floats(name)?;
             let w = inputs[1].floats(name)?;
             let cols = inputs[0].rows_cols().1;
-            Ok(out(inputs[0].shape.to_vec(), b.rms_norm(x, w, eps, cols)?))
+            out(inputs[0].shape.to_vec(), b.rms_norm(x, w, eps, cols)?)
         }
         Op::Softmax => {
             let x = inputs[0].floats(name)?;
             let cols = inputs[0].rows_cols().1;
-            Ok(out(inputs[0].shape.to_vec(), b.softmax(x, cols)?))
+            out(inputs[0].shape.to_vec(), b.softmax(x, cols)?)
         }
         Op::Cast { to } => {
             let x = inputs[0].floats(name)?;
@@ -164,14 +192,14 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             } else {
                 FloatVec::from_f32(x.to_f32_vec(), to)
             };
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Embedding => {
             let table = inputs[0].floats(name)?;
             let ids: Vec<u32> = inputs[1].i32(name)?.iter().map(|&i| i as u32).collect();
             let dim = inputs[0].shape[1];
             let y = with_floats!(table, t => FloatVec::from(model::embedding(t, dim, &ids)));
-            Ok(out(vec![ids.len(), dim], y))
+            out(vec![ids.len(), dim], y)
         }
         Op::Rope {
             heads,
@@ -185,27 +213,27 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let y = with_floats!(x, s => FloatVec::from(model::rope(
                 s, heads, head_dim, rotary_dim, cos, sin, pos_start, layout
             )));
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::SiluMul => {
             let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, g, u, model::silu_mul);
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Relu2Mul => {
             let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, g, u, model::relu2_mul);
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Add => {
             let (a, c) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
             let y = binary!(name, a, c, model::add);
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Gelu { kind } => {
             let x = inputs[0].floats(name)?;
             let y = with_floats!(x, s => FloatVec::from(model::gelu(s, kind)));
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
         Op::Attention {
             n_heads,
@@ -242,7 +270,7 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
                     });
                 }
             };
-            Ok(out(inputs[0].shape.to_vec(), y))
+            out(inputs[0].shape.to_vec(), y)
         }
     }
 }

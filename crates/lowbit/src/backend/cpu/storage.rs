@@ -39,7 +39,7 @@ impl BackendStorage for HostStorage {
 pub fn host_tensor(t: Tensor, device: &'static str) -> Result<DeviceTensor> {
     let bytes = t.numel() as u64 * t.dtype().size_in_bytes() as u64;
     let dtype = t.dtype();
-    let Tensor { shape, data } = t;
+    let (shape, data) = t.into_parts();
     let storage = HostStorage {
         device,
         data: RwLock::new(data),
@@ -64,10 +64,7 @@ pub fn host_storage<'a>(op: &'static str, t: &'a DeviceTensor) -> Result<&'a Hos
 /// A copy of `t` as a host tensor.
 pub fn to_host(t: &DeviceTensor) -> Result<Tensor> {
     let data = host_storage("download", t)?.read().clone();
-    Ok(Tensor {
-        shape: t.shape().to_vec(),
-        data,
-    })
+    Tensor::new(t.shape().to_vec(), data)
 }
 
 /// Copies `src`'s rows into `dst` starting at `row` (validated by the op layer).

@@ -3,6 +3,7 @@
 //! runtime runs the rest on the CPU and counts it.
 
 use super::WgpuBackend;
+use super::int8_linear::Int8LinearArgs;
 use super::model_ops::{self as mk, AttentionDims, RopeDims};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 use crate::capability::{Op, Support};
@@ -70,7 +71,7 @@ impl WgpuBackend {
     }
 
     /// The resident-kernel view of a device tensor of this backend.
-    fn view(&self, op: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+    pub(super) fn view(&self, op: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
         Ok(GpuTensor {
             buffer: self.storage(op, t)?.buffer.clone(),
             shape: t.shape().to_vec(),
@@ -78,7 +79,7 @@ impl WgpuBackend {
         })
     }
 
-    fn wrap(&self, t: GpuTensor) -> Result<DeviceTensor> {
+    pub(super) fn wrap(&self, t: GpuTensor) -> Result<DeviceTensor> {
         let storage = GpuStorage {
             buffer: t.buffer,
             device: self.device_id_arc(),
@@ -87,19 +88,16 @@ impl WgpuBackend {
     }
 
     pub(crate) fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
-        let bytes = bytes_of(&t.data);
+        let bytes = bytes_of(t.data());
         super::kernels::check_binding(self.gpu(), "upload", bytes.len())?;
-        let g = self.upload_raw(bytes, t.shape.clone(), t.dtype());
+        let g = self.upload_raw(bytes, t.shape().to_vec(), t.dtype());
         self.wrap(g)
     }
 
     pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
         let s = self.storage("download", t)?;
         let bytes = self.gpu().read(&s.buffer, t.size_in_bytes())?;
-        Ok(Tensor {
-            shape: t.shape().to_vec(),
-            data: data_from_bytes(t.dtype(), &bytes),
-        })
+        Tensor::new(t.shape().to_vec(), data_from_bytes(t.dtype(), &bytes))
     }
 
     pub(crate) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
@@ -112,6 +110,8 @@ impl WgpuBackend {
         let ok = match op {
             // The BitNet rescale kernel has no bias input yet.
             Op::LinearTernary { bias, .. } => floats_ok && !bias,
+            // A layer without input features has no int8 rows to quantize: the CPU computes its bias-only output.
+            Op::Linear8bit { cols, .. } => floats_ok && *cols > 0,
             _ => floats_ok,
         };
         if ok {
@@ -230,6 +230,23 @@ impl WgpuBackend {
             Op::Cast { to } => {
                 let x = w(0)?;
                 return self.wrap(self.narrowed(x, to)?);
+            }
+            Op::Linear8bit {
+                threshold,
+                rows,
+                cols,
+                bias,
+            } => {
+                // Its output is f16 whatever x's dtype, as bitsandbytes' layer.
+                return self.linear_8bit_on_device(&Int8LinearArgs {
+                    x: inputs[0],
+                    weight: inputs[1],
+                    scb: inputs[2],
+                    bias: bias.then(|| inputs[3]),
+                    threshold,
+                    rows,
+                    cols,
+                });
             }
             Op::Embedding => {
                 let (vocab, dim) = (inputs[0].shape()[0], inputs[0].shape()[1]);
@@ -372,6 +389,8 @@ fn float_operand(op: &Op, i: usize) -> bool {
     match op {
         Op::Linear4bit { .. } => i != 1 && i != 2,
         Op::LinearTernary { .. } | Op::Embedding => i != 1,
+        // x and the f16 bias; the int8 weight and its f32 SCB are fixed by the op layer.
+        Op::Linear8bit { .. } => i == 0 || i == 3,
         _ => true,
     }
 }

@@ -21,6 +21,10 @@ const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
 const TERNARY_RESCALE: &str = include_str!("shaders/ternary_rescale.wgsl");
+const FLOAT_BITS: &str = include_str!("shaders/float_bits.wgsl");
+const MODEL_COMMON: &str = include_str!("shaders/model_common.wgsl");
+const INT8_OUTLIER_LIST: &str = include_str!("shaders/int8_outlier_list.wgsl");
+const INT8_LINEAR_OUT: &str = include_str!("shaders/int8_linear_out.wgsl");
 const SUBGROUP_PROBE: &str = "@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> lanes: array<u32>;
 @compute @workgroup_size(256)
@@ -472,6 +476,10 @@ pub enum Shader {
     TernaryGemv,
     /// BitNet's exact `f32(acc) / (x_scale * weight_scale)` on integer bit patterns.
     TernaryRescale,
+    /// LLM.int8(): the flagged outlier columns as an ascending list (one workgroup).
+    Int8OutlierList,
+    /// LLM.int8(): int8_mm_dequant with an exact fma, plus the outlier columns' float product, to f16.
+    Int8LinearOut,
     Gemv4bitFast(GemvShape),
     TernaryGemvFast(GemvShape),
     /// The multi-row 4-bit GEMV for this many activation rows per dispatch (`gemv_rows.rs`).
@@ -559,7 +567,16 @@ impl Shader {
             Shader::RowsFloat => s += ROWS_FLOAT,
             Shader::Copy => s += COPY,
             Shader::TernaryGemv => s += TERNARY_GEMV,
-            Shader::TernaryRescale => s += TERNARY_RESCALE,
+            Shader::TernaryRescale => {
+                s += FLOAT_BITS;
+                s += TERNARY_RESCALE;
+            }
+            Shader::Int8OutlierList => s += INT8_OUTLIER_LIST,
+            Shader::Int8LinearOut => {
+                s += FLOAT_BITS;
+                s += MODEL_COMMON;
+                s += INT8_LINEAR_OUT;
+            }
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::Gemv4bitRows(nb) => s += &super::gemv_rows::source(*nb),
@@ -620,6 +637,8 @@ impl Shader {
         v.push(Shader::Copy);
         v.push(Shader::TernaryGemv);
         v.push(Shader::TernaryRescale);
+        v.push(Shader::Int8OutlierList);
+        v.push(Shader::Int8LinearOut);
         v.push(Shader::SubgroupProbe);
         for nb in [1, 2, 4, 8] {
             v.push(Shader::Gemv4bitRows(nb));

@@ -615,4 +615,17 @@ impl WgpuBackend {
     ) -> Result<Vec<f32>> {
         kernels::ternary_rescale(self.gpu(), acc, x_scale, weight_scale, rows)
     }
+
+    /// `int8_mm_dequant` entirely on the GPU, as `linear_8bit` runs it (`c` is `[row_stats.len(),
+    /// col_stats.len()]`); tests compare it with the CPU's fused multiply-add on arbitrary bit patterns.
+    #[doc(hidden)]
+    pub fn int8_mm_dequant_on_device(
+        &self,
+        c: &[i32],
+        row_stats: &[f32],
+        col_stats: &[f32],
+        bias: Option<&[half::f16]>,
+    ) -> Result<Vec<half::f16>> {
+        kernels::int8_mm_dequant_exact(self.gpu(), c, row_stats, col_stats, bias)
+    }
 }
