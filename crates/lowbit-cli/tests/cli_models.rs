@@ -145,7 +145,7 @@ fn perplexity_scores_every_token_after_the_first_in_one_or_several_windows() {
     assert_eq!(one["tokens_scored"].as_u64().unwrap(), tokens - 1);
     assert!(one["windows"].as_u64().unwrap() >= 1);
     // The model memorised this text: its perplexity is low.
-    assert!(one["perplexity"].as_f64().unwrap() < 3.0, "{out}");
+    assert!(one["perplexity"].as_f64().unwrap() < 5.0, "{out}");
     let (ok, out, err) = lowbit(&[
         "perplexity",
         p(&demo_model()),
