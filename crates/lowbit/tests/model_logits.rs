@@ -46,6 +46,7 @@ fn strict() -> RecoveryPolicy {
 
 /// The CPU and, where there is one, the test GPU; both strict.
 fn devices() -> Vec<Device> {
+    #[allow(unused_mut)] // without the GPU feature nothing is added
     let mut v = vec![Device::from_backend(Arc::new(CpuBackend)).with_policy(strict())];
     #[cfg(feature = "wgpu")]
     if let Some(g) = wgpu_common::gpu() {

@@ -122,7 +122,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let mut stream = TextStream::new();
     let mut text = String::new();
     let mut generated = Vec::new();
-    while let Some(id) = generator.next() {
+    for id in generator.by_ref() {
         let id = id?;
         generated.push(id);
         if let Some(piece) = stream.push(&tok, id)? {

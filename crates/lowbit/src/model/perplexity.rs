@@ -72,10 +72,11 @@ pub fn perplexity(
         let logits = model.forward(window, &mut cache)?;
         let values = logits.floats("perplexity")?.to_f32_vec();
         // Token j (absolute) is predicted by row j - 1 of this window.
-        for j in (begin + 1).max(prev_end)..end {
+        let first = (begin + 1).max(prev_end);
+        for (j, &target) in ids.iter().enumerate().take(end).skip(first) {
             let row = j - 1 - begin;
             let row_logits = &values[row * vocab..(row + 1) * vocab];
-            report.nll_sum += nll(row_logits, ids[j]);
+            report.nll_sum += nll(row_logits, target);
             report.top1.push(super::sampling::argmax(row_logits));
             report.tokens_scored += 1;
         }

@@ -22,8 +22,17 @@ pub struct LoraWeights {
     pub scale: f32,
 }
 
+/// An adapter's dimensions and values: `r`, `in`, `out`, A `[r, in]`, B `[out, r]`.
+struct Checked {
+    r: usize,
+    i: usize,
+    o: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
 impl LoraWeights {
-    fn checked(&self) -> Result<(usize, usize, usize, Vec<f32>, Vec<f32>)> {
+    fn checked(&self) -> Result<Checked> {
         let (r, i) = match self.a.shape() {
             [r, i] => (*r, *i),
             s => {
@@ -44,12 +53,12 @@ impl LoraWeights {
         };
         let a = self.a.floats("lora")?.to_f32_vec();
         let b = self.b.floats("lora")?.to_f32_vec();
-        Ok((r, i, o, a, b))
+        Ok(Checked { r, i, o, a, b })
     }
 
     /// `W + s · B A` for a float weight `[out, in]` (PEFT's `merge_and_unload`), in f64 then rounded once.
     pub fn merge_into(&self, w: &Tensor) -> Result<Tensor> {
-        let (r, i, o, a, b) = self.checked()?;
+        let Checked { r, i, o, a, b } = self.checked()?;
         if w.shape() != [o, i] {
             return Err(Error::shape(
                 "lora",
@@ -74,7 +83,7 @@ impl LoraWeights {
 impl LoraAdapter {
     /// Uploads an adapter; the scale is folded into B once.
     pub fn upload(dev: &Device, w: &LoraWeights) -> Result<LoraAdapter> {
-        let (r, i, o, a, b) = w.checked()?;
+        let Checked { r, i, o, a, b } = w.checked()?;
         let b_scaled: Vec<f32> = b.iter().map(|v| v * w.scale).collect();
         Ok(LoraAdapter {
             a: dev.to_device(&Tensor::f32(vec![r, i], a)?)?,
