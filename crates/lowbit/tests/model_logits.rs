@@ -298,3 +298,51 @@ fn bad_models_are_typed_errors() {
         assert!(e.to_string().contains(needle), "{needle}: {e}");
     }
 }
+
+/// A checkpoint `lowbit quantize` wrote runs, with exactly the logits of quantizing the float model on load
+/// (the same bytes either way).
+#[test]
+fn lowbit_quantized_checkpoints_run_like_quantizing_on_load() {
+    use lowbit::io::{QuantFormat, QuantSpec};
+    use lowbit::io::{QuantizeJob, QuantizeOptions};
+    let src = fixture("tiny-llama");
+    let exp = Expected::load(&src);
+    let dev = Device::cpu();
+    for (format, on_load) in [
+        (
+            QuantFormat::FourBit(FourBitType::Nf4),
+            LoadFormat::FourBit(FourBitType::Nf4),
+        ),
+        (
+            QuantFormat::FourBit(FourBitType::Fp4),
+            LoadFormat::FourBit(FourBitType::Fp4),
+        ),
+        (QuantFormat::Int8, LoadFormat::Int8),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("q");
+        let opts = QuantizeOptions {
+            spec: QuantSpec {
+                format,
+                blocksize: 64,
+                double_quant: format != QuantFormat::Int8,
+            },
+            compute_dtype: lowbit::DType::F32,
+            include: None,
+            exclude: None,
+            force: false,
+            allow_ptq_ternary: false,
+        };
+        QuantizeJob::prepare(&src, &out, opts)
+            .unwrap()
+            .run(&dev, &mut |_| {})
+            .unwrap();
+        let saved = logits(&load(&out, &dev, &LoadOptions::default()), &exp.ids);
+        let opts = LoadOptions {
+            format: on_load,
+            ..LoadOptions::default()
+        };
+        let loaded = logits(&load(&src, &dev, &opts), &exp.ids);
+        assert_eq!(max_abs_diff(&saved, &loaded), 0.0, "{format:?}");
+    }
+}
