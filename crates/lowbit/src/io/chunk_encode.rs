@@ -8,7 +8,7 @@ use super::stream_read::Payload;
 use crate::format::Absmax;
 use crate::format::ternary::{abs_sum, weight_scale};
 use crate::runtime::Device;
-use crate::tensor::{Float, FloatVec, Floats, Tensor, TensorData};
+use crate::tensor::{Float, FloatVec, Tensor, TensorData};
 use crate::{Result, with_floats};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -76,17 +76,16 @@ pub fn encode_unit(
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
     match spec.format {
         QuantFormat::FourBit(t) => {
-            let x = widen(data);
-            let scan = scan(&x, offset, false);
-            let n = x.len();
-            let xt = Tensor::f32(vec![n], x);
+            let scan = with_floats!(data.as_floats(), s => scan(s, offset, false));
+            let xt = Tensor {
+                shape: vec![data.len()],
+                data: TensorData::Float(data),
+            };
             // Blocks are independent, so a chunk of whole blocks quantizes to its slice of the tensor's bytes.
             let q = dev.quantize_4bit(&xt, t, spec.blocksize, false)?;
-            let x = xt.floats("quantize")?;
-            let Floats::F32(x) = x else {
-                unreachable!("built from f32")
-            };
-            let moments = quant_error::fourbit_moments(x, &q.packed, t, spec.blocksize);
+            let moments = with_floats!(xt.floats("quantize")?, s => {
+                quant_error::fourbit_moments(s, &q.packed, t, spec.blocksize)
+            });
             let absmax = match q.state.absmax {
                 Absmax::Plain(a) => a,
                 nested => nested.to_f32().into_owned(),
@@ -99,16 +98,27 @@ pub fn encode_unit(
             })
         }
         QuantFormat::Int8 => {
-            let x = widen(data);
-            let scan = scan(&x, offset, true);
+            let scan = with_floats!(data.as_floats(), s => scan(s, offset, true));
             // bitsandbytes quantizes the float16 weight; rows are independent with threshold 0.
-            let mut h = vec![f16::ZERO; x.len()];
-            h.convert_from_f32_slice(&x);
-            let rows = x.len() / cols;
+            let (h, wide) = match data {
+                FloatVec::F16(h) => (h, None),
+                other => {
+                    let x = widen(other);
+                    let mut h = vec![f16::ZERO; x.len()];
+                    h.convert_from_f32_slice(&x);
+                    (h, Some(x))
+                }
+            };
+            let rows = h.len() / cols;
             let ht = Tensor::from_floats(vec![rows, cols], FloatVec::F16(h));
             let q = dev.int8_vectorwise_quant(&ht, 0.0)?;
-            drop(ht);
-            let err = quant_error::int8_error(&x, &q.q, &q.row_stats, cols);
+            // The error against the weight as read (the f32 copy for other dtypes), like the reference path.
+            let err = match &wide {
+                Some(x) => quant_error::int8_error(x, &q.q, &q.row_stats, cols),
+                None => with_floats!(ht.floats("quantize")?, s => {
+                    quant_error::int8_error(s, &q.q, &q.row_stats, cols)
+                }),
+            };
             Ok(EncodedUnit::Int8 {
                 q: q.q,
                 scb: q.row_stats,

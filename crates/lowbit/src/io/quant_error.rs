@@ -8,9 +8,9 @@
 //! quantized bytes are not affected.
 
 use crate::format::FourBitType;
-use crate::format::fourbit::nibble;
 use crate::format::ternary::unpack_value;
 use crate::tensor::{Float, Floats};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// `Σ (w - w')²` and `Σ w²`.
@@ -46,9 +46,37 @@ pub type BlockMoments = [f32; 3];
 /// Values per rayon task (a few hundred KiB of input).
 const TASK_VALUES: usize = 1 << 16;
 
-/// The moments of every block of `x` (f32, already widened), coded as `packed` (bitsandbytes' nibble order).
-pub fn fourbit_moments(
-    x: &[f32],
+/// Exact widening of a run of values into a reusable f32 buffer, with `half`'s SIMD conversions (F16C
+/// where the CPU has it) instead of one dispatched call per value.
+pub trait Widen: Float {
+    fn widen_into(src: &[Self], dst: &mut Vec<f32>);
+}
+
+impl Widen for f32 {
+    fn widen_into(src: &[f32], dst: &mut Vec<f32>) {
+        dst.clear();
+        dst.extend_from_slice(src);
+    }
+}
+
+impl Widen for half::f16 {
+    fn widen_into(src: &[half::f16], dst: &mut Vec<f32>) {
+        dst.resize(src.len(), 0.0);
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+impl Widen for half::bf16 {
+    fn widen_into(src: &[half::bf16], dst: &mut Vec<f32>) {
+        dst.resize(src.len(), 0.0);
+        src.convert_to_f32_slice(dst);
+    }
+}
+
+/// The moments of every block of `x`, coded as `packed` (bitsandbytes' nibble order: the first value of a
+/// pair in the high nibble). Blocks hold an even number of values except a tensor's last.
+pub fn fourbit_moments<T: Widen>(
+    x: &[T],
     packed: &[u8],
     quant_type: FourBitType,
     blocksize: usize,
@@ -56,24 +84,43 @@ pub fn fourbit_moments(
     let table = quant_type.dequant_table();
     let per_task = TASK_VALUES.div_ceil(blocksize) * blocksize;
     x.par_chunks(per_task)
-        .enumerate()
-        .flat_map_iter(|(k, xs)| {
-            let start = k * per_task;
-            xs.chunks(blocksize).enumerate().map(move |(b, block)| {
-                let base = start + b * blocksize;
-                let (mut xx, mut xt, mut tt) = ([0.0f32; 2], [0.0f32; 2], [0.0f32; 2]);
-                for (j, &v) in block.iter().enumerate() {
-                    let t = table[nibble(packed, base + j) as usize];
-                    // Two accumulators: even / odd values are independent chains.
-                    let l = j & 1;
-                    xx[l] += v * v;
-                    xt[l] += v * t;
-                    tt[l] += t * t;
-                }
-                [xx[0] + xx[1], xt[0] + xt[1], tt[0] + tt[1]]
-            })
+        .zip(packed.par_chunks(per_task / 2))
+        .flat_map_iter(|(xs, ps)| {
+            let mut buf = Vec::with_capacity(blocksize);
+            xs.chunks(blocksize)
+                .zip(ps.chunks(blocksize / 2))
+                .map(move |(block, codes)| {
+                    T::widen_into(block, &mut buf);
+                    block_moments(&buf, codes, table)
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
+}
+
+fn block_moments(x: &[f32], codes: &[u8], table: &[f32; 16]) -> BlockMoments {
+    // Four independent chains per sum, so the loop is not bound by add latency.
+    let (mut xx, mut xt, mut tt) = ([0.0f32; 4], [0.0f32; 4], [0.0f32; 4]);
+    let pairs = x.chunks_exact(2);
+    let odd = pairs.remainder().first().copied();
+    for (k, (pair, &c)) in pairs.zip(codes).enumerate() {
+        let l = (k & 1) * 2;
+        let (t0, t1) = (table[(c >> 4) as usize], table[(c & 15) as usize]);
+        xx[l] += pair[0] * pair[0];
+        xx[l + 1] += pair[1] * pair[1];
+        xt[l] += pair[0] * t0;
+        xt[l + 1] += pair[1] * t1;
+        tt[l] += t0 * t0;
+        tt[l + 1] += t1 * t1;
+    }
+    if let (Some(v), Some(&c)) = (odd, codes.get(x.len() / 2)) {
+        let t = table[(c >> 4) as usize];
+        xx[0] += v * v;
+        xt[0] += v * t;
+        tt[0] += t * t;
+    }
+    let sum = |a: [f32; 4]| (a[0] + a[1]) + (a[2] + a[3]);
+    [sum(xx), sum(xt), sum(tt)]
 }
 
 /// The error of blocks with moments `m` dequantized with scales `absmax`.
@@ -92,20 +139,25 @@ pub fn fourbit_error(m: &[BlockMoments], absmax: &[f32]) -> ErrorSums {
 }
 
 /// LLM.int8() rows: `w' = q · SCB / 127` (the dequantize kernel's product order).
-pub fn int8_error(x: &[f32], q: &[i8], scb: &[f32], cols: usize) -> ErrorSums {
+pub fn int8_error<T: Widen>(x: &[T], q: &[i8], scb: &[f32], cols: usize) -> ErrorSums {
     const INV_127: f32 = 1.0 / 127.0;
     let cols = cols.max(1);
     x.par_chunks(cols)
         .zip(q.par_chunks(cols))
         .zip(scb.par_iter())
-        .map(|((xr, qr), &s)| {
-            let (mut num, mut den) = (0.0f64, 0.0f64);
-            for (&v, &qv) in xr.iter().zip(qr) {
-                let d = (v - qv as f32 * s * INV_127) as f64;
-                num += d * d;
-                den += (v as f64) * (v as f64);
+        .map_init(Vec::new, |buf, ((xr, qr), &s)| {
+            T::widen_into(xr, buf);
+            let (mut num, mut den) = ([0.0f32; 4], [0.0f32; 4]);
+            for (k, (&v, &qv)) in buf.iter().zip(qr).enumerate() {
+                let d = v - qv as f32 * s * INV_127;
+                num[k & 3] += d * d;
+                den[k & 3] += v * v;
             }
-            ErrorSums { num, den }
+            let sum = |a: [f32; 4]| (a[0] as f64 + a[1] as f64) + (a[2] as f64 + a[3] as f64);
+            ErrorSums {
+                num: sum(num),
+                den: sum(den),
+            }
         })
         .reduce(ErrorSums::default, ErrorSums::add)
 }
