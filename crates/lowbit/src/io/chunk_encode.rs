@@ -68,6 +68,7 @@ pub fn encode_unit(
     shape: &[usize],
     offset: usize,
     payload: Payload,
+    recycle: &dyn Fn(FloatVec),
 ) -> Result<EncodedUnit> {
     let (data, abs_sum_f64) = match payload {
         Payload::Raw(b) => return Ok(EncodedUnit::Raw(b)),
@@ -86,6 +87,9 @@ pub fn encode_unit(
             let moments = with_floats!(xt.floats("quantize")?, s => {
                 quant_error::fourbit_moments(s, &q.packed, t, spec.blocksize)
             });
+            if let (_, TensorData::Float(v)) = xt.into_parts() {
+                recycle(v);
+            }
             let absmax = match q.state.absmax {
                 Absmax::Plain(a) => a,
                 nested => nested.to_f32().into_owned(),
@@ -119,6 +123,12 @@ pub fn encode_unit(
                     quant_error::int8_error(s, &q.q, &q.row_stats, cols)
                 }),
             };
+            if let (_, TensorData::Float(v)) = ht.into_parts() {
+                // Only an f16 input buffer comes back in the size the reader asks for.
+                if wide.is_none() {
+                    recycle(v);
+                }
+            }
             Ok(EncodedUnit::Int8 {
                 q: q.q,
                 scb: q.row_stats,

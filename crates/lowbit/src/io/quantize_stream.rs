@@ -17,7 +17,7 @@ use super::quant_error::{self, BlockMoments, ErrorSums};
 use super::quantize_model::TensorReport;
 use super::safetensors_read::{SafetensorsFile, TensorEntry};
 use super::safetensors_write::{PlannedTensor, StreamingWriter, TailTensor};
-use super::stream_read::{self, CHUNK_BYTES, Payload, Unit};
+use super::stream_read::{self, BufferPool, CHUNK_BYTES, Payload, Unit};
 use crate::format::{Absmax, QuantState};
 use crate::runtime::Device;
 use crate::{Error, Result};
@@ -80,6 +80,7 @@ pub fn run(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
     let budget = ByteBudget::new(budget_for(spec, files, &shards));
+    let pool = BufferPool::default();
     let selected: Vec<Vec<bool>> = shards.iter().map(|s| s.selected.clone()).collect();
     let stop = AtomicBool::new(false);
     let workers = encoders();
@@ -88,12 +89,14 @@ pub fn run(
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     std::thread::scope(|s| {
         let reader = {
-            let (budget, selected) = (&budget, &selected);
-            s.spawn(move || stream_read::read_all(files, selected, spec, budget, target, unit_tx))
+            let (budget, selected, pool) = (&budget, &selected, &pool);
+            s.spawn(move || {
+                stream_read::read_all(files, selected, spec, budget, pool, target, unit_tx)
+            })
         };
         for _ in 0..workers {
-            let (done_tx, unit_rx, stop) = (done_tx.clone(), &unit_rx, &stop);
-            s.spawn(move || encode_loop(dev, spec, files, unit_rx, done_tx, stop));
+            let (done_tx, unit_rx, stop, pool) = (done_tx.clone(), &unit_rx, &stop, &pool);
+            s.spawn(move || encode_loop(dev, spec, files, unit_rx, done_tx, stop, pool));
         }
         drop(done_tx);
         let result = Assembler::new(dev, spec, files, shards, target, budget.limit())
@@ -149,6 +152,7 @@ fn encode_loop(
     units: &Mutex<mpsc::Receiver<Unit>>,
     done: mpsc::Sender<Done>,
     stop: &AtomicBool,
+    pool: &BufferPool,
 ) {
     loop {
         let unit = match units.lock() {
@@ -164,13 +168,14 @@ fn encode_loop(
             Payload::Raw(b) => b.len() as u64,
             Payload::Values { data, .. } => (data.len() * t.dtype.size()) as u64,
         };
-        let result = encode_unit(dev, spec, &t.shape, u.offset, u.payload).map_err(|e| match e {
-            Error::Checkpoint { .. } => e,
-            other => ck(
-                files[u.shard].path(),
-                format!("tensor {:?}: {other}", t.name),
-            ),
-        });
+        let result = encode_unit(dev, spec, &t.shape, u.offset, u.payload, &|v| pool.put(v))
+            .map_err(|e| match e {
+                Error::Checkpoint { .. } => e,
+                other => ck(
+                    files[u.shard].path(),
+                    format!("tensor {:?}: {other}", t.name),
+                ),
+            });
         let d = Done {
             seq: u.seq,
             shard: u.shard,
@@ -208,6 +213,8 @@ struct Assembler<'a> {
     budget: u64,
     selected: Vec<Vec<bool>>,
     writer: Option<(usize, StreamingWriter, Vec<(String, Vec<u8>)>)>,
+    /// Shards being finished (tails, header, fsync, rename) in the background while the next streams.
+    finishing: Vec<(usize, std::thread::JoinHandle<Result<u64>>)>,
     next_shard: usize,
     gathered: Gathered,
     written: Written,
@@ -233,6 +240,7 @@ impl<'a> Assembler<'a> {
             target,
             budget,
             writer: None,
+            finishing: Vec::new(),
             next_shard: 0,
             gathered: Gathered::default(),
             written: Written {
@@ -250,6 +258,35 @@ impl<'a> Assembler<'a> {
         budget: &ByteBudget,
         progress: &mut dyn FnMut(u64),
     ) -> std::result::Result<Written, AssembleError> {
+        let result = self.assemble(done, budget, progress);
+        // Wait for every shard being finished, also after an error: the output is removed only afterwards.
+        let mut first_err = None;
+        for (i, h) in std::mem::take(&mut self.finishing) {
+            match h.join() {
+                Ok(Ok(size)) => self.written.shard_sizes[i] = size,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::invalid("quantize", "a shard writer panicked"));
+                }
+            }
+        }
+        result?;
+        if let Some(e) = first_err {
+            return Err(Failed(e));
+        }
+        super::temps::check_interrupt(self.target)?;
+        self.written.budget = self.budget;
+        Ok(self.written)
+    }
+
+    fn assemble(
+        &mut self,
+        done: &mpsc::Receiver<Done>,
+        budget: &ByteBudget,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::result::Result<(), AssembleError> {
         let mut waiting: HashMap<u64, Done> = HashMap::new();
         let mut next = 0u64;
         loop {
@@ -276,9 +313,7 @@ impl<'a> Assembler<'a> {
         if self.shards.iter().any(Option::is_some) || self.writer.is_some() {
             return Err(Missing);
         }
-        super::temps::check_interrupt(self.target)?;
-        self.written.budget = self.budget;
-        Ok(self.written)
+        Ok(())
     }
 
     /// Finishes every shard before `shard` (creating those without tensors) and opens `shard`.
@@ -388,7 +423,14 @@ impl<'a> Assembler<'a> {
         });
         if d.tensor + 1 == file.tensors().len() {
             let (i, w, tails) = self.writer.take().expect("open");
-            self.written.shard_sizes[i] = w.finish(tails)?;
+            // The fsync can take seconds on a slow disk; the next shard need not wait for it.
+            let h = std::thread::Builder::new()
+                .name(format!("lowbit-finish-{i}"))
+                .spawn(move || w.finish(tails))
+                .map_err(|e| {
+                    Error::invalid("quantize", format!("cannot start a writer thread: {e}"))
+                })?;
+            self.finishing.push((i, h));
         }
         Ok(())
     }

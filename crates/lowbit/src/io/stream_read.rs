@@ -31,6 +31,30 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 /// the int8 path's f16 copy and the codes (4 + 2 + 1 bytes), rounded up.
 const WORK_BYTES_PER_VALUE: u64 = 8;
 
+/// Chunk buffers handed back by the encoders once a chunk is quantized, so that the reader refills them
+/// instead of allocating (and zeroing) a fresh buffer per chunk. Holds a few chunks at most.
+#[derive(Default)]
+pub struct BufferPool(std::sync::Mutex<Vec<FloatVec>>);
+
+impl BufferPool {
+    const MAX: usize = 6;
+
+    pub fn put(&self, v: FloatVec) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < Self::MAX {
+            p.push(v);
+        }
+    }
+
+    fn take(&self, dtype: StDtype, n: usize) -> Option<FloatVec> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let i = p
+            .iter()
+            .position(|v| v.len() == n && StDtype::from_dtype(v.dtype()) == dtype)?;
+        Some(p.swap_remove(i))
+    }
+}
+
 /// Bytes of a tensor kept in full precision, or values of a tensor being quantized.
 pub enum Payload {
     Raw(Vec<u8>),
@@ -80,6 +104,7 @@ pub fn read_all(
     selected: &[Vec<bool>],
     spec: &QuantSpec,
     budget: &ByteBudget,
+    pool: &BufferPool,
     target: &Path,
     tx: SyncSender<Unit>,
 ) -> Result<()> {
@@ -105,7 +130,7 @@ pub fn read_all(
             } else if spec.format == QuantFormat::Ternary {
                 read_whole(file, t, budget, &mut send)?
             } else {
-                read_chunks(file, t, values_per_unit(spec, t), budget, &mut send)?
+                read_chunks(file, t, values_per_unit(spec, t), budget, pool, &mut send)?
             };
             if !sent {
                 return Ok(());
@@ -148,6 +173,7 @@ fn read_chunks(
     t: &TensorEntry,
     per_unit: usize,
     budget: &ByteBudget,
+    pool: &BufferPool,
     send: &mut Send,
 ) -> Result<bool> {
     let n = t.numel();
@@ -158,7 +184,10 @@ fn read_chunks(
         if !budget.acquire(cost) {
             return Ok(false);
         }
-        let mut data = zeroed(t.dtype, len, file.path())?;
+        let mut data = match pool.take(t.dtype, len) {
+            Some(v) => v,
+            None => zeroed(t.dtype, len, file.path())?,
+        };
         read_values(file, t, start, &mut data)?;
         let last = start + len == n;
         let payload = Payload::Values {
