@@ -69,7 +69,7 @@ fn values(rng: &mut Rng, dtype: StDtype, n: usize) -> Vec<u8> {
         .map(|i| {
             let s = 0.01 + 0.05 * ((i / 997) % 7) as f32;
             let x = rng.normal(s);
-            if rng.next_u64() % 5000 == 0 {
+            if rng.next_u64().is_multiple_of(5000) {
                 x * 40.0
             } else {
                 x

@@ -245,6 +245,9 @@ fn shape_err(w: &str, shape: &[usize]) -> Error {
     )
 }
 
+/// A tensor's name and little-endian bytes.
+pub type NamedBytes = (String, Vec<u8>);
+
 /// The bytes of a quantized weight in [`plan`]'s order, and its relative error `||W - W'|| / ||W||`.
 pub struct Encoded {
     pub tensors: Vec<(String, Vec<u8>)>,
@@ -314,7 +317,7 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
 pub(crate) fn fourbit_state_tensors(
     name: &str,
     state: &QuantState,
-) -> (Vec<(String, Vec<u8>)>, (String, Vec<u8>)) {
+) -> (Vec<NamedBytes>, NamedBytes) {
     let t = state.quant_type;
     let mut tensors = Vec::new();
     match &state.absmax {

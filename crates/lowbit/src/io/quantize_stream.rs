@@ -212,7 +212,8 @@ struct Assembler<'a> {
     target: &'a Path,
     budget: u64,
     selected: Vec<Vec<bool>>,
-    writer: Option<(usize, StreamingWriter, Vec<(String, Vec<u8>)>)>,
+    /// The shard being written: its index, writer and quant_state tails so far.
+    writer: Option<(usize, StreamingWriter, Vec<layout::NamedBytes>)>,
     /// Shards being finished (tails, header, fsync, rename) in the background while the next streams.
     finishing: Vec<(usize, std::thread::JoinHandle<Result<u64>>)>,
     next_shard: usize,
