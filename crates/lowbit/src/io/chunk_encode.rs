@@ -77,7 +77,6 @@ pub fn encode_unit(
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
     match spec.format {
         QuantFormat::FourBit(t) => {
-            let scan = with_floats!(data.as_floats(), s => scan(s, offset, false));
             let xt = Tensor {
                 shape: vec![data.len()],
                 data: TensorData::Float(data),
@@ -87,6 +86,13 @@ pub fn encode_unit(
             let moments = with_floats!(xt.floats("quantize")?, s => {
                 quant_error::fourbit_moments(s, &q.packed, t, spec.blocksize)
             });
+            // A non-finite value makes its block's Σx² non-finite, so the exact scan (first index, count)
+            // is needed only then: the clean case costs no extra pass.
+            let scan = if moments.iter().all(|m| m[0].is_finite()) {
+                Scan::default()
+            } else {
+                with_floats!(xt.floats("quantize")?, s => scan(s, offset, false))
+            };
             if let (_, TensorData::Float(v)) = xt.into_parts() {
                 recycle(v);
             }

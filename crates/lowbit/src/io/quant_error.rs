@@ -87,19 +87,25 @@ pub fn fourbit_moments<T: Widen>(
     let per_task = TASK_VALUES.div_ceil(blocksize) * blocksize;
     let ones = vec![1.0f32; per_task / blocksize];
     let isa = crate::backend::cpu::fast::isa();
-    x.par_chunks(per_task)
+    let parts: Vec<Vec<BlockMoments>> = x
+        .par_chunks(per_task)
         .zip(packed.par_chunks(per_task / 2))
-        .flat_map_iter(|(xs, ps)| {
-            let (mut xb, mut tb) = (Vec::new(), vec![0.0f32; xs.len()]);
-            T::widen_into(xs, &mut xb);
-            let nb = xs.len().div_ceil(blocksize);
-            dequant_span(ps, &ones[..nb], table, blocksize, 0, &mut tb, isa);
-            xb.chunks(blocksize)
-                .zip(tb.chunks(blocksize))
-                .map(|(x, t)| block_moments(x, t))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+        // Buffers reused across a thread's tasks: no allocation (and zeroing) per task.
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(xb, tb), (xs, ps)| {
+                T::widen_into(xs, xb);
+                tb.resize(xs.len(), 0.0);
+                let nb = xs.len().div_ceil(blocksize);
+                dequant_span(ps, &ones[..nb], table, blocksize, 0, tb, isa);
+                xb.chunks(blocksize)
+                    .zip(tb.chunks(blocksize))
+                    .map(|(x, t)| block_moments(x, t))
+                    .collect()
+            },
+        )
+        .collect();
+    parts.concat()
 }
 
 fn block_moments(x: &[f32], t: &[f32]) -> BlockMoments {
