@@ -309,11 +309,17 @@ impl<'a> Assembler<'a> {
             budget.release(cost);
             progress(self.written.bytes_in);
         }
-        // Every shard must have been written through its last tensor (shards without tensors included).
-        self.open_shard(self.shards.len())?;
-        if self.shards.iter().any(Option::is_some) || self.writer.is_some() {
+        // The units stopped early (the reader failed or was interrupted) when a shard is still open or one
+        // with tensors was never reached; only shards without tensors are left to write.
+        let unreached = self
+            .shards
+            .iter()
+            .zip(self.files)
+            .any(|(job, f)| job.is_some() && !f.tensors().is_empty());
+        if self.writer.is_some() || unreached {
             return Err(Missing);
         }
+        self.open_shard(self.shards.len())?;
         Ok(())
     }
 
