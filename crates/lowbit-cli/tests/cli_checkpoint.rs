@@ -140,15 +140,16 @@ fn quantize_inspect_dequantize_round_trip() {
     assert!(ok && out.contains("bits per weight"), "{out}");
 }
 
-/// Peak RSS of `lowbit quantize` on a checkpoint of `layers * 4` tensors of `rows x cols` f16 must stay below
-/// a few times the largest tensor, independent of the model size.
-fn check_peak_rss(layers: usize, rows: usize, cols: usize, format: &str) {
+/// Peak RSS of `lowbit quantize` on a checkpoint of `layers * per_layer` tensors of `rows x cols` f16 must
+/// stay within twice the largest tensor plus a constant (the pipeline's stream budget of 96 MiB and the
+/// program itself), independent of the model size.
+fn check_peak_rss(layers: usize, per_layer: usize, rows: usize, cols: usize, format: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (src, q) = (dir.path().join("m"), dir.path().join("q"));
-    let total = synthetic_model(&src, layers, 4, rows, cols);
+    let total = synthetic_model(&src, layers, per_layer, rows, cols);
     let largest = (rows * cols * 2) as u64;
     let t = std::time::Instant::now();
-    let (ok, out, err) = lowbit(&[
+    let mut args = vec![
         "--json",
         "-q",
         "quantize",
@@ -156,39 +157,54 @@ fn check_peak_rss(layers: usize, rows: usize, cols: usize, format: &str) {
         q.to_str().unwrap(),
         "--format",
         format,
-    ]);
+    ];
+    if format == "ternary" {
+        args.push("--allow-ptq-ternary");
+    }
+    let (ok, out, err) = lowbit(&args);
     assert!(ok, "{err}");
     let r = json(&out);
     let Some(peak) = r["peak_rss_bytes"].as_u64() else {
         eprintln!("peak RSS not reported on this OS");
         return;
     };
-    let bound = 6 * largest + (64 << 20);
+    let bound = 2 * largest + (160 << 20);
     eprintln!(
-        "{format}: model {} MiB, largest tensor {} MiB, peak RSS {} MiB (bound {} MiB), {:.1} s",
+        "{format}: model {} MiB, largest tensor {} MiB, peak RSS {} MiB (bound {} MiB), {:.1} s, {:.0} MB/s in",
         total >> 20,
         largest >> 20,
         peak >> 20,
         bound >> 20,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        r["input_mb_per_s"].as_f64().unwrap_or(0.0),
     );
     assert!(peak < bound, "peak RSS {peak} >= {bound}");
-    assert!(
-        peak < total,
-        "peak RSS {peak} not below the model size {total}"
-    );
+    if layers * per_layer > 2 {
+        assert!(
+            peak < total,
+            "peak RSS {peak} not below the model size {total}"
+        );
+    }
 }
 
 #[test]
 fn bounded_memory_small() {
     // 384 MiB of f16 in 32 MiB tensors.
-    check_peak_rss(3, 4096, 4096, "nf4");
+    check_peak_rss(3, 4, 4096, 4096, "nf4");
+}
+
+#[test]
+fn bounded_memory_single_large_tensor() {
+    // One 256 MiB f16 tensor: the 4-bit and int8 paths stream inside it, ternary holds it once.
+    for format in ["nf4", "int8", "ternary"] {
+        check_peak_rss(1, 1, 8192, 16384, format);
+    }
 }
 
 #[test]
 #[ignore = "writes and quantizes a 2.5 GiB checkpoint; run with --ignored"]
 fn bounded_memory_multi_gb() {
     // 2.5 GiB of f16 in 32 MiB tensors.
-    check_peak_rss(20, 4096, 4096, "nf4");
-    check_peak_rss(20, 4096, 4096, "int8");
+    check_peak_rss(20, 4, 4096, 4096, "nf4");
+    check_peak_rss(20, 4, 4096, 4096, "int8");
 }

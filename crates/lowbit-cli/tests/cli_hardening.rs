@@ -450,12 +450,13 @@ fn a_full_stdout_or_stderr_is_an_error_not_a_panic() {
 fn sigterm_and_sigint_remove_the_temporary_output() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("m");
-    // 16 x 1024x1024 f16 (32 MiB): several seconds of quantization in a debug build.
-    let t: Vec<T> = (0..16)
+    // 64 x 2048x1024 f16 (256 MiB): the streaming quantizer still needs about a second for it in a debug
+    // build, well past the signal (32 MiB, enough for the tensor-at-a-time path, finished first).
+    let t: Vec<T> = (0..64)
         .map(|i| {
             f16_tensor(
                 &format!("model.layers.{i}.mlp.up_proj.weight"),
-                &[1024, 1024],
+                &[2048, 1024],
                 wave,
             )
         })

@@ -82,7 +82,14 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let stale = job.stale_temporaries().clone();
     let report = job.run(&dev, &mut |done| pb.set_position(done))?;
     pb.finish_and_clear();
+    // Peak RSS is the process's VmHWM (Linux /proc/self/status): resident memory at its highest, the
+    // binary and every thread included; page cache is not counted.
     let peak = lowbit::io::peak_rss_bytes();
+    let secs = report.seconds.max(1e-9);
+    let (in_mb_s, out_mb_s) = (
+        report.bytes_in as f64 / 1e6 / secs,
+        report.bytes_out as f64 / 1e6 / secs,
+    );
     if global.json {
         let tensors: Vec<_> = report
             .tensors
@@ -98,6 +105,8 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "output": report.output, "format": format.name(), "tensors": report.tensors.len(),
             "quantized": report.quantized, "shards": report.shards, "bytes_in": report.bytes_in,
             "bytes_out": report.bytes_out, "seconds": report.seconds,
+            "input_mb_per_s": in_mb_s, "output_mb_per_s": out_mb_s,
+            "memory_budget_bytes": report.memory_budget,
             "mean_rel_error": report.mean_rel_error, "max_rel_error": report.max_rel_error,
             "peak_rss_bytes": peak, "per_tensor": tensors,
             "copied_files": report.copied,
@@ -110,8 +119,9 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         }))?;
     } else {
         outln!(
-            "{}: {} tensors ({} quantized to {}), {} shard(s)\n  bytes {} -> {} ({:.2}x)\n  time {:.2} s, \
-             mean relative error {:.4} (max {:.4}){}",
+            "{}: {} tensors ({} quantized to {}), {} shard(s)\n  bytes {} -> {} ({:.2}x)\n  time {:.2} s \
+             (input {:.0} MB/s, output {:.0} MB/s), peak memory {} (VmHWM)\n  mean relative error {:.4} \
+             (max {:.4})",
             crate::output::printable(&report.output.display().to_string()),
             report.tensors.len(),
             report.quantized,
@@ -121,10 +131,12 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             human(report.bytes_out),
             report.bytes_in as f64 / report.bytes_out.max(1) as f64,
             report.seconds,
+            in_mb_s,
+            out_mb_s,
+            peak.map(human)
+                .unwrap_or_else(|| "not reported on this OS".into()),
             report.mean_rel_error,
             report.max_rel_error,
-            peak.map(|p| format!(", peak RSS {}", human(p)))
-                .unwrap_or_default(),
         );
         let p = crate::output::printable;
         if !report.copied.is_empty() {

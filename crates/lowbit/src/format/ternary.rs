@@ -11,13 +11,22 @@ pub fn weight_scale(w_abs_sum_f32: f32, n: usize) -> f32 {
     1.0 / mean.max(EPS)
 }
 
+/// Largest tensor whose |w| sum follows torch's single-thread float32 order; above it a float64 sum.
+pub const TORCH_ORDER_MAX: usize = 32768;
+
 /// Sum of |w| in torch's CPU order (see [`weight_scale`]).
 pub fn abs_sum(w: impl ExactSizeIterator<Item = f32> + Clone) -> f32 {
-    let a: Vec<f32> = w.map(f32::abs).collect();
-    if a.len() > 32768 {
-        return a.iter().map(|&v| v as f64).sum::<f64>() as f32;
+    if w.len() > TORCH_ORDER_MAX {
+        return abs_sum_f64(0.0, w) as f32;
     }
+    let a: Vec<f32> = w.map(f32::abs).collect();
     torch_cpu_sum_f32(&a)
+}
+
+/// The float64 sum of [`abs_sum`] for large tensors, continued from `acc` over `w`: feeding a tensor in
+/// consecutive parts gives the bits of one pass (the additions happen in the same order).
+pub fn abs_sum_f64(acc: f64, w: impl Iterator<Item = f32>) -> f64 {
+    w.fold(acc, |s, v| s + v.abs() as f64)
 }
 
 /// torch's CPU float32 sum on one thread with 8-lane vectors: four interleaved vector accumulators fed through a

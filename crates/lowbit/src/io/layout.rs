@@ -245,6 +245,9 @@ fn shape_err(w: &str, shape: &[usize]) -> Error {
     )
 }
 
+/// A tensor's name and little-endian bytes.
+pub type NamedBytes = (String, Vec<u8>);
+
 /// The bytes of a quantized weight in [`plan`]'s order, and its relative error `||W - W'|| / ||W||`.
 pub struct Encoded {
     pub tensors: Vec<(String, Vec<u8>)>,
@@ -252,7 +255,8 @@ pub struct Encoded {
     pub rel_error: f64,
 }
 
-/// Quantizes `w` (named `weight_name`) with the library's ops. Non-finite weights are rejected.
+/// Quantizes `w` (named `weight_name`) with the library's ops. Non-finite weights are rejected. This is the
+/// tensor-at-a-time reference path; `quantize_stream` produces the same bytes chunk by chunk.
 pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> Result<Encoded> {
     let wf = w.floats("quantize")?;
     ensure_finite("quantize", wf)
@@ -266,28 +270,9 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             let q = dev.quantize_4bit(w, t, spec.blocksize, spec.double_quant)?;
             let deq = dev.dequantize_4bit(&q)?;
             let rel_error = rel_error(wf, deq.floats("dequantize")?);
-            let mut tensors = vec![(name.to_string(), q.packed.clone())];
-            match &q.state.absmax {
-                Absmax::Plain(a) => tensors.push((sub(name, ABSMAX), f32_bytes(a))),
-                Absmax::Nested {
-                    absmax_q,
-                    nested_absmax,
-                    nested_code,
-                    ..
-                } => {
-                    tensors.push((sub(name, ABSMAX), absmax_q.clone()));
-                    tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
-                    tensors.push((sub(name, NESTED_ABSMAX), f32_bytes(nested_absmax)));
-                    tensors.push((sub(name, NESTED_QUANT_MAP), f32_bytes(nested_code)));
-                }
-            }
-            if !q.state.absmax.is_nested() {
-                tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
-            }
-            let tail = (
-                sub(name, &format!("{QUANT_STATE_PREFIX}{}", t.name())),
-                q.state.to_json().into_bytes(),
-            );
+            let (rest, tail) = fourbit_state_tensors(name, &q.state);
+            let mut tensors = vec![(name.to_string(), q.packed)];
+            tensors.extend(rest);
             Ok(Encoded {
                 tensors,
                 tail: Some(tail),
@@ -303,32 +288,79 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
             let TensorData::I8(q) = qt.into_parts().1 else {
                 unreachable!("built above")
             };
+            let mut tensors = vec![(name.to_string(), bytemuck::cast_slice(&q).to_vec())];
+            tensors.extend(int8_state_tensors(name, &layer.scb));
             Ok(Encoded {
-                tensors: vec![
-                    (name.to_string(), bytemuck::cast_slice(&q).to_vec()),
-                    (module_key(name, SCB), f32_bytes(&layer.scb)),
-                    (module_key(name, WEIGHT_FORMAT), vec![WEIGHT_FORMAT_ROW]),
-                ],
+                tensors,
                 tail: None,
                 rel_error,
             })
         }
         QuantFormat::Ternary => {
             let tw = dev.ternary_quantize(w)?;
-            let scale = FloatVec::from_f32(vec![tw.weight_scale], w.dtype());
-            let stored_scale = scale.to_f32_vec()[0];
+            let (scale, stored_scale) = ternary_scale_tensor(name, tw.weight_scale, w.dtype());
             let deq = ternary_values(&tw.packed, tw.rows, tw.cols, stored_scale);
             let rel_error = rel_error(wf, Floats::F32(&deq));
             Ok(Encoded {
-                tensors: vec![
-                    (name.to_string(), tw.packed),
-                    (module_key(name, WEIGHT_SCALE), scale.to_le_bytes()),
-                ],
+                tensors: vec![(name.to_string(), tw.packed), scale],
                 tail: None,
                 rel_error,
             })
         }
     }
+}
+
+/// The tensors after the packed 4-bit weight, in [`plan`]'s order, and the quant_state tail.
+pub(crate) fn fourbit_state_tensors(
+    name: &str,
+    state: &QuantState,
+) -> (Vec<NamedBytes>, NamedBytes) {
+    let t = state.quant_type;
+    let mut tensors = Vec::new();
+    match &state.absmax {
+        Absmax::Plain(a) => {
+            tensors.push((sub(name, ABSMAX), f32_bytes(a)));
+            tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
+        }
+        Absmax::Nested {
+            absmax_q,
+            nested_absmax,
+            nested_code,
+            ..
+        } => {
+            tensors.push((sub(name, ABSMAX), absmax_q.clone()));
+            tensors.push((sub(name, QUANT_MAP), f32_bytes(t.quant_map())));
+            tensors.push((sub(name, NESTED_ABSMAX), f32_bytes(nested_absmax)));
+            tensors.push((sub(name, NESTED_QUANT_MAP), f32_bytes(nested_code)));
+        }
+    }
+    let tail = (
+        sub(name, &format!("{QUANT_STATE_PREFIX}{}", t.name())),
+        state.to_json().into_bytes(),
+    );
+    (tensors, tail)
+}
+
+/// The tensors after the int8 weight, in [`plan`]'s order: SCB and the row-major weight format.
+pub(crate) fn int8_state_tensors(name: &str, scb: &[f32]) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (module_key(name, SCB), f32_bytes(scb)),
+        (module_key(name, WEIGHT_FORMAT), vec![WEIGHT_FORMAT_ROW]),
+    ]
+}
+
+/// The `weight_scale` tensor in the model's dtype, and the value it stores (what a loader multiplies by).
+pub(crate) fn ternary_scale_tensor(
+    name: &str,
+    weight_scale: f32,
+    dtype: DType,
+) -> ((String, Vec<u8>), f32) {
+    let scale = FloatVec::from_f32(vec![weight_scale], dtype);
+    let stored = scale.to_f32_vec()[0];
+    (
+        (module_key(name, WEIGHT_SCALE), scale.to_le_bytes()),
+        stored,
+    )
 }
 
 /// LLM.int8() works on the float16 weight (bitsandbytes' `Int8Params` converts to half before quantizing), so
@@ -337,19 +369,24 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
 fn check_f16_range(name: &str, wf: Floats, shape: &[usize]) -> Result<()> {
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
     if let Some(i) = (0..wf.len()).find(|&i| half::f16::from_f32(wf.get_f32(i)).is_infinite()) {
-        return Err(Error::invalid(
-            "quantize",
-            format!(
-                "{name}: row {} holds {:e} (column {}), beyond float16's range (±65504); LLM.int8() computes \
-                 its row scales (SCB) in float16 as bitsandbytes does, so this row would dequantize to NaN. \
-                 Keep the tensor in full precision with --exclude, or use nf4/fp4",
-                i / cols,
-                wf.get_f32(i),
-                i % cols
-            ),
-        ));
+        return Err(f16_range_error(name, i, wf.get_f32(i), cols));
     }
     Ok(())
+}
+
+/// The error for value `i` (`value`, beyond float16's range) of an int8 weight with `cols` columns.
+pub(crate) fn f16_range_error(name: &str, i: usize, value: f32, cols: usize) -> Error {
+    Error::invalid(
+        "quantize",
+        format!(
+            "{name}: row {} holds {:e} (column {}), beyond float16's range (±65504); LLM.int8() computes \
+             its row scales (SCB) in float16 as bitsandbytes does, so this row would dequantize to NaN. \
+             Keep the tensor in full precision with --exclude, or use nf4/fp4",
+            i / cols,
+            value,
+            i % cols
+        ),
+    )
 }
 
 /// Double quantization subtracts the float32 mean of the block scales (torch's `absmax.mean()`): when their
@@ -363,6 +400,16 @@ fn check_double_quant_range(name: &str, wf: Floats, blocksize: usize) -> Result<
             block_max = 0.0;
         }
     }
+    check_absmax_sum(name, sum)
+}
+
+/// [`check_double_quant_range`] from the block scales the kernel returned (the same sum, in the same
+/// order, for finite input).
+pub(crate) fn check_double_quant_absmax(name: &str, absmax: &[f32]) -> Result<()> {
+    check_absmax_sum(name, absmax.iter().fold(0.0f64, |s, &a| s + a as f64))
+}
+
+fn check_absmax_sum(name: &str, sum: f64) -> Result<()> {
     if sum >= f32::MAX as f64 / 2.0 {
         return Err(Error::invalid(
             "quantize",

@@ -2,15 +2,20 @@
 //! layout (FORMATS.md §5, §7, §9). Reading validates every header, index and JSON as untrusted input;
 //! writing streams tensor by tensor with bounded memory and renames complete outputs into place.
 
+mod byte_budget;
+mod chunk_encode;
 pub mod dequantize_model;
 pub mod hf_config;
 pub mod inspect;
 pub mod layout;
 pub mod model_dir;
+mod quant_error;
 pub mod quantize_model;
+mod quantize_stream;
 pub mod safetensors_read;
 pub mod safetensors_write;
 mod st_dtype;
+mod stream_read;
 pub mod temps;
 
 pub use dequantize_model::DequantizeJob;

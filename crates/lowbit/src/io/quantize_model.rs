@@ -1,10 +1,11 @@
-//! The streaming quantization pipeline: for each shard, plan the output header from the input header, then
-//! read, quantize and write one tensor at a time (input pages released after use), so peak memory is a
-//! small multiple of the largest tensor whatever the model size.
+//! Quantizing a checkpoint: validate the inputs and options, plan every output header from the input
+//! headers (before anything is written), run the streaming pipeline (`quantize_stream`), then write the
+//! index and config.json, copy the other files and commit the output atomically.
 
 use super::hf_config::quantization_config;
 use super::layout::{self, QuantFormat, QuantSpec};
 use super::model_dir::{self, CONFIG, ModelInput, Output};
+use super::quantize_stream::{self, ShardJob, Written};
 use super::safetensors_read::{SafetensorsFile, TensorEntry};
 use super::safetensors_write::{PlannedTensor, StreamingWriter, TailTensor, check_header_size};
 use super::{StDtype, checkpoint_error as ck};
@@ -60,6 +61,9 @@ pub struct QuantizeReport {
     pub mean_rel_error: f64,
     pub max_rel_error: f64,
     pub seconds: f64,
+    /// Bytes of data the pipeline allowed in flight at once (see `quantize_stream`); the tensor-at-a-time
+    /// path reports its largest tensor.
+    pub memory_budget: u64,
     pub shards: usize,
     pub output: PathBuf,
     /// Other files of the model directory copied unchanged (tokenizer, generation config, ...).
@@ -312,18 +316,36 @@ impl QuantizeJob {
         &self.output.stale
     }
 
-    /// Runs the pipeline; `progress` gets the number of input bytes processed after each tensor. On error
-    /// (or interrupt, see [`super::temps`]) nothing is left at the output path.
+    /// Runs the streaming pipeline (`quantize_stream`: reading, quantizing, error statistics and writing
+    /// overlap on every core, memory bounded by a budget); `progress` gets the number of input bytes
+    /// processed. On error (or interrupt, see [`super::temps`]) nothing is left at the output path.
     pub fn run(self, dev: &Device, progress: &mut dyn FnMut(u64)) -> Result<QuantizeReport> {
+        self.run_with(dev, progress, true)
+    }
+
+    /// The tensor-at-a-time reference path: each tensor read whole, encoded with `layout::encode` and
+    /// written before the next. [`run`](Self::run) writes the same bytes; tests compare the two.
+    pub fn run_tensor_by_tensor(
+        self,
+        dev: &Device,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<QuantizeReport> {
+        self.run_with(dev, progress, false)
+    }
+
+    fn run_with(
+        self,
+        dev: &Device,
+        progress: &mut dyn FnMut(u64),
+        streaming: bool,
+    ) -> Result<QuantizeReport> {
         let start = Instant::now();
         let spec = self.opts.spec;
         let target = self.output.target().to_path_buf();
-        let mut reports = Vec::new();
         let mut weight_map = BTreeMap::new();
-        let mut total_size = 0u64;
-        let mut bytes_in = 0u64;
-        for (i, (file, plan)) in self.files.iter().zip(self.plans).enumerate() {
-            let out_path = match &plan.out_path_rel {
+        let mut shards = Vec::with_capacity(self.plans.len());
+        for (i, plan) in self.plans.into_iter().enumerate() {
+            let path = match &plan.out_path_rel {
                 Some(r) => self.output.path().join(r),
                 None => self.output.path().to_path_buf(),
             };
@@ -336,52 +358,20 @@ impl QuantizeJob {
             {
                 weight_map.insert(name.clone(), shard_name.clone());
             }
-            let mut writer =
-                StreamingWriter::create(&out_path, plan.planned, plan.tails, plan.metadata)?;
-            let mut tail_bytes = Vec::new();
-            for (t, &sel) in file.tensors().iter().zip(&plan.selected) {
-                super::temps::check_interrupt(&target)?;
-                if sel {
-                    let w = file.tensor(t)?;
-                    let enc = layout::encode(dev, &spec, &t.name, &w).map_err(|e| match e {
-                        Error::Checkpoint { .. } => e,
-                        other => ck(file.path(), format!("tensor {:?}: {other}", t.name)),
-                    })?;
-                    drop(w);
-                    let mut out_bytes = 0u64;
-                    for (name, bytes) in &enc.tensors {
-                        writer.write(name, bytes)?;
-                        out_bytes += bytes.len() as u64;
-                    }
-                    if let Some(tail) = enc.tail {
-                        out_bytes += tail.1.len() as u64;
-                        tail_bytes.push(tail);
-                    }
-                    reports.push(TensorReport {
-                        name: t.name.clone(),
-                        shape: t.shape.clone(),
-                        dtype: t.dtype,
-                        bytes_in: t.nbytes() as u64,
-                        bytes_out: out_bytes,
-                        rel_error: Some(enc.rel_error),
-                    });
-                } else {
-                    writer.write(&t.name, &file.bytes(t)?)?;
-                    reports.push(TensorReport {
-                        name: t.name.clone(),
-                        shape: t.shape.clone(),
-                        dtype: t.dtype,
-                        bytes_in: t.nbytes() as u64,
-                        bytes_out: t.nbytes() as u64,
-                        rel_error: None,
-                    });
-                }
-                bytes_in += t.nbytes() as u64;
-                progress(bytes_in);
-            }
-            super::temps::check_interrupt(&target)?;
-            total_size += writer.finish(tail_bytes)?;
+            shards.push(ShardJob {
+                path,
+                planned: plan.planned,
+                tails: plan.tails,
+                metadata: plan.metadata,
+                selected: plan.selected,
+            });
         }
+        let written = if streaming {
+            quantize_stream::run(dev, &spec, &self.files, shards, &target, progress)?
+        } else {
+            write_tensor_by_tensor(dev, &spec, &self.files, shards, &target, progress)?
+        };
+        let total_size = written.shard_sizes.iter().sum();
         let (mut copied, mut skipped_files) = (Vec::new(), Vec::new());
         if self.input.dir.is_some() {
             let out = self.output.path();
@@ -401,6 +391,7 @@ impl QuantizeJob {
         }
         super::temps::check_interrupt(&target)?;
         self.output.commit()?;
+        let reports = written.reports;
         let errs: Vec<f64> = reports.iter().filter_map(|r| r.rel_error).collect();
         let (mean_rel_error, max_rel_error) = summarize_errors(&errs);
         let bytes_out = reports.iter().map(|r| r.bytes_out).sum();
@@ -409,9 +400,10 @@ impl QuantizeJob {
             mean_rel_error,
             max_rel_error,
             tensors: reports,
-            bytes_in,
+            bytes_in: written.bytes_in,
             bytes_out,
             seconds: start.elapsed().as_secs_f64(),
+            memory_budget: written.budget,
             shards: self.files.len(),
             output: target,
             copied,
@@ -420,6 +412,75 @@ impl QuantizeJob {
             warnings: self.warnings,
         })
     }
+}
+
+/// The reference loop: one tensor at a time, whole, through `layout::encode`.
+fn write_tensor_by_tensor(
+    dev: &Device,
+    spec: &QuantSpec,
+    files: &[SafetensorsFile],
+    shards: Vec<ShardJob>,
+    target: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
+    let mut reports = Vec::new();
+    let mut shard_sizes = Vec::new();
+    let mut bytes_in = 0u64;
+    let mut largest = 0u64;
+    for (file, shard) in files.iter().zip(shards) {
+        let mut writer =
+            StreamingWriter::create(&shard.path, shard.planned, shard.tails, shard.metadata)?;
+        let mut tail_bytes = Vec::new();
+        for (t, &sel) in file.tensors().iter().zip(&shard.selected) {
+            super::temps::check_interrupt(target)?;
+            largest = largest.max(t.nbytes() as u64);
+            if sel {
+                let w = file.tensor(t)?;
+                let enc = layout::encode(dev, spec, &t.name, &w).map_err(|e| match e {
+                    Error::Checkpoint { .. } => e,
+                    other => ck(file.path(), format!("tensor {:?}: {other}", t.name)),
+                })?;
+                drop(w);
+                let mut out_bytes = 0u64;
+                for (name, bytes) in &enc.tensors {
+                    writer.write(name, bytes)?;
+                    out_bytes += bytes.len() as u64;
+                }
+                if let Some(tail) = enc.tail {
+                    out_bytes += tail.1.len() as u64;
+                    tail_bytes.push(tail);
+                }
+                reports.push(TensorReport {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                    bytes_in: t.nbytes() as u64,
+                    bytes_out: out_bytes,
+                    rel_error: Some(enc.rel_error),
+                });
+            } else {
+                writer.write(&t.name, &file.bytes(t)?)?;
+                reports.push(TensorReport {
+                    name: t.name.clone(),
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                    bytes_in: t.nbytes() as u64,
+                    bytes_out: t.nbytes() as u64,
+                    rel_error: None,
+                });
+            }
+            bytes_in += t.nbytes() as u64;
+            progress(bytes_in);
+        }
+        super::temps::check_interrupt(target)?;
+        shard_sizes.push(writer.finish(tail_bytes)?);
+    }
+    Ok(Written {
+        reports,
+        shard_sizes,
+        bytes_in,
+        budget: largest,
+    })
 }
 
 #[cfg(test)]

@@ -353,7 +353,27 @@ impl SafetensorsFile {
     }
 
     fn read_into(&self, t: &TensorEntry, buf: &mut [u8]) -> Result<()> {
-        let at = (self.header.data_start + t.range.start) as u64;
+        self.read_part_into(t, 0, buf)
+    }
+
+    /// Reads `buf.len()` bytes of tensor `t` starting `offset` bytes into its data (streamed tensors are
+    /// read in parts). A range outside the tensor is an error.
+    pub fn read_part_into(&self, t: &TensorEntry, offset: usize, buf: &mut [u8]) -> Result<()> {
+        if offset
+            .checked_add(buf.len())
+            .is_none_or(|end| end > t.nbytes())
+        {
+            return Err(ck(
+                &self.path,
+                format!(
+                    "tensor {:?}: internal: part {offset}+{} is outside its {} bytes",
+                    t.name,
+                    buf.len(),
+                    t.nbytes()
+                ),
+            ));
+        }
+        let at = (self.header.data_start + t.range.start + offset) as u64;
         read_exact_at(&self.file, buf, at).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 ck(

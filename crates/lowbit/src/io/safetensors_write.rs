@@ -49,6 +49,8 @@ pub struct StreamingWriter {
     out: Option<BufWriter<File>>,
     planned: Vec<PlannedTensor>,
     next: usize,
+    /// Bytes of `planned[next]` already written by [`write_part`](Self::write_part).
+    partial: usize,
     tails: Vec<TailTensor>,
     metadata: BTreeMap<String, String>,
     header_len: usize,
@@ -91,6 +93,7 @@ impl StreamingWriter {
             out: Some(out),
             planned,
             next: 0,
+            partial: 0,
             tails,
             metadata,
             header_len,
@@ -105,19 +108,40 @@ impl StreamingWriter {
 
     /// Writes the next planned tensor; `bytes` must be its exact little-endian data.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let whole = self.planned.get(self.next).map(PlannedTensor::nbytes);
+        if self.partial != 0 || whole.is_some_and(|n| n != bytes.len()) {
+            let p = &self.planned[self.next];
+            return Err(ck(
+                &self.path,
+                format!(
+                    "internal: expected tensor {:?} ({} bytes), got {name:?} ({} bytes)",
+                    p.name,
+                    p.nbytes() - self.partial,
+                    bytes.len()
+                ),
+            ));
+        }
+        self.write_part(name, bytes)
+    }
+
+    /// Writes the next `bytes` of the next planned tensor (a streamed tensor arrives in parts, in order);
+    /// the tensor counts as written once its planned length is reached. A part running past that length is
+    /// an error.
+    pub fn write_part(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let p = self.planned.get(self.next).ok_or_else(|| {
             ck(
                 &self.path,
                 format!("tensor {name:?} was not planned for this file"),
             )
         })?;
-        if p.name != name || p.nbytes() != bytes.len() {
+        let total = p.nbytes();
+        if p.name != name || self.partial + bytes.len() > total {
             return Err(ck(
                 &self.path,
                 format!(
-                    "internal: expected tensor {:?} ({} bytes), got {name:?} ({} bytes)",
+                    "internal: expected tensor {:?} ({} of {total} bytes left), got {name:?} ({} bytes)",
                     p.name,
-                    p.nbytes(),
+                    total - self.partial,
                     bytes.len()
                 ),
             ));
@@ -125,7 +149,11 @@ impl StreamingWriter {
         let out = self.out.as_mut().expect("open until finish");
         out.write_all(bytes).map_err(|e| Error::io(&self.tmp, e))?;
         self.data_len += bytes.len();
-        self.next += 1;
+        self.partial += bytes.len();
+        if self.partial == total {
+            self.next += 1;
+            self.partial = 0;
+        }
         Ok(())
     }
 

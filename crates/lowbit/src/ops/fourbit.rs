@@ -84,8 +84,9 @@ impl Device {
         })
     }
 
-    /// Double quantization of a float32 absmax vector (FORMATS.md §4).
-    fn double_quantize(&self, absmax: Vec<f32>) -> Result<Absmax> {
+    /// Double quantization of a float32 absmax vector (FORMATS.md §4). The streaming checkpoint writer
+    /// calls it once per tensor on the absmax of all its chunks.
+    pub(crate) fn double_quantize(&self, absmax: Vec<f32>) -> Result<Absmax> {
         let offset = torch_cuda_mean_f32(&absmax);
         let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
         let code = dynamic_map(true);

@@ -54,6 +54,26 @@ impl Device {
         }
         let n = rows * cols;
         let scale = weight_scale(abs_sum((0..n).map(|i| wf.get_f32(i))), n);
+        self.ternary_quantize_scaled(w, scale)
+    }
+
+    /// [`ternary_quantize`](Self::ternary_quantize) with `weight_scale` already computed (the streaming
+    /// checkpoint writer sums |W| while reading).
+    pub fn ternary_quantize_scaled(&self, w: &Tensor, scale: f32) -> Result<TernaryWeight> {
+        const OP: &str = "ternary_quantize";
+        let wf = w.floats(OP)?;
+        let (rows, cols) = match w.shape[..] {
+            [r, c] => (r, c),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!("weight must be 2-D [out, in], got {:?}", w.shape),
+                ));
+            }
+        };
+        if rows * cols == 0 {
+            return Err(Error::shape(OP, "weight is empty"));
+        }
         let packed = self.run(OpKind::TernaryQuantize, |b| {
             b.ternary_quantize(wf, rows, cols, scale)
         })?;
