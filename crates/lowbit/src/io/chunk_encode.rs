@@ -77,10 +77,7 @@ pub fn encode_unit(
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
     match spec.format {
         QuantFormat::FourBit(t) => {
-            let xt = Tensor {
-                shape: vec![data.len()],
-                data: TensorData::Float(data),
-            };
+            let xt = Tensor::vector(data);
             // Blocks are independent, so a chunk of whole blocks quantizes to its slice of the tensor's bytes.
             let q = dev.quantize_4bit(&xt, t, spec.blocksize, false)?;
             let moments = with_floats!(xt.floats("quantize")?, s => {
@@ -120,7 +117,7 @@ pub fn encode_unit(
                 }
             };
             let rows = h.len() / cols;
-            let ht = Tensor::from_floats(vec![rows, cols], FloatVec::F16(h));
+            let ht = Tensor::from_floats(vec![rows, cols], FloatVec::F16(h))?;
             let q = dev.int8_vectorwise_quant(&ht, 0.0)?;
             // The error against the weight as read (the f32 copy for other dtypes), like the reference path.
             let err = match &wide {
@@ -150,10 +147,7 @@ pub fn encode_unit(
                 None => with_floats!(data.as_floats(), s => abs_sum(s.iter().map(|v| v.to_f32()))),
             };
             let scale = weight_scale(sum, n);
-            let w = Tensor {
-                shape: shape.to_vec(),
-                data: TensorData::Float(data),
-            };
+            let w = Tensor::new(shape.to_vec(), TensorData::Float(data))?;
             let tw = dev.ternary_quantize_scaled(&w, scale)?;
             let (_, stored) = super::layout::ternary_scale_tensor("", scale, w.dtype());
             let err = quant_error::ternary_error(

@@ -218,7 +218,7 @@ mod tests {
             .collect();
         let q = crate::Device::cpu()
             .quantize_4bit(
-                &crate::tensor::Tensor::f32(vec![1000], x.clone()),
+                &crate::tensor::Tensor::f32(vec![1000], x.clone()).unwrap(),
                 FourBitType::Nf4,
                 64,
                 false,

@@ -62,12 +62,12 @@ impl Device {
     pub fn ternary_quantize_scaled(&self, w: &Tensor, scale: f32) -> Result<TernaryWeight> {
         const OP: &str = "ternary_quantize";
         let wf = w.floats(OP)?;
-        let (rows, cols) = match w.shape[..] {
+        let (rows, cols) = match *w.shape() {
             [r, c] => (r, c),
             _ => {
                 return Err(Error::shape(
                     OP,
-                    format!("weight must be 2-D [out, in], got {:?}", w.shape),
+                    format!("weight must be 2-D [out, in], got {:?}", w.shape()),
                 ));
             }
         };
