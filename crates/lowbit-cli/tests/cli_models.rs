@@ -189,3 +189,40 @@ fn bad_model_input_is_a_clear_error() {
     let (ok, _, err) = lowbit(&["perplexity", p(&tiny_llama()), p(&missing)]);
     assert!(!ok && err.contains("nope.txt"), "{err}");
 }
+
+/// The same continuation on the GPU (lavapipe in CI), strict: an op that failed there cannot pass on the CPU.
+#[test]
+fn the_demo_model_runs_strict_on_the_gpu() {
+    let expected: serde_json::Value =
+        json(&std::fs::read_to_string(demo_model().join("expected_greedy.json")).unwrap());
+    let dev = if cfg!(target_os = "macos") {
+        "metal:0"
+    } else {
+        "vulkan:0"
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args([
+            "--device",
+            dev,
+            "generate",
+            p(&demo_model()),
+            "--max-tokens",
+            "32",
+            "--json",
+        ])
+        .args(["--prompt", expected["prompt"].as_str().unwrap()])
+        .env("LOWBIT_STRICT", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && std::env::var("LOWBIT_REQUIRE_GPU").as_deref() != Ok("1") {
+        println!("skipped: no GPU adapter ({})", err.trim());
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let got = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(got["device"], dev);
+    assert_eq!(got["fallbacks"], 0);
+    assert_eq!(got["generated_ids"], expected["ids"]);
+}
