@@ -30,9 +30,8 @@ impl WgpuBackend {
     pub(crate) fn linear_8bit_on_device(&self, a: &Int8LinearArgs) -> Result<DeviceTensor> {
         const OP: &str = "linear8bitlt";
         let gpu = self.gpu();
-        let (m, k) = a.x.rows_cols();
-        let n = a.rows;
-        debug_assert_eq!(k, a.cols);
+        // The op layer checked that x's last dimension is the weight's column count.
+        let (m, k, n) = (a.x.rows_cols().0, a.cols, a.rows);
         let shape = with_last_dim(a.x.shape(), n);
         let total = m * n;
         if total == 0 {
