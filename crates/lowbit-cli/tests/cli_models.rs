@@ -18,9 +18,15 @@ fn tiny_llama() -> PathBuf {
 }
 
 fn lowbit(args: &[&str]) -> (bool, String, String) {
+    lowbit_on("cpu", args)
+}
+
+/// Runs the CLI on `device` in strict mode (a failed op is an error, never a silent CPU fallback).
+fn lowbit_on(device: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
         .args(args)
-        .env("LOWBIT_DEVICE", "cpu")
+        .env("LOWBIT_DEVICE", device)
+        .env("LOWBIT_STRICT", "1")
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -35,14 +41,18 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
 
+/// transformers' greedy continuation of the demo model, recorded when it was trained.
+fn expected_greedy() -> serde_json::Value {
+    json(&std::fs::read_to_string(demo_model().join("expected_greedy.json")).unwrap())
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 #[test]
 fn the_demo_model_continues_its_prompt_as_transformers_does() {
-    let expected: serde_json::Value =
-        json(&std::fs::read_to_string(demo_model().join("expected_greedy.json")).unwrap());
+    let expected = expected_greedy();
     let prompt = expected["prompt"].as_str().unwrap();
     let n = expected["max_new_tokens"].as_u64().unwrap().to_string();
     let (ok, out, err) = lowbit(&[
@@ -193,35 +203,31 @@ fn bad_model_input_is_a_clear_error() {
 /// The same continuation on the GPU (lavapipe in CI), strict: an op that failed there cannot pass on the CPU.
 #[test]
 fn the_demo_model_runs_strict_on_the_gpu() {
-    let expected: serde_json::Value =
-        json(&std::fs::read_to_string(demo_model().join("expected_greedy.json")).unwrap());
+    let expected = expected_greedy();
+    let n = expected["max_new_tokens"].as_u64().unwrap().to_string();
     let dev = if cfg!(target_os = "macos") {
         "metal:0"
     } else {
         "vulkan:0"
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args([
-            "--device",
-            dev,
-            "generate",
-            p(&demo_model()),
-            "--max-tokens",
-            "32",
-            "--json",
-        ])
-        .args(["--prompt", expected["prompt"].as_str().unwrap()])
-        .env("LOWBIT_STRICT", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && std::env::var("LOWBIT_REQUIRE_GPU").as_deref() != Ok("1") {
+    let prompt = expected["prompt"].as_str().unwrap();
+    let model = demo_model();
+    let args = [
+        "generate",
+        p(&model),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        &n,
+        "--json",
+    ];
+    let (ok, out, err) = lowbit_on(dev, &args);
+    if !ok && std::env::var("LOWBIT_REQUIRE_GPU").as_deref() != Ok("1") {
         println!("skipped: no GPU adapter ({})", err.trim());
         return;
     }
-    assert!(out.status.success(), "{err}");
-    let got = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(ok, "{err}");
+    let got = json(&out);
     assert_eq!(got["device"], dev);
     assert_eq!(got["fallbacks"], 0);
     assert_eq!(got["generated_ids"], expected["ids"]);

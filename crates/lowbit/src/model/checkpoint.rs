@@ -107,23 +107,9 @@ impl Checkpoint {
         }
     }
 
+    /// A float tensor of any float dtype, read straight into f32 (exact widening).
     fn float_tensor(&self, file: &SafetensorsFile, name: &str) -> Result<Tensor> {
-        let t = file.tensor(file.require(name)?)?;
-        if !t.dtype().is_float() {
-            return Err(Error::Checkpoint {
-                path: file.path().to_path_buf(),
-                detail: format!(
-                    "tensor {name:?} is {} where a float tensor is expected",
-                    t.dtype()
-                ),
-            });
-        }
-        widen(t)
+        let entry = file.require(name)?;
+        Tensor::from_floats(entry.shape.clone(), FloatVec::F32(file.widened_f32(entry)?))
     }
-}
-
-/// A float tensor as f32 (exact widening).
-fn widen(t: Tensor) -> Result<Tensor> {
-    let values = t.floats("checkpoint")?.to_f32_vec();
-    Tensor::from_floats(t.shape().to_vec(), FloatVec::F32(values))
 }

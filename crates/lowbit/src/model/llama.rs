@@ -55,6 +55,27 @@ struct Layer {
     ffn_sub_norm: Option<DeviceTensor>,
 }
 
+impl Layer {
+    /// The decoder's linear layers with their transformers module names (relative to the layer).
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q),
+            ("self_attn.k_proj", &mut self.k),
+            ("self_attn.v_proj", &mut self.v),
+            ("self_attn.o_proj", &mut self.o),
+            ("mlp.gate_proj", &mut self.gate),
+            ("mlp.up_proj", &mut self.up),
+            ("mlp.down_proj", &mut self.down),
+        ]
+    }
+
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+}
+
 /// A loaded model on one device.
 pub struct Model {
     config: ModelConfig,
@@ -319,16 +340,7 @@ impl Model {
         let mut used = 0;
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = layer_prefix(i);
-            let named: [(&str, &mut Linear); 7] = [
-                ("self_attn.q_proj", &mut l.q),
-                ("self_attn.k_proj", &mut l.k),
-                ("self_attn.v_proj", &mut l.v),
-                ("self_attn.o_proj", &mut l.o),
-                ("mlp.gate_proj", &mut l.gate),
-                ("mlp.up_proj", &mut l.up),
-                ("mlp.down_proj", &mut l.down),
-            ];
-            for (m, lin) in named {
+            for (m, lin) in l.linears_mut() {
                 if let Some(w) = a.modules.get(&format!("{p}.{m}")) {
                     lin.add_adapter(name, LoraAdapter::upload(&self.dev, w)?)?;
                     used += 1;
@@ -367,15 +379,7 @@ impl Model {
             ));
         }
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            for (_, lin) in l.linears_mut() {
                 lin.set_adapter(name);
             }
         }
@@ -506,12 +510,7 @@ impl Model {
         let linears: u64 = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .map(|x| x.weight_bytes())
-                    .sum::<u64>()
-            })
+            .map(|l| l.linears().iter().map(|x| x.weight_bytes()).sum::<u64>())
             .sum();
         let kv = (2 * c.num_layers * kv_len * c.kv_dim() * 4) as u64;
         linears + self.lm_head.weight_bytes() + kv

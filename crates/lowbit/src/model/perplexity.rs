@@ -63,12 +63,14 @@ pub fn perplexity(
         nll_sum: 0.0,
         windows: 0,
     };
+    // One cache for every window, emptied before each (its buffers are reused).
+    let mut cache = model.new_cache(context.min(ids.len()))?;
     let mut prev_end = 0;
     let mut begin = 0;
     while begin < ids.len() {
         let end = (begin + context).min(ids.len());
         let window = &ids[begin..end];
-        let mut cache = model.new_cache(window.len())?;
+        cache.clear();
         let logits = model.forward(window, &mut cache)?;
         let values = logits.floats("perplexity")?.to_f32_vec();
         // Token j (absolute) is predicted by row j - 1 of this window.

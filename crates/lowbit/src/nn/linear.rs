@@ -7,7 +7,6 @@ use crate::format::FourBitType;
 use crate::model::checkpoint::StoredWeight;
 use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightTernary};
 use crate::runtime::Device;
-use crate::tensor::FloatVec;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -74,14 +73,6 @@ impl Linear {
         int8_threshold: f32,
     ) -> Result<Linear> {
         let cpu = Device::cpu();
-        // bitsandbytes keeps an int8 layer's bias in float16, inside the layer.
-        let bias16 = || -> Result<Option<Tensor>> {
-            bias.map(|b| {
-                let v = b.floats("linear")?.to_f32_vec();
-                Tensor::from_floats(b.shape().to_vec(), FloatVec::from_f32(v, crate::DType::F16))
-            })
-            .transpose()
-        };
         let mut bias_inside = false;
         let (weight, out_features, in_features) = match stored {
             StoredWeight::Int8 {
@@ -90,13 +81,17 @@ impl Linear {
                 rows,
                 cols,
             } => {
-                let b = bias16()?.map(|t| t.floats("linear").map(|f| f.to_f32_vec()));
+                // bitsandbytes keeps an int8 layer's bias in float16, inside the layer.
+                let bias16 = bias
+                    .map(|b| -> Result<Vec<half::f16>> {
+                        let v = b.floats("linear")?.to_f32_vec();
+                        Ok(v.into_iter().map(half::f16::from_f32).collect())
+                    })
+                    .transpose()?;
                 let layer = Linear8bitLt {
                     weight,
                     scb,
-                    bias: b
-                        .transpose()?
-                        .map(|v| v.into_iter().map(half::f16::from_f32).collect()),
+                    bias: bias16,
                     out_features: rows,
                     in_features: cols,
                     threshold: int8_threshold,
@@ -114,12 +109,8 @@ impl Linear {
                     LoadFormat::Float => LinearWeight::Float(dev.to_device(&t)?),
                     LoadFormat::Int8 => {
                         bias_inside = true;
-                        let layer = Linear8bitLt::from_weight(
-                            &cpu,
-                            &t,
-                            bias16()?.as_ref(),
-                            int8_threshold,
-                        )?;
+                        // from_weight rounds the bias to float16, as bitsandbytes keeps it.
+                        let layer = Linear8bitLt::from_weight(&cpu, &t, bias, int8_threshold)?;
                         LinearWeight::Int8(dev.upload_8bit(&layer)?, int8_threshold)
                     }
                     LoadFormat::FourBit(q) => LinearWeight::FourBit(
