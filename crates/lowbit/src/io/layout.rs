@@ -268,7 +268,9 @@ pub fn encode(dev: &Device, spec: &QuantSpec, weight_name: &str, w: &Tensor) -> 
                 check_double_quant_range(name, wf, spec.blocksize)?;
             }
             let q = dev.quantize_4bit(w, t, spec.blocksize, spec.double_quant)?;
-            let deq = dev.dequantize_4bit(&q)?;
+            // Compared in f32, before rounding to the weight's dtype: the format's own error, the same
+            // statistic the streaming path accumulates.
+            let deq = dev.dequantize_4bit_as(&q, DType::F32)?;
             let rel_error = rel_error(wf, deq.floats("dequantize")?);
             let (rest, tail) = fourbit_state_tensors(name, &q.state);
             let mut tensors = vec![(name.to_string(), q.packed)];

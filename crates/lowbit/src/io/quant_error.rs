@@ -2,10 +2,9 @@
 //! in cache, instead of dequantizing whole tensors afterwards (a second full pass and a full-size float
 //! copy).
 //!
-//! Differences from dequantizing and comparing (what `layout::encode` does): sums are formed per block or
-//! row and then combined (a different summation order), and 4-bit values are compared before rounding to
-//! the weight's dtype. Both move the statistic by far less than its own precision (relative 1e-4); the
-//! quantized bytes are not affected.
+//! The one difference from dequantizing and comparing (what `layout::encode` does, 4-bit values in f32
+//! there too): sums are formed per block or row and then combined, a different summation order that moves
+//! the statistic by far less than its own precision (relative 1e-4); the quantized bytes are not affected.
 
 use crate::backend::cpu::fast::quantize::dequant_span;
 use crate::format::FourBitType;
