@@ -35,6 +35,9 @@ pub fn device_kinds() -> Vec<&'static str> {
     if cfg!(windows) {
         v.push("dx12[:N]");
     }
+    if !cfg!(target_os = "macos") {
+        v.push("cuda[:N]");
+    }
     v
 }
 
@@ -46,15 +49,12 @@ pub fn check_device_name(spec: &str) -> Result<(), String> {
     let use_instead = format!("on this platform use one of: {}", device_kinds().join(", "));
     let why = match kind {
         "" | "auto" | "cpu" | "vulkan" => return Ok(()),
+        "cuda" if !cfg!(target_os = "macos") => return Ok(()),
         "metal" if cfg!(target_os = "macos") => return Ok(()),
         "dx12" if cfg!(windows) => return Ok(()),
         "metal" => "Metal is macOS-only".to_string(),
         "dx12" => "DX12 is Windows-only".to_string(),
-        "cuda" => {
-            "the CUDA backend is not built yet (`lowbit devices` lists NVIDIA GPUs, but lowbit cannot run \
-             on them)"
-                .to_string()
-        }
+        "cuda" => "CUDA does not run on macOS".to_string(),
         _ => "unknown device kind".to_string(),
     };
     Err(format!("--device {spec:?}: {why}; {use_instead}"))

@@ -4,6 +4,8 @@
 //! tolerances documented in `docs/ARCHITECTURE.md`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -178,10 +178,57 @@ fn vulkan_loader_present() -> bool {
         .any(|d| std::path::Path::new(d).join("libvulkan.so.1").exists())
 }
 
-/// NVIDIA GPUs as `nvidia-smi` reports them (name, memory, temperature, throttling), unavailable until the CUDA
-/// backend exists; none when there is no NVIDIA GPU or driver.
+/// NVIDIA GPUs: what the CUDA driver reports (available when the driver and NVRTC load), with temperature
+/// and throttling from `nvidia-smi`; none when there is no NVIDIA GPU or driver.
 fn cuda_devices() -> Vec<DeviceInfo> {
-    const NOT_BUILT: &str = "CUDA backend not built";
+    let smi = nvidia_smi_devices();
+    #[cfg(feature = "cuda")]
+    {
+        match crate::backend::cuda::discover() {
+            Some(Ok(found)) => found
+                .into_iter()
+                .map(|mut d| {
+                    if let Some(s) = smi.iter().find(|s| s.index == d.index) {
+                        d.temperature_c = s.temperature_c;
+                        d.thermal = s.thermal.clone();
+                        d.driver = match (&s.driver, &d.driver) {
+                            (Some(v), Some(cc)) => Some(format!("{v}, {cc}")),
+                            (v, cc) => v.clone().or(cc.clone()),
+                        };
+                    }
+                    d
+                })
+                .collect(),
+            Some(Err(reason)) if smi.is_empty() => vec![
+                DeviceInfo::new("cuda:0", "cuda", "NVIDIA GPU", DeviceType::DiscreteGpu)
+                    .unavailable(format!("CUDA unavailable: {reason}")),
+            ],
+            Some(Err(reason)) => smi
+                .into_iter()
+                .map(|d| d.unavailable(format!("CUDA unavailable: {reason}")))
+                .collect(),
+            None => smi
+                .into_iter()
+                .map(|d| {
+                    d.unavailable("CUDA unavailable: no NVIDIA driver library (libcuda.so) found")
+                })
+                .collect(),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        smi.into_iter()
+            .map(|d| {
+                d.unavailable(
+                    "built without the `cuda` feature; rebuild lowbit with --features cuda",
+                )
+            })
+            .collect()
+    }
+}
+
+/// NVIDIA GPUs as `nvidia-smi` reports them (name, memory, temperature, throttling).
+fn nvidia_smi_devices() -> Vec<DeviceInfo> {
     let query = command_output(
         "nvidia-smi",
         &[
@@ -210,8 +257,7 @@ fn cuda_devices() -> Vec<DeviceInfo> {
             let i: usize = index.parse().ok()?;
             let mib = |s: &str| s.parse::<u64>().ok().map(|m| m * 1024 * 1024);
             let mut info =
-                DeviceInfo::new(format!("cuda:{i}"), "cuda", name, DeviceType::DiscreteGpu)
-                    .unavailable(NOT_BUILT);
+                DeviceInfo::new(format!("cuda:{i}"), "cuda", name, DeviceType::DiscreteGpu);
             info.index = Some(i);
             info.vendor = Some("NVIDIA".into());
             info.driver = Some(driver.to_string());

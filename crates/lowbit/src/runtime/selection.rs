@@ -168,6 +168,9 @@ pub fn open_backend(info: &DeviceInfo) -> Result<Arc<dyn Backend>> {
                     reason: e.to_string(),
                 })
             }),
+        #[cfg(feature = "cuda")]
+        "cuda" => crate::backend::cuda::CudaBackend::open(info.index.unwrap_or(0))
+            .map(|b| Arc::new(b) as Arc<dyn Backend>),
         _ => Err(crate::Error::Device(DeviceError::PlatformUnavailable {
             device: info.id.clone(),
             reason: info

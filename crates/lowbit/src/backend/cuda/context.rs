@@ -1,0 +1,247 @@
+//! One CUDA device opened for the process: the driver and NVRTC loaded at run time (a machine without them
+//! gets "CUDA unavailable: <reason>", never a build failure or a panic), one context and one stream, and the
+//! kernels compiled once per process and compute capability and loaded once per device.
+
+use crate::Result;
+use crate::capability::DeviceError;
+use crate::format::FourBitType;
+use crate::format::codebook::{FP4_BITS_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The kernels' CUDA C source, concatenated in dependency order.
+const SOURCE: [&str; 5] = [
+    include_str!("kernels/common.cuh"),
+    include_str!("kernels/quant.cu"),
+    include_str!("kernels/linear.cu"),
+    include_str!("kernels/int8.cu"),
+    include_str!("kernels/model.cu"),
+];
+
+pub fn source() -> String {
+    SOURCE.join("\n")
+}
+
+/// Why CUDA cannot be used on this machine, or `None` when the driver and NVRTC load and see a device.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: only probes whether the shared libraries can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no NVIDIA driver library (libcuda.so) found".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Some(
+            "NVRTC (libnvrtc.so.13, the CUDA runtime compiler) not found: install the CUDA toolkit's nvrtc \
+             or add its lib directory to LD_LIBRARY_PATH"
+                .into(),
+        );
+    }
+    match guarded(CudaContext::device_count) {
+        Ok(Ok(0)) => Some("the NVIDIA driver reports no CUDA device".into()),
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("the CUDA driver failed to initialise: {e}")),
+        Err(p) => Some(p),
+    }
+}
+
+/// Runs `f`, turning a panic inside the driver bindings (a missing symbol) into an error message.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA bindings panicked".into())
+    })
+}
+
+/// PTX of the kernels per compute capability, compiled once per process.
+fn ptx_for(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
+    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), cudarc::nvrtc::Ptx>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = map.get(&(major, minor)) {
+        return Ok(p.clone());
+    }
+    let ptx = compile(major, minor)?;
+    map.insert((major, minor), ptx.clone());
+    Ok(ptx)
+}
+
+/// Compiles the kernels for `sm_{major}{minor}` (exact IEEE division and square root, no flush to zero:
+/// the kernels flush explicitly where bitsandbytes' bytes need it).
+pub fn compile(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
+    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        ftz: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    guarded(|| cudarc::nvrtc::compile_ptx_with_opts(source(), opts))?
+        .map_err(|e| format!("NVRTC could not compile the kernels for {arch}: {e}"))
+}
+
+/// Small constant tables every call shares, uploaded once.
+pub struct Tables {
+    /// NF4 thresholds (15), then FP4 thresholds (7) padded to 15.
+    pub thresholds: [CudaSlice<f32>; 2],
+    pub fp4_bits: CudaSlice<u8>,
+    /// Dequantization tables of NF4 and FP4.
+    pub dequant: [CudaSlice<f32>; 2],
+}
+
+/// An opened device.
+pub struct Cuda {
+    pub id: Arc<str>,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub tables: Tables,
+    pub name: String,
+    pub capability: (i32, i32),
+}
+
+/// A kernel argument: device pointers travel as 64-bit addresses.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    U64(u64),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+}
+
+impl Cuda {
+    /// Opens device `index` (the process shares one opened device per index).
+    pub fn open(index: usize) -> std::result::Result<Arc<Cuda>, String> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Cuda>>>> = OnceLock::new();
+        let open = OPEN.get_or_init(Default::default);
+        let mut map = open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&index) {
+            return Ok(c.clone());
+        }
+        if let Some(reason) = unavailable_reason() {
+            return Err(reason);
+        }
+        let c = Arc::new(guarded(|| Cuda::init(index))??);
+        map.insert(index, c.clone());
+        Ok(c)
+    }
+
+    fn init(index: usize) -> std::result::Result<Cuda, String> {
+        let e = |what: &str, err: cudarc::driver::DriverError| format!("{what}: {err}");
+        let ctx = CudaContext::new(index).map_err(|err| e("creating the CUDA context", err))?;
+        // One stream orders every op of this device: no cross-stream events are needed.
+        // SAFETY: all work of this backend runs on `stream`, so per-slice events add nothing.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let capability = ctx
+            .compute_capability()
+            .map_err(|err| e("reading the compute capability", err))?;
+        let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        let ptx = ptx_for(capability.0, capability.1)?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|err| e("loading the compiled kernels", err))?;
+        let up = |v: &[f32]| {
+            stream
+                .clone_htod(v)
+                .map_err(|err| e("uploading tables", err))
+        };
+        let mut fp4_thr = [0.0f32; 15];
+        fp4_thr[..7].copy_from_slice(&FP4_THRESHOLDS);
+        let tables = Tables {
+            thresholds: [up(&NF4_THRESHOLDS)?, up(&fp4_thr)?],
+            fp4_bits: stream
+                .clone_htod(&FP4_BITS_BY_RANK)
+                .map_err(|err| e("uploading tables", err))?,
+            dequant: [
+                up(FourBitType::Nf4.dequant_table())?,
+                up(FourBitType::Fp4.dequant_table())?,
+            ],
+        };
+        Ok(Cuda {
+            id: format!("cuda:{index}").into(),
+            ctx,
+            stream,
+            module,
+            functions: Mutex::new(HashMap::new()),
+            tables,
+            name,
+            capability,
+        })
+    }
+
+    /// The device error for a failed driver call of `op`; out-of-memory is its own kind (the runtime splits).
+    pub fn error(&self, op: &str, err: cudarc::driver::DriverError) -> crate::Error {
+        use cudarc::driver::sys::CUresult;
+        let e = match err.0 {
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                DeviceError::out_of_memory(&*self.id, op, 0, self.free_memory())
+            }
+            _ => DeviceError::failed(&*self.id, op, err.to_string()),
+        };
+        crate::Error::Device(e)
+    }
+
+    pub fn free_memory(&self) -> Option<u64> {
+        self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(func) = f.get(name) {
+            return Ok(func.clone());
+        }
+        let func = self
+            .module
+            .load_function(name)
+            .map_err(|e| self.error(name, e))?;
+        f.insert(name.to_string(), func.clone());
+        Ok(func)
+    }
+
+    /// Queues kernel `name` on the stream (no wait).
+    pub fn launch(&self, name: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 {
+            return Ok(());
+        }
+        let func = self.function(name)?;
+        let mut b = self.stream.launch_builder(&func);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+                Arg::U32(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every kernel's parameter list is the `args` its caller passes (checked by the conformance
+        // suite), and every pointer is a live allocation of this context holding the bytes the op layer
+        // validated.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| self.error(name, e))
+    }
+
+    /// Address of a table slice.
+    pub fn addr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.error("synchronize", e))
+    }
+}

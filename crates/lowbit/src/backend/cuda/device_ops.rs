@@ -1,0 +1,263 @@
+//! Device-tensor ops of the CUDA backend: operands are CUDA allocations of this device, results stay
+//! there, and nothing waits except LLM.int8()'s outlier columns (their count sizes the float product).
+
+use super::CudaBackend;
+use super::ops::{Buf, Weight4};
+use super::storage::CudaStorage;
+use crate::capability::{Op, Support};
+use crate::device_tensor::{BackendStorage, DeviceTensor};
+use crate::tensor::{DType, with_last_dim};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+impl CudaBackend {
+    pub(super) fn storage<'a>(
+        &self,
+        op: &'static str,
+        t: &'a DeviceTensor,
+    ) -> Result<&'a CudaStorage> {
+        match t.storage_as::<CudaStorage>() {
+            Some(s) if s.device_id() == self.device_id() => Ok(s),
+            _ => Err(Error::WrongDevice {
+                op,
+                got: t.device_id().to_string(),
+                expected: self.device_id().to_string(),
+            }),
+        }
+    }
+
+    fn arc(&self, op: &'static str, t: &DeviceTensor) -> Result<Buf> {
+        self.storage(op, t)?;
+        let any: Arc<dyn std::any::Any + Send + Sync> = t.storage().clone();
+        any.downcast::<CudaStorage>()
+            .map_err(|_| Error::WrongDevice {
+                op,
+                got: t.device_id().to_string(),
+                expected: self.device_id().to_string(),
+            })
+    }
+
+    pub(super) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
+        let floats_ok = dtypes
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.is_float() || !float_operand(op, i));
+        let same = |n: usize| dtypes.iter().take(n).all(|d| Some(d) == dtypes.first());
+        let ok = floats_ok
+            && match op {
+                Op::SiluMul | Op::Relu2Mul | Op::Add => same(2),
+                Op::Attention { .. } => same(3),
+                Op::Linear8bit { cols, .. } => *cols > 0,
+                _ => true,
+            };
+        if ok {
+            Support::Yes
+        } else {
+            Support::No(format!(
+                "no {} kernel for operands {dtypes:?} in the CUDA backend",
+                op.kind().name()
+            ))
+        }
+    }
+
+    fn wrap(&self, shape: Vec<usize>, dtype: DType, s: Buf) -> Result<DeviceTensor> {
+        DeviceTensor::new(shape, dtype, s)
+    }
+
+    /// An f32 result as a tensor of `dtype` (narrowed on the device when needed).
+    fn narrowed(&self, y: Buf, shape: Vec<usize>, dtype: DType) -> Result<DeviceTensor> {
+        let n = shape.iter().product();
+        let y = if dtype == DType::F32 {
+            y
+        } else {
+            self.cuda.cast_dev(&y, DType::F32, n, dtype)?
+        };
+        self.wrap(shape, dtype, y)
+    }
+
+    fn bias_f32(&self, op: &'static str, t: Option<&DeviceTensor>) -> Result<Option<Buf>> {
+        t.map(|b| self.cuda.as_f32(&self.arc(op, b)?, b.dtype(), b.numel()))
+            .transpose()
+    }
+
+    pub(super) fn run_device_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
+        let name = op.kind().name();
+        let x = inputs[0];
+        let (dtype, shape0) = (x.dtype(), x.shape().to_vec());
+        let buf = |i: usize| self.arc(name, inputs[i]);
+        let st = |i: usize| self.storage(name, inputs[i]);
+        let c = &self.cuda;
+        match *op {
+            Op::Linear { bias } => {
+                let w = inputs[1];
+                let (m, k) = x.rows_cols();
+                let n = w.shape()[0];
+                let (mut xb, mut wb, mut dt) = (buf(0)?, buf(1)?, dtype);
+                if w.dtype() != dtype {
+                    xb = c.as_f32(&xb, dtype, m * k)?;
+                    wb = c.as_f32(&wb, w.dtype(), n * k)?;
+                    dt = DType::F32;
+                }
+                let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
+                let y = c.linear_dev(&xb, &wb, dt, b.as_ref(), m, n, k)?;
+                self.narrowed(y, with_last_dim(&shape0, n), dtype)
+            }
+            Op::Linear4bit {
+                quant_type,
+                blocksize,
+                rows,
+                cols,
+                bias,
+            } => {
+                let (packed, absmax) = (st(1)?, st(2)?);
+                let w = Weight4 {
+                    packed,
+                    absmax,
+                    quant_type,
+                    blocksize,
+                    rows,
+                    cols,
+                };
+                let b = self.bias_f32(name, bias.then(|| inputs[3]))?;
+                let m = x.rows_cols().0;
+                let y = c.linear_4bit_dev(st(0)?, dtype, m, &w, b.as_ref())?;
+                self.narrowed(y, with_last_dim(&shape0, rows), dtype)
+            }
+            Op::LinearTernary {
+                weight_scale,
+                rows,
+                cols,
+                bias,
+            } => {
+                let m = x.rows_cols().0;
+                let (q, s) = c.ternary_act_quant_dev(st(0)?, dtype, m, cols)?;
+                let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
+                let y =
+                    c.ternary_matmul_dev(&q, &s, m, st(1)?, weight_scale, rows, cols, b.as_ref())?;
+                self.narrowed(y, with_last_dim(&shape0, rows), dtype)
+            }
+            Op::Linear8bit {
+                threshold,
+                rows,
+                cols,
+                bias,
+            } => self.linear_8bit(inputs, threshold, rows, cols, bias),
+            Op::RmsNorm { eps } => {
+                let (rows, cols) = x.rows_cols();
+                let y =
+                    c.rms_norm_dev(st(0)?, dtype, st(1)?, inputs[1].dtype(), rows, cols, eps)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::Softmax => {
+                let (rows, cols) = x.rows_cols();
+                let y = c.softmax_dev(st(0)?, dtype, rows, cols)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::Embedding => {
+                let dim = x.shape()[1];
+                let n = inputs[1].numel();
+                let y = c.embedding_dev(st(0)?, st(1)?, n, dim * dtype.size_in_bytes())?;
+                self.wrap(vec![n, dim], dtype, y)
+            }
+            Op::Rope {
+                heads,
+                head_dim,
+                rotary_dim,
+                pos_start,
+                layout,
+            } => {
+                let dims = [shape0[0], heads, head_dim, rotary_dim, pos_start];
+                let y = c.rope_dev(st(0)?, dtype, dims, layout, st(1)?, st(2)?)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::SiluMul | Op::Relu2Mul | Op::Add => {
+                let code = match op {
+                    Op::Add => 0,
+                    Op::SiluMul => 1,
+                    _ => 2,
+                };
+                let y = c.binary_dev(st(0)?, st(1)?, dtype, x.numel(), code)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::Gelu { kind } => {
+                let y = c.gelu_dev(st(0)?, dtype, x.numel(), kind)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                kv_len,
+                pos_start,
+                scale,
+            } => {
+                let dims = [shape0[0], n_heads, n_kv_heads, head_dim, kv_len, pos_start];
+                let y = c.attention_dev(st(0)?, st(1)?, st(2)?, dtype, dims, scale)?;
+                self.wrap(shape0, dtype, y)
+            }
+            Op::Cast { to } => {
+                let y = c.cast_dev(st(0)?, dtype, x.numel(), to)?;
+                self.wrap(shape0, to, y)
+            }
+        }
+    }
+
+    /// bitsandbytes' `Linear8bitLt` forward, step for step as the host layer (ops::int8): x rounded to f16,
+    /// outlier columns flagged, int8 rows, the exact int8 GEMM, `int8_mm_dequant`, and the outlier columns'
+    /// f16 product added in f16. Output f16, as bitsandbytes'.
+    fn linear_8bit(
+        &self,
+        inputs: &[&DeviceTensor],
+        threshold: f32,
+        rows: usize,
+        cols: usize,
+        bias: bool,
+    ) -> Result<DeviceTensor> {
+        const OP: &str = "linear8bitlt";
+        let c = &self.cuda;
+        let x = inputs[0];
+        let m = x.rows_cols().0;
+        let shape = with_last_dim(x.shape(), rows);
+        let xb = self.arc(OP, x)?;
+        let x16 = if x.dtype() == DType::F16 {
+            xb
+        } else {
+            c.cast_dev(&xb, x.dtype(), m * cols, DType::F16)?
+        };
+        let (w, scb) = (self.arc(OP, inputs[1])?, self.arc(OP, inputs[2])?);
+        let flags = if threshold > 0.0 {
+            Some(c.int8_col_outliers_dev(&x16, DType::F16, m, cols, threshold)?)
+        } else {
+            None
+        };
+        let zero = flags.as_ref().filter(|_| m > 1);
+        let (q, stats) = c.int8_row_quant_dev(&x16, DType::F16, m, cols, threshold, zero)?;
+        let acc = c.int8_gemm_dev(&q, &w, m, rows, cols)?;
+        let b = self.bias_f32(OP, bias.then(|| inputs[3]))?;
+        let y = c.int8_mm_dequant_dev(&acc, &stats, &scb, b.as_ref(), m, rows)?;
+        if let Some(f) = flags {
+            let f: Vec<u32> = bytemuck::pod_collect_to_vec(&c.download_bytes(OP, &f, cols * 4)?);
+            let list: Vec<u32> = (0..cols as u32).filter(|&i| f[i as usize] != 0).collect();
+            if !list.is_empty() {
+                let nc = list.len();
+                let lb = c.upload_bytes(OP, bytemuck::cast_slice(&list))?;
+                let (xs, ws) =
+                    c.int8_outlier_operands_dev(&x16, &w, &scb, &lb, nc, m, rows, cols)?;
+                let extra = c.linear_dev(&xs, &ws, DType::F16, None, m, rows, nc)?;
+                let extra16 = c.cast_dev(&extra, DType::F32, m * rows, DType::F16)?;
+                c.add_f16_dev(&y, &extra16, m * rows)?;
+            }
+        }
+        self.wrap(shape, DType::F16, y)
+    }
+}
+
+/// Whether operand `i` of `op` is float data (not packed codes, scales or ids).
+fn float_operand(op: &Op, i: usize) -> bool {
+    match op {
+        Op::Linear4bit { .. } => i != 1 && i != 2,
+        Op::LinearTernary { .. } | Op::Embedding => i != 1,
+        Op::Linear8bit { .. } => i == 0 || i == 3,
+        _ => true,
+    }
+}

@@ -1,0 +1,167 @@
+// LLM.int8() (FORMATS.md §7) and BitNet b1.58 (§9): row quantizers, exact integer products and their
+// rescales, each float step rounded as the CPU reference rounds it.
+
+// flags[c] = 1 iff some row has |a| >= threshold (or NaN) in column c.
+extern "C" __global__ void int8_col_outliers(const void* a, int dt, u32 rows, u32 cols, float threshold, u32* flags) {
+    u32 c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    u32 f = 0;
+    for (u32 r = 0; r < rows && !f; r++) {
+        float v = ld_dt(a, (u64)r * cols + c, dt);
+        f = fabsf(v) >= threshold || isnan(v);
+    }
+    flags[c] = f;
+}
+
+// One block per row: row_stats = max |a| over inliers, scale = RN(127 * rcp(row_stats)), q = rint(a * scale)
+// (outliers, NaN and flagged columns give 0).
+extern "C" __global__ void int8_row_quant(const void* a, int dt, u32 cols, float threshold, const u32* flags,
+                                          i8* q, float* row_stats) {
+    u64 r = blockIdx.x;
+    const bool th = threshold > 0.0f;
+    float m = 0.0f;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = ld_dt(a, r * cols + c, dt);
+        bool outlier = th && (fabsf(v) >= threshold || isnan(v));
+        if (!outlier) m = fmaxf(m, fabsf(v));
+    }
+    m = block_max(m, 0.0f);
+    float scale = mul_ftz(127.0f, rcp_approx(m));
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = ld_dt(a, r * cols + c, dt);
+        bool outlier = th && (fabsf(v) >= threshold || isnan(v));
+        float p = mul_ftz(v, scale);
+        bool zero = outlier || isnan(p) || (flags && flags[c]);
+        q[r * cols + c] = zero ? 0 : (i8)(int)rintf(p);
+    }
+    if (threadIdx.x == 0) row_stats[r] = m;
+}
+
+extern "C" __global__ void int8_dequant(const i8* q, const float* row_stats, u32 cols, u64 n, float inv127, float* out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = __fmul_rn(__fmul_rn((float)q[i], row_stats[i / cols]), inv127);
+}
+
+// Exact C[m, n] = A[m, k] @ B[n, k]^T in i32: 32x32 tiles through shared memory.
+extern "C" __global__ void int8_gemm(const i8* a, const i8* b, u32 m, u32 n, u32 k, i32* c) {
+    __shared__ i32 as[32][33];
+    __shared__ i32 bs[32][33];
+    u32 tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 32 x 8 threads
+    u32 i0 = blockIdx.y * 32, j0 = blockIdx.x * 32;
+    i32 acc[4] = {0, 0, 0, 0};
+    for (u32 k0 = 0; k0 < k; k0 += 32) {
+        for (u32 rr = ty; rr < 32; rr += 8) {
+            u32 kc = k0 + tx;
+            as[rr][tx] = (i0 + rr < m && kc < k) ? (i32)a[(u64)(i0 + rr) * k + kc] : 0;
+            bs[rr][tx] = (j0 + rr < n && kc < k) ? (i32)b[(u64)(j0 + rr) * k + kc] : 0;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (u32 kk = 0; kk < 32; kk++) {
+            i32 bv = bs[tx][kk];
+#pragma unroll
+            for (int t = 0; t < 4; t++) acc[t] += as[ty + 8 * t][kk] * bv;
+        }
+        __syncthreads();
+    }
+    for (int t = 0; t < 4; t++) {
+        u32 i = i0 + ty + 8 * t, j = j0 + tx;
+        if (i < m && j < n) c[(u64)i * n + j] = acc[t];
+    }
+}
+
+// f16(fma(C * row * col, scale, bias)): bitsandbytes' int8_mm_dequant, one fused multiply-add.
+extern "C" __global__ void int8_mm_dequant(const i32* c, const float* row_stats, const float* col_stats,
+                                           const float* bias, u32 n, u64 total, float scale, u16* out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < total; i += (u64)gridDim.x * blockDim.x) {
+        u64 r = i / n, j = i % n;
+        float t = __fmul_rn(__fmul_rn(__int2float_rn(c[i]), row_stats[r]), col_stats[j]);
+        out[i] = f2h(__fmaf_rn(t, scale, bias ? bias[j] : 0.0f));
+    }
+}
+
+// The outlier columns' operands of Linear8bitLt: xs[m, nc] = x16[:, cols], ws[n, nc] = f16(W[:, cols] * SCB / 127).
+extern "C" __global__ void int8_outlier_operands(const u16* x16, const i8* w, const float* scb, const u32* cols,
+                                                 u32 nc, u32 m, u32 n, u32 k, float inv127, u16* xs, u16* ws) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    u64 total = (u64)(m + n) * nc;
+    for (; i < total; i += (u64)gridDim.x * blockDim.x) {
+        u64 r = i / nc, t = i % nc;
+        u32 c = cols[t];
+        if (r < m) xs[r * nc + t] = x16[r * k + c];
+        else {
+            u64 j = r - m;
+            ws[j * nc + t] = f2h(__fmul_rn(__fmul_rn((float)w[j * k + c], scb[j]), inv127));
+        }
+    }
+}
+
+// y = f16(y + extra) (both f16).
+extern "C" __global__ void add_f16(u16* y, const u16* extra, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < n; i += (u64)gridDim.x * blockDim.x) y[i] = f2h(__fadd_rn(h2f(y[i]), h2f(extra[i])));
+}
+
+// ---- BitNet b1.58 ----
+
+// packed[r, c] bits 2i..2i+1 = ternarize(w[i * R + r, c]) + 1.
+extern "C" __global__ void ternary_quantize(const void* w, int dt, u32 rows, u32 cols, float scale, u8* packed) {
+    u32 pr = (rows + 3) / 4;
+    u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (u64)pr * cols) return;
+    u32 r = e / cols, c = e % cols;
+    u32 byte = 0;
+    for (u32 i = 0; i < 4; i++) {
+        u32 row = i * pr + r;
+        if (row >= rows) break;
+        float v = __fmul_rn(ld_dt(w, (u64)row * cols + c, dt), scale);
+        int t = isnan(v) ? 0 : (int)fminf(fmaxf(rintf(v), -1.0f), 1.0f);
+        byte |= (u32)(t + 1) << (2 * i);
+    }
+    packed[e] = (u8)byte;
+}
+
+// One block per row: s = RN(RN(1 / max(max|x|, eps)) * 127), q = clamp(rint(x * s), -128, 127).
+extern "C" __global__ void ternary_act_quant(const void* x, int dt, u32 cols, float eps, i8* q, float* scales) {
+    u64 r = blockIdx.x;
+    float m = 0.0f;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(ld_dt(x, r * cols + c, dt)));
+    m = block_max(m, 0.0f);
+    float s = __fmul_rn(__fdiv_rn(1.0f, fmaxf(m, eps)), 127.0f);
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float p = __fmul_rn(ld_dt(x, r * cols + c, dt), s);
+        q[r * cols + c] = isnan(p) ? 0 : (i8)(int)fminf(fmaxf(rintf(p), -128.0f), 127.0f);
+    }
+    if (threadIdx.x == 0) scales[r] = s;
+}
+
+// y[b, o] = acc / (x_scale[b] * weight_scale) + bias[o], acc the exact i32 product; a warp per output row
+// and up to 8 activation rows per pass.
+extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u32 batch, const u8* packed,
+                                          float weight_scale, u32 rows, u32 cols, const float* bias, float* y) {
+    u32 lane = threadIdx.x & 31;
+    u32 o = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u32 b0 = blockIdx.y * 8;
+    if (o >= rows) return;
+    u32 pr = (rows + 3) / 4;
+    u32 shift = 2 * (o / pr);
+    const u8* prow = packed + (u64)(o % pr) * cols;
+    i32 acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (u32 c = lane; c < cols; c += 32) {
+        i32 t = (i32)((prow[c] >> shift) & 3u) - 1;
+#pragma unroll
+        for (int r = 0; r < 8; r++)
+            if (b0 + r < batch) acc[r] += t * (i32)xq[(u64)(b0 + r) * cols + c];
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+        i32 s = acc[r];
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (lane == 0 && b0 + r < batch) {
+            float v = __fdiv_rn(__int2float_rn(s), __fmul_rn(x_scale[b0 + r], weight_scale));
+            y[(u64)(b0 + r) * rows + o] = __fadd_rn(v, bias ? bias[o] : 0.0f);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+// The float ops a model needs. Inputs of any float dtype (`dt`), computed in f32, written in `odt` (round to
+// nearest even), so no separate narrowing pass is needed. Each step is rounded where the CPU reference
+// rounds it (`__fmul_rn`/`__fadd_rn`: no contraction into an fma), except where results are only compared
+// within a tolerance (dot products).
+
+#define GRID_LOOP(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+
+extern "C" __global__ void cast(const void* x, int dt, u64 n, void* y, int odt) {
+    GRID_LOOP(i, n) st_dt(y, i, odt, ld_dt(x, i, dt));
+}
+
+// op: 0 add, 1 silu(a) * b, 2 relu(a)^2 * b.
+extern "C" __global__ void binary(const void* a, const void* b, int dt, u64 n, int op, void* y) {
+    GRID_LOOP(i, n) {
+        float g = ld_dt(a, i, dt), u = ld_dt(b, i, dt), v;
+        if (op == 0) v = __fadd_rn(g, u);
+        else if (op == 1) v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+        else {
+            float r = g > 0.0f ? g : 0.0f;
+            v = __fmul_rn(__fmul_rn(r, r), u);
+        }
+        st_dt(y, i, dt, v);
+    }
+}
+
+// kind 0: tanh form `x / (1 + exp(-2u))`, u = beta (x + kappa x^3); kind 1: `x * 0.5 * (1 + erf(x / sqrt 2))`.
+extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float beta, float kappa, float rsqrt2, void* y) {
+    GRID_LOOP(i, n) {
+        float v = ld_dt(x, i, dt), r;
+        if (kind == 0) {
+            float u = __fmul_rn(beta, __fadd_rn(v, __fmul_rn(kappa, __fmul_rn(__fmul_rn(v, v), v))));
+            r = __fdiv_rn(v, __fadd_rn(1.0f, expf(__fmul_rn(-2.0f, u))));
+        } else {
+            r = __fmul_rn(__fmul_rn(v, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(v, rsqrt2))));
+        }
+        st_dt(y, i, dt, r);
+    }
+}
+
+// One block per row: x / sqrt(mean(x^2) + eps) * w, the mean in f64 as the CPU's.
+extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
+    u64 r = blockIdx.x;
+    double s = 0.0;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        double v = ld_dt(x, r * cols + c, dt);
+        s += v * v;
+    }
+    s = block_sum_d(s);
+    float inv = (float)(1.0 / sqrt(s / (double)cols + (double)eps));
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x)
+        st_dt(y, r * cols + c, dt, __fmul_rn(__fmul_rn(ld_dt(x, r * cols + c, dt), inv), ld_dt(w, c, wdt)));
+}
+
+// One block per row: exp(x - max) / sum, the sum in f64 as the CPU's.
+extern "C" __global__ void softmax(const void* x, int dt, u32 cols, void* y) {
+    u64 r = blockIdx.x;
+    float m = -__int_as_float(0x7f800000);
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, ld_dt(x, r * cols + c, dt));
+    m = block_max(m, -__int_as_float(0x7f800000));
+    double s = 0.0;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) s += (double)expf(__fsub_rn(ld_dt(x, r * cols + c, dt), m));
+    s = block_sum_d(s);
+    float inv = (float)(1.0 / s);
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x)
+        st_dt(y, r * cols + c, dt, __fmul_rn(expf(__fsub_rn(ld_dt(x, r * cols + c, dt), m)), inv));
+}
+
+// Row gather of `esize`-byte elements: out[t] = table[ids[t]].
+extern "C" __global__ void embedding(const u8* table, const i32* ids, u32 n, u64 row_bytes, u8* out) {
+    u64 total = (u64)n * row_bytes;
+    GRID_LOOP(i, total) {
+        u64 t = i / row_bytes, b = i % row_bytes;
+        out[i] = table[(u64)ids[t] * row_bytes + b];
+    }
+}
+
+// Rotary embedding of x [tokens, heads, head_dim]; `interleaved` pairs (2i, 2i+1), else (i, i + rot/2).
+extern "C" __global__ void rope(const void* x, int dt, u32 tokens, u32 heads, u32 head_dim, u32 rot, u32 pos_start,
+                                int interleaved, const float* cos_t, const float* sin_t, void* y) {
+    u64 total = (u64)tokens * heads * head_dim;
+    u32 half = rot / 2;
+    GRID_LOOP(i, total) {
+        u32 d = i % head_dim;
+        u64 head = i - d;
+        u32 t = (u32)(i / ((u64)heads * head_dim));
+        float v = ld_dt(x, i, dt);
+        if (d < rot) {
+            u32 p, ia, ib;
+            bool first;
+            if (interleaved) { p = d >> 1; ia = 2 * p; ib = ia + 1; first = (d & 1) == 0; }
+            else { p = d < half ? d : d - half; ia = p; ib = p + half; first = d < half; }
+            u64 tab = (u64)(pos_start + t) * half + p;
+            float c = cos_t[tab], s = sin_t[tab];
+            float a = ld_dt(x, head + ia, dt), b = ld_dt(x, head + ib, dt);
+            v = first ? __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)) : __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+        }
+        st_dt(y, i, dt, v);
+    }
+}
+
+// Causal attention, one block per (query row, head): scores into `scratch` [nq * n_heads, kv_len], then the
+// softmax-weighted sum of V. Query i sees keys 0..min(pos_start + i + 1, kv_len).
+extern "C" __global__ void attention(const void* q, const void* k, const void* v, int dt, u32 n_heads, u32 n_kv_heads,
+                                     u32 head_dim, u32 kv_len, u32 pos_start, float scale, float* scratch, void* y) {
+    u64 row = blockIdx.x;
+    u32 i = row / n_heads, h = row % n_heads;
+    u32 n_keys = min(pos_start + i + 1, kv_len);
+    u32 group = n_heads / n_kv_heads;
+    u64 kv_row = (u64)n_kv_heads * head_dim, off = (u64)(h / group) * head_dim;
+    float* sc = scratch + row * kv_len;
+    const u64 qb = row * head_dim;
+    float m = -__int_as_float(0x7f800000);
+    for (u32 j = threadIdx.x; j < n_keys; j += blockDim.x) {
+        float dot = 0.0f;
+        for (u32 d = 0; d < head_dim; d++) dot += ld_dt(q, qb + d, dt) * ld_dt(k, j * kv_row + off + d, dt);
+        float s = __fmul_rn(dot, scale);
+        sc[j] = s;
+        m = fmaxf(m, s);
+    }
+    m = block_max(m, -__int_as_float(0x7f800000));
+    float l = 0.0f;
+    for (u32 j = threadIdx.x; j < n_keys; j += blockDim.x) {
+        float p = expf(__fsub_rn(sc[j], m));
+        sc[j] = p;
+        l += p;
+    }
+    __shared__ float part[32];
+    l = warp_sum(l);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = l;
+    __syncthreads();
+    float total = 0.0f;
+    for (u32 w = 0; w < (blockDim.x + 31) / 32; w++) total += part[w];
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (u32 j = 0; j < n_keys; j++) acc += sc[j] * ld_dt(v, j * kv_row + off + d, dt);
+        st_dt(y, qb + d, dt, n_keys ? __fdiv_rn(acc, total) : 0.0f);
+    }
+}

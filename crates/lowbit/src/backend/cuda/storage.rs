@@ -1,0 +1,184 @@
+//! Device memory of the CUDA backend: one allocation per tensor (from the driver's stream-ordered pool, so
+//! freed memory is reused without a device-wide synchronisation), addressed by raw 64-bit pointers in
+//! kernel launches.
+
+use super::context::Cuda;
+use crate::Result;
+use crate::device_tensor::{BackendStorage, DeviceTensor};
+use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
+use cudarc::driver::{CudaSlice, DevicePtr};
+use half::{bf16, f16};
+use std::any::Any;
+use std::sync::Arc;
+
+/// A CUDA allocation owned by one device.
+pub struct CudaStorage {
+    buf: CudaSlice<u8>,
+    bytes: u64,
+    device: Arc<str>,
+    addr: u64,
+}
+
+impl BackendStorage for CudaStorage {
+    fn device_id(&self) -> &str {
+        &self.device
+    }
+    fn size_in_bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl CudaStorage {
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+/// The kernels' element-type code (`DT_*` in kernels/common.cuh).
+pub fn dtype_code(d: DType) -> i32 {
+    match d {
+        DType::F16 => 1,
+        DType::BF16 => 2,
+        _ => 0,
+    }
+}
+
+pub fn bytes_of(data: &TensorData) -> &[u8] {
+    match data {
+        TensorData::Float(FloatVec::F32(v)) => bytemuck::cast_slice(v),
+        TensorData::Float(FloatVec::F16(v)) => bytemuck::cast_slice(v),
+        TensorData::Float(FloatVec::BF16(v)) => bytemuck::cast_slice(v),
+        TensorData::U8(v) => v,
+        TensorData::I8(v) => bytemuck::cast_slice(v),
+        TensorData::I32(v) => bytemuck::cast_slice(v),
+        TensorData::I64(v) => bytemuck::cast_slice(v),
+    }
+}
+
+pub fn floats_bytes<'a>(x: &Floats<'a>) -> &'a [u8] {
+    match *x {
+        Floats::F32(v) => bytemuck::cast_slice(v),
+        Floats::F16(v) => bytemuck::cast_slice(v),
+        Floats::BF16(v) => bytemuck::cast_slice(v),
+    }
+}
+
+pub fn data_from_bytes(dtype: DType, b: &[u8]) -> TensorData {
+    match dtype {
+        DType::F32 => TensorData::Float(FloatVec::F32(bytemuck::pod_collect_to_vec(b))),
+        DType::F16 => TensorData::Float(FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(b))),
+        DType::BF16 => {
+            TensorData::Float(FloatVec::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(b)))
+        }
+        DType::U8 => TensorData::U8(b.to_vec()),
+        DType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(b)),
+        DType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(b)),
+        DType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(b)),
+    }
+}
+
+impl Cuda {
+    /// `bytes` of uninitialised device memory (the kernel that receives it writes every byte it covers).
+    pub fn alloc(&self, op: &str, bytes: usize) -> Result<Arc<CudaStorage>> {
+        // A zero-byte allocation is refused by the driver; one byte keeps every tensor addressable.
+        // SAFETY: the memory is written by a kernel or a copy before anything reads it.
+        let buf =
+            unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| self.error(op, e))?;
+        Ok(self.storage(buf, bytes))
+    }
+
+    fn storage(&self, buf: CudaSlice<u8>, bytes: usize) -> Arc<CudaStorage> {
+        let addr = buf.device_ptr(&self.stream).0;
+        Arc::new(CudaStorage {
+            buf,
+            bytes: bytes as u64,
+            device: self.id.clone(),
+            addr,
+        })
+    }
+
+    /// Copies host bytes to a new allocation (queued on the stream).
+    pub fn upload_bytes(&self, op: &str, bytes: &[u8]) -> Result<Arc<CudaStorage>> {
+        if bytes.is_empty() {
+            return self.alloc(op, 0);
+        }
+        let buf = self
+            .stream
+            .clone_htod(bytes)
+            .map_err(|e| self.error(op, e))?;
+        Ok(self.storage(buf, bytes.len()))
+    }
+
+    pub fn upload_f32(&self, op: &str, v: &[f32]) -> Result<Arc<CudaStorage>> {
+        self.upload_bytes(op, bytemuck::cast_slice(v))
+    }
+
+    /// The first `bytes` bytes of an allocation, after the queued work that writes it.
+    pub fn download_bytes(&self, op: &str, s: &CudaStorage, bytes: usize) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; bytes];
+        let view = s.buf.slice(..bytes);
+        self.stream
+            .memcpy_dtoh(&view, &mut out)
+            .map_err(|e| self.error(op, e))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    pub fn download_f32(&self, op: &str, s: &CudaStorage, n: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.download_bytes(
+            op,
+            s,
+            n * 4,
+        )?))
+    }
+
+    /// A device tensor over `storage`.
+    pub fn tensor(
+        &self,
+        shape: Vec<usize>,
+        dtype: DType,
+        storage: Arc<CudaStorage>,
+    ) -> Result<DeviceTensor> {
+        DeviceTensor::new(shape, dtype, storage)
+    }
+
+    pub fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
+        let s = self.upload_bytes("upload", bytes_of(t.data()))?;
+        self.tensor(t.shape().to_vec(), t.dtype(), s)
+    }
+
+    pub fn download_tensor(&self, s: &CudaStorage, t: &DeviceTensor) -> Result<Tensor> {
+        let b = self.download_bytes("download", s, t.size_in_bytes())?;
+        Tensor::new(t.shape().to_vec(), data_from_bytes(t.dtype(), &b))
+    }
+
+    /// Copies `bytes` from `src` to `dst + offset` on the stream.
+    pub fn copy(
+        &self,
+        src: &CudaStorage,
+        dst: &CudaStorage,
+        offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both are live allocations of this context; the op layer checked that `offset + bytes`
+        // lies inside `dst` and `bytes` inside `src`; the copy is ordered on the one stream.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst.addr + offset as u64,
+                src.addr,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| self.error("copy_rows", e))
+    }
+}
