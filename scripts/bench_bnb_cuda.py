@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Times bitsandbytes' CUDA kernels on the shapes `lowbit bench --device vulkan` uses, so the two can be put
-side by side on the same GPU. Prints one JSON object per line: op, shape, median_s, gbps.
+"""Times bitsandbytes' CUDA kernels on the shapes `lowbit bench --device vulkan` and
+`cargo run --example cuda_bench` use, so they can be put side by side on the same GPU. Prints one JSON object
+per line: op, shape, median_s (or mean_s for the queued loops), gbps.
 
-usage: python3 scripts/bench_bnb_cuda.py [--iters 50]
+The 4-bit linear layers are timed as the lowbit example times them: `iters` calls queued back to back,
+cycling through enough weight copies to exceed the L2 cache (`weights_from: hbm`) or one copy (`l2`), the
+time per call being the total over `iters`.
+
+usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick]
 needs: torch with CUDA, bitsandbytes.
 """
 import argparse
@@ -28,6 +33,45 @@ def median_time(fn, iters):
     return times[len(times) // 2]
 
 
+ROTATE_BYTES = 160 << 20
+
+
+def loop_time(fns, iters):
+    """Mean seconds per call over `iters` queued calls cycling through `fns`, after a warm-up."""
+    for f in fns[:3]:
+        f()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(iters):
+        fns[i % len(fns)]()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def linear_4bit(dev, out_f, in_f, dtype, batch, rotate):
+    import bitsandbytes as bnb
+    w = torch.randn(out_f, in_f, device=dev, dtype=torch.float16) * 0.02
+    packed, state = F.quantize_4bit(w.to(dtype), blocksize=64, quant_type="nf4")
+    wbytes = packed.numel() + state.absmax.numel() * 4
+    copies = min(max(-(-ROTATE_BYTES // wbytes), 2), 16) if rotate else 1
+    weights = [(packed.clone(), state) for _ in range(copies)]
+    x = torch.randn(batch, in_f, device=dev, dtype=dtype)
+    if batch == 1:
+        fns = [lambda p=p, s=s: F.gemv_4bit(x, p.t(), state=s) for p, s in weights]
+    else:
+        fns = [lambda p=p, s=s: bnb.matmul_4bit(x, p.t(), quant_state=s) for p, s in weights]
+    iters = 20 if batch >= 512 else 200
+    t = loop_time(fns, iters)
+    nbytes = wbytes + batch * (in_f + out_f) * 2
+    print(json.dumps(dict(op="gemv_4bit" if batch == 1 else "matmul_4bit", impl="bitsandbytes-cuda",
+                          shape=[out_f, in_f], batch=batch, dtype=str(dtype).replace("torch.", ""),
+                          weights_from="hbm" if rotate else "l2", mean_s=t, gbps=nbytes / t / 1e9,
+                          tflops=2 * batch * out_f * in_f / t / 1e12)), flush=True)
+    del w, packed, weights
+
+
 def emit(op, shape, seconds, nbytes, **extra):
     print(json.dumps(dict(op=op, impl="bitsandbytes-cuda", shape=shape, median_s=seconds,
                           gbps=nbytes / seconds / 1e9, **extra)), flush=True)
@@ -36,6 +80,7 @@ def emit(op, shape, seconds, nbytes, **extra):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -44,14 +89,16 @@ def main():
     dst = torch.empty_like(src)
     t = median_time(lambda: dst.copy_(src), a.iters)
     emit("copy", [src.numel()], t, 2 * src.numel() * 4)
-    for out_f, in_f in [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]:
-        w = torch.randn(out_f, in_f, device=dev, dtype=torch.float16) * 0.02
-        packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        x = torch.randn(1, in_f, device=dev, dtype=torch.float16)
-        t = median_time(lambda: F.gemv_4bit(x, packed.t(), state=state), a.iters)
-        nbytes = packed.numel() + state.absmax.numel() * 4 + (in_f + out_f) * 2
-        emit("gemv_4bit", [out_f, in_f], t, nbytes, dtype="f16", format="nf4")
-        del w, packed
+    shapes = [(4096, 4096)] if a.quick else [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+    for out_f, in_f in shapes:
+        for dtype in [torch.float16, torch.bfloat16]:
+            for batch in [1, 2, 4, 8, 16]:
+                linear_4bit(dev, out_f, in_f, dtype, batch, True)
+        linear_4bit(dev, out_f, in_f, torch.float16, 1, False)
+    for out_f, in_f in shapes[:2]:
+        linear_4bit(dev, out_f, in_f, torch.float16, 512, False)
+    if a.quick:
+        return
     n = 64 << 20  # 128 MB of f16 values per quantize/dequantize test (256 MB in f32)
     x = torch.randn(n, device=dev, dtype=torch.float32)
     t = median_time(lambda: F.quantize_4bit(x, blocksize=64, quant_type="nf4"), a.iters)

@@ -4,6 +4,7 @@
 //! and every test asserts that nothing fell back to the CPU, so a failing kernel cannot hide behind the
 //! recovery policy.
 
+mod cuda_common;
 #[cfg(feature = "wgpu")]
 mod wgpu_common;
 
@@ -47,7 +48,10 @@ fn devices() -> Vec<Device> {
         Device::from_backend(Arc::new(CpuBackend)).with_policy(strict()),
         Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict()),
     ];
-    cpus.into_iter().chain(gpu_device()).collect()
+    cpus.into_iter()
+        .chain(gpu_device())
+        .chain(cuda_common::cuda_device())
+        .collect()
 }
 
 /// The test GPU as a strict device, where there is one.

@@ -25,7 +25,7 @@ fn kernels_compile_for_every_target_architecture() {
         for kernel in [
             "quantize_4bit_bf16",
             "quantize_blockwise_f16",
-            "linear_4bit_words_f16_r8",
+            "linear_4bit_words_f16_r8_w4",
             "gemm_4bit_bf16",
             "int8_mm_dequant",
             "ternary_matmul",

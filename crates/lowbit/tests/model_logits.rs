@@ -11,6 +11,7 @@
 //! against lowbit's fused kernels), LLM.int8() within 1e-2 (float16 activations and outputs); greedy ids
 //! identical.
 
+mod cuda_common;
 #[cfg(feature = "wgpu")]
 mod wgpu_common;
 
@@ -52,6 +53,7 @@ fn devices() -> Vec<Device> {
     if let Some(g) = wgpu_common::gpu() {
         v.push(Device::from_backend(Arc::new(g)).with_policy(strict()));
     }
+    v.extend(cuda_common::cuda_device());
     v
 }
 

@@ -56,7 +56,9 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     })
 }
 
-/// PTX of the kernels per compute capability, compiled once per process.
+/// PTX of the kernels per compute capability: compiled once per process, and kept on disk between processes
+/// (compiling takes seconds) under a name that changes with the source, the architecture and lowbit's
+/// version.
 fn ptx_for(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
     static CACHE: OnceLock<Mutex<HashMap<(i32, i32), cudarc::nvrtc::Ptx>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -64,9 +66,51 @@ fn ptx_for(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, St
     if let Some(p) = map.get(&(major, minor)) {
         return Ok(p.clone());
     }
-    let ptx = compile(major, minor)?;
+    let file = disk_cache_file(major, minor);
+    let ptx = match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        Some(text) => cudarc::nvrtc::Ptx::from_src(text),
+        None => {
+            let ptx = compile(major, minor)?;
+            if let Some(f) = &file {
+                store(f, &ptx.to_src());
+            }
+            ptx
+        }
+    };
     map.insert((major, minor), ptx.clone());
     Ok(ptx)
+}
+
+/// `$LOWBIT_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit`, else `~/.cache/lowbit`; the file for this source.
+fn disk_cache_file(major: i32, minor: i32) -> Option<std::path::PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let dir = env("LOWBIT_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("lowbit")))
+        .or_else(|| env("HOME").map(|d| std::path::PathBuf::from(d).join(".cache/lowbit")))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (source(), major, minor, env!("CARGO_PKG_VERSION")).hash(&mut h);
+    Some(dir.join(format!(
+        "cuda-kernels-{:016x}-sm{major}{minor}.ptx",
+        h.finish()
+    )))
+}
+
+/// Writes the cache file atomically (a temporary file renamed into place); a failure only costs a
+/// recompilation next time.
+fn store(file: &std::path::Path, ptx: &str) {
+    use std::io::Write;
+    let Some(dir) = file.parent() else { return };
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| tempfile::NamedTempFile::new_in(dir))
+        .and_then(|mut t| {
+            t.write_all(ptx.as_bytes())?;
+            t.persist(file).map_err(|e| e.error)
+        });
+    if let Err(e) = written {
+        tracing::debug!("CUDA kernel cache not written to {}: {e}", file.display());
+    }
 }
 
 /// Compiles the kernels for `sm_{major}{minor}` (exact IEEE division and square root, no flush to zero:
@@ -100,10 +144,41 @@ pub struct Cuda {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    functions: Mutex<HashMap<String, Kernel>>,
     pub tables: Tables,
+    blas: OnceLock<Option<super::blas::Blas>>,
     pub name: String,
     pub capability: (i32, i32),
+}
+
+/// A loaded kernel and the byte size of each of its parameters, where the driver reports them.
+#[derive(Clone)]
+struct Kernel {
+    func: CudaFunction,
+    params: Option<Vec<usize>>,
+}
+
+/// The byte sizes of `f`'s parameters, asked one index at a time until the driver says there is no such
+/// parameter (the CUDA 13.0 API has no parameter count; compute-sanitizer lists that one expected
+/// CUDA_ERROR_INVALID_VALUE per kernel load). `None` where the driver predates `cuFuncGetParamInfo`.
+fn param_sizes(f: &CudaFunction) -> Option<Vec<usize>> {
+    use cudarc::driver::sys::{CUresult, cuFuncGetParamInfo};
+    guarded(|| {
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: `f` is a loaded function; the driver writes the two out-parameters or returns an error
+            // past the last parameter.
+            let r =
+                unsafe { cuFuncGetParamInfo(f.cu_function(), sizes.len(), &mut offset, &mut size) };
+            if r != CUresult::CUDA_SUCCESS {
+                return (r == CUresult::CUDA_ERROR_INVALID_VALUE).then_some(sizes);
+            }
+            sizes.push(size);
+        }
+    })
+    .ok()
+    .flatten()
 }
 
 /// A kernel argument: device pointers travel as 64-bit addresses.
@@ -114,6 +189,15 @@ pub enum Arg {
     U32(u32),
     I32(i32),
     F32(f32),
+}
+
+impl Arg {
+    fn size(&self) -> usize {
+        match self {
+            Arg::Ptr(_) | Arg::U64(_) => 8,
+            Arg::U32(_) | Arg::I32(_) | Arg::F32(_) => 4,
+        }
+    }
 }
 
 impl Cuda {
@@ -172,6 +256,7 @@ impl Cuda {
             module,
             functions: Mutex::new(HashMap::new()),
             tables,
+            blas: OnceLock::new(),
             name,
             capability,
         })
@@ -189,21 +274,32 @@ impl Cuda {
         crate::Error::Device(e)
     }
 
+    /// cuBLAS on this device's stream, opened on first use; `None` without libcublas.
+    pub fn blas(&self) -> Option<&super::blas::Blas> {
+        self.blas
+            .get_or_init(|| super::blas::Blas::open(self))
+            .as_ref()
+    }
+
     pub fn free_memory(&self) -> Option<u64> {
         self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
     }
 
-    fn function(&self, name: &str) -> Result<CudaFunction> {
+    fn function(&self, name: &str) -> Result<Kernel> {
         let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(func) = f.get(name) {
-            return Ok(func.clone());
+        if let Some(k) = f.get(name) {
+            return Ok(k.clone());
         }
         let func = self
             .module
             .load_function(name)
             .map_err(|e| self.error(name, e))?;
-        f.insert(name.to_string(), func.clone());
-        Ok(func)
+        let k = Kernel {
+            params: param_sizes(&func),
+            func,
+        };
+        f.insert(name.to_string(), k.clone());
+        Ok(k)
     }
 
     /// Queues kernel `name` on the stream (no wait).
@@ -211,8 +307,21 @@ impl Cuda {
         if grid.0 == 0 || grid.1 == 0 {
             return Ok(());
         }
-        let func = self.function(name)?;
-        let mut b = self.stream.launch_builder(&func);
+        let kernel = self.function(name)?;
+        // A parameter list that does not match the kernel's would make the driver read past it: refuse it.
+        if let Some(sizes) = &kernel.params {
+            let given: Vec<usize> = args.iter().map(Arg::size).collect();
+            if &given != sizes {
+                return Err(crate::Error::Device(DeviceError::failed(
+                    &*self.id,
+                    name,
+                    format!(
+                        "kernel takes parameters of {sizes:?} bytes, the launch passed {given:?}"
+                    ),
+                )));
+            }
+        }
+        let mut b = self.stream.launch_builder(&kernel.func);
         for a in args {
             match a {
                 Arg::Ptr(v) | Arg::U64(v) => b.arg(v),

@@ -99,8 +99,8 @@ impl CudaBackend {
                     dt = DType::F32;
                 }
                 let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
-                let y = c.linear_dev(&xb, &wb, dt, b.as_ref(), m, n, k)?;
-                self.narrowed(y, with_last_dim(&shape0, n), dtype)
+                let y = c.linear_dev(&xb, &wb, dt, b.as_ref(), m, n, k, dtype)?;
+                self.wrap(with_last_dim(&shape0, n), dtype, y)
             }
             Op::Linear4bit {
                 quant_type,
@@ -120,8 +120,8 @@ impl CudaBackend {
                 };
                 let b = self.bias_f32(name, bias.then(|| inputs[3]))?;
                 let m = x.rows_cols().0;
-                let y = c.linear_4bit_dev(st(0)?, dtype, m, &w, b.as_ref())?;
-                self.narrowed(y, with_last_dim(&shape0, rows), dtype)
+                let y = c.linear_4bit_dev(st(0)?, dtype, m, &w, b.as_ref(), dtype)?;
+                self.wrap(with_last_dim(&shape0, rows), dtype, y)
             }
             Op::LinearTernary {
                 weight_scale,
@@ -243,8 +243,7 @@ impl CudaBackend {
                 let lb = c.upload_bytes(OP, bytemuck::cast_slice(&list))?;
                 let (xs, ws) =
                     c.int8_outlier_operands_dev(&x16, &w, &scb, &lb, nc, m, rows, cols)?;
-                let extra = c.linear_dev(&xs, &ws, DType::F16, None, m, rows, nc)?;
-                let extra16 = c.cast_dev(&extra, DType::F32, m * rows, DType::F16)?;
+                let extra16 = c.linear_dev(&xs, &ws, DType::F16, None, m, rows, nc, DType::F16)?;
                 c.add_f16_dev(&y, &extra16, m * rows)?;
             }
         }

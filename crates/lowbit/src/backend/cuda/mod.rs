@@ -7,6 +7,7 @@
 //! Host-slice methods upload their operands, run the same kernels as the device ops and read the result
 //! back: one implementation per op (`ops.rs`), two entry points.
 
+mod blas;
 mod context;
 mod device_ops;
 mod ops;
@@ -105,7 +106,7 @@ impl CudaBackend {
         };
         let y = self
             .cuda
-            .linear_4bit_dev(&xb, x.dtype(), batch, &wd, bias.as_ref())?;
+            .linear_4bit_dev(&xb, x.dtype(), batch, &wd, bias.as_ref(), DType::F32)?;
         let y = self.cuda.download_f32(op, &y, batch * w.rows)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
@@ -229,9 +230,9 @@ impl Backend for CudaBackend {
             self.cuda.upload_f32(OP, absmax)?,
         );
         let table = self.cuda.upload_f32(OP, &code.values)?;
-        let y = self
-            .cuda
-            .dequantize_dev(&qb, &ab, table.addr(), 8, q.len(), blocksize)?;
+        let y =
+            self.cuda
+                .dequantize_dev(&qb, &ab, table.addr(), 8, q.len(), blocksize, DType::F32)?;
         let y = self.cuda.download_f32(OP, &y, q.len())?;
         Ok(FloatVec::from_f32(y, out_dtype))
     }
@@ -267,7 +268,9 @@ impl Backend for CudaBackend {
             self.cuda.upload_f32(OP, absmax)?,
         );
         let table = self.cuda.fourbit_table(quant_type);
-        let y = self.cuda.dequantize_dev(&qb, &ab, table, 4, n, blocksize)?;
+        let y = self
+            .cuda
+            .dequantize_dev(&qb, &ab, table, 4, n, blocksize, DType::F32)?;
         let y = self.cuda.download_f32(OP, &y, n)?;
         Ok(FloatVec::from_f32(y, out_dtype))
     }
@@ -452,7 +455,7 @@ impl Backend for CudaBackend {
         let bias = self.up_bias(OP, bias)?;
         let y = self
             .cuda
-            .linear_dev(&xb, &wb, dtype, bias.as_ref(), m, n, k)?;
+            .linear_dev(&xb, &wb, dtype, bias.as_ref(), m, n, k, DType::F32)?;
         let y = self.cuda.download_f32(OP, &y, m * n)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }

@@ -22,6 +22,11 @@ const THREADS: u32 = 256;
 const LIN_WARPS: usize = 8;
 /// Activation rows up to which the linear layers run the warp-per-row kernels; above, the tiled GEMM.
 pub const ROWS_MAX: usize = 32;
+/// From this many activation rows on, a linear layer is one cuBLAS product (a 4-bit weight dequantized
+/// first, as bitsandbytes does) where cuBLAS is present. Up to 8 rows the warp-per-row kernel reads the
+/// weight once; measured on an H200 (2026-12-02, docs/PERFORMANCE.md) it beats bitsandbytes' dequantize +
+/// cuBLAS route there, while two passes (16 rows) cost more than one dequantization.
+pub const BLAS_MIN_ROWS: usize = 9;
 
 fn p(b: &CudaStorage) -> Arg {
     Arg::Ptr(b.addr())
@@ -131,6 +136,7 @@ impl Cuda {
     }
 
     /// `n` f32 values `table[code] * absmax[i / blocksize]` (`bits` 8: one code per byte; 4: nibbles).
+    #[allow(clippy::too_many_arguments)]
     pub fn dequantize_dev(
         &self,
         q: &CudaStorage,
@@ -139,8 +145,27 @@ impl Cuda {
         bits: u32,
         n: usize,
         blocksize: usize,
+        out_dtype: DType,
     ) -> Result<Buf> {
-        let out = self.alloc("dequantize", n * 4)?;
+        let out = self.alloc("dequantize", n * out_dtype.size_in_bytes())?;
+        if bits == 4 && n.is_multiple_of(8) && blocksize.is_multiple_of(8) {
+            let n8 = n / 8;
+            self.launch(
+                "dequantize_4bit_x8",
+                (blocks(n8), 1),
+                THREADS,
+                &[
+                    p(q),
+                    p(absmax),
+                    Arg::Ptr(table),
+                    Arg::U64(n8 as u64),
+                    Arg::U32(blocksize as u32),
+                    p(&out),
+                    dt(out_dtype),
+                ],
+            )?;
+            return Ok(out);
+        }
         self.launch(
             "dequantize",
             (blocks(n), 1),
@@ -153,9 +178,47 @@ impl Cuda {
                 Arg::U64(n as u64),
                 Arg::U32(blocksize as u32),
                 p(&out),
+                dt(out_dtype),
             ],
         )?;
         Ok(out)
+    }
+
+    /// `x[m, k] @ w[n, k]^T (+ bias)` through cuBLAS (f32 accumulation), written in `out` after the bias;
+    /// `None` without cuBLAS.
+    #[allow(clippy::too_many_arguments)]
+    fn blas_linear(
+        &self,
+        x: &CudaStorage,
+        w: &CudaStorage,
+        dtype: DType,
+        bias: Option<&Buf>,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: DType,
+    ) -> Result<Option<Buf>> {
+        let Some(blas) = self.blas() else {
+            return Ok(None);
+        };
+        let y32 = self.alloc("matmul", m * n * 4)?;
+        blas.gemm_nt(self, x.addr(), w.addr(), dtype, y32.addr(), m, n, k)?;
+        let total = m * n;
+        let y = self.alloc("matmul", total * out.size_in_bytes())?;
+        self.launch(
+            "bias_finish",
+            (blocks(total), 1),
+            THREADS,
+            &[
+                p(&y32),
+                opt(bias),
+                Arg::U32(u32_of("matmul", n.max(1))?),
+                Arg::U64(total as u64),
+                p(&y),
+                dt(out),
+            ],
+        )?;
+        Ok(Some(y))
     }
 
     pub fn fourbit_table(&self, t: FourBitType) -> u64 {
@@ -172,7 +235,7 @@ impl Cuda {
         }
     }
 
-    /// `y[m, rows] = x[m, cols] @ dequant(W)^T + bias` in f32.
+    /// `y[m, rows] = x[m, cols] @ dequant(W)^T + bias`, accumulated in f32 and written in `out`.
     pub fn linear_4bit_dev(
         &self,
         x: &CudaStorage,
@@ -180,9 +243,19 @@ impl Cuda {
         m: usize,
         w: &Weight4,
         bias: Option<&Buf>,
+        out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul_4bit";
-        let y = self.alloc(OP, m * w.rows * 4)?;
+        if m >= BLAS_MIN_ROWS && self.blas().is_some() {
+            // bitsandbytes' route for batches: the weight dequantized in x's dtype, then one product.
+            let table = self.fourbit_table(w.quant_type);
+            let n_w = w.rows * w.cols;
+            let wd = self.dequantize_dev(w.packed, w.absmax, table, 4, n_w, w.blocksize, dtype)?;
+            if let Some(y) = self.blas_linear(x, &wd, dtype, bias, m, w.rows, w.cols, out)? {
+                return Ok(y);
+            }
+        }
+        let y = self.alloc(OP, m * w.rows * out.size_in_bytes())?;
         let (n, k) = (u32_of(OP, w.rows)?, u32_of(OP, w.cols)?);
         let table = Arg::Ptr(self.fourbit_table(w.quant_type));
         let common = [
@@ -196,21 +269,27 @@ impl Cuda {
             Arg::U32(w.blocksize as u32),
             opt(bias),
             p(&y),
+            dt(out),
         ];
         if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
             let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
-            let kind = if words { "words" } else { "any" };
+            // Weight rows per warp in the word kernel: 4 shares each activation load among more rows, 2
+            // keeps enough warps in flight on a smaller layer.
+            let nr = if w.rows >= 8192 { 4 } else { 2 };
+            let (name, rows_per_block) = if words {
+                (
+                    format!("linear_4bit_words_{}_r{r}_w{nr}", suffix(dtype)),
+                    LIN_WARPS * nr,
+                )
+            } else {
+                (format!("linear_4bit_any_{}_r{r}", suffix(dtype)), LIN_WARPS)
+            };
             let grid = (
-                u32_of(OP, w.rows.div_ceil(LIN_WARPS))?,
+                u32_of(OP, w.rows.div_ceil(rows_per_block))?,
                 u32_of(OP, m.div_ceil(r))?,
             );
-            self.launch(
-                &format!("linear_4bit_{kind}_{}_r{r}", suffix(dtype)),
-                grid,
-                32 * LIN_WARPS as u32,
-                &common,
-            )?;
+            self.launch(&name, grid, 32 * LIN_WARPS as u32, &common)?;
         } else {
             let grid = (
                 u32_of(OP, w.rows.div_ceil(64))?,
@@ -226,7 +305,7 @@ impl Cuda {
         Ok(y)
     }
 
-    /// `y[m, n] = x[m, k] @ w[n, k]^T + bias` in f32, x and w of one dtype.
+    /// `y[m, n] = x[m, k] @ w[n, k]^T + bias`, x and w of one dtype, accumulated in f32 and written in `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_dev(
         &self,
@@ -237,9 +316,15 @@ impl Cuda {
         m: usize,
         n: usize,
         k: usize,
+        out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul";
-        let y = self.alloc(OP, m * n * 4)?;
+        if m >= BLAS_MIN_ROWS {
+            if let Some(y) = self.blas_linear(x, w, dtype, bias, m, n, k, out)? {
+                return Ok(y);
+            }
+        }
+        let y = self.alloc(OP, m * n * out.size_in_bytes())?;
         let (nn, kk) = (u32_of(OP, n)?, u32_of(OP, k)?);
         if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
@@ -259,6 +344,7 @@ impl Cuda {
                     Arg::U32(kk),
                     opt(bias),
                     p(&y),
+                    dt(out),
                 ],
             )?;
         } else {
@@ -275,6 +361,7 @@ impl Cuda {
                     Arg::U32(kk),
                     opt(bias),
                     p(&y),
+                    dt(out),
                 ],
             )?;
         }

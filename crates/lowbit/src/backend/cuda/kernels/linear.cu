@@ -1,5 +1,5 @@
-// Linear layers `y[m, n] = x[m, k] @ W[n, k]^T (+ bias)` with f32 accumulation and an f32 output (the host
-// narrows to x's dtype with the cast kernel, round to nearest even, as the CPU).
+// Linear layers `y[m, n] = x[m, k] @ W[n, k]^T (+ bias)` with f32 accumulation, written in `odt` (f32 for
+// the host API, x's dtype for device ops: round to nearest even, the bits the CPU gets by narrowing f32).
 //
 // 4-bit (NF4/FP4): one warp per weight row; each lane reads 16-byte words of packed nibbles (32 weights of
 // one quantization block when k % 32 == 0 and blocksize >= 32: `linear_4bit_words`), decodes each weight
@@ -9,58 +9,101 @@
 
 #define LIN_WARPS 8
 
-template <int DT, int R>
+// Eight consecutive activations from a 16-byte aligned position (two float4 loads in f32, one 16-byte load
+// of halves otherwise).
+template <int DT> __device__ __forceinline__ void load8(const void* x, u64 i, float* v);
+template <> __device__ __forceinline__ void load8<DT_F32>(const void* x, u64 i, float* v) {
+    float4 a = __ldg((const float4*)((const float*)x + i)), b = __ldg((const float4*)((const float*)x + i + 4));
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+template <int DT> __device__ __forceinline__ void load8_half(const void* x, u64 i, float* v) {
+    uint4 q = __ldg((const uint4*)((const u16*)x + i));
+    u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+        v[2 * t] = DT == DT_F16 ? h2f((u16)(w[t] & 0xffffu)) : b2f((u16)(w[t] & 0xffffu));
+        v[2 * t + 1] = DT == DT_F16 ? h2f((u16)(w[t] >> 16)) : b2f((u16)(w[t] >> 16));
+    }
+}
+template <> __device__ __forceinline__ void load8<DT_F16>(const void* x, u64 i, float* v) { load8_half<DT_F16>(x, i, v); }
+template <> __device__ __forceinline__ void load8<DT_BF16>(const void* x, u64 i, float* v) { load8_half<DT_BF16>(x, i, v); }
+
+// NR weight rows per warp and R activation rows per pass: each lane reads one 16-byte word (32 weights of
+// one quantization block) of each of its NR rows, loads each activation chunk once into registers and uses it
+// for all NR rows, so activation traffic and conversions fall NR-fold. Every output element still sums its
+// products in the same order (per lane: words, then elements; then the warp reduction), whatever NR, R or
+// the batch size: a split batch reproduces the unsplit bits.
+template <int DT, int R, int NR>
 __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed, const float* absmax,
                                        const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
-                                       float* y) {
+                                       void* y, int odt) {
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
     __syncthreads();
     u32 lane = threadIdx.x & 31;
-    u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u64 row0 = ((u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5)) * NR;
     u64 m0 = (u64)blockIdx.y * R;
-    if (row >= n) return;
+    if (row0 >= n) return;
     u32 words = k >> 5;
     u32 words_per_block = blocksize >> 5;
-    float acc[R];
+    float acc[NR][R];
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    const uint4* wrow = packed + row * words;
-    u64 word0 = row * words;
+    for (int q = 0; q < NR; q++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[q][r] = 0.0f;
     for (u32 j = lane; j < words; j += 32) {
-        uint4 wv = __ldg(wrow + j);
-        float a = __ldg(absmax + (word0 + j) / words_per_block);
-        u32 parts[4] = {wv.x, wv.y, wv.z, wv.w};
+        uint4 wv[NR];
+        float a[NR];
+#pragma unroll
+        for (int q = 0; q < NR; q++) {
+            u64 row = row0 + q;
+            bool ok = row < n;
+            wv[q] = ok ? __ldg(packed + row * words + j) : make_uint4(0, 0, 0, 0);
+            a[q] = ok ? __ldg(absmax + (row * words + j) / words_per_block) : 0.0f;
+        }
         u64 col = (u64)j * 32;
 #pragma unroll
         for (int p = 0; p < 4; p++) {
+            float xv[R][8];
 #pragma unroll
-            for (int byte = 0; byte < 4; byte++) {
-                u32 b = (parts[p] >> (8 * byte)) & 255u;
-                float w_hi = table[b >> 4] * a;
-                float w_lo = table[b & 15u] * a;
-                u64 c = col + p * 8 + byte * 2;
+            for (int r = 0; r < R; r++) {
+                if (m0 + r < m) load8<DT>(x, (m0 + r) * k + col + p * 8, xv[r]);
+                else {
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    if (m0 + r < m) {
-                        const u64 base = (m0 + r) * k + c;
-                        acc[r] += w_hi * ldf<DT>(x, base) + w_lo * ldf<DT>(x, base + 1);
-                    }
+                    for (int e = 0; e < 8; e++) xv[r][e] = 0.0f;
                 }
+            }
+#pragma unroll
+            for (int q = 0; q < NR; q++) {
+                u32 part = p == 0 ? wv[q].x : p == 1 ? wv[q].y : p == 2 ? wv[q].z : wv[q].w;
+                float w[8];
+#pragma unroll
+                for (int byte = 0; byte < 4; byte++) {
+                    u32 b = (part >> (8 * byte)) & 255u;
+                    w[2 * byte] = table[b >> 4] * a[q];
+                    w[2 * byte + 1] = table[b & 15u] * a[q];
+                }
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[q][r] += w[e] * xv[r][e];
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) y[(m0 + r) * n + row] = s + (bias ? bias[row] : 0.0f);
-    }
+    for (int q = 0; q < NR; q++)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float s = warp_sum(acc[q][r]);
+            if (lane == 0 && m0 + r < m && row0 + q < n)
+                st_dt(y, (m0 + r) * n + row0 + q, odt, s + (bias ? bias[row0 + q] : 0.0f));
+        }
 }
 
 template <int DT, int R>
 __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, const float* absmax,
                                      const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
-                                     float* y) {
+                                     void* y, int odt) {
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
     __syncthreads();
@@ -82,13 +125,14 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
 #pragma unroll
     for (int r = 0; r < R; r++) {
         float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) y[(m0 + r) * n + row] = s + (bias ? bias[row] : 0.0f);
+        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
     }
 }
 
 // Dense weight, few rows: a warp per weight row.
 template <int DT, int R>
-__device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, float* y) {
+__device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, void* y,
+                                 int odt) {
     u32 lane = threadIdx.x & 31;
     u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u64 m0 = (u64)blockIdx.y * R;
@@ -105,7 +149,7 @@ __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32
 #pragma unroll
     for (int r = 0; r < R; r++) {
         float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) y[(m0 + r) * n + row] = s + (bias ? bias[row] : 0.0f);
+        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
     }
 }
 
@@ -115,7 +159,7 @@ __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32
 #define TK 16
 template <int DT, int FOURBIT>
 __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absmax, const float* table_g,
-                          u32 n, u32 k, u32 blocksize, const float* bias, float* y) {
+                          u32 n, u32 k, u32 blocksize, const float* bias, void* y, int odt) {
     __shared__ float xs[TK][TILE + 1];
     __shared__ float ws[TK][TILE + 1];
     __shared__ float table[16];
@@ -169,27 +213,29 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 #pragma unroll
         for (int b = 0; b < 4; b++) {
             u64 j = j0 + tx * 4 + b;
-            if (j < n) y[i * n + j] = acc[a][b] + (bias ? bias[j] : 0.0f);
+            if (j < n) st_dt(y, i * n + j, odt, acc[a][b] + (bias ? bias[j] : 0.0f));
         }
     }
 }
 
+#define WORDS_KERNEL(SUFFIX, DT, R, NR)                                                                        \
+    extern "C" __global__ void linear_4bit_words_##SUFFIX##_r##R##_w##NR(                                     \
+        const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k,    \
+        u32 blocksize, const float* bias, void* y, int odt) {                                                 \
+        linear_4bit_words_impl<DT, R, NR>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);       \
+    }
 #define LINEAR_KERNELS(SUFFIX, DT, R)                                                                          \
-    extern "C" __global__ void linear_4bit_words_##SUFFIX##_r##R(const void* x, u64 m, const uint4* packed,  \
-                                                                const float* absmax, const float* table,     \
-                                                                u32 n, u32 k, u32 blocksize,                  \
-                                                                const float* bias, float* y) {                \
-        linear_4bit_words_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, y);                \
-    }                                                                                                         \
+    WORDS_KERNEL(SUFFIX, DT, R, 2)                                                                            \
+    WORDS_KERNEL(SUFFIX, DT, R, 4)                                                                            \
     extern "C" __global__ void linear_4bit_any_##SUFFIX##_r##R(const void* x, u64 m, const u8* packed,       \
                                                               const float* absmax, const float* table, u32 n, \
                                                               u32 k, u32 blocksize, const float* bias,        \
-                                                              float* y) {                                     \
-        linear_4bit_any_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, y);                  \
+                                                              void* y, int odt) {                             \
+        linear_4bit_any_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                  \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R(const void* x, u64 m, const void* w, u32 n, u32 k, \
-                                                          const float* bias, float* y) {                      \
-        linear_rows_impl<DT, R>(x, m, w, n, k, bias, y);                                                      \
+                                                          const float* bias, void* y, int odt) {             \
+        linear_rows_impl<DT, R>(x, m, w, n, k, bias, y, odt);                                                      \
     }
 
 #define LINEAR_KERNELS_ALL_R(SUFFIX, DT)                                                                       \
@@ -198,14 +244,20 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     LINEAR_KERNELS(SUFFIX, DT, 4)                                                                             \
     LINEAR_KERNELS(SUFFIX, DT, 8)                                                                             \
     extern "C" __global__ void gemm_dense_##SUFFIX(const void* x, u64 m, const void* w, u32 n, u32 k,         \
-                                                   const float* bias, float* y) {                             \
-        gemm_impl<DT, 0>(x, m, w, 0, 0, n, k, 1, bias, y);                                                    \
+                                                   const float* bias, void* y, int odt) {                    \
+        gemm_impl<DT, 0>(x, m, w, 0, 0, n, k, 1, bias, y, odt);                                                    \
     }                                                                                                         \
     extern "C" __global__ void gemm_4bit_##SUFFIX(const void* x, u64 m, const u8* packed,                     \
                                                   const float* absmax, const float* table, u32 n, u32 k,      \
-                                                  u32 blocksize, const float* bias, float* y) {               \
-        gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, y);                              \
+                                                  u32 blocksize, const float* bias, void* y, int odt) {      \
+        gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                              \
     }
 LINEAR_KERNELS_ALL_R(f32, DT_F32)
 LINEAR_KERNELS_ALL_R(f16, DT_F16)
 LINEAR_KERNELS_ALL_R(bf16, DT_BF16)
+
+// y[i, j] = y32[i, j] + bias[j] in `odt`: the bias and the one rounding after a cuBLAS product.
+extern "C" __global__ void bias_finish(const float* y32, const float* bias, u32 n, u64 total, void* y, int odt) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x)
+        st_dt(y, i, odt, y32[i] + (bias ? bias[i % n] : 0.0f));
+}

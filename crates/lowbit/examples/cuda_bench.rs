@@ -1,0 +1,145 @@
+//! Times the CUDA backend's 4-bit linear layers on device-resident tensors (no host copies inside the timed
+//! region), on the shapes `scripts/bench_bnb_cuda.py` times bitsandbytes on, with the same method: `iters`
+//! ops queued back to back, cycling through enough weight copies to exceed the L2 cache (or one copy for
+//! the L2-resident case), then one synchronisation; the time per op is the total over `iters`. Prints one
+//! JSON object per line.
+//!
+//! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick]
+
+use lowbit::backend::cuda::CudaBackend;
+use lowbit::runtime::RecoveryPolicy;
+use lowbit::tensor::DType;
+use lowbit::{Device, FourBitType};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bytes of weights cycled through when timing from device memory: over twice the H200's 60 MB L2.
+const ROTATE_BYTES: usize = 160 << 20;
+
+fn main() -> lowbit::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let backend = CudaBackend::open(0)?;
+    let dev = Device::from_backend(Arc::new(backend)).with_policy(RecoveryPolicy {
+        strict: true,
+        ..RecoveryPolicy::default()
+    });
+    eprintln!("device: {} ({})", dev.id(), dev.name());
+    copy_bandwidth(&dev)?;
+    let shapes: &[(usize, usize)] = if quick {
+        &[(4096, 4096)]
+    } else {
+        &[(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+    };
+    for &(out, inp) in shapes {
+        for dtype in [DType::F16, DType::BF16] {
+            for batch in [1usize, 2, 4, 8, 16] {
+                linear_4bit(&dev, out, inp, dtype, batch, true)?;
+            }
+        }
+        linear_4bit(&dev, out, inp, DType::F16, 1, false)?;
+    }
+    for &(out, inp) in &shapes[..shapes.len().min(2)] {
+        linear_4bit(&dev, out, inp, DType::F16, 512, false)?;
+    }
+    if let Some(s) = dev.stats().ops.values().find(|s| s.fallbacks > 0) {
+        panic!("an op fell back to the CPU: {s:?}");
+    }
+    Ok(())
+}
+
+fn emit(fields: &[(&str, String)]) {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    println!("{{{}}}", body.join(", "));
+}
+
+/// Device-to-device copy of 256 MB (bytes read + written per second).
+fn copy_bandwidth(dev: &Device) -> lowbit::Result<()> {
+    let n = 64 << 20;
+    let src = dev.to_device(&lowbit::synth::normal(vec![n], 1.0, 1, DType::F32))?;
+    let dst = dev.to_device(&lowbit::synth::normal(vec![n], 1.0, 2, DType::F32))?;
+    let t = time(dev, 20, |_| dev.copy_rows(&dst, 0, &src).map(|_| ()))?;
+    emit(&[
+        ("op", "\"copy\"".into()),
+        ("impl", "\"lowbit-cuda\"".into()),
+        ("shape", format!("[{n}]")),
+        ("mean_s", format!("{t:e}")),
+        ("gbps", format!("{:.1}", 2.0 * n as f64 * 4.0 / t / 1e9)),
+    ]);
+    Ok(())
+}
+
+/// Mean seconds per call of `f(i)` over `iters` queued calls, after a warm-up.
+fn time(
+    dev: &Device,
+    iters: usize,
+    mut f: impl FnMut(usize) -> lowbit::Result<()>,
+) -> lowbit::Result<f64> {
+    for i in 0..3 {
+        f(i)?;
+    }
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    for i in 0..iters {
+        f(i)?;
+    }
+    dev.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn linear_4bit(
+    dev: &Device,
+    out: usize,
+    inp: usize,
+    dtype: DType,
+    batch: usize,
+    rotate: bool,
+) -> lowbit::Result<()> {
+    let w = lowbit::synth::normal(vec![out, inp], 0.02, 7, DType::F16);
+    let q = dev.quantize_4bit(&w, FourBitType::Nf4, 64, false)?;
+    let wbytes = q.packed.len() + q.state.numel().div_ceil(64) * 4;
+    let copies = if rotate {
+        ROTATE_BYTES.div_ceil(wbytes).clamp(2, 16)
+    } else {
+        1
+    };
+    let weights: Vec<_> = (0..copies)
+        .map(|_| dev.upload_4bit(&q))
+        .collect::<lowbit::Result<_>>()?;
+    let x = dev.to_device(&lowbit::synth::normal(vec![batch, inp], 1.0, 9, dtype))?;
+    let iters = if batch >= 512 { 20 } else { 200 };
+    let t = time(dev, iters, |i| {
+        dev.linear_4bit(&x, &weights[i % copies], None).map(|_| ())
+    })?;
+    let bytes = wbytes + (batch * (inp + out)) * 2;
+    emit(&[
+        (
+            "op",
+            format!(
+                "\"{}\"",
+                if batch == 1 {
+                    "gemv_4bit"
+                } else {
+                    "matmul_4bit"
+                }
+            ),
+        ),
+        ("impl", "\"lowbit-cuda\"".into()),
+        ("shape", format!("[{out}, {inp}]")),
+        ("batch", batch.to_string()),
+        ("dtype", format!("\"{dtype}\"")),
+        (
+            "weights_from",
+            format!("\"{}\"", if rotate { "hbm" } else { "l2" }),
+        ),
+        ("mean_s", format!("{t:e}")),
+        ("gbps", format!("{:.1}", bytes as f64 / t / 1e9)),
+        (
+            "tflops",
+            format!("{:.2}", 2.0 * (batch * out * inp) as f64 / t / 1e12),
+        ),
+    ]);
+    Ok(())
+}

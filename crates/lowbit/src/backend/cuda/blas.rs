@@ -1,0 +1,115 @@
+//! cuBLAS for the large products: `Y = X W^T` with f16/bf16/f32 operands, f32 accumulation and an f32
+//! result (the caller adds the bias and rounds once). Loaded at run time like the driver; without
+//! libcublas the backend keeps its own GEMM kernels.
+
+use super::context::{Cuda, guarded};
+use crate::Result;
+use crate::capability::DeviceError;
+use crate::tensor::DType;
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasHandle_t, cublasOperation_t, cudaDataType,
+};
+use std::sync::Mutex;
+
+/// A cuBLAS handle bound to the device's stream; calls are serialised (a handle is not thread-safe).
+pub struct Blas {
+    handle: Mutex<cublasHandle_t>,
+}
+
+// SAFETY: the handle is only used under the mutex, on the context it was created in.
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Blas {
+    /// A handle on `cuda`'s stream, or `None` when libcublas cannot be loaded or initialised.
+    pub fn open(cuda: &Cuda) -> Option<Blas> {
+        // SAFETY: only probes whether the shared library can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            tracing::info!("cuBLAS not found: large CUDA products use lowbit's own GEMM kernels");
+            return None;
+        }
+        let made = guarded(|| -> std::result::Result<cublasHandle_t, String> {
+            cuda.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+            let h = cudarc::cublas::result::create_handle().map_err(|e| e.to_string())?;
+            // SAFETY: `h` was just created and the stream belongs to the bound context.
+            unsafe { cudarc::cublas::result::set_stream(h, cuda.stream.cu_stream() as _) }
+                .map_err(|e| e.to_string())?;
+            Ok(h)
+        });
+        match made {
+            Ok(Ok(h)) => Some(Blas {
+                handle: Mutex::new(h),
+            }),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!("cuBLAS could not start ({e}): using lowbit's own GEMM kernels");
+                None
+            }
+        }
+    }
+
+    /// `y[m, n] (f32) = x[m, k] @ w[n, k]^T`, both operands of `dtype`, row-major.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_nt(
+        &self,
+        cuda: &Cuda,
+        x: u64,
+        w: u64,
+        dtype: DType,
+        y: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let ty = match dtype {
+            DType::F16 => cudaDataType::CUDA_R_16F,
+            DType::BF16 => cudaDataType::CUDA_R_16BF,
+            _ => cudaDataType::CUDA_R_32F,
+        };
+        let dim = |v: usize| {
+            i32::try_from(v).map_err(|_| crate::Error::InvalidArgument {
+                op: "matmul",
+                detail: format!("dimension {v} exceeds cuBLAS's 32-bit range"),
+            })
+        };
+        let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let h = self.handle.lock().unwrap_or_else(|p| p.into_inner());
+        cuda.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda.error("matmul", e))?;
+        // Row-major Y = X W^T is column-major Y^T = W X^T: A = W (k x n, transposed), B = X (k x m).
+        // SAFETY: the three addresses are live allocations of this context holding m*k, n*k and m*n
+        // elements (checked by the op layer and the allocations of the callers); alpha and beta are host
+        // scalars (the handle's default pointer mode).
+        let r = unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *h,
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                (&alpha as *const f32).cast(),
+                w as *const _,
+                ty,
+                ki,
+                x as *const _,
+                ty,
+                ki,
+                (&beta as *const f32).cast(),
+                y as *mut _,
+                cudaDataType::CUDA_R_32F,
+                ni,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        r.map_err(|e| {
+            crate::Error::Device(DeviceError::failed(
+                &*cuda.id,
+                "matmul",
+                format!("cuBLAS: {e}"),
+            ))
+        })
+    }
+}
