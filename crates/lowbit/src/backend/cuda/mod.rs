@@ -78,7 +78,7 @@ impl CudaBackend {
             .transpose()
     }
 
-    fn fourbit_weight<'a>(&self, op: &str, w: &Packed4bit, store: &'a mut Vec<Buf>) -> Result<()> {
+    fn fourbit_weight(&self, op: &str, w: &Packed4bit, store: &mut Vec<Buf>) -> Result<()> {
         store.push(self.cuda.upload_bytes(op, w.packed)?);
         store.push(self.cuda.upload_f32(op, w.absmax)?);
         Ok(())
@@ -366,7 +366,7 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<f16>> {
         const OP: &str = "int8_mm_dequant";
         let n = col_stats.len();
-        let m = if n == 0 { 0 } else { c.len() / n };
+        let m = c.len().checked_div(n).unwrap_or(0);
         let cb = self.cuda.upload_bytes(OP, bytemuck::cast_slice(c))?;
         let rb = self.cuda.upload_f32(OP, row_stats)?;
         let colb = self.cuda.upload_f32(OP, col_stats)?;
@@ -461,14 +461,14 @@ impl Backend for CudaBackend {
     }
     fn softmax(&self, x: Floats, cols: usize) -> Result<FloatVec> {
         const OP: &str = "softmax";
-        let rows = if cols == 0 { 0 } else { x.len() / cols };
+        let rows = x.len().checked_div(cols).unwrap_or(0);
         let xb = self.up(OP, &x)?;
         let y = self.cuda.softmax_dev(&xb, x.dtype(), rows, cols)?;
         self.download_floats(OP, &y, x.dtype(), x.len())
     }
     fn rms_norm(&self, x: Floats, weight: Floats, eps: f32, cols: usize) -> Result<FloatVec> {
         const OP: &str = "rms_norm";
-        let rows = if cols == 0 { 0 } else { x.len() / cols };
+        let rows = x.len().checked_div(cols).unwrap_or(0);
         let (xb, wb) = (self.up(OP, &x)?, self.up(OP, &weight)?);
         let y = self
             .cuda
@@ -488,7 +488,10 @@ impl CudaBackend {
         let b = self.cuda.download_bytes(op, y, n * dtype.size_in_bytes())?;
         match storage::data_from_bytes(dtype, &b) {
             crate::tensor::TensorData::Float(f) => Ok(f),
-            _ => unreachable!("float dtype"),
+            _ => Err(crate::Error::InvalidArgument {
+                op: "download",
+                detail: format!("{dtype} is not a float dtype"),
+            }),
         }
     }
 }

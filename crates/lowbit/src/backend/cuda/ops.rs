@@ -319,10 +319,10 @@ impl Cuda {
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul";
-        if m >= BLAS_MIN_ROWS {
-            if let Some(y) = self.blas_linear(x, w, dtype, bias, m, n, k, out)? {
-                return Ok(y);
-            }
+        if m >= BLAS_MIN_ROWS
+            && let Some(y) = self.blas_linear(x, w, dtype, bias, m, n, k, out)?
+        {
+            return Ok(y);
         }
         let y = self.alloc(OP, m * n * out.size_in_bytes())?;
         let (nn, kk) = (u32_of(OP, n)?, u32_of(OP, k)?);
