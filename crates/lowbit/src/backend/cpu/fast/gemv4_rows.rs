@@ -4,9 +4,9 @@
 //! batch around it, and a batch the runtime splits into chunks (memory budget, out-of-memory) reproduces
 //! the unsplit result.
 //!
-//! Each rayon task owns a range of weight rows; a tile of [`TILE`] weight rows walks the columns in
-//! [`KC`]-wide slices, and each group of activation rows (their slices stay in L1) meets every weight row
-//! of the tile. Between slices a row's partial sums wait in a [`Lanes`] of the tile's buffer, in the GEMV's
+//! Each rayon task owns a range of weight rows; a tile of [`TILE`] weight rows walks the columns in slices
+//! ([`slice_cols`]), and each group of activation rows (their slices stay in L1) meets every weight row of
+//! the tile. Between slices a row's partial sums wait in a [`Lanes`] of the tile's buffer, in the GEMV's
 //! register layout; they are reduced once the tile has seen every column.
 
 use super::gemv4::{self, PORTABLE_LANES, Path, deinterleave, scaled_table};
@@ -16,8 +16,17 @@ use crate::format::fourbit::nibble;
 use crate::tensor::{FloatVec, Floats};
 use rayon::prelude::*;
 
-/// Columns per slice: a group's activation slices (8 rows x 512 f32 = 16 KiB) stay in L1 across a tile.
-const KC: usize = 512;
+/// Bytes of a group's activation slices: they stay in L1 across a tile.
+const SLICE_BYTES: usize = 16 * 1024;
+/// Most columns per slice (one row): long slices spread each call's fixed cost (block search, lane loads and
+/// stores) over more work when few rows share it.
+const KC_MAX: usize = SLICE_BYTES / 4;
+
+/// Columns per slice for a group of `rows` activation rows: a multiple of 64 (every kernel's column group
+/// divides it, so slices start where the GEMV's groups do).
+fn slice_cols(rows: usize) -> usize {
+    (SLICE_BYTES / (4 * rows.max(1)) / 64 * 64).clamp(64, KC_MAX)
+}
 /// Weight rows per tile: each activation slice loaded into L1 serves this many weight rows.
 const TILE: usize = 8;
 
@@ -61,6 +70,7 @@ pub fn matmul_4bit(
         None => xf,
     };
     let group = path.rows_per_group();
+    let kc = slice_cols(group.min(m));
     // Dot products as [n][m]: each task writes its weight rows.
     let mut dots = vec![0.0f32; n * m];
     if n > 0 && m > 0 {
@@ -74,8 +84,8 @@ pub fn matmul_4bit(
                     let t1 = (t0 + TILE).min(rows);
                     let lanes = &mut buf[..(t1 - t0) * m];
                     lanes.fill(Lanes::ZERO);
-                    for k0 in (0..cols).step_by(KC) {
-                        let k1 = (k0 + KC).min(cols);
+                    for k0 in (0..cols).step_by(kc) {
+                        let k1 = (k0 + kc).min(cols);
                         for g0 in (0..m).step_by(group) {
                             let g1 = (g0 + group).min(m);
                             let xg = &xd[g0 * cols..g1 * cols];
@@ -170,7 +180,7 @@ fn block_runs(
 fn span_portable(w: &Packed4bit, r: usize, k0: usize, k1: usize, x: &[f32], acc: &mut [Lanes]) {
     let table = w.quant_type.dequant_table();
     let start = r * w.cols;
-    let mut wv = [0.0f32; KC];
+    let mut wv = [0.0f32; KC_MAX];
     block_runs(w, r, k0, k1, |k, end, b, _| {
         let t = scaled_table(table, w.absmax[b]);
         for kk in k..end {
@@ -181,7 +191,7 @@ fn span_portable(w: &Packed4bit, r: usize, k0: usize, k1: usize, x: &[f32], acc:
     for (i, a) in acc.iter_mut().enumerate() {
         let xr = &x[i * w.cols + k0..i * w.cols + k1];
         let lanes = &mut a.0[..PORTABLE_LANES];
-        // k0 is a multiple of 8 (KC is), so lane j of each chunk is lane (k0 + j) % 8.
+        // k0 is a multiple of 8 (slices are), so lane j of each chunk is lane (k0 + j) % 8.
         let (xc, xt) = xr.split_at(xr.len() / PORTABLE_LANES * PORTABLE_LANES);
         let (wc, wt) = wv.split_at(xc.len());
         for (xs, ws) in xc

@@ -1,11 +1,13 @@
-//! Multi-row GEMV: 2–16 activation rows through a quantized weight, reading each weight byte once for all
+//! Multi-row GEMV: 2–32 activation rows through a quantized weight, reading each weight byte once for all
 //! rows. Small batches (several sequences decoded together, speculative decoding, short prompts) are memory
 //! bound like batch 1; the GEMM path dequantizes and packs the whole weight, which costs ~14x a GEMV there.
 //!
-//! One driver ([`tiled`]) serves every format: each task owns a range of weight rows; within it a tile of
-//! [`TILE`] weight rows walks the columns in [`KC`]-wide slices, and each slice of up to [`GROUP`] activation
-//! rows (kept in L1) meets every weight row of the tile while the kernel holds the group's accumulators in
-//! registers. The weight is decoded once per group, i.e. once for batches up to [`GROUP`].
+//! One driver ([`tiled`]) serves the integer formats (int8, ternary): each task owns a range of weight rows;
+//! within it a tile of [`TILE`] weight rows walks the columns in [`KC`]-wide slices, and each slice of up to
+//! [`GROUP_INT`] activation rows (kept in L1) meets every weight row of the tile while the kernel holds the
+//! group's accumulators in registers. Their sums are exact integers, so any grouping gives the same bytes.
+//! 4-bit weights have float sums and their own driver, [`super::gemv4_rows`], which keeps each row's sums
+//! in the batch-1 GEMV's order.
 
 use super::{Isa, task_len};
 use crate::backend::PackedTernary;
@@ -32,11 +34,13 @@ pub enum WeightKind {
     Ternary,
 }
 
-/// Largest row count that runs the multi-row GEMV; above it the GEMM path. For 4-bit weights the kernel is
-/// not used yet (1: batch 1 takes the GEMV, more rows the GEMM): its float sums group rows differently by
-/// batch size, so a batch split into chunks (memory budget, out-of-memory) would not reproduce the unsplit
-/// bytes, which the runtime guarantees. It beat the GEMM up to 32 rows on a 2-core AVX2 host
-/// (docs/PERFORMANCE.md, 2026-12-02); it comes back once its per-row order is independent of the batch.
+/// Largest row count that runs the multi-row GEMV; above it the GEMM path. 4-bit: batch 1 takes the GEMV,
+/// 2–32 rows [`super::gemv4_rows`], whose rows are bit for bit the GEMV's, so a batch the runtime splits
+/// into chunks of up to 32 rows (memory budget, out-of-memory) reproduces the unsplit bytes. On the 2-core
+/// AVX-512 host (docs/PERFORMANCE.md, 2026-12-02) it beat the GEMM at every row count up to 32 (NF4
+/// 4096×14336, one thread: 63 ms against 92 ms at 32 rows) and lost from about 40–48 rows (181 against
+/// 121 ms at 48): both are FMA bound there, and the GEMM's microkernel uses the FMA units better. Above 32
+/// rows the GEMM's sums differ from the GEMV's, so a chunk split off such a batch matches only to rounding.
 pub const ROWS_MAX_4BIT: usize = 32;
 /// int8 (`int8_linear_matmul`): the row-parallel kernel reads the whole weight once per activation row.
 pub const ROWS_MAX_INT8: usize = 32;
@@ -342,14 +346,18 @@ mod tests {
         assert_eq!(pick_linear_path(WeightKind::FourBit, 0), GemvRows);
         assert_eq!(pick_linear_path(WeightKind::Int8, 1), GemvRows);
         assert_eq!(pick_linear_path(WeightKind::Ternary, 1), GemvRows);
-        for kind in [WeightKind::Int8, WeightKind::Ternary] {
-            for rows in 2..=16 {
+        for kind in [WeightKind::FourBit, WeightKind::Int8, WeightKind::Ternary] {
+            for rows in 2..=32 {
                 assert_eq!(pick_linear_path(kind, rows), GemvRows, "{kind:?} {rows}");
             }
+            for rows in [33, 48, 512] {
+                assert_eq!(pick_linear_path(kind, rows), Gemm, "{kind:?} {rows}");
+            }
         }
-        // 4-bit: GEMV for one row, GEMM above (see ROWS_MAX_4BIT).
-        assert_eq!(pick_linear_path(WeightKind::FourBit, 2), Gemm);
-        assert_eq!(pick_linear_path(WeightKind::FourBit, 16), Gemm);
+        assert_eq!(
+            pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT + 1),
+            Gemm
+        );
         assert_eq!(pick_linear_path(WeightKind::Int8, ROWS_MAX_INT8 + 1), Gemm);
         assert_eq!(
             pick_linear_path(WeightKind::Ternary, ROWS_MAX_TERNARY + 1),
