@@ -190,7 +190,8 @@ pub(super) mod avx512 {
     }
 
     /// The final sum of a row's two accumulators (even columns, odd columns) in a fixed order: halves added
-    /// pairwise down to 8 lanes, then the AVX2 kernel's `hsum`. The multi-row kernel ends each row with it.
+    /// pairwise down to 8 lanes, then the AVX2 kernel's `hsum` (not `_mm512_reduce_add_ps`, an unordered
+    /// reduction whose order the compiler may pick per call site). The multi-row kernel ends each row with it.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub(in super::super) fn finish(acc: [__m512; 2]) -> f32 {
