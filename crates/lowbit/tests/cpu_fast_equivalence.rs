@@ -324,6 +324,74 @@ fn int8_all_minus_128_is_exact() {
     assert_eq!(c, vec![128 * 128 * k as i32]);
 }
 
+/// Split invariance: for every row count 1-32, each row of the multi-row 4-bit GEMV is byte for byte the
+/// batch-1 GEMV of that row alone, on every instruction set, so the runtime may split a batch anywhere; the
+/// backend's choice of kernel by row count likewise. Block sizes 32-4096 (blocks crossing weight rows), and
+/// columns for every kernel path: multiples of 32 (AVX-512), odd multiples of 16 (AVX2), others (portable),
+/// and more than one 512-column slice.
+#[test]
+fn gemv4_rows_match_the_gemv_row_by_row_bit_for_bit() {
+    let mut rng = Rng(common::seed("gemv4_rows_bits"));
+    for batch in 1..=32usize {
+        let qt = [FourBitType::Nf4, FourBitType::Fp4][batch % 2];
+        let bs = [32, 64, 128, 4096][rng.below(4)];
+        let d = FLOATS[rng.below(3)];
+        let (rows, cols) = match batch % 4 {
+            // Several rayon tasks (at least 256 KiB of weight each) and several column slices.
+            0 if batch % 8 == 0 => (300 + rng.below(40), 4096),
+            0 => (1 + rng.below(24), 32 * (1 + rng.below(40))),
+            1 => (1 + rng.below(24), 16 * (2 * rng.below(40) + 1)),
+            2 => (1 + rng.below(24), 1 + rng.below(700)),
+            _ => (
+                1 + rng.below(24),
+                32 * (17 + rng.below(30)) + 16 * rng.below(2),
+            ),
+        };
+        let w = values(&mut rng, rows * cols, false);
+        let q = REF.quantize_4bit(Floats::F32(&w), qt, bs).unwrap();
+        let dense = REF
+            .dequantize_4bit(&q.codes, &q.absmax, qt, bs, rows * cols, DType::F32)
+            .unwrap()
+            .to_f32_vec();
+        let pw = Packed4bit {
+            packed: &q.codes,
+            absmax: &q.absmax,
+            quant_type: qt,
+            blocksize: bs,
+            rows,
+            cols,
+        };
+        let x = values(&mut rng, batch * cols, false);
+        let bias = values(&mut rng, rows, false);
+        let (xd, bd) = (as_dtype(&x, d), as_dtype(&bias, d));
+        let b = (rng.below(2) == 0).then(|| bd.as_floats());
+        let what = format!("{qt} {d:?} batch {batch} {rows}x{cols} bs {bs}");
+        let xrow = |i: usize| xd.as_floats().slice(i * cols..(i + 1) * cols);
+        let by_rows = |f: &dyn Fn(Floats) -> FloatVec| {
+            (0..batch)
+                .flat_map(|i| bits(&f(xrow(i))))
+                .collect::<Vec<u8>>()
+        };
+        for isa in isas() {
+            let want = by_rows(&|xi| fast::gemv4::gemv(xi, pw, b, isa));
+            let got = fast::gemv_rows::matmul_4bit(xd.as_floats(), batch, pw, b, isa);
+            assert_eq!(bits(&got), want, "{what} {isa:?}");
+        }
+        let want = by_rows(&|xi| CpuBackend.matmul_4bit(xi, 1, pw, b).unwrap());
+        let got = CpuBackend
+            .matmul_4bit(xd.as_floats(), batch, pw, b)
+            .unwrap();
+        if fast::gemv_rows::pick_linear_path(fast::gemv_rows::WeightKind::FourBit, batch)
+            != fast::gemv_rows::LinearPath::Gemm
+        {
+            assert_eq!(bits(&got), want, "{what} backend");
+        }
+        let r = REF.matmul_4bit(xd.as_floats(), batch, pw, b).unwrap();
+        let sabs = abs_dots(&x, &dense, batch, rows, cols);
+        assert_close(&got, &r, &sabs, d, &format!("{what} backend"));
+    }
+}
+
 /// The multi-row GEMV kernels (4-bit, int8, ternary) for every row count 1-32 against the reference, on every
 /// instruction set, and the backend's choice of kernel by row count likewise. Shapes cover column slices
 /// (> 1024 columns), partial weight-row tiles, several rayon tasks, and columns the SIMD kernels cannot take.

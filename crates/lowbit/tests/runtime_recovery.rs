@@ -238,6 +238,44 @@ fn out_of_memory_splits_every_chunkable_op_with_identical_bytes() {
     assert_eq!(stats.ops.values().map(|s| s.failures).sum::<u64>(), 0);
 }
 
+/// A 4-bit batch of 7 rows that only fits one row at a time: the chunks (down to single rows, which run the
+/// batch-1 GEMV) join to the unsplit bytes, for both formats, every float dtype and every CPU kernel path
+/// (columns a multiple of 32, of 16 only, and of neither).
+#[test]
+fn four_bit_batch_split_into_single_rows_matches_the_unsplit_bytes() {
+    use lowbit::tensor::DType;
+    let cpu = Device::cpu();
+    for cols in [256usize, 112, 100] {
+        let (dev, _) = faulty(
+            "rows",
+            Faults {
+                oom_above: Some(cols),
+                ..Default::default()
+            },
+            fast_policy(),
+        );
+        for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+            let wf = Tensor::f32(vec![40, cols], random(40 * cols, 1.0)).unwrap();
+            let w = cpu.quantize_4bit(&wf, qt, 64, false).unwrap();
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let floats = |n: usize| FloatVec::from_f32(random(n, 2.0), dtype);
+                let x = Tensor::from_floats(vec![7, cols], floats(7 * cols)).unwrap();
+                let bias = Tensor::from_floats(vec![40], floats(40)).unwrap();
+                assert_eq!(
+                    bytes(&dev.matmul_4bit(&x, &w, Some(&bias)).unwrap()),
+                    bytes(&cpu.matmul_4bit(&x, &w, Some(&bias)).unwrap()),
+                    "{qt:?} {dtype:?} {cols} columns"
+                );
+            }
+        }
+        let s = dev.stats().op(OpKind::Matmul4bit);
+        assert!(
+            s.chunked_runs > 0 && s.chunks >= 7 * s.chunked_runs,
+            "{s:?}"
+        );
+    }
+}
+
 #[test]
 fn out_of_memory_below_the_minimum_chunk_falls_back_to_the_cpu() {
     let policy = RecoveryPolicy {

@@ -16,16 +16,10 @@ use rayon::prelude::*;
 pub fn gemv(x: Floats, w: Packed4bit, bias: Option<Floats>, isa: Isa) -> FloatVec {
     let xf = x.to_f32_vec();
     let mut y = vec![0.0f32; w.rows];
-    let fits = |g: usize| w.cols.is_multiple_of(g) && w.blocksize.is_multiple_of(g);
-    let path = match isa {
-        Isa::Avx512 if fits(32) => Path::Avx512,
-        Isa::Avx512 | Isa::Avx2 if fits(16) => Path::Avx2,
-        _ => Path::Portable,
-    };
-    let xd = match path {
-        Path::Avx512 => deinterleave(&xf, 32),
-        Path::Avx2 => deinterleave(&xf, 16),
-        Path::Portable => Vec::new(),
+    let path = Path::select(isa, w.cols, w.blocksize);
+    let xd = match path.group() {
+        Some(g) => deinterleave(&xf, g),
+        None => Vec::new(),
     };
     let chunk = task_len(w.rows, w.cols / 2);
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
@@ -43,11 +37,41 @@ pub fn gemv(x: Floats, w: Packed4bit, bias: Option<Floats>, isa: Isa) -> FloatVe
 }
 
 /// Which row kernel a call uses: SIMD needs whole groups (16 or 32 values) inside one block and one row.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
+/// The multi-row GEMV (`gemv4_rows`) picks the same one, so each of its rows repeats this GEMV's sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Path {
     Portable,
     Avx2,
     Avx512,
+}
+
+impl Path {
+    pub(super) fn select(isa: Isa, cols: usize, blocksize: usize) -> Path {
+        let fits = |g: usize| cols.is_multiple_of(g) && blocksize.is_multiple_of(g);
+        match isa {
+            Isa::Avx512 if fits(32) => Path::Avx512,
+            Isa::Avx512 | Isa::Avx2 if fits(16) => Path::Avx2,
+            _ => Path::Portable,
+        }
+    }
+
+    /// The de-interleave group of x (see [`deinterleave`]); the portable kernel reads x as it is.
+    pub(super) fn group(self) -> Option<usize> {
+        match self {
+            Path::Avx512 => Some(32),
+            Path::Avx2 => Some(16),
+            Path::Portable => None,
+        }
+    }
+}
+
+/// Partial sums the portable row kernel keeps: column `k` goes to lane `k % PORTABLE_LANES`.
+pub(super) const PORTABLE_LANES: usize = 8;
+
+/// The portable kernel's final sum of its lanes.
+#[inline]
+pub(super) fn portable_finish(acc: &[f32; PORTABLE_LANES]) -> f32 {
+    acc.iter().sum()
 }
 
 /// Per group of `g` columns: the even columns, then the odd ones (high nibbles, then low nibbles).
@@ -71,7 +95,7 @@ pub(crate) fn scaled_table(table: &[f32; 16], absmax: f32) -> [f32; 16] {
 fn row_dot_portable(w: &Packed4bit, r: usize, x: &[f32]) -> f32 {
     let table = w.quant_type.dequant_table();
     let start = r * w.cols;
-    let mut acc = [0.0f32; 8];
+    let mut acc = [0.0f32; PORTABLE_LANES];
     let mut k = 0;
     // One division per row; blocks then follow one another.
     let mut b = start / w.blocksize;
@@ -79,12 +103,12 @@ fn row_dot_portable(w: &Packed4bit, r: usize, x: &[f32]) -> f32 {
         let end = ((b + 1) * w.blocksize - start).min(w.cols);
         let t = scaled_table(table, w.absmax[b]);
         for kk in k..end {
-            acc[kk % 8] += x[kk] * t[nibble(w.packed, start + kk) as usize];
+            acc[kk % PORTABLE_LANES] += x[kk] * t[nibble(w.packed, start + kk) as usize];
         }
         k = end;
         b += 1;
     }
-    acc.iter().sum()
+    portable_finish(&acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -111,7 +135,7 @@ fn row_dot_avx512(_: &Packed4bit, _: usize, _: &[f32]) -> f32 {
 
 /// One `permutexvar` is a whole 16-entry lookup: 32 weights (16 bytes) cost 3 shuffle-port operations.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use crate::backend::Packed4bit;
     use crate::format::float::FLT_MIN;
     use std::arch::x86_64::*;
@@ -124,18 +148,13 @@ mod avx512 {
         let xd = &xd[..w.cols];
         // SAFETY: the table has 16 floats.
         let table = unsafe { _mm512_loadu_ps(w.quant_type.dequant_table().as_ptr()) };
-        let sign = _mm512_set1_epi32(i32::MIN);
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut k = 0;
         // One division per row; blocks then follow one another.
         let mut b = start / w.blocksize;
         while k < w.cols {
             let end = ((b + 1) * w.blocksize - start).min(w.cols);
-            // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
-            let t = _mm512_mul_ps(table, _mm512_set1_ps(w.absmax[b]));
-            let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(t), _mm512_set1_ps(FLT_MIN));
-            let signed_zero = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), sign));
-            let t = _mm512_mask_blend_ps(tiny, t, signed_zero);
+            let t = scaled_table(table, w.absmax[b]);
             let mut kk = k;
             while kk < end {
                 // SAFETY: kk + 32 <= end <= cols: 16 bytes of `bytes` and 32 floats of `xd`.
@@ -156,7 +175,30 @@ mod avx512 {
             k = end;
             b += 1;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+        finish(acc)
+    }
+
+    /// The block's 16 dequantized values, the reference's `ftz(table[q] * absmax)`, as one register.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(in super::super) fn scaled_table(table: __m512, absmax: f32) -> __m512 {
+        let t = _mm512_mul_ps(table, _mm512_set1_ps(absmax));
+        let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(t), _mm512_set1_ps(FLT_MIN));
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let signed_zero = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(t), sign));
+        _mm512_mask_blend_ps(tiny, t, signed_zero)
+    }
+
+    /// The final sum of a row's two accumulators (even columns, odd columns) in a fixed order: halves added
+    /// pairwise down to 8 lanes, then the AVX2 kernel's `hsum` (not `_mm512_reduce_add_ps`, an unordered
+    /// reduction whose order the compiler may pick per call site). The multi-row kernel ends each row with it.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(in super::super) fn finish(acc: [__m512; 2]) -> f32 {
+        let s = _mm512_add_ps(acc[0], acc[1]);
+        let lo = _mm512_castps512_ps256(s);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+        super::avx2::hsum(_mm256_add_ps(lo, hi))
     }
 }
 
@@ -255,6 +297,13 @@ pub(crate) mod avx2 {
             k = end;
             b += 1;
         }
+        finish(acc)
+    }
+
+    /// The final sum of a row's four accumulators; the multi-row kernel ends each row with it.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn finish(acc: [__m256; 4]) -> f32 {
         hsum(_mm256_add_ps(
             _mm256_add_ps(acc[0], acc[1]),
             _mm256_add_ps(acc[2], acc[3]),

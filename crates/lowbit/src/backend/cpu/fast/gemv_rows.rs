@@ -1,16 +1,18 @@
-//! Multi-row GEMV: 2–16 activation rows through a quantized weight, reading each weight byte once for all
+//! Multi-row GEMV: 2–32 activation rows through a quantized weight, reading each weight byte once for all
 //! rows. Small batches (several sequences decoded together, speculative decoding, short prompts) are memory
 //! bound like batch 1; the GEMM path dequantizes and packs the whole weight, which costs ~14x a GEMV there.
 //!
-//! One driver ([`tiled`]) serves every format: each task owns a range of weight rows; within it a tile of
-//! [`TILE`] weight rows walks the columns in [`KC`]-wide slices, and each slice of up to [`GROUP`] activation
-//! rows (kept in L1) meets every weight row of the tile while the kernel holds the group's accumulators in
-//! registers. The weight is decoded once per group, i.e. once for batches up to [`GROUP`].
+//! One driver ([`tiled`]) serves the integer formats (int8, ternary): each task owns a range of weight rows;
+//! within it a tile of [`TILE`] weight rows walks the columns in [`KC`]-wide slices, and each slice of up to
+//! [`GROUP_INT`] activation rows (kept in L1) meets every weight row of the tile while the kernel holds the
+//! group's accumulators in registers. Their sums are exact integers, so any grouping gives the same bytes.
+//! 4-bit weights have float sums and their own driver, [`super::gemv4_rows`], which keeps each row's sums
+//! in the batch-1 GEMV's order.
 
 use super::{Isa, task_len};
-use crate::backend::{Packed4bit, PackedTernary};
+use crate::backend::PackedTernary;
 use crate::format::ternary::{packed_rows, rescale};
-use crate::tensor::{FloatVec, Floats};
+use crate::tensor::Floats;
 use rayon::prelude::*;
 
 /// Which kernel a quantized linear layer runs for a number of activation rows.
@@ -32,12 +34,14 @@ pub enum WeightKind {
     Ternary,
 }
 
-/// Largest row count that runs the multi-row GEMV; above it the GEMM path. For 4-bit weights the kernel is
-/// not used yet (1: batch 1 takes the GEMV, more rows the GEMM): its float sums group rows differently by
-/// batch size, so a batch split into chunks (memory budget, out-of-memory) would not reproduce the unsplit
-/// bytes, which the runtime guarantees. It beat the GEMM up to 32 rows on a 2-core AVX2 host
-/// (docs/PERFORMANCE.md, 2026-12-02); it comes back once its per-row order is independent of the batch.
-pub const ROWS_MAX_4BIT: usize = 1;
+/// Largest row count that runs the multi-row GEMV; above it the GEMM path. 4-bit: batch 1 takes the GEMV,
+/// 2–32 rows [`super::gemv4_rows`], whose rows are bit for bit the GEMV's, so a batch the runtime splits
+/// into chunks of up to 32 rows (memory budget, out-of-memory) reproduces the unsplit bytes. On the 2-core
+/// AVX-512 host (docs/PERFORMANCE.md, 2026-12-02) it beat the GEMM at every row count up to 32 (NF4
+/// 4096×14336, one thread: 63 ms against 92 ms at 32 rows) and lost from about 40–48 rows (181 against
+/// 121 ms at 48): both are FMA bound there, and the GEMM's microkernel uses the FMA units better. Above 32
+/// rows the GEMM's sums differ from the GEMV's, so a chunk split off such a batch matches only to rounding.
+pub const ROWS_MAX_4BIT: usize = 32;
 /// int8 (`int8_linear_matmul`): the row-parallel kernel reads the whole weight once per activation row.
 pub const ROWS_MAX_INT8: usize = 32;
 /// Ternary: the existing kernel already streams each packed row once per task; the multi-row kernel saves
@@ -59,9 +63,7 @@ pub fn pick_linear_path(kind: WeightKind, rows: usize) -> LinearPath {
     }
 }
 
-/// Activation rows whose accumulators one kernel call keeps in registers: 4-bit decodes a weight group once
-/// per call, so it takes 8 rows (one accumulator each, 2 per row up to 4 rows); the integer kernels 4.
-pub const GROUP_4BIT: usize = 8;
+/// Activation rows whose accumulators one integer kernel call keeps in registers.
 pub const GROUP_INT: usize = 4;
 /// Columns per slice: a group's activation slices (8 rows x 512 f32 = 16 KiB) stay in L1 across a tile.
 const KC: usize = 512;
@@ -118,113 +120,9 @@ fn transpose<T: Copy, U>(
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// 4-bit (NF4 / FP4)
+// 4-bit (NF4 / FP4): its own driver, which keeps each row's sums in the batch-1 GEMV's order.
 
-/// `y[batch, rows] = x[batch, cols] @ dequant(W)^T + bias` in x's dtype.
-pub fn matmul_4bit(
-    x: Floats,
-    batch: usize,
-    w: Packed4bit,
-    bias: Option<Floats>,
-    isa: Isa,
-) -> FloatVec {
-    let xf = x.to_f32_vec();
-    let cols = w.cols;
-    // The SIMD kernel needs whole groups of 16 inside one block and one row (as the batch-1 GEMV).
-    let simd = isa.has_avx2() && cols.is_multiple_of(16) && w.blocksize.is_multiple_of(16);
-    let xd: Vec<f32> = if simd && cols > 0 {
-        xf.chunks_exact(cols)
-            .flat_map(|r| super::gemv4::deinterleave(r, 16))
-            .collect()
-    } else {
-        xf
-    };
-    let group = if simd { GROUP_4BIT } else { 1 };
-    let acc = tiled(
-        w.rows,
-        batch,
-        cols,
-        cols / 2,
-        group,
-        |j, k0, k1, g0, acc: &mut [f32]| {
-            let xg = &xd[g0 * cols..(g0 + acc.len()) * cols];
-            if simd {
-                span_4bit_simd(&w, j, k0, k1, xg, acc);
-            } else {
-                span_4bit_portable(&w, j, k0, k1, xg, acc);
-            }
-        },
-    );
-    let y = transpose(&acc, w.rows, batch, |_, j, v| {
-        v + bias.map_or(0.0, |b| b.get_f32(j))
-    });
-    FloatVec::from_f32(y, x.dtype())
-}
-
-/// Calls `f(k, end, block)` for each run `k..end` of columns of row `r` inside `k0..k1` that lies in one block.
-#[inline(always)]
-fn block_runs(
-    w: &Packed4bit,
-    r: usize,
-    k0: usize,
-    k1: usize,
-    mut f: impl FnMut(usize, usize, usize),
-) {
-    let start = r * w.cols;
-    let mut k = k0;
-    // One division per span; blocks then follow one another.
-    let mut b = (start + k0) / w.blocksize;
-    while k < k1 {
-        let end = ((b + 1) * w.blocksize - start).min(k1);
-        f(k, end, b);
-        k = end;
-        b += 1;
-    }
-}
-
-fn span_4bit_portable(w: &Packed4bit, r: usize, k0: usize, k1: usize, x: &[f32], acc: &mut [f32]) {
-    let table = w.quant_type.dequant_table();
-    let start = r * w.cols;
-    block_runs(w, r, k0, k1, |k, end, b| {
-        let t = super::gemv4::scaled_table(table, w.absmax[b]);
-        for (i, a) in acc.iter_mut().enumerate() {
-            let xr = &x[i * w.cols..(i + 1) * w.cols];
-            let mut s = [0.0f32; 8];
-            for kk in k..end {
-                s[kk % 8] +=
-                    xr[kk] * t[crate::format::fourbit::nibble(w.packed, start + kk) as usize];
-            }
-            *a += s.iter().sum::<f32>();
-        }
-    });
-}
-
-fn span_4bit_simd(w: &Packed4bit, r: usize, k0: usize, k1: usize, xd: &[f32], acc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let start = r * w.cols;
-        assert!(w.packed.len() >= (start + k1) / 2 && xd.len() >= acc.len() * w.cols);
-        // SAFETY: AVX2 + FMA were detected (`simd` needs `has_avx2`); bounds asserted above, and the kernel
-        // reads bytes (start + k0)/2 .. (start + k1)/2 and x columns k0..k1 of `acc.len()` rows.
-        unsafe {
-            match acc.len() {
-                1 => avx2::span_4bit::<1, 2>(w, r, k0, k1, xd, acc),
-                2 => avx2::span_4bit::<2, 2>(w, r, k0, k1, xd, acc),
-                3 => avx2::span_4bit::<3, 2>(w, r, k0, k1, xd, acc),
-                4 => avx2::span_4bit::<4, 2>(w, r, k0, k1, xd, acc),
-                5 => avx2::span_4bit::<5, 1>(w, r, k0, k1, xd, acc),
-                6 => avx2::span_4bit::<6, 1>(w, r, k0, k1, xd, acc),
-                7 => avx2::span_4bit::<7, 1>(w, r, k0, k1, xd, acc),
-                _ => avx2::span_4bit::<8, 1>(w, r, k0, k1, xd, acc),
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (w, r, k0, k1, xd, acc);
-        unreachable!("AVX2 is never selected off x86-64")
-    }
-}
+pub use super::gemv4_rows::matmul_4bit;
 
 // ---------------------------------------------------------------------------------------------------------
 // int8
@@ -346,8 +244,6 @@ fn span_ternary_simd(wr: &[u8], k0: usize, k1: usize, xg: &[i8], k: usize, acc: 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::gemv4::avx2::{ftz, hsum, lookup16};
-    use crate::backend::Packed4bit;
     use std::arch::x86_64::*;
 
     #[inline]
@@ -357,63 +253,6 @@ mod avx2 {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
         _mm_cvtsi128_si32(s)
-    }
-
-    /// M activation rows (de-interleaved per 16, row stride `cols`) against columns `k0..k1` of weight row
-    /// `r`; each 16-weight group is looked up once and feeds 2·M FMAs into A accumulators per row (2 keep
-    /// two FMA chains per row in flight when few rows are; 1 fits 8 rows in 16 registers). Needs `cols`, `blocksize`, `k0` and
-    /// `k1` multiples of 16; the caller checks the slice bounds.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn span_4bit<const M: usize, const A: usize>(
-        w: &Packed4bit,
-        r: usize,
-        k0: usize,
-        k1: usize,
-        xd: &[f32],
-        out: &mut [f32],
-    ) {
-        let table = w.quant_type.dequant_table();
-        let start = r * w.cols;
-        let (bp, xp) = (w.packed.as_ptr(), xd.as_ptr());
-        // SAFETY: the table has 16 floats.
-        let (tlo, thi) = unsafe {
-            (
-                _mm256_loadu_ps(table.as_ptr()),
-                _mm256_loadu_ps(table.as_ptr().add(8)),
-            )
-        };
-        let mut acc = [[_mm256_setzero_ps(); A]; M];
-        let mut k = k0;
-        // One division per span; blocks then follow one another.
-        let mut b = (start + k0) / w.blocksize;
-        while k < k1 {
-            let end = ((b + 1) * w.blocksize - start).min(k1);
-            // The reference's `ftz(table[q] * absmax)` for all 16 codes at once.
-            let a = _mm256_set1_ps(w.absmax[b]);
-            let (lo, hi) = (ftz(_mm256_mul_ps(tlo, a)), ftz(_mm256_mul_ps(thi, a)));
-            let mut kk = k;
-            while kk < end {
-                // SAFETY: kk + 16 <= k1: 8 bytes at (start + kk) / 2 and 16 floats per row are in bounds.
-                unsafe {
-                    let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        bp.add((start + kk) / 2) as *const __m128i
-                    ));
-                    let wh = lookup16(lo, hi, _mm256_srli_epi32::<4>(q));
-                    let wl = lookup16(lo, hi, q);
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let x = xp.add(i * w.cols + kk);
-                        acc[0] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(x), acc[0]);
-                        acc[A - 1] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(x.add(8)), acc[A - 1]);
-                    }
-                }
-                kk += 16;
-            }
-            k = end;
-            b += 1;
-        }
-        for (o, acc) in out.iter_mut().zip(&acc) {
-            *o += hsum(acc[1..].iter().fold(acc[0], |s, &a| _mm256_add_ps(s, a)));
-        }
     }
 
     /// M widened activation rows (row stride `k`) against columns `k0..k1` of one int8 weight row: each 16
@@ -507,14 +346,18 @@ mod tests {
         assert_eq!(pick_linear_path(WeightKind::FourBit, 0), GemvRows);
         assert_eq!(pick_linear_path(WeightKind::Int8, 1), GemvRows);
         assert_eq!(pick_linear_path(WeightKind::Ternary, 1), GemvRows);
-        for kind in [WeightKind::Int8, WeightKind::Ternary] {
-            for rows in 2..=16 {
+        for kind in [WeightKind::FourBit, WeightKind::Int8, WeightKind::Ternary] {
+            for rows in 2..=32 {
                 assert_eq!(pick_linear_path(kind, rows), GemvRows, "{kind:?} {rows}");
             }
+            for rows in [33, 48, 512] {
+                assert_eq!(pick_linear_path(kind, rows), Gemm, "{kind:?} {rows}");
+            }
         }
-        // 4-bit: GEMV for one row, GEMM above (see ROWS_MAX_4BIT).
-        assert_eq!(pick_linear_path(WeightKind::FourBit, 2), Gemm);
-        assert_eq!(pick_linear_path(WeightKind::FourBit, 16), Gemm);
+        assert_eq!(
+            pick_linear_path(WeightKind::FourBit, ROWS_MAX_4BIT + 1),
+            Gemm
+        );
         assert_eq!(pick_linear_path(WeightKind::Int8, ROWS_MAX_INT8 + 1), Gemm);
         assert_eq!(
             pick_linear_path(WeightKind::Ternary, ROWS_MAX_TERNARY + 1),

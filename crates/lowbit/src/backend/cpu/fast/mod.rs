@@ -4,6 +4,7 @@
 
 pub mod gemm;
 pub mod gemv4;
+pub mod gemv4_rows;
 pub mod gemv_rows;
 pub mod int8;
 pub mod quantize;
