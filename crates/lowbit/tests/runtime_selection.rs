@@ -25,7 +25,8 @@ fn machine() -> Vec<DeviceInfo> {
         gpu("vulkan:1", DeviceType::DiscreteGpu),
         gpu("vulkan:2", DeviceType::SoftwareGpu),
         gpu("metal:0", DeviceType::IntegratedGpu),
-        gpu("cuda:0", DeviceType::DiscreteGpu).unavailable("CUDA backend not built"),
+        gpu("cuda:0", DeviceType::DiscreteGpu)
+            .unavailable("CUDA unavailable: no NVIDIA driver library (libcuda.so) found"),
         gpu("dx12:0", DeviceType::DiscreteGpu),
     ]
 }
@@ -167,7 +168,7 @@ fn names_resolve_to_the_right_device() {
         Err(Error::Device(e @ DeviceError::PlatformUnavailable { .. })) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("CUDA backend not built") && msg.contains("vulkan:1"),
+                msg.contains("CUDA unavailable") && msg.contains("vulkan:1"),
                 "{msg}"
             );
         }
