@@ -303,6 +303,38 @@ pub enum TensorData {
 }
 
 impl TensorData {
+    /// The elements' little-endian bytes (how device backends upload them).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            TensorData::Float(FloatVec::F32(v)) => bytemuck::cast_slice(v),
+            TensorData::Float(FloatVec::F16(v)) => bytemuck::cast_slice(v),
+            TensorData::Float(FloatVec::BF16(v)) => bytemuck::cast_slice(v),
+            TensorData::U8(v) => v,
+            TensorData::I8(v) => bytemuck::cast_slice(v),
+            TensorData::I32(v) => bytemuck::cast_slice(v),
+            TensorData::I64(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (a device download); a trailing partial element is
+    /// dropped.
+    pub fn from_bytes(dtype: DType, b: &[u8]) -> TensorData {
+        let b = &b[..b.len() - b.len() % dtype.size_in_bytes()];
+        match dtype {
+            DType::F32 => TensorData::Float(FloatVec::F32(bytemuck::pod_collect_to_vec(b))),
+            DType::F16 => {
+                TensorData::Float(FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(b)))
+            }
+            DType::BF16 => {
+                TensorData::Float(FloatVec::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(b)))
+            }
+            DType::U8 => TensorData::U8(b.to_vec()),
+            DType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(b)),
+            DType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(b)),
+            DType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(b)),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {

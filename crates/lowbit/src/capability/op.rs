@@ -173,6 +173,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether operand `i` is float data (f32, f16 or bf16 as the caller chose) rather than packed codes,
+    /// scales or ids, whose dtypes the op layer fixes.
+    pub fn is_float_operand(&self, i: usize) -> bool {
+        match self {
+            Op::Linear4bit { .. } => i != 1 && i != 2,
+            Op::LinearTernary { .. } | Op::Embedding => i != 1,
+            // x and the f16 bias; the int8 weight and its f32 SCB are fixed.
+            Op::Linear8bit { .. } => i == 0 || i == 3,
+            _ => true,
+        }
+    }
+
     pub fn kind(&self) -> OpKind {
         match self {
             Op::Linear { .. } => OpKind::Matmul,

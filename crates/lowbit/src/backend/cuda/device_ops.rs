@@ -41,7 +41,7 @@ impl CudaBackend {
         let floats_ok = dtypes
             .iter()
             .enumerate()
-            .all(|(i, d)| d.is_float() || !float_operand(op, i));
+            .all(|(i, d)| d.is_float() || !op.is_float_operand(i));
         let same = |n: usize| dtypes.iter().take(n).all(|d| Some(d) == dtypes.first());
         let ok = floats_ok
             && match op {
@@ -248,15 +248,5 @@ impl CudaBackend {
             }
         }
         self.wrap(shape, DType::F16, y)
-    }
-}
-
-/// Whether operand `i` of `op` is float data (not packed codes, scales or ids).
-fn float_operand(op: &Op, i: usize) -> bool {
-    match op {
-        Op::Linear4bit { .. } => i != 1 && i != 2,
-        Op::LinearTernary { .. } | Op::Embedding => i != 1,
-        Op::Linear8bit { .. } => i == 0 || i == 3,
-        _ => true,
     }
 }

@@ -486,7 +486,7 @@ impl CudaBackend {
         n: usize,
     ) -> Result<FloatVec> {
         let b = self.cuda.download_bytes(op, y, n * dtype.size_in_bytes())?;
-        match storage::data_from_bytes(dtype, &b) {
+        match crate::tensor::TensorData::from_bytes(dtype, &b) {
             crate::tensor::TensorData::Float(f) => Ok(f),
             _ => Err(crate::Error::InvalidArgument {
                 op: "download",

@@ -5,9 +5,8 @@
 use super::context::Cuda;
 use crate::Result;
 use crate::device_tensor::{BackendStorage, DeviceTensor};
-use crate::tensor::{DType, FloatVec, Floats, Tensor, TensorData};
+use crate::tensor::{DType, Floats, Tensor, TensorData};
 use cudarc::driver::{CudaSlice, DevicePtr};
-use half::{bf16, f16};
 use std::any::Any;
 use std::sync::Arc;
 
@@ -46,37 +45,11 @@ pub fn dtype_code(d: DType) -> i32 {
     }
 }
 
-pub fn bytes_of(data: &TensorData) -> &[u8] {
-    match data {
-        TensorData::Float(FloatVec::F32(v)) => bytemuck::cast_slice(v),
-        TensorData::Float(FloatVec::F16(v)) => bytemuck::cast_slice(v),
-        TensorData::Float(FloatVec::BF16(v)) => bytemuck::cast_slice(v),
-        TensorData::U8(v) => v,
-        TensorData::I8(v) => bytemuck::cast_slice(v),
-        TensorData::I32(v) => bytemuck::cast_slice(v),
-        TensorData::I64(v) => bytemuck::cast_slice(v),
-    }
-}
-
 pub fn floats_bytes<'a>(x: &Floats<'a>) -> &'a [u8] {
     match *x {
         Floats::F32(v) => bytemuck::cast_slice(v),
         Floats::F16(v) => bytemuck::cast_slice(v),
         Floats::BF16(v) => bytemuck::cast_slice(v),
-    }
-}
-
-pub fn data_from_bytes(dtype: DType, b: &[u8]) -> TensorData {
-    match dtype {
-        DType::F32 => TensorData::Float(FloatVec::F32(bytemuck::pod_collect_to_vec(b))),
-        DType::F16 => TensorData::Float(FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(b))),
-        DType::BF16 => {
-            TensorData::Float(FloatVec::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(b)))
-        }
-        DType::U8 => TensorData::U8(b.to_vec()),
-        DType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(b)),
-        DType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(b)),
-        DType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(b)),
     }
 }
 
@@ -149,13 +122,13 @@ impl Cuda {
     }
 
     pub fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
-        let s = self.upload_bytes("upload", bytes_of(t.data()))?;
+        let s = self.upload_bytes("upload", t.data().as_bytes())?;
         self.tensor(t.shape().to_vec(), t.dtype(), s)
     }
 
     pub fn download_tensor(&self, s: &CudaStorage, t: &DeviceTensor) -> Result<Tensor> {
         let b = self.download_bytes("download", s, t.size_in_bytes())?;
-        Tensor::new(t.shape().to_vec(), data_from_bytes(t.dtype(), &b))
+        Tensor::new(t.shape().to_vec(), TensorData::from_bytes(t.dtype(), &b))
     }
 
     /// Copies `bytes` from `src` to `dst + offset` on the stream.

@@ -8,9 +8,8 @@ use super::model_ops::{self as mk, AttentionDims, RopeDims};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 use crate::capability::{Op, Support};
 use crate::device_tensor::{BackendStorage, DeviceTensor};
-use crate::tensor::{DType, FloatVec, Tensor, TensorData, with_last_dim};
+use crate::tensor::{DType, Tensor, TensorData, with_last_dim};
 use crate::{Error, Result};
-use half::{bf16, f16};
 use std::any::Any;
 use std::sync::Arc;
 
@@ -29,32 +28,6 @@ impl BackendStorage for GpuStorage {
     }
     fn as_any(&self) -> &dyn Any {
         self
-    }
-}
-
-fn bytes_of(data: &TensorData) -> &[u8] {
-    match data {
-        TensorData::Float(FloatVec::F32(v)) => bytemuck::cast_slice(v),
-        TensorData::Float(FloatVec::F16(v)) => bytemuck::cast_slice(v),
-        TensorData::Float(FloatVec::BF16(v)) => bytemuck::cast_slice(v),
-        TensorData::U8(v) => v,
-        TensorData::I8(v) => bytemuck::cast_slice(v),
-        TensorData::I32(v) => bytemuck::cast_slice(v),
-        TensorData::I64(v) => bytemuck::cast_slice(v),
-    }
-}
-
-fn data_from_bytes(dtype: DType, b: &[u8]) -> TensorData {
-    match dtype {
-        DType::F32 => TensorData::Float(FloatVec::F32(bytemuck::pod_collect_to_vec(b))),
-        DType::F16 => TensorData::Float(FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(b))),
-        DType::BF16 => {
-            TensorData::Float(FloatVec::BF16(bytemuck::pod_collect_to_vec::<u8, bf16>(b)))
-        }
-        DType::U8 => TensorData::U8(b.to_vec()),
-        DType::I8 => TensorData::I8(bytemuck::pod_collect_to_vec(b)),
-        DType::I32 => TensorData::I32(bytemuck::pod_collect_to_vec(b)),
-        DType::I64 => TensorData::I64(bytemuck::pod_collect_to_vec(b)),
     }
 }
 
@@ -88,7 +61,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
-        let bytes = bytes_of(t.data());
+        let bytes = t.data().as_bytes();
         super::kernels::check_binding(self.gpu(), "upload", bytes.len())?;
         let g = self.upload_raw(bytes, t.shape().to_vec(), t.dtype());
         self.wrap(g)
@@ -97,7 +70,10 @@ impl WgpuBackend {
     pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
         let s = self.storage("download", t)?;
         let bytes = self.gpu().read(&s.buffer, t.size_in_bytes())?;
-        Tensor::new(t.shape().to_vec(), data_from_bytes(t.dtype(), &bytes))
+        Tensor::new(
+            t.shape().to_vec(),
+            TensorData::from_bytes(t.dtype(), &bytes),
+        )
     }
 
     pub(crate) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
@@ -106,7 +82,7 @@ impl WgpuBackend {
         let floats_ok = dtypes
             .iter()
             .enumerate()
-            .all(|(i, d)| d.is_float() || !float_operand(op, i));
+            .all(|(i, d)| d.is_float() || !op.is_float_operand(i));
         let ok = match op {
             // The BitNet rescale kernel has no bias input yet.
             Op::LinearTernary { bias, .. } => floats_ok && !bias,
@@ -381,16 +357,5 @@ impl WgpuBackend {
             enc.copy_buffer_to_buffer(&s.buffer, 0, &d.buffer, offset, bytes);
             Ok(())
         })
-    }
-}
-
-/// Whether operand `i` of `op` is float data (not packed codes or scales).
-fn float_operand(op: &Op, i: usize) -> bool {
-    match op {
-        Op::Linear4bit { .. } => i != 1 && i != 2,
-        Op::LinearTernary { .. } | Op::Embedding => i != 1,
-        // x and the f16 bias; the int8 weight and its f32 SCB are fixed by the op layer.
-        Op::Linear8bit { .. } => i == 0 || i == 3,
-        _ => true,
     }
 }
