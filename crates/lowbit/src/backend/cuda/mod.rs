@@ -78,12 +78,6 @@ impl CudaBackend {
             .transpose()
     }
 
-    fn fourbit_weight(&self, op: &str, w: &Packed4bit, store: &mut Vec<Buf>) -> Result<()> {
-        store.push(self.cuda.upload_bytes(op, w.packed)?);
-        store.push(self.cuda.upload_f32(op, w.absmax)?);
-        Ok(())
-    }
-
     fn linear_4bit_host(
         &self,
         op: &str,
@@ -93,12 +87,12 @@ impl CudaBackend {
         bias: Option<Floats>,
     ) -> Result<FloatVec> {
         let xb = self.up(op, &x)?;
-        let mut held = Vec::new();
-        self.fourbit_weight(op, &w, &mut held)?;
+        let packed = self.cuda.upload_bytes(op, w.packed)?;
+        let absmax = self.cuda.upload_f32(op, w.absmax)?;
         let bias = self.up_bias(op, bias)?;
         let wd = Weight4 {
-            packed: &held[0],
-            absmax: &held[1],
+            packed: &packed,
+            absmax: &absmax,
             quant_type: w.quant_type,
             blocksize: w.blocksize,
             rows: w.rows,
