@@ -142,6 +142,10 @@ impl Cuda {
         if bytes == 0 {
             return Ok(());
         }
+        // The raw driver call needs this device's context current on the calling thread.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.error("copy_rows", e))?;
         // SAFETY: both are live allocations of this context; the op layer checked that `offset + bytes`
         // lies inside `dst` and `bytes` inside `src`; the copy is ordered on the one stream.
         unsafe {
