@@ -4,7 +4,7 @@
 per line: op, shape, median_s (or mean_s for the queued loops), gbps.
 
 The 4-bit linear layers are timed as the lowbit example times them: `iters` calls queued back to back,
-cycling through enough weight copies to exceed the L2 cache (`weights_from: hbm`) or one copy (`l2`), the
+cycling through enough weight copies to exceed the L2 cache (`weights_from: rotated`) or one copy (`one_copy`), the
 time per call being the total over `iters`.
 
 usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick]
@@ -67,7 +67,7 @@ def linear_4bit(dev, out_f, in_f, dtype, batch, rotate):
     nbytes = wbytes + batch * (in_f + out_f) * 2
     print(json.dumps(dict(op="gemv_4bit" if batch == 1 else "matmul_4bit", impl="bitsandbytes-cuda",
                           shape=[out_f, in_f], batch=batch, dtype=str(dtype).replace("torch.", ""),
-                          weights_from="hbm" if rotate else "l2", mean_s=t, gbps=nbytes / t / 1e9,
+                          weights_from="rotated" if rotate else "one_copy", mean_s=t, gbps=nbytes / t / 1e9,
                           tflops=2 * batch * out_f * in_f / t / 1e12)), flush=True)
     del w, packed, weights
 

@@ -132,7 +132,7 @@ fn linear_4bit(
         ("dtype", format!("\"{dtype}\"")),
         (
             "weights_from",
-            format!("\"{}\"", if rotate { "hbm" } else { "l2" }),
+            format!("\"{}\"", if rotate { "rotated" } else { "one_copy" }),
         ),
         ("mean_s", format!("{t:e}")),
         ("gbps", format!("{:.1}", bytes as f64 / t / 1e9)),
