@@ -131,13 +131,19 @@ fn linear_matches_float64_on_every_device() {
 fn linear_4bit_matches_the_host_reference_on_every_device() {
     let _serial = serial();
     let s = seed("linear_4bit");
-    let (rows, cols) = (48, 256);
-    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
     let reference = Device::from_backend(Arc::new(ReferenceBackend));
-    for (qt, dq) in [(FourBitType::Nf4, true), (FourBitType::Fp4, false)] {
+    // 256 columns take the GPUs' word kernels; 72 (not a multiple of 32, blocks straddling rows) their
+    // element-wise ones. 40 rows reach the batched paths (a GEMM, or cuBLAS where present).
+    for ((rows, cols), (qt, dq)) in [(48, 256), (40, 72)].into_iter().flat_map(|shape| {
+        [
+            (shape, (FourBitType::Nf4, true)),
+            (shape, (FourBitType::Fp4, false)),
+        ]
+    }) {
+        let w = rand(vec![rows, cols], 0.05, s + cols as u64, DType::F32);
         let q = reference.quantize_4bit(&w, qt, 64, dq).unwrap();
         let bias = rand(vec![rows], 0.5, s + 3, DType::F32);
-        for batch in [1usize, 3] {
+        for batch in [1usize, 3, 40] {
             let x = rand(vec![batch, cols], 1.0, s + batch as u64, DType::F32);
             let want = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
             for dev in devices() {
@@ -148,7 +154,7 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
                 assert_eq!(y.shape(), [batch, rows]);
                 let got = f32s(&dev.to_host(&y).unwrap());
                 assert_close(
-                    &format!("{qt:?} batch {batch} on {}", dev.id()),
+                    &format!("{qt:?} {rows}x{cols} batch {batch} on {}", dev.id()),
                     &got,
                     &want,
                     2e-5,

@@ -21,8 +21,14 @@ unsafe impl Send for Blas {}
 unsafe impl Sync for Blas {}
 
 impl Blas {
-    /// A handle on `cuda`'s stream, or `None` when libcublas cannot be loaded or initialised.
+    /// A handle on `cuda`'s stream, or `None` when libcublas cannot be loaded or initialised, or when
+    /// `LOWBIT_CUDA_BLAS=0` asks for lowbit's own GEMM kernels (how their tests reach them on a machine that
+    /// has cuBLAS).
     pub fn open(cuda: &Cuda) -> Option<Blas> {
+        if std::env::var("LOWBIT_CUDA_BLAS").as_deref() == Ok("0") {
+            tracing::info!("LOWBIT_CUDA_BLAS=0: large CUDA products use lowbit's own GEMM kernels");
+            return None;
+        }
         // SAFETY: only probes whether the shared library can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             tracing::info!("cuBLAS not found: large CUDA products use lowbit's own GEMM kernels");
