@@ -1,6 +1,7 @@
 #![cfg(feature = "cuda")]
-//! The CUDA kernels' source compiles with NVRTC for every architecture lowbit targets. This needs only NVRTC
-//! (no driver, no GPU), so it runs wherever libnvrtc is found; elsewhere it says it was skipped. The kernels
+//! The CUDA kernels' source compiles with NVRTC for every architecture lowbit targets, family by family, and
+//! every kernel the backend launches is exported by the family its name maps to. This needs only NVRTC (no
+//! driver, no GPU), so it runs wherever libnvrtc is found; elsewhere it says it was skipped. The kernels
 //! themselves run in the conformance suite and the golden tests on a CUDA device.
 
 use lowbit::backend::cuda;
@@ -13,29 +14,81 @@ fn nvrtc_present() -> bool {
     present
 }
 
+/// Every kernel name the backend launches (backend/cuda/ops.rs).
+fn launched_kernels() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "dequantize",
+        "dequantize_4bit_x8",
+        "bias_finish",
+        "int8_col_outliers",
+        "int8_row_quant",
+        "int8_dequant",
+        "int8_gemm",
+        "int8_mm_dequant",
+        "int8_outlier_operands",
+        "add_f16",
+        "ternary_quantize",
+        "ternary_act_quant",
+        "ternary_matmul",
+        "cast",
+        "binary",
+        "gelu",
+        "rms_norm",
+        "softmax",
+        "embedding",
+        "rope",
+        "attention",
+    ]
+    .map(String::from)
+    .to_vec();
+    for dt in ["f32", "f16", "bf16"] {
+        v.push(format!("quantize_blockwise_{dt}"));
+        v.push(format!("quantize_4bit_{dt}"));
+        v.push(format!("gemm_dense_{dt}"));
+        v.push(format!("gemm_4bit_{dt}"));
+        for r in [1, 2, 4, 8] {
+            v.push(format!("linear_4bit_any_{dt}_r{r}"));
+            v.push(format!("linear_rows_{dt}_r{r}"));
+            for w in [2, 4] {
+                v.push(format!("linear_4bit_words_{dt}_r{r}_w{w}"));
+            }
+        }
+    }
+    v
+}
+
 #[test]
 fn kernels_compile_for_every_target_architecture() {
     if !nvrtc_present() {
         return;
     }
+    let kernels = launched_kernels();
     // Turing (the oldest CUDA 13 supports) through Hopper (sm_90: the H100/H200).
     for (major, minor) in [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0)] {
-        let ptx = cuda::compile(major, minor).unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"));
-        let src = ptx.to_src();
-        for kernel in [
-            "quantize_4bit_bf16",
-            "quantize_blockwise_f16",
-            "linear_4bit_words_f16_r8_w4",
-            "gemm_4bit_bf16",
-            "int8_mm_dequant",
-            "ternary_matmul",
-            "attention",
-        ] {
-            assert!(
-                src.contains(&format!(".entry {kernel}(")),
-                "sm_{major}{minor}: no {kernel} in the PTX"
-            );
+        for family in cuda::FAMILIES {
+            let ptx = cuda::compile(family, major, minor)
+                .unwrap_or_else(|e| panic!("sm_{major}{minor}: {e}"))
+                .to_src();
+            for k in kernels.iter().filter(|k| cuda::family_of(k) == family) {
+                assert!(
+                    ptx.contains(&format!(".entry {k}(")),
+                    "sm_{major}{minor}: no {k} in the {family} program"
+                );
+            }
+            println!("sm_{major}{minor} {family}: {} bytes of PTX", ptx.len());
         }
-        println!("sm_{major}{minor}: {} bytes of PTX", src.len());
     }
+}
+
+#[test]
+fn every_launched_kernel_belongs_to_a_family() {
+    for k in launched_kernels() {
+        assert!(cuda::FAMILIES.contains(&cuda::family_of(&k)), "{k}");
+    }
+    assert_eq!(
+        cuda::family_of("linear_4bit_words_bf16_r8_w4"),
+        "linear_bf16"
+    );
+    assert_eq!(cuda::family_of("gemm_dense_f16"), "linear_f16");
+    assert_eq!(cuda::family_of("quantize_4bit_f32"), "quant");
 }

@@ -12,17 +12,63 @@ use cudarc::driver::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The kernels' CUDA C source, concatenated in dependency order.
-const SOURCE: [&str; 5] = [
-    include_str!("kernels/common.cuh"),
-    include_str!("kernels/quant.cu"),
-    include_str!("kernels/linear.cu"),
-    include_str!("kernels/int8.cu"),
-    include_str!("kernels/model.cu"),
+const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// The kernel families, each its own NVRTC program compiled on first use (compiled all at once, they made a
+/// process's first CUDA op wait tens of seconds on the H200 machine; a model in one dtype needs about half).
+pub const FAMILIES: [&str; 6] = [
+    "quant",
+    "linear_f32",
+    "linear_f16",
+    "linear_bf16",
+    "int8",
+    "model",
 ];
 
-pub fn source() -> String {
-    SOURCE.join("\n")
+/// The CUDA C source of `family`: the shared helpers, then its file.
+pub fn source(family: &str) -> String {
+    let (define, body) = match family {
+        "quant" => ("", include_str!("kernels/quant.cu")),
+        "linear_f32" => (
+            "#define LOWBIT_LINEAR_F32\n",
+            include_str!("kernels/linear.cu"),
+        ),
+        "linear_f16" => (
+            "#define LOWBIT_LINEAR_F16\n",
+            include_str!("kernels/linear.cu"),
+        ),
+        "linear_bf16" => (
+            "#define LOWBIT_LINEAR_BF16\n",
+            include_str!("kernels/linear.cu"),
+        ),
+        "int8" => ("", include_str!("kernels/int8.cu")),
+        _ => ("", include_str!("kernels/model.cu")),
+    };
+    format!("{define}{COMMON}\n{body}")
+}
+
+/// The family whose program holds `kernel` (names follow `kernels/*.cu`).
+pub fn family_of(kernel: &str) -> &'static str {
+    let linear = |k: &str| {
+        if k.contains("_bf16") {
+            "linear_bf16"
+        } else if k.contains("_f16") {
+            "linear_f16"
+        } else {
+            "linear_f32"
+        }
+    };
+    if kernel.starts_with("quantize_") || kernel.starts_with("dequantize") {
+        "quant"
+    } else if kernel.starts_with("linear_") || kernel.starts_with("gemm_") {
+        linear(kernel)
+    } else if kernel == "bias_finish" {
+        "linear_f32"
+    } else if kernel.starts_with("int8_") || kernel.starts_with("ternary_") || kernel == "add_f16" {
+        "int8"
+    } else {
+        "model"
+    }
 }
 
 /// Why CUDA cannot be used on this machine, or `None` when the driver and NVRTC load and see a device.
@@ -56,33 +102,38 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     })
 }
 
-/// PTX of the kernels per compute capability: compiled once per process, and kept on disk between processes
-/// (compiling takes seconds) under a name that changes with the source, the architecture and lowbit's
-/// version.
-fn ptx_for(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
-    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), cudarc::nvrtc::Ptx>>> = OnceLock::new();
+/// PTX of a kernel family per compute capability: compiled once per process, and kept on disk between
+/// processes (compiling takes seconds) under a name that changes with the source, the architecture and
+/// lowbit's version.
+fn ptx_for(
+    family: &'static str,
+    major: i32,
+    minor: i32,
+) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
+    type Key = (&'static str, i32, i32);
+    static CACHE: OnceLock<Mutex<HashMap<Key, cudarc::nvrtc::Ptx>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = map.get(&(major, minor)) {
+    if let Some(p) = map.get(&(family, major, minor)) {
         return Ok(p.clone());
     }
-    let file = disk_cache_file(major, minor);
+    let file = disk_cache_file(family, major, minor);
     let ptx = match file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
         Some(text) => cudarc::nvrtc::Ptx::from_src(text),
         None => {
-            let ptx = compile(major, minor)?;
+            let ptx = compile(family, major, minor)?;
             if let Some(f) = &file {
                 store(f, &ptx.to_src());
             }
             ptx
         }
     };
-    map.insert((major, minor), ptx.clone());
+    map.insert((family, major, minor), ptx.clone());
     Ok(ptx)
 }
 
 /// `$LOWBIT_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit`, else `~/.cache/lowbit`; the file for this source.
-fn disk_cache_file(major: i32, minor: i32) -> Option<std::path::PathBuf> {
+fn disk_cache_file(family: &str, major: i32, minor: i32) -> Option<std::path::PathBuf> {
     use std::hash::{Hash, Hasher};
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     let dir = env("LOWBIT_CACHE_DIR")
@@ -90,9 +141,9 @@ fn disk_cache_file(major: i32, minor: i32) -> Option<std::path::PathBuf> {
         .or_else(|| env("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("lowbit")))
         .or_else(|| env("HOME").map(|d| std::path::PathBuf::from(d).join(".cache/lowbit")))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (source(), major, minor, env!("CARGO_PKG_VERSION")).hash(&mut h);
+    (source(family), major, minor, env!("CARGO_PKG_VERSION")).hash(&mut h);
     Some(dir.join(format!(
-        "cuda-kernels-{:016x}-sm{major}{minor}.ptx",
+        "cuda-{family}-{:016x}-sm{major}{minor}.ptx",
         h.finish()
     )))
 }
@@ -113,9 +164,13 @@ fn store(file: &std::path::Path, ptx: &str) {
     }
 }
 
-/// Compiles the kernels for `sm_{major}{minor}` (exact IEEE division and square root, no flush to zero:
-/// the kernels flush explicitly where bitsandbytes' bytes need it).
-pub fn compile(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
+/// Compiles a kernel family for `sm_{major}{minor}` (exact IEEE division and square root, no flush to
+/// zero: the kernels flush explicitly where bitsandbytes' bytes need it).
+pub fn compile(
+    family: &str,
+    major: i32,
+    minor: i32,
+) -> std::result::Result<cudarc::nvrtc::Ptx, String> {
     let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
@@ -125,8 +180,8 @@ pub fn compile(major: i32, minor: i32) -> std::result::Result<cudarc::nvrtc::Ptx
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    guarded(|| cudarc::nvrtc::compile_ptx_with_opts(source(), opts))?
-        .map_err(|e| format!("NVRTC could not compile the kernels for {arch}: {e}"))
+    guarded(|| cudarc::nvrtc::compile_ptx_with_opts(source(family), opts))?
+        .map_err(|e| format!("NVRTC could not compile the {family} kernels for {arch}: {e}"))
 }
 
 /// Small constant tables every call shares, uploaded once.
@@ -143,7 +198,8 @@ pub struct Cuda {
     pub id: Arc<str>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    module: Arc<CudaModule>,
+    /// The loaded programs, by family (`FAMILIES`), loaded on first use.
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, Kernel>>,
     pub tables: Tables,
     blas: OnceLock<Option<super::blas::Blas>>,
@@ -228,10 +284,6 @@ impl Cuda {
             .compute_capability()
             .map_err(|err| e("reading the compute capability", err))?;
         let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        let ptx = ptx_for(capability.0, capability.1)?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|err| e("loading the compiled kernels", err))?;
         let up = |v: &[f32]| {
             stream
                 .clone_htod(v)
@@ -249,11 +301,17 @@ impl Cuda {
                 up(FourBitType::Fp4.dequant_table())?,
             ],
         };
+        // The smallest program, compiled and loaded now: a toolkit that cannot build code for this GPU makes
+        // the device unavailable at open (so `auto` moves on) instead of failing its first op.
+        let quant = ptx_for("quant", capability.0, capability.1)?;
+        let quant = ctx
+            .load_module(quant)
+            .map_err(|err| e("loading the compiled kernels", err))?;
         Ok(Cuda {
             id: format!("cuda:{index}").into(),
             ctx,
             stream,
-            module,
+            modules: Mutex::new(HashMap::from([("quant", quant)])),
             functions: Mutex::new(HashMap::new()),
             tables,
             blas: OnceLock::new(),
@@ -285,13 +343,31 @@ impl Cuda {
         self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
     }
 
+    /// The program of `family`, compiled (or read from the disk cache) and loaded on first use.
+    fn module(&self, family: &'static str) -> Result<Arc<CudaModule>> {
+        let mut m = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = m.get(family) {
+            return Ok(module.clone());
+        }
+        let (major, minor) = self.capability;
+        let ptx = ptx_for(family, major, minor).map_err(|reason| {
+            crate::Error::Device(DeviceError::failed(&*self.id, family, reason))
+        })?;
+        let module = self
+            .ctx
+            .load_module(ptx)
+            .map_err(|e| self.error(family, e))?;
+        m.insert(family, module.clone());
+        Ok(module)
+    }
+
     fn function(&self, name: &str) -> Result<Kernel> {
         let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = f.get(name) {
             return Ok(k.clone());
         }
         let func = self
-            .module
+            .module(family_of(name))?
             .load_function(name)
             .map_err(|e| self.error(name, e))?;
         let k = Kernel {

@@ -13,7 +13,7 @@ mod device_ops;
 mod ops;
 mod storage;
 
-pub use context::{compile, source, unavailable_reason};
+pub use context::{FAMILIES, compile, family_of, source, unavailable_reason};
 
 /// Whether NVRTC, the runtime compiler the kernels need, can be loaded (no driver or GPU needed).
 pub fn nvrtc_present() -> bool {

@@ -14,6 +14,9 @@ typedef int i32;
 typedef unsigned long long u64;
 typedef long long i64;
 
+// Warps (weight rows, or groups of them) per block of the linear kernels (`LIN_WARPS` in ops.rs).
+#define LIN_WARPS 8
+
 // Element types, as the host passes them (backend/cuda/launch.rs `dtype_code`).
 #define DT_F32 0
 #define DT_F16 1

@@ -7,7 +7,6 @@
 // `linear_4bit_any`, one nibble at a time. Dense weights: the same warp-per-row scheme for few rows, a
 // shared-memory tiled kernel for many.
 
-#define LIN_WARPS 8
 
 // Eight consecutive activations from a 16-byte aligned position (two float4 loads in f32, one 16-byte load
 // of halves otherwise).
@@ -252,9 +251,14 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
                                                   u32 blocksize, const float* bias, void* y, int odt) {      \
         gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                              \
     }
+// One activation dtype per program (the host compiles the family it needs: see context.rs).
+#if defined(LOWBIT_LINEAR_F32)
 LINEAR_KERNELS_ALL_R(f32, DT_F32)
+#elif defined(LOWBIT_LINEAR_F16)
 LINEAR_KERNELS_ALL_R(f16, DT_F16)
+#elif defined(LOWBIT_LINEAR_BF16)
 LINEAR_KERNELS_ALL_R(bf16, DT_BF16)
+#endif
 
 // y[i, j] = y32[i, j] + bias[j] in `odt`: the bias and the one rounding after a cuBLAS product.
 extern "C" __global__ void bias_finish(const float* y32, const float* bias, u32 n, u64 total, void* y, int odt) {
