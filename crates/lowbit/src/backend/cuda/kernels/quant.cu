@@ -1,9 +1,9 @@
 // Blockwise quantization (FORMATS.md §2-3): one thread block per quantization block. absmax is an exact max
 // of |x| (fmaxf skips NaN, as CUDA's), the scale the hardware reciprocal, every scaled value one FTZ
 // multiply; then the nearest 8-bit code (binary search over the code's midpoints, ties to the even index)
-// or the NF4/FP4 nibble. Grid: x = block index (low 16 bits... see host), y for grids beyond 65535 rows.
+// or the NF4/FP4 nibble. Grid: one thread block per quantization block along x (2^31 - 1 blocks at most).
 
-__device__ __forceinline__ u64 grid_block() { return (u64)blockIdx.x + (u64)blockIdx.y * gridDim.x; }
+__device__ __forceinline__ u64 grid_block() { return (u64)blockIdx.x; }
 
 template <int DT>
 __device__ float block_absmax(const void* x, u64 start, u64 end) {
