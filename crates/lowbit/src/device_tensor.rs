@@ -101,6 +101,34 @@ impl DeviceTensor {
         self.storage.as_any().downcast_ref::<S>()
     }
 
+    /// The storage as backend type `S` of device `device`; anything else is `op`'s wrong-device error.
+    pub fn storage_on<S: BackendStorage>(&self, op: &'static str, device: &str) -> Result<&S> {
+        match self.storage_as::<S>() {
+            Some(s) if s.device_id() == device => Ok(s),
+            _ => Err(self.wrong_device(op, device)),
+        }
+    }
+
+    /// Shared ownership of [`storage_on`](Self::storage_on)'s storage (for work that outlives the borrow).
+    pub fn storage_arc_on<S: BackendStorage>(
+        &self,
+        op: &'static str,
+        device: &str,
+    ) -> Result<Arc<S>> {
+        self.storage_on::<S>(op, device)?;
+        let any: Arc<dyn Any + Send + Sync> = self.storage.clone();
+        any.downcast::<S>()
+            .map_err(|_| self.wrong_device(op, device))
+    }
+
+    fn wrong_device(&self, op: &'static str, device: &str) -> Error {
+        Error::WrongDevice {
+            op,
+            got: self.device_id().to_string(),
+            expected: device.to_string(),
+        }
+    }
+
     /// The same storage under another shape with the same element count (no copy).
     pub fn reshape(&self, shape: Vec<usize>) -> Result<DeviceTensor> {
         let n: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));

@@ -49,6 +49,15 @@ pub struct Int8Rows {
     pub outlier_cols: Option<Vec<i64>>,
 }
 
+/// The columns a GPU's per-column outlier flags (one u32 per column, nonzero = outlier) mark, ascending.
+pub fn outlier_columns(flags: &[u32]) -> impl Iterator<Item = usize> + '_ {
+    flags
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| **f != 0)
+        .map(|(c, _)| c)
+}
+
 /// Result of the blockwise quantizers: codes (8-bit values or packed nibbles) and float32 block absmax.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockCodes {

@@ -4,11 +4,10 @@
 use super::CudaBackend;
 use super::ops::{Buf, Weight4};
 use super::storage::CudaStorage;
+use crate::Result;
 use crate::capability::{Op, Support};
-use crate::device_tensor::{BackendStorage, DeviceTensor};
+use crate::device_tensor::DeviceTensor;
 use crate::tensor::{DType, with_last_dim};
-use crate::{Error, Result};
-use std::sync::Arc;
 
 impl CudaBackend {
     pub(super) fn storage<'a>(
@@ -16,25 +15,11 @@ impl CudaBackend {
         op: &'static str,
         t: &'a DeviceTensor,
     ) -> Result<&'a CudaStorage> {
-        match t.storage_as::<CudaStorage>() {
-            Some(s) if s.device_id() == self.device_id() => Ok(s),
-            _ => Err(Error::WrongDevice {
-                op,
-                got: t.device_id().to_string(),
-                expected: self.device_id().to_string(),
-            }),
-        }
+        t.storage_on(op, self.device_id())
     }
 
     fn arc(&self, op: &'static str, t: &DeviceTensor) -> Result<Buf> {
-        self.storage(op, t)?;
-        let any: Arc<dyn std::any::Any + Send + Sync> = t.storage().clone();
-        any.downcast::<CudaStorage>()
-            .map_err(|_| Error::WrongDevice {
-                op,
-                got: t.device_id().to_string(),
-                expected: self.device_id().to_string(),
-            })
+        t.storage_arc_on(op, self.device_id())
     }
 
     pub(super) fn supports_device_op(&self, op: &Op, dtypes: &[DType]) -> Support {
@@ -237,7 +222,9 @@ impl CudaBackend {
         let y = c.int8_mm_dequant_dev(&acc, &stats, &scb, b.as_ref(), m, rows)?;
         if let Some(f) = flags {
             let f: Vec<u32> = bytemuck::pod_collect_to_vec(&c.download_bytes(OP, &f, cols * 4)?);
-            let list: Vec<u32> = (0..cols as u32).filter(|&i| f[i as usize] != 0).collect();
+            let list: Vec<u32> = crate::backend::outlier_columns(&f)
+                .map(|c| c as u32)
+                .collect();
             if !list.is_empty() {
                 let nc = list.len();
                 let lb = c.upload_bytes(OP, bytemuck::cast_slice(&list))?;

@@ -306,10 +306,8 @@ impl Backend for CudaBackend {
                 let f: Vec<u32> =
                     bytemuck::pod_collect_to_vec(&self.cuda.download_bytes(OP, f, cols * 4)?);
                 Some(
-                    f.iter()
-                        .enumerate()
-                        .filter(|(_, v)| **v != 0)
-                        .map(|(c, _)| c as i64)
+                    crate::backend::outlier_columns(&f)
+                        .map(|c| c as i64)
                         .collect(),
                 )
             }

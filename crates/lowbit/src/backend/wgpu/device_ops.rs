@@ -33,14 +33,7 @@ impl BackendStorage for GpuStorage {
 
 impl WgpuBackend {
     fn storage<'a>(&self, op: &'static str, t: &'a DeviceTensor) -> Result<&'a GpuStorage> {
-        match t.storage_as::<GpuStorage>() {
-            Some(s) if s.device_id() == self.device_id() => Ok(s),
-            _ => Err(Error::WrongDevice {
-                op,
-                got: t.device_id().to_string(),
-                expected: self.device_id().to_string(),
-            }),
-        }
+        t.storage_on(op, self.device_id())
     }
 
     /// The resident-kernel view of a device tensor of this backend.

@@ -133,10 +133,8 @@ pub fn int8_vectorwise_quant(
     let outlier_cols = if threshold > 0.0 {
         let f: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&flags, cols * 4)?);
         Some(
-            f.iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0)
-                .map(|(c, _)| c as i64)
+            crate::backend::outlier_columns(&f)
+                .map(|c| c as i64)
                 .collect(),
         )
     } else {
