@@ -14,7 +14,7 @@ fn nvrtc_present() -> bool {
     present
 }
 
-/// Every kernel name the backend launches (backend/cuda/ops.rs).
+/// Every kernel name the backend launches (backend/cuda/ops/).
 fn launched_kernels() -> Vec<String> {
     let mut v: Vec<String> = [
         "dequantize",

@@ -5,7 +5,7 @@
 //! host waits only when it reads a result.
 //!
 //! Host-slice methods upload their operands, run the same kernels as the device ops and read the result
-//! back: one implementation per op (`ops.rs`), two entry points.
+//! back: one implementation per op (`ops/`), two entry points.
 
 mod blas;
 mod context;

@@ -1,0 +1,286 @@
+//! LLM.int8() and BitNet b1.58 (kernels/int8.cu).
+
+use super::{Arg, Buf, Cuda, CudaStorage, INV_127, LIN_WARPS, THREADS, blocks, dt, opt, p, u32_of};
+use crate::Result;
+use crate::format::int8::MM_DEQUANT_SCALE;
+use crate::tensor::DType;
+
+impl Cuda {
+    /// Column outlier flags (u32 per column) of `a [rows, cols]`.
+    pub fn int8_col_outliers_dev(
+        &self,
+        a: &CudaStorage,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+    ) -> Result<Buf> {
+        const OP: &str = "int8_vectorwise_quant";
+        let flags = self.alloc(OP, cols * 4)?;
+        self.launch(
+            "int8_col_outliers",
+            (u32_of(OP, cols.div_ceil(THREADS as usize))?, 1),
+            THREADS,
+            &[
+                p(a),
+                dt(dtype),
+                Arg::U32(u32_of(OP, rows)?),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(threshold),
+                p(&flags),
+            ],
+        )?;
+        Ok(flags)
+    }
+
+    /// int8 rows and row_stats; `zero_cols`: flags of columns zeroed in every row.
+    pub fn int8_row_quant_dev(
+        &self,
+        a: &CudaStorage,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        threshold: f32,
+        zero_cols: Option<&Buf>,
+    ) -> Result<(Buf, Buf)> {
+        const OP: &str = "int8_vectorwise_quant";
+        let q = self.alloc(OP, rows * cols)?;
+        let stats = self.alloc(OP, rows * 4)?;
+        self.launch(
+            "int8_row_quant",
+            (u32_of(OP, rows)?, 1),
+            THREADS,
+            &[
+                p(a),
+                dt(dtype),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(threshold),
+                opt(zero_cols),
+                p(&q),
+                p(&stats),
+            ],
+        )?;
+        Ok((q, stats))
+    }
+
+    pub fn int8_dequant_dev(
+        &self,
+        q: &CudaStorage,
+        row_stats: &CudaStorage,
+        n: usize,
+        cols: usize,
+    ) -> Result<Buf> {
+        let out = self.alloc("int8_vectorwise_dequant", n * 4)?;
+        self.launch(
+            "int8_dequant",
+            (blocks(n), 1),
+            THREADS,
+            &[
+                p(q),
+                p(row_stats),
+                Arg::U32(u32_of("int8_vectorwise_dequant", cols.max(1))?),
+                Arg::U64(n as u64),
+                Arg::F32(INV_127),
+                p(&out),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// Exact `a[m, k] @ b[n, k]^T` in i32.
+    pub fn int8_gemm_dev(
+        &self,
+        a: &CudaStorage,
+        b: &CudaStorage,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Buf> {
+        const OP: &str = "int8_linear_matmul";
+        let c = self.alloc(OP, m * n * 4)?;
+        self.launch(
+            "int8_gemm",
+            (u32_of(OP, n.div_ceil(32))?, u32_of(OP, m.div_ceil(32))?),
+            THREADS,
+            &[
+                p(a),
+                p(b),
+                Arg::U32(u32_of(OP, m)?),
+                Arg::U32(u32_of(OP, n)?),
+                Arg::U32(u32_of(OP, k)?),
+                p(&c),
+            ],
+        )?;
+        Ok(c)
+    }
+
+    /// bitsandbytes' `int8_mm_dequant` to f16; `bias` f32 or none.
+    pub fn int8_mm_dequant_dev(
+        &self,
+        c: &CudaStorage,
+        row_stats: &CudaStorage,
+        col_stats: &CudaStorage,
+        bias: Option<&Buf>,
+        m: usize,
+        n: usize,
+    ) -> Result<Buf> {
+        const OP: &str = "int8_mm_dequant";
+        let total = m * n;
+        let out = self.alloc(OP, total * 2)?;
+        self.launch(
+            "int8_mm_dequant",
+            (blocks(total), 1),
+            THREADS,
+            &[
+                p(c),
+                p(row_stats),
+                p(col_stats),
+                opt(bias),
+                Arg::U32(u32_of(OP, n.max(1))?),
+                Arg::U64(total as u64),
+                Arg::F32(MM_DEQUANT_SCALE),
+                p(&out),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// Gathers the outlier columns' operands of Linear8bitLt: x16[:, cols] `[m, nc]` and
+    /// f16(W[:, cols] * SCB / 127) `[n, nc]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn int8_outlier_operands_dev(
+        &self,
+        x16: &CudaStorage,
+        w: &CudaStorage,
+        scb: &CudaStorage,
+        cols: &CudaStorage,
+        nc: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(Buf, Buf)> {
+        const OP: &str = "linear8bitlt";
+        let xs = self.alloc(OP, m * nc * 2)?;
+        let ws = self.alloc(OP, n * nc * 2)?;
+        self.launch(
+            "int8_outlier_operands",
+            (blocks((m + n) * nc), 1),
+            THREADS,
+            &[
+                p(x16),
+                p(w),
+                p(scb),
+                p(cols),
+                Arg::U32(u32_of(OP, nc)?),
+                Arg::U32(u32_of(OP, m)?),
+                Arg::U32(u32_of(OP, n)?),
+                Arg::U32(u32_of(OP, k)?),
+                Arg::F32(INV_127),
+                p(&xs),
+                p(&ws),
+            ],
+        )?;
+        Ok((xs, ws))
+    }
+
+    /// `y = f16(y + extra)` in place (both f16, `n` values).
+    pub fn add_f16_dev(&self, y: &CudaStorage, extra: &CudaStorage, n: usize) -> Result<()> {
+        self.launch(
+            "add_f16",
+            (blocks(n), 1),
+            THREADS,
+            &[p(y), p(extra), Arg::U64(n as u64)],
+        )
+    }
+
+    // ---- BitNet b1.58 ----
+
+    pub fn ternary_quantize_dev(
+        &self,
+        w: &CudaStorage,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    ) -> Result<Buf> {
+        const OP: &str = "ternary_quantize";
+        let n = rows.div_ceil(4) * cols;
+        let packed = self.alloc(OP, n)?;
+        self.launch(
+            "ternary_quantize",
+            (u32_of(OP, n.div_ceil(THREADS as usize))?, 1),
+            THREADS,
+            &[
+                p(w),
+                dt(dtype),
+                Arg::U32(u32_of(OP, rows)?),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(scale),
+                p(&packed),
+            ],
+        )?;
+        Ok(packed)
+    }
+
+    pub fn ternary_act_quant_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Buf, Buf)> {
+        const OP: &str = "ternary_act_quant";
+        let q = self.alloc(OP, rows * cols)?;
+        let scales = self.alloc(OP, rows * 4)?;
+        self.launch(
+            "ternary_act_quant",
+            (u32_of(OP, rows)?, 1),
+            THREADS,
+            &[
+                p(x),
+                dt(dtype),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(crate::format::ternary::EPS),
+                p(&q),
+                p(&scales),
+            ],
+        )?;
+        Ok((q, scales))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn ternary_matmul_dev(
+        &self,
+        xq: &CudaStorage,
+        x_scale: &CudaStorage,
+        batch: usize,
+        packed: &CudaStorage,
+        weight_scale: f32,
+        rows: usize,
+        cols: usize,
+        bias: Option<&Buf>,
+    ) -> Result<Buf> {
+        const OP: &str = "ternary_matmul";
+        let y = self.alloc(OP, batch * rows * 4)?;
+        self.launch(
+            "ternary_matmul",
+            (
+                u32_of(OP, rows.div_ceil(LIN_WARPS))?,
+                u32_of(OP, batch.div_ceil(8))?,
+            ),
+            32 * LIN_WARPS as u32,
+            &[
+                p(xq),
+                p(x_scale),
+                Arg::U32(u32_of(OP, batch)?),
+                p(packed),
+                Arg::F32(weight_scale),
+                Arg::U32(u32_of(OP, rows)?),
+                Arg::U32(u32_of(OP, cols)?),
+                opt(bias),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+}

@@ -1,0 +1,191 @@
+//! Linear layers: the warp-per-row 4-bit and dense kernels, the tiled GEMMs, and cuBLAS for batches
+//! (kernels/linear.cu, blas.rs).
+
+use super::{
+    Arg, BLAS_MIN_ROWS, Buf, Cuda, CudaStorage, LIN_WARPS, ROWS_MAX, THREADS, Weight4, blocks, dt,
+    opt, p, suffix, u32_of,
+};
+use crate::Result;
+use crate::tensor::DType;
+
+impl Cuda {
+    /// `x[m, k] @ w[n, k]^T (+ bias)` through cuBLAS (f32 accumulation), written in `out` after the bias;
+    /// `None` without cuBLAS.
+    #[allow(clippy::too_many_arguments)]
+    fn blas_linear(
+        &self,
+        x: &CudaStorage,
+        w: &CudaStorage,
+        dtype: DType,
+        bias: Option<&Buf>,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: DType,
+    ) -> Result<Option<Buf>> {
+        let Some(blas) = self.blas() else {
+            return Ok(None);
+        };
+        let y32 = self.alloc("matmul", m * n * 4)?;
+        blas.gemm_nt(self, x.addr(), w.addr(), dtype, y32.addr(), m, n, k)?;
+        let total = m * n;
+        let y = self.alloc("matmul", total * out.size_in_bytes())?;
+        self.launch(
+            "bias_finish",
+            (blocks(total), 1),
+            THREADS,
+            &[
+                p(&y32),
+                opt(bias),
+                Arg::U32(u32_of("matmul", n.max(1))?),
+                Arg::U64(total as u64),
+                p(&y),
+                dt(out),
+            ],
+        )?;
+        Ok(Some(y))
+    }
+
+    /// Rows per pass of the warp-per-row kernels for `m` activation rows.
+    fn rows_per_pass(m: usize) -> usize {
+        match m {
+            0 | 1 => 1,
+            2 => 2,
+            3 | 4 => 4,
+            _ => 8,
+        }
+    }
+
+    /// `y[m, rows] = x[m, cols] @ dequant(W)^T + bias`, accumulated in f32 and written in `out`.
+    pub fn linear_4bit_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        m: usize,
+        w: &Weight4,
+        bias: Option<&Buf>,
+        out: DType,
+    ) -> Result<Buf> {
+        const OP: &str = "matmul_4bit";
+        if m >= BLAS_MIN_ROWS && self.blas().is_some() {
+            // bitsandbytes' route for batches: the weight dequantized in x's dtype, then one product.
+            let table = self.fourbit_table(w.quant_type);
+            let n_w = w.rows * w.cols;
+            let wd = self.dequantize_dev(w.packed, w.absmax, table, 4, n_w, w.blocksize, dtype)?;
+            if let Some(y) = self.blas_linear(x, &wd, dtype, bias, m, w.rows, w.cols, out)? {
+                return Ok(y);
+            }
+        }
+        let y = self.alloc(OP, m * w.rows * out.size_in_bytes())?;
+        let (n, k) = (u32_of(OP, w.rows)?, u32_of(OP, w.cols)?);
+        let table = Arg::Ptr(self.fourbit_table(w.quant_type));
+        let common = [
+            p(x),
+            Arg::U64(m as u64),
+            p(w.packed),
+            p(w.absmax),
+            table,
+            Arg::U32(n),
+            Arg::U32(k),
+            Arg::U32(w.blocksize as u32),
+            opt(bias),
+            p(&y),
+            dt(out),
+        ];
+        if m <= ROWS_MAX {
+            let r = Self::rows_per_pass(m);
+            let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
+            // Weight rows per warp in the word kernel: 4 shares each activation load among more rows, 2
+            // keeps enough warps in flight on a smaller layer.
+            let nr = if w.rows >= 8192 { 4 } else { 2 };
+            let (name, rows_per_block) = if words {
+                (
+                    format!("linear_4bit_words_{}_r{r}_w{nr}", suffix(dtype)),
+                    LIN_WARPS * nr,
+                )
+            } else {
+                (format!("linear_4bit_any_{}_r{r}", suffix(dtype)), LIN_WARPS)
+            };
+            let grid = (
+                u32_of(OP, w.rows.div_ceil(rows_per_block))?,
+                u32_of(OP, m.div_ceil(r))?,
+            );
+            self.launch(&name, grid, 32 * LIN_WARPS as u32, &common)?;
+        } else {
+            let grid = (
+                u32_of(OP, w.rows.div_ceil(64))?,
+                u32_of(OP, m.div_ceil(64))?,
+            );
+            self.launch(
+                &format!("gemm_4bit_{}", suffix(dtype)),
+                grid,
+                THREADS,
+                &common,
+            )?;
+        }
+        Ok(y)
+    }
+
+    /// `y[m, n] = x[m, k] @ w[n, k]^T + bias`, x and w of one dtype, accumulated in f32 and written in `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_dev(
+        &self,
+        x: &CudaStorage,
+        w: &CudaStorage,
+        dtype: DType,
+        bias: Option<&Buf>,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: DType,
+    ) -> Result<Buf> {
+        const OP: &str = "matmul";
+        if m >= BLAS_MIN_ROWS
+            && let Some(y) = self.blas_linear(x, w, dtype, bias, m, n, k, out)?
+        {
+            return Ok(y);
+        }
+        let y = self.alloc(OP, m * n * out.size_in_bytes())?;
+        let (nn, kk) = (u32_of(OP, n)?, u32_of(OP, k)?);
+        if m <= ROWS_MAX {
+            let r = Self::rows_per_pass(m);
+            let grid = (
+                u32_of(OP, n.div_ceil(LIN_WARPS))?,
+                u32_of(OP, m.div_ceil(r))?,
+            );
+            self.launch(
+                &format!("linear_rows_{}_r{r}", suffix(dtype)),
+                grid,
+                32 * LIN_WARPS as u32,
+                &[
+                    p(x),
+                    Arg::U64(m as u64),
+                    p(w),
+                    Arg::U32(nn),
+                    Arg::U32(kk),
+                    opt(bias),
+                    p(&y),
+                    dt(out),
+                ],
+            )?;
+        } else {
+            let grid = (u32_of(OP, n.div_ceil(64))?, u32_of(OP, m.div_ceil(64))?);
+            self.launch(
+                &format!("gemm_dense_{}", suffix(dtype)),
+                grid,
+                THREADS,
+                &[
+                    p(x),
+                    Arg::U64(m as u64),
+                    p(w),
+                    Arg::U32(nn),
+                    Arg::U32(kk),
+                    opt(bias),
+                    p(&y),
+                    dt(out),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,76 @@
+//! The kernels behind the backend's ops, on device allocations: each function queues its launches on the
+//! stream and returns the output allocation without waiting. Shapes were validated by the op layer. One file
+//! per kernel family, as `kernels/` (quantizers, linear layers, LLM.int8 and BitNet, model ops); the launch
+//! helpers below serve them all.
+
+mod int8;
+mod linear;
+mod model;
+mod quant;
+
+use super::context::{Arg, Cuda};
+use super::storage::{CudaStorage, dtype_code};
+use crate::Result;
+use crate::format::FourBitType;
+use crate::tensor::DType;
+use std::sync::Arc;
+
+pub type Buf = Arc<CudaStorage>;
+
+/// `1 / 127` in f32, as the CPU reference writes it.
+const INV_127: f32 = 1.0 / 127.0;
+
+/// Threads per block of the row and elementwise kernels.
+const THREADS: u32 = 256;
+/// Warps (weight rows) per block of the linear kernels (`LIN_WARPS` in kernels/linear.cu).
+const LIN_WARPS: usize = 8;
+/// Activation rows up to which the linear layers run the warp-per-row kernels; above, the tiled GEMM.
+pub const ROWS_MAX: usize = 32;
+/// From this many activation rows on, a linear layer is one cuBLAS product (a 4-bit weight dequantized
+/// first, as bitsandbytes does) where cuBLAS is present. Up to 8 rows the warp-per-row kernel reads the
+/// weight once; measured on an H200 (2026-12-02, docs/PERFORMANCE.md) it beats bitsandbytes' dequantize +
+/// cuBLAS route there, while two passes (16 rows) cost more than one dequantization.
+pub const BLAS_MIN_ROWS: usize = 9;
+
+fn p(b: &CudaStorage) -> Arg {
+    Arg::Ptr(b.addr())
+}
+fn opt(b: Option<&Buf>) -> Arg {
+    Arg::Ptr(b.map_or(0, |b| b.addr()))
+}
+fn dt(d: DType) -> Arg {
+    Arg::I32(dtype_code(d))
+}
+fn suffix(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+/// Blocks for a grid-stride loop over `n` items.
+fn blocks(n: usize) -> u32 {
+    n.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32
+}
+fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| crate::Error::InvalidArgument {
+        op,
+        detail: format!("dimension {v} exceeds the CUDA kernels' 32-bit index range"),
+    })
+}
+fn fourbit_index(t: FourBitType) -> usize {
+    match t {
+        FourBitType::Nf4 => 0,
+        FourBitType::Fp4 => 1,
+    }
+}
+
+/// A 4-bit weight on the device (absmax already expanded to f32).
+pub struct Weight4<'a> {
+    pub packed: &'a CudaStorage,
+    pub absmax: &'a CudaStorage,
+    pub quant_type: FourBitType,
+    pub blocksize: usize,
+    pub rows: usize,
+    pub cols: usize,
+}

@@ -1,0 +1,227 @@
+//! The float ops of a model: cast, elementwise, norms, embedding, RoPE, attention (kernels/model.cu).
+
+use super::{Arg, Buf, Cuda, CudaStorage, THREADS, blocks, dt, p, u32_of};
+use crate::Result;
+use crate::format::activation::{FRAC_1_SQRT_2, GELU_TANH_BETA, GELU_TANH_KAPPA, GeluKind};
+use crate::format::rope::RopeLayout;
+use crate::tensor::DType;
+
+impl Cuda {
+    /// `n` values of `x` converted from `from` to `to` (exact widening, round-to-nearest-even narrowing).
+    pub fn cast_dev(&self, x: &CudaStorage, from: DType, n: usize, to: DType) -> Result<Buf> {
+        let y = self.alloc("cast", n * to.size_in_bytes())?;
+        self.launch(
+            "cast",
+            (blocks(n), 1),
+            THREADS,
+            &[p(x), dt(from), Arg::U64(n as u64), p(&y), dt(to)],
+        )?;
+        Ok(y)
+    }
+
+    /// `x` as f32: itself, or widened by the cast kernel.
+    pub fn as_f32(&self, x: &Buf, from: DType, n: usize) -> Result<Buf> {
+        if from == DType::F32 {
+            Ok(x.clone())
+        } else {
+            self.cast_dev(x, from, n, DType::F32)
+        }
+    }
+
+    /// op 0: a + b, 1: silu(a) * b, 2: relu(a)^2 * b.
+    pub fn binary_dev(
+        &self,
+        a: &CudaStorage,
+        b: &CudaStorage,
+        dtype: DType,
+        n: usize,
+        op: i32,
+    ) -> Result<Buf> {
+        let y = self.alloc("elementwise", n * dtype.size_in_bytes())?;
+        self.launch(
+            "binary",
+            (blocks(n), 1),
+            THREADS,
+            &[
+                p(a),
+                p(b),
+                dt(dtype),
+                Arg::U64(n as u64),
+                Arg::I32(op),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    pub fn gelu_dev(&self, x: &CudaStorage, dtype: DType, n: usize, kind: GeluKind) -> Result<Buf> {
+        let y = self.alloc("gelu", n * dtype.size_in_bytes())?;
+        let k = match kind {
+            GeluKind::Tanh => 0,
+            GeluKind::Erf => 1,
+        };
+        self.launch(
+            "gelu",
+            (blocks(n), 1),
+            THREADS,
+            &[
+                p(x),
+                dt(dtype),
+                Arg::U64(n as u64),
+                Arg::I32(k),
+                Arg::F32(GELU_TANH_BETA),
+                Arg::F32(GELU_TANH_KAPPA),
+                Arg::F32(FRAC_1_SQRT_2),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    /// `out_dtype` = x's dtype for the model ops; f32 for the host API.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        w: &CudaStorage,
+        wdtype: DType,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Buf> {
+        const OP: &str = "rms_norm";
+        let y = self.alloc(OP, rows * cols * dtype.size_in_bytes())?;
+        self.launch(
+            "rms_norm",
+            (u32_of(OP, rows)?, 1),
+            THREADS,
+            &[
+                p(x),
+                dt(dtype),
+                p(w),
+                dt(wdtype),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(eps),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    pub fn softmax_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Buf> {
+        const OP: &str = "softmax";
+        let y = self.alloc(OP, rows * cols * dtype.size_in_bytes())?;
+        self.launch(
+            "softmax",
+            (u32_of(OP, rows)?, 1),
+            THREADS,
+            &[p(x), dt(dtype), Arg::U32(u32_of(OP, cols)?), p(&y)],
+        )?;
+        Ok(y)
+    }
+
+    pub fn embedding_dev(
+        &self,
+        table: &CudaStorage,
+        ids: &CudaStorage,
+        n: usize,
+        row_bytes: usize,
+    ) -> Result<Buf> {
+        const OP: &str = "embedding";
+        let y = self.alloc(OP, n * row_bytes)?;
+        self.launch(
+            "embedding",
+            (blocks(n * row_bytes), 1),
+            THREADS,
+            &[
+                p(table),
+                p(ids),
+                Arg::U32(u32_of(OP, n)?),
+                Arg::U64(row_bytes as u64),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        dims: [usize; 5],
+        layout: RopeLayout,
+        cos: &CudaStorage,
+        sin: &CudaStorage,
+    ) -> Result<Buf> {
+        const OP: &str = "rope";
+        let [tokens, heads, head_dim, rot, pos_start] = dims;
+        let n = tokens * heads * head_dim;
+        let y = self.alloc(OP, n * dtype.size_in_bytes())?;
+        let interleaved = matches!(layout, RopeLayout::Interleaved) as i32;
+        self.launch(
+            "rope",
+            (blocks(n), 1),
+            THREADS,
+            &[
+                p(x),
+                dt(dtype),
+                Arg::U32(u32_of(OP, tokens)?),
+                Arg::U32(u32_of(OP, heads)?),
+                Arg::U32(u32_of(OP, head_dim)?),
+                Arg::U32(u32_of(OP, rot)?),
+                Arg::U32(u32_of(OP, pos_start)?),
+                Arg::I32(interleaved),
+                p(cos),
+                p(sin),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    /// dims: nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_dev(
+        &self,
+        q: &CudaStorage,
+        k: &CudaStorage,
+        v: &CudaStorage,
+        dtype: DType,
+        dims: [usize; 6],
+        scale: f32,
+    ) -> Result<Buf> {
+        const OP: &str = "attention";
+        let [nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start] = dims;
+        let rows = nq * n_heads;
+        let y = self.alloc(OP, rows * head_dim * dtype.size_in_bytes())?;
+        let scratch = self.alloc(OP, rows * kv_len.max(1) * 4)?;
+        self.launch(
+            "attention",
+            (u32_of(OP, rows)?, 1),
+            128,
+            &[
+                p(q),
+                p(k),
+                p(v),
+                dt(dtype),
+                Arg::U32(u32_of(OP, n_heads)?),
+                Arg::U32(u32_of(OP, n_kv_heads)?),
+                Arg::U32(u32_of(OP, head_dim)?),
+                Arg::U32(u32_of(OP, kv_len)?),
+                Arg::U32(u32_of(OP, pos_start)?),
+                Arg::F32(scale),
+                p(&scratch),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+}
