@@ -1,12 +1,11 @@
 // Linear layers `y[m, n] = x[m, k] @ W[n, k]^T (+ bias)` with f32 accumulation, written in `odt` (f32 for
 // the host API, x's dtype for device ops: round to nearest even, the bits the CPU gets by narrowing f32).
 //
-// 4-bit (NF4/FP4): one warp per weight row; each lane reads 16-byte words of packed nibbles (32 weights of
-// one quantization block when k % 32 == 0 and blocksize >= 32: `linear_4bit_words`), decodes each weight
-// once and applies it to up to R activation rows held by the same lane. Other shapes take
-// `linear_4bit_any`, one nibble at a time. Dense weights: the same warp-per-row scheme for few rows, a
-// shared-memory tiled kernel for many.
-
+// 4-bit (NF4/FP4): each warp takes 2-4 weight rows; each lane reads 16-byte words of packed nibbles (32
+// weights of one quantization block when k % 32 == 0 and blocksize >= 32: `linear_4bit_words`), decodes each
+// weight once and applies it to up to R activation rows held by the same lane. Other shapes take
+// `linear_4bit_any`, one nibble at a time through `warp_rows`, which also serves dense weights with few
+// rows; a shared-memory tiled kernel serves many rows.
 
 // Eight consecutive activations from a 16-byte aligned position (two float4 loads in f32, one 16-byte load
 // of halves otherwise).
@@ -99,13 +98,11 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         }
 }
 
-template <int DT, int R>
-__device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, const float* absmax,
-                                     const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
-                                     void* y, int odt) {
-    __shared__ float table[16];
-    if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
-    __syncthreads();
+// A warp per weight row, one column per lane at a time, for up to R activation rows: `weight(i)` is the weight
+// at flat index i = row * k + c (a dense element, or a decoded nibble for 4-bit shapes outside the word
+// kernel's layout).
+template <int DT, int R, class Weight>
+__device__ void warp_rows(const void* x, u64 m, Weight weight, u32 n, u32 k, const float* bias, void* y, int odt) {
     u32 lane = threadIdx.x & 31;
     u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u64 m0 = (u64)blockIdx.y * R;
@@ -114,9 +111,7 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.0f;
     for (u32 c = lane; c < k; c += 32) {
-        u64 i = row * k + c;
-        u32 b = packed[i >> 1];
-        float w = table[(i & 1) ? (b & 15u) : (b >> 4)] * absmax[i / blocksize];
+        float w = weight(row * k + c);
 #pragma unroll
         for (int r = 0; r < R; r++)
             if (m0 + r < m) acc[r] += w * ldf<DT>(x, (m0 + r) * k + c);
@@ -128,28 +123,36 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
     }
 }
 
-// Dense weight, few rows: a warp per weight row.
+template <int DT> struct DenseWeight {
+    const void* w;
+    __device__ float operator()(u64 i) const { return ldf<DT>(w, i); }
+};
+
+struct NibbleWeight {
+    const u8* packed;
+    const float* absmax;
+    const float* table;
+    u32 blocksize;
+    __device__ float operator()(u64 i) const {
+        u32 b = packed[i >> 1];
+        return table[(i & 1) ? (b & 15u) : (b >> 4)] * absmax[i / blocksize];
+    }
+};
+
+template <int DT, int R>
+__device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, const float* absmax,
+                                     const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
+                                     void* y, int odt) {
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
+    __syncthreads();
+    warp_rows<DT, R>(x, m, NibbleWeight{packed, absmax, table, blocksize}, n, k, bias, y, odt);
+}
+
 template <int DT, int R>
 __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, void* y,
                                  int odt) {
-    u32 lane = threadIdx.x & 31;
-    u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
-    u64 m0 = (u64)blockIdx.y * R;
-    if (row >= n) return;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    for (u32 c = lane; c < k; c += 32) {
-        float wv = ldf<DT>(w, row * k + c);
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            if (m0 + r < m) acc[r] += wv * ldf<DT>(x, (m0 + r) * k + c);
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
-    }
+    warp_rows<DT, R>(x, m, DenseWeight<DT>{w}, n, k, bias, y, odt);
 }
 
 // Dense weight, many rows: 64x64 output tiles, k in slices of 16 through shared memory, 256 threads each
