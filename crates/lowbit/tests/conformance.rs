@@ -58,7 +58,7 @@ fn devices() -> Vec<Device> {
 fn gpu_device() -> Option<Device> {
     #[cfg(feature = "wgpu")]
     {
-        wgpu_common::gpu().map(|g| Device::from_backend(Arc::new(g)).with_policy(strict()))
+        wgpu_common::gpu_device()
     }
     #[cfg(not(feature = "wgpu"))]
     {

@@ -10,14 +10,8 @@ mod cuda_common;
 use common::golden_cases as cases;
 use lowbit::Device;
 
-/// Runs `case` on the strict CUDA device and asserts that no op fell back to the CPU.
 fn on_cuda(case: impl Fn(&Device)) {
-    if let Some(dev) = cuda_common::cuda_device() {
-        let before: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
-        case(&dev);
-        let after: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
-        assert_eq!(after, before, "a golden case fell back to the CPU");
-    }
+    cases::on_strict_device(cuda_common::cuda_device(), case);
 }
 
 #[test]

@@ -47,12 +47,10 @@ fn strict() -> RecoveryPolicy {
 
 /// The CPU and, where there is one, the test GPU; both strict.
 fn devices() -> Vec<Device> {
-    #[allow(unused_mut)] // without the GPU feature nothing is added
+    #[allow(unused_mut)] // without the GPU features nothing is added
     let mut v = vec![Device::from_backend(Arc::new(CpuBackend)).with_policy(strict())];
     #[cfg(feature = "wgpu")]
-    if let Some(g) = wgpu_common::gpu() {
-        v.push(Device::from_backend(Arc::new(g)).with_policy(strict()));
-    }
+    v.extend(wgpu_common::gpu_device());
     v.extend(cuda_common::cuda_device());
     v
 }

@@ -8,25 +8,9 @@ mod wgpu_common;
 
 use common::golden_cases as cases;
 use lowbit::Device;
-use lowbit::runtime::RecoveryPolicy;
-use std::sync::Arc;
 
-fn gpu_device() -> Option<Device> {
-    let strict = RecoveryPolicy {
-        strict: true,
-        ..RecoveryPolicy::default()
-    };
-    wgpu_common::gpu().map(|g| Device::from_backend(Arc::new(g)).with_policy(strict))
-}
-
-/// Runs `case` on the strict GPU device and asserts that no op fell back to the CPU.
 fn on_gpu(case: impl Fn(&Device)) {
-    if let Some(dev) = gpu_device() {
-        let before: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
-        case(&dev);
-        let after: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
-        assert_eq!(after, before, "a golden case fell back to the CPU");
-    }
+    cases::on_strict_device(wgpu_common::gpu_device(), case);
 }
 
 #[test]

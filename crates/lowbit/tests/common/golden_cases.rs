@@ -1,6 +1,6 @@
 //! The golden cases (vectors made by bitsandbytes' CUDA kernels and transformers' BitNet packing), checkable on
 //! any device: quantization byte for byte, float outputs within the stated tolerances. `golden.rs` runs them on
-//! the CPU (fast path and reference), `wgpu_golden.rs` on the GPU.
+//! the CPU (fast path and reference), `wgpu_golden.rs` and `cuda_golden.rs` on the GPUs.
 
 use super::*;
 use lowbit::Device;
@@ -10,6 +10,17 @@ use lowbit::metrics::max_rel_err as rel_err;
 use lowbit::ops::{BitLinear, Linear8bitLt};
 use lowbit::tensor::{DType, Tensor, TensorData};
 use serde_json::Value;
+
+/// Runs `case` on `dev` (a strict device under test, or none: nothing to run) and asserts that no op fell
+/// back to the CPU, so a failing GPU kernel fails the case.
+pub fn on_strict_device(dev: Option<Device>, case: impl Fn(&Device)) {
+    if let Some(dev) = dev {
+        let before: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
+        case(&dev);
+        let after: u64 = dev.stats().ops.values().map(|s| s.fallbacks).sum();
+        assert_eq!(after, before, "a golden case fell back to the CPU");
+    }
+}
 
 pub(crate) fn dtype_of(case: &Value) -> DType {
     DType::parse(case["dtype"].as_str().unwrap()).unwrap()

@@ -36,3 +36,12 @@ pub fn gpu() -> Option<WgpuBackend> {
     })
     .clone()
 }
+
+/// The test GPU as a strict `Device` (errors returned, never a silent CPU fallback), where there is one.
+pub fn gpu_device() -> Option<lowbit::Device> {
+    let strict = lowbit::runtime::RecoveryPolicy {
+        strict: true,
+        ..lowbit::runtime::RecoveryPolicy::default()
+    };
+    gpu().map(|g| lowbit::Device::from_backend(std::sync::Arc::new(g)).with_policy(strict))
+}
