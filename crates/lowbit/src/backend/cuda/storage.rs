@@ -111,19 +111,9 @@ impl Cuda {
         )?))
     }
 
-    /// A device tensor over `storage`.
-    pub fn tensor(
-        &self,
-        shape: Vec<usize>,
-        dtype: DType,
-        storage: Arc<CudaStorage>,
-    ) -> Result<DeviceTensor> {
-        DeviceTensor::new(shape, dtype, storage)
-    }
-
     pub fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
         let s = self.upload_bytes("upload", t.data().as_bytes())?;
-        self.tensor(t.shape().to_vec(), t.dtype(), s)
+        DeviceTensor::new(t.shape().to_vec(), t.dtype(), s)
     }
 
     pub fn download_tensor(&self, s: &CudaStorage, t: &DeviceTensor) -> Result<Tensor> {
