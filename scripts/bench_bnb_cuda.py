@@ -7,7 +7,7 @@ The 4-bit linear layers are timed as the lowbit example times them: `iters` call
 cycling through enough weight copies to exceed the L2 cache (`weights_from: rotated`) or one copy (`one_copy`), the
 time per call being the total over `iters`.
 
-usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick]
+usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick] [--rows]
 needs: torch with CUDA, bitsandbytes.
 """
 import argparse
@@ -72,6 +72,38 @@ def linear_4bit(dev, out_f, in_f, dtype, batch, rotate):
     del w, packed, weights
 
 
+def rows_bench(dev, out_f, in_f):
+    """bitsandbytes' NF4 (double quant) and LLM.int8() (threshold 6.0) layers at 1-32 rows, as
+    `examples/rows_bench.rs` times lowbit's: the module's forward, queued, weights rotated out of L2."""
+    import bitsandbytes as bnb
+    w = torch.randn(out_f, in_f, device="cpu", dtype=torch.float16) * 0.02
+    layers = {}
+    for fmt, bytes_ in (("nf4", out_f * in_f // 2), ("int8", out_f * in_f)):
+        copies = min(max(-(-ROTATE_BYTES // bytes_), 2), 16)
+        mods = []
+        for _ in range(copies):
+            if fmt == "nf4":
+                m = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=torch.float16, quant_type="nf4",
+                                      compress_statistics=True)
+                m.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4",
+                                             compress_statistics=True)
+            else:
+                m = bnb.nn.Linear8bitLt(in_f, out_f, bias=False, has_fp16_weights=False, threshold=6.0)
+                m.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
+            mods.append(m.to(dev).eval())
+        layers[fmt] = (mods, bytes_)
+    with torch.no_grad():
+        for fmt, (mods, bytes_) in layers.items():
+            one = None
+            for rows in (1, 2, 4, 8, 16, 32):
+                x = torch.randn(rows, in_f, device=dev, dtype=torch.float16)
+                t = loop_time([lambda m=m: m(x) for m in mods], 200)
+                one = one or t
+                print(json.dumps(dict(op=f"linear_{fmt}", impl="bitsandbytes-cuda", shape=[out_f, in_f], rows=rows,
+                                      dtype="f16", mean_s=t, vs_one_row=t / one, weight_gbps=bytes_ / t / 1e9)),
+                      flush=True)
+
+
 def emit(op, shape, seconds, nbytes, **extra):
     print(json.dumps(dict(op=op, impl="bitsandbytes-cuda", shape=shape, median_s=seconds,
                           gbps=nbytes / seconds / 1e9, **extra)), flush=True)
@@ -81,9 +113,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", action="store_true", help="only the 1-32 row layers (rows_bench's shapes)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
+    if a.rows:
+        for out_f, in_f in [(4096, 4096), (4096, 14336), (14336, 4096)]:
+            rows_bench(dev, out_f, in_f)
+        return
     # Copy bandwidth (bytes read + written), the ceiling both sides are measured against.
     src = torch.randn(64 << 20, device=dev)  # 256 MB
     dst = torch.empty_like(src)

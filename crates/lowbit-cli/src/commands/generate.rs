@@ -175,6 +175,16 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     let dev_stats = model.device().stats();
     let fallbacks: u64 = dev_stats.ops.values().map(|s| s.fallbacks).sum();
     if global.json {
+        // Host time per call of each op kind (launch and bookkeeping on GPUs, where the work is queued).
+        let ops: serde_json::Map<String, serde_json::Value> = dev_stats
+            .ops
+            .iter()
+            .map(|(kind, s)| {
+                let per_call_us = s.total_ns as f64 / s.runs.max(1) as f64 / 1e3;
+                let v = serde_json::json!({ "runs": s.runs, "host_us_per_call": per_call_us });
+                (kind.clone(), v)
+            })
+            .collect();
         output::print_json(&serde_json::json!({
             "text": text, "prompt_tokens": ids.len(), "generated_ids": generated,
             "device": model.device().id(), "load_s": load_s,
@@ -182,6 +192,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
             "bytes_per_token": bytes, "decode_gb_per_s": decode_gbs,
             "bandwidth_fraction": fraction, "peak_rss_bytes": peak, "fallbacks": fallbacks,
+            "ops": ops,
         }))?;
         return Ok(());
     }

@@ -4,6 +4,7 @@
 //!
 //! Shapes are the caller's to validate (the op layer does it once); these loops assume consistent lengths.
 
+use super::{PAR_MIN_ELEMS, par_min_chunks};
 use crate::format::activation::{self, GeluKind};
 use crate::format::rope::RopeLayout;
 use crate::tensor::Float;
@@ -42,6 +43,7 @@ pub fn rope<T: Float>(
         return out;
     }
     out.par_chunks_mut(row_len)
+        .with_min_len(par_min_chunks(row_len))
         .enumerate()
         .for_each(|(t, row)| {
             let table = (pos_start + t) * half;
@@ -63,6 +65,7 @@ pub fn rope<T: Float>(
 
 fn map2<T: Float>(a: &[T], b: &[T], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<T> {
     a.par_iter()
+        .with_min_len(PAR_MIN_ELEMS)
         .zip(b)
         .map(|(&x, &y)| T::from_f32(f(x.to_f32(), y.to_f32())))
         .collect()
@@ -81,6 +84,7 @@ pub fn relu2_mul<T: Float>(gate: &[T], up: &[T]) -> Vec<T> {
 /// GELU, element-wise ([`activation::gelu`]).
 pub fn gelu<T: Float>(x: &[T], kind: GeluKind) -> Vec<T> {
     x.par_iter()
+        .with_min_len(PAR_MIN_ELEMS)
         .map(|&v| T::from_f32(activation::gelu(v.to_f32(), kind)))
         .collect()
 }
@@ -116,7 +120,9 @@ pub fn attention<T: Float>(
     }
     let group = n_heads / n_kv_heads;
     let kv_row = n_kv_heads * head_dim;
+    // A (query row, head) task reads up to `kv_len` keys and values of `head_dim` elements.
     out.par_chunks_mut(head_dim)
+        .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
         .enumerate()
         .for_each(|(row, o)| {
             let (i, h) = (row / n_heads, row % n_heads);
