@@ -169,11 +169,18 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
 fn linear_ternary_is_bit_identical_on_every_device() {
     let _serial = serial();
     let s = seed("linear_ternary");
-    let (rows, cols, batch) = (21, 96, 4);
-    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
     let reference = Device::from_backend(Arc::new(ReferenceBackend));
-    let tw = reference.ternary_quantize(&w).unwrap();
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
+    // Columns a multiple of 16 (the GPUs' 16-column kernels) and not; one pass of 8 rows and two.
+    for (rows, cols, batch, dtype) in [
+        (21, 96, 4, 0),
+        (21, 96, 4, 1),
+        (21, 96, 4, 2),
+        (19, 72, 11, 0),
+        (19, 72, 11, 2),
+    ] {
+        let dtype = [DType::F32, DType::F16, DType::BF16][dtype];
+        let w = rand(vec![rows, cols], 0.05, s + rows as u64, DType::F32);
+        let tw = reference.ternary_quantize(&w).unwrap();
         let x = rand(vec![batch, cols], 1.0, s + 1, dtype);
         let layer = lowbit::ops::BitLinear {
             weight: tw.clone(),
@@ -242,7 +249,9 @@ fn linear_8bit_matches_the_host_layer_on_every_device() {
                     } else {
                         assert_eq!(bits(&got), bits(&want), "{what}: bit-identical");
                     }
-                    if !dev.id().starts_with("vulkan") && !dev.id().starts_with("metal") {
+                    // GPUs sum the outlier columns in their own order; without outliers every device
+                    // gives the reference's bits, checked above.
+                    if dev.info().backend == "cpu" {
                         let own = f32s(&host.forward(&dev, &x).unwrap());
                         assert_eq!(bits(&got), bits(&own), "{what}: the host layer's bits");
                     }

@@ -220,7 +220,10 @@ impl CudaBackend {
         let acc = c.int8_gemm_dev(&q, &w, m, rows, cols)?;
         let b = self.bias_f32(OP, bias.then(|| inputs[3]))?;
         let y = c.int8_mm_dequant_dev(&acc, &stats, &scb, b.as_ref(), m, rows)?;
-        if let Some(f) = flags {
+        if let Some(f) = flags.as_ref().filter(|_| c.int8_few_rows(m)) {
+            c.int8_outliers_few_rows_dev(&y, &x16, &w, &scb, f, m, rows, cols)?;
+        } else if let Some(f) = flags {
+            // Many rows: the outlier columns gathered into one f16 product (bitsandbytes' route).
             let f: Vec<u32> = bytemuck::pod_collect_to_vec(&c.download_bytes(OP, &f, cols * 4)?);
             let list: Vec<u32> = crate::backend::outlier_columns(&f)
                 .map(|c| c as u32)

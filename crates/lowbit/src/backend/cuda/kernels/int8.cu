@@ -71,6 +71,50 @@ extern "C" __global__ void int8_gemm(const i8* a, const i8* b, u32 m, u32 n, u32
     }
 }
 
+// Four signed bytes of `a` times four of `b`, summed into `c` (exact; sm_61+).
+__device__ __forceinline__ i32 dp4a(u32 a, u32 b, i32 c) {
+    i32 d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Activation rows per pass of the dp4a GEMVs below.
+#define DP4A_ROWS 8
+
+// Exact C[m, n] = A[m, k] @ B[n, k]^T for few rows of A, k % 16 == 0: a warp per row of B, each lane 16 bytes
+// of that row and of every A row of the pass at a time through dp4a, so each weight byte is read once per
+// pass with 16-byte loads. Integer sums are exact, so the result equals `int8_gemm`'s whatever the order.
+extern "C" __global__ void int8_gemv_dp4a(const uint4* a, const uint4* b, u32 m, u32 n, u32 k, i32* c) {
+    u32 lane = threadIdx.x & 31;
+    u32 j = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u32 m0 = blockIdx.y * DP4A_ROWS;
+    if (j >= n) return;
+    u32 words = k >> 4;
+    const uint4* brow = b + (u64)j * words;
+    i32 acc[DP4A_ROWS];
+#pragma unroll
+    for (int r = 0; r < DP4A_ROWS; r++) acc[r] = 0;
+    for (u32 w = lane; w < words; w += 32) {
+        uint4 bv = __ldg(brow + w);
+#pragma unroll
+        for (int r = 0; r < DP4A_ROWS; r++) {
+            if (m0 + r < m) {
+                uint4 av = __ldg(a + (u64)(m0 + r) * words + w);
+                acc[r] = dp4a(av.x, bv.x, acc[r]);
+                acc[r] = dp4a(av.y, bv.y, acc[r]);
+                acc[r] = dp4a(av.z, bv.z, acc[r]);
+                acc[r] = dp4a(av.w, bv.w, acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < DP4A_ROWS; r++) {
+        i32 s = acc[r];
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (lane == 0 && m0 + r < m) c[(u64)(m0 + r) * n + j] = s;
+    }
+}
+
 // f16(fma(C * row * col, scale, bias)): bitsandbytes' int8_mm_dequant, one fused multiply-add.
 extern "C" __global__ void int8_mm_dequant(const i32* c, const float* row_stats, const float* col_stats,
                                            const float* bias, u32 n, u64 total, float scale, u16* out) {
@@ -94,6 +138,57 @@ extern "C" __global__ void int8_outlier_operands(const u16* x16, const i8* w, co
         else {
             u64 j = r - m;
             ws[j * nc + t] = f2h(__fmul_rn(__fmul_rn((float)w[j * k + c], scb[j]), inv127));
+        }
+    }
+}
+
+// The outlier columns of `flags` in ascending order, and their count, on the device (one block of 1024
+// threads, each a contiguous run of columns): the few-row layer needs no host round trip to learn them.
+extern "C" __global__ void int8_outlier_list(const u32* flags, u32 cols, u32* list, u32* count) {
+    __shared__ u32 warp_total[32];
+    u32 t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    u32 per = (cols + blockDim.x - 1) / blockDim.x;
+    u32 c0 = min(t * per, cols), c1 = min(c0 + per, cols);
+    u32 mine = 0;
+    for (u32 c = c0; c < c1; c++) mine += flags[c] != 0;
+    u32 incl = mine;  // inclusive scan within the warp
+    for (int off = 1; off < 32; off <<= 1) {
+        u32 v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+    }
+    if (lane == 31) warp_total[warp] = incl;
+    __syncthreads();
+    u32 before = 0, all = 0;
+    for (u32 w = 0; w < blockDim.x / 32; w++) {
+        if (w < warp) before += warp_total[w];
+        all += warp_total[w];
+    }
+    u32 at = before + incl - mine;
+    for (u32 c = c0; c < c1; c++)
+        if (flags[c]) list[at++] = c;
+    if (t == 0) *count = all;
+}
+
+// Linear8bitLt's outlier term for few rows, added in place: y[r, j] = f16(y + f16(sum over outlier columns c
+// of x16[r, c] * f16(W[j, c] * SCB[j] / 127))), the products exact in f32 as in the f16 product of the
+// gathered operands; a warp per output column j, nothing to do when the list is empty.
+extern "C" __global__ void int8_outlier_gemv(const u16* x16, const i8* w, const float* scb, const u32* list,
+                                             const u32* count, u32 m, u32 n, u32 k, float inv127, u16* y) {
+    u32 lane = threadIdx.x & 31;
+    u32 j = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u32 nc = *count;
+    if (j >= n || nc == 0) return;
+    for (u32 r = 0; r < m; r++) {
+        float acc = 0.0f;
+        for (u32 t = lane; t < nc; t += 32) {
+            u32 c = list[t];
+            float ws = h2f(f2h(__fmul_rn(__fmul_rn((float)w[(u64)j * k + c], scb[j]), inv127)));
+            acc = __fmaf_rn(h2f(x16[(u64)r * k + c]), ws, acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            u64 i = (u64)r * n + j;
+            y[i] = f2h(__fadd_rn(h2f(y[i]), h2f(f2h(acc))));
         }
     }
 }
@@ -162,6 +257,62 @@ extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u3
         if (lane == 0 && b0 + r < batch) {
             float v = __fdiv_rn(__int2float_rn(s), __fmul_rn(x_scale[b0 + r], weight_scale));
             y[(u64)(b0 + r) * rows + o] = __fadd_rn(v, bias ? bias[o] : 0.0f);
+        }
+    }
+}
+
+// `ternary_matmul` for cols % 16 == 0: a warp per packed row r, whose bytes hold output rows r, r + pr,
+// r + 2 pr and r + 3 pr (2 bits each), so each packed byte is read once for its four rows; each lane takes 16
+// packed bytes and the same 16 columns of every activation row at a time. With codes c = t + 1 in {0, 1, 2},
+// sum t x = dp4a(c, x) - dp4a(1, x): exact integers, so the output bits equal `ternary_matmul`'s.
+extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
+                                               const uint4* packed, float weight_scale, u32 rows, u32 cols,
+                                               const float* bias, float* y) {
+    u32 lane = threadIdx.x & 31;
+    u32 pr = (rows + 3) / 4;
+    u32 r = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u32 b0 = blockIdx.y * DP4A_ROWS;
+    if (r >= pr) return;
+    u32 words = cols >> 4;
+    const uint4* prow = packed + (u64)r * words;
+    i32 acc[4][DP4A_ROWS];
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int b = 0; b < DP4A_ROWS; b++) acc[s][b] = 0;
+    for (u32 w = lane; w < words; w += 32) {
+        uint4 pv = __ldg(prow + w);
+        u32 pw[4] = {pv.x, pv.y, pv.z, pv.w};
+        u32 codes[4][4];
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) codes[s][q] = (pw[q] >> (2 * s)) & 0x03030303u;
+#pragma unroll
+        for (int b = 0; b < DP4A_ROWS; b++) {
+            if (b0 + b < batch) {
+                uint4 xv = __ldg(xq + (u64)(b0 + b) * words + w);
+                u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    i32 xs = dp4a(0x01010101u, xw[q], 0);
+#pragma unroll
+                    for (int s = 0; s < 4; s++) acc[s][b] = dp4a(codes[s][q], xw[q], acc[s][b]) - xs;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+        u32 o = s * pr + r;
+#pragma unroll
+        for (int b = 0; b < DP4A_ROWS; b++) {
+            i32 v = acc[s][b];
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            if (lane == 0 && b0 + b < batch && o < rows) {
+                float f = __fdiv_rn(__int2float_rn(v), __fmul_rn(x_scale[b0 + b], weight_scale));
+                y[(u64)(b0 + b) * rows + o] = __fadd_rn(f, bias ? bias[o] : 0.0f);
+            }
         }
     }
 }

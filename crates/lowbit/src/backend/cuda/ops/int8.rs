@@ -5,6 +5,12 @@ use crate::Result;
 use crate::format::int8::MM_DEQUANT_SCALE;
 use crate::tensor::DType;
 
+/// Activation rows per pass of the dp4a kernels (`DP4A_ROWS` in kernels/int8.cu; `ternary_matmul` too).
+const DP4A_ROWS: usize = 8;
+/// Up to this many activation rows the int8 product runs as a dp4a GEMV (each pass reads the weight once);
+/// past it, the shared-memory tile GEMM.
+const DP4A_MAX_ROWS: usize = 16;
+
 impl Cuda {
     /// Column outlier flags (u32 per column) of `a [rows, cols]`.
     pub fn int8_col_outliers_dev(
@@ -98,6 +104,25 @@ impl Cuda {
     ) -> Result<Buf> {
         const OP: &str = "int8_linear_matmul";
         let c = self.alloc(OP, m * n * 4)?;
+        if k.is_multiple_of(16) && self.int8_few_rows(m) {
+            self.launch(
+                "int8_gemv_dp4a",
+                (
+                    u32_of(OP, n.div_ceil(LIN_WARPS))?,
+                    u32_of(OP, m.div_ceil(DP4A_ROWS))?,
+                ),
+                32 * LIN_WARPS as u32,
+                &[
+                    p(a),
+                    p(b),
+                    Arg::U32(u32_of(OP, m)?),
+                    Arg::U32(u32_of(OP, n)?),
+                    Arg::U32(u32_of(OP, k)?),
+                    p(&c),
+                ],
+            )?;
+            return Ok(c);
+        }
         self.launch(
             "int8_gemm",
             (u32_of(OP, n.div_ceil(32))?, u32_of(OP, m.div_ceil(32))?),
@@ -143,6 +168,53 @@ impl Cuda {
             ],
         )?;
         Ok(out)
+    }
+
+    /// Linear8bitLt's outlier term for `m <= DP4A_MAX_ROWS` rows added to `y` (f16 `[m, n]`) in place, the
+    /// outlier columns listed on the device from `flags`: no host round trip.
+    #[allow(clippy::too_many_arguments)]
+    pub fn int8_outliers_few_rows_dev(
+        &self,
+        y: &CudaStorage,
+        x16: &CudaStorage,
+        w: &CudaStorage,
+        scb: &CudaStorage,
+        flags: &CudaStorage,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        const OP: &str = "linear8bitlt";
+        let list = self.alloc(OP, k * 4)?;
+        let count = self.alloc(OP, 4)?;
+        self.launch(
+            "int8_outlier_list",
+            (1, 1),
+            1024,
+            &[p(flags), Arg::U32(u32_of(OP, k)?), p(&list), p(&count)],
+        )?;
+        self.launch(
+            "int8_outlier_gemv",
+            (u32_of(OP, n.div_ceil(LIN_WARPS))?, 1),
+            32 * LIN_WARPS as u32,
+            &[
+                p(x16),
+                p(w),
+                p(scb),
+                p(&list),
+                p(&count),
+                Arg::U32(u32_of(OP, m)?),
+                Arg::U32(u32_of(OP, n)?),
+                Arg::U32(u32_of(OP, k)?),
+                Arg::F32(INV_127),
+                p(y),
+            ],
+        )
+    }
+
+    /// Whether `m` activation rows take the few-row int8 kernels.
+    pub fn int8_few_rows(&self, m: usize) -> bool {
+        m <= DP4A_MAX_ROWS
     }
 
     /// Gathers the outlier columns' operands of Linear8bitLt: x16[:, cols] `[m, nc]` and
@@ -262,11 +334,17 @@ impl Cuda {
     ) -> Result<Buf> {
         const OP: &str = "ternary_matmul";
         let y = self.alloc(OP, batch * rows * 4)?;
+        // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned.
+        let (name, warps) = if cols.is_multiple_of(16) {
+            ("ternary_matmul_dp4a", rows.div_ceil(4))
+        } else {
+            ("ternary_matmul", rows)
+        };
         self.launch(
-            "ternary_matmul",
+            name,
             (
-                u32_of(OP, rows.div_ceil(LIN_WARPS))?,
-                u32_of(OP, batch.div_ceil(8))?,
+                u32_of(OP, warps.div_ceil(LIN_WARPS))?,
+                u32_of(OP, batch.div_ceil(DP4A_ROWS))?,
             ),
             32 * LIN_WARPS as u32,
             &[
