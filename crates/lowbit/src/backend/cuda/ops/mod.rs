@@ -27,10 +27,10 @@ const LIN_WARPS: usize = 8;
 /// Activation rows up to which the linear layers run the warp-per-row kernels; above, the tiled GEMM.
 pub const ROWS_MAX: usize = 32;
 /// From this many activation rows on, a linear layer is one cuBLAS product (a 4-bit weight dequantized
-/// first, as bitsandbytes does) where cuBLAS is present. Up to 8 rows the warp-per-row kernel reads the
-/// weight once; measured on an H200 (2026-12-02, docs/PERFORMANCE.md) it beats bitsandbytes' dequantize +
-/// cuBLAS route there, while two passes (16 rows) cost more than one dequantization.
-pub const BLAS_MIN_ROWS: usize = 9;
+/// first, as bitsandbytes does) where cuBLAS is present; below it the warp-per-row kernel reads the weight
+/// once. Measured on an H200 (2026-12-02, NF4, docs/PERFORMANCE.md): at 4 rows the kernel takes 18-51 us
+/// against 30-89 us for dequantize + cuBLAS; at 8 rows 34-98 us against 30-89 us.
+pub const BLAS_MIN_ROWS: usize = 8;
 
 fn p(b: &CudaStorage) -> Arg {
     Arg::Ptr(b.addr())
