@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--shape", default="1b")
     ap.add_argument("--out", required=True)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--write-only", action="store_true", help="write the model, time nothing")
     a = ap.parse_args()
     cfg = LlamaConfig(**SHAPES[a.shape], max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=0,
                       eos_token_id=1, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
@@ -54,6 +55,8 @@ def main():
     del model
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(HERE, "..", "models", "demo-llama", f), a.out)
+    if a.write_only:
+        return
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(a.out, quantization_config=q, dtype=torch.bfloat16,

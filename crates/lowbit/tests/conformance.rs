@@ -143,7 +143,7 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
         let w = rand(vec![rows, cols], 0.05, s + cols as u64, DType::F32);
         let q = reference.quantize_4bit(&w, qt, 64, dq).unwrap();
         let bias = rand(vec![rows], 0.5, s + 3, DType::F32);
-        for batch in [1usize, 3, 40] {
+        for batch in [1usize, 3, 11, 40] {
             let x = rand(vec![batch, cols], 1.0, s + batch as u64, DType::F32);
             let want = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
             for dev in devices() {

@@ -7,6 +7,7 @@
 //! storage binding (the out-of-memory error of the host path) before it records anything.
 
 use super::WgpuBackend;
+use super::gemv_rows::{self, LinearPath};
 use super::kernels::{self, RowPiece, check_binding, u32_len};
 use super::shaders::GemmKind;
 use crate::backend::{Packed4bit, PackedTernary};
@@ -383,8 +384,9 @@ impl WgpuBackend {
                 (&no_bias, 0)
             }
         };
+        let path = gemv_rows::pick_linear_path(batch, cols, w.blocksize);
         gpu.submit(|enc| {
-            if batch == 1 {
+            if path != LinearPath::Gemm {
                 let bufs = [
                     (1, &w.packed.buffer),
                     (2, &w.absmax.buffer),
@@ -398,17 +400,25 @@ impl WgpuBackend {
                     r1: rows,
                     first_word: 0,
                 };
-                kernels::encode_gemv_4bit(
-                    gpu,
-                    enc,
-                    piece,
-                    cols,
-                    w.blocksize,
-                    has_bias,
-                    &bufs,
-                    None,
-                    None,
-                )
+                if path == LinearPath::Gemv {
+                    return kernels::encode_gemv_4bit(
+                        gpu,
+                        enc,
+                        piece,
+                        cols,
+                        w.blocksize,
+                        has_bias,
+                        &bufs,
+                        None,
+                        None,
+                    );
+                }
+                // 2-32 rows: each weight word read once per pass of up to 8 activation rows.
+                for b0 in (0..batch).step_by(gemv_rows::ROWS_PER_PASS) {
+                    let (bs, b) = (w.blocksize, has_bias == 1);
+                    gemv_rows::encode(gpu, enc, piece, rows, cols, bs, batch, b0, b, &bufs)?;
+                }
+                Ok(())
             } else {
                 let bufs = [
                     (1, &x.buffer),
