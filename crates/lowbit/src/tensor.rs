@@ -459,6 +459,14 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         self.data.dtype()
     }
+    /// A float tensor widened exactly to f32 (itself when already f32); a typed error naming `op` otherwise.
+    pub fn into_f32(self, op: &'static str) -> crate::Result<Tensor> {
+        if self.dtype() == DType::F32 {
+            return Ok(self);
+        }
+        let v = self.floats(op)?.to_f32_vec();
+        Tensor::f32(self.shape, v)
+    }
     /// The float data, or a typed error naming `op` if this tensor is not f32/f16/bf16.
     pub fn floats(&self, op: &'static str) -> crate::Result<Floats<'_>> {
         match &self.data {

@@ -127,6 +127,63 @@ fn linear_matches_float64_on_every_device() {
     }
 }
 
+/// A weight kept in f16/bf16 (as models keep their checkpoint's dtype) times f32 activations, and half
+/// activations times the other half dtype: within the float bounds of float64 on the widened weight, and bit
+/// for bit the same device's result on the weight widened to f32 first (widening is exact; the kernels read
+/// the half weight in the f32 weight's order). Batch 1, a few rows, and more rows than one GEMM tile, the
+/// CUDA backend's row kernels and its cuBLAS threshold; ragged shapes; with and without bias.
+#[test]
+fn linear_with_half_precision_weights_matches_float64_and_the_widened_weight() {
+    let _serial = serial();
+    let s = seed("linear_half_weight");
+    let (n, k) = (37, 67);
+    let pairs = [
+        (DType::F32, DType::BF16),
+        (DType::F32, DType::F16),
+        (DType::BF16, DType::F16),
+        (DType::F16, DType::BF16),
+    ];
+    for (case, (xd, wd)) in pairs.into_iter().enumerate() {
+        for (i, m) in [1usize, 3, 70].into_iter().enumerate() {
+            let seed = s + 10 * (3 * case + i) as u64;
+            let x = rand(vec![m, k], 1.0, seed, xd);
+            let w = rand(vec![n, k], 0.1, seed + 1, wd);
+            let w32 = Tensor::f32(vec![n, k], f32s(&w)).unwrap();
+            let with_bias = (case + i) % 2 == 0;
+            let b = rand(vec![n], 0.5, seed + 2, DType::F32);
+            let (xv, wv, bv) = (f32s(&x), f32s(&w), f32s(&b));
+            let want: Vec<f32> = (0..m * n)
+                .map(|e| {
+                    let (r, c) = (e / n, e % n);
+                    let acc: f64 = (0..k)
+                        .map(|j| xv[r * k + j] as f64 * wv[c * k + j] as f64)
+                        .sum();
+                    (acc + if with_bias { bv[c] as f64 } else { 0.0 }) as f32
+                })
+                .collect();
+            // f32 output: accumulation order; half output: one rounding to x's dtype.
+            let tol = if xd == DType::F32 { 1e-5 } else { 1e-2 };
+            for dev in devices() {
+                let what = format!("{xd} x {wd} w, m {m}, bias {with_bias} on {}", dev.id());
+                let bias = with_bias.then(|| up(&dev, &b));
+                let xt = up(&dev, &x);
+                let y = dev.linear(&xt, &up(&dev, &w), bias.as_ref()).unwrap();
+                assert_eq!((y.shape(), y.dtype()), (&[m, n][..], xd), "{what}");
+                let y = dev.to_host(&y).unwrap();
+                assert_close(&what, &f32s(&y), &want, tol);
+                let y32 = dev.linear(&xt, &up(&dev, &w32), bias.as_ref()).unwrap();
+                let y32 = dev.to_host(&y32).unwrap();
+                assert_eq!(
+                    y.data().as_bytes(),
+                    y32.data().as_bytes(),
+                    "{what}: differs from the f32-widened weight"
+                );
+                assert_eq!(fallbacks(&dev), 0, "{what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn linear_4bit_matches_the_host_reference_on_every_device() {
     let _serial = serial();

@@ -53,6 +53,10 @@ fn launched_kernels() -> Vec<String> {
         for r in [1, 2, 4, 8] {
             v.push(format!("linear_4bit_any_{dt}_r{r}"));
             v.push(format!("linear_rows_{dt}_r{r}"));
+            // Weights kept in half precision under activations of any float dtype.
+            for w in ["f16", "bf16"] {
+                v.push(format!("linear_rows_{dt}_r{r}_w{w}"));
+            }
             for w in [2, 4] {
                 v.push(format!("linear_4bit_words_{dt}_r{r}_w{w}"));
             }

@@ -346,3 +346,64 @@ fn lowbit_quantized_checkpoints_run_like_quantizing_on_load() {
         assert_eq!(max_abs_diff(&saved, &loaded), 0.0, "{format:?}");
     }
 }
+
+/// `dir`'s model with every float tensor rounded to `dtype` (nearest even), written to `out`.
+fn half_precision_copy(dir: &Path, out: &Path, dtype: lowbit::DType) {
+    use lowbit::io::StDtype;
+    use lowbit::io::safetensors_write::{PlannedTensor, pt_metadata, write_all};
+    use lowbit::tensor::FloatVec;
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
+    let src = SafetensorsFile::open(&dir.join("model.safetensors")).unwrap();
+    let tensors: Vec<(PlannedTensor, Vec<u8>)> = src
+        .tensors()
+        .iter()
+        .map(|e| {
+            let v = src.widened_f32(e).unwrap();
+            let bytes = FloatVec::from_f32(v, dtype).to_le_bytes();
+            let planned = PlannedTensor::new(&e.name, StDtype::from_dtype(dtype), e.shape.clone());
+            (planned, bytes)
+        })
+        .collect();
+    write_all(&out.join("model.safetensors"), &tensors, pt_metadata()).unwrap();
+}
+
+/// A bf16 or f16 checkpoint keeps its dtype on the device (float linear layers, lm_head, the embedding table)
+/// and gives bit for bit the logits of the same checkpoint loaded with every float weight widened to f32
+/// (`widen_float_weights`): widening is exact and the kernels read the half-precision weight in the f32
+/// weight's order. The weight bytes a token reads halve. Untied head (tiny-llama), tied embeddings
+/// (tiny-qwen3), biases (tiny-qwen2); every device, strict.
+#[test]
+fn half_precision_checkpoints_keep_their_dtype_with_unchanged_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["tiny-llama", "tiny-qwen3", "tiny-qwen2"] {
+        let exp = Expected::load(&fixture(name));
+        for dtype in [lowbit::DType::BF16, lowbit::DType::F16] {
+            let dir = tmp.path().join(format!("{name}-{dtype}"));
+            half_precision_copy(&fixture(name), &dir, dtype);
+            for dev in devices() {
+                let stored = load(&dir, &dev, &LoadOptions::default());
+                let widened = LoadOptions {
+                    widen_float_weights: true,
+                    ..LoadOptions::default()
+                };
+                let widened = load(&dir, &dev, &widened);
+                let what = format!("{} {name} {dtype}", dev.id());
+                let bits = |m: &Model| -> Vec<u32> {
+                    logits(m, &exp.ids).iter().map(|v| v.to_bits()).collect()
+                };
+                assert_eq!(bits(&stored), bits(&widened), "{what}: logits changed");
+                assert_eq!(
+                    greedy(&stored, &exp.ids, 4),
+                    greedy(&widened, &exp.ids, 4),
+                    "{what}"
+                );
+                // kv_len 0: weights only; every weight of these models is float.
+                let (b16, b32) = (stored.bytes_per_token(0), widened.bytes_per_token(0));
+                println!("{what}: {b16} weight bytes per token (f32 storage: {b32})");
+                assert_eq!(2 * b16, b32, "{what}: weight bytes must halve");
+                assert_eq!(fallbacks(&dev), 0, "{what} fell back to the CPU");
+            }
+        }
+    }
+}

@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// Longest context (KV cache and RoPE tables); default min(model's, 4096).
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// Keep float weights (embeddings, lm_head, float linear layers) in f32 instead of the checkpoint's
+    /// dtype: the same output for twice the bytes (a baseline for measurements).
+    #[arg(long)]
+    pub widen_weights: bool,
 }
 
 impl ModelArgs {
@@ -47,6 +51,7 @@ impl ModelArgs {
                 .map(|(i, d)| (format!("lora{i}"), d.clone()))
                 .collect(),
             merge_adapter: self.merge_lora,
+            widen_float_weights: self.widen_weights,
         };
         let t = Instant::now();
         let mut model = Model::load(&self.model, &dev, &opts)?;

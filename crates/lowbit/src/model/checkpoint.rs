@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// One stored weight, as the checkpoint holds it.
 pub enum StoredWeight {
+    /// A float weight in the checkpoint's own dtype (f32, f16 or bf16).
     Float(Tensor),
     FourBit(Quantized4bit),
     /// LLM.int8 rows `[rows, cols]` and their absmax (SCB).
@@ -76,7 +77,7 @@ impl Checkpoint {
         let (i, group) = self.groups.get(name).ok_or_else(|| self.missing(name))?;
         let file = &self.files[*i];
         Ok(match group {
-            Group::Plain(n) => StoredWeight::Float(self.float_tensor(file, n)?),
+            Group::Plain(n) => StoredWeight::Float(self.stored_float(file, n)?),
             Group::FourBit { weight, .. } => {
                 StoredWeight::FourBit(layout::load_fourbit(file, weight)?)
             }
@@ -95,10 +96,24 @@ impl Checkpoint {
         })
     }
 
-    /// A plain float tensor, widened to f32.
+    /// A plain float tensor, widened to f32 (norms, biases: small tensors the kernels read as f32).
     pub fn float(&self, name: &str) -> Result<Tensor> {
+        let (i, n) = self.plain(name)?;
+        let file = &self.files[i];
+        let entry = file.require(n)?;
+        Tensor::from_floats(entry.shape.clone(), FloatVec::F32(file.widened_f32(entry)?))
+    }
+
+    /// A plain float tensor in its stored dtype (f32, f16 or bf16): weights the kernels read as they are.
+    pub fn float_stored(&self, name: &str) -> Result<Tensor> {
+        let (i, n) = self.plain(name)?;
+        self.stored_float(&self.files[i], n)
+    }
+
+    /// The shard and stored name of a plain (unquantized) tensor.
+    fn plain(&self, name: &str) -> Result<(usize, &str)> {
         match self.groups.get(name) {
-            Some((i, Group::Plain(n))) => self.float_tensor(&self.files[*i], n),
+            Some((i, Group::Plain(n))) => Ok((*i, n.as_str())),
             Some(_) => Err(Error::Checkpoint {
                 path: self.dir.clone(),
                 detail: format!("tensor {name:?} is quantized where a float tensor is expected"),
@@ -107,9 +122,19 @@ impl Checkpoint {
         }
     }
 
-    /// A float tensor of any float dtype, read straight into f32 (exact widening).
-    fn float_tensor(&self, file: &SafetensorsFile, name: &str) -> Result<Tensor> {
+    /// A float tensor of any float dtype, kept in that dtype.
+    fn stored_float(&self, file: &SafetensorsFile, name: &str) -> Result<Tensor> {
         let entry = file.require(name)?;
-        Tensor::from_floats(entry.shape.clone(), FloatVec::F32(file.widened_f32(entry)?))
+        let t = file.tensor(entry)?;
+        if !t.dtype().is_float() {
+            return Err(Error::Checkpoint {
+                path: self.dir.clone(),
+                detail: format!(
+                    "tensor {name:?} has dtype {} where a float tensor is expected",
+                    t.dtype()
+                ),
+            });
+        }
+        Ok(t)
     }
 }

@@ -10,7 +10,7 @@ use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
 use crate::nn::linear::{Linear, LoadFormat};
 use crate::nn::lora::LoraAdapter;
 use crate::runtime::Device;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,10 @@ pub struct LoadOptions {
     /// Format of the decoder's linear layers when the checkpoint holds float weights (pre-quantized
     /// weights keep their format). Embeddings, norms and `lm_head` stay float, as bitsandbytes leaves them.
     pub format: LoadFormat,
+    /// Widen every float weight (float linear layers, `lm_head`, embeddings) to f32 on the device instead of
+    /// keeping the checkpoint's dtype: the same logits (widening is exact and the kernels widen in registers
+    /// anyway) for twice the bytes; a baseline for tests and measurements.
+    pub widen_float_weights: bool,
     /// Longest context to serve (RoPE tables and KV cache); default `min(config, 4096)`.
     pub max_context: Option<usize>,
     /// PEFT LoRA adapters: (name, directory).
@@ -32,6 +36,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             format: LoadFormat::Float,
+            widen_float_weights: false,
             max_context: None,
             adapters: Vec::new(),
             merge_adapter: false,
@@ -127,9 +132,20 @@ struct Loader<'a> {
     merge: Option<&'a PeftAdapter>,
     ternary_scale: Option<TernaryScale>,
     int8_threshold: f32,
+    widen: bool,
 }
 
 impl Loader<'_> {
+    /// A float weight as it will live on the device: its stored dtype, or f32 when asked to widen.
+    fn float_weight(&self, name: &str) -> Result<Tensor> {
+        let t = self.ckpt.float_stored(name)?;
+        if self.widen {
+            t.into_f32("load")
+        } else {
+            Ok(t)
+        }
+    }
+
     fn norm(&self, name: &str, len: usize) -> Result<DeviceTensor> {
         let t = self.ckpt.float(name)?;
         if t.shape() != [len] {
@@ -152,6 +168,7 @@ impl Loader<'_> {
         }
         if let Some(lora) = self.merge.and_then(|a| a.modules.get(module)) {
             stored = match stored {
+                // The merge is computed in f64 and stored in f32, whatever the base weight's dtype.
                 StoredWeight::Float(w) => StoredWeight::Float(lora.merge_into(&w)?),
                 _ => {
                     return Err(Error::Checkpoint {
@@ -163,6 +180,10 @@ impl Loader<'_> {
                 }
             };
         }
+        let stored = match stored {
+            StoredWeight::Float(w) if self.widen => StoredWeight::Float(w.into_f32("load")?),
+            s => s,
+        };
         let b = if bias {
             Some(self.ckpt.float(&format!("{module}.bias"))?)
         } else {
@@ -229,8 +250,10 @@ impl Model {
             merge,
             ternary_scale: c.ternary_scale,
             int8_threshold: c.int8_threshold,
+            widen: opts.widen_float_weights,
         };
-        let embed_t = ckpt.float("model.embed_tokens.weight")?;
+        // The table keeps the checkpoint's dtype; the gather's rows are widened to the f32 activations.
+        let embed_t = ld.float_weight("model.embed_tokens.weight")?;
         if embed_t.shape() != [c.vocab_size, c.hidden_size] {
             return Err(Error::Checkpoint {
                 path: ckpt.dir().to_path_buf(),
@@ -300,7 +323,7 @@ impl Model {
             Linear::from_device(embed.clone())?
         } else {
             // bitsandbytes and transformers keep lm_head in float.
-            let w = ckpt.float("lm_head.weight")?;
+            let w = ld.float_weight("lm_head.weight")?;
             Linear::load(
                 dev,
                 "lm_head.weight",
@@ -461,6 +484,10 @@ impl Model {
         let dev = &self.dev;
         let pos = cache.len;
         let mut x = dev.embedding(&self.embed, tokens)?;
+        if x.dtype() != DType::F32 {
+            // Exact: the activations are f32 whatever dtype the table is stored in.
+            x = dev.cast(&x, DType::F32)?;
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
             let mut q =

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// The format a float weight is quantized to when a model is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadFormat {
-    /// Keep float weights (f32 on the device).
+    /// Keep float weights, in the checkpoint's own dtype (f32, f16 or bf16) on the device.
     Float,
     /// bitsandbytes 4-bit (block size 64, double quantization), as `BitsAndBytesConfig(load_in_4bit=True,
     /// bnb_4bit_use_double_quant=True)` quantizes on load.
@@ -42,7 +42,7 @@ impl LoadFormat {
 /// A weight resident on a device.
 #[derive(Clone, Debug)]
 pub enum LinearWeight {
-    /// `[out, in]` f32.
+    /// `[out, in]` in its stored float dtype (f32, f16 or bf16): the kernels widen it in registers.
     Float(DeviceTensor),
     FourBit(Weight4bit),
     /// LLM.int8() weight (its bias inside) and the outlier threshold.
@@ -62,7 +62,8 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Uploads a stored weight `[out, in]` to `dev`, quantizing a float weight to `format` first;
+    /// Uploads a stored weight `[out, in]` to `dev`, quantizing a float weight to `format` first (from its
+    /// f32 widening, exact, so the codes do not depend on the stored dtype) or keeping its float dtype;
     /// `int8_threshold` is LLM.int8()'s outlier threshold (bitsandbytes' default 6.0).
     pub fn load(
         dev: &Device,
@@ -105,6 +106,11 @@ impl Linear {
             }
             StoredWeight::Float(t) => {
                 let (o, i) = dims(name, &t)?;
+                // Quantizers start from the exact f32 widening, as they did when every weight was widened.
+                let t = match format {
+                    LoadFormat::Float => t,
+                    _ => t.into_f32("linear")?,
+                };
                 let w = match format {
                     LoadFormat::Float => LinearWeight::Float(dev.to_device(&t)?),
                     LoadFormat::Int8 => {
@@ -191,7 +197,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> u64 {
         let n = (self.out_features * self.in_features) as u64;
         match &self.weight {
-            LinearWeight::Float(_) => 4 * n,
+            LinearWeight::Float(w) => w.dtype().size_in_bytes() as u64 * n,
             LinearWeight::FourBit(w) => n / 2 + 4 * n.div_ceil(w.blocksize() as u64),
             LinearWeight::Int8(..) => n + 4 * self.out_features as u64,
             LinearWeight::Ternary(_) => n / 4,

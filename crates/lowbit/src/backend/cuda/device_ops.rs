@@ -77,14 +77,15 @@ impl CudaBackend {
                 let w = inputs[1];
                 let (m, k) = x.rows_cols();
                 let n = w.shape()[0];
-                let (mut xb, mut wb, mut dt) = (buf(0)?, buf(1)?, dtype);
-                if w.dtype() != dtype {
-                    xb = c.as_f32(&xb, dtype, m * k)?;
-                    wb = c.as_f32(&wb, w.dtype(), n * k)?;
-                    dt = DType::F32;
-                }
                 let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
-                let y = c.linear_dev(&xb, &wb, dt, b.as_ref(), m, n, k, dtype)?;
+                let (xb, wb) = (buf(0)?, buf(1)?);
+                let y = if w.dtype() == dtype {
+                    c.linear_dev(&xb, &wb, dtype, b.as_ref(), m, n, k, dtype)?
+                } else {
+                    // A weight kept in its checkpoint's dtype (f16/bf16) under f32 activations.
+                    let dims = (m, n, k);
+                    c.linear_mixed_dev(&xb, dtype, &wb, w.dtype(), b.as_ref(), dims, dtype)?
+                };
                 self.wrap(with_last_dim(&shape0, n), dtype, y)
             }
             Op::Linear4bit {

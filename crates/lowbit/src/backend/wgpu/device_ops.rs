@@ -4,6 +4,7 @@
 
 use super::WgpuBackend;
 use super::int8_linear::Int8LinearArgs;
+use super::kernels::{encode_linear_half_weight, half_weight_kind};
 use super::model_ops::{self as mk, AttentionDims, RopeDims};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 use crate::capability::{Op, Support};
@@ -148,8 +149,30 @@ impl WgpuBackend {
         let y = match *op {
             Op::Linear { bias } => {
                 let b = if bias { Some(w(2)?.buffer) } else { None };
-                let y = self.linear_f32(name, &w(0)?.into_matrix(), &w(1)?, b.as_ref())?;
-                y.with_shape(with_last_dim(&shape0, inputs[1].shape()[0]))
+                let x = w(0)?.into_matrix();
+                let n = inputs[1].shape()[0];
+                let y = match half_weight_kind(inputs[1].dtype()) {
+                    // A half-precision weight is read as stored: nothing widened per call.
+                    Some(kind) => {
+                        let (m, k) = (x.shape[0], x.shape[1]);
+                        let (wt, y) = (v(1)?, self.f32_out(name, vec![m, n])?);
+                        gpu.submit(|enc| {
+                            encode_linear_half_weight(
+                                gpu,
+                                enc,
+                                kind,
+                                (m, n, k),
+                                &x.buffer,
+                                &wt.buffer,
+                                b.as_ref(),
+                                &y.buffer,
+                            )
+                        })?;
+                        y
+                    }
+                    None => self.linear_f32(name, &x, &w(1)?, b.as_ref())?,
+                };
+                y.with_shape(with_last_dim(&shape0, n))
             }
             Op::Linear4bit {
                 quant_type,

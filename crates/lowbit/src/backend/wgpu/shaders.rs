@@ -182,6 +182,11 @@ pub enum GemmKind {
     DenseF16,
     /// The same through shader-f16 types, where the adapter has them (one conversion per load).
     DenseF16Native,
+    /// f32 activations times an f16 weight kept in its dtype (two halves per word, widened exactly on
+    /// integers as the cast kernel does): the f32 weight's products in its order, for half the bytes.
+    DenseWeightF16,
+    /// The same for a bf16 weight.
+    DenseWeightBf16,
     /// i8 x i8 -> exact i32.
     Int8,
     /// i8 activations times 2-bit packed ternary weights -> exact i32.
@@ -400,13 +405,39 @@ fn store(b: u32, r: u32, v: i32) {
 }
 ";
 
+/// Loaders of f32 activations and a half-precision weight, element i being half i % 2 of word i / 2
+/// (little-endian, as uploaded); `widen_*` come from model_common.wgsl.
+const DENSE_WEIGHT_F16: &str = "@group(0) @binding(1) var<storage, read> a_in: array<f32>;
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;
+fn load_a(b: u32, k: u32) -> f32 {
+    return a_in[b * p.p2 + k];
+}
+fn load_w(r: u32, k: u32) -> f32 {
+    let i = r * p.p2 + k;
+    return bitcast<f32>(widen_f16((w_in[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu));
+}
+";
+const DENSE_WEIGHT_BF16: &str = "@group(0) @binding(1) var<storage, read> a_in: array<f32>;
+@group(0) @binding(2) var<storage, read> w_in: array<u32>;
+fn load_a(b: u32, k: u32) -> f32 {
+    return a_in[b * p.p2 + k];
+}
+fn load_w(r: u32, k: u32) -> f32 {
+    let i = r * p.p2 + k;
+    return bitcast<f32>(widen_bf16((w_in[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu));
+}
+";
+
 /// The GEMM's output declarations plus its operand loaders `load_a(b, k)` and `load_w(r, k)`.
 fn gemm_loaders(kind: GemmKind) -> String {
     let out = match kind {
         GemmKind::Int8 | GemmKind::Ternary => GEMM_OUT_I32,
-        GemmKind::FourBit | GemmKind::DenseF32 | GemmKind::DenseF16 | GemmKind::DenseF16Native => {
-            GEMM_OUT_F32
-        }
+        GemmKind::FourBit
+        | GemmKind::DenseF32
+        | GemmKind::DenseF16
+        | GemmKind::DenseF16Native
+        | GemmKind::DenseWeightF16
+        | GemmKind::DenseWeightBf16 => GEMM_OUT_F32,
     };
     let operands = match kind {
         GemmKind::FourBit => {
@@ -436,6 +467,8 @@ fn load_w(r: u32, k: u32) -> f32 {\n    let i = r * p.p2 + k;\n    return half_a
 fn load_a(b: u32, k: u32) -> f32 {\n    return f32(a_in[b * p.p2 + k]);\n}\n\
 fn load_w(r: u32, k: u32) -> f32 {\n    return f32(w_in[r * p.p2 + k]);\n}\n"
         }
+        GemmKind::DenseWeightF16 => DENSE_WEIGHT_F16,
+        GemmKind::DenseWeightBf16 => DENSE_WEIGHT_BF16,
         GemmKind::Int8 => {
             "@group(0) @binding(1) var<storage, read> a_in: array<u32>;\n\
 @group(0) @binding(2) var<storage, read> w_in: array<u32>;\n\
@@ -545,6 +578,9 @@ impl Shader {
             Shader::Gemm(kind) => {
                 s += GEMM;
                 s += &gemm_loaders(*kind);
+                if matches!(kind, GemmKind::DenseWeightF16 | GemmKind::DenseWeightBf16) {
+                    s += MODEL_COMMON;
+                }
             }
             Shader::RowScale(dt) => {
                 s += RCP_TABLE;
@@ -627,6 +663,8 @@ impl Shader {
             GemmKind::DenseF32,
             GemmKind::DenseF16,
             GemmKind::DenseF16Native,
+            GemmKind::DenseWeightF16,
+            GemmKind::DenseWeightBf16,
             GemmKind::Int8,
             GemmKind::Ternary,
         ] {

@@ -1,7 +1,7 @@
 //! Float GEMM `y[m, n] = x[m, k] @ W[n, k]^T` (nn.Linear layout) with a register-blocked microkernel.
 //!
-//! W arrives row by row through a callback, so the same driver serves dense weights (converted to f32) and
-//! 4-bit weights (dequantized tile by tile, never as a whole). Blocking: x is packed once into MR-row panels;
+//! W arrives row by row through a callback, so the same driver serves dense weights (f32, or f16/bf16 widened
+//! slice by slice) and 4-bit weights (dequantized tile by tile, never as a whole). Blocking: x is packed once into MR-row panels;
 //! each task owns a range of W rows, and for each KC-slice packs them into NR-wide panels (L1-sized) and
 //! runs the MR×NR microkernel over every x panel. Local C tiles are padded to whole microtiles, so the
 //! microkernel has no edge cases; only the scatter into y trims them.
@@ -229,7 +229,9 @@ pub fn matmul_4bit(
     crate::tensor::FloatVec::from_f32(y, x.dtype())
 }
 
-/// Dense `x[m, k] @ w[n, k]^T + bias` in x's dtype.
+/// Dense `x[m, k] @ w[n, k]^T + bias` in x's dtype; w may be f32, f16 or bf16 whatever x's dtype. A
+/// half-precision weight is widened slice by slice as it is packed (SIMD, exact), never as a whole matrix,
+/// so its products are the f32-widened weight's bits while half the weight bytes are read.
 pub fn matmul(
     x: Floats,
     w: Floats,
@@ -240,14 +242,8 @@ pub fn matmul(
     isa: Isa,
 ) -> crate::tensor::FloatVec {
     let xf = x.to_f32_vec();
-    let fill = |j: usize, k0: usize, out: &mut [f32]| match w {
-        Floats::F32(s) => out.copy_from_slice(&s[j * k + k0..j * k + k0 + out.len()]),
-        _ => {
-            for (t, o) in out.iter_mut().enumerate() {
-                *o = w.get_f32(j * k + k0 + t);
-            }
-        }
-    };
+    let fill =
+        |j: usize, k0: usize, out: &mut [f32]| super::widen::widen_span(w, j * k + k0, out, isa);
     let y = gemm_nt(&xf, m, n, k, bias, fill, isa);
     crate::tensor::FloatVec::from_f32(y, x.dtype())
 }

@@ -9,6 +9,7 @@ pub mod gemv_rows;
 pub mod int8;
 pub mod quantize;
 pub mod ternary;
+pub mod widen;
 
 use std::sync::OnceLock;
 

@@ -5,7 +5,9 @@
 // weights of one quantization block when k % 32 == 0 and blocksize >= 32: `linear_4bit_words`), decodes each
 // weight once and applies it to up to R activation rows held by the same lane. Other shapes take
 // `linear_4bit_any`, one nibble at a time through `warp_rows`, which also serves dense weights with few
-// rows; a shared-memory tiled kernel serves many rows.
+// rows (`linear_rows_*`; `linear_rows_*_wf16` / `_wbf16` read a weight kept in half precision whatever x's
+// dtype, widened exactly in registers: the f32 weight's products in its order); a shared-memory tiled kernel
+// serves many rows.
 
 // Eight consecutive activations from a 16-byte aligned position (two float4 loads in f32, one 16-byte load
 // of halves otherwise).
@@ -149,10 +151,11 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
     warp_rows<DT, R>(x, m, NibbleWeight{packed, absmax, table, blocksize}, n, k, bias, y, odt);
 }
 
-template <int DT, int R>
+// x of dtype DT times a dense weight of dtype WDT (DT itself, or f16/bf16 kept as the checkpoint stores it).
+template <int DT, int WDT, int R>
 __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, void* y,
                                  int odt) {
-    warp_rows<DT, R>(x, m, DenseWeight<DT>{w}, n, k, bias, y, odt);
+    warp_rows<DT, R>(x, m, DenseWeight<WDT>{w}, n, k, bias, y, odt);
 }
 
 // Dense weight, many rows: 64x64 output tiles, k in slices of 16 through shared memory, 256 threads each
@@ -237,7 +240,15 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R(const void* x, u64 m, const void* w, u32 n, u32 k, \
                                                           const float* bias, void* y, int odt) {             \
-        linear_rows_impl<DT, R>(x, m, w, n, k, bias, y, odt);                                                      \
+        linear_rows_impl<DT, DT, R>(x, m, w, n, k, bias, y, odt);                                                  \
+    }                                                                                                         \
+    extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wf16(const void* x, u64 m, const void* w, u32 n, \
+                                                                 u32 k, const float* bias, void* y, int odt) { \
+        linear_rows_impl<DT, DT_F16, R>(x, m, w, n, k, bias, y, odt);                                              \
+    }                                                                                                         \
+    extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wbf16(const void* x, u64 m, const void* w, u32 n, \
+                                                                  u32 k, const float* bias, void* y, int odt) { \
+        linear_rows_impl<DT, DT_BF16, R>(x, m, w, n, k, bias, y, odt);                                             \
     }
 
 #define LINEAR_KERNELS_ALL_R(SUFFIX, DT)                                                                       \

@@ -145,47 +145,96 @@ impl Cuda {
         {
             return Ok(y);
         }
+        if m <= ROWS_MAX {
+            let name = format!("linear_rows_{}_r{}", suffix(dtype), Self::rows_per_pass(m));
+            return self.linear_rows(&name, x, w, bias, m, n, k, out);
+        }
         let y = self.alloc(OP, m * n * out.size_in_bytes())?;
         let (nn, kk) = (u32_of(OP, n)?, u32_of(OP, k)?);
-        if m <= ROWS_MAX {
-            let r = Self::rows_per_pass(m);
-            let grid = (
-                u32_of(OP, n.div_ceil(LIN_WARPS))?,
-                u32_of(OP, m.div_ceil(r))?,
+        let grid = (u32_of(OP, n.div_ceil(64))?, u32_of(OP, m.div_ceil(64))?);
+        self.launch(
+            &format!("gemm_dense_{}", suffix(dtype)),
+            grid,
+            THREADS,
+            &[
+                p(x),
+                Arg::U64(m as u64),
+                p(w),
+                Arg::U32(nn),
+                Arg::U32(kk),
+                opt(bias),
+                p(&y),
+                dt(out),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    /// `y[m, n] = x[m, k] @ w[n, k]^T + bias` with w of another float dtype than x: a weight kept in f16/bf16
+    /// is read as stored by the warp-per-row kernel for few rows (widened in registers: no copy); for many
+    /// rows, and for an f32 weight with half activations, both operands are widened to f32 temporaries
+    /// (exact) for the f32 product (cuBLAS where present). Either way the bits of the f32-widened weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_mixed_dev(
+        &self,
+        x: &Buf,
+        dtype: DType,
+        w: &Buf,
+        w_dtype: DType,
+        bias: Option<&Buf>,
+        (m, n, k): (usize, usize, usize),
+        out: DType,
+    ) -> Result<Buf> {
+        let blas_route = m >= BLAS_MIN_ROWS && self.blas().is_some();
+        if m <= ROWS_MAX && !blas_route && matches!(w_dtype, DType::F16 | DType::BF16) {
+            let name = format!(
+                "linear_rows_{}_r{}_w{}",
+                suffix(dtype),
+                Self::rows_per_pass(m),
+                suffix(w_dtype)
             );
-            self.launch(
-                &format!("linear_rows_{}_r{r}", suffix(dtype)),
-                grid,
-                32 * LIN_WARPS as u32,
-                &[
-                    p(x),
-                    Arg::U64(m as u64),
-                    p(w),
-                    Arg::U32(nn),
-                    Arg::U32(kk),
-                    opt(bias),
-                    p(&y),
-                    dt(out),
-                ],
-            )?;
-        } else {
-            let grid = (u32_of(OP, n.div_ceil(64))?, u32_of(OP, m.div_ceil(64))?);
-            self.launch(
-                &format!("gemm_dense_{}", suffix(dtype)),
-                grid,
-                THREADS,
-                &[
-                    p(x),
-                    Arg::U64(m as u64),
-                    p(w),
-                    Arg::U32(nn),
-                    Arg::U32(kk),
-                    opt(bias),
-                    p(&y),
-                    dt(out),
-                ],
-            )?;
+            return self.linear_rows(&name, x, w, bias, m, n, k, out);
         }
+        let xf = self.as_f32(x, dtype, m * k)?;
+        let wf = self.as_f32(w, w_dtype, n * k)?;
+        self.linear_dev(&xf, &wf, DType::F32, bias, m, n, k, out)
+    }
+
+    /// Launches the warp-per-row dense kernel `name` (`linear_rows_*`, kernels/linear.cu) for up to
+    /// [`ROWS_MAX`] activation rows.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_rows(
+        &self,
+        name: &str,
+        x: &CudaStorage,
+        w: &CudaStorage,
+        bias: Option<&Buf>,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: DType,
+    ) -> Result<Buf> {
+        const OP: &str = "matmul";
+        let y = self.alloc(OP, m * n * out.size_in_bytes())?;
+        let grid = (
+            u32_of(OP, n.div_ceil(LIN_WARPS))?,
+            u32_of(OP, m.div_ceil(Self::rows_per_pass(m)))?,
+        );
+        self.launch(
+            name,
+            grid,
+            32 * LIN_WARPS as u32,
+            &[
+                p(x),
+                Arg::U64(m as u64),
+                p(w),
+                Arg::U32(u32_of(OP, n)?),
+                Arg::U32(u32_of(OP, k)?),
+                opt(bias),
+                p(&y),
+                dt(out),
+            ],
+        )?;
         Ok(y)
     }
 }

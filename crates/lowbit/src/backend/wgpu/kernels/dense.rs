@@ -1,4 +1,5 @@
-//! The tiled GEMM every linear kernel family shares (`encode_gemm`) and the dense float matmul.
+//! The tiled GEMM every linear kernel family shares (`encode_gemm`), the dense float matmul, and the dense
+//! linear layer on a weight kept in half precision.
 
 use super::*;
 use crate::Result;
@@ -79,4 +80,47 @@ pub fn matmul(
     let bufs = [(1, &xbuf), (2, &wbuf), (5, &bbuf), (6, &ybuf)];
     gpu.run(|enc| encode_gemm(gpu, enc, kind, m, n, k, has_bias, 0, &bufs))?;
     gpu.read_f32(&ybuf, m * n)
+}
+
+/// The GEMM variant for f32 activations times a weight stored in `w_dtype` (f16 or bf16) and widened in the
+/// shader; `None` for an f32 weight (the plain dense GEMM).
+pub(crate) fn half_weight_kind(w_dtype: DType) -> Option<GemmKind> {
+    match w_dtype {
+        DType::F16 => Some(GemmKind::DenseWeightF16),
+        DType::BF16 => Some(GemmKind::DenseWeightBf16),
+        _ => None,
+    }
+}
+
+/// Records `y[m, n] = x[m, k] @ w[n, k]^T (+ bias)` for f32 x, bias and y and a half-precision weight read
+/// as it is stored (no widened copy): the same tiles and summation order as the f32 weight's GEMM, so the
+/// same bits. `kind` comes from [`half_weight_kind`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_linear_half_weight(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    kind: GemmKind,
+    (m, n, k): (usize, usize, usize),
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    const OP: &str = "linear";
+    u32_len(OP, (m * k).max(n * k).max(m * n))?;
+    check_binding(gpu, OP, (m * k).max(m * n) * 4)?;
+    check_binding(gpu, OP, n * k * 2)?;
+    if m * n == 0 {
+        return Ok(());
+    }
+    let no_bias;
+    let (b, has_bias) = match bias {
+        Some(b) => (b, 1),
+        None => {
+            no_bias = gpu.output(4);
+            (&no_bias, 0)
+        }
+    };
+    let bufs = [(1, x), (2, w), (5, b), (6, y)];
+    encode_gemm(gpu, enc, kind, m, n, k, has_bias, 0, &bufs)
 }

@@ -15,7 +15,7 @@ mod ternary;
 pub use blockwise::{dequantize, dequantize_with, quantize, quantize_with};
 pub(crate) use blockwise::{dequantize_plan, encode_dequantize, quantize_plan};
 pub use dense::matmul;
-pub(crate) use dense::{encode_gemm, gemm_grid};
+pub(crate) use dense::{encode_gemm, encode_linear_half_weight, gemm_grid, half_weight_kind};
 pub(crate) use fourbit::{RowPiece, encode_gemv_4bit};
 pub use fourbit::{gemv_4bit, matmul_4bit};
 pub(crate) use int8::{
