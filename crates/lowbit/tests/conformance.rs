@@ -462,6 +462,118 @@ fn a_decoder_block_on_the_gpu_equals_the_cpu_and_stays_there() {
     assert_eq!(fallbacks(&cpu), 0);
 }
 
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("decode_no_alloc");
+    let cfg = small_block();
+    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, s);
+    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let mut on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let mut on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    // A 4-token prefill, then single-token decode steps up to the cache's 16 rows. Each step uploads its
+    // token, runs the block and reads the result, as a decode loop does. Warm-up: the prefill's and the first
+    // decode step's shapes, and a second upload buffer (an upload reuses only a buffer released before the
+    // last submission).
+    const WARM_UP: usize = 3;
+    let mut created_after_warm_up = 0;
+    for step in 0..13 {
+        let tokens = if step == 0 { 4 } else { 1 };
+        let x = rand(
+            vec![tokens, cfg.hidden],
+            1.0,
+            s + 10 + step as u64,
+            DType::F32,
+        );
+        let want = cpu
+            .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
+            .unwrap();
+        let created0 = g.gpu().buffers_created();
+        let got = {
+            let dx = up(&gpu, &x);
+            let y = on_gpu.forward(&gpu, &dx).unwrap();
+            gpu.to_host(&y).unwrap()
+        };
+        let created = g.gpu().buffers_created() - created0;
+        println!("step {step}: {created} buffers created");
+        if step >= WARM_UP {
+            created_after_warm_up += created;
+        }
+        assert_close(
+            &format!("block step {step}"),
+            &f32s(&got),
+            &f32s(&want),
+            2e-4,
+        );
+    }
+    assert_eq!(on_gpu.cached(), 16);
+    assert_eq!(
+        created_after_warm_up, 0,
+        "buffers created after the warm-up steps"
+    );
+    assert_eq!(fallbacks(&gpu), 0);
+    assert_eq!(g.gpu().uncaptured_errors(), 0);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_pooled_buffer_is_not_overwritten_before_its_last_reader_runs() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("pool_hazards");
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let cpu = Device::cpu();
+    let n = 3000;
+    let [a, b, c] = [0, 1, 2].map(|i| rand(vec![n], 1.0, s + i, DType::F32));
+    // Warm the pool with buffers of this size class, so the hazards below are reuses, not fresh buffers.
+    drop((up(&gpu, &a), up(&gpu, &b), up(&gpu, &c)));
+    gpu.synchronize().unwrap();
+    let (subs0, _) = g.gpu().counters();
+    // 1. An upload after its predecessor's release, both before any submission: the queued add must still
+    //    read `a`, not `b` (a queue write lands ahead of the pending command buffer).
+    let da = up(&gpu, &a);
+    let sum = gpu.add(&da, &da).unwrap();
+    drop(da);
+    let db = up(&gpu, &b);
+    // 2. An op output taking the buffer of a tensor whose reader is still pending: the new write is
+    //    recorded after the read.
+    let t = gpu.add(&sum, &db).unwrap();
+    drop(sum);
+    let dc = up(&gpu, &c);
+    let u = gpu.add(&dc, &dc).unwrap();
+    let (subs1, _) = g.gpu().counters();
+    assert_eq!(subs1, subs0, "all of it queued in one command buffer");
+    let want_t = cpu
+        .add(
+            &cpu.add(&up(&cpu, &a), &up(&cpu, &a)).unwrap(),
+            &up(&cpu, &b),
+        )
+        .unwrap();
+    let want_u = cpu.add(&up(&cpu, &c), &up(&cpu, &c)).unwrap();
+    assert_eq!(
+        gpu.to_host(&t).unwrap(),
+        cpu.to_host(&want_t).unwrap(),
+        "a + a + b"
+    );
+    assert_eq!(
+        gpu.to_host(&u).unwrap(),
+        cpu.to_host(&want_u).unwrap(),
+        "c + c"
+    );
+    assert!(
+        g.gpu().pooled_buffers() > 0,
+        "the pool holds the released buffers"
+    );
+    assert_eq!(fallbacks(&gpu), 0);
+}
+
 #[test]
 fn model_ops_match_the_cpu_on_every_device_and_dtype() {
     let _serial = serial();
