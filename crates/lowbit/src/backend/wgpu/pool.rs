@@ -52,16 +52,16 @@ pub(crate) struct BufferPool {
     created: AtomicU64,
 }
 
-/// The byte size a request of `bytes` is served with: at least 256, then steps of 1/16 of the next power
-/// of two (at most 6.25% unused), 1 MiB steps from 16 MiB up; never past `max` (one binding), where the
-/// request itself (rounded to u32 words) is used.
+/// The byte size a request of `bytes` is served with: at least 256, then steps of 1/32 of the next power
+/// of two (at most 1/16 of the request unused), 1 MiB steps from 16 MiB up; never past `max` (one binding),
+/// where the request itself (rounded to u32 words) is used.
 pub(crate) fn size_class(bytes: u64, max: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let bytes = bytes.max(1);
     let step = if bytes > 16 * MIB {
         MIB
     } else {
-        (bytes.next_power_of_two() / 16).max(256)
+        (bytes.next_power_of_two() / 32).max(256)
     };
     let class = bytes.div_ceil(step) * step;
     if class > max {
@@ -144,7 +144,7 @@ mod tests {
         ] {
             let c = size_class(bytes, max);
             assert!(c >= bytes && c % 4 == 0, "{bytes} -> {c}");
-            assert!(c - bytes <= (bytes / 16).max(256), "{bytes} -> {c}");
+            assert!(c - bytes < (bytes / 16).max(256), "{bytes} -> {c}");
         }
         // Past one binding the request is served as asked (rounded to words).
         assert_eq!(size_class(1001, 1000), 1004);
