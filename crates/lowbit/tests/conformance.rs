@@ -692,6 +692,71 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
 }
 
 #[test]
+fn split_k_decode_attention_matches_the_cpu_on_every_device_and_dtype() {
+    let _serial = serial();
+    let s = seed("split_k_attention");
+    let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
+    // (query rows, heads, kv heads, head_dim, kv_len): each splits the keys into chunks on the GPU, with a
+    // ragged last chunk; the causal mask leaves early rows without keys in the last chunk (nq 3 at 513
+    // keys, nq 64 at 2100); chunks of one tile and of two (rows 64 x 8 heads).
+    let cases = [
+        (1usize, 4usize, 2usize, 64usize, 700usize),
+        (3, 4, 1, 32, 513),
+        (2, 6, 3, 128, 1500),
+        (1, 2, 2, 16, 2085),
+        (64, 8, 4, 16, 2100),
+    ];
+    for (ci, &(nq, heads, kv_heads, hd, kv_len)) in cases.iter().enumerate() {
+        #[cfg(feature = "wgpu")]
+        {
+            let dims = lowbit::backend::wgpu::model_ops::AttentionDims {
+                nq,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                head_dim: hd,
+                kv_len,
+                pos_start: kv_len - nq,
+                scale: 1.0,
+            };
+            let chunk = lowbit::backend::wgpu::model_ops::attention_split_chunk(&dims);
+            assert!(
+                chunk.is_some_and(|c| kv_len.div_ceil(c) >= 2 && !kv_len.is_multiple_of(c)),
+                "case {ci}: the wgpu backend splits {kv_len} keys into several chunks, the last ragged ({chunk:?})"
+            );
+        }
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            // f32: the documented attention bound (4e-6 + 1e-6 sqrt(kv_len)); narrowed results within one
+            // unit of the narrow type's last place.
+            let tol = match dtype {
+                DType::F32 => 4e-6 + 1e-6 * (kv_len as f32).sqrt(),
+                DType::F16 => 1e-3,
+                _ => 8e-3,
+            };
+            let seed = s + 100 * ci as u64;
+            let q = rand(vec![nq, heads, hd], 1.0, seed, dtype);
+            let kc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 1, dtype);
+            let vc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 2, dtype);
+            let run = |d: &Device| {
+                d.attention(&up(d, &q), &up(d, &kc), &up(d, &vc), kv_len, None)
+                    .unwrap()
+            };
+            let want = cpu.to_host(&run(&cpu)).unwrap();
+            for dev in devices() {
+                let got = dev.to_host(&run(&dev)).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                assert_close(
+                    &format!("attention case {ci} {dtype} on {}", dev.id()),
+                    &f32s(&got),
+                    &f32s(&want),
+                    tol,
+                );
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+            }
+        }
+    }
+}
+
+#[test]
 fn ternary_quantization_gives_one_answer_on_every_device() {
     let _serial = serial();
     let s = seed("ternary_quantize");
