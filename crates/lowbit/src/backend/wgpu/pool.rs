@@ -143,7 +143,7 @@ mod tests {
             30_000_000,
         ] {
             let c = size_class(bytes, max);
-            assert!(c >= bytes && c % 4 == 0, "{bytes} -> {c}");
+            assert!(c >= bytes && c.is_multiple_of(4), "{bytes} -> {c}");
             assert!(c - bytes < (bytes / 16).max(256), "{bytes} -> {c}");
         }
         // Past one binding the request is served as asked (rounded to words).
