@@ -528,6 +528,118 @@ fn a_decoder_block_on_the_gpu_equals_the_cpu_and_stays_there() {
     assert_eq!(fallbacks(&cpu), 0);
 }
 
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("decode_no_alloc");
+    let cfg = small_block();
+    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, s);
+    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let mut on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let mut on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    // A 4-token prefill, then single-token decode steps up to the cache's 16 rows. Each step uploads its
+    // token, runs the block and reads the result, as a decode loop does. Warm-up: the prefill's and the first
+    // decode step's shapes, and a second upload buffer (an upload reuses only a buffer released before the
+    // last submission).
+    const WARM_UP: usize = 3;
+    let mut created_after_warm_up = 0;
+    for step in 0..13 {
+        let tokens = if step == 0 { 4 } else { 1 };
+        let x = rand(
+            vec![tokens, cfg.hidden],
+            1.0,
+            s + 10 + step as u64,
+            DType::F32,
+        );
+        let want = cpu
+            .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
+            .unwrap();
+        let created0 = g.gpu().buffers_created();
+        let got = {
+            let dx = up(&gpu, &x);
+            let y = on_gpu.forward(&gpu, &dx).unwrap();
+            gpu.to_host(&y).unwrap()
+        };
+        let created = g.gpu().buffers_created() - created0;
+        println!("step {step}: {created} buffers created");
+        if step >= WARM_UP {
+            created_after_warm_up += created;
+        }
+        assert_close(
+            &format!("block step {step}"),
+            &f32s(&got),
+            &f32s(&want),
+            2e-4,
+        );
+    }
+    assert_eq!(on_gpu.cached(), 16);
+    assert_eq!(
+        created_after_warm_up, 0,
+        "buffers created after the warm-up steps"
+    );
+    assert_eq!(fallbacks(&gpu), 0);
+    assert_eq!(g.gpu().uncaptured_errors(), 0);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_pooled_buffer_is_not_overwritten_before_its_last_reader_runs() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("pool_hazards");
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let cpu = Device::cpu();
+    let n = 3000;
+    let [a, b, c] = [0, 1, 2].map(|i| rand(vec![n], 1.0, s + i, DType::F32));
+    // Warm the pool with buffers of this size class, so the hazards below are reuses, not fresh buffers.
+    drop((up(&gpu, &a), up(&gpu, &b), up(&gpu, &c)));
+    gpu.synchronize().unwrap();
+    let (subs0, _) = g.gpu().counters();
+    // 1. An upload after its predecessor's release, both before any submission: the queued add must still
+    //    read `a`, not `b` (a queue write lands ahead of the pending command buffer).
+    let da = up(&gpu, &a);
+    let sum = gpu.add(&da, &da).unwrap();
+    drop(da);
+    let db = up(&gpu, &b);
+    // 2. An op output taking the buffer of a tensor whose reader is still pending: the new write is
+    //    recorded after the read.
+    let t = gpu.add(&sum, &db).unwrap();
+    drop(sum);
+    let dc = up(&gpu, &c);
+    let u = gpu.add(&dc, &dc).unwrap();
+    let (subs1, _) = g.gpu().counters();
+    assert_eq!(subs1, subs0, "all of it queued in one command buffer");
+    let want_t = cpu
+        .add(
+            &cpu.add(&up(&cpu, &a), &up(&cpu, &a)).unwrap(),
+            &up(&cpu, &b),
+        )
+        .unwrap();
+    let want_u = cpu.add(&up(&cpu, &c), &up(&cpu, &c)).unwrap();
+    assert_eq!(
+        gpu.to_host(&t).unwrap(),
+        cpu.to_host(&want_t).unwrap(),
+        "a + a + b"
+    );
+    assert_eq!(
+        gpu.to_host(&u).unwrap(),
+        cpu.to_host(&want_u).unwrap(),
+        "c + c"
+    );
+    assert!(
+        g.gpu().pooled_buffers() > 0,
+        "the pool holds the released buffers"
+    );
+    assert_eq!(fallbacks(&gpu), 0);
+}
+
 #[test]
 fn model_ops_match_the_cpu_on_every_device_and_dtype() {
     let _serial = serial();
@@ -639,6 +751,71 @@ fn model_ops_match_the_cpu_on_every_device_and_dtype() {
                 if matches!(*name, "embedding" | "cast" | "add") {
                     assert_eq!(got, want, "{name} {dtype} on {}: exact", dev.id());
                 }
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+            }
+        }
+    }
+}
+
+#[test]
+fn split_k_decode_attention_matches_the_cpu_on_every_device_and_dtype() {
+    let _serial = serial();
+    let s = seed("split_k_attention");
+    let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
+    // (query rows, heads, kv heads, head_dim, kv_len): each splits the keys into chunks on the GPU, with a
+    // ragged last chunk; the causal mask leaves early rows without keys in the last chunk (nq 3 at 513
+    // keys, nq 64 at 2100); chunks of one tile and of two (rows 64 x 8 heads).
+    let cases = [
+        (1usize, 4usize, 2usize, 64usize, 700usize),
+        (3, 4, 1, 32, 513),
+        (2, 6, 3, 128, 1500),
+        (1, 2, 2, 16, 2085),
+        (64, 8, 4, 16, 2100),
+    ];
+    for (ci, &(nq, heads, kv_heads, hd, kv_len)) in cases.iter().enumerate() {
+        #[cfg(feature = "wgpu")]
+        {
+            let dims = lowbit::backend::wgpu::model_ops::AttentionDims {
+                nq,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                head_dim: hd,
+                kv_len,
+                pos_start: kv_len - nq,
+                scale: 1.0,
+            };
+            let chunk = lowbit::backend::wgpu::model_ops::attention_split_chunk(&dims);
+            assert!(
+                chunk.is_some_and(|c| kv_len.div_ceil(c) >= 2 && !kv_len.is_multiple_of(c)),
+                "case {ci}: the wgpu backend splits {kv_len} keys into several chunks, the last ragged ({chunk:?})"
+            );
+        }
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            // f32: the documented attention bound (4e-6 + 1e-6 sqrt(kv_len)); narrowed results within one
+            // unit of the narrow type's last place.
+            let tol = match dtype {
+                DType::F32 => 4e-6 + 1e-6 * (kv_len as f32).sqrt(),
+                DType::F16 => 1e-3,
+                _ => 8e-3,
+            };
+            let seed = s + 100 * ci as u64;
+            let q = rand(vec![nq, heads, hd], 1.0, seed, dtype);
+            let kc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 1, dtype);
+            let vc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 2, dtype);
+            let run = |d: &Device| {
+                d.attention(&up(d, &q), &up(d, &kc), &up(d, &vc), kv_len, None)
+                    .unwrap()
+            };
+            let want = cpu.to_host(&run(&cpu)).unwrap();
+            for dev in devices() {
+                let got = dev.to_host(&run(&dev)).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                assert_close(
+                    &format!("attention case {ci} {dtype} on {}", dev.id()),
+                    &f32s(&got),
+                    &f32s(&want),
+                    tol,
+                );
                 assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
             }
         }

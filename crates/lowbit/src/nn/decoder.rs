@@ -40,6 +40,56 @@ impl BlockConfig {
     }
 }
 
+/// The op kinds of one decode step of a block (`DecoderBlock::repeat_op` times them one at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOp {
+    RmsNorm,
+    LinearQ,
+    /// The K or the V projection.
+    LinearKv,
+    LinearO,
+    /// The gate or the up projection.
+    LinearGateUp,
+    LinearDown,
+    RopeQ,
+    RopeK,
+    /// Appending one token's K or V row to its cache.
+    CacheWrite,
+    Attention,
+    /// A residual add.
+    Add,
+    SiluMul,
+}
+
+impl BlockOp {
+    pub const ALL: [BlockOp; 12] = [
+        BlockOp::RmsNorm,
+        BlockOp::LinearQ,
+        BlockOp::LinearKv,
+        BlockOp::LinearO,
+        BlockOp::LinearGateUp,
+        BlockOp::LinearDown,
+        BlockOp::RopeQ,
+        BlockOp::RopeK,
+        BlockOp::CacheWrite,
+        BlockOp::Attention,
+        BlockOp::Add,
+        BlockOp::SiluMul,
+    ];
+
+    /// How often the kind occurs in one block's forward pass.
+    pub fn per_block(self) -> usize {
+        match self {
+            BlockOp::RmsNorm
+            | BlockOp::LinearKv
+            | BlockOp::LinearGateUp
+            | BlockOp::CacheWrite
+            | BlockOp::Add => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// A block's weights on a device and its KV cache.
 pub struct DecoderBlock {
     pub config: BlockConfig,
@@ -220,6 +270,81 @@ impl DecoderBlock {
         let m = dev.silu_mul(&g, &u)?;
         let d = dev.linear_4bit(&m, &self.down, None)?;
         dev.add(&x, &d)
+    }
+
+    /// Runs one op kind of a decode step `reps` times, chained on the device (nothing read back), with this
+    /// block's weights and one-token shapes at the cached length, on synthetic inputs uploaded first. Returns
+    /// how often the kind occurs in one block, so a profiler can time each kind and scale it to the block.
+    /// RoPE and cache writes use position `cached()` (the next one; the last row when the cache is full),
+    /// whose cache row the next forward overwrites.
+    pub fn repeat_op(&self, dev: &Device, kind: BlockOp, reps: usize) -> Result<usize> {
+        let c = self.config;
+        let input = |shape: Vec<usize>| -> Result<DeviceTensor> {
+            dev.to_device(&crate::synth::normal(shape, 1.0, 11, DType::F32))
+        };
+        let qd = c.heads * c.head_dim;
+        let pos = self.len.min(c.max_positions.saturating_sub(1));
+        let layout = RopeLayout::Halves;
+        let linear = |w: &Weight4bit, cols: usize| -> Result<()> {
+            let x = input(vec![1, cols])?;
+            for _ in 0..reps {
+                dev.linear_4bit(&x, w, None)?;
+            }
+            Ok(())
+        };
+        match kind {
+            BlockOp::RmsNorm => {
+                let x = input(vec![1, c.hidden])?;
+                for _ in 0..reps {
+                    dev.rms_norm_on(&x, &self.input_norm, c.rms_eps)?;
+                }
+            }
+            BlockOp::LinearQ => linear(&self.q, c.hidden)?,
+            BlockOp::LinearKv => linear(&self.k, c.hidden)?,
+            BlockOp::LinearO => linear(&self.o, qd)?,
+            BlockOp::LinearGateUp => linear(&self.gate, c.hidden)?,
+            BlockOp::LinearDown => linear(&self.down, c.intermediate)?,
+            BlockOp::RopeQ | BlockOp::RopeK => {
+                let heads = if kind == BlockOp::RopeQ {
+                    c.heads
+                } else {
+                    c.kv_heads
+                };
+                let x = input(vec![1, heads, c.head_dim])?;
+                for _ in 0..reps {
+                    dev.rope(&x, &self.cos, &self.sin, pos, c.head_dim, layout)?;
+                }
+            }
+            BlockOp::CacheWrite => {
+                let x = input(vec![1, c.kv_heads, c.head_dim])?;
+                for _ in 0..reps {
+                    dev.copy_rows(&self.k_cache, pos, &x)?;
+                }
+            }
+            BlockOp::Attention => {
+                let q = input(vec![1, c.heads, c.head_dim])?;
+                let kv_len = self.len.max(1);
+                for _ in 0..reps {
+                    dev.attention(&q, &self.k_cache, &self.v_cache, kv_len, None)?;
+                }
+            }
+            BlockOp::Add | BlockOp::SiluMul => {
+                let n = if kind == BlockOp::Add {
+                    c.hidden
+                } else {
+                    c.intermediate
+                };
+                let (a, b) = (input(vec![1, n])?, input(vec![1, n])?);
+                for _ in 0..reps {
+                    if kind == BlockOp::Add {
+                        dev.add(&a, &b)?;
+                    } else {
+                        dev.silu_mul(&a, &b)?;
+                    }
+                }
+            }
+        }
+        Ok(kind.per_block())
     }
 
     /// Bytes one decode step must move at least: every weight (packed codes + f32 scales) once, the KV cache

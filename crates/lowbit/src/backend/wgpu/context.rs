@@ -1,6 +1,7 @@
 //! The one piece of GPU plumbing every kernel shares: device, queue, the pipeline cache (each shader variant
 //! compiled once), the reciprocal correction table (uploaded once), uploads, dispatch and read-back.
 
+use super::pool::{BufferPool, Use, size_class};
 use super::shaders::Shader;
 use crate::capability::DeviceError;
 use crate::{Error, Result};
@@ -48,6 +49,26 @@ fn runtime_checks() -> bool {
 /// Ops recorded into a pending command buffer before one submission drains them.
 const MAX_PENDING: u32 = 128;
 
+/// Uniform slots of the params ring: dispatches recorded between two submissions that get a slot; past
+/// it a dispatch gets a buffer of its own (a chain is submitted early once half the ring is used).
+const RING_SLOTS: u32 = 1024;
+
+/// Bytes of the params every kernel reads at binding 0 (`Params` in common.wgsl).
+const PARAMS_BYTES: u64 = 32;
+
+/// The params of the dispatches recorded since the last submission, one aligned slot each, written to
+/// the ring buffer in one `write_buffer` just before the submission that runs them.
+///
+/// Why this is safe: a queue write lands before the command buffers of the submission it precedes and
+/// after every earlier submission, so each pending dispatch reads the params recorded for it, and a slot is
+/// rewritten only for a later submission. Every encoder that records dispatches is the one pending
+/// encoder (`submit`), so no other command buffer can hold a slot across a submission.
+#[derive(Default)]
+struct ParamStaging {
+    bytes: Vec<u8>,
+    used: u32,
+}
+
 /// The command encoder ops are recorded into, and how many ops it holds.
 #[derive(Default)]
 struct Pending {
@@ -66,6 +87,14 @@ pub struct Gpu {
     /// reductions rely on.
     pub subgroup_max: Option<u32>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Free buffers for reuse, and the count of buffers created (see `pool.rs` for why reuse is safe).
+    pool: Arc<BufferPool>,
+    /// Uniform params of recorded dispatches, `RING_SLOTS` slots of `slot_bytes` each.
+    ring: wgpu::Buffer,
+    slot_bytes: u64,
+    ring_staging: Mutex<ParamStaging>,
+    /// A 4-byte buffer bound where a kernel declares an input the call does not use (no bias, no weight).
+    unused: OnceLock<wgpu::Buffer>,
     rcp_delta: OnceLock<wgpu::Buffer>,
     /// NF4 and FP4 dequantization tables, uploaded on first use.
     tables_4bit: [OnceLock<wgpu::Buffer>; 2],
@@ -114,7 +143,21 @@ impl Gpu {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!("{adapter_name}: uncaptured GPU error: {e}");
         }));
+        let slot_bytes = u64::from(limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
+        let pool = Arc::new(BufferPool::default());
+        let ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("lowbit params ring"),
+            size: slot_bytes * u64::from(RING_SLOTS),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        pool.count_created();
         let mut gpu = Gpu {
+            pool,
+            ring,
+            slot_bytes,
+            ring_staging: Mutex::new(ParamStaging::default()),
+            unused: OnceLock::new(),
             device,
             queue,
             info,
@@ -248,6 +291,7 @@ impl Gpu {
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
+        self.pool.count_created();
         if padded == bytes.len() {
             return self
                 .device
@@ -272,6 +316,7 @@ impl Gpu {
     pub fn upload_aligned(&self, bytes: &[u8], align: usize) -> wgpu::Buffer {
         debug_assert!(align.is_power_of_two() && align >= 4);
         let padded = bytes.len().div_ceil(align).max(1) * align;
+        self.pool.count_created();
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: padded as u64,
@@ -291,23 +336,128 @@ impl Gpu {
 
     /// A zero-filled storage buffer of at least `bytes` bytes (rounded up to u32 words).
     pub fn output(&self, bytes: u64) -> wgpu::Buffer {
+        self.pool.count_created();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes.div_ceil(4).max(1) * 4,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: Use::Storage.usages(),
             mapped_at_creation: false,
         })
     }
 
-    fn params(&self, p: [u32; 8]) -> wgpu::Buffer {
-        self.device
+    /// A storage buffer of at least `bytes` bytes from the pool, its contents left over from earlier use:
+    /// for outputs a kernel writes in full. A new one (zeroed) when none of its size class is free.
+    /// Allocation failure is the typed out-of-memory error.
+    pub fn pooled(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let size = size_class(bytes, self.max_binding());
+        match self.pool.take(Use::Storage, size, false) {
+            Some(b) => Ok(b),
+            None => self.allocate(Use::Storage, size),
+        }
+    }
+
+    /// A storage buffer from the pool holding `bytes` (zero-padded to u32 words; bytes past them are left
+    /// over from earlier use). Reuses only buffers whose earlier readers are already submitted (`pool.rs`).
+    pub fn pooled_upload(&self, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let size = size_class(bytes.len() as u64, self.max_binding());
+        let buf = match self.pool.take(Use::Storage, size, true) {
+            Some(b) => b,
+            None => self.allocate(Use::Storage, size)?,
+        };
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buf, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buf, whole as u64, &tail);
+        }
+        Ok(buf)
+    }
+
+    /// Gives a storage buffer that nothing will use any more back to the pool (see `pool.rs`).
+    pub(crate) fn recycle(&self, buffer: wgpu::Buffer) {
+        self.pool.give_back(Use::Storage, buffer);
+    }
+
+    /// The pool, for storages that give their buffer back when dropped.
+    pub(crate) fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
+    }
+
+    /// Buffers this context created since the device opened (pooled reuse creates none).
+    pub fn buffers_created(&self) -> u64 {
+        self.pool.created()
+    }
+
+    /// Frees the buffers the pool holds for reuse; returns how many.
+    pub fn trim_pool(&self) -> usize {
+        self.pool.trim()
+    }
+
+    /// Free buffers the pool holds now.
+    pub fn pooled_buffers(&self) -> usize {
+        self.pool.free_buffers()
+    }
+
+    /// A 4-byte buffer to bind where a kernel declares an input the call does not use (never written).
+    pub fn unused_binding(&self) -> &wgpu::Buffer {
+        self.unused.get_or_init(|| self.output(4))
+    }
+
+    /// A new buffer of `size` bytes under an out-of-memory error scope; on failure the pool's free buffers
+    /// are dropped and the allocation tried once more before the typed out-of-memory error.
+    fn allocate(&self, usage: Use, size: u64) -> Result<wgpu::Buffer> {
+        let desc = wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: usage.usages(),
+            mapped_at_creation: false,
+        };
+        for attempt in 0..2 {
+            let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let buf = self.device.create_buffer(&desc);
+            self.pool.count_created();
+            match pollster::block_on(oom.pop()) {
+                None => return Ok(buf),
+                Some(e) => {
+                    tracing::debug!("wgpu allocation of {size} bytes (attempt {attempt}): {e}");
+                    self.pool.trim();
+                }
+            }
+        }
+        Err(gpu_oom("buffer allocation", size, None))
+    }
+
+    /// The uniform binding for one dispatch's params: a slot of the ring, or (ring full before a
+    /// submission) a buffer of its own.
+    fn params_binding(&self, p: [u32; 8]) -> (wgpu::Buffer, u64) {
+        let mut st = self.ring_staging.lock().unwrap_or_else(|e| e.into_inner());
+        if st.used < RING_SLOTS {
+            let offset = u64::from(st.used) * self.slot_bytes;
+            st.used += 1;
+            st.bytes.resize((offset + self.slot_bytes) as usize, 0);
+            st.bytes[offset as usize..(offset + PARAMS_BYTES) as usize]
+                .copy_from_slice(bytemuck::cast_slice(&p));
+            return (self.ring.clone(), offset);
+        }
+        self.pool.count_created();
+        let own = self
+            .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
                 contents: bytemuck::cast_slice(&p),
                 usage: wgpu::BufferUsages::UNIFORM,
-            })
+            });
+        (own, 0)
+    }
+
+    fn ring_used(&self) -> u32 {
+        self.ring_staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .used
     }
 
     /// Workgroup grid for `groups` linear workgroups (kernels fold y back in with `wg_linear`).
@@ -331,10 +481,14 @@ impl Gpu {
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
         let pipeline = self.pipeline(shader)?;
-        let pbuf = self.params(params);
+        let (pbuf, offset) = self.params_binding(params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: pbuf.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &pbuf,
+                offset,
+                size: wgpu::BufferSize::new(PARAMS_BYTES),
+            }),
         }];
         for (b, buf) in buffers {
             entries.push(wgpu::BindGroupEntry {
@@ -385,7 +539,7 @@ impl Gpu {
         };
         let oom_err = pollster::block_on(oom.pop());
         let val_err = pollster::block_on(scope.pop());
-        if self.pending_ops() >= MAX_PENDING {
+        if self.pending_ops() >= MAX_PENDING || self.ring_used() >= RING_SLOTS / 2 {
             self.flush()?;
         }
         recorded?;
@@ -414,7 +568,17 @@ impl Gpu {
         };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        {
+            // The params of the dispatches about to run, written ahead of them (see `ParamStaging`).
+            let mut st = self.ring_staging.lock().unwrap_or_else(|e| e.into_inner());
+            if st.used > 0 {
+                self.queue.write_buffer(&self.ring, 0, &st.bytes);
+                st.used = 0;
+                st.bytes.clear();
+            }
+        }
         self.queue.submit([encoder.finish()]);
+        self.pool.submitted();
         drop(p);
         self.submissions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -453,12 +617,12 @@ impl Gpu {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let size = (len.div_ceil(4).max(1) * 4) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // Staging buffers are pooled too: the read waits, so one is idle again when this returns.
+        let class = size_class(size, u64::MAX);
+        let staging = match self.pool.take(Use::Staging, class, false) {
+            Some(b) => b,
+            None => self.allocate(Use::Staging, class)?,
+        };
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -478,6 +642,7 @@ impl Gpu {
         let out = view[..len].to_vec();
         drop(view);
         staging.unmap();
+        self.pool.give_back(Use::Staging, staging);
         Ok(out)
     }
 

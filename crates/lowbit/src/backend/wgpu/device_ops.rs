@@ -6,18 +6,31 @@ use super::WgpuBackend;
 use super::int8_linear::Int8LinearArgs;
 use super::kernels::{encode_linear_half_weight, half_weight_kind};
 use super::model_ops::{self as mk, AttentionDims, RopeDims};
+use super::pool::{BufferPool, Use};
 use super::tensor::{GpuPacked4bit, GpuPackedTernary, GpuTensor};
 use crate::capability::{Op, Support};
 use crate::device_tensor::{BackendStorage, DeviceTensor};
 use crate::tensor::{DType, Tensor, TensorData, with_last_dim};
 use crate::{Error, Result};
 use std::any::Any;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// A GPU buffer owned by one wgpu device.
 pub struct GpuStorage {
     pub(crate) buffer: wgpu::Buffer,
     device: Arc<str>,
+    /// Where the buffer goes when the last tensor over it is dropped: set only for a buffer this storage
+    /// owns alone (a fresh op output or upload), never for one shared with another storage.
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl Drop for GpuStorage {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give_back(Use::Storage, self.buffer.clone());
+        }
+    }
 }
 
 impl BackendStorage for GpuStorage {
@@ -46,10 +59,23 @@ impl WgpuBackend {
         })
     }
 
+    /// A device tensor over `t`'s buffer, which stays where it is when the tensor is dropped (it may be
+    /// shared with another storage).
     pub(super) fn wrap(&self, t: GpuTensor) -> Result<DeviceTensor> {
+        self.wrap_storage(t, None)
+    }
+
+    /// A device tensor that owns `t`'s buffer alone (a fresh output or upload): the buffer goes back to the
+    /// pool when the tensor is dropped.
+    pub(super) fn wrap_owned(&self, t: GpuTensor) -> Result<DeviceTensor> {
+        self.wrap_storage(t, Some(self.gpu().pool().clone()))
+    }
+
+    fn wrap_storage(&self, t: GpuTensor, pool: Option<Arc<BufferPool>>) -> Result<DeviceTensor> {
         let storage = GpuStorage {
             buffer: t.buffer,
             device: self.device_id_arc(),
+            pool,
         };
         DeviceTensor::new(t.shape, t.dtype, Arc::new(storage))
     }
@@ -57,8 +83,12 @@ impl WgpuBackend {
     pub(crate) fn upload_tensor(&self, t: &Tensor) -> Result<DeviceTensor> {
         let bytes = t.data().as_bytes();
         super::kernels::check_binding(self.gpu(), "upload", bytes.len())?;
-        let g = self.upload_raw(bytes, t.shape().to_vec(), t.dtype());
-        self.wrap(g)
+        let g = GpuTensor {
+            buffer: self.gpu().pooled_upload(bytes)?,
+            shape: t.shape().to_vec(),
+            dtype: t.dtype(),
+        };
+        self.wrap_owned(g)
     }
 
     pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
@@ -94,14 +124,21 @@ impl WgpuBackend {
         }
     }
 
-    /// `t` as f32 on the device: itself, or widened exactly by the cast kernel.
-    fn widened(&self, name: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+    /// `t` as f32 on the device: itself, or widened exactly by the cast kernel into a new buffer, which is
+    /// also pushed onto `scratch` (given back to the pool once the op using it is recorded).
+    fn widened(
+        &self,
+        name: &'static str,
+        t: &DeviceTensor,
+        scratch: &RefCell<Vec<wgpu::Buffer>>,
+    ) -> Result<GpuTensor> {
         let v = self.view(name, t)?;
         if v.dtype == DType::F32 {
             return Ok(v);
         }
         let n = t.numel();
-        let out = self.gpu().output((n * 4) as u64);
+        let out = self.gpu().pooled((n * 4) as u64)?;
+        scratch.borrow_mut().push(out.clone());
         let gpu = self.gpu();
         gpu.submit(|enc| mk::encode_cast(gpu, enc, v.dtype, DType::F32, n, &v.buffer, &out))?;
         Ok(GpuTensor {
@@ -111,15 +148,20 @@ impl WgpuBackend {
         })
     }
 
-    /// An f32 result narrowed to `to` on the device (round to nearest even, the CPU's bits).
-    fn narrowed(&self, y: GpuTensor, to: DType) -> Result<GpuTensor> {
+    /// An f32 result narrowed to `to` on the device (round to nearest even, the CPU's bits). When narrowed
+    /// and `y_owned` (nothing else holds y's buffer), y's buffer goes back to the pool once the cast is
+    /// recorded.
+    fn narrowed(&self, y: GpuTensor, to: DType, y_owned: bool) -> Result<GpuTensor> {
         if to == DType::F32 {
             return Ok(y);
         }
         let n = y.numel();
-        let out = self.gpu().output((n * 2) as u64);
+        let out = self.gpu().pooled((n * 2) as u64)?;
         let gpu = self.gpu();
         gpu.submit(|enc| mk::encode_cast(gpu, enc, DType::F32, to, n, &y.buffer, &out))?;
+        if y_owned {
+            gpu.recycle(y.buffer);
+        }
         Ok(GpuTensor {
             buffer: out,
             shape: y.shape,
@@ -133,7 +175,7 @@ impl WgpuBackend {
         super::kernels::u32_len(op, n)?;
         super::kernels::check_binding(self.gpu(), op, n * 4)?;
         Ok(GpuTensor {
-            buffer: self.gpu().output((n * 4) as u64),
+            buffer: self.gpu().pooled((n * 4) as u64)?,
             shape,
             dtype: DType::F32,
         })
@@ -144,7 +186,9 @@ impl WgpuBackend {
         let out_dtype = inputs[0].dtype();
         let shape0 = inputs[0].shape().to_vec();
         let v = |i: usize| self.view(name, inputs[i]);
-        let w = |i: usize| self.widened(name, inputs[i]);
+        // Operands widened to f32 for this op only; their buffers go back to the pool at the end.
+        let scratch = RefCell::new(Vec::new());
+        let w = |i: usize| self.widened(name, inputs[i], &scratch);
         let gpu = self.gpu();
         let y = match *op {
             Op::Linear { bias } => {
@@ -221,7 +265,16 @@ impl WgpuBackend {
             }
             Op::Cast { to } => {
                 let x = w(0)?;
-                return self.wrap(self.narrowed(x, to)?);
+                // From f32 to f32 the result is the operand's own buffer: not owned, never pooled.
+                let same = x.dtype == DType::F32 && inputs[0].dtype() == DType::F32;
+                if same && to == DType::F32 {
+                    return self.wrap(x);
+                }
+                // A widened x is narrowed here: the narrowing gives it back, not the scratch list.
+                let x_owned = !scratch.borrow_mut().is_empty();
+                scratch.borrow_mut().clear();
+                let y = self.narrowed(x, to, x_owned)?;
+                return self.wrap_owned(y);
             }
             Op::Linear8bit {
                 threshold,
@@ -341,8 +394,13 @@ impl WgpuBackend {
                 y
             }
         };
-        // Every kernel above writes f32; the result takes the first operand's dtype, as on the CPU.
-        self.wrap(self.narrowed(y, out_dtype)?)
+        // Every kernel above writes f32 into a new buffer; the result takes the first operand's dtype, as
+        // on the CPU.
+        let y = self.wrap_owned(self.narrowed(y, out_dtype, true)?)?;
+        for b in scratch.into_inner() {
+            gpu.recycle(b);
+        }
+        Ok(y)
     }
 
     pub(crate) fn write_rows_on_device(

@@ -13,6 +13,7 @@ pub mod model_ops;
 /// Dense GEMM through Metal Performance Shaders on wgpu's Metal device (macOS).
 #[cfg(target_os = "macos")]
 pub mod mps;
+mod pool;
 pub mod shaders;
 mod tensor;
 

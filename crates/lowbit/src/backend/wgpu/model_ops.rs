@@ -18,6 +18,7 @@ mod source;
 
 pub use attention::attention;
 pub(crate) use attention::encode_attention;
+pub use attention::split_chunk as attention_split_chunk;
 pub use cast::cast;
 pub(crate) use cast::encode_cast;
 pub use copy_rows::copy_rows;

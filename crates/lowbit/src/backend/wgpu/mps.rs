@@ -7,12 +7,16 @@
 //! shared-storage Metal buffers of their own (on Apple Silicon's unified memory that is one host copy, no
 //! transfer) and run on a command queue of their own on the same device.
 
+use crate::capability::DeviceError;
 use crate::tensor::DType;
 use crate::{Error, Result};
 use objc2::AnyThread;
 use objc2::rc::Retained;
 use objc2::runtime::ProtocolObject;
-use objc2_metal::{MTLBuffer, MTLCommandBuffer, MTLCommandQueue, MTLDevice, MTLResourceOptions};
+use objc2_metal::{
+    MTLBuffer, MTLCommandBuffer, MTLCommandBufferError, MTLCommandBufferStatus, MTLCommandQueue,
+    MTLDevice, MTLResourceOptions,
+};
 use objc2_metal_performance_shaders::{
     MPSDataType, MPSMatrix, MPSMatrixDescriptor, MPSMatrixMultiplication,
 };
@@ -21,6 +25,31 @@ use std::ptr::NonNull;
 
 fn mps_err(detail: impl Into<String>) -> Error {
     Error::invalid("mps", detail)
+}
+
+/// The typed error for a command buffer that did not complete: out of memory (the runtime splits or falls
+/// back) for Metal's out-of-memory code, else an operation failure; `code` is the NSError code, if any.
+fn command_buffer_error(
+    status: MTLCommandBufferStatus,
+    code: Option<isize>,
+    detail: String,
+    bytes: u64,
+) -> Error {
+    let device = "metal".to_string();
+    let op = "mps matmul".to_string();
+    if code == Some(MTLCommandBufferError::OutOfMemory.0 as isize) {
+        return Error::Device(DeviceError::OutOfMemory {
+            device,
+            op,
+            needed: bytes,
+            available: None,
+        });
+    }
+    Error::Device(DeviceError::OperationFailed {
+        device,
+        op,
+        reason: format!("command buffer ended with status {status:?}: {detail}"),
+    })
 }
 
 /// MPSDataType for a float dtype. Values from Apple's MPSCoreTypes.h through objc2-metal-performance-shaders:
@@ -140,6 +169,16 @@ impl MpsGemm {
         }
         cb.commit();
         cb.waitUntilCompleted();
+        // A failed command buffer (out of memory, page fault, timeout, ...) leaves y unwritten.
+        let status = cb.status();
+        if status != MTLCommandBufferStatus::Completed {
+            let (code, detail) = match cb.error() {
+                Some(e) => (Some(e.code()), e.localizedDescription().to_string()),
+                None => (None, "no error reported".to_string()),
+            };
+            let bytes = (x.len() + w.len() + m * n * esize) as u64;
+            return Err(command_buffer_error(status, code, detail, bytes));
+        }
         let len = m * n * esize;
         // SAFETY: a shared-storage buffer's contents are host-visible once the GPU work completed.
         let out = unsafe { std::slice::from_raw_parts(yb.contents().as_ptr() as *const u8, len) };

@@ -524,6 +524,9 @@ pub enum Shader {
     Rope(DType),
     ModelElementwise(DType),
     Attention(DType),
+    /// Split-K decode attention: partial softmax per key chunk, then the merge of the chunks.
+    AttentionSplit(DType),
+    AttentionMerge,
     /// f32 <-> f16/bf16 on bit patterns, the direction in the params.
     Cast,
 }
@@ -621,6 +624,8 @@ impl Shader {
             | Shader::Rope(_)
             | Shader::ModelElementwise(_)
             | Shader::Attention(_)
+            | Shader::AttentionSplit(_)
+            | Shader::AttentionMerge
             | Shader::Cast => {
                 s += &super::model_ops::source(self).expect("a model-op shader");
             }
@@ -650,7 +655,9 @@ impl Shader {
             v.push(Shader::Rope(dt));
             v.push(Shader::ModelElementwise(dt));
             v.push(Shader::Attention(dt));
+            v.push(Shader::AttentionSplit(dt));
         }
+        v.push(Shader::AttentionMerge);
         v.push(Shader::Cast);
         for bits in [8, 4] {
             for vpt in DEQUANTIZE_VPT {

@@ -120,8 +120,9 @@ impl WgpuBackend {
         self.gpu().read(&t.buffer, t.size_in_bytes())
     }
 
-    /// A zero-filled output tensor whose buffer holds `capacity` (>= the shape's) elements, checked against the
-    /// kernels' u32 indexing and one storage binding before it is allocated.
+    /// An output tensor whose buffer holds `capacity` (>= the shape's) elements, checked against the kernels'
+    /// u32 indexing and one storage binding before it is taken from the pool. Its contents are left over from
+    /// earlier use: the kernel must write every element (or the caller clears it, `clear`).
     fn output(
         &self,
         op: &'static str,
@@ -133,9 +134,17 @@ impl WgpuBackend {
         let bytes = capacity * dtype.size_in_bytes();
         check_binding(self.gpu(), op, bytes)?;
         Ok(GpuTensor {
-            buffer: self.gpu().output(bytes as u64),
+            buffer: self.gpu().pooled(bytes as u64)?,
             shape,
             dtype,
+        })
+    }
+
+    /// Records zero-filling `buf` (an output no kernel writes, as when there is nothing to sum).
+    fn clear(&self, buf: &wgpu::Buffer) -> Result<()> {
+        self.gpu().submit(|enc| {
+            enc.clear_buffer(buf, 0, None);
+            Ok(())
         })
     }
 }
@@ -371,18 +380,18 @@ impl WgpuBackend {
         u32_len(op, batch * cols)?;
         check_binding(self.gpu(), op, batch * cols * 4)?;
         let y = self.output(op, shape, DType::F32, batch * rows)?;
-        // No columns: y is all zeros, as allocated.
-        if batch * rows == 0 || cols == 0 {
+        if batch * rows == 0 {
+            return Ok(y);
+        }
+        // No columns: y is all zeros.
+        if cols == 0 {
+            self.clear(&y.buffer)?;
             return Ok(y);
         }
         let gpu = self.gpu();
-        let no_bias;
         let (bias_buf, has_bias) = match bias {
             Some(b) => (b, 1),
-            None => {
-                no_bias = gpu.output(4);
-                (&no_bias, 0)
-            }
+            None => (gpu.unused_binding(), 0),
         };
         let path = gemv_rows::pick_linear_path(batch, cols, w.blocksize);
         gpu.submit(|enc| {
@@ -467,13 +476,9 @@ impl WgpuBackend {
             return Ok(y);
         }
         let gpu = self.gpu();
-        let no_bias;
         let (bias_buf, has_bias) = match bias {
             Some(b) => (b, 1),
-            None => {
-                no_bias = gpu.output(4);
-                (&no_bias, 0)
-            }
+            None => (gpu.unused_binding(), 0),
         };
         let bufs = [
             (1, &x.buffer),
@@ -531,13 +536,9 @@ impl WgpuBackend {
             return Ok(y);
         }
         let gpu = self.gpu();
-        let no_weight;
         let wbuf = match weight {
             Some(w) => &w.buffer,
-            None => {
-                no_weight = gpu.output(4);
-                &no_weight
-            }
+            None => gpu.unused_binding(),
         };
         let bufs = [(1, &x.buffer), (2, wbuf), (3, &y.buffer)];
         let rms = weight.is_some();
@@ -578,15 +579,17 @@ impl WgpuBackend {
             return Ok(y);
         }
         let gpu = self.gpu();
-        let q = gpu.output((batch * cols) as u64);
-        let x_scale = gpu.output((batch * 4) as u64);
-        let acc = gpu.output((batch * rows * 4) as u64);
+        let q = gpu.pooled((batch * cols) as u64)?;
+        let x_scale = gpu.pooled((batch * 4) as u64)?;
+        let acc = gpu.pooled((batch * rows * 4) as u64)?;
         gpu.submit(|enc| {
             kernels::encode_ternary_act_quant(
                 gpu, enc, x.dtype, batch, cols, &x.buffer, &q, &x_scale,
             )?;
-            // Without columns every accumulator is 0, as allocated.
-            if cols > 0 {
+            // Without columns every accumulator is 0.
+            if cols == 0 {
+                enc.clear_buffer(&acc, 0, None);
+            } else {
                 kernels::encode_ternary_matmul(
                     gpu,
                     enc,
@@ -610,6 +613,10 @@ impl WgpuBackend {
                 &y.buffer,
             )
         })?;
+        // Recorded: the temporaries can serve later ops (pool.rs says why that is safe).
+        for b in [q, x_scale, acc] {
+            gpu.recycle(b);
+        }
         Ok(y)
     }
 

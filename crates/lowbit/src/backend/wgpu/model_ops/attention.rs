@@ -73,15 +73,72 @@ pub(crate) fn encode_attention(
         dims.pos_start as u32,
         dims.scale.to_bits(),
     ]);
-    let bufs = [(1, q), (2, k), (3, v), (4, out)];
-    gpu.encode(
-        enc,
-        &Shader::Attention(dtype),
-        params,
-        &bufs,
-        Gpu::grid(rows as u32),
-        None,
-    )
+    match split_chunk(dims) {
+        None => {
+            let bufs = [(1, q), (2, k), (3, v), (4, out)];
+            let grid = Gpu::grid(rows as u32);
+            gpu.encode(enc, &Shader::Attention(dtype), params, &bufs, grid, None)
+        }
+        Some(chunk) => encode_split(gpu, enc, dtype, dims, params, chunk, [q, k, v, out]),
+    }
+}
+
+/// Keys per 256-lane tile of the attention kernels.
+const TILE: usize = 256;
+
+/// Workgroups the split path aims at (a few per compute unit on large GPUs).
+const SPLIT_TARGET_GROUPS: usize = 4096;
+
+/// Most chunks one row is split into (the merge walks them serially per output dim).
+const MAX_CHUNKS: usize = 256;
+
+/// Keys per chunk for split-K attention, or `None` for the one-pass kernel: used when the rows alone
+/// (query rows x heads) give few workgroups and the keys span more than one tile, as when decoding a token
+/// over a long cache; chunks are whole tiles, enough of them that rows x chunks nears
+/// `SPLIT_TARGET_GROUPS`.
+pub fn split_chunk(dims: &AttentionDims) -> Option<usize> {
+    let rows = dims.nq.saturating_mul(dims.n_heads);
+    let tiles = dims.kv_len.div_ceil(TILE);
+    if rows == 0 || rows >= SPLIT_TARGET_GROUPS / 4 || tiles < 2 {
+        return None;
+    }
+    let want = (SPLIT_TARGET_GROUPS / rows).clamp(2, MAX_CHUNKS);
+    let chunk = tiles.div_ceil(want) * TILE;
+    (dims.kv_len.div_ceil(chunk) >= 2).then_some(chunk)
+}
+
+/// Records the two passes of split-K attention: per (row, chunk) partials into pooled scratch, then the
+/// merge into `out`. The scratch goes back to the pool once recorded (later users are recorded after).
+#[allow(clippy::too_many_arguments)]
+fn encode_split(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    dtype: DType,
+    dims: &AttentionDims,
+    mut params: [u32; 8],
+    chunk: usize,
+    [q, k, v, out]: [&wgpu::Buffer; 4],
+) -> Result<()> {
+    const OP: &str = "attention";
+    let rows = dims.nq * dims.n_heads;
+    let chunks = dims.kv_len.div_ceil(chunk);
+    let slots = mul(OP, rows, chunks)?;
+    let acc_len = mul(OP, slots, dims.head_dim)?;
+    u32_len(OP, acc_len.max(slots * 2))?;
+    check_binding(gpu, OP, acc_len * 4)?;
+    let part_ml = gpu.pooled((slots * 2 * 4) as u64)?;
+    let part_acc = gpu.pooled((acc_len * 4) as u64)?;
+    params[7] = chunk as u32;
+    let bufs = [(1, q), (2, k), (3, v), (4, &part_ml), (5, &part_acc)];
+    let split = Shader::AttentionSplit(dtype);
+    gpu.encode(enc, &split, params, &bufs, Gpu::grid(slots as u32), None)?;
+    let merge = u32_params(&[rows as u32, dims.head_dim as u32, chunks as u32]);
+    let bufs = [(1, &part_ml), (2, &part_acc), (3, out)];
+    let grid = elementwise_grid(rows * dims.head_dim);
+    gpu.encode(enc, &Shader::AttentionMerge, merge, &bufs, grid, None)?;
+    gpu.recycle(part_ml);
+    gpu.recycle(part_acc);
+    Ok(())
 }
 
 /// Causal GQA attention (`dims`) of `q` over the caches `k`, `v` (whole cache buffers, at least `kv_len`

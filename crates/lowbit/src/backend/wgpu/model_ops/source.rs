@@ -13,6 +13,8 @@ const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/model_elementwise.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
+const ATTENTION_SPLIT: &str = include_str!("../shaders/attention_split.wgsl");
+const ATTENTION_MERGE: &str = include_str!("../shaders/attention_merge.wgsl");
 const CAST: &str = include_str!("../shaders/cast.wgsl");
 
 /// `bits_<name>(i)` (element i as exact f32 bits) and `load_<name>(i)` for the u32 array `array`.
@@ -79,6 +81,13 @@ pub(crate) fn source(shader: &Shader) -> Option<String> {
             s += &loader("k", "k_in", *dt);
             s += &loader("v", "v_in", *dt);
         }
+        Shader::AttentionSplit(dt) => {
+            s += ATTENTION_SPLIT;
+            s += &loader("q", "q_in", *dt);
+            s += &loader("k", "k_in", *dt);
+            s += &loader("v", "v_in", *dt);
+        }
+        Shader::AttentionMerge => s += ATTENTION_MERGE,
         Shader::Cast => s += CAST,
         _ => return None,
     }
