@@ -42,6 +42,8 @@ fn launched_kernels() -> Vec<String> {
         "embedding",
         "rope",
         "attention",
+        "attention_split",
+        "attention_merge",
     ]
     .map(String::from)
     .to_vec();

@@ -137,3 +137,78 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
         st_dt(y, qb + d, dt, n_keys ? __fdiv_rn(acc, total) : 0.0f);
     }
 }
+
+// Split-K (flash-decoding) attention for few query rows over long caches: block (row, c) takes keys
+// [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of its query row, a warp per key at a time (lanes over head_dim, so
+// key rows are read coalesced), and writes the chunk's max score m, sum of exp(s - m) l and the weighted V
+// sum o to `part` [rows, chunks, head_dim + 2]; `attention_merge` rescales and adds the chunks. head_dim <= 256.
+#define ATT_CHUNK 128
+extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
+                                           u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
+                                           float* part) {
+    __shared__ float qs[256];
+    __shared__ float sc[ATT_CHUNK];
+    __shared__ float red[32];
+    u64 row = blockIdx.x;
+    u32 chunk = blockIdx.y, chunks = gridDim.y;
+    u32 i = row / n_heads, h = row % n_heads;
+    u32 n_keys = min(pos_start + i + 1, kv_len);
+    u32 j0 = chunk * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, n_keys);
+    u32 group = n_heads / n_kv_heads;
+    u64 kv_row = (u64)n_kv_heads * head_dim, off = (u64)(h / group) * head_dim;
+    float* out = part + (row * chunks + chunk) * (u64)(head_dim + 2);
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = ld_dt(q, row * head_dim + d, dt);
+    __syncthreads();
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float m = -__int_as_float(0x7f800000);
+    for (u32 j = j0 + warp; j < j1; j += warps) {
+        float dot = 0.0f;
+        for (u32 d = lane; d < head_dim; d += 32) dot += qs[d] * ld_dt(k, j * kv_row + off + d, dt);
+        float s = __fmul_rn(warp_sum(dot), scale);
+        if (lane == 0) sc[j - j0] = s;
+        m = fmaxf(m, s);
+    }
+    m = block_max(m, -__int_as_float(0x7f800000));  // synchronises, so every score is in sc
+    float l = 0.0f;
+    for (u32 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
+        float p = expf(__fsub_rn(sc[j - j0], m));
+        sc[j - j0] = p;
+        l += p;
+    }
+    l = warp_sum(l);
+    __syncthreads();
+    if (lane == 0) red[warp] = l;
+    __syncthreads();
+    float total = 0.0f;
+    for (u32 w = 0; w < warps; w++) total += red[w];
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (u32 j = j0; j < j1; j++) acc += sc[j - j0] * ld_dt(v, j * kv_row + off + d, dt);
+        out[2 + d] = acc;
+    }
+    if (threadIdx.x == 0) {
+        out[0] = m;  // -inf for a chunk past the row's last key (then l = 0 and o = 0)
+        out[1] = total;
+    }
+}
+
+// y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c; zero for a row with no keys.
+extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
+    u64 row = blockIdx.x;
+    const float* pr = part + row * chunks * (u64)(head_dim + 2);
+    float mx = -__int_as_float(0x7f800000);
+    for (u32 c = 0; c < chunks; c++) mx = fmaxf(mx, pr[c * (u64)(head_dim + 2)]);
+    float l = 0.0f;
+    for (u32 c = 0; c < chunks; c++) {
+        const float* pc = pr + c * (u64)(head_dim + 2);
+        if (pc[1] > 0.0f) l += pc[1] * expf(__fsub_rn(pc[0], mx));
+    }
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (u32 c = 0; c < chunks; c++) {
+            const float* pc = pr + c * (u64)(head_dim + 2);
+            if (pc[1] > 0.0f) acc += pc[2 + d] * expf(__fsub_rn(pc[0], mx));
+        }
+        st_dt(y, row * head_dim + d, dt, l > 0.0f ? __fdiv_rn(acc, l) : 0.0f);
+    }
+}

@@ -6,6 +6,12 @@ use crate::format::activation::{FRAC_1_SQRT_2, GELU_TANH_BETA, GELU_TANH_KAPPA, 
 use crate::format::rope::RopeLayout;
 use crate::tensor::DType;
 
+/// Keys per block of the split attention (`ATT_CHUNK` in kernels/model.cu).
+const ATT_CHUNK: usize = 128;
+/// Query rows x heads below which attention over two or more chunks of keys is split across blocks
+/// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
+const ATT_SPLIT_MAX_ROWS: usize = 1024;
+
 impl Cuda {
     /// `n` values of `x` converted from `from` to `to` (exact widening, round-to-nearest-even narrowing).
     pub fn cast_dev(&self, x: &CudaStorage, from: DType, n: usize, to: DType) -> Result<Buf> {
@@ -202,6 +208,42 @@ impl Cuda {
         let [nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start] = dims;
         let rows = nq * n_heads;
         let y = self.alloc(OP, rows * head_dim * dtype.size_in_bytes())?;
+        let chunks = kv_len.div_ceil(ATT_CHUNK);
+        if rows < ATT_SPLIT_MAX_ROWS && chunks >= 2 && head_dim <= 256 {
+            // Decode over a long cache: one block per head would leave most of the GPU idle.
+            let part = self.alloc(OP, rows * chunks * (head_dim + 2) * 4)?;
+            self.launch(
+                "attention_split",
+                (u32_of(OP, rows)?, u32_of(OP, chunks)?),
+                128,
+                &[
+                    p(q),
+                    p(k),
+                    p(v),
+                    dt(dtype),
+                    Arg::U32(u32_of(OP, n_heads)?),
+                    Arg::U32(u32_of(OP, n_kv_heads)?),
+                    Arg::U32(u32_of(OP, head_dim)?),
+                    Arg::U32(u32_of(OP, kv_len)?),
+                    Arg::U32(u32_of(OP, pos_start)?),
+                    Arg::F32(scale),
+                    p(&part),
+                ],
+            )?;
+            self.launch(
+                "attention_merge",
+                (u32_of(OP, rows)?, 1),
+                128,
+                &[
+                    p(&part),
+                    Arg::U32(u32_of(OP, chunks)?),
+                    Arg::U32(u32_of(OP, head_dim)?),
+                    dt(dtype),
+                    p(&y),
+                ],
+            )?;
+            return Ok(y);
+        }
         let scratch = self.alloc(OP, rows * kv_len.max(1) * 4)?;
         self.launch(
             "attention",
