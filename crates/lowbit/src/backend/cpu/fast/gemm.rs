@@ -42,26 +42,30 @@ pub fn gemm_nt(
             let n_tiles = (j1 - j0).div_ceil(NR);
             let ldc = n_tiles * NR;
             let mut c = vec![0.0f32; m_tiles * MR * ldc];
-            let mut bp = vec![0.0f32; n_tiles * NR * KC];
-            let mut row = vec![0.0f32; KC];
+            // One packed panel at a time (16 KiB, stays in L1), used by every row tile before the next is
+            // packed: packing the task's whole slice first wrote and re-read megabytes per slice, which for
+            // one activation row cost more than the products.
+            let mut bp = vec![0.0f32; NR * KC];
+            let mut rows = vec![0.0f32; NR * KC];
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                // Pack B: panel p holds rows j0 + p*NR .. + NR as [kc][NR]; missing rows stay zero.
-                bp.fill(0.0);
-                for j in j0..j1 {
-                    fill_row(j, k0, &mut row[..kc]);
-                    let (p, lane) = ((j - j0) / NR, (j - j0) % NR);
-                    let panel = &mut bp[p * NR * kc..(p + 1) * NR * kc];
-                    for (kk, &v) in row[..kc].iter().enumerate() {
-                        panel[kk * NR + lane] = v;
-                    }
-                }
                 for p in 0..n_tiles {
-                    let b = &bp[p * NR * kc..(p + 1) * NR * kc];
+                    // Panel p holds rows j0 + p*NR .. + NR as [kc][NR]; missing rows are zero.
+                    let (r0, r1) = (j0 + p * NR, (j0 + (p + 1) * NR).min(j1));
+                    let tile = &mut rows[..NR * kc];
+                    if r1 - r0 < NR {
+                        tile.fill(0.0);
+                    }
+                    for j in r0..r1 {
+                        let lane = j - r0;
+                        fill_row(j, k0, &mut tile[lane * kc..(lane + 1) * kc]);
+                    }
+                    let panel = &mut bp[..NR * kc];
+                    transpose_panel(tile, panel, kc, isa);
                     for mt in 0..m_tiles {
                         let a = &ap[mt * MR * k + k0 * MR..mt * MR * k + (k0 + kc) * MR];
                         let ct = &mut c[mt * MR * ldc + p * NR..];
-                        microkernel(kc, a, b, ct, ldc, isa);
+                        microkernel(kc, a, panel, ct, ldc, (m - mt * MR).min(MR), isa);
                     }
                 }
             }
@@ -98,17 +102,47 @@ fn pack_a(x: &[f32], m: usize, k: usize) -> Vec<f32> {
 }
 
 /// `C[MR, NR] += A[MR, kc] · B[kc, NR]` with A as `[kc][MR]`, B as `[kc][NR]`, C row stride `ldc`.
-fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, isa: Isa) {
+/// `panel[kk * NR + lane] = rows[lane * kc + kk]`: NR rows of a slice into the microkernel's layout.
+fn transpose_panel(rows: &[f32], panel: &mut [f32], kc: usize, isa: Isa) {
+    assert!(rows.len() >= NR * kc && panel.len() >= NR * kc);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512 detected by `isa()`; lengths asserted above.
+        unsafe { avx512::transpose_panel(rows, panel, kc) };
+        return;
+    }
+    let _ = isa;
+    for kk in 0..kc {
+        for lane in 0..NR {
+            panel[kk * NR + lane] = rows[lane * kc + kk];
+        }
+    }
+}
+
+/// Accumulates the panel's products into `c` for its first `live` rows (the rest of the tile is padding: a
+/// batch of one row does 1/12 of the work). Each output's arithmetic is the same whatever `live` is: one fma
+/// chain over the slice, then one add into `c`, so a batch split into smaller ones gives the same bits.
+fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, live: usize, isa: Isa) {
     assert!(a.len() >= kc * MR && b.len() >= kc * NR && c.len() >= (MR - 1) * ldc + NR);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
-        Isa::Avx512 => unsafe { avx512::microkernel(kc, a, b, c, ldc) },
+        // SAFETY: AVX-512 detected by `isa()`; lengths asserted above.
+        Isa::Avx512 => unsafe {
+            match live {
+                1 => avx512::microkernel::<1>(kc, a, b, c, ldc),
+                2 => avx512::microkernel::<2>(kc, a, b, c, ldc),
+                3 | 4 => avx512::microkernel::<4>(kc, a, b, c, ldc),
+                5..=8 => avx512::microkernel::<8>(kc, a, b, c, ldc),
+                _ => avx512::microkernel::<MR>(kc, a, b, c, ldc),
+            }
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 + FMA detected by `isa()`; lengths asserted above.
         Isa::Avx2 => unsafe {
             avx2::microkernel(kc, a, 0, b, c, ldc);
-            avx2::microkernel(kc, a, 6, b, &mut c[6 * ldc..], ldc);
+            if live > 6 {
+                avx2::microkernel(kc, a, 6, b, &mut c[6 * ldc..], ldc);
+            }
         },
         _ => microkernel_portable(kc, a, b, c, ldc),
     }
@@ -179,10 +213,36 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`, `c.len() >= (MR-1)*ldc + NR`.
+    /// `panel[kk * NR + lane] = rows[lane * kc + kk]`, one 16-lane gather per column. Caller guarantees
+    /// `rows.len() >= NR * kc`, `panel.len() >= NR * kc` and NR == 16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn microkernel(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
-        let mut acc = [_mm512_setzero_ps(); MR];
+    pub(super) unsafe fn transpose_panel(rows: &[f32], panel: &mut [f32], kc: usize) {
+        let stride = kc as i32;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride),
+        );
+        let (src, dst) = (rows.as_ptr(), panel.as_mut_ptr());
+        for kk in 0..kc {
+            // SAFETY: lane * kc + kk < NR * kc <= rows.len(); kk * NR + 16 <= panel.len().
+            unsafe {
+                let v = _mm512_i32gather_ps::<4>(idx, src.add(kk));
+                _mm512_storeu_ps(dst.add(kk * NR), v);
+            }
+        }
+    }
+
+    /// The first `R` rows of the panel. Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`,
+    /// `c.len() >= (MR-1)*ldc + NR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn microkernel<const R: usize>(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
         for p in 0..kc {
             // SAFETY: p < kc, so the loads stay inside `a` and `b`.
@@ -246,4 +306,26 @@ pub fn matmul(
         |j: usize, k0: usize, out: &mut [f32]| super::widen::widen_span(w, j * k + k0, out, isa);
     let y = gemm_nt(&xf, m, n, k, bias, fill, isa);
     crate::tensor::FloatVec::from_f32(y, x.dtype())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_panel_transpose_equals_the_portable_one() {
+        let rows: Vec<f32> = (0..NR * KC).map(|i| i as f32 * 0.5 - 7.0).collect();
+        for kc in [1, 37, KC] {
+            let mut want = vec![0.0f32; NR * kc];
+            transpose_panel(&rows[..NR * kc], &mut want, kc, Isa::Portable);
+            for (kk, chunk) in want.chunks(NR).enumerate() {
+                for (lane, &v) in chunk.iter().enumerate() {
+                    assert_eq!(v, rows[lane * kc + kk]);
+                }
+            }
+            let mut got = vec![f32::NAN; NR * kc];
+            transpose_panel(&rows[..NR * kc], &mut got, kc, super::super::isa());
+            assert_eq!(got, want, "kc {kc} on {:?}", super::super::isa());
+        }
+    }
 }
