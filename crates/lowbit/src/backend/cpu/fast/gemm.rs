@@ -210,7 +210,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR};
+    use super::{KC, MR, NR};
     use std::arch::x86_64::*;
 
     /// `panel[kk * NR + lane] = rows[lane * kc + kk]`, one 16-lane gather per column. Caller guarantees
@@ -230,6 +230,73 @@ mod avx512 {
                 _mm512_storeu_ps(dst.add(kk * NR), v);
             }
         }
+    }
+
+    /// `out[lane] = sum over KC slices of (fma chain over the slice of x[kk] * w[j0 + lane, kk])` for the
+    /// `out.len() <= 16` rows from j0, weights gathered from the stored rows (bf16 as its 16 bits shifted up:
+    /// exact). Caller guarantees AVX-512, `k >= 2`, `x.len() >= k` and rows `j0..j0 + out.len()` inside `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn one_row_panel(
+        x: &[f32],
+        w: crate::tensor::Floats,
+        j0: usize,
+        k: usize,
+        out: &mut [f32],
+    ) {
+        use crate::tensor::Floats;
+        let lanes = out.len();
+        let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(k as i32),
+        );
+        let (zf, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        let mut c = _mm512_setzero_ps();
+        for k0 in (0..k).step_by(KC) {
+            let mut acc = _mm512_setzero_ps();
+            let k1 = (k0 + KC).min(k);
+            for (kk, &xv) in x.iter().enumerate().take(k1).skip(k0) {
+                let at = j0 * k + kk;
+                // SAFETY: every gathered element is w[(j0 + lane) * k + kk] for a live lane, inside w; a bf16
+                // gather reads 4 bytes, so it starts at the element (low half) or, in the last column, one
+                // element earlier (high half), never past the row.
+                let wv = unsafe {
+                    match w {
+                        Floats::F32(s) => {
+                            _mm512_mask_i32gather_ps::<4>(zf, mask, idx, s.as_ptr().add(at).cast())
+                        }
+                        Floats::BF16(s) => {
+                            let base = s.as_ptr().cast::<u8>();
+                            if kk + 1 < k {
+                                let v = _mm512_mask_i32gather_epi32::<2>(
+                                    zi,
+                                    mask,
+                                    idx,
+                                    base.add(2 * at).cast(),
+                                );
+                                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+                            } else {
+                                let v = _mm512_mask_i32gather_epi32::<2>(
+                                    zi,
+                                    mask,
+                                    idx,
+                                    base.add(2 * at - 2).cast(),
+                                );
+                                _mm512_castsi512_ps(_mm512_and_si512(v, high))
+                            }
+                        }
+                        Floats::F16(_) => unreachable!("f16 weights take the packed path"),
+                    }
+                };
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, acc);
+            }
+            c = _mm512_add_ps(c, acc);
+        }
+        let mut buf = [0.0f32; NR];
+        // SAFETY: buf holds 16 floats.
+        unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), c) };
+        out.copy_from_slice(&buf[..lanes]);
     }
 
     /// The first `R` rows of the panel. Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`,
@@ -302,10 +369,41 @@ pub fn matmul(
     isa: Isa,
 ) -> crate::tensor::FloatVec {
     let xf = x.to_f32_vec();
+    #[cfg(target_arch = "x86_64")]
+    if m == 1
+        && (2..=i32::MAX as usize / NR).contains(&k)
+        && isa == Isa::Avx512
+        && !matches!(w, Floats::F16(_))
+    {
+        let y = one_row_avx512(&xf, w, bias, n, k);
+        return crate::tensor::FloatVec::from_f32(y, x.dtype());
+    }
     let fill =
         |j: usize, k0: usize, out: &mut [f32]| super::widen::widen_span(w, j * k + k0, out, isa);
     let y = gemm_nt(&xf, m, n, k, bias, fill, isa);
     crate::tensor::FloatVec::from_f32(y, x.dtype())
+}
+
+/// One activation row against an f32 or bf16 weight (`k >= 2`): `gemm_nt`'s arithmetic for every output (an
+/// fma chain over each KC slice, added into a zero-started sum, then the bias or 0.0 added) with each
+/// 16-output panel's weights gathered straight from the stored rows, instead of widened and transposed into a
+/// packed panel first (which cost more than the products for one row, e.g. a language model's output head).
+#[cfg(target_arch = "x86_64")]
+fn one_row_avx512(x: &[f32], w: Floats, bias: Option<Floats>, n: usize, k: usize) -> Vec<f32> {
+    /// Outputs per parallel task: 64 panels.
+    const TASK: usize = 64 * NR;
+    let mut y = vec![0.0f32; n];
+    y.par_chunks_mut(TASK).enumerate().for_each(|(t, ys)| {
+        for (p, out) in ys.chunks_mut(NR).enumerate() {
+            let j0 = t * TASK + p * NR;
+            // SAFETY: AVX-512 was detected by the caller's `isa`; rows j0..j0 + out.len() lie in w, k >= 2.
+            unsafe { avx512::one_row_panel(x, w, j0, k, out) };
+            for (jj, o) in out.iter_mut().enumerate() {
+                *o += bias.map_or(0.0, |b| b.get_f32(j0 + jj));
+            }
+        }
+    });
+    y
 }
 
 #[cfg(test)]
@@ -326,6 +424,54 @@ mod tests {
             let mut got = vec![f32::NAN; NR * kc];
             transpose_panel(&rows[..NR * kc], &mut got, kc, super::super::isa());
             assert_eq!(got, want, "kc {kc} on {:?}", super::super::isa());
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod one_row_tests {
+    use super::*;
+    use half::bf16;
+
+    /// The one-row kernel gives `gemm_nt`'s bits (the packed path every other row count takes), so a batch
+    /// split down to single rows keeps its bytes.
+    #[test]
+    fn one_row_gather_path_equals_the_packed_gemm_bit_for_bit() {
+        if super::super::isa() != Isa::Avx512 {
+            println!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let seed = std::env::var("LOWBIT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::process::id() as u64);
+        println!("seed {seed}");
+        let mut rng = crate::synth::SplitMix64::new(seed);
+        for (n, k) in [(1, 2), (5, 3), (16, 256), (37, 300), (70, 513), (33, 1000)] {
+            let mut x = vec![0.0f32; k];
+            rng.fill_normal(&mut x, 1.0);
+            let mut w32 = vec![0.0f32; n * k];
+            rng.fill_normal(&mut w32, 0.1);
+            let w16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            let mut b = vec![0.0f32; n];
+            rng.fill_normal(&mut b, 1.0);
+            for w in [Floats::F32(&w32), Floats::BF16(&w16)] {
+                for bias in [None, Some(Floats::F32(&b))] {
+                    let got = one_row_avx512(&x, w, bias, n, k);
+                    let fill = |j: usize, k0: usize, out: &mut [f32]| {
+                        super::super::widen::widen_span(w, j * k + k0, out, Isa::Avx512)
+                    };
+                    let want = gemm_nt(&x, 1, n, k, bias, fill, Isa::Avx512);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{n}x{k} {:?} bias {}",
+                        w.dtype(),
+                        bias.is_some()
+                    );
+                }
+            }
         }
     }
 }
