@@ -104,29 +104,17 @@ impl Cuda {
     ) -> Result<Buf> {
         const OP: &str = "int8_linear_matmul";
         let c = self.alloc(OP, m * n * 4)?;
-        if k.is_multiple_of(16) && self.int8_few_rows(m) {
-            self.launch(
-                "int8_gemv_dp4a",
-                (
-                    u32_of(OP, n.div_ceil(LIN_WARPS))?,
-                    u32_of(OP, m.div_ceil(DP4A_ROWS))?,
-                ),
-                32 * LIN_WARPS as u32,
-                &[
-                    p(a),
-                    p(b),
-                    Arg::U32(u32_of(OP, m)?),
-                    Arg::U32(u32_of(OP, n)?),
-                    Arg::U32(u32_of(OP, k)?),
-                    p(&c),
-                ],
-            )?;
-            return Ok(c);
-        }
+        // Few rows: a warp per weight row, 16 bytes per lane step (k % 16 == 0); otherwise 32x32 tiles.
+        let (name, grid, block) = if k.is_multiple_of(16) && self.int8_few_rows(m) {
+            let grid = (n.div_ceil(LIN_WARPS), m.div_ceil(DP4A_ROWS));
+            ("int8_gemv_dp4a", grid, 32 * LIN_WARPS as u32)
+        } else {
+            ("int8_gemm", (n.div_ceil(32), m.div_ceil(32)), THREADS)
+        };
         self.launch(
-            "int8_gemm",
-            (u32_of(OP, n.div_ceil(32))?, u32_of(OP, m.div_ceil(32))?),
-            THREADS,
+            name,
+            (u32_of(OP, grid.0)?, u32_of(OP, grid.1)?),
+            block,
             &[
                 p(a),
                 p(b),

@@ -209,61 +209,39 @@ impl Cuda {
         let rows = nq * n_heads;
         let y = self.alloc(OP, rows * head_dim * dtype.size_in_bytes())?;
         let chunks = kv_len.div_ceil(ATT_CHUNK);
+        // The query, caches and shape, as both attention kernels take them; then their own outputs.
+        let common = [
+            p(q),
+            p(k),
+            p(v),
+            dt(dtype),
+            Arg::U32(u32_of(OP, n_heads)?),
+            Arg::U32(u32_of(OP, n_kv_heads)?),
+            Arg::U32(u32_of(OP, head_dim)?),
+            Arg::U32(u32_of(OP, kv_len)?),
+            Arg::U32(u32_of(OP, pos_start)?),
+            Arg::F32(scale),
+        ];
+        let grid_rows = u32_of(OP, rows)?;
         if rows < ATT_SPLIT_MAX_ROWS && chunks >= 2 && head_dim <= 256 {
             // Decode over a long cache: one block per head would leave most of the GPU idle.
             let part = self.alloc(OP, rows * chunks * (head_dim + 2) * 4)?;
-            self.launch(
-                "attention_split",
-                (u32_of(OP, rows)?, u32_of(OP, chunks)?),
-                128,
-                &[
-                    p(q),
-                    p(k),
-                    p(v),
-                    dt(dtype),
-                    Arg::U32(u32_of(OP, n_heads)?),
-                    Arg::U32(u32_of(OP, n_kv_heads)?),
-                    Arg::U32(u32_of(OP, head_dim)?),
-                    Arg::U32(u32_of(OP, kv_len)?),
-                    Arg::U32(u32_of(OP, pos_start)?),
-                    Arg::F32(scale),
-                    p(&part),
-                ],
-            )?;
-            self.launch(
-                "attention_merge",
-                (u32_of(OP, rows)?, 1),
-                128,
-                &[
-                    p(&part),
-                    Arg::U32(u32_of(OP, chunks)?),
-                    Arg::U32(u32_of(OP, head_dim)?),
-                    dt(dtype),
-                    p(&y),
-                ],
-            )?;
+            let n_chunks = u32_of(OP, chunks)?;
+            let args = [&common[..], &[p(&part)]].concat();
+            self.launch("attention_split", (grid_rows, n_chunks), 128, &args)?;
+            let merge = [
+                p(&part),
+                Arg::U32(n_chunks),
+                Arg::U32(u32_of(OP, head_dim)?),
+                dt(dtype),
+                p(&y),
+            ];
+            self.launch("attention_merge", (grid_rows, 1), 128, &merge)?;
             return Ok(y);
         }
         let scratch = self.alloc(OP, rows * kv_len.max(1) * 4)?;
-        self.launch(
-            "attention",
-            (u32_of(OP, rows)?, 1),
-            128,
-            &[
-                p(q),
-                p(k),
-                p(v),
-                dt(dtype),
-                Arg::U32(u32_of(OP, n_heads)?),
-                Arg::U32(u32_of(OP, n_kv_heads)?),
-                Arg::U32(u32_of(OP, head_dim)?),
-                Arg::U32(u32_of(OP, kv_len)?),
-                Arg::U32(u32_of(OP, pos_start)?),
-                Arg::F32(scale),
-                p(&scratch),
-                p(&y),
-            ],
-        )?;
+        let args = [&common[..], &[p(&scratch), p(&y)]].concat();
+        self.launch("attention", (grid_rows, 1), 128, &args)?;
         Ok(y)
     }
 }
