@@ -13,7 +13,6 @@ const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/model_elementwise.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
-const ATTENTION_SPLIT: &str = include_str!("../shaders/attention_split.wgsl");
 const ATTENTION_MERGE: &str = include_str!("../shaders/attention_merge.wgsl");
 const CAST: &str = include_str!("../shaders/cast.wgsl");
 
@@ -28,6 +27,39 @@ fn loader(name: &str, array: &str, dtype: DType) -> String {
         "fn bits_{name}(i: u32) -> u32 {{\n    return {bits};\n}}\n\
          fn load_{name}(i: u32) -> f32 {{\n    return bitcast<f32>(bits_{name}(i));\n}}\n"
     )
+}
+
+/// The attention kernel from its template: the one-pass kernel (`split == false`, one workgroup per
+/// (query row, head) over all its keys, output acc / l) or the first pass of split-K attention: one
+/// workgroup per (query row, head, key chunk of `p7` keys, a multiple of the 256-key tile) over its chunk,
+/// in the one-pass kernel's float32 order, writing the unnormalised running max m, sum l of exp(s_j - m) and
+/// per output dim the sum of exp(s_j - m) v_jd (`attention_merge.wgsl` combines the chunks). A chunk past a
+/// row's causal end writes l = 0 (a chunk with a key has l >= 1: its max contributes exp(0)).
+fn attention(split: bool) -> String {
+    let (outputs, rows, key_range, store) = if split {
+        (
+            "@group(0) @binding(4) var<storage, read_write> part_ml: array<f32>;\n\
+             @group(0) @binding(5) var<storage, read_write> part_acc: array<f32>;",
+            "    let slot = wg_linear(wid, nwg);\n    let n_chunks = (p.p4 + p.p7 - 1u) / p.p7;\n    \
+             if (slot >= p.p0 * n_heads * n_chunks) {\n        return;\n    }\n    \
+             let row = slot / n_chunks;\n    let chunk = slot % n_chunks;",
+            "    let k_begin = chunk * p.p7;\n    let k_end = min(k_begin + p.p7, n_keys);",
+            "    if (lid < hd) {\n        part_acc[slot * hd + lid] = acc;\n    }\n    if (lid == 0u) {\n        \
+             part_ml[slot * 2u] = m;\n        part_ml[slot * 2u + 1u] = l;\n    }",
+        )
+    } else {
+        (
+            "@group(0) @binding(4) var<storage, read_write> out: array<f32>;",
+            "    let row = wg_linear(wid, nwg);\n    if (row >= p.p0 * n_heads) {\n        return;\n    }",
+            "    let k_begin = 0u;\n    let k_end = n_keys;",
+            "    if (lid < hd) {\n        out[q0 + lid] = select(0.0, acc / l, n_keys > 0u);\n    }",
+        )
+    };
+    ATTENTION
+        .replace("//OUTPUTS", outputs)
+        .replace("//ROWS", rows)
+        .replace("//KEY_RANGE", key_range)
+        .replace("//STORE", store)
 }
 
 /// `format::activation::erf` in WGSL, the same steps and constants.
@@ -75,14 +107,8 @@ pub(crate) fn source(shader: &Shader) -> Option<String> {
             s += &loader("b", "b_in", *dt);
             s += &erf();
         }
-        Shader::Attention(dt) => {
-            s += ATTENTION;
-            s += &loader("q", "q_in", *dt);
-            s += &loader("k", "k_in", *dt);
-            s += &loader("v", "v_in", *dt);
-        }
-        Shader::AttentionSplit(dt) => {
-            s += ATTENTION_SPLIT;
+        Shader::Attention(dt) | Shader::AttentionSplit(dt) => {
+            s += &attention(matches!(shader, Shader::AttentionSplit(_)));
             s += &loader("q", "q_in", *dt);
             s += &loader("k", "k_in", *dt);
             s += &loader("v", "v_in", *dt);

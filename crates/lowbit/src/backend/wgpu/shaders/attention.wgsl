@@ -6,11 +6,15 @@
 // running max m, p_j = exp(s_j - m), the tile's sum of p (tree) and, per output dim, the tile's sum of
 // p_j v_jd (j ascending) are added to l and acc after scaling both by exp(m_old - m); output acc / l.
 
+// One template for two kernels (model_ops/source.rs fills the //-marked lines): the one-pass kernel walks
+// keys 0..n_keys and writes acc / l; the split-K pass (attention_split) walks one chunk of keys and writes
+// its unnormalised m, l and acc for attention_merge.wgsl.
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q_in: array<u32>;
 @group(0) @binding(2) var<storage, read> k_in: array<u32>;
 @group(0) @binding(3) var<storage, read> v_in: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+//OUTPUTS
 
 const TILE: u32 = 256u;
 var<workgroup> qs: array<f32, 256>;
@@ -39,16 +43,14 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = wg_linear(wid, nwg);
     let n_heads = p.p1;
-    if (row >= p.p0 * n_heads) {
-        return;
-    }
+//ROWS
     let hd = p.p3;
     let i = row / n_heads;
     let kv_row = p.p2 * hd;
     let koff = (row % n_heads) / (n_heads / p.p2) * hd;
     let n_keys = min(p.p5 + i + 1u, p.p4);
+//KEY_RANGE
     let scale = bitcast<f32>(p.p6);
     let q0 = row * hd;
     if (lid < hd) {
@@ -58,9 +60,9 @@ fn main(
     var m = 0.0;
     var l = 0.0;
     var acc = 0.0;
-    for (var t0 = 0u; t0 < n_keys; t0 = t0 + TILE) {
+    for (var t0 = k_begin; t0 < k_end; t0 = t0 + TILE) {
         let j = t0 + lid;
-        let live = j < n_keys;
+        let live = j < k_end;
         var s = 0.0;
         if (live) {
             let kb = j * kv_row + koff;
@@ -73,7 +75,7 @@ fn main(
         red[lid] = select(-3.4028235e38, s, live);
         workgroupBarrier();
         let tmax = tree(lid, true);
-        let first = t0 == 0u;
+        let first = t0 == k_begin;
         let m_new = select(max(m, tmax), tmax, first);
         let corr = select(exp(m - m_new), 0.0, first);
         let pj = select(0.0, exp(s - m_new), live);
@@ -82,7 +84,7 @@ fn main(
         workgroupBarrier();
         l = l * corr + tree(lid, false);
         if (lid < hd) {
-            let count = min(TILE, n_keys - t0);
+            let count = min(TILE, k_end - t0);
             var a = 0.0;
             for (var jj = 0u; jj < count; jj = jj + 1u) {
                 a = a + pw[jj] * load_v((t0 + jj) * kv_row + koff + lid);
@@ -92,7 +94,5 @@ fn main(
         m = m_new;
         workgroupBarrier();
     }
-    if (lid < hd) {
-        out[q0 + lid] = select(0.0, acc / l, n_keys > 0u);
-    }
+//STORE
 }
