@@ -474,6 +474,27 @@ fn small_block() -> lowbit::nn::BlockConfig {
 }
 
 #[cfg(feature = "wgpu")]
+/// The small NF4 decoder block with one set of synthetic weights (from `seed`) on the CPU and on the test GPU,
+/// both devices strict.
+fn block_on_cpu_and_gpu(
+    g: &lowbit::backend::wgpu::WgpuBackend,
+    seed: u64,
+) -> (
+    Device,
+    Device,
+    lowbit::nn::DecoderBlock,
+    lowbit::nn::DecoderBlock,
+) {
+    let cfg = small_block();
+    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, seed);
+    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    (cpu, gpu, on_cpu, on_gpu)
+}
+
+#[cfg(feature = "wgpu")]
 #[test]
 fn a_decoder_block_on_the_gpu_equals_the_cpu_and_stays_there() {
     let _serial = serial();
@@ -481,20 +502,11 @@ fn a_decoder_block_on_the_gpu_equals_the_cpu_and_stays_there() {
         return;
     };
     let s = seed("decoder_block");
-    let cfg = small_block();
-    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, s);
-    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
-    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
-    let mut on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
-    let mut on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let (cpu, gpu, mut on_cpu, mut on_gpu) = block_on_cpu_and_gpu(&g, s);
+    let hidden = small_block().hidden;
     // Prefill 5 tokens in one block call, then decode 3 single tokens.
     for (step, tokens) in [5usize, 1, 1, 1].into_iter().enumerate() {
-        let x = rand(
-            vec![tokens, cfg.hidden],
-            1.0,
-            s + 10 + step as u64,
-            DType::F32,
-        );
+        let x = rand(vec![tokens, hidden], 1.0, s + 10 + step as u64, DType::F32);
         let want = cpu
             .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
             .unwrap();
@@ -536,12 +548,8 @@ fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
         return;
     };
     let s = seed("decode_no_alloc");
-    let cfg = small_block();
-    let weights = lowbit::nn::BlockWeights::synthetic(&cfg, s);
-    let cpu = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
-    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
-    let mut on_cpu = lowbit::nn::DecoderBlock::new(&cpu, cfg, &weights, FourBitType::Nf4).unwrap();
-    let mut on_gpu = lowbit::nn::DecoderBlock::new(&gpu, cfg, &weights, FourBitType::Nf4).unwrap();
+    let (cpu, gpu, mut on_cpu, mut on_gpu) = block_on_cpu_and_gpu(&g, s);
+    let hidden = small_block().hidden;
     // A 4-token prefill, then single-token decode steps up to the cache's 16 rows. Each step uploads its
     // token, runs the block and reads the result, as a decode loop does. Warm-up: the prefill's and the first
     // decode step's shapes, and a second upload buffer (an upload reuses only a buffer released before the
@@ -550,12 +558,7 @@ fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
     let mut created_after_warm_up = 0;
     for step in 0..13 {
         let tokens = if step == 0 { 4 } else { 1 };
-        let x = rand(
-            vec![tokens, cfg.hidden],
-            1.0,
-            s + 10 + step as u64,
-            DType::F32,
-        );
+        let x = rand(vec![tokens, hidden], 1.0, s + 10 + step as u64, DType::F32);
         let want = cpu
             .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
             .unwrap();
