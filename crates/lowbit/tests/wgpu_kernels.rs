@@ -366,6 +366,48 @@ fn fourbit_rows_match_reference_for_every_row_count() {
     }
 }
 
+/// The exact int8 and ternary products for every row count 1-32 against the CPU reference, bit for bit: the
+/// multi-row GEMVs on weights of whole 16-byte rows (partial workgroups of weight rows, several dispatches of
+/// activation rows above 8) and the GEMMs they fall back to on the others.
+#[test]
+fn integer_rows_match_reference_for_every_row_count() {
+    use lowbit::backend::cpu::ReferenceBackend;
+    let Some(g) = gpu() else { return };
+    let mut r = rng("integer_rows");
+    for batch in 1..=32usize {
+        let aligned = (r.random_range(1..80usize), 16 * r.random_range(1..40usize));
+        let ragged = (r.random_range(1..40usize), 4 * r.random_range(1..50usize) + 4);
+        for (rows, cols) in [aligned, ragged] {
+            let what = format!("{rows}x{cols} batch {batch}");
+            let a: Vec<i8> = (0..batch * cols).map(|_| r.random()).collect();
+            let b: Vec<i8> = (0..rows * cols).map(|_| r.random()).collect();
+            let want = ReferenceBackend
+                .int8_linear_matmul(&a, &b, batch, rows, cols)
+                .unwrap();
+            let got = g.int8_linear_matmul(&a, &b, batch, rows, cols).unwrap();
+            assert_eq!(got, want, "int8 {what}");
+
+            // Four 2-bit codes per byte, each one of the three ternary codes 0, 1, 2 (weights -1, 0, 1).
+            let packed: Vec<u8> = (0..rows.div_ceil(4) * cols)
+                .map(|_| (0..4).map(|j| r.random_range(0..3u8) << (2 * j)).sum())
+                .collect();
+            let w = PackedTernary {
+                packed: &packed,
+                weight_scale: r.random_range(0.01f32..0.1),
+                rows,
+                cols,
+            };
+            let scale: Vec<f32> = (0..batch).map(|_| r.random_range(0.5f32..100.0)).collect();
+            let want = ReferenceBackend
+                .ternary_matmul(&a, &scale, batch, w, None)
+                .unwrap();
+            let got = g.ternary_matmul(&a, &scale, batch, w, None).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "ternary {what}");
+        }
+    }
+}
+
 #[test]
 fn int8_matches_cpu() {
     let Some(g) = gpu() else { return };

@@ -5,11 +5,12 @@
 
 use super::WgpuBackend;
 use super::kernels::{
-    Int8OutBuffers, RowSpec, check_binding, encode_gemm, encode_int8_linear_out, encode_row_quant,
-    encode_row_scales, groups, u32_len,
+    Int8OutBuffers, RowSpec, check_binding, encode_int8_linear_out, encode_row_quant, encode_row_scales,
+    groups, u32_len,
 };
 use super::model_ops::encode_cast;
-use super::shaders::{GemmKind, Shader};
+use super::int_gemv_rows::encode_int8_matmul;
+use super::shaders::Shader;
 use super::tensor::GpuTensor;
 use crate::Result;
 use crate::device_tensor::DeviceTensor;
@@ -99,8 +100,7 @@ impl WgpuBackend {
             }
             encode_row_scales(gpu, enc, spec, x16, &absmax, &scale)?;
             encode_row_quant(gpu, enc, spec, x16, &absmax, &scale, &flags, &q)?;
-            let bufs = [(1, &q), (2, &weight.buffer), (6, &c)];
-            encode_gemm(gpu, enc, GemmKind::Int8, m, n, k, 0, 0, &bufs)?;
+            encode_int8_matmul(gpu, enc, m, n, k, &q, &weight.buffer, &c)?;
             let bufs = Int8OutBuffers {
                 c: &c,
                 row_stats: &absmax,

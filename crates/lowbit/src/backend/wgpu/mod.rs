@@ -7,6 +7,7 @@ pub mod bench;
 mod context;
 mod device_ops;
 pub mod gemv_rows;
+pub mod int_gemv_rows;
 mod int8_linear;
 mod kernels;
 pub mod model_ops;

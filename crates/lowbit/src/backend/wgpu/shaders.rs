@@ -517,6 +517,9 @@ pub enum Shader {
     TernaryGemvFast(GemvShape),
     /// The multi-row 4-bit GEMV for this many activation rows per dispatch (`gemv_rows.rs`).
     Gemv4bitRows(u32),
+    /// The multi-row int8 and ternary GEMVs for this many activation rows per dispatch (`int_gemv_rows.rs`).
+    Int8GemvRows(u32),
+    TernaryGemvRows(u32),
     /// Reports each lane's subgroup index and size (the capability probe run when a device opens).
     SubgroupProbe,
     /// Model ops (`model_ops.rs`), inputs of the given dtype.
@@ -619,6 +622,8 @@ impl Shader {
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::Gemv4bitRows(nb) => s += &super::gemv_rows::source(*nb),
+            Shader::Int8GemvRows(nb) => s += &super::int_gemv_rows::int8_source(*nb),
+            Shader::TernaryGemvRows(nb) => s += &super::int_gemv_rows::ternary_source(*nb),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
             Shader::Embedding(_)
             | Shader::Rope(_)
@@ -687,6 +692,8 @@ impl Shader {
         v.push(Shader::SubgroupProbe);
         for nb in [1, 2, 4, 8] {
             v.push(Shader::Gemv4bitRows(nb));
+            v.push(Shader::Int8GemvRows(nb));
+            v.push(Shader::TernaryGemvRows(nb));
         }
         for shape in GemvShape::CANDIDATES {
             v.push(Shader::Gemv4bitFast(shape));

@@ -5,7 +5,7 @@ use super::*;
 use crate::Result;
 use crate::backend::Int8Rows;
 use crate::backend::wgpu::context::Gpu;
-use crate::backend::wgpu::shaders::{GemmKind, Shader};
+use crate::backend::wgpu::shaders::Shader;
 use crate::format::int8::{MM_DEQUANT_SCALE, mm_dequant_output};
 use crate::format::ternary::EPS;
 use crate::tensor::{DType, Floats};
@@ -217,8 +217,9 @@ pub fn int8_linear_matmul(
     let abuf = gpu.upload(i8_bytes(a));
     let bbuf = gpu.upload(i8_bytes(b));
     let ybuf = gpu.output((m * n * 4) as u64);
-    let bufs = [(1, &abuf), (2, &bbuf), (6, &ybuf)];
-    gpu.run(|enc| encode_gemm(gpu, enc, GemmKind::Int8, m, n, k, 0, 0, &bufs))?;
+    gpu.run(|enc| {
+        crate::backend::wgpu::int_gemv_rows::encode_int8_matmul(gpu, enc, m, n, k, &abuf, &bbuf, &ybuf)
+    })?;
     Ok(bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, m * n * 4)?))
 }
 

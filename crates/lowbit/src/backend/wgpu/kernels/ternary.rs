@@ -5,6 +5,7 @@ use super::*;
 use crate::Result;
 use crate::backend::PackedTernary;
 use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::int_gemv_rows;
 use crate::backend::wgpu::shaders::{GemmKind, GemvShape, Shader};
 use crate::format::ternary::{packed_rows, rescale};
 use crate::tensor::{DType, Floats};
@@ -125,7 +126,8 @@ pub(crate) fn ternary_gemv_kernel(
 }
 
 /// Records BitNet's exact integer product `acc[b, o] = sum_k xq[b, k] * w[o, k]` (`[batch, rows]` i32): the GEMV
-/// kernels at batch 1 when cols % 4 == 0 (`force` pins the vectorised one's work split), else the ternary GEMM.
+/// kernels at batch 1 when cols % 4 == 0 (`force` pins the vectorised one's work split), the multi-row GEMV
+/// for 2-32 rows of whole 16-byte words, else the ternary GEMM.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_matmul(
     gpu: &Gpu,
@@ -144,6 +146,8 @@ pub(crate) fn encode_ternary_matmul(
         let bufs = [(1, xq), (2, w), (3, acc)];
         let (shader, grid) = ternary_gemv_kernel(gpu, r_rows, cols, force);
         gpu.encode(enc, &shader, params, &bufs, grid, None)
+    } else if int_gemv_rows::ternary_takes_gemv_rows(batch, cols) {
+        int_gemv_rows::encode_ternary_rows(gpu, enc, batch, rows, r_rows, cols, xq, w, acc)
     } else {
         let bufs = [(1, xq), (2, w), (6, acc)];
         let kind = GemmKind::Ternary;
