@@ -43,31 +43,57 @@ pub fn pick_linear_path(rows: usize, cols: usize, blocksize: usize) -> LinearPat
     }
 }
 
-/// Threads per weight row: enough 16-byte words per thread to hide latency at 4096 columns (4 each).
+/// Threads per set of weight rows: 32 adjacent u32 loads, one 128-byte line of each weight row per step.
 const TPR: u32 = 32;
+
+/// Weight rows per thread: each activation value a thread loads feeds this many weight rows.
+pub(crate) const RPT: u32 = 4;
 
 /// WGSL of the multi-row kernel for `nb` activation rows per dispatch.
 pub(crate) fn source(nb: u32) -> String {
     assert!((1..=ROWS_PER_PASS as u32).contains(&nb));
-    let per_row = |line: &str| -> String {
-        (0..nb)
-            .map(|i| line.replace("{i}", &i.to_string()))
-            .collect()
+    let lines = |n: u32, line: &str| -> String {
+        (0..n).map(|i| line.replace("{i}", &i.to_string())).collect()
     };
-    let body = "        {\n            let o = xb{i} + xi;\n            acc{i} = acc{i} + s * (((dot(w0, x[o]) + dot(w1, x[o + 1u])) + (dot(w2, x[o + 2u]) + dot(w3, x[o + 3u]))) + ((dot(w4, x[o + 4u]) + dot(w5, x[o + 5u])) + (dot(w6, x[o + 6u]) + dot(w7, x[o + 7u]))));\n        }\n";
+    let per_row = |line: &str| lines(RPT, line);
+    let per_x = |line: &str| lines(nb, line);
+    let wsetup = per_row("    let e{i} = min(row0 + {i}u, p.p0 - 1u) * cols;\n");
+    let xsetup = per_x("    let xb{i} = min(p.p6 + {i}u, last_b) * (cols / 4u);\n");
+    let accs: String = (0..nb)
+        .map(|b| per_row(&format!("    var acc{b}_{{i}} = 0.0;\n")))
+        .collect();
+    let wload = per_row(
+        "        let e{i}u = e{i} + u * 8u;\n        let wd{i} = packed[e{i}u / 8u - first];\n        let s{i} = absmax[e{i}u >> p.p2];\n        let wl{i} = dec_lo(wd{i});\n        let wh{i} = dec_hi(wd{i});\n",
+    );
+    let xbody: String = (0..nb)
+        .map(|b| {
+            format!("        {{\n            let xa = x[xb{b} + xi];\n            let xc = x[xb{b} + xi + 1u];\n")
+                + &per_row(&format!(
+                    "            acc{b}_{{i}} = acc{b}_{{i}} + s{{i}} * (dot(wl{{i}}, xa) + dot(wh{{i}}, xc));\n"
+                ))
+                + "        }\n"
+        })
+        .collect();
+    let reduce: String = (0..RPT)
+        .map(|r| {
+            (0..nb)
+                .map(|b| format!("    red[lid * NB + {b}u] = acc{b}_{r};\n"))
+                .collect::<String>()
+                + &format!("    reduce_store(lid, t, rs * TPR, row0 + {r}u);\n")
+        })
+        .collect();
     let consts = format!(
-        "const TPR: u32 = {TPR}u;\nconst SETS: u32 = {}u;\nconst NB: u32 = {nb}u;\nconst RED_LEN: u32 = {}u;\n",
+        "const TPR: u32 = {TPR}u;\nconst SETS: u32 = {}u;\nconst NB: u32 = {nb}u;\nconst RPT: u32 = {RPT}u;\nconst RED_LEN: u32 = {}u;\n",
         256 / TPR,
         256 * nb
     );
     consts
         + &TEMPLATE
-            .replace(
-                "ROW_SETUP\n",
-                &per_row("    let xb{i} = min(p.p6 + {i}u, last_b) * (cols / 4u);\n    var acc{i} = 0.0;\n"),
-            )
-            .replace("ROW_BODY\n", &per_row(body))
-            .replace("ROW_STORE\n", &per_row("    red[lid * NB + {i}u] = acc{i};\n"))
+            .replace("WROW_SETUP\n", &wsetup)
+            .replace("XROW_SETUP\n", &(xsetup + &accs))
+            .replace("WROW_LOAD\n", &wload)
+            .replace("XROW_BODY\n", &xbody)
+            .replace("WROW_REDUCE\n", &reduce)
 }
 
 /// Activation rows per dispatch for a batch: the smallest variant that holds it, at most [`ROWS_PER_PASS`].
@@ -102,13 +128,13 @@ pub(crate) fn encode(
         b0 as u32,
         batch as u32,
     ];
-    let sets = (256 / TPR) as usize;
+    let rows_per_group = (256 / TPR * RPT) as usize;
     gpu.encode(
         enc,
         &Shader::Gemv4bitRows(nb),
         params,
         bufs,
-        Gpu::grid((piece.r1 - piece.r0).div_ceil(sets) as u32),
+        Gpu::grid((piece.r1 - piece.r0).div_ceil(rows_per_group) as u32),
         None,
     )
 }
@@ -211,7 +237,7 @@ mod tests {
     fn every_variant_is_generated() {
         for nb in [1u32, 2, 4, 8] {
             let s = source(nb);
-            assert!(!s.contains("ROW_") && s.contains(&format!("acc{}", nb - 1)));
+            assert!(!s.contains("ROW_") && s.contains(&format!("acc{}_{}", nb - 1, RPT - 1)));
         }
     }
 }

@@ -1,16 +1,19 @@
-// Multi-row fused NF4/FP4 GEMV for cols % 32 == 0 and blocksize >= 32: NB activation rows per dispatch. A
-// thread decodes one 16-byte word (32 nibbles of one block) of its weight row into registers once and feeds
-// all NB activation rows with it, so each weight byte is read and decoded once per NB rows instead of once per
-// row. TPR threads share a weight row; a workgroup holds SETS = 256 / TPR weight rows. The float sum order
-// differs from the CPU's, within the GEMV tolerance.
+// Multi-row fused NF4/FP4 GEMV for cols % 32 == 0 and blocksize >= 32: NB activation rows per dispatch, RPT
+// weight rows per thread. Each step a thread reads one u32 (8 nibbles, 8 columns of one block) of each of its
+// RPT weight rows, decodes them into registers once, then loads 8 columns of each activation row once and feeds
+// all RPT weight rows with them: each weight byte is read and decoded once per NB activation rows, and each
+// activation value is loaded once per RPT weight rows. TPR threads share a set of RPT weight rows (adjacent u32
+// loads, so a set reads whole cache lines); a workgroup holds SETS = 256 / TPR sets. The sums are reduced one
+// weight row at a time through NB floats per thread of workgroup memory. The float sum order differs from the
+// CPU's, within the GEMV tolerance.
 // Params: p0 = row end of this dispatch, p1 = cols, p2 = log2(blocksize), p3 = total rows (y's row stride) with
 // bit 31 set when there is a bias, p4 = first vec4 held by `packed`, p5 = first row of this dispatch, p6 = first
 // activation row of this dispatch, p7 = activation rows in x.
-// Needs (generated): TPR, SETS, NB, and the per-activation-row setup, body and store lines the host writes in
-// place of the three placeholder lines below.
+// Needs (generated): TPR, SETS, NB, RPT, RED_LEN, and the per-row lines the host writes in place of the
+// placeholder lines below.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> packed: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> packed: array<u32>;
 @group(0) @binding(2) var<storage, read> absmax: array<f32>;
 @group(0) @binding(3) var<storage, read> table: array<f32>;
 @group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
@@ -29,42 +32,9 @@ fn dec_hi(w: u32) -> vec4<f32> {
     return vec4<f32>(lut[(w >> 20u) & 15u], lut[(w >> 16u) & 15u], lut[(w >> 28u) & 15u], lut[(w >> 24u) & 15u]);
 }
 
-@compute @workgroup_size(256)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    if (lid < 16u) {
-        lut[lid] = table[lid];
-    }
-    workgroupBarrier();
-    let rs = lid / TPR;
-    let t = lid % TPR;
-    let row = p.p5 + wg_linear(wid, nwg) * SETS + rs;
-    let cols = p.p1;
-    let chunks = cols / 32u;
-    // A row past the end is clamped onto the last row (loads stay in bounds) and not written; so is an
-    // activation row past the batch.
-    let e0 = min(row, p.p0 - 1u) * cols;
-    let last_b = p.p7 - 1u;
-ROW_SETUP
-    for (var c = t; c < chunks; c = c + TPR) {
-        let e = e0 + c * 32u;
-        let wd = packed[e / 32u - p.p4];
-        let s = absmax[e >> p.p2];
-        let w0 = dec_lo(wd.x);
-        let w1 = dec_hi(wd.x);
-        let w2 = dec_lo(wd.y);
-        let w3 = dec_hi(wd.y);
-        let w4 = dec_lo(wd.z);
-        let w5 = dec_hi(wd.z);
-        let w6 = dec_lo(wd.w);
-        let w7 = dec_hi(wd.w);
-        let xi = c * 8u;
-ROW_BODY
-    }
-ROW_STORE
+// Sums this thread's NB partial sums of one weight row over the TPR threads of its set; thread b < NB of the set
+// writes activation row p6 + b.
+fn reduce_store(lid: u32, t: u32, set0: u32, row: u32) {
     workgroupBarrier();
     for (var off = TPR / 2u; off > 0u; off = off >> 1u) {
         if (t < off) {
@@ -82,7 +52,37 @@ ROW_STORE
             if ((p.p3 >> 31u) != 0u) {
                 bv = bias[row];
             }
-            y[b * rows + row] = red[rs * TPR * NB + t] + bv;
+            y[b * rows + row] = red[set0 * NB + t] + bv;
         }
     }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    if (lid < 16u) {
+        lut[lid] = table[lid];
+    }
+    workgroupBarrier();
+    let rs = lid / TPR;
+    let t = lid % TPR;
+    let row0 = p.p5 + (wg_linear(wid, nwg) * SETS + rs) * RPT;
+    let cols = p.p1;
+    let steps = cols / 8u;
+    let first = p.p4 * 4u;
+    // Rows past the end are clamped onto the last row (loads stay in bounds) and not written; so are
+    // activation rows past the batch.
+    let last_b = p.p7 - 1u;
+WROW_SETUP
+XROW_SETUP
+    for (var u = t; u < steps; u = u + TPR) {
+        let xi = u * 2u;
+WROW_LOAD
+XROW_BODY
+    }
+WROW_REDUCE
 }
