@@ -376,7 +376,10 @@ fn integer_rows_match_reference_for_every_row_count() {
     let mut r = rng("integer_rows");
     for batch in 1..=32usize {
         let aligned = (r.random_range(1..80usize), 16 * r.random_range(1..40usize));
-        let ragged = (r.random_range(1..40usize), 4 * r.random_range(1..50usize) + 4);
+        let ragged = (
+            r.random_range(1..40usize),
+            4 * r.random_range(1..50usize) + 4,
+        );
         for (rows, cols) in [aligned, ragged] {
             let what = format!("{rows}x{cols} batch {batch}");
             let a: Vec<i8> = (0..batch * cols).map(|_| r.random()).collect();
@@ -406,6 +409,43 @@ fn integer_rows_match_reference_for_every_row_count() {
             assert_eq!(bits(&got), bits(&want), "ternary {what}");
         }
     }
+}
+
+/// A dispatch the device rejects (a workgroup grid past the adapter's limit) is a typed error from the call
+/// that recorded it or from the next wait, never a panic; the device then runs ops correctly again.
+#[test]
+fn a_rejected_dispatch_is_a_typed_error_and_the_device_recovers() {
+    use lowbit::backend::wgpu::shaders::Shader;
+    let Some(g) = gpu() else { return };
+    let mut r = rng("rejected_dispatch");
+    let gpu = g.gpu();
+    let (src, dst) = (gpu.output(64), gpu.output(64));
+    let bufs = [(1, &src), (2, &dst)];
+    let too_many = (gpu.limits.max_compute_workgroups_per_dimension + 1, 1, 1);
+    // wgpu reports a rejected dispatch when it records it or when its command buffer is finished, at the
+    // submission the next wait makes.
+    let recorded = gpu.submit(|enc| {
+        let params = [4, 0, 0, 0, 0, 0, 0, 0];
+        gpu.encode(enc, &Shader::Copy, params, &bufs, too_many, None)
+    });
+    let err = recorded.err().or_else(|| gpu.wait().err());
+    assert!(
+        matches!(err, Some(lowbit::Error::Device(_))),
+        "a device error, got {err:?}"
+    );
+    assert!(gpu.wait().is_ok(), "nothing is left pending");
+    let (m, n, k) = (3, 5, 40);
+    let x: Vec<f32> = (0..m * k).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let f = |v: &[f32]| FloatVec::F32(v.to_vec());
+    let want = CpuBackend
+        .matmul(f(&x).as_floats(), f(&w).as_floats(), None, m, n, k)
+        .unwrap();
+    let got = g
+        .matmul(f(&x).as_floats(), f(&w).as_floats(), None, m, n, k)
+        .unwrap();
+    assert!(max_rel(&got.to_f32_vec(), &want.to_f32_vec()) < 1e-5);
+    assert!(gpu.uncaptured_errors() >= 1);
 }
 
 #[test]

@@ -86,7 +86,7 @@ pub struct Gpu {
     /// probe found lanes numbered linearly within a workgroup (lane = local index mod size), which the subgroup
     /// reductions rely on.
     pub subgroup_max: Option<u32>,
-    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<Shader, Arc<Kernel>>>,
     /// Free buffers for reuse, and the count of buffers created (see `pool.rs` for why reuse is safe).
     pool: Arc<BufferPool>,
     /// Uniform params of recorded dispatches, `RING_SLOTS` slots of `slot_bytes` each.
@@ -103,8 +103,56 @@ pub struct Gpu {
     pending: Mutex<Pending>,
     submissions: std::sync::atomic::AtomicU64,
     reads: std::sync::atomic::AtomicU64,
-    /// Errors no error scope caught (wgpu's default handler would panic): logged and counted instead.
-    uncaptured: Arc<std::sync::atomic::AtomicU64>,
+    /// Errors no error scope caught (wgpu's default handler would panic): counted, and turned into typed
+    /// errors by the call that raised them.
+    errors: Arc<ErrorLog>,
+}
+
+/// A compiled shader variant: its pipeline and the bind-group layout every dispatch of it binds.
+pub(crate) struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// What the device's error handler saw: dispatches and submissions run without error scopes (a push and a
+/// pop per op cost about a fifth of a decoder block's time on an H200), so the handler counts each error by
+/// kind and keeps the last message; `submit` and `flush` compare the counts before and after their calls
+/// (wgpu-core reports an error to the handler on the thread and in the call that raised it).
+#[derive(Default)]
+struct ErrorLog {
+    out_of_memory: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
+    last: Mutex<String>,
+}
+
+impl ErrorLog {
+    fn record(&self, e: &wgpu::Error) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match e {
+            wgpu::Error::OutOfMemory { .. } => self.out_of_memory.fetch_add(1, Relaxed),
+            _ => self.other.fetch_add(1, Relaxed),
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.out_of_memory.load(Relaxed), self.other.load(Relaxed))
+    }
+
+    /// The typed error for what was reported since `before` (a [`counts`](Self::counts)), if anything.
+    fn since(&self, before: (u64, u64), what: &str) -> Result<()> {
+        let (oom, other) = self.counts();
+        if oom > before.0 {
+            tracing::debug!("wgpu out of memory in {what}");
+            return Err(gpu_oom(what, 0, None));
+        }
+        if other > before.1 {
+            let msg = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(gpu_err(format!("GPU error in {what}: {msg}")));
+        }
+        Ok(())
+    }
 }
 
 impl Gpu {
@@ -136,12 +184,12 @@ impl Gpu {
             ))
         })?;
         // wgpu's default handler panics on an error outside an error scope; a library must not.
-        let uncaptured = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = uncaptured.clone();
+        let errors = Arc::new(ErrorLog::default());
+        let log = errors.clone();
         let adapter_name = info.name.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!("{adapter_name}: uncaptured GPU error: {e}");
+            log.record(&e);
+            tracing::debug!("{adapter_name}: GPU error: {e}");
         }));
         let slot_bytes = u64::from(limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
         let pool = Arc::new(BufferPool::default());
@@ -170,7 +218,7 @@ impl Gpu {
             pending: Mutex::new(Pending::default()),
             submissions: Default::default(),
             reads: Default::default(),
-            uncaptured,
+            errors,
         };
         if features.contains(wgpu::Features::SUBGROUP) {
             match gpu.probe_subgroup_lanes() {
@@ -229,12 +277,13 @@ impl Gpu {
             .min(self.limits.max_buffer_size)
     }
 
-    /// The compiled pipeline for `shader`, compiling it on first use.
-    pub fn pipeline(&self, shader: &Shader) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = shader.key();
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+    /// The compiled pipeline for `shader` and its bind-group layout, compiling it on first use. Keyed by the
+    /// shader value itself: a dispatch formats no key and asks wgpu for no layout.
+    pub(crate) fn pipeline(&self, shader: &Shader) -> Result<Arc<Kernel>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(shader) {
             return Ok(p.clone());
         }
+        let key = shader.key();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&key),
@@ -264,8 +313,9 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err(format!("shader {key} failed to compile: {e}")));
         }
-        let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        let layout = pipeline.get_bind_group_layout(0);
+        let p = Arc::new(Kernel { pipeline, layout });
+        self.pipelines.lock().unwrap().insert(shader.clone(), p.clone());
         Ok(p)
     }
 
@@ -480,7 +530,7 @@ impl Gpu {
         grid: (u32, u32, u32),
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        let pipeline = self.pipeline(shader)?;
+        let kernel = self.pipeline(shader)?;
         let (pbuf, offset) = self.params_binding(params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -498,14 +548,14 @@ impl Gpu {
         }
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &kernel.layout,
             entries: &entries,
         });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
             timestamp_writes: timestamps,
         });
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         Ok(())
@@ -525,8 +575,7 @@ impl Gpu {
         &self,
         record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
     ) -> Result<()> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let before = self.errors.counts();
         let recorded = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let enc = p.encoder.get_or_insert_with(|| {
@@ -537,20 +586,12 @@ impl Gpu {
             p.ops += 1;
             r
         };
-        let oom_err = pollster::block_on(oom.pop());
-        let val_err = pollster::block_on(scope.pop());
+        let raised = self.errors.since(before, "gpu dispatch");
         if self.pending_ops() >= MAX_PENDING || self.ring_used() >= RING_SLOTS / 2 {
             self.flush()?;
         }
         recorded?;
-        if let Some(e) = oom_err {
-            tracing::debug!("wgpu out-of-memory scope: {e}");
-            return Err(gpu_oom("gpu dispatch", 0, None));
-        }
-        if let Some(e) = val_err {
-            return Err(gpu_err(format!("GPU validation error: {e}")));
-        }
-        Ok(())
+        raised
     }
 
     fn pending_ops(&self) -> u32 {
@@ -566,8 +607,7 @@ impl Gpu {
         let Some(encoder) = p.encoder.take() else {
             return Ok(());
         };
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let before = self.errors.counts();
         {
             // The params of the dispatches about to run, written ahead of them (see `ParamStaging`).
             let mut st = self.ring_staging.lock().unwrap_or_else(|e| e.into_inner());
@@ -582,19 +622,14 @@ impl Gpu {
         drop(p);
         self.submissions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(e) = pollster::block_on(oom.pop()) {
-            tracing::debug!("wgpu out-of-memory scope: {e}");
-            return Err(gpu_oom("gpu submission", 0, None));
-        }
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(gpu_err(format!("GPU validation error: {e}")));
-        }
-        Ok(())
+        self.errors.since(before, "gpu submission")
     }
 
-    /// GPU errors that no error scope caught since the device opened.
+    /// GPU errors (of any kind) reported outside an error scope since the device opened; each also became the
+    /// typed error of the call that raised it.
     pub fn uncaptured_errors(&self) -> u64 {
-        self.uncaptured.load(std::sync::atomic::Ordering::Relaxed)
+        let (oom, other) = self.errors.counts();
+        oom + other
     }
 
     /// Command buffers submitted and host reads made so far (tests assert how many an op sequence costs).

@@ -53,7 +53,9 @@ pub(crate) const RPT: u32 = 4;
 pub(crate) fn source(nb: u32) -> String {
     assert!((1..=ROWS_PER_PASS as u32).contains(&nb));
     let lines = |n: u32, line: &str| -> String {
-        (0..n).map(|i| line.replace("{i}", &i.to_string())).collect()
+        (0..n)
+            .map(|i| line.replace("{i}", &i.to_string()))
+            .collect()
     };
     let per_row = |line: &str| lines(RPT, line);
     let per_x = |line: &str| lines(nb, line);

@@ -4,12 +4,12 @@
 //! float product, narrowed to f16.
 
 use super::WgpuBackend;
+use super::int_gemv_rows::encode_int8_matmul;
 use super::kernels::{
-    Int8OutBuffers, RowSpec, check_binding, encode_int8_linear_out, encode_row_quant, encode_row_scales,
-    groups, u32_len,
+    Int8OutBuffers, RowSpec, check_binding, encode_int8_linear_out, encode_row_quant,
+    encode_row_scales, groups, u32_len,
 };
 use super::model_ops::encode_cast;
-use super::int_gemv_rows::encode_int8_matmul;
 use super::shaders::Shader;
 use super::tensor::GpuTensor;
 use crate::Result;

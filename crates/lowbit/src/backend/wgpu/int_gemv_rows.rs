@@ -38,7 +38,9 @@ fn pass_rows(left: usize) -> u32 {
 }
 
 fn per_row(nb: u32, line: &str) -> String {
-    (0..nb).map(|i| line.replace("{i}", &i.to_string())).collect()
+    (0..nb)
+        .map(|i| line.replace("{i}", &i.to_string()))
+        .collect()
 }
 
 fn consts(nb: u32) -> String {
@@ -58,13 +60,17 @@ pub(crate) fn int8_source(nb: u32) -> String {
         + &INT8_TEMPLATE
             .replace("ROW_SETUP\n", &per_row(nb, setup))
             .replace("ROW_BODY\n", &per_row(nb, body))
-            .replace("ROW_STORE\n", &per_row(nb, "    red[lid * NB + {i}u] = acc{i};\n"))
+            .replace(
+                "ROW_STORE\n",
+                &per_row(nb, "    red[lid * NB + {i}u] = acc{i};\n"),
+            )
 }
 
 /// WGSL of the ternary multi-row GEMV for `nb` activation rows per dispatch.
 pub(crate) fn ternary_source(nb: u32) -> String {
     assert!((1..=ROWS_PER_PASS as u32).contains(&nb));
-    let setup = "    let xb{i} = min(p.p3 + {i}u, last_b) * chunks;\n    var acc{i} = vec4<i32>(0);\n";
+    let setup =
+        "    let xb{i} = min(p.p3 + {i}u, last_b) * chunks;\n    var acc{i} = vec4<i32>(0);\n";
     let body = "        acc{i} = acc{i} + dot_rows(c0, c1, c2, c3, xq[xb{i} + k]);\n";
     let reduce = "    reduce_store(lid, t, pr, p.p3 + {i}u, acc{i});\n";
     consts(nb)
@@ -147,7 +153,10 @@ mod tests {
         }
         assert!(!int8_takes_gemv(ROWS_MAX + 1, 4096));
         assert!(!int8_takes_gemv(4, 4104));
-        assert!(!ternary_takes_gemv_rows(1, 4096), "one row: the batch-1 GEMV");
+        assert!(
+            !ternary_takes_gemv_rows(1, 4096),
+            "one row: the batch-1 GEMV"
+        );
         for rows in 2..=ROWS_MAX {
             assert!(ternary_takes_gemv_rows(rows, 4096));
         }

@@ -7,8 +7,8 @@ pub mod bench;
 mod context;
 mod device_ops;
 pub mod gemv_rows;
-pub mod int_gemv_rows;
 mod int8_linear;
+pub mod int_gemv_rows;
 mod kernels;
 pub mod model_ops;
 /// Dense GEMM through Metal Performance Shaders on wgpu's Metal device (macOS).

@@ -218,7 +218,9 @@ pub fn int8_linear_matmul(
     let bbuf = gpu.upload(i8_bytes(b));
     let ybuf = gpu.output((m * n * 4) as u64);
     gpu.run(|enc| {
-        crate::backend::wgpu::int_gemv_rows::encode_int8_matmul(gpu, enc, m, n, k, &abuf, &bbuf, &ybuf)
+        crate::backend::wgpu::int_gemv_rows::encode_int8_matmul(
+            gpu, enc, m, n, k, &abuf, &bbuf, &ybuf,
+        )
     })?;
     Ok(bytemuck::pod_collect_to_vec(&gpu.read(&ybuf, m * n * 4)?))
 }
