@@ -9,7 +9,7 @@ use super::stats::{self, DeviceStats, DeviceStatsSnapshot, OpStats};
 use super::{OpKind, discovery};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cpu::device_ops::{HostView, run_host_op};
+use crate::backend::cpu::device_ops::{HostView, ModelKernels, run_host_op};
 use crate::capability::DeviceError;
 use crate::capability::Op;
 use crate::capability::{DeviceInfo, DeviceType, OpParams, Support};
@@ -471,7 +471,7 @@ impl Device {
                     data: t.data(),
                 })
                 .collect();
-            let y = run_host_op(&CpuBackend, op, &views)?;
+            let y = run_host_op(&CpuBackend, ModelKernels::Fast, op, &views)?;
             self.backend.upload(&y)
         };
         let r = run();

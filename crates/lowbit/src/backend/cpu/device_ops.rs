@@ -84,8 +84,32 @@ macro_rules! binary {
     };
 }
 
-/// Runs `op` on host operands through `b`'s host-slice kernels. Operands were validated by the op layer.
-pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tensor> {
+/// Which model-op kernels a host backend runs (the `Backend` trait has no model ops: they live here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKernels {
+    /// `reference::model`: the executable spec.
+    Reference,
+    /// The fast CPU kernels where one exists (attention), within the reference's bounds.
+    Fast,
+}
+
+/// The attention kernel of `kernels` for element type `T`.
+type AttentionFn<T> = fn(&[T], &[T], &[T], usize, usize, usize, usize, usize, f32) -> Vec<T>;
+fn attention_kernel<T: crate::tensor::Float>(kernels: ModelKernels) -> AttentionFn<T> {
+    match kernels {
+        ModelKernels::Reference => model::attention,
+        ModelKernels::Fast => super::fast::attention::attention,
+    }
+}
+
+/// Runs `op` on host operands through `b`'s host-slice kernels and the model kernels `kernels`. Operands were
+/// validated by the op layer.
+pub fn run_host_op(
+    b: &dyn Backend,
+    kernels: ModelKernels,
+    op: &Op,
+    inputs: &[HostView],
+) -> Result<Tensor> {
     let name = op.kind().name();
     let bias = |i: usize, present: bool| -> Result<Option<Floats>> {
         if present {
@@ -248,17 +272,17 @@ pub fn run_host_op(b: &dyn Backend, op: &Op, inputs: &[HostView]) -> Result<Tens
             let v = inputs[2].floats(name)?;
             let y = match (q, k, v) {
                 (Floats::F32(q), Floats::F32(k), Floats::F32(v)) => {
-                    FloatVec::from(model::attention(
+                    FloatVec::from(attention_kernel(kernels)(
                         q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
                     ))
                 }
                 (Floats::F16(q), Floats::F16(k), Floats::F16(v)) => {
-                    FloatVec::from(model::attention(
+                    FloatVec::from(attention_kernel(kernels)(
                         q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
                     ))
                 }
                 (Floats::BF16(q), Floats::BF16(k), Floats::BF16(v)) => {
-                    FloatVec::from(model::attention(
+                    FloatVec::from(attention_kernel(kernels)(
                         q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
                     ))
                 }
@@ -286,6 +310,7 @@ fn f32s<'a>(op: &'static str, v: &HostView<'a>) -> Result<&'a [f32]> {
 pub fn run_on_host_storage(
     b: &dyn Backend,
     device: &'static str,
+    kernels: ModelKernels,
     op: &Op,
     inputs: &[&crate::device_tensor::DeviceTensor],
 ) -> Result<crate::device_tensor::DeviceTensor> {
@@ -303,7 +328,7 @@ pub fn run_on_host_storage(
             data: g,
         })
         .collect();
-    let y = run_host_op(b, op, &views)?;
+    let y = run_host_op(b, kernels, op, &views)?;
     drop(guards);
     super::storage::host_tensor(y, device)
 }

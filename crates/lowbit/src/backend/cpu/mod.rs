@@ -21,7 +21,7 @@ use half::f16;
 /// The device-tensor seam of a host backend whose storage is host memory named `$id`: every op runs through
 /// its own host-slice kernels (`device_ops`), which is also the runtime's CPU fallback.
 macro_rules! host_device_tensors {
-    ($id:expr) => {
+    ($id:expr, $kernels:expr) => {
         fn upload(&self, t: &crate::tensor::Tensor) -> Result<crate::device_tensor::DeviceTensor> {
             storage::host_tensor(t.clone(), $id)
         }
@@ -43,7 +43,7 @@ macro_rules! host_device_tensors {
             op: &crate::capability::Op,
             inputs: &[&crate::device_tensor::DeviceTensor],
         ) -> Result<crate::device_tensor::DeviceTensor> {
-            device_ops::run_on_host_storage(self, $id, op, inputs)
+            device_ops::run_on_host_storage(self, $id, $kernels, op, inputs)
         }
         fn write_rows(
             &self,
@@ -87,7 +87,7 @@ impl Backend for CpuBackend {
         "cpu".into()
     }
 
-    host_device_tensors!(storage::CPU_ID);
+    host_device_tensors!(storage::CPU_ID, device_ops::ModelKernels::Fast);
     fn info(&self) -> DeviceInfo {
         host::cpu_info()
     }
@@ -255,7 +255,7 @@ impl Backend for ReferenceBackend {
         REFERENCE_ID.into()
     }
 
-    host_device_tensors!(REFERENCE_ID);
+    host_device_tensors!(REFERENCE_ID, device_ops::ModelKernels::Reference);
     fn quantize_blockwise(
         &self,
         x: Floats,

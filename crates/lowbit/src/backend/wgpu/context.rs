@@ -315,7 +315,10 @@ impl Gpu {
         }
         let layout = pipeline.get_bind_group_layout(0);
         let p = Arc::new(Kernel { pipeline, layout });
-        self.pipelines.lock().unwrap().insert(shader.clone(), p.clone());
+        self.pipelines
+            .lock()
+            .unwrap()
+            .insert(shader.clone(), p.clone());
         Ok(p)
     }
 

@@ -237,8 +237,10 @@ mod avx512 {
     }
 
     /// `out[lane] = sum over KC slices of (fma chain over the slice of x[kk] * w[j0 + lane, kk])` for the
-    /// `out.len() <= 16` rows from j0, weights gathered from the stored rows (bf16 as its 16 bits shifted up:
-    /// exact). Caller guarantees AVX-512, `k >= 2`, `x.len() >= k` and rows `j0..j0 + out.len()` inside `w`.
+    /// `out.len() <= 16` rows from j0. Each step loads 16 contiguous columns of each row (bf16 as its 16 bits
+    /// shifted up: exact) and transposes the 16x16 block in registers, so the fma chain sees one column of
+    /// the panel per vector, in the order a packed panel gives it. Caller guarantees AVX-512, `x.len() >= k`
+    /// and rows `j0..j0 + out.len()` inside `w`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn one_row_panel(
         x: &[f32],
@@ -247,53 +249,22 @@ mod avx512 {
         k: usize,
         out: &mut [f32],
     ) {
-        use crate::tensor::Floats;
         let lanes = out.len();
-        let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
-        let idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(k as i32),
-        );
-        let (zf, zi) = (_mm512_setzero_ps(), _mm512_setzero_si512());
-        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
         let mut c = _mm512_setzero_ps();
         for k0 in (0..k).step_by(KC) {
-            let mut acc = _mm512_setzero_ps();
             let k1 = (k0 + KC).min(k);
-            for (kk, &xv) in x.iter().enumerate().take(k1).skip(k0) {
-                let at = j0 * k + kk;
-                // SAFETY: every gathered element is w[(j0 + lane) * k + kk] for a live lane, inside w; a bf16
-                // gather reads 4 bytes, so it starts at the element (low half) or, in the last column, one
-                // element earlier (high half), never past the row.
-                let wv = unsafe {
-                    match w {
-                        Floats::F32(s) => {
-                            _mm512_mask_i32gather_ps::<4>(zf, mask, idx, s.as_ptr().add(at).cast())
-                        }
-                        Floats::BF16(s) => {
-                            let base = s.as_ptr().cast::<u8>();
-                            if kk + 1 < k {
-                                let v = _mm512_mask_i32gather_epi32::<2>(
-                                    zi,
-                                    mask,
-                                    idx,
-                                    base.add(2 * at).cast(),
-                                );
-                                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
-                            } else {
-                                let v = _mm512_mask_i32gather_epi32::<2>(
-                                    zi,
-                                    mask,
-                                    idx,
-                                    base.add(2 * at - 2).cast(),
-                                );
-                                _mm512_castsi512_ps(_mm512_and_si512(v, high))
-                            }
-                        }
-                        Floats::F16(_) => unreachable!("f16 weights take the packed path"),
-                    }
-                };
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), wv, acc);
+            let mut acc = _mm512_setzero_ps();
+            for kk0 in (k0..k1).step_by(NR) {
+                let cols = (k1 - kk0).min(NR);
+                let mut rows = [_mm512_setzero_ps(); NR];
+                for (i, r) in rows.iter_mut().enumerate().take(lanes) {
+                    // SAFETY: columns kk0..kk0 + cols of row j0 + i lie in w (the caller's rows).
+                    *r = unsafe { load_row(w, (j0 + i) * k + kk0, cols) };
+                }
+                let columns = transpose16(&rows);
+                for (col, &xv) in columns.iter().zip(&x[kk0..kk0 + cols]) {
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(xv), *col, acc);
+                }
             }
             c = _mm512_add_ps(c, acc);
         }
@@ -301,6 +272,60 @@ mod avx512 {
         // SAFETY: buf holds 16 floats.
         unsafe { _mm512_storeu_ps(buf.as_mut_ptr(), c) };
         out.copy_from_slice(&buf[..lanes]);
+    }
+
+    /// Elements `at..at + cols` (`cols <= 16`) of an f32 or bf16 slice as f32 lanes, the rest zero. Masked
+    /// loads touch no element past `cols`. Caller guarantees AVX-512 and `at + cols <= w.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load_row(w: crate::tensor::Floats, at: usize, cols: usize) -> __m512 {
+        use crate::tensor::Floats;
+        let mask = (u32::MAX >> (32 - cols)) as __mmask16;
+        // SAFETY: the masked-in elements at..at + cols lie in w; masked-out ones are not accessed.
+        unsafe {
+            match w {
+                Floats::F32(s) => _mm512_maskz_loadu_ps(mask, s.as_ptr().add(at)),
+                Floats::BF16(s) => {
+                    let v = _mm256_maskz_loadu_epi16(mask, s.as_ptr().add(at).cast());
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+                }
+                Floats::F16(_) => unreachable!("f16 weights take the packed path"),
+            }
+        }
+    }
+
+    /// The transpose of 16 rows of 16 lanes: `out[c]` lane `r` is `rows[r]` lane `c`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose16(rows: &[__m512; NR]) -> [__m512; NR] {
+        // Pairs of rows interleaved, then pairs of pairs: u[4g + c] holds, in 128-bit lane l, column 4l + c of
+        // rows 4g..4g + 4.
+        let mut t = [_mm512_setzero_ps(); NR];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+        }
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        let mut u = [_mm512_setzero_ps(); NR];
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * g + 1] = ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * g + 2] = ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * g + 3] = ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        // Then the 128-bit lanes: column 4l + c gathers lane l of u[c], u[4 + c], u[8 + c], u[12 + c].
+        let mut out = [_mm512_setzero_ps(); NR];
+        for c in 0..4 {
+            let s0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+            let s1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+            let s2 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+            let s3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(s0, s2);
+            out[4 + c] = _mm512_shuffle_f32x4::<0xDD>(s0, s2);
+            out[8 + c] = _mm512_shuffle_f32x4::<0x88>(s1, s3);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(s1, s3);
+        }
+        out
     }
 
     /// The first `R` rows of the panel. Caller guarantees `a.len() >= kc*MR`, `b.len() >= kc*NR`,
@@ -374,11 +399,7 @@ pub fn matmul(
 ) -> crate::tensor::FloatVec {
     let xf = x.to_f32_vec();
     #[cfg(target_arch = "x86_64")]
-    if m == 1
-        && (2..=i32::MAX as usize / NR).contains(&k)
-        && isa == Isa::Avx512
-        && !matches!(w, Floats::F16(_))
-    {
+    if m == 1 && k >= 1 && isa == Isa::Avx512 && !matches!(w, Floats::F16(_)) {
         let y = one_row_avx512(&xf, w, bias, n, k);
         return crate::tensor::FloatVec::from_f32(y, x.dtype());
     }
@@ -388,10 +409,11 @@ pub fn matmul(
     crate::tensor::FloatVec::from_f32(y, x.dtype())
 }
 
-/// One activation row against an f32 or bf16 weight (`k >= 2`): `gemm_nt`'s arithmetic for every output (an
+/// One activation row against an f32 or bf16 weight (`k >= 1`): `gemm_nt`'s arithmetic for every output (an
 /// fma chain over each KC slice, added into a zero-started sum, then the bias or 0.0 added) with each
-/// 16-output panel's weights gathered straight from the stored rows, instead of widened and transposed into a
-/// packed panel first (which cost more than the products for one row, e.g. a language model's output head).
+/// 16-output panel's weights loaded straight from the stored rows and transposed in registers, instead of
+/// widened and transposed into a packed panel in memory first (which cost more than the products for one
+/// row, e.g. a language model's output head; so did a 16-lane gather per column).
 #[cfg(target_arch = "x86_64")]
 fn one_row_avx512(x: &[f32], w: Floats, bias: Option<Floats>, n: usize, k: usize) -> Vec<f32> {
     /// Outputs per parallel task: 64 panels.
@@ -400,7 +422,7 @@ fn one_row_avx512(x: &[f32], w: Floats, bias: Option<Floats>, n: usize, k: usize
     y.par_chunks_mut(TASK).enumerate().for_each(|(t, ys)| {
         for (p, out) in ys.chunks_mut(NR).enumerate() {
             let j0 = t * TASK + p * NR;
-            // SAFETY: AVX-512 was detected by the caller's `isa`; rows j0..j0 + out.len() lie in w, k >= 2.
+            // SAFETY: AVX-512 was detected by the caller's `isa`; rows j0..j0 + out.len() lie in w.
             unsafe { avx512::one_row_panel(x, w, j0, k, out) };
             for (jj, o) in out.iter_mut().enumerate() {
                 *o += bias.map_or(0.0, |b| b.get_f32(j0 + jj));
@@ -437,10 +459,36 @@ mod one_row_tests {
     use super::*;
     use half::bf16;
 
+    #[test]
+    fn the_register_transpose_moves_every_lane() {
+        if super::super::isa() != Isa::Avx512 {
+            println!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let v: Vec<f32> = (0..NR * NR).map(|i| i as f32).collect();
+        // SAFETY: AVX-512 is present (checked above); each load reads 16 floats of v.
+        let got = unsafe {
+            use std::arch::x86_64::*;
+            let rows: [__m512; NR] =
+                std::array::from_fn(|r| _mm512_loadu_ps(v.as_ptr().add(r * NR)));
+            let cols = avx512::transpose16(&rows);
+            let mut out = vec![0.0f32; NR * NR];
+            for (c, col) in cols.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(c * NR), *col);
+            }
+            out
+        };
+        for c in 0..NR {
+            for r in 0..NR {
+                assert_eq!(got[c * NR + r], v[r * NR + c], "column {c} lane {r}");
+            }
+        }
+    }
+
     /// The one-row kernel gives `gemm_nt`'s bits (the packed path every other row count takes), so a batch
     /// split down to single rows keeps its bytes.
     #[test]
-    fn one_row_gather_path_equals_the_packed_gemm_bit_for_bit() {
+    fn one_row_path_equals_the_packed_gemm_bit_for_bit() {
         if super::super::isa() != Isa::Avx512 {
             println!("skipped: no AVX-512 on this CPU");
             return;
@@ -451,7 +499,16 @@ mod one_row_tests {
             .unwrap_or_else(|| std::process::id() as u64);
         println!("seed {seed}");
         let mut rng = crate::synth::SplitMix64::new(seed);
-        for (n, k) in [(1, 2), (5, 3), (16, 256), (37, 300), (70, 513), (33, 1000)] {
+        for (n, k) in [
+            (3, 1),
+            (1, 2),
+            (5, 3),
+            (16, 256),
+            (20, 17),
+            (37, 300),
+            (70, 513),
+            (33, 1000),
+        ] {
             let mut x = vec![0.0f32; k];
             rng.fill_normal(&mut x, 1.0);
             let mut w32 = vec![0.0f32; n * k];
