@@ -79,8 +79,10 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
-/// Work per rayon task, in bytes touched: below this, splitting costs more than it saves.
-const MIN_TASK_BYTES: usize = 256 * 1024;
+/// Work per rayon task, in bytes touched: below this, splitting costs more than it saves. 64 KiB lets a
+/// 576x576 NF4 GEMV (a small model's attention projection) use two threads: SmolLM2-135M decode on 2 cores
+/// went from 62 to 70-72 tokens/s against 256 KiB, and 32 KiB was slower again (docs/PERFORMANCE.md).
+const MIN_TASK_BYTES: usize = 64 * 1024;
 
 /// Items per rayon task for `n` items of `bytes_per_item` each: big enough to amortise scheduling, small
 /// enough to give every thread several tasks for balance.
