@@ -36,8 +36,8 @@ impl WgpuBackend {
         let shape = with_last_dim(a.x.shape(), n);
         let total = m * n;
         if total == 0 {
-            return self.wrap(GpuTensor {
-                buffer: gpu.output(0),
+            return self.wrap_owned(GpuTensor {
+                buffer: gpu.pooled(0)?,
                 shape,
                 dtype: DType::F16,
             });
@@ -52,15 +52,17 @@ impl WgpuBackend {
             None => None,
         };
         let outliers = a.threshold > 0.0;
-        let x16 = gpu.output((m * k * 2) as u64);
-        let x32 = gpu.output(if x.dtype == DType::BF16 { m * k * 4 } else { 0 } as u64);
-        let flags = gpu.output((k * 4) as u64);
-        let list = gpu.output(((k + 1) * 4) as u64);
-        let absmax = gpu.output((m * 4) as u64);
-        let scale = gpu.output((m * 4) as u64);
-        let q = gpu.output((m * k) as u64);
-        let c = gpu.output((total * 4) as u64);
-        let y = gpu.output((total * 2) as u64);
+        // Pooled temporaries, each written in full before it is read (flags and the list only with a
+        // threshold, when they are also the only readers); back to the pool once recorded.
+        let x16 = gpu.pooled((m * k * 2) as u64)?;
+        let x32 = gpu.pooled(if x.dtype == DType::BF16 { m * k * 4 } else { 0 } as u64)?;
+        let flags = gpu.pooled((k * 4) as u64)?;
+        let list = gpu.pooled(((k + 1) * 4) as u64)?;
+        let absmax = gpu.pooled((m * 4) as u64)?;
+        let scale = gpu.pooled((m * 4) as u64)?;
+        let q = gpu.pooled((m * k) as u64)?;
+        let c = gpu.pooled((total * 4) as u64)?;
+        let y = gpu.pooled((total * 2) as u64)?;
         let spec = RowSpec {
             dtype: DType::F16,
             rows: m,
@@ -113,7 +115,11 @@ impl WgpuBackend {
             };
             encode_int8_linear_out(gpu, enc, m, n, k, outliers, &bufs)
         })?;
-        self.wrap(GpuTensor {
+        // Recorded: the temporaries can serve later ops (pool.rs says why that is safe).
+        for b in [x16, x32, flags, list, absmax, scale, q, c] {
+            gpu.recycle(b);
+        }
+        self.wrap_owned(GpuTensor {
             buffer: y,
             shape,
             dtype: DType::F16,

@@ -36,11 +36,13 @@ pub(crate) fn encode_ternary_act_quant(
         threshold: 0.0,
         mode: 1,
     };
-    // Kept alive by the command buffer once recorded.
-    let absmax = gpu.output((rows * 4) as u64);
-    let no_flags = gpu.output(4);
+    // A pooled temporary, written in full by the row scales and given back once recorded (pool.rs says why
+    // that is safe); BitNet's mode never reads the outlier flags.
+    let absmax = gpu.pooled((rows * 4) as u64)?;
     encode_row_scales(gpu, enc, spec, x, &absmax, scale)?;
-    encode_row_quant(gpu, enc, spec, x, &absmax, scale, &no_flags, q)
+    let quant = encode_row_quant(gpu, enc, spec, x, &absmax, scale, gpu.unused_binding(), q);
+    gpu.recycle(absmax);
+    quant
 }
 
 pub fn ternary_quantize(
