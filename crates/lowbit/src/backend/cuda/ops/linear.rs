@@ -2,8 +2,8 @@
 //! (kernels/linear.cu, blas.rs).
 
 use super::{
-    Arg, BLAS_MIN_ROWS, Buf, Cuda, CudaStorage, LIN_WARPS, ROWS_MAX, THREADS, Weight4, blocks, dt,
-    opt, p, suffix, u32_of,
+    Arg, Buf, Cuda, CudaStorage, LIN_WARPS, LinearRoute, ROWS_MAX, THREADS, Weight4, blocks, dt,
+    linear_route, opt, p, suffix, u32_of,
 };
 use crate::Result;
 use crate::tensor::DType;
@@ -67,7 +67,8 @@ impl Cuda {
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul_4bit";
-        if m >= BLAS_MIN_ROWS && self.blas().is_some() {
+        let route = linear_route(m, self.blas().is_some());
+        if route == LinearRoute::Blas {
             // bitsandbytes' route for batches: the weight dequantized in x's dtype, then one product.
             let table = self.fourbit_table(w.quant_type);
             let n_w = w.rows * w.cols;
@@ -140,7 +141,8 @@ impl Cuda {
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul";
-        if m >= BLAS_MIN_ROWS
+        let route = linear_route(m, self.blas().is_some());
+        if route == LinearRoute::Blas
             && let Some(y) = self.blas_linear(x, w, dtype, bias, m, n, k, out)?
         {
             return Ok(y);
@@ -185,7 +187,7 @@ impl Cuda {
         (m, n, k): (usize, usize, usize),
         out: DType,
     ) -> Result<Buf> {
-        let blas_route = m >= BLAS_MIN_ROWS && self.blas().is_some();
+        let blas_route = linear_route(m, self.blas().is_some()) == LinearRoute::Blas;
         if m <= ROWS_MAX && !blas_route && matches!(w_dtype, DType::F16 | DType::BF16) {
             let name = format!(
                 "linear_rows_{}_r{}_w{}",

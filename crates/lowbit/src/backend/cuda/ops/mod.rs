@@ -32,6 +32,50 @@ pub const ROWS_MAX: usize = 32;
 /// against 30-89 us for dequantize + cuBLAS; at 8 rows 34-98 us against 30-89 us.
 pub const BLAS_MIN_ROWS: usize = 8;
 
+/// Which kernel a float or 4-bit linear layer runs for its activation rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearRoute {
+    /// The warp-per-row kernels: each weight byte read once per pass of activation rows.
+    Rows,
+    /// One cuBLAS product (a 4-bit weight dequantized first).
+    Blas,
+    /// lowbit's tiled GEMM (no cuBLAS, more than [`ROWS_MAX`] rows).
+    Tiled,
+}
+
+/// The route for `m` activation rows, `blas` saying whether cuBLAS is present: the crossover points
+/// [`BLAS_MIN_ROWS`] and [`ROWS_MAX`] in one place (a cuBLAS call that declines the shape falls through to
+/// the other two).
+pub fn linear_route(m: usize, blas: bool) -> LinearRoute {
+    if m >= BLAS_MIN_ROWS && blas {
+        LinearRoute::Blas
+    } else if m <= ROWS_MAX {
+        LinearRoute::Rows
+    } else {
+        LinearRoute::Tiled
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn rows_below_eight_take_the_row_kernels_and_batches_cublas() {
+        for m in 1..BLAS_MIN_ROWS {
+            assert_eq!(linear_route(m, true), LinearRoute::Rows, "{m} rows");
+        }
+        for m in [BLAS_MIN_ROWS, 16, ROWS_MAX, 33, 512] {
+            assert_eq!(linear_route(m, true), LinearRoute::Blas, "{m} rows");
+        }
+        // Without cuBLAS: the row kernels up to ROWS_MAX, then the tiled GEMM.
+        for m in 1..=ROWS_MAX {
+            assert_eq!(linear_route(m, false), LinearRoute::Rows, "{m} rows");
+        }
+        assert_eq!(linear_route(ROWS_MAX + 1, false), LinearRoute::Tiled);
+    }
+}
+
 fn p(b: &CudaStorage) -> Arg {
     Arg::Ptr(b.addr())
 }
