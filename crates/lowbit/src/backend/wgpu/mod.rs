@@ -6,6 +6,7 @@
 pub mod bench;
 mod context;
 mod device_ops;
+mod gemm_source;
 pub mod gemv_rows;
 mod int8_linear;
 pub mod int_gemv_rows;
@@ -15,6 +16,7 @@ pub mod model_ops;
 #[cfg(target_os = "macos")]
 pub mod mps;
 mod pool;
+mod quantize_source;
 pub mod shaders;
 mod tensor;
 

@@ -56,26 +56,6 @@ pub fn linear_route(m: usize, blas: bool) -> LinearRoute {
     }
 }
 
-#[cfg(test)]
-mod route_tests {
-    use super::*;
-
-    #[test]
-    fn rows_below_eight_take_the_row_kernels_and_batches_cublas() {
-        for m in 1..BLAS_MIN_ROWS {
-            assert_eq!(linear_route(m, true), LinearRoute::Rows, "{m} rows");
-        }
-        for m in [BLAS_MIN_ROWS, 16, ROWS_MAX, 33, 512] {
-            assert_eq!(linear_route(m, true), LinearRoute::Blas, "{m} rows");
-        }
-        // Without cuBLAS: the row kernels up to ROWS_MAX, then the tiled GEMM.
-        for m in 1..=ROWS_MAX {
-            assert_eq!(linear_route(m, false), LinearRoute::Rows, "{m} rows");
-        }
-        assert_eq!(linear_route(ROWS_MAX + 1, false), LinearRoute::Tiled);
-    }
-}
-
 fn p(b: &CudaStorage) -> Arg {
     Arg::Ptr(b.addr())
 }
@@ -117,4 +97,24 @@ pub struct Weight4<'a> {
     pub blocksize: usize,
     pub rows: usize,
     pub cols: usize,
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn rows_below_eight_take_the_row_kernels_and_batches_cublas() {
+        for m in 1..BLAS_MIN_ROWS {
+            assert_eq!(linear_route(m, true), LinearRoute::Rows, "{m} rows");
+        }
+        for m in [BLAS_MIN_ROWS, 16, ROWS_MAX, 33, 512] {
+            assert_eq!(linear_route(m, true), LinearRoute::Blas, "{m} rows");
+        }
+        // Without cuBLAS: the row kernels up to ROWS_MAX, then the tiled GEMM.
+        for m in 1..=ROWS_MAX {
+            assert_eq!(linear_route(m, false), LinearRoute::Rows, "{m} rows");
+        }
+        assert_eq!(linear_route(ROWS_MAX + 1, false), LinearRoute::Tiled);
+    }
 }
