@@ -324,7 +324,8 @@ fn fourbit_linear_matches_cpu() {
 
 /// The 4-bit linear kernels for every row count 1-32 against the CPU reference: the multi-row GEMV on
 /// aligned weights (cols % 32 == 0, blocksize >= 32; partial workgroups of weight rows, several dispatches of
-/// activation rows above 8) and the GEMM it falls back to on the others.
+/// activation rows above 8, one, two and four weight rows per thread) and the GEMM it falls back to on the
+/// others.
 #[test]
 fn fourbit_rows_match_reference_for_every_row_count() {
     use lowbit::backend::cpu::ReferenceBackend;
@@ -339,7 +340,18 @@ fn fourbit_rows_match_reference_for_every_row_count() {
             [32usize, 64, 128, 4096][r.random_range(0..4)],
         );
         let ragged = (r.random_range(1..40usize), r.random_range(1..200usize), 64);
-        for (rows, cols, bs) in [aligned, ragged] {
+        // Taller weights take two and four weight rows per thread.
+        let tall = (
+            [2100usize, 8200][batch % 2] + r.random_range(0..40usize),
+            64,
+            64,
+        );
+        let shapes = if batch % 3 == 0 {
+            vec![aligned, ragged, tall]
+        } else {
+            vec![aligned, ragged]
+        };
+        for (rows, cols, bs) in shapes {
             let q = random_4bit(&mut r, rows, cols, qt, bs);
             let w = Packed4bit {
                 packed: &q.codes,

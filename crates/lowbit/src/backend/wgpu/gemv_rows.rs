@@ -46,18 +46,29 @@ pub fn pick_linear_path(rows: usize, cols: usize, blocksize: usize) -> LinearPat
 /// Threads per set of weight rows: 32 adjacent u32 loads, one 128-byte line of each weight row per step.
 const TPR: u32 = 32;
 
-/// Weight rows per thread: each activation value a thread loads feeds this many weight rows.
-pub(crate) const RPT: u32 = 4;
+/// The weight rows per thread the kernel is built for.
+pub(crate) const RPT_VARIANTS: [u32; 3] = [1, 2, 4];
 
-/// WGSL of the multi-row kernel for `nb` activation rows per dispatch.
-pub(crate) fn source(nb: u32) -> String {
-    assert!((1..=ROWS_PER_PASS as u32).contains(&nb));
+/// Weight rows per thread for a weight of `rows` rows: each activation value a thread loads feeds this many
+/// weight rows, but a workgroup then covers 8 x RPT rows, so a smaller layer takes fewer to keep enough
+/// workgroups in flight (4096 rows at 4 per thread were 128 workgroups: one per SM of an H200).
+pub(crate) fn rows_per_thread(rows: usize) -> u32 {
+    match rows {
+        r if r >= 8192 => 4,
+        r if r >= 2048 => 2,
+        _ => 1,
+    }
+}
+
+/// WGSL of the multi-row kernel for `nb` activation rows per dispatch and `rpt` weight rows per thread.
+pub(crate) fn source(nb: u32, rpt: u32) -> String {
+    assert!((1..=ROWS_PER_PASS as u32).contains(&nb) && RPT_VARIANTS.contains(&rpt));
     let lines = |n: u32, line: &str| -> String {
         (0..n)
             .map(|i| line.replace("{i}", &i.to_string()))
             .collect()
     };
-    let per_row = |line: &str| lines(RPT, line);
+    let per_row = |line: &str| lines(rpt, line);
     let per_x = |line: &str| lines(nb, line);
     let wsetup = per_row("    let e{i} = min(row0 + {i}u, p.p0 - 1u) * cols;\n");
     let xsetup = per_x("    let xb{i} = min(p.p6 + {i}u, last_b) * (cols / 4u);\n");
@@ -76,7 +87,7 @@ pub(crate) fn source(nb: u32) -> String {
                 + "        }\n"
         })
         .collect();
-    let reduce: String = (0..RPT)
+    let reduce: String = (0..rpt)
         .map(|r| {
             (0..nb)
                 .map(|b| format!("    red[lid * NB + {b}u] = acc{b}_{r};\n"))
@@ -85,7 +96,7 @@ pub(crate) fn source(nb: u32) -> String {
         })
         .collect();
     let consts = format!(
-        "const TPR: u32 = {TPR}u;\nconst SETS: u32 = {}u;\nconst NB: u32 = {nb}u;\nconst RPT: u32 = {RPT}u;\nconst RED_LEN: u32 = {}u;\n",
+        "const TPR: u32 = {TPR}u;\nconst SETS: u32 = {}u;\nconst NB: u32 = {nb}u;\nconst RPT: u32 = {rpt}u;\nconst RED_LEN: u32 = {}u;\n",
         256 / TPR,
         256 * nb
     );
@@ -130,10 +141,11 @@ pub(crate) fn encode(
         b0 as u32,
         batch as u32,
     ];
-    let rows_per_group = (256 / TPR * RPT) as usize;
+    let rpt = rows_per_thread(rows);
+    let rows_per_group = (256 / TPR * rpt) as usize;
     gpu.encode(
         enc,
-        &Shader::Gemv4bitRows(nb),
+        &Shader::Gemv4bitRows(nb, rpt),
         params,
         bufs,
         Gpu::grid((piece.r1 - piece.r0).div_ceil(rows_per_group) as u32),
@@ -238,8 +250,13 @@ mod tests {
     #[test]
     fn every_variant_is_generated() {
         for nb in [1u32, 2, 4, 8] {
-            let s = source(nb);
-            assert!(!s.contains("ROW_") && s.contains(&format!("acc{}_{}", nb - 1, RPT - 1)));
+            for rpt in RPT_VARIANTS {
+                let s = source(nb, rpt);
+                assert!(!s.contains("ROW_") && s.contains(&format!("acc{}_{}", nb - 1, rpt - 1)));
+            }
         }
+        assert_eq!(rows_per_thread(576), 1);
+        assert_eq!(rows_per_thread(4096), 2);
+        assert_eq!(rows_per_thread(14336), 4);
     }
 }

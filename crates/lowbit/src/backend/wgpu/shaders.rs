@@ -213,8 +213,9 @@ pub enum Shader {
     Int8LinearOut,
     Gemv4bitFast(GemvShape),
     TernaryGemvFast(GemvShape),
-    /// The multi-row 4-bit GEMV for this many activation rows per dispatch (`gemv_rows.rs`).
-    Gemv4bitRows(u32),
+    /// The multi-row 4-bit GEMV for this many activation rows per dispatch and weight rows per thread
+    /// (`gemv_rows.rs`).
+    Gemv4bitRows(u32, u32),
     /// The multi-row int8 and ternary GEMVs for this many activation rows per dispatch (`int_gemv_rows.rs`).
     Int8GemvRows(u32),
     TernaryGemvRows(u32),
@@ -319,7 +320,7 @@ impl Shader {
             }
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
-            Shader::Gemv4bitRows(nb) => s += &super::gemv_rows::source(*nb),
+            Shader::Gemv4bitRows(nb, rpt) => s += &super::gemv_rows::source(*nb, *rpt),
             Shader::Int8GemvRows(nb) => s += &super::int_gemv_rows::int8_source(*nb),
             Shader::TernaryGemvRows(nb) => s += &super::int_gemv_rows::ternary_source(*nb),
             Shader::SubgroupProbe => s += SUBGROUP_PROBE,
@@ -389,7 +390,9 @@ impl Shader {
         v.push(Shader::Int8LinearOut);
         v.push(Shader::SubgroupProbe);
         for nb in [1, 2, 4, 8] {
-            v.push(Shader::Gemv4bitRows(nb));
+            for rpt in super::gemv_rows::RPT_VARIANTS {
+                v.push(Shader::Gemv4bitRows(nb, rpt));
+            }
             v.push(Shader::Int8GemvRows(nb));
             v.push(Shader::TernaryGemvRows(nb));
         }
