@@ -49,11 +49,14 @@ const TPR: u32 = 32;
 /// The weight rows per thread the kernel is built for.
 pub(crate) const RPT_VARIANTS: [u32; 3] = [1, 2, 4];
 
-/// Weight rows per thread for a weight of `rows` rows: each activation value a thread loads feeds this many
-/// weight rows, but a workgroup then covers 8 x RPT rows, so a smaller layer takes fewer to keep enough
-/// workgroups in flight (4096 rows at 4 per thread were 128 workgroups: one per SM of an H200).
-pub(crate) fn rows_per_thread(rows: usize) -> u32 {
+/// Weight rows per thread for a weight of `rows` rows and `nb` activation rows per dispatch: each activation
+/// value a thread loads feeds this many weight rows, but a workgroup then covers 8 x RPT rows. Measured on an
+/// H200 (docs/PERFORMANCE.md): 8 activation rows need 4 (their loads dominate); with fewer, a layer under 8192
+/// rows runs faster with 2 (4096 rows at 4 per thread were 128 workgroups, one per SM: 2 rows of 4096x14336
+/// took 127.5 us, at 2 per thread 73.6), and one under 2048 rows with 1.
+pub(crate) fn rows_per_thread(rows: usize, nb: u32) -> u32 {
     match rows {
+        _ if nb >= 8 => 4,
         r if r >= 8192 => 4,
         r if r >= 2048 => 2,
         _ => 1,
@@ -141,7 +144,7 @@ pub(crate) fn encode(
         b0 as u32,
         batch as u32,
     ];
-    let rpt = rows_per_thread(rows);
+    let rpt = rows_per_thread(rows, nb);
     let rows_per_group = (256 / TPR * rpt) as usize;
     gpu.encode(
         enc,
@@ -255,8 +258,9 @@ mod tests {
                 assert!(!s.contains("ROW_") && s.contains(&format!("acc{}_{}", nb - 1, rpt - 1)));
             }
         }
-        assert_eq!(rows_per_thread(576), 1);
-        assert_eq!(rows_per_thread(4096), 2);
-        assert_eq!(rows_per_thread(14336), 4);
+        assert_eq!(rows_per_thread(576, 2), 1);
+        assert_eq!(rows_per_thread(4096, 4), 2);
+        assert_eq!(rows_per_thread(14336, 1), 4);
+        assert_eq!(rows_per_thread(576, 8), 4);
     }
 }
