@@ -200,7 +200,14 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
         let w = rand(vec![rows, cols], 0.05, s + cols as u64, DType::F32);
         let q = reference.quantize_4bit(&w, qt, 64, dq).unwrap();
         let bias = rand(vec![rows], 0.5, s + 3, DType::F32);
-        for batch in [1usize, 3, 11, 40] {
+        // Every row count 1-32 (each backend's GEMV / multi-row / GEMM crossovers) on the first shape, then
+        // past them.
+        let batches: Vec<usize> = if cols == 256 && qt == FourBitType::Nf4 {
+            (1..=32).chain([40]).collect()
+        } else {
+            vec![1, 3, 11, 40]
+        };
+        for batch in batches {
             let x = rand(vec![batch, cols], 1.0, s + batch as u64, DType::F32);
             let want = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
             for dev in devices() {
@@ -227,14 +234,11 @@ fn linear_ternary_is_bit_identical_on_every_device() {
     let _serial = serial();
     let s = seed("linear_ternary");
     let reference = Device::from_backend(Arc::new(ReferenceBackend));
-    // Columns a multiple of 16 (the GPUs' 16-column kernels) and not; one pass of 8 rows and two.
-    for (rows, cols, batch, dtype) in [
-        (21, 96, 4, 0),
-        (21, 96, 4, 1),
-        (21, 96, 4, 2),
-        (19, 72, 11, 0),
-        (19, 72, 11, 2),
-    ] {
+    // Columns a multiple of 16 (the GPUs' 16-column kernels) at every row count 1-32, and not.
+    let cases = (1..=32usize)
+        .map(|batch| (21, 96, batch, batch % 3))
+        .chain([(19, 72, 11, 0), (19, 72, 11, 2)]);
+    for (rows, cols, batch, dtype) in cases {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype];
         let w = rand(vec![rows, cols], 0.05, s + rows as u64, DType::F32);
         let tw = reference.ternary_quantize(&w).unwrap();
