@@ -6,6 +6,7 @@
 pub mod bench;
 mod context;
 mod device_ops;
+mod errors;
 mod gemm_source;
 pub mod gemv_rows;
 mod int8_linear;
