@@ -4,7 +4,7 @@
 
 use super::context::Gpu;
 use super::kernels::{RowPiece, u32_len};
-use super::shaders::Shader;
+use super::shaders::{Shader, repeat_lines};
 use crate::Result;
 use crate::backend::Packed4bit;
 use crate::tensor::Floats;
@@ -66,13 +66,8 @@ pub(crate) fn rows_per_thread(rows: usize, nb: u32) -> u32 {
 /// WGSL of the multi-row kernel for `nb` activation rows per dispatch and `rpt` weight rows per thread.
 pub(crate) fn source(nb: u32, rpt: u32) -> String {
     assert!((1..=ROWS_PER_PASS as u32).contains(&nb) && RPT_VARIANTS.contains(&rpt));
-    let lines = |n: u32, line: &str| -> String {
-        (0..n)
-            .map(|i| line.replace("{i}", &i.to_string()))
-            .collect()
-    };
-    let per_row = |line: &str| lines(rpt, line);
-    let per_x = |line: &str| lines(nb, line);
+    let per_row = |line: &str| repeat_lines(rpt, line);
+    let per_x = |line: &str| repeat_lines(nb, line);
     let wsetup = per_row("    let e{i} = min(row0 + {i}u, p.p0 - 1u) * cols;\n");
     let xsetup = per_x("    let xb{i} = min(p.p6 + {i}u, last_b) * (cols / 4u);\n");
     let accs: String = (0..nb)
@@ -113,7 +108,7 @@ pub(crate) fn source(nb: u32, rpt: u32) -> String {
 }
 
 /// Activation rows per dispatch for a batch: the smallest variant that holds it, at most [`ROWS_PER_PASS`].
-fn pass_rows(batch: usize) -> u32 {
+pub(super) fn pass_rows(batch: usize) -> u32 {
     batch.clamp(1, ROWS_PER_PASS).next_power_of_two() as u32
 }
 

@@ -5,9 +5,9 @@
 //! bits.
 
 use super::context::Gpu;
-use super::gemv_rows::ROWS_PER_PASS;
+use super::gemv_rows::{ROWS_PER_PASS, pass_rows};
 use super::kernels::{encode_gemm, groups};
-use super::shaders::{GemmKind, Shader};
+use super::shaders::{GemmKind, Shader, repeat_lines};
 use crate::Result;
 
 const INT8_TEMPLATE: &str = include_str!("shaders/int8_gemv_rows.wgsl");
@@ -32,17 +32,6 @@ pub fn ternary_takes_gemv_rows(rows: usize, cols: usize) -> bool {
     (2..=ROWS_MAX).contains(&rows) && cols.is_multiple_of(16)
 }
 
-/// Activation rows per dispatch: the smallest variant that holds what is left, at most [`ROWS_PER_PASS`].
-fn pass_rows(left: usize) -> u32 {
-    left.clamp(1, ROWS_PER_PASS).next_power_of_two() as u32
-}
-
-fn per_row(nb: u32, line: &str) -> String {
-    (0..nb)
-        .map(|i| line.replace("{i}", &i.to_string()))
-        .collect()
-}
-
 fn consts(nb: u32) -> String {
     format!(
         "const TPR: u32 = {TPR}u;\nconst SETS: u32 = {}u;\nconst NB: u32 = {nb}u;\nconst RED_LEN: u32 = {}u;\n",
@@ -58,11 +47,11 @@ pub(crate) fn int8_source(nb: u32) -> String {
     let body = "        acc{i} = acc{i} + dot16(wv, q[xb{i} + k]);\n";
     consts(nb)
         + &INT8_TEMPLATE
-            .replace("ROW_SETUP\n", &per_row(nb, setup))
-            .replace("ROW_BODY\n", &per_row(nb, body))
+            .replace("ROW_SETUP\n", &repeat_lines(nb, setup))
+            .replace("ROW_BODY\n", &repeat_lines(nb, body))
             .replace(
                 "ROW_STORE\n",
-                &per_row(nb, "    red[lid * NB + {i}u] = acc{i};\n"),
+                &repeat_lines(nb, "    red[lid * NB + {i}u] = acc{i};\n"),
             )
 }
 
@@ -75,9 +64,9 @@ pub(crate) fn ternary_source(nb: u32) -> String {
     let reduce = "    reduce_store(lid, t, pr, p.p3 + {i}u, acc{i});\n";
     consts(nb)
         + &TERNARY_TEMPLATE
-            .replace("ROW_SETUP\n", &per_row(nb, setup))
-            .replace("ROW_BODY\n", &per_row(nb, body))
-            .replace("ROW_REDUCE\n", &per_row(nb, reduce))
+            .replace("ROW_SETUP\n", &repeat_lines(nb, setup))
+            .replace("ROW_BODY\n", &repeat_lines(nb, body))
+            .replace("ROW_REDUCE\n", &repeat_lines(nb, reduce))
 }
 
 /// Records the exact `c[m, n] = q[m, k] @ w[n, k]^T` in i32 (buffers: q i8, w i8, c i32): the multi-row GEMV for

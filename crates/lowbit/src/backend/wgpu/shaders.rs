@@ -86,11 +86,7 @@ fn gemv_template(
     let GemvShape { tpr, rpt, subgroup } = shape;
     assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
     let zero = format!("{acc_ty}(0)");
-    let per_row = |line: &str| -> String {
-        (0..rpt)
-            .map(|i| line.replace("{i}", &i.to_string()))
-            .collect()
-    };
+    let per_row = |line: &str| repeat_lines(rpt, line);
     let reduce = if subgroup {
         // Lanes are numbered linearly within the workgroup (probed when the device opens), and TPR is a
         // multiple of the subgroup size, so a subgroup never spans two sets.
@@ -157,6 +153,13 @@ fn ternary_gemv_fast(shape: GemvShape) -> String {
         "    let b{i} = min(pr0 + {i}u, last) * chunks;\n    var acc{i} = vec4<i32>(0);\n",
         "        acc{i} = acc{i} + dot16(w[b{i} + c], xv) - xs;\n",
     )
+}
+
+/// `line` written `n` times, `{i}` replaced by 0..n: the per-row lines of the generated kernels.
+pub(super) fn repeat_lines(n: u32, line: &str) -> String {
+    (0..n)
+        .map(|i| line.replace("{i}", &i.to_string()))
+        .collect()
 }
 
 /// A WGSL float literal that denotes `v` exactly (hex float), so no decimal parsing is involved.
