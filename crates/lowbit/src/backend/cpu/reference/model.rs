@@ -114,6 +114,28 @@ pub fn attention<T: Float>(
     pos_start: usize,
     scale: f32,
 ) -> Vec<T> {
+    let serial = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0.0f32, |acc, (&x, &y)| acc + x * y);
+    attention_with(
+        q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale, serial,
+    )
+}
+
+/// [`attention`] with the query-key dot product `dot(q_row, k_row)` (both widened to f32) supplied: the
+/// reference sums it serially, the fast CPU kernel (`fast::attention`) in interleaved partial sums; every other
+/// step is this one body.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    kv_len: usize,
+    pos_start: usize,
+    scale: f32,
+    dot: impl Fn(&[f32], &[f32]) -> f32 + Sync,
+) -> Vec<T> {
     let mut out = vec![T::default(); q.len()];
     if head_dim == 0 || n_heads == 0 {
         return out;
@@ -135,14 +157,14 @@ pub fn attention<T: Float>(
                 .map(|x| x.to_f32())
                 .collect();
             let off = (h / group) * head_dim;
+            let mut kf = vec![0.0f32; head_dim];
             let scores: Vec<f32> = (0..n_keys)
                 .map(|j| {
                     let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
-                    let dot = qv
-                        .iter()
-                        .zip(kr)
-                        .fold(0.0f32, |acc, (&a, b)| acc + a * b.to_f32());
-                    dot * scale
+                    for (d, x) in kf.iter_mut().zip(kr) {
+                        *d = x.to_f32();
+                    }
+                    dot(&qv, &kf) * scale
                 })
                 .collect();
             let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
