@@ -189,6 +189,46 @@ proptest! {
         }
     }
 
+    /// Int8 activations (`format::q8`): the VNNI kernel, the portable one and the definition give the
+    /// same bits (the integer sums are exact; the float steps are the same operations in the same order).
+    #[test]
+    fn int8_activation_gemvs_match_their_definition(seed in any::<u64>(), rows in 1usize..80, blocks in 1usize..12) {
+        use lowbit::format::q8::{self, Q8Activations, Q8Weight};
+        let mut rng = Rng(seed);
+        let cols = 64 * blocks;
+        let x = values(&mut rng, cols, true);
+        let bias = values(&mut rng, rows, false);
+        let mut w = weight4(&mut rng, rows, cols);
+        if w.bs == 32 {
+            w.bs = 64;
+            w.absmax.truncate((rows * cols).div_ceil(64));
+        }
+        let p = Packed4bit { packed: &w.packed, absmax: &w.absmax, quant_type: w.qt, blocksize: w.bs, rows, cols };
+        let qx = Q8Activations::quantize(&x);
+        let xs = q8::fourbit_xscales(&qx);
+        let table = q8::codebook_u8(w.qt.dequant_table());
+        let want: Vec<f32> = (0..rows).map(|r| {
+            let code = |e: usize| {
+                let b = w.packed[(r * cols + e) / 2];
+                table[if e.is_multiple_of(2) { b >> 4 } else { b & 15 } as usize]
+            };
+            q8::dot_reference(code, |b| w.absmax[(r * cols + 64 * b) / w.bs] * xs[b], &qx) + bias[r]
+        }).collect();
+        let dense = Q8Weight::quantize(&w.dense, rows, cols);
+        let want_q8: Vec<f32> = (0..rows).map(|r| {
+            let c = &dense.codes[r * cols..(r + 1) * cols];
+            let code = |e: usize| c[e - e % 64 + q8::deinterleaved(e % 64)];
+            q8::dot_reference(code, |b| dense.scales[r * blocks + b] * qx.scale[b], &qx) + bias[r]
+        }).collect();
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()));
+        for vnni in [false, fast::q8::has_vnni()] {
+            let got = fast::q8::gemv_4bit(&x, p, Some(&bias), vnni);
+            prop_assert!(same(&got, &want), "4-bit {} bs {} vnni {}", w.qt, w.bs, vnni);
+            let got = fast::q8::gemv_q8(&x, &dense.codes, &dense.scales, rows, cols, Some(&bias), vnni);
+            prop_assert!(same(&got, &want_q8), "q8 vnni {}", vnni);
+        }
+    }
+
     #[test]
     fn dequantize_4bit_bits_match(seed in any::<u64>(), n in 1usize..3000) {
         let mut rng = Rng(seed);

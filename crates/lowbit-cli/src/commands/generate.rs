@@ -32,6 +32,11 @@ pub struct ModelArgs {
     /// dtype: the same output for twice the bytes (a baseline for measurements).
     #[arg(long)]
     pub widen_weights: bool,
+    /// Activations of the linear layers on the CPU: float (bitsandbytes' arithmetic), or int8 (llama.cpp's:
+    /// activations in int8 blocks of 64 with integer dot products, float layers and the output head as
+    /// int8 blocks; faster decode, logits within their own bound). GPUs take float only.
+    #[arg(long, default_value = "float", value_parser = ["float", "int8"])]
+    pub activations: String,
 }
 
 impl ModelArgs {
@@ -52,6 +57,7 @@ impl ModelArgs {
                 .collect(),
             merge_adapter: self.merge_lora,
             widen_float_weights: self.widen_weights,
+            int8_activations: self.activations == "int8",
         };
         let t = Instant::now();
         let mut model = Model::load(&self.model, &dev, &opts)?;

@@ -36,10 +36,14 @@ pub enum OpKind {
     CopyRows,
     /// LLM.int8()'s `Linear8bitLt` forward as one device op (the host API composes it from the int8 kinds).
     Linear8bit,
+    /// A 4-bit linear with activations quantized to int8 blocks (`format::q8`): CPU decode's fast path.
+    Matmul4bitQ8,
+    /// A linear on a Q8 weight (`format::q8::Q8Weight`) with int8 activations.
+    MatmulQ8,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 26] = [
+    pub const ALL: [OpKind; 28] = [
         OpKind::QuantizeBlockwise,
         OpKind::DequantizeBlockwise,
         OpKind::Quantize4bit,
@@ -66,6 +70,8 @@ impl OpKind {
         OpKind::Cast,
         OpKind::CopyRows,
         OpKind::Linear8bit,
+        OpKind::Matmul4bitQ8,
+        OpKind::MatmulQ8,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +102,8 @@ impl OpKind {
             OpKind::Cast => "cast",
             OpKind::CopyRows => "copy_rows",
             OpKind::Linear8bit => "linear8bitlt",
+            OpKind::Matmul4bitQ8 => "matmul_4bit_q8",
+            OpKind::MatmulQ8 => "matmul_q8",
         }
     }
 }
@@ -112,6 +120,23 @@ pub enum Op {
     Linear4bit {
         quant_type: FourBitType,
         blocksize: usize,
+        rows: usize,
+        cols: usize,
+        bias: bool,
+    },
+    /// [`Op::Linear4bit`] with each activation row quantized to int8 blocks of 64 and integer dot products
+    /// (`format::q8`; not bitsandbytes' arithmetic). Needs `cols % 64 == 0`, `blocksize % 64 == 0`.
+    /// Operands as [`Op::Linear4bit`].
+    Linear4bitQ8 {
+        quant_type: FourBitType,
+        blocksize: usize,
+        rows: usize,
+        cols: usize,
+        bias: bool,
+    },
+    /// A linear on a Q8 weight with int8 activations (`format::q8`). Operands: x `[m, cols]`, codes u8
+    /// `[rows * cols]`, scales f32 `[rows * cols / 64]`[, bias `[rows]`].
+    LinearQ8 {
         rows: usize,
         cols: usize,
         bias: bool,
@@ -177,7 +202,9 @@ impl Op {
     /// scales or ids, whose dtypes the op layer fixes.
     pub fn is_float_operand(&self, i: usize) -> bool {
         match self {
-            Op::Linear4bit { .. } => i != 1 && i != 2,
+            Op::Linear4bit { .. } | Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => {
+                i != 1 && i != 2
+            }
             Op::LinearTernary { .. } | Op::Embedding => i != 1,
             // x and the f16 bias; the int8 weight and its f32 SCB are fixed.
             Op::Linear8bit { .. } => i == 0 || i == 3,
@@ -189,6 +216,8 @@ impl Op {
         match self {
             Op::Linear { .. } => OpKind::Matmul,
             Op::Linear4bit { .. } => OpKind::Matmul4bit,
+            Op::Linear4bitQ8 { .. } => OpKind::Matmul4bitQ8,
+            Op::LinearQ8 { .. } => OpKind::MatmulQ8,
             Op::LinearTernary { .. } => OpKind::TernaryMatmul,
             Op::Linear8bit { .. } => OpKind::Linear8bit,
             Op::RmsNorm { .. } => OpKind::RmsNorm,

@@ -9,6 +9,7 @@ pub mod float;
 pub mod fourbit;
 pub mod int8;
 pub mod pyrepr;
+pub mod q8;
 pub mod quant_state;
 pub mod rcp;
 pub mod rope;

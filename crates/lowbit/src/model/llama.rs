@@ -30,6 +30,10 @@ pub struct LoadOptions {
     pub adapters: Vec<(String, PathBuf)>,
     /// Merge the first adapter into the float weights before quantizing (PEFT's `merge_and_unload`).
     pub merge_adapter: bool,
+    /// Int8 activations on the CPU (`format::q8`, llama.cpp's CPU arithmetic): 4-bit layers decode with
+    /// integer dot products, float linear layers (the output head included) become Q8 blocks. Faster, not
+    /// bitsandbytes' arithmetic; logits held to their own bound. A CPU option: other devices refuse it.
+    pub int8_activations: bool,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +44,7 @@ impl Default for LoadOptions {
             max_context: None,
             adapters: Vec::new(),
             merge_adapter: false,
+            int8_activations: false,
         }
     }
 }
@@ -356,7 +361,37 @@ impl Model {
         for (name, a) in adapters.iter().skip(usize::from(merge.is_some())) {
             model.add_adapter(name, a)?;
         }
+        if opts.int8_activations {
+            model.use_int8_activations()?;
+        }
         Ok(model)
+    }
+
+    /// Every linear layer and the output head to int8 activations (see [`LoadOptions::int8_activations`]).
+    fn use_int8_activations(&mut self) -> Result<()> {
+        if self.dev.backend().kind() != crate::backend::BackendKind::Cpu {
+            return Err(Error::Device(crate::capability::DeviceError::unsupported(
+                self.dev.id(),
+                "load",
+                "int8 activations are the CPU's decode path: load without them on a GPU",
+            )));
+        }
+        let dev = self.dev.clone();
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
+                lin.use_int8_activations(&dev)?;
+            }
+        }
+        self.lm_head.use_int8_activations(&dev)?;
+        Ok(())
     }
 
     fn add_adapter(&mut self, name: &str, a: &PeftAdapter) -> Result<()> {

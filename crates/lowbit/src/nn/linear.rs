@@ -4,8 +4,9 @@
 use super::lora::LoraAdapter;
 use crate::device_tensor::DeviceTensor;
 use crate::format::FourBitType;
+use crate::format::q8::{Q8Weight, fits_4bit};
 use crate::model::checkpoint::StoredWeight;
-use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightTernary};
+use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightQ8, WeightTernary};
 use crate::runtime::Device;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -48,6 +49,8 @@ pub enum LinearWeight {
     /// LLM.int8() weight (its bias inside) and the outlier threshold.
     Int8(Weight8bit, f32),
     Ternary(WeightTernary),
+    /// A float weight quantized to int8 blocks for int8 activations ([`Linear::use_int8_activations`]).
+    Q8(WeightQ8),
 }
 
 /// `y = x W^T + b (+ s·B(A x) for the active adapter)`.
@@ -59,6 +62,8 @@ pub struct Linear {
     in_features: usize,
     adapters: Vec<(String, LoraAdapter)>,
     active: Option<usize>,
+    /// One-row products of a 4-bit weight take int8 activations.
+    int8_activations: bool,
 }
 
 impl Linear {
@@ -157,6 +162,7 @@ impl Linear {
             in_features,
             adapters: Vec::new(),
             active: None,
+            int8_activations: false,
         })
     }
 
@@ -178,6 +184,7 @@ impl Linear {
             in_features: i,
             adapters: Vec::new(),
             active: None,
+            int8_activations: false,
         })
     }
 
@@ -201,6 +208,30 @@ impl Linear {
             LinearWeight::FourBit(w) => n / 2 + 4 * n.div_ceil(w.blocksize() as u64),
             LinearWeight::Int8(..) => n + 4 * self.out_features as u64,
             LinearWeight::Ternary(_) => n / 4,
+            LinearWeight::Q8(_) => n + 4 * n.div_ceil(crate::format::q8::Q8_BLOCK as u64),
+        }
+    }
+
+    /// Switches this layer to int8 activations (`format::q8`, llama.cpp's CPU arithmetic), where its weight
+    /// allows: a 4-bit weight keeps its codes and its one-row products (decode) take
+    /// [`Device::linear_4bit_q8`], batches keep the float kernels; a float weight is quantized to Q8 blocks
+    /// once, here, and every product takes [`Device::linear_q8`]. Widths that are not a multiple of 64, and
+    /// int8 or ternary weights (which quantize their activations already), are left as they are. Returns
+    /// whether the layer changed.
+    pub fn use_int8_activations(&mut self, dev: &Device) -> Result<bool> {
+        let fits = self.in_features.is_multiple_of(crate::format::q8::Q8_BLOCK);
+        match &self.weight {
+            LinearWeight::FourBit(w) if fits_4bit(w.cols(), w.blocksize()) => {
+                self.int8_activations = true;
+                Ok(true)
+            }
+            LinearWeight::Float(w) if fits && self.in_features > 0 => {
+                let host = dev.to_host(w)?.floats("linear")?.to_f32_vec();
+                let q = Q8Weight::quantize(&host, self.out_features, self.in_features);
+                self.weight = LinearWeight::Q8(dev.upload_q8(&q)?);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -234,7 +265,11 @@ impl Linear {
         let bias = self.bias.as_ref();
         let y = match &self.weight {
             LinearWeight::Float(w) => dev.linear(x, w, bias)?,
+            LinearWeight::FourBit(w) if self.int8_activations && x.rows_cols().0 == 1 => {
+                dev.linear_4bit_q8(x, w, bias)?
+            }
             LinearWeight::FourBit(w) => dev.linear_4bit(x, w, bias)?,
+            LinearWeight::Q8(w) => dev.linear_q8(x, w, bias)?,
             LinearWeight::Ternary(w) => dev.linear_ternary(x, w, bias)?,
             // LLM.int8() returns float16, as bitsandbytes does; the model continues in x's dtype.
             LinearWeight::Int8(w, threshold) => {

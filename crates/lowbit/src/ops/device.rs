@@ -238,6 +238,38 @@ impl Device {
         )
     }
 
+    /// [`Device::linear_4bit`] with x quantized to int8 blocks per row and integer dot products
+    /// (`format::q8`: llama.cpp's CPU arithmetic, not bitsandbytes'). Needs `cols` and the blocksize to be
+    /// multiples of 64 ([`crate::format::q8::fits_4bit`]).
+    pub fn linear_4bit_q8(
+        &self,
+        x: &DeviceTensor,
+        w: &Weight4bit,
+        bias: Option<&DeviceTensor>,
+    ) -> Result<DeviceTensor> {
+        const OP: &str = "linear_4bit_q8";
+        check_linear_input(OP, x, w.rows, w.cols, bias)?;
+        if !crate::format::q8::fits_4bit(w.cols, w.blocksize) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "int8 activations need columns and blocksize in multiples of 64, got {} and {}",
+                    w.cols, w.blocksize
+                ),
+            ));
+        }
+        self.run_op(
+            &Op::Linear4bitQ8 {
+                quant_type: w.quant_type,
+                blocksize: w.blocksize,
+                rows: w.rows,
+                cols: w.cols,
+                bias: bias.is_some(),
+            },
+            &operands(&[x, &w.packed, &w.absmax], bias),
+        )
+    }
+
     /// BitNet b1.58's linear layer on a resident ternary weight; output in x's dtype.
     pub fn linear_ternary(
         &self,

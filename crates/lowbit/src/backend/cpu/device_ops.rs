@@ -2,6 +2,7 @@
 //! CPU kernels, or the reference ones). The runtime's CPU fallback runs the same code, so an op gives the same
 //! answer whether the CPU was chosen or fallen back to.
 
+use super::fast;
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
@@ -156,6 +157,49 @@ pub fn run_host_op(
             };
             out(with_last_dim(inputs[0].shape, rows), y)
         }
+        Op::Linear4bitQ8 {
+            quant_type,
+            blocksize,
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let w = Packed4bit {
+                packed: inputs[1].u8(name)?,
+                absmax: f32s(name, &inputs[2])?,
+                quant_type,
+                blocksize,
+                rows,
+                cols,
+            };
+            let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
+            let y = q8_rows(x, cols, rows, |xr| {
+                fast::q8::gemv_4bit(xr, w, bias.as_deref(), vnni(kernels))
+            });
+            out(with_last_dim(inputs[0].shape, rows), y)
+        }
+        Op::LinearQ8 {
+            rows,
+            cols,
+            bias: has_bias,
+        } => {
+            let x = inputs[0].floats(name)?;
+            let (codes, scales) = (inputs[1].u8(name)?, f32s(name, &inputs[2])?);
+            let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
+            let y = q8_rows(x, cols, rows, |xr| {
+                fast::q8::gemv_q8(
+                    xr,
+                    codes,
+                    scales,
+                    rows,
+                    cols,
+                    bias.as_deref(),
+                    vnni(kernels),
+                )
+            });
+            out(with_last_dim(inputs[0].shape, rows), y)
+        }
         Op::LinearTernary {
             weight_scale,
             rows,
@@ -297,6 +341,22 @@ pub fn run_host_op(
             out(inputs[0].shape.to_vec(), y)
         }
     }
+}
+
+/// Whether the int8-activation GEMVs use VNNI: the fast kernels where the CPU has it. The portable kernel
+/// gives the same bits, so this choice changes speed only.
+fn vnni(kernels: ModelKernels) -> bool {
+    kernels == ModelKernels::Fast && fast::q8::has_vnni()
+}
+
+/// An int8-activation GEMV per row of x (each row quantized on its own), in x's dtype.
+fn q8_rows(x: Floats, cols: usize, rows: usize, gemv: impl Fn(&[f32]) -> Vec<f32>) -> FloatVec {
+    let xf = x.to_f32_vec();
+    let mut y = Vec::with_capacity(xf.len() / cols.max(1) * rows);
+    for xr in xf.chunks_exact(cols) {
+        y.extend(gemv(xr));
+    }
+    FloatVec::from_f32(y, x.dtype())
 }
 
 fn f32s<'a>(op: &'static str, v: &HostView<'a>) -> Result<&'a [f32]> {

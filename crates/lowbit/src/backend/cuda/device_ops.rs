@@ -33,6 +33,8 @@ impl CudaBackend {
                 Op::SiluMul | Op::Relu2Mul | Op::Add => same(2),
                 Op::Attention { .. } => same(3),
                 Op::Linear8bit { cols, .. } => *cols > 0,
+                // Int8 activations are the CPU's decode path (format::q8); GPUs run the float kernels.
+                Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => false,
                 _ => true,
             };
         if ok {
@@ -73,6 +75,13 @@ impl CudaBackend {
         let st = |i: usize| self.storage(name, inputs[i]);
         let c = &self.cuda;
         match *op {
+            Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => {
+                Err(crate::backend::Backend::unsupported(
+                    self,
+                    name,
+                    "int8 activations run on the CPU only",
+                ))
+            }
             Op::Linear { bias } => {
                 let w = inputs[1];
                 let (m, k) = x.rows_cols();

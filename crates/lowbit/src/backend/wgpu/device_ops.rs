@@ -112,6 +112,8 @@ impl WgpuBackend {
             Op::LinearTernary { bias, .. } => floats_ok && !bias,
             // A layer without input features has no int8 rows to quantize: the CPU computes its bias-only output.
             Op::Linear8bit { cols, .. } => floats_ok && *cols > 0,
+            // Int8 activations are the CPU's decode path (format::q8); GPUs run the float kernels.
+            Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => false,
             _ => floats_ok,
         };
         if ok {
@@ -191,6 +193,13 @@ impl WgpuBackend {
         let w = |i: usize| self.widened(name, inputs[i], &scratch);
         let gpu = self.gpu();
         let y = match *op {
+            Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => {
+                return Err(crate::backend::Backend::unsupported(
+                    self,
+                    name,
+                    "int8 activations run on the CPU only",
+                ));
+            }
             Op::Linear { bias } => {
                 let b = if bias { Some(w(2)?.buffer) } else { None };
                 let x = w(0)?.into_matrix();

@@ -1,0 +1,114 @@
+//! Int8-activation GEMVs against the float GEMVs on the CPU, one activation row, side by side in one run:
+//! `cargo run --release -p lowbit --example q8_bench [ROWSxCOLS ...]` (default: SmolLM2-135M's shapes).
+use lowbit::backend::Packed4bit;
+use lowbit::backend::cpu::fast::{self, q8};
+use lowbit::format::FourBitType;
+use lowbit::format::q8::Q8Weight;
+use lowbit::tensor::Floats;
+use std::time::Instant;
+
+fn median_us(mut f: impl FnMut(), reps: usize) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[reps / 2]
+}
+
+fn main() {
+    let shapes: Vec<(usize, usize)> = {
+        let a: Vec<String> = std::env::args().skip(1).collect();
+        if a.is_empty() {
+            vec![
+                (576, 576),
+                (1536, 576),
+                (576, 1536),
+                (49152, 576),
+                (4096, 4096),
+                (14336, 4096),
+            ]
+        } else {
+            a.iter()
+                .map(|s| {
+                    let (r, c) = s.split_once('x').expect("ROWSxCOLS");
+                    (r.parse().unwrap(), c.parse().unwrap())
+                })
+                .collect()
+        }
+    };
+    let vnni = q8::has_vnni();
+    println!("VNNI: {vnni}; threads: {}", rayon::current_num_threads());
+    println!(
+        "| shape | nf4 float us | nf4 int8-act us | speedup | bf16 dense us | q8 dense us | speedup |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (rows, cols) in shapes {
+        let mut s = 12345u64;
+        let mut rnd = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let x: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+        let packed: Vec<u8> = (0..rows * cols / 2)
+            .map(|i| ((i * 2654435761usize) >> 13) as u8)
+            .collect();
+        let absmax: Vec<f32> = (0..rows * cols / 64).map(|_| rnd().abs() + 0.1).collect();
+        let w = Packed4bit {
+            packed: &packed,
+            absmax: &absmax,
+            quant_type: FourBitType::Nf4,
+            blocksize: 64,
+            rows,
+            cols,
+        };
+        let reps = (2_000_000_000 / (rows * cols)).clamp(5, 2000);
+        let isa = fast::isa();
+        let t_f = median_us(
+            || {
+                std::hint::black_box(fast::gemv4::gemv(Floats::F32(&x), w, None, isa));
+            },
+            reps,
+        );
+        let t_q = median_us(
+            || {
+                std::hint::black_box(q8::gemv_4bit(&x, w, None, vnni));
+            },
+            reps,
+        );
+        let wd: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+        let wb: Vec<half::bf16> = wd.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let q = Q8Weight::quantize(&wd, rows, cols);
+        let t_d = median_us(
+            || {
+                std::hint::black_box(fast::gemm::matmul(
+                    Floats::F32(&x),
+                    Floats::BF16(&wb),
+                    None,
+                    1,
+                    rows,
+                    cols,
+                    isa,
+                ));
+            },
+            reps,
+        );
+        let t_q8 = median_us(
+            || {
+                std::hint::black_box(q8::gemv_q8(&x, &q.codes, &q.scales, rows, cols, None, vnni));
+            },
+            reps,
+        );
+        println!(
+            "| {rows}x{cols} | {t_f:.1} | {t_q:.1} | {:.2}x | {t_d:.1} | {t_q8:.1} | {:.2}x |",
+            t_f / t_q,
+            t_d / t_q8
+        );
+    }
+}

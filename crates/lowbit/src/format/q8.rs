@@ -1,0 +1,203 @@
+//! Int8 activations for CPU decode, the way llama.cpp makes its CPU GEMVs fast: activations quantized per
+//! block of 64 values (its Q8_0 scheme at 64), weights as int8 codes, integer dot products per block, one
+//! float scale per block. Not a bitsandbytes format and not bit-compatible with bitsandbytes' float products:
+//! a model opts in (`--activations int8`) and its logits are held to their own bound of transformers'.
+//!
+//! The weights are either 4-bit codes (NF4/FP4, whose 16 code values are replaced by their nearest multiples
+//! of 1/127) or dense weights quantized to int8 blocks ([`Q8Weight`], llama.cpp's Q8_0 at 64 values). Codes
+//! are stored offset by 128 as `u8` (VNNI multiplies an unsigned byte by a signed one); the offset is
+//! removed exactly in the integer sum.
+//!
+//! The arithmetic of one output, which every kernel reproduces bit for bit: per block `b` of 64 columns and
+//! per lane `j` in 0..8, the exact integer `l = Σ_{e in 8j..8j+8} wq[e] * xq[e]`; per lane, two float
+//! accumulators (even blocks, odd blocks) `acc = fma(l as f32, s_b, acc)`; at the end the two are added lane
+//! by lane and the 8 lanes summed as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, then the bias. The block scale
+//! `s_b` is `d_b * xscale_b` for a [`Q8Weight`] and `absmax_b * (xscale_b / 127)` for 4-bit codes (whose int8
+//! image is the code value times 127).
+
+/// Values per block (activations and [`Q8Weight`]).
+pub const Q8_BLOCK: usize = 64;
+/// Partial sums per block: lane `j` holds elements `8j..8j+8`.
+pub const Q8_LANES: usize = 8;
+
+/// Activations quantized per [`Q8_BLOCK`] values: `q = round(x / d)`, `d = amax / 127` (llama.cpp's
+/// `quantize_row_q8_0`), `q` laid out per block as its 32 even-indexed values, then its 32 odd-indexed ones
+/// (the order in which 4-bit codes unpack: high nibbles, then low nibbles).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Activations {
+    pub q: Vec<i8>,
+    pub scale: Vec<f32>,
+}
+
+impl Q8Activations {
+    /// Needs `x.len() % 64 == 0`.
+    pub fn quantize(x: &[f32]) -> Q8Activations {
+        debug_assert!(x.len().is_multiple_of(Q8_BLOCK));
+        let mut q = vec![0i8; x.len()];
+        let mut scale = Vec::with_capacity(x.len() / Q8_BLOCK);
+        for (xb, qb) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)) {
+            let (d, id) = block_scale(xb);
+            for (t, &v) in xb.iter().enumerate() {
+                qb[deinterleaved(t)] = round_i8(v * id);
+            }
+            scale.push(d);
+        }
+        Q8Activations { q, scale }
+    }
+
+    /// The quantized value of column `c`.
+    pub fn get(&self, c: usize) -> i8 {
+        self.q[c - c % Q8_BLOCK + deinterleaved(c % Q8_BLOCK)]
+    }
+}
+
+/// Position of a block's element `t` in the even-then-odd layout.
+#[inline]
+pub fn deinterleaved(t: usize) -> usize {
+    (t % 2) * (Q8_BLOCK / 2) + t / 2
+}
+
+/// `(d, 1/d)` for one block; an all-zero block has `d = 0` and quantizes to zeros.
+fn block_scale(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    (d, if d != 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// Round half away from zero into -127..=127 (NaN to 0).
+#[inline]
+fn round_i8(v: f32) -> i8 {
+    v.round().clamp(-127.0, 127.0) as i8
+}
+
+/// The int8 image of a 4-bit codebook (values in [-1, 1]): `round(code * 127) + 128`.
+pub fn codebook_u8(table: &[f32; 16]) -> [u8; 16] {
+    table.map(|t| (round_i8(t * 127.0) as i16 + 128) as u8)
+}
+
+/// A dense `[rows, cols]` weight quantized per block of 64 values of a row (llama.cpp's Q8_0 at 64): codes
+/// `round(w / d) + 128` laid out per block even-then-odd like [`Q8Activations`], one `d = amax / 127` per
+/// block. Needs `cols % 64 == 0`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Weight {
+    pub codes: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Q8Weight {
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Q8Weight {
+        debug_assert!(cols.is_multiple_of(Q8_BLOCK) && w.len() == rows * cols);
+        let a = Q8Activations::quantize(w);
+        Q8Weight {
+            codes: a.q.iter().map(|&q| (q as i16 + 128) as u8).collect(),
+            scales: a.scale,
+            rows,
+            cols,
+        }
+    }
+
+    /// Bytes a product reads: one code per weight and a scale per block.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len()
+    }
+}
+
+/// Whether a `cols`-wide layer with 4-bit blocks of `blocksize` can take int8 activations: whole activation
+/// blocks per row, each inside one weight block.
+pub fn fits_4bit(cols: usize, blocksize: usize) -> bool {
+    cols.is_multiple_of(Q8_BLOCK) && blocksize.is_multiple_of(Q8_BLOCK) && cols > 0
+}
+
+/// The final float combination of a row's lane accumulators (see the module doc).
+#[inline]
+pub fn finish(acc: &[[f32; Q8_LANES]; 2]) -> f32 {
+    let l: [f32; Q8_LANES] = std::array::from_fn(|j| acc[0][j] + acc[1][j]);
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The activation side of a 4-bit block scale: `xscale_b / 127`, once per call.
+pub fn fourbit_xscales(x: &Q8Activations) -> Vec<f32> {
+    x.scale.iter().map(|s| s / 127.0).collect()
+}
+
+/// The definition of one output (without bias): `code(e)` is the offset code of the row's element `e` and
+/// `scale(b)` the block scale `s_b` (see the module doc).
+pub fn dot_reference(
+    code: impl Fn(usize) -> u8,
+    scale: impl Fn(usize) -> f32,
+    x: &Q8Activations,
+) -> f32 {
+    let mut acc = [[0.0f32; Q8_LANES]; 2];
+    for b in 0..x.scale.len() {
+        let s = scale(b);
+        for (j, a) in acc[b % 2].iter_mut().enumerate() {
+            let l: i32 = (0..8)
+                .map(|t| {
+                    let e = b * Q8_BLOCK + 8 * j + t;
+                    (code(e) as i32 - 128) * x.get(e) as i32
+                })
+                .sum();
+            *a = (l as f32).mul_add(s, *a);
+        }
+    }
+    finish(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::fourbit::FourBitType;
+
+    #[test]
+    fn activations_round_to_the_block_scale_and_keep_their_layout() {
+        let x: Vec<f32> = (0..128).map(|i| (i as f32 - 60.0) * 0.37).collect();
+        let a = Q8Activations::quantize(&x);
+        for b in 0..2 {
+            let amax = x[b * 64..(b + 1) * 64]
+                .iter()
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(a.scale[b], amax / 127.0);
+        }
+        for (c, &v) in x.iter().enumerate() {
+            let d = a.scale[c / 64];
+            assert!(
+                (a.get(c) as f32 * d - v).abs() <= 0.5 * d * 1.0001,
+                "column {c}"
+            );
+        }
+        assert_eq!(a.get(1), a.q[32], "odd columns follow the even ones");
+        let z = Q8Activations::quantize(&[0.0; 64]);
+        assert_eq!((z.scale[0], z.q.iter().all(|&q| q == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn codebooks_keep_their_extremes_and_order() {
+        let t = codebook_u8(FourBitType::Nf4.dequant_table());
+        assert_eq!((t[0], t[7], t[15]), (1, 128, 255));
+        assert!(t.windows(2).all(|p| p[0] < p[1]), "{t:?}");
+    }
+
+    #[test]
+    fn the_reference_dot_is_close_to_the_float_dot() {
+        let cols = 192;
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let w: Vec<f32> = (0..cols)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 40.0)
+            .collect();
+        let qw = Q8Weight::quantize(&w, 1, cols);
+        let qx = Q8Activations::quantize(&x);
+        let code = |e: usize| qw.codes[e - e % 64 + deinterleaved(e % 64)];
+        let got = dot_reference(code, |b| qw.scales[b] * qx.scale[b], &qx);
+        let want: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let norm: f64 = x
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
+        assert!((got as f64 - want).abs() <= 0.02 * norm, "{got} vs {want}");
+    }
+}
