@@ -11,7 +11,8 @@
 # Environment (all optional):
 #   LLAMA_BENCH     path of llama-bench                          (default: llama-bench on PATH)
 #   LOWBIT          path of the lowbit binary                    (default: target/release/lowbit)
-#   FORMATS         lowbit formats, space separated              (default: "nf4 int8 none")
+#   FORMATS         lowbit formats, space separated; FORMAT:int8 adds --activations int8
+#                                                                (default: "nf4 nf4:int8 none:int8 int8")
 #   THREADS         threads for both (llama-bench -t, RAYON_NUM_THREADS for lowbit) (default: 2)
 #   REPS            rounds; each round runs every configuration once   (default: 3)
 #   LLAMA_REPS      llama-bench -r inside one round              (default: 3)
@@ -30,7 +31,7 @@ shift
 GGUFS=("$@")
 LLAMA_BENCH=${LLAMA_BENCH:-llama-bench}
 LOWBIT=${LOWBIT:-target/release/lowbit}
-FORMATS=${FORMATS:-nf4 int8 none}
+FORMATS=${FORMATS:-nf4 nf4:int8 none:int8 int8}
 THREADS=${THREADS:-2}
 REPS=${REPS:-3}
 LLAMA_REPS=${LLAMA_REPS:-3}
@@ -61,14 +62,17 @@ for r in $(seq 1 "$REPS"); do
         "$LLAMA_BENCH" -m "$g" -p "$N_PROMPT" -n 0 -t "$THREADS" -r "$LLAMA_REPS" -o json > "$OUT/llama_pp_$(basename "$g")_$r.json"
     done
     for f in $FORMATS; do
+        fmt=${f%%:*}
+        act=float
+        [ "$fmt" != "$f" ] && act=${f#*:}
         log "round $r: uptime:$(uptime | sed 's/.*load average/ load average/')"
         log "round $r: lowbit $f decode"
-        RAYON_NUM_THREADS=$THREADS "$LOWBIT" --device cpu --json -q generate "$HF_DIR" --format "$f" \
-            --prompt "$PROMPT" --max-tokens "$N_GEN" > "$OUT/lowbit_tg_${f}_$r.json" \
+        RAYON_NUM_THREADS=$THREADS "$LOWBIT" --device cpu --json -q generate "$HF_DIR" --format "$fmt" \
+            --activations "$act" --prompt "$PROMPT" --max-tokens "$N_GEN" > "$OUT/lowbit_tg_${f}_$r.json" \
             || echo '{"failed": true}' > "$OUT/lowbit_tg_${f}_$r.json"
         log "round $r: lowbit $f prefill"
-        RAYON_NUM_THREADS=$THREADS "$LOWBIT" --device cpu --json -q generate "$HF_DIR" --format "$f" \
-            --prompt "$LONG_PROMPT" --max-tokens 1 > "$OUT/lowbit_pp_${f}_$r.json" \
+        RAYON_NUM_THREADS=$THREADS "$LOWBIT" --device cpu --json -q generate "$HF_DIR" --format "$fmt" \
+            --activations "$act" --prompt "$LONG_PROMPT" --max-tokens 1 > "$OUT/lowbit_pp_${f}_$r.json" \
             || echo '{"failed": true}' > "$OUT/lowbit_pp_${f}_$r.json"
     done
 done
@@ -103,7 +107,8 @@ for f in formats:
     gen = sorted({len(x.get("generated_ids", [])) for x in tg})
     ptoks = sorted({x.get("prompt_tokens") for x in pp if "prompt_tokens" in x})
     note = f"{'/'.join(map(str, gen))} tokens generated; prefill prompt {'/'.join(map(str, ptoks))} tokens"
-    rows.append((f"lowbit --format {f}",
+    fmt_name, _, act = f.partition(":")
+    rows.append((f"lowbit --format {fmt_name}" + (f" --activations {act}" if act else ""),
                  fmt([x.get("decode_tokens_per_s") for x in tg]),
                  fmt([x.get("prefill_tokens_per_s") for x in pp]), note))
 

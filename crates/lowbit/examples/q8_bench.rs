@@ -21,6 +21,10 @@ fn median_us(mut f: impl FnMut(), reps: usize) -> f64 {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("stream") {
+        model_stream();
+        return;
+    }
     let shapes: Vec<(usize, usize)> = {
         let a: Vec<String> = std::env::args().skip(1).collect();
         if a.is_empty() {
@@ -111,4 +115,74 @@ fn main() {
             t_d / t_q8
         );
     }
+}
+
+/// SmolLM2-135M's 210 decode GEMVs (30 layers of q, k, v, o, gate, up, down), each layer's weights its own
+/// (53 MB of NF4 in all, past the caches), straight through the kernels: the time per token that the
+/// kernels alone take, against `generate --json`'s per-op time.
+#[allow(dead_code)]
+pub fn model_stream() {
+    let shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    // Per layer, per projection: packed codes, absmax, rows, cols.
+    type Weight = (Vec<u8>, Vec<f32>, usize, usize);
+    let layers: Vec<Vec<Weight>> = (0..30)
+        .map(|l| {
+            shapes
+                .iter()
+                .map(|&(r, c)| {
+                    let packed = (0..r * c / 2)
+                        .map(|i| ((i * 2654435761usize + l) >> 13) as u8)
+                        .collect();
+                    (packed, vec![0.5f32; r * c / 64], r, c)
+                })
+                .collect()
+        })
+        .collect();
+    let x: Vec<f32> = (0..1536).map(|i| (i as f32 * 0.37).sin()).collect();
+    let vnni = q8::has_vnni();
+    let run = |int8: bool| {
+        let t = Instant::now();
+        for _ in 0..20 {
+            for layer in &layers {
+                for (p, a, r, c) in layer {
+                    let w = Packed4bit {
+                        packed: p,
+                        absmax: a,
+                        quant_type: FourBitType::Nf4,
+                        blocksize: 64,
+                        rows: *r,
+                        cols: *c,
+                    };
+                    if int8 {
+                        std::hint::black_box(q8::gemv_4bit(&x[..*c], w, None, vnni));
+                    } else {
+                        std::hint::black_box(fast::gemv4::gemv(
+                            Floats::F32(&x[..*c]),
+                            w,
+                            None,
+                            fast::isa(),
+                        ));
+                    }
+                }
+            }
+        }
+        t.elapsed().as_secs_f64() * 1e3 / 20.0
+    };
+    rayon::scope(|_| {
+        for _ in 0..2 {
+            println!(
+                "210 GEMVs per token: int8 activations {:.2} ms, float {:.2} ms",
+                run(true),
+                run(false)
+            );
+        }
+    });
 }

@@ -20,8 +20,8 @@ pub const Q8_BLOCK: usize = 64;
 /// Partial sums per block: lane `j` holds elements `8j..8j+8`.
 pub const Q8_LANES: usize = 8;
 
-/// Activations quantized per [`Q8_BLOCK`] values: `q = round(x / d)`, `d = amax / 127` (llama.cpp's
-/// `quantize_row_q8_0`), `q` laid out per block as its 32 even-indexed values, then its 32 odd-indexed ones
+/// Activations quantized per [`Q8_BLOCK`] values: `q = round(x * (1 / d))`, `d = amax / 127` (llama.cpp's
+/// `quantize_row_q8_0`, but rounding half to even), `q` laid out per block as its 32 even-indexed values, then its 32 odd-indexed ones
 /// (the order in which 4-bit codes unpack: high nibbles, then low nibbles).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Q8Activations {
@@ -64,10 +64,14 @@ fn block_scale(x: &[f32]) -> (f32, f32) {
     (d, if d != 0.0 { 1.0 / d } else { 0.0 })
 }
 
-/// Round half away from zero into -127..=127 (NaN to 0).
+/// Round half to even into -127..=127 (NaN to 0). Adding and subtracting 1.5 * 2^23 rounds any |v| < 2^22
+/// to an integer in the current (nearest-even) mode: two additions where `f32::round` is a libm call on
+/// baseline x86-64, and the answer SIMD conversions give.
 #[inline]
 fn round_i8(v: f32) -> i8 {
-    v.round().clamp(-127.0, 127.0) as i8
+    const MAGIC: f32 = 12_582_912.0;
+    let v = v.clamp(-127.0, 127.0);
+    ((v + MAGIC) - MAGIC) as i8
 }
 
 /// The int8 image of a 4-bit codebook (values in [-1, 1]): `round(code * 127) + 128`.

@@ -486,17 +486,33 @@ impl Model {
 
     /// Runs `tokens` at the next positions of `cache` and returns the logits of every token `[n, vocab]`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.hidden(tokens, cache)?;
-        let logits = self.lm_head.forward(&self.dev, &h)?;
-        self.dev.to_host(&logits)
+        self.on_cpu_pool(|| {
+            let h = self.hidden(tokens, cache)?;
+            let logits = self.lm_head.forward(&self.dev, &h)?;
+            self.dev.to_host(&logits)
+        })
     }
 
     /// Like [`Model::forward`], returning only the last token's logits (the head runs on one row).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let h = self.hidden(tokens, cache)?;
-        let last = self.dev.embedding(&h, &[tokens.len() as u32 - 1])?;
-        let logits = self.lm_head.forward(&self.dev, &last)?;
-        Ok(self.dev.to_host(&logits)?.floats("forward")?.to_f32_vec())
+        self.on_cpu_pool(|| {
+            let h = self.hidden(tokens, cache)?;
+            let last = self.dev.embedding(&h, &[tokens.len() as u32 - 1])?;
+            let logits = self.lm_head.forward(&self.dev, &last)?;
+            Ok(self.dev.to_host(&logits)?.floats("forward")?.to_f32_vec())
+        })
+    }
+
+    /// Runs `f` on a thread of the CPU kernels' thread pool when the model is on the CPU: each parallel
+    /// kernel then forks and joins among the pool's own threads, instead of every one of a pass's ~200
+    /// kernels handing its work from the caller's thread to the pool and putting the caller to sleep until
+    /// it is done (a context switch each way, which cost SmolLM2-135M about a third of its decode time).
+    fn on_cpu_pool<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        if self.dev.backend().kind() == crate::backend::BackendKind::Cpu {
+            rayon::scope(|_| f())
+        } else {
+            f()
+        }
     }
 
     /// The final hidden states (after the last norm) of `tokens`, appended to `cache`.

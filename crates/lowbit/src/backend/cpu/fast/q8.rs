@@ -77,7 +77,11 @@ pub fn gemv_4bit(x: &[f32], w: Packed4bit, bias: Option<&[f32]>, vnni: bool) -> 
         let scale = |b: usize| w.absmax[(first + b) >> shift] * p.xs[b];
         let code = |e: usize| {
             let byte = bytes[e / 2];
-            table[if e.is_multiple_of(2) { byte >> 4 } else { byte & 15 } as usize]
+            table[if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 15
+            } as usize]
         };
         if vnni {
             vnni_row(Source::FourBit(bytes, &table), scale, &p)
@@ -290,7 +294,11 @@ mod tests {
             .map(|r| {
                 let code = |e: usize| {
                     let byte = packed[(r * cols + e) / 2];
-                    table[if e.is_multiple_of(2) { byte >> 4 } else { byte & 15 } as usize]
+                    table[if e.is_multiple_of(2) {
+                        byte >> 4
+                    } else {
+                        byte & 15
+                    } as usize]
                 };
                 dot_reference(code, |b| absmax[(r * cols + b * 64) / 128] * xs[b], &qx)
             })
