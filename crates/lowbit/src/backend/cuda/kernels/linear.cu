@@ -30,9 +30,17 @@ template <> __device__ __forceinline__ void load8<DT_BF16>(const void* x, u64 i,
 
 // NR weight rows per warp and R activation rows per pass: each lane reads one 16-byte word (32 weights of
 // one quantization block) of each of its NR rows, loads each activation chunk once into registers and uses it
-// for all NR rows, so activation traffic and conversions fall NR-fold. Every output element still sums its
-// products in the same order (per lane: words, then elements; then the warp reduction), whatever NR, R or
-// the batch size: a split batch reproduces the unsplit bits.
+// for all NR rows, so activation traffic and conversions fall NR-fold. Rows past n read row n - 1 (their sums
+// are not stored), the absmax index is a shift (not a 64-bit division) and the absmax multiplies once per
+// word instead of once per weight. (Prefetching the next word before decoding this one was measured on the
+// H200: no faster for one activation row, slower for 2-8.)
+// Every output element sums its products in one order whatever NR, R or the batch size (a split batch
+// reproduces the unsplit bits): per lane, words j = lane, lane + 32, ... in order; per word
+// p = sum over its 32 elements in order of table[nibble] * x (one fma chain), then acc = fma(p, absmax, acc);
+// then the warp reduction.
+// Blocks per multiprocessor the register budget is set for (__launch_bounds__ of the word kernels): three
+// for one activation row, fewer where R rows of accumulators need the registers.
+#define LIN4_MIN_BLOCKS(R) ((R) == 1 ? 3 : (R) <= 4 ? 2 : 1)
 template <int DT, int R, int NR>
 __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed, const float* absmax,
                                        const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
@@ -46,6 +54,12 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
     if (row0 >= n) return;
     u32 words = k >> 5;
     u32 words_per_block = blocksize >> 5;
+    // Block sizes are powers of two (a shift); the division stays for any other.
+    bool pow2 = (words_per_block & (words_per_block - 1)) == 0;
+    u32 shift = __ffs(words_per_block) - 1;
+    u64 rbase[NR];
+#pragma unroll
+    for (int q = 0; q < NR; q++) rbase[q] = (row0 + q < n ? row0 + q : (u64)n - 1) * words;
     float acc[NR][R];
 #pragma unroll
     for (int q = 0; q < NR; q++)
@@ -53,21 +67,22 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         for (int r = 0; r < R; r++) acc[q][r] = 0.0f;
     for (u32 j = lane; j < words; j += 32) {
         uint4 wv[NR];
-        float a[NR];
+        float av[NR];
 #pragma unroll
         for (int q = 0; q < NR; q++) {
-            u64 row = row0 + q;
-            bool ok = row < n;
-            wv[q] = ok ? __ldg(packed + row * words + j) : make_uint4(0, 0, 0, 0);
-            a[q] = ok ? __ldg(absmax + (row * words + j) / words_per_block) : 0.0f;
+            u64 e = rbase[q] + j;
+            wv[q] = __ldg(packed + e);
+            av[q] = __ldg(absmax + (pow2 ? (e >> shift) : e / words_per_block));
         }
         u64 col = (u64)j * 32;
+        float p[NR][R];
 #pragma unroll
-        for (int p = 0; p < 4; p++) {
+        for (int c = 0; c < 4; c++) {
             float xv[R][8];
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                if (m0 + r < m) load8<DT>(x, (m0 + r) * k + col + p * 8, xv[r]);
+                // Row m0 always exists (the grid covers m in passes of R rows).
+                if (r == 0 || m0 + r < m) load8<DT>(x, (m0 + r) * k + col + c * 8, xv[r]);
                 else {
 #pragma unroll
                     for (int e = 0; e < 8; e++) xv[r][e] = 0.0f;
@@ -75,20 +90,25 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
             }
 #pragma unroll
             for (int q = 0; q < NR; q++) {
-                u32 part = p == 0 ? wv[q].x : p == 1 ? wv[q].y : p == 2 ? wv[q].z : wv[q].w;
-                float w[8];
+                u32 part = c == 0 ? wv[q].x : c == 1 ? wv[q].y : c == 2 ? wv[q].z : wv[q].w;
+                // Byte offsets into the table: the even element's nibble (high) and the odd one's (low).
+                u32 hi4 = (part >> 2) & 0x3c3c3c3cu, lo4 = (part << 2) & 0x3c3c3c3cu;
 #pragma unroll
-                for (int byte = 0; byte < 4; byte++) {
-                    u32 b = (part >> (8 * byte)) & 255u;
-                    w[2 * byte] = table[b >> 4] * a[q];
-                    w[2 * byte + 1] = table[b & 15u] * a[q];
+                for (int b = 0; b < 4; b++) {
+                    float te = *(const float*)((const char*)table + __byte_perm(hi4, 0, 0x4440 + b));
+                    float to = *(const float*)((const char*)table + __byte_perm(lo4, 0, 0x4440 + b));
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        p[q][r] = c == 0 && b == 0 ? te * xv[r][0] : fmaf(te, xv[r][2 * b], p[q][r]);
+                        p[q][r] = fmaf(to, xv[r][2 * b + 1], p[q][r]);
+                    }
                 }
-#pragma unroll
-                for (int r = 0; r < R; r++)
-#pragma unroll
-                    for (int e = 0; e < 8; e++) acc[q][r] += w[e] * xv[r][e];
             }
         }
+#pragma unroll
+        for (int q = 0; q < NR; q++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[q][r] = fmaf(p[q][r], av[q], acc[q][r]);
     }
 #pragma unroll
     for (int q = 0; q < NR; q++)
@@ -224,7 +244,8 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 }
 
 #define WORDS_KERNEL(SUFFIX, DT, R, NR)                                                                        \
-    extern "C" __global__ void linear_4bit_words_##SUFFIX##_r##R##_w##NR(                                     \
+    extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_MIN_BLOCKS(R))                         \
+        linear_4bit_words_##SUFFIX##_r##R##_w##NR(                                                            \
         const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k,    \
         u32 blocksize, const float* bias, void* y, int odt) {                                                 \
         linear_4bit_words_impl<DT, R, NR>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);       \
