@@ -45,6 +45,11 @@ fn main() {
                 .collect()
         }
     };
+    // On a pool thread, as a model's forward pass runs: no hand-off from the caller per kernel.
+    rayon::scope(|_| kernels(shapes));
+}
+
+fn kernels(shapes: Vec<(usize, usize)>) {
     let vnni = q8::has_vnni();
     println!("VNNI: {vnni}; threads: {}", rayon::current_num_threads());
     println!(

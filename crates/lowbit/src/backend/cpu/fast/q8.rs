@@ -181,18 +181,29 @@ mod avx512 {
     /// Needs `has_vnni()`; every slice holds whole blocks (checked by the indexing below).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     pub(super) fn row(src: Source, scale: impl Fn(usize) -> f32, p: &Prepared) -> f32 {
+        // The weight kind as a constant, so the block loop has no branch on it.
+        match src {
+            Source::FourBit(b, t) => row_of::<true>(b, t, scale, p),
+            Source::Q8(c) => row_of::<false>(c, &[0; 16], scale, p),
+        }
+    }
+
+    /// One row of packed nibbles with the codebook image `table` (`Q4`), or of Q8 codes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    fn row_of<const Q4: bool>(
+        bytes: &[u8],
+        table: &[u8; 16],
+        scale: impl Fn(usize) -> f32,
+        p: &Prepared,
+    ) -> f32 {
         let nb = p.blocks();
         let xq = &p.q[..nb * Q8_BLOCK];
         let corr = &p.corr[..nb * 8];
-        let (table, bytes) = match src {
-            // SAFETY: 16 bytes.
-            Source::FourBit(b, t) => (
-                unsafe { _mm_loadu_si128(t.as_ptr() as *const __m128i) },
-                &b[..nb * 32],
-            ),
-            Source::Q8(c) => (_mm_setzero_si128(), &c[..nb * Q8_BLOCK]),
-        };
-        let table = _mm256_broadcastsi128_si256(table);
+        let bytes = &bytes[..nb * if Q4 { 32 } else { Q8_BLOCK }];
+        // SAFETY: 16 bytes.
+        let table = _mm256_broadcastsi128_si256(unsafe {
+            _mm_loadu_si128(table.as_ptr() as *const __m128i)
+        });
         let low = _mm256_set1_epi8(0x0f);
         // One block into accumulator `$acc` (a macro rather than a closure or an indexed array, so both
         // accumulators stay in registers).
@@ -202,8 +213,8 @@ mod avx512 {
                 // SAFETY: block b's 32 or 64 code bytes, 64 activation bytes and 8 corrections are in
                 // bounds (the slices above hold nb whole blocks).
                 let (hi, lo, xe, xo, c) = unsafe {
-                    let (hi, lo) = match src {
-                        Source::FourBit(..) => {
+                    let (hi, lo) = match Q4 {
+                        true => {
                             let q = _mm256_loadu_si256(bytes.as_ptr().add(32 * b) as *const __m256i);
                             let h = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
                             let l = _mm256_and_si256(q, low);
@@ -212,7 +223,7 @@ mod avx512 {
                                 _mm256_shuffle_epi8(table, l),
                             )
                         }
-                        Source::Q8(..) => {
+                        false => {
                             let at = bytes.as_ptr().add(Q8_BLOCK * b);
                             (
                                 _mm256_loadu_si256(at as *const __m256i),
