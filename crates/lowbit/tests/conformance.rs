@@ -229,6 +229,72 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
     }
 }
 
+/// Int8 activations (`format::q8`, the CPU's opt-in decode path): both CPU backends give identical bits
+/// (VNNI and portable kernels), within the 8-bit quantization's bound of the float product; GPUs refuse the
+/// ops (unsupported, no fallback in strict mode) and say so.
+#[test]
+fn int8_activation_linears_agree_on_the_cpus_and_gpus_refuse_them() {
+    use lowbit::format::q8::Q8Weight;
+    let _serial = serial();
+    let s = seed("int8_activations");
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let (rows, cols) = (40, 320);
+    let w = rand(vec![rows, cols], 0.05, s, DType::F32);
+    let q = reference
+        .quantize_4bit(&w, FourBitType::Nf4, 64, true)
+        .unwrap();
+    let wq8 = Q8Weight::quantize(&f32s(&w), rows, cols);
+    let bias = rand(vec![rows], 0.5, s + 1, DType::F32);
+    for batch in [1, 3] {
+        let x = rand(vec![batch, cols], 1.0, s + 2 + batch as u64, DType::F32);
+        let float = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
+        let dense = f32s(&reference.matmul(&x, &w, Some(&bias)).unwrap());
+        let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+        for dev in devices() {
+            let (dw, dq) = (dev.upload_4bit(&q).unwrap(), dev.upload_q8(&wq8).unwrap());
+            let (xd, bd) = (up(&dev, &x), up(&dev, &bias));
+            let (y4, y8) = (
+                dev.linear_4bit_q8(&xd, &dw, Some(&bd)),
+                dev.linear_q8(&xd, &dq, Some(&bd)),
+            );
+            if dev.backend().kind() != lowbit::backend::BackendKind::Cpu {
+                for e in [y4.err(), y8.err()] {
+                    let e =
+                        e.unwrap_or_else(|| panic!("{} ran an int8-activation linear", dev.id()));
+                    assert!(e.to_string().contains("CPU"), "{}: {e}", dev.id());
+                }
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+                continue;
+            }
+            let y4 = f32s(&dev.to_host(&y4.unwrap()).unwrap());
+            let y8 = f32s(&dev.to_host(&y8.unwrap()).unwrap());
+            // 8-bit activations and weights: within 3% of the largest output of the float product.
+            for (what, got, want) in [("4-bit", &y4, &float), ("Q8", &y8, &dense)] {
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    d <= 0.03 * scale,
+                    "{what} batch {batch} on {}: {d} vs {scale}",
+                    dev.id()
+                );
+            }
+            match &first {
+                None => first = Some((y4, y8)),
+                Some((a, b)) => {
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y4), bits(a), "4-bit on {}", dev.id());
+                    assert_eq!(bits(&y8), bits(b), "Q8 on {}", dev.id());
+                }
+            }
+            assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+        }
+    }
+}
+
 #[test]
 fn linear_ternary_is_bit_identical_on_every_device() {
     let _serial = serial();
