@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 struct Prepared {
     q: Vec<i8>,
     /// `-128 * Σ xq` over each lane's 8 values: removes the weights' +128 offset from `vpdpbusd`'s sums.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     corr: Vec<i32>,
     /// Activation side of each block scale (`xscale`, or `xscale / 127` for 4-bit codes).
     xs: Vec<f32>,
@@ -155,6 +156,7 @@ fn portable_row(code: impl Fn(usize) -> u8, scale: impl Fn(usize) -> f32, p: &Pr
 
 /// A row's weights for the VNNI kernel.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Source<'a> {
     /// Packed nibbles (32 bytes per block) and the codebook's offset int8 image.
     FourBit(&'a [u8], &'a [u8; 16]),
