@@ -30,23 +30,41 @@ template <> __device__ __forceinline__ void load8<DT_BF16>(const void* x, u64 i,
 
 // NR weight rows per warp and R activation rows per pass: each lane reads one 16-byte word (32 weights of
 // one quantization block) of each of its NR rows, loads each activation chunk once into registers and uses it
-// for all NR rows, so activation traffic and conversions fall NR-fold. Rows past n read row n - 1 (their sums
-// are not stored), the absmax index is a shift (not a 64-bit division) and the absmax multiplies once per
-// word instead of once per weight. (Prefetching the next word before decoding this one was measured on the
-// H200: no faster for one activation row, slower for 2-8.)
+// for all NR rows, so activation traffic and conversions fall NR-fold. Rows past n read row n - 1 and
+// activation rows past m read row m0 (their sums are not stored); the word and absmax positions of each row
+// are set up once, the absmax index is a shift for power-of-two blocks (a division otherwise, in a second
+// copy of the loop), and the absmax multiplies once per word instead of once per weight.
+// Decoding: a 256-entry pair table in shared memory gives both values of a packed byte (element 2i in the
+// high nibble, 2i + 1 in the low), so one 8-byte shared load decodes two weights. It is kept in 16 copies 8
+// bytes apart (32 KiB), one per lane of a half-warp (which an 8-byte shared load serves at once): each lane
+// reads its own banks whatever the bytes, so the loads never conflict.
 // Every output element sums its products in one order whatever NR, R or the batch size (a split batch
 // reproduces the unsplit bits): per lane, words j = lane, lane + 32, ... in order; per word
 // p = sum over its 32 elements in order of table[nibble] * x (one fma chain), then acc = fma(p, absmax, acc);
 // then the warp reduction.
 // Blocks per multiprocessor the register budget is set for (__launch_bounds__ of the word kernels): three
-// for one activation row, fewer where R rows of accumulators need the registers.
-#define LIN4_MIN_BLOCKS(R) ((R) == 1 ? 3 : (R) <= 4 ? 2 : 1)
+// for one activation row, two up to four rows and for eight rows of two weight rows (a few bytes
+// spill there, but twice the warps), one for eight rows of four.
+#define LIN4_BLOCKS(R, NR) ((R) == 1 ? 3 : (R) <= 4 || (NR) == 2 ? 2 : 1)
 template <int DT, int R, int NR>
 __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed, const float* absmax,
                                        const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
                                        void* y, int odt) {
-    __shared__ float table[16];
-    if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
+    static_assert(LIN_WARPS == 8, "the pair table is filled by 256 threads");
+    // Entry byte * 16 + copy = (table[byte >> 4], table[byte & 15]); thread t writes entries i * 256 + t
+    // (byte i * 16 + (t >> 4), copy t & 15: consecutive threads, consecutive slots).
+    __shared__ float2 pairs[256 * 16];
+    {
+        u32 t = threadIdx.x;
+        float lo = __ldg(table_g + (t >> 4));
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float2 v;
+            v.x = __ldg(table_g + i);
+            v.y = lo;
+            pairs[i * 256 + t] = v;
+        }
+    }
     __syncthreads();
     u32 lane = threadIdx.x & 31;
     u64 row0 = ((u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5)) * NR;
@@ -54,53 +72,53 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
     if (row0 >= n) return;
     u32 words = k >> 5;
     u32 words_per_block = blocksize >> 5;
-    // Block sizes are powers of two (a shift); the division stays for any other.
     bool pow2 = (words_per_block & (words_per_block - 1)) == 0;
     u32 shift = __ffs(words_per_block) - 1;
-    u64 rbase[NR];
+    // Word j of row q: wrow[q][j]; its absmax: arow[q][(arem[q] + j) / words_per_block].
+    const uint4* wrow[NR];
+    const float* arow[NR];
+    u32 arem[NR];
 #pragma unroll
-    for (int q = 0; q < NR; q++) rbase[q] = (row0 + q < n ? row0 + q : (u64)n - 1) * words;
+    for (int q = 0; q < NR; q++) {
+        u64 base = (row0 + q < n ? row0 + q : (u64)n - 1) * words;
+        u64 blk = pow2 ? base >> shift : base / words_per_block;
+        wrow[q] = packed + base;
+        arow[q] = absmax + blk;
+        arem[q] = (u32)(base - blk * words_per_block);
+    }
+    constexpr u32 ES = DT == DT_F32 ? 4 : 2;
+    const char* xrow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) xrow[r] = (const char*)x + (m0 + r < m ? m0 + r : m0) * k * ES;
+    // This lane's table copy, (lane & 15) * 8 bytes in (from %laneid, so that the compiler keeps it in a
+    // register and merges it into the one LOP3 that masks each byte offset).
+    u32 copy;
+    asm("{\n\t.reg .u32 t;\n\tmov.u32 t, %%laneid;\n\tshl.b32 t, t, 3;\n\tand.b32 %0, t, 0x78;\n\t}" : "=r"(copy));
     float acc[NR][R];
 #pragma unroll
     for (int q = 0; q < NR; q++)
 #pragma unroll
         for (int r = 0; r < R; r++) acc[q][r] = 0.0f;
-    for (u32 j = lane; j < words; j += 32) {
-        uint4 wv[NR];
-        float av[NR];
-#pragma unroll
-        for (int q = 0; q < NR; q++) {
-            u64 e = rbase[q] + j;
-            wv[q] = __ldg(packed + e);
-            av[q] = __ldg(absmax + (pow2 ? (e >> shift) : e / words_per_block));
-        }
-        u64 col = (u64)j * 32;
+    auto word = [&](u32 j, const uint4(&wv)[NR], const float(&av)[NR]) {
+        u32 col = j * 32;
         float p[NR][R];
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             float xv[R][8];
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                // Row m0 always exists (the grid covers m in passes of R rows).
-                if (r == 0 || m0 + r < m) load8<DT>(x, (m0 + r) * k + col + c * 8, xv[r]);
-                else {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) xv[r][e] = 0.0f;
-                }
-            }
+            for (int r = 0; r < R; r++) load8<DT>(xrow[r] + (u64)col * ES, c * 8, xv[r]);
 #pragma unroll
             for (int q = 0; q < NR; q++) {
                 u32 part = c == 0 ? wv[q].x : c == 1 ? wv[q].y : c == 2 ? wv[q].z : wv[q].w;
-                // Byte offsets into the table: the even element's nibble (high) and the odd one's (low).
-                u32 hi4 = (part >> 2) & 0x3c3c3c3cu, lo4 = (part << 2) & 0x3c3c3c3cu;
 #pragma unroll
                 for (int b = 0; b < 4; b++) {
-                    float te = *(const float*)((const char*)table + __byte_perm(hi4, 0, 0x4440 + b));
-                    float to = *(const float*)((const char*)table + __byte_perm(lo4, 0, 0x4440 + b));
+                    // Byte b's entry: byte * 128 + copy.
+                    u32 off = ((b == 0 ? part << 7 : part >> (8 * b - 7)) & 0x7f80u) | copy;
+                    float2 t = *(const float2*)((const char*)pairs + off);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        p[q][r] = c == 0 && b == 0 ? te * xv[r][0] : fmaf(te, xv[r][2 * b], p[q][r]);
-                        p[q][r] = fmaf(to, xv[r][2 * b + 1], p[q][r]);
+                        p[q][r] = c == 0 && b == 0 ? t.x * xv[r][0] : fmaf(t.x, xv[r][2 * b], p[q][r]);
+                        p[q][r] = fmaf(t.y, xv[r][2 * b + 1], p[q][r]);
                     }
                 }
             }
@@ -109,7 +127,26 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         for (int q = 0; q < NR; q++)
 #pragma unroll
             for (int r = 0; r < R; r++) acc[q][r] = fmaf(p[q][r], av[q], acc[q][r]);
+    };
+    uint4 wv[NR];
+    float av[NR];
+    // Two copies of the loop (power-of-two blocks take a shift, others a division), so no load branches on
+    // it. (A macro, not a generic lambda: NVRTC's JIT mode refuses generic lambdas.)
+#define LIN4_LOOP(BLOCK_OF)                                                                                    \
+    for (u32 j = lane; j < words; j += 32) {                                                                   \
+        _Pragma("unroll") for (int q = 0; q < NR; q++) {                                                       \
+            wv[q] = __ldg(wrow[q] + j);                                                                        \
+            u32 a = arem[q] + j;                                                                               \
+            av[q] = __ldg(arow[q] + (BLOCK_OF));                                                               \
+        }                                                                                                      \
+        word(j, wv, av);                                                                                       \
     }
+    if (pow2) {
+        LIN4_LOOP(a >> shift)
+    } else {
+        LIN4_LOOP(a / words_per_block)
+    }
+#undef LIN4_LOOP
 #pragma unroll
     for (int q = 0; q < NR; q++)
 #pragma unroll
@@ -244,7 +281,7 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 }
 
 #define WORDS_KERNEL(SUFFIX, DT, R, NR)                                                                        \
-    extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_MIN_BLOCKS(R))                         \
+    extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_BLOCKS(R, NR))                         \
         linear_4bit_words_##SUFFIX##_r##R##_w##NR(                                                            \
         const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k,    \
         u32 blocksize, const float* bias, void* y, int odt) {                                                 \
