@@ -90,6 +90,32 @@ fn the_demo_model_continues_its_prompt_as_transformers_does() {
     assert!(ok, "{err}");
     let nf4 = json(&out);
     assert!(nf4["bytes_per_token"].as_u64().unwrap() < got["bytes_per_token"].as_u64().unwrap());
+
+    // With int8 activations the decode steps run the int8 kernels, the head reads int8 blocks (fewer bytes
+    // than its bf16), and the text still comes.
+    let (ok, out, err) = lowbit(&[
+        "generate",
+        p(&demo_model()),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--format",
+        "nf4",
+        "--activations",
+        "int8",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let q8 = json(&out);
+    assert!(
+        q8["ops"]["matmul_4bit_q8"]["runs"].as_u64().unwrap() > 0,
+        "{q8}"
+    );
+    assert!(q8["ops"]["matmul_q8"]["runs"].as_u64().unwrap() > 0, "{q8}");
+    assert!(q8["bytes_per_token"].as_u64().unwrap() < nf4["bytes_per_token"].as_u64().unwrap());
+    assert!(!q8["text"].as_str().unwrap().is_empty());
+    assert_eq!(q8["fallbacks"], 0);
 }
 
 #[test]
@@ -231,4 +257,10 @@ fn the_demo_model_runs_strict_on_the_gpu() {
     assert_eq!(got["device"], dev);
     assert_eq!(got["fallbacks"], 0);
     assert_eq!(got["generated_ids"], expected["ids"]);
+    // Int8 activations are a CPU path: the GPU refuses them with a typed error, not a fallback.
+    let (ok, _, err) = lowbit_on(dev, &[&args[..], &["--activations", "int8"]].concat());
+    assert!(
+        !ok && err.contains("int8 activations are a CPU decode path"),
+        "{err}"
+    );
 }

@@ -370,11 +370,14 @@ impl Model {
     /// Every linear layer and the output head to int8 activations (see [`LoadOptions::int8_activations`]).
     fn use_int8_activations(&mut self) -> Result<()> {
         if self.dev.backend().kind() != crate::backend::BackendKind::Cpu {
-            return Err(Error::Device(crate::capability::DeviceError::unsupported(
-                self.dev.id(),
-                "load",
-                "int8 activations are the CPU's decode path: load without them on a GPU",
-            )));
+            return Err(Error::InvalidArgument {
+                op: "load",
+                detail: format!(
+                    "int8 activations are a CPU decode path and {} is not a CPU: load without them \
+                     (--activations float) or on the CPU (--device cpu)",
+                    self.dev.id()
+                ),
+            });
         }
         let dev = self.dev.clone();
         for l in &mut self.layers {
