@@ -208,16 +208,13 @@ proptest! {
         let xs = q8::fourbit_xscales(&qx);
         let table = q8::codebook_u8(w.qt.dequant_table());
         let want: Vec<f32> = (0..rows).map(|r| {
-            let code = |e: usize| {
-                let b = w.packed[(r * cols + e) / 2];
-                table[if e.is_multiple_of(2) { b >> 4 } else { b & 15 } as usize]
-            };
+            let code = |e: usize| table[lowbit::format::fourbit::nibble(&w.packed, r * cols + e) as usize];
             q8::dot_reference(code, |b| w.absmax[(r * cols + 64 * b) / w.bs] * xs[b], &qx) + bias[r]
         }).collect();
         let dense = Q8Weight::quantize(&w.dense, rows, cols);
         let want_q8: Vec<f32> = (0..rows).map(|r| {
             let c = &dense.codes[r * cols..(r + 1) * cols];
-            let code = |e: usize| c[e - e % 64 + q8::deinterleaved(e % 64)];
+            let code = |e: usize| c[q8::position(e)];
             q8::dot_reference(code, |b| dense.scales[r * blocks + b] * qx.scale[b], &qx) + bias[r]
         }).collect();
         let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()));

@@ -47,7 +47,7 @@ impl Q8Activations {
 
     /// The quantized value of column `c`.
     pub fn get(&self, c: usize) -> i8 {
-        self.q[c - c % Q8_BLOCK + deinterleaved(c % Q8_BLOCK)]
+        self.q[position(c)]
     }
 }
 
@@ -55,6 +55,13 @@ impl Q8Activations {
 #[inline]
 pub fn deinterleaved(t: usize) -> usize {
     (t % 2) * (Q8_BLOCK / 2) + t / 2
+}
+
+/// Where column `c` of a row (or of a row-major matrix with whole blocks per row) is stored in the
+/// even-then-odd layout of activations and [`Q8Weight`] codes.
+#[inline]
+pub fn position(c: usize) -> usize {
+    c - c % Q8_BLOCK + deinterleaved(c % Q8_BLOCK)
 }
 
 /// `(d, 1/d)` for one block; an all-zero block has `d = 0` and quantizes to zeros.
@@ -194,7 +201,7 @@ mod tests {
             .collect();
         let qw = Q8Weight::quantize(&w, 1, cols);
         let qx = Q8Activations::quantize(&x);
-        let code = |e: usize| qw.codes[e - e % 64 + deinterleaved(e % 64)];
+        let code = |e: usize| qw.codes[position(e)];
         let got = dot_reference(code, |b| qw.scales[b] * qx.scale[b], &qx);
         let want: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
         let norm: f64 = x

@@ -381,15 +381,7 @@ impl Model {
         }
         let dev = self.dev.clone();
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            for (_, lin) in l.linears_mut() {
                 lin.use_int8_activations(&dev)?;
             }
         }

@@ -4,7 +4,7 @@
 use super::lora::LoraAdapter;
 use crate::device_tensor::DeviceTensor;
 use crate::format::FourBitType;
-use crate::format::q8::{Q8Weight, fits_4bit};
+use crate::format::q8::{Q8_BLOCK, Q8Weight, fits_4bit};
 use crate::model::checkpoint::StoredWeight;
 use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightQ8, WeightTernary};
 use crate::runtime::Device;
@@ -208,7 +208,7 @@ impl Linear {
             LinearWeight::FourBit(w) => n / 2 + 4 * n.div_ceil(w.blocksize() as u64),
             LinearWeight::Int8(..) => n + 4 * self.out_features as u64,
             LinearWeight::Ternary(_) => n / 4,
-            LinearWeight::Q8(_) => n + 4 * n.div_ceil(crate::format::q8::Q8_BLOCK as u64),
+            LinearWeight::Q8(_) => n + 4 * n.div_ceil(Q8_BLOCK as u64),
         }
     }
 
@@ -219,7 +219,7 @@ impl Linear {
     /// int8 or ternary weights (which quantize their activations already), are left as they are. Returns
     /// whether the layer changed.
     pub fn use_int8_activations(&mut self, dev: &Device) -> Result<bool> {
-        let fits = self.in_features.is_multiple_of(crate::format::q8::Q8_BLOCK);
+        let fits = self.in_features.is_multiple_of(Q8_BLOCK);
         match &self.weight {
             LinearWeight::FourBit(w) if fits_4bit(w.cols(), w.blocksize()) => {
                 self.int8_activations = true;

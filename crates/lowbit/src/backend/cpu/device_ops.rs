@@ -136,18 +136,7 @@ pub fn run_host_op(
             bias: has_bias,
         } => {
             let x = inputs[0].floats(name)?;
-            let absmax = match inputs[2].data {
-                TensorData::Float(FloatVec::F32(v)) => v.as_slice(),
-                d => return Err(dtype_err(name, d, "f32")),
-            };
-            let w = Packed4bit {
-                packed: inputs[1].u8(name)?,
-                absmax,
-                quant_type,
-                blocksize,
-                rows,
-                cols,
-            };
+            let w = packed_4bit(name, inputs, quant_type, blocksize, rows, cols)?;
             let (m, _) = inputs[0].rows_cols();
             let bias = bias(3, has_bias)?;
             let y = if m == 1 {
@@ -165,14 +154,7 @@ pub fn run_host_op(
             bias: has_bias,
         } => {
             let x = inputs[0].floats(name)?;
-            let w = Packed4bit {
-                packed: inputs[1].u8(name)?,
-                absmax: f32s(name, &inputs[2])?,
-                quant_type,
-                blocksize,
-                rows,
-                cols,
-            };
+            let w = packed_4bit(name, inputs, quant_type, blocksize, rows, cols)?;
             let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
             let y = q8_rows(x, cols, rows, |xr| {
                 fast::q8::gemv_4bit(xr, w, bias.as_deref(), vnni(kernels))
@@ -357,6 +339,25 @@ fn q8_rows(x: Floats, cols: usize, rows: usize, gemv: impl Fn(&[f32]) -> Vec<f32
         y.extend(gemv(xr));
     }
     FloatVec::from_f32(y, x.dtype())
+}
+
+/// The packed codes (operand 1) and f32 absmax (operand 2) of a 4-bit linear.
+fn packed_4bit<'a>(
+    op: &'static str,
+    inputs: &[HostView<'a>],
+    quant_type: crate::format::FourBitType,
+    blocksize: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<Packed4bit<'a>> {
+    Ok(Packed4bit {
+        packed: inputs[1].u8(op)?,
+        absmax: f32s(op, &inputs[2])?,
+        quant_type,
+        blocksize,
+        rows,
+        cols,
+    })
 }
 
 fn f32s<'a>(op: &'static str, v: &HostView<'a>) -> Result<&'a [f32]> {

@@ -2,21 +2,23 @@
 //! per block of 64, as exact integer dot products (AVX-512 VNNI `vpdpbusd`), one float scale per block.
 //!
 //! Per block of 64 weights the VNNI kernel does 2 table shuffles (4-bit) and 2 `vpdpbusd` on 32-byte
-//! registers, against 4 `vpermps` and 4 FMAs on 64-byte registers for the float GEMV (`gemv4`). The portable
-//! kernel computes the same integers and the same float operations in the same order, so both give the
-//! same bits (`format::q8` defines them).
+//! registers, against 4 `vpermps` and 4 FMAs on 64-byte registers for the float GEMV (`gemv4`). Without VNNI
+//! each row is `format::q8::dot_reference`, the definition itself; the VNNI kernel computes the same integers
+//! and the same float operations in the same order, so both give the same bits.
 
 use super::task_len;
 use crate::backend::Packed4bit;
+use crate::format::fourbit::nibble;
 use crate::format::q8::{
-    Q8_BLOCK, Q8_LANES, Q8Activations, codebook_u8, finish, fits_4bit, fourbit_xscales,
+    Q8_BLOCK, Q8_LANES, Q8Activations, codebook_u8, dot_reference, fits_4bit, fourbit_xscales,
+    position,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Activations ready for the row kernels: codes, the per-lane offset corrections and the block scales.
 struct Prepared {
-    q: Vec<i8>,
+    a: Q8Activations,
     /// `-128 * Σ xq` over each lane's 8 values: removes the weights' +128 offset from `vpdpbusd`'s sums.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     corr: Vec<i32>,
@@ -41,9 +43,10 @@ impl Prepared {
         } else {
             a.scale.clone()
         };
-        Prepared { q: a.q, corr, xs }
+        Prepared { a, corr, xs }
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn blocks(&self) -> usize {
         self.xs.len()
     }
@@ -76,14 +79,7 @@ pub fn gemv_4bit(x: &[f32], w: Packed4bit, bias: Option<&[f32]>, vnni: bool) -> 
         let bytes = &w.packed[r * row_bytes..(r + 1) * row_bytes];
         let first = r * (w.cols / Q8_BLOCK);
         let scale = |b: usize| w.absmax[(first + b) >> shift] * p.xs[b];
-        let code = |e: usize| {
-            let byte = bytes[e / 2];
-            table[if e.is_multiple_of(2) {
-                byte >> 4
-            } else {
-                byte & 15
-            } as usize]
-        };
+        let code = |e: usize| table[nibble(bytes, e) as usize];
         if vnni {
             vnni_row(Source::FourBit(bytes, &table), scale, &p)
         } else {
@@ -108,7 +104,7 @@ pub fn gemv_q8(
         let c = &codes[r * cols..(r + 1) * cols];
         let scale = |b: usize| scales[r * nb + b] * p.xs[b];
         // Codes are stored in the even-then-odd order per block; `code` takes natural column order.
-        let code = |e: usize| c[e - e % Q8_BLOCK + crate::format::q8::deinterleaved(e % Q8_BLOCK)];
+        let code = |e: usize| c[position(e)];
         if vnni {
             vnni_row(Source::Q8(c), scale, &p)
         } else {
@@ -135,23 +131,9 @@ fn rows_par(
     y
 }
 
-/// `format::q8`'s arithmetic, one lane at a time.
+/// The portable kernel: `format::q8`'s definition itself.
 fn portable_row(code: impl Fn(usize) -> u8, scale: impl Fn(usize) -> f32, p: &Prepared) -> f32 {
-    let mut acc = [[0.0f32; Q8_LANES]; 2];
-    for b in 0..p.blocks() {
-        let s = scale(b);
-        let xb = &p.q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK];
-        for (j, a) in acc[b % 2].iter_mut().enumerate() {
-            let mut l = 0i32;
-            for t in 0..4 {
-                let (even, odd) = (8 * j + 2 * t, 8 * j + 2 * t + 1);
-                l += (code(b * Q8_BLOCK + even) as i32 - 128) * xb[4 * j + t] as i32;
-                l += (code(b * Q8_BLOCK + odd) as i32 - 128) * xb[32 + 4 * j + t] as i32;
-            }
-            *a = (l as f32).mul_add(s, *a);
-        }
-    }
-    finish(&acc)
+    dot_reference(code, scale, &p.a)
 }
 
 /// A row's weights for the VNNI kernel.
@@ -199,7 +181,7 @@ mod avx512 {
         p: &Prepared,
     ) -> f32 {
         let nb = p.blocks();
-        let xq = &p.q[..nb * Q8_BLOCK];
+        let xq = &p.a.q[..nb * Q8_BLOCK];
         let corr = &p.corr[..nb * 8];
         let bytes = &bytes[..nb * if Q4 { 32 } else { Q8_BLOCK }];
         // SAFETY: 16 bytes.
@@ -266,7 +248,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::format::FourBitType;
-    use crate::format::q8::{Q8Weight, dot_reference};
+    use crate::format::q8::Q8Weight;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -305,14 +287,7 @@ mod tests {
         let table = codebook_u8(FourBitType::Nf4.dequant_table());
         let want: Vec<f32> = (0..rows)
             .map(|r| {
-                let code = |e: usize| {
-                    let byte = packed[(r * cols + e) / 2];
-                    table[if e.is_multiple_of(2) {
-                        byte >> 4
-                    } else {
-                        byte & 15
-                    } as usize]
-                };
+                let code = |e: usize| table[nibble(&packed, r * cols + e) as usize];
                 dot_reference(code, |b| absmax[(r * cols + b * 64) / 128] * xs[b], &qx)
             })
             .collect();
@@ -320,7 +295,7 @@ mod tests {
         let want_q8: Vec<f32> = (0..rows)
             .map(|r| {
                 let c = &dense.codes[r * cols..(r + 1) * cols];
-                let code = |e: usize| c[e - e % 64 + crate::format::q8::deinterleaved(e % 64)];
+                let code = |e: usize| c[position(e)];
                 dot_reference(code, |b| dense.scales[r * 5 + b] * qx.scale[b], &qx)
             })
             .collect();
