@@ -201,6 +201,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "device": model.device().id(), "load_s": load_s,
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
+            "decode_issue_fraction": stats.decode_issue_fraction(),
             "bytes_per_token": bytes, "decode_gb_per_s": decode_gbs,
             "bandwidth_fraction": fraction, "peak_rss_bytes": peak, "fallbacks": fallbacks,
             "ops": ops,

@@ -23,6 +23,9 @@ pub struct GenerateStats {
     /// Decode steps after the first token (the first comes from the prefill).
     pub decode_steps: usize,
     pub decode: Duration,
+    /// The part of `decode` the host spent issuing the steps' ops (the rest is waiting for the device to
+    /// finish them): near all of it means the host, not the device, bounds a token.
+    pub decode_issue: Duration,
 }
 
 impl GenerateStats {
@@ -31,6 +34,10 @@ impl GenerateStats {
     }
     pub fn decode_tokens_per_s(&self) -> f64 {
         self.decode_steps as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+    /// The fraction of decode time the host spent issuing ops.
+    pub fn decode_issue_fraction(&self) -> f64 {
+        self.decode_issue.as_secs_f64() / self.decode.as_secs_f64().max(1e-9)
     }
 }
 
@@ -118,7 +125,9 @@ impl<'m> Generator<'m> {
                     return Ok(None);
                 }
                 let t = Instant::now();
-                let l = self.model.forward_last(&[tok], &mut self.cache)?;
+                let queued = self.model.queue_last(&[tok], &mut self.cache)?;
+                self.stats.decode_issue += t.elapsed();
+                let l = self.model.read_logits(&queued)?;
                 self.stats.decode += t.elapsed();
                 self.stats.decode_steps += 1;
                 l

@@ -490,12 +490,23 @@ impl Model {
 
     /// Like [`Model::forward`], returning only the last token's logits (the head runs on one row).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let logits = self.queue_last(tokens, cache)?;
+        self.read_logits(&logits)
+    }
+
+    /// The ops of [`Model::forward_last`], queued on the device: on a GPU this returns once the host has
+    /// issued them (the time it takes is the host's share of a decode step), on the CPU once they ran.
+    pub fn queue_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<DeviceTensor> {
         self.on_cpu_pool(|| {
             let h = self.hidden(tokens, cache)?;
             let last = self.dev.embedding(&h, &[tokens.len() as u32 - 1])?;
-            let logits = self.lm_head.forward(&self.dev, &last)?;
-            Ok(self.dev.to_host(&logits)?.floats("forward")?.to_f32_vec())
+            self.lm_head.forward(&self.dev, &last)
         })
+    }
+
+    /// Logits queued by [`Model::queue_last`], read to the host (waiting for the device).
+    pub fn read_logits(&self, logits: &DeviceTensor) -> Result<Vec<f32>> {
+        Ok(self.dev.to_host(logits)?.floats("forward")?.to_f32_vec())
     }
 
     /// Runs `f` on a thread of the CPU kernels' thread pool when the model is on the CPU: each parallel
