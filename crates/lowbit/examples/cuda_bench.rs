@@ -37,10 +37,14 @@ fn main() -> lowbit::Result<()> {
             }
         }
         linear_4bit(&dev, out, inp, DType::F16, 1, false)?;
+        // The activations of a model's decode step (f32).
+        linear_4bit(&dev, out, inp, DType::F32, 1, true)?;
     }
     for &(out, inp) in &shapes[..shapes.len().min(2)] {
         linear_4bit(&dev, out, inp, DType::F16, 512, false)?;
     }
+    // A Llama-3 output head kept in bf16 under f32 activations (one decode step's largest read).
+    output_head(&dev, 128256, 4096)?;
     if let Some(s) = dev.stats().ops.values().find(|s| s.fallbacks > 0) {
         panic!("an op fell back to the CPU: {s:?}");
     }
@@ -140,6 +144,26 @@ fn linear_4bit(
             "tflops",
             format!("{:.2}", 2.0 * (batch * out * inp) as f64 / t / 1e12),
         ),
+    ]);
+    Ok(())
+}
+
+/// One f32 activation row times a bf16 weight `[out, inp]` (read as stored, widened in registers).
+fn output_head(dev: &Device, out: usize, inp: usize) -> lowbit::Result<()> {
+    let w = dev.to_device(&lowbit::synth::normal(vec![out, inp], 0.02, 7, DType::BF16))?;
+    let x = dev.to_device(&lowbit::synth::normal(vec![1, inp], 1.0, 9, DType::F32))?;
+    let iters = 50;
+    let t = time(dev, iters, |_| dev.linear(&x, &w, None).map(|_| ()))?;
+    let bytes = out * inp * 2 + inp * 4 + out * 4;
+    emit(&[
+        ("op", "\"linear_bf16_weight\"".into()),
+        ("impl", "\"lowbit-cuda\"".into()),
+        ("shape", format!("[{out}, {inp}]")),
+        ("batch", "1".into()),
+        ("dtype", "\"f32\"".into()),
+        ("weights_from", "\"one_copy\"".into()),
+        ("mean_s", format!("{t:e}")),
+        ("gbps", format!("{:.1}", bytes as f64 / t / 1e9)),
     ]);
     Ok(())
 }

@@ -212,7 +212,12 @@ pub struct Cuda {
 struct Kernel {
     func: CudaFunction,
     params: Option<Vec<usize>>,
+    /// The dynamic shared memory this kernel may use (raised past the default 48 KiB on demand).
+    shared_limit: u32,
 }
+
+/// Dynamic shared memory a kernel may use without raising its limit.
+const DEFAULT_SHARED_LIMIT: u32 = 48 << 10;
 
 /// The byte sizes of `f`'s parameters, asked one index at a time until the driver says there is no such
 /// parameter (the CUDA 13.0 API has no parameter count; compute-sanitizer lists that one expected
@@ -373,6 +378,7 @@ impl Cuda {
         let k = Kernel {
             params: param_sizes(&func),
             func,
+            shared_limit: DEFAULT_SHARED_LIMIT,
         };
         f.insert(name.to_string(), k.clone());
         Ok(k)
@@ -380,10 +386,41 @@ impl Cuda {
 
     /// Queues kernel `name` on the stream (no wait).
     pub fn launch(&self, name: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        self.launch_shared(name, grid, block, 0, args)
+    }
+
+    /// Raises `name`'s dynamic shared memory limit to `bytes` (once per kernel and size).
+    fn allow_shared(&self, name: &str, bytes: u32) -> Result<()> {
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX;
+        let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(k) = f.get_mut(name) else {
+            return Ok(());
+        };
+        if k.shared_limit < bytes {
+            k.func
+                .set_attribute(MAX, bytes as i32)
+                .map_err(|e| self.error(name, e))?;
+            k.shared_limit = bytes;
+        }
+        Ok(())
+    }
+
+    /// Queues kernel `name` with `shared` bytes of dynamic shared memory.
+    pub fn launch_shared(
+        &self,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        shared: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 {
             return Ok(());
         }
         let kernel = self.function(name)?;
+        if shared > kernel.shared_limit {
+            self.allow_shared(name, shared)?;
+        }
         // A parameter list that does not match the kernel's would make the driver read past it: refuse it.
         if let Some(sizes) = &kernel.params {
             let given: Vec<usize> = args.iter().map(Arg::size).collect();
@@ -409,7 +446,7 @@ impl Cuda {
         let cfg = cudarc::driver::LaunchConfig {
             grid_dim: (grid.0, grid.1, 1),
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: shared,
         };
         // SAFETY: every kernel's parameter list is the `args` its caller passes (checked by the conformance
         // suite), and every pointer is a live allocation of this context holding the bytes the op layer

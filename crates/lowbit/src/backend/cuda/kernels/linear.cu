@@ -29,15 +29,22 @@ template <> __device__ __forceinline__ void load8<DT_F16>(const void* x, u64 i, 
 template <> __device__ __forceinline__ void load8<DT_BF16>(const void* x, u64 i, float* v) { load8_half<DT_BF16>(x, i, v); }
 
 // NR weight rows per warp and R activation rows per pass: each lane reads one 16-byte word (32 weights of
-// one quantization block) of each of its NR rows, loads each activation chunk once into registers and uses it
-// for all NR rows, so activation traffic and conversions fall NR-fold. Rows past n read row n - 1 and
-// activation rows past m read row m0 (their sums are not stored); the word and absmax positions of each row
-// are set up once, the absmax index is a shift for power-of-two blocks (a division otherwise, in a second
-// copy of the loop), and the absmax multiplies once per word instead of once per weight.
+// one quantization block) of each of its NR rows and uses each activation chunk for all NR rows. Rows past n
+// read row n - 1 and activation rows past m read row m0 (their sums are not stored); the word and absmax
+// positions of each row are set up once, the absmax index is a shift for power-of-two blocks (a division
+// otherwise, in a second copy of the loop), and the absmax multiplies once per word instead of once per weight.
 // Decoding: a 256-entry pair table in shared memory gives both values of a packed byte (element 2i in the
 // high nibble, 2i + 1 in the low), so one 8-byte shared load decodes two weights. It is kept in 16 copies 8
 // bytes apart (32 KiB), one per lane of a half-warp (which an 8-byte shared load serves at once): each lane
 // reads its own banks whatever the bytes, so the loads never conflict.
+// The warp walks k in chunks of 1024 columns (one word per lane). f32 activations are staged: each chunk of
+// the block's R rows is copied to shared memory by coalesced loads, once per block instead of once per warp,
+// and each lane reads its 32 columns from a slot 36 floats apart, so that a quarter-warp's 16-byte reads fall
+// in distinct banks (two buffers, one barrier per chunk; the next chunk's words load while the current ones
+// are used). Read straight from global memory, each 16-byte load of a warp touches 32 cache lines, and in
+// f32 those loads (twice as many as in f16) held the kernel to 60% of the f16 rate. Half-precision
+// activations are read directly, with no barriers and no prefetch (both measured slower there: the prefetch
+// registers spill).
 // Every output element sums its products in one order whatever NR, R or the batch size (a split batch
 // reproduces the unsplit bits): per lane, words j = lane, lane + 32, ... in order; per word
 // p = sum over its 32 elements in order of table[nibble] * x (one fma chain), then acc = fma(p, absmax, acc);
@@ -46,14 +53,51 @@ template <> __device__ __forceinline__ void load8<DT_BF16>(const void* x, u64 i,
 // for one activation row, two up to four rows and for eight rows of two weight rows (a few bytes
 // spill there, but twice the warps), one for eight rows of four.
 #define LIN4_BLOCKS(R, NR) ((R) == 1 ? 3 : (R) <= 4 || (NR) == 2 ? 2 : 1)
+// Dynamic shared memory of the word kernels: the pair table, then (f32 activations) two buffers of R staged
+// activation rows (the host's `words_shared_bytes` in ops/linear.rs computes the same).
+#define LIN4_TABLE_BYTES (256 * 16 * 8)
+#define LIN4_SLOT 36
+#define LIN4_CHUNK (32 * LIN4_SLOT)
+
+// Stages columns [c0, c0 + 1024) of activation rows m0 .. m0 + R (rows past m repeat row m0, columns past
+// k are zeros) into `xs` as f32: column c0 + 32 * l + o goes to xs[r * LIN4_CHUNK + l * LIN4_SLOT + o].
+template <int DT, int R>
+__device__ __forceinline__ void lin4_stage(float* xs, const void* x, u64 m, u64 m0, u32 k, u32 c0) {
+    constexpr u32 PER = DT == DT_F32 ? 4 : 8;  // columns per 16-byte load
+    constexpr u32 UNITS = 1024 / PER;         // loads per row
+    for (u32 i = threadIdx.x; i < R * UNITS; i += 32 * LIN_WARPS) {
+        u32 r = i / UNITS, u = i % UNITS;
+        u32 c = c0 + u * PER;
+        u64 row = m0 + r < m ? m0 + r : m0;
+        float v[8];
+        // k is a multiple of 32, so a load lies wholly inside or wholly past the row.
+        if (c < k) {
+            if constexpr (DT == DT_F32) {
+                float4 a = __ldg((const float4*)((const float*)x + row * k + c));
+                v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+            } else {
+                load8<DT>(x, row * k + c, v);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) v[e] = 0.0f;
+        }
+        float* d = xs + r * LIN4_CHUNK + (u * PER / 32) * LIN4_SLOT + (u * PER) % 32;
+        *(float4*)d = make_float4(v[0], v[1], v[2], v[3]);
+        if constexpr (PER == 8) *(float4*)(d + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+}
+
 template <int DT, int R, int NR>
 __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed, const float* absmax,
                                        const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
                                        void* y, int odt) {
     static_assert(LIN_WARPS == 8, "the pair table is filled by 256 threads");
+    extern __shared__ float4 lin4_shared[];
     // Entry byte * 16 + copy = (table[byte >> 4], table[byte & 15]); thread t writes entries i * 256 + t
     // (byte i * 16 + (t >> 4), copy t & 15: consecutive threads, consecutive slots).
-    __shared__ float2 pairs[256 * 16];
+    float2* pairs = (float2*)lin4_shared;
+    float* xbuf = (float*)((char*)lin4_shared + LIN4_TABLE_BYTES);
     {
         u32 t = threadIdx.x;
         float lo = __ldg(table_g + (t >> 4));
@@ -65,12 +109,14 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
             pairs[i * 256 + t] = v;
         }
     }
-    __syncthreads();
     u32 lane = threadIdx.x & 31;
     u64 row0 = ((u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5)) * NR;
     u64 m0 = (u64)blockIdx.y * R;
-    if (row0 >= n) return;
+    constexpr bool STAGED = DT == DT_F32;
+    // No early return: every warp takes part in staging and in the barriers (a warp past n computes row
+    // n - 1 and stores nothing).
     u32 words = k >> 5;
+    u32 chunks = (words + 31) >> 5;
     u32 words_per_block = blocksize >> 5;
     bool pow2 = (words_per_block & (words_per_block - 1)) == 0;
     u32 shift = __ffs(words_per_block) - 1;
@@ -86,10 +132,6 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         arow[q] = absmax + blk;
         arem[q] = (u32)(base - blk * words_per_block);
     }
-    constexpr u32 ES = DT == DT_F32 ? 4 : 2;
-    const char* xrow[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) xrow[r] = (const char*)x + (m0 + r < m ? m0 + r : m0) * k * ES;
     // This lane's table copy, (lane & 15) * 8 bytes in (from %laneid, so that the compiler keeps it in a
     // register and merges it into the one LOP3 that masks each byte offset).
     u32 copy;
@@ -99,14 +141,27 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
     for (int q = 0; q < NR; q++)
 #pragma unroll
         for (int r = 0; r < R; r++) acc[q][r] = 0.0f;
-    auto word = [&](u32 j, const uint4(&wv)[NR], const float(&av)[NR]) {
-        u32 col = j * 32;
+    constexpr u32 ES = DT == DT_F32 ? 4 : 2;
+    const char* xrow[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) xrow[r] = (const char*)x + (m0 + r < m ? m0 + r : m0) * k * ES;
+    // Word j of each row against its 32 activations: this lane's slot `xl` of the staged chunk, or x itself.
+    auto word = [&](u32 j, const float* xl, const uint4(&wv)[NR], const float(&av)[NR]) {
         float p[NR][R];
 #pragma unroll
         for (int c = 0; c < 4; c++) {
             float xv[R][8];
 #pragma unroll
-            for (int r = 0; r < R; r++) load8<DT>(xrow[r] + (u64)col * ES, c * 8, xv[r]);
+            for (int r = 0; r < R; r++) {
+                if constexpr (STAGED) {
+                    float4 a = *(const float4*)(xl + r * LIN4_CHUNK + c * 8);
+                    float4 b = *(const float4*)(xl + r * LIN4_CHUNK + c * 8 + 4);
+                    xv[r][0] = a.x; xv[r][1] = a.y; xv[r][2] = a.z; xv[r][3] = a.w;
+                    xv[r][4] = b.x; xv[r][5] = b.y; xv[r][6] = b.z; xv[r][7] = b.w;
+                } else {
+                    load8<DT>(xrow[r] + (u64)j * 32 * ES, c * 8, xv[r]);
+                }
+            }
 #pragma unroll
             for (int q = 0; q < NR; q++) {
                 u32 part = c == 0 ? wv[q].x : c == 1 ? wv[q].y : c == 2 ? wv[q].z : wv[q].w;
@@ -128,18 +183,40 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
 #pragma unroll
             for (int r = 0; r < R; r++) acc[q][r] = fmaf(p[q][r], av[q], acc[q][r]);
     };
-    uint4 wv[NR];
-    float av[NR];
+    if constexpr (STAGED) lin4_stage<DT, R>(xbuf, x, m, m0, k, 0);
+    __syncthreads();
+    uint4 wv[NR], wn[NR];
+    float av[NR], an[NR];
     // Two copies of the loop (power-of-two blocks take a shift, others a division), so no load branches on
-    // it. (A macro, not a generic lambda: NVRTC's JIT mode refuses generic lambdas.)
+    // it. (A macro, not a generic lambda: NVRTC's JIT mode refuses generic lambdas.) Chunk t's words are in
+    // wv/av; chunk t + 1's activations and words load while they are used.
+#define LIN4_FETCH(J, W, A, BLOCK_OF)                                                                          \
+    _Pragma("unroll") for (int q = 0; q < NR; q++) {                                                           \
+        W[q] = __ldg(wrow[q] + (J));                                                                           \
+        u32 a = arem[q] + (J);                                                                                 \
+        A[q] = __ldg(arow[q] + (BLOCK_OF));                                                                    \
+    }
 #define LIN4_LOOP(BLOCK_OF)                                                                                    \
-    for (u32 j = lane; j < words; j += 32) {                                                                   \
-        _Pragma("unroll") for (int q = 0; q < NR; q++) {                                                       \
-            wv[q] = __ldg(wrow[q] + j);                                                                        \
-            u32 a = arem[q] + j;                                                                               \
-            av[q] = __ldg(arow[q] + (BLOCK_OF));                                                               \
+    if constexpr (STAGED) {                                                                                    \
+        if (lane < words) { LIN4_FETCH(lane, wv, av, BLOCK_OF) }                                               \
+        for (u32 t = 0; t < chunks; t++) {                                                                     \
+            u32 j = t * 32 + lane;                                                                             \
+            if (t + 1 < chunks) {                                                                              \
+                lin4_stage<DT, R>(xbuf + ((t + 1) & 1) * R * LIN4_CHUNK, x, m, m0, k, (t + 1) * 1024);        \
+                if (j + 32 < words) { LIN4_FETCH(j + 32, wn, an, BLOCK_OF) }                                   \
+            }                                                                                                  \
+            if (j < words) word(j, xbuf + (t & 1) * R * LIN4_CHUNK + lane * LIN4_SLOT, wv, av);               \
+            __syncthreads();                                                                                   \
+            _Pragma("unroll") for (int q = 0; q < NR; q++) {                                                   \
+                wv[q] = wn[q];                                                                                 \
+                av[q] = an[q];                                                                                 \
+            }                                                                                                  \
         }                                                                                                      \
-        word(j, wv, av);                                                                                       \
+    } else {                                                                                                   \
+        for (u32 j = lane; j < words; j += 32) {                                                               \
+            LIN4_FETCH(j, wv, av, BLOCK_OF)                                                                    \
+            word(j, nullptr, wv, av);                                                                          \
+        }                                                                                                      \
     }
     if (pow2) {
         LIN4_LOOP(a >> shift)
@@ -147,6 +224,7 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         LIN4_LOOP(a / words_per_block)
     }
 #undef LIN4_LOOP
+#undef LIN4_FETCH
 #pragma unroll
     for (int q = 0; q < NR; q++)
 #pragma unroll
@@ -209,10 +287,44 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
 }
 
 // x of dtype DT times a dense weight of dtype WDT (DT itself, or f16/bf16 kept as the checkpoint stores it).
+// When k % 8 == 0 each lane reads 8 consecutive weights and activations per step (16-byte loads, four steps
+// unrolled so that several are in flight): one column per lane at a time moved 2-4 bytes per load and left
+// a half-precision output head (the largest single read of a decode step) latency-bound. Per output, lane
+// l sums columns 8l .. 8l + 7, then 8l + 256 .., in order with fmas, then the warp reduction: the same order
+// for every weight dtype, so a weight kept in f16/bf16 gives the bits of its f32 widening.
 template <int DT, int WDT, int R>
 __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, void* y,
                                  int odt) {
-    warp_rows<DT, R>(x, m, DenseWeight<WDT>{w}, n, k, bias, y, odt);
+    if (k % 8 != 0) {
+        warp_rows<DT, R>(x, m, DenseWeight<WDT>{w}, n, k, bias, y, odt);
+        return;
+    }
+    u32 lane = threadIdx.x & 31;
+    u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
+    u64 m0 = (u64)blockIdx.y * R;
+    if (row >= n) return;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+#pragma unroll 4
+    for (u32 c = lane * 8; c < k; c += 256) {
+        float wv[8];
+        load8<WDT>(w, row * k + c, wv);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (m0 + r < m) {
+                float xv[8];
+                load8<DT>(x, (m0 + r) * k + c, xv);
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r] = fmaf(wv[e], xv[e], acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
+    }
 }
 
 // Dense weight, many rows: 64x64 output tiles, k in slices of 16 through shared memory, 256 threads each

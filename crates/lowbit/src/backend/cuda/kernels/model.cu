@@ -142,7 +142,7 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
 // [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of its query row, a warp per key at a time (lanes over head_dim, so
 // key rows are read coalesced), and writes the chunk's max score m, sum of exp(s - m) l and the weighted V
 // sum o to `part` [rows, chunks, head_dim + 2]; `attention_merge` rescales and adds the chunks. head_dim <= 256.
-#define ATT_CHUNK 128
+#define ATT_CHUNK 64
 extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
                                            u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
                                            float* part) {
@@ -161,6 +161,9 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
     __syncthreads();
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float m = -__int_as_float(0x7f800000);
+    // Unrolled so that several keys' (and below, values') loads are in flight at once: a block's time is
+    // its chain of dependent loads, not bandwidth. The sums keep their order.
+#pragma unroll 4
     for (u32 j = j0 + warp; j < j1; j += warps) {
         float dot = 0.0f;
         for (u32 d = lane; d < head_dim; d += 32) dot += qs[d] * ld_dt(k, j * kv_row + off + d, dt);
@@ -183,6 +186,7 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
     for (u32 w = 0; w < warps; w++) total += red[w];
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float acc = 0.0f;
+#pragma unroll 8
         for (u32 j = j0; j < j1; j++) acc += sc[j - j0] * ld_dt(v, j * kv_row + off + d, dt);
         out[2 + d] = acc;
     }

@@ -8,6 +8,18 @@ use super::{
 use crate::Result;
 use crate::tensor::DType;
 
+/// Dynamic shared memory of a 4-bit word kernel for `r` activation rows per pass: the 32 KiB pair table,
+/// then, for f32 activations (staged), two buffers of `r` rows of 1024 columns, each lane's 32 columns in
+/// a 36-float slot (`LIN4_*` in kernels/linear.cu).
+fn words_shared_bytes(r: usize, dtype: DType) -> u32 {
+    let staged = if dtype == DType::F32 {
+        2 * r * 32 * 36 * 4
+    } else {
+        0
+    };
+    (256 * 16 * 8 + staged) as u32
+}
+
 impl Cuda {
     /// `x[m, k] @ w[n, k]^T (+ bias)` through cuBLAS (f32 accumulation), written in `out` after the bias;
     /// `None` without cuBLAS.
@@ -99,19 +111,24 @@ impl Cuda {
             // Weight rows per warp in the word kernel: 4 shares each activation load among more rows, 2
             // keeps enough warps in flight on a smaller layer.
             let nr = if w.rows >= 8192 { 4 } else { 2 };
-            let (name, rows_per_block) = if words {
+            let (name, rows_per_block, shared) = if words {
                 (
                     format!("linear_4bit_words_{}_r{r}_w{nr}", suffix(dtype)),
                     LIN_WARPS * nr,
+                    words_shared_bytes(r, dtype),
                 )
             } else {
-                (format!("linear_4bit_any_{}_r{r}", suffix(dtype)), LIN_WARPS)
+                (
+                    format!("linear_4bit_any_{}_r{r}", suffix(dtype)),
+                    LIN_WARPS,
+                    0,
+                )
             };
             let grid = (
                 u32_of(OP, w.rows.div_ceil(rows_per_block))?,
                 u32_of(OP, m.div_ceil(r))?,
             );
-            self.launch(&name, grid, 32 * LIN_WARPS as u32, &common)?;
+            self.launch_shared(&name, grid, 32 * LIN_WARPS as u32, shared, &common)?;
         } else {
             let grid = (
                 u32_of(OP, w.rows.div_ceil(64))?,

@@ -7,7 +7,7 @@ use crate::format::rope::RopeLayout;
 use crate::tensor::DType;
 
 /// Keys per block of the split attention (`ATT_CHUNK` in kernels/model.cu).
-const ATT_CHUNK: usize = 128;
+const ATT_CHUNK: usize = 64;
 /// Query rows x heads below which attention over two or more chunks of keys is split across blocks
 /// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
 const ATT_SPLIT_MAX_ROWS: usize = 1024;
