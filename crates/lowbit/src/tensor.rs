@@ -82,6 +82,11 @@ pub trait Float: Copy + Send + Sync + Default + 'static {
     const DTYPE: DType;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
+    /// The slice itself when `Self` is f32 (kernels that widen rows into a scratch buffer skip the copy).
+    #[inline(always)]
+    fn as_f32_slice(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Float for f32 {
@@ -93,6 +98,10 @@ impl Float for f32 {
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
+    }
+    #[inline(always)]
+    fn as_f32_slice(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 

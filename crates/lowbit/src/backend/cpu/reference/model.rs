@@ -142,46 +142,58 @@ pub fn attention_with<T: Float>(
     }
     let group = n_heads / n_kv_heads;
     let kv_row = n_kv_heads * head_dim;
-    // A (query row, head) task reads up to `kv_len` keys and values of `head_dim` elements.
+    // A (query row, head) task reads up to `kv_len` keys and values of `head_dim` elements. Its scratch
+    // (query, widened key, scores, accumulator) is made once per rayon split, not per task: a decode step
+    // runs one task per head in every layer.
     out.par_chunks_mut(head_dim)
         .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
         .enumerate()
-        .for_each(|(row, o)| {
-            let (i, h) = (row / n_heads, row % n_heads);
-            let n_keys = (pos_start + i + 1).min(kv_len);
-            if n_keys == 0 {
-                return;
-            }
-            let qv: Vec<f32> = q[row * head_dim..(row + 1) * head_dim]
-                .iter()
-                .map(|x| x.to_f32())
-                .collect();
-            let off = (h / group) * head_dim;
-            let mut kf = vec![0.0f32; head_dim];
-            let scores: Vec<f32> = (0..n_keys)
-                .map(|j| {
-                    let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
-                    for (d, x) in kf.iter_mut().zip(kr) {
-                        *d = x.to_f32();
-                    }
-                    dot(&qv, &kf) * scale
-                })
-                .collect();
-            let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut acc = vec![0.0f32; head_dim];
-            let mut l = 0.0f32;
-            for (j, &s) in scores.iter().enumerate() {
-                let p = (s - m).exp();
-                l += p;
-                let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
-                for (a, x) in acc.iter_mut().zip(vr) {
-                    *a += p * x.to_f32();
+        .for_each_init(
+            || (Vec::new(), vec![0.0f32; head_dim], Vec::new(), Vec::new()),
+            |(qv, kf, scores, acc), (row, o)| {
+                let (i, h) = (row / n_heads, row % n_heads);
+                let n_keys = (pos_start + i + 1).min(kv_len);
+                if n_keys == 0 {
+                    return;
                 }
-            }
-            for (o, a) in o.iter_mut().zip(&acc) {
-                *o = T::from_f32(a / l);
-            }
-        });
+                qv.clear();
+                qv.extend(
+                    q[row * head_dim..(row + 1) * head_dim]
+                        .iter()
+                        .map(|x| x.to_f32()),
+                );
+                let off = (h / group) * head_dim;
+                scores.clear();
+                scores.extend((0..n_keys).map(|j| {
+                    let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
+                    let kr = match T::as_f32_slice(kr) {
+                        Some(f) => f,
+                        None => {
+                            for (d, x) in kf.iter_mut().zip(kr) {
+                                *d = x.to_f32();
+                            }
+                            &kf[..]
+                        }
+                    };
+                    dot(qv, kr) * scale
+                }));
+                let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                acc.clear();
+                acc.resize(head_dim, 0.0f32);
+                let mut l = 0.0f32;
+                for (j, &s) in scores.iter().enumerate() {
+                    let p = (s - m).exp();
+                    l += p;
+                    let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
+                    for (a, x) in acc.iter_mut().zip(vr) {
+                        *a += p * x.to_f32();
+                    }
+                }
+                for (o, a) in o.iter_mut().zip(acc.iter()) {
+                    *o = T::from_f32(a / l);
+                }
+            },
+        );
     out
 }
 
