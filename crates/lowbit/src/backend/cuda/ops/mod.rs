@@ -28,9 +28,10 @@ const LIN_WARPS: usize = 8;
 pub const ROWS_MAX: usize = 32;
 /// From this many activation rows on, a linear layer is one cuBLAS product (a 4-bit weight dequantized
 /// first, as bitsandbytes does) where cuBLAS is present; below it the warp-per-row kernel reads the weight
-/// once. Measured on an H200 (2026-12-02, NF4, docs/PERFORMANCE.md): at 4 rows the kernel takes 18-51 us
-/// against 30-89 us for dequantize + cuBLAS; at 8 rows 34-98 us against 30-89 us.
-pub const BLAS_MIN_ROWS: usize = 8;
+/// once. Measured on an H200 (NF4, f16, docs/PERFORMANCE.md): with the pair-table word kernel of 2026-12-03,
+/// 8 rows take 26-189 us against 31-317 us for dequantize + cuBLAS at 4096x4096 .. 8192x28672; 16 rows (two
+/// passes of 8) would take about twice the 8-row time, more than cuBLAS's 31-320 us.
+pub const BLAS_MIN_ROWS: usize = 9;
 
 /// Which kernel a float or 4-bit linear layer runs for its activation rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
