@@ -562,6 +562,10 @@ fn attention_matches_f64() {
         each_dtype!(attention_case(&mut r, n_heads, n_kv, 16, 2, 40, 38, 30.0));
         // A head size that is not a multiple of 16 (the fast kernel's partial sums).
         each_dtype!(attention_case(&mut r, n_heads, n_kv, 40, 3, 50, 47, 1.0));
+        // A prefill block of 40 rows after 20 cached ones (the fast kernel's GEMM route from 16 rows).
+        each_dtype!(attention_case(&mut r, n_heads, n_kv, 64, 40, 60, 20, 1.0));
+        // The same with a peaky softmax, a head size off the GEMM's tile widths and rows past the cache.
+        each_dtype!(attention_case(&mut r, n_heads, n_kv, 40, 24, 30, 10, 30.0));
     }
     // Queries past the cache end see the whole cache.
     each_dtype!(attention_case(&mut r, 2, 1, 8, 3, 4, 10, 1.0));
