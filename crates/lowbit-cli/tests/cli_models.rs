@@ -55,17 +55,24 @@ fn the_demo_model_continues_its_prompt_as_transformers_does() {
     let expected = expected_greedy();
     let prompt = expected["prompt"].as_str().unwrap();
     let n = expected["max_new_tokens"].as_u64().unwrap().to_string();
-    let (ok, out, err) = lowbit(&[
-        "generate",
-        p(&demo_model()),
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        &n,
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let got = json(&out);
+    // `generate --json` on the demo model with the recorded prompt, then `extra` flags.
+    let generate = |max_tokens: &str, extra: &[&str]| {
+        let demo = demo_model();
+        let mut args = vec![
+            "generate",
+            p(&demo),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            max_tokens,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = lowbit(&args);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    let got = generate(&n, &[]);
     assert_eq!(
         got["generated_ids"], expected["ids"],
         "text: {}",
@@ -76,38 +83,12 @@ fn the_demo_model_continues_its_prompt_as_transformers_does() {
     assert!(got["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
 
     // Quantized on load, the model still runs and reports its (smaller) bytes per token.
-    let (ok, out, err) = lowbit(&[
-        "generate",
-        p(&demo_model()),
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "8",
-        "--format",
-        "nf4",
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let nf4 = json(&out);
+    let nf4 = generate("8", &["--format", "nf4"]);
     assert!(nf4["bytes_per_token"].as_u64().unwrap() < got["bytes_per_token"].as_u64().unwrap());
 
     // With int8 activations the decode steps run the int8 kernels, the head reads int8 blocks (fewer bytes
     // than its bf16), and the text still comes.
-    let (ok, out, err) = lowbit(&[
-        "generate",
-        p(&demo_model()),
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "8",
-        "--format",
-        "nf4",
-        "--activations",
-        "int8",
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let q8 = json(&out);
+    let q8 = generate("8", &["--format", "nf4", "--activations", "int8"]);
     assert!(
         q8["ops"]["matmul_4bit_q8"]["runs"].as_u64().unwrap() > 0,
         "{q8}"

@@ -11,7 +11,7 @@
 //! as matrix products each key row is read once per head and block of rows.
 
 use super::gemm::gemm_nt;
-use crate::backend::cpu::reference::model::attention_with;
+use crate::backend::cpu::reference::model::{attention_with, softmax_weights};
 use crate::tensor::Float;
 use rayon::prelude::*;
 
@@ -70,7 +70,7 @@ pub fn attention<T: Float>(
     )
 }
 
-/// [`attention`] for a block of `nq` query rows, one head at a time: `S = Q_h K_g^T * scale` over the first
+/// [`attention`] for a block of `nq` query rows, heads in parallel: `S = Q_h K_g^T * scale` over the first
 /// `kv_len` cache rows, the causal mask and softmax per row (`p_j = exp(s_j - m)` for the keys the row
 /// sees, 0 past them, `l = sum_j p_j` in order), then `O = P V_g / l`. Only cache rows below `kv_len` are read.
 #[allow(clippy::too_many_arguments)]
@@ -116,12 +116,7 @@ fn attention_gemm<T: Float>(
                     for s in seen.iter_mut() {
                         *s *= scale;
                     }
-                    let m = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut l = 0.0f32;
-                    for s in seen.iter_mut() {
-                        *s = (*s - m).exp();
-                        l += *s;
-                    }
+                    let l = softmax_weights(seen);
                     row[n_keys..].fill(0.0);
                     l
                 })

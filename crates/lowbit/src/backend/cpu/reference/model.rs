@@ -177,13 +177,10 @@ pub fn attention_with<T: Float>(
                     };
                     dot(qv, kr) * scale
                 }));
-                let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let l = softmax_weights(scores);
                 acc.clear();
                 acc.resize(head_dim, 0.0f32);
-                let mut l = 0.0f32;
-                for (j, &s) in scores.iter().enumerate() {
-                    let p = (s - m).exp();
-                    l += p;
+                for (j, &p) in scores.iter().enumerate() {
                     let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
                     for (a, x) in acc.iter_mut().zip(vr) {
                         *a += p * x.to_f32();
@@ -195,6 +192,18 @@ pub fn attention_with<T: Float>(
             },
         );
     out
+}
+
+/// Attention's softmax step on one row of scores, in place: `p_j = exp(s_j - m)` with `m = max_j s_j`, and
+/// their sum `l` in ascending `j` (the caller divides by it last).
+pub(crate) fn softmax_weights(scores: &mut [f32]) -> f32 {
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut l = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - m).exp();
+        l += *s;
+    }
+    l
 }
 
 /// Writes `src` (whole rows of `row_len`) into `dst` starting at row `dst_row`: a KV-cache append. The rows
