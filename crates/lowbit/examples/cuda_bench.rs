@@ -4,7 +4,7 @@
 //! the L2-resident case), then one synchronisation; the time per op is the total over `iters`. Prints one
 //! JSON object per line.
 //!
-//! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick]
+//! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick] [--one-row]
 
 use lowbit::backend::cuda::CudaBackend;
 use lowbit::runtime::RecoveryPolicy;
@@ -18,6 +18,8 @@ const ROTATE_BYTES: usize = 160 << 20;
 
 fn main() -> lowbit::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    // One activation row only (the GEMV shapes), for comparing kernel variants.
+    let one_row = std::env::args().any(|a| a == "--one-row");
     let backend = CudaBackend::open(0)?;
     let dev = Device::from_backend(Arc::new(backend)).with_policy(RecoveryPolicy {
         strict: true,
@@ -32,13 +34,17 @@ fn main() -> lowbit::Result<()> {
     };
     for &(out, inp) in shapes {
         for dtype in [DType::F16, DType::BF16] {
-            for batch in [1usize, 2, 4, 8, 16] {
+            let batches: &[usize] = if one_row { &[1] } else { &[1, 2, 4, 8, 16] };
+            for &batch in batches {
                 linear_4bit(&dev, out, inp, dtype, batch, true)?;
             }
         }
         linear_4bit(&dev, out, inp, DType::F16, 1, false)?;
         // The activations of a model's decode step (f32).
         linear_4bit(&dev, out, inp, DType::F32, 1, true)?;
+    }
+    if one_row {
+        return Ok(());
     }
     for &(out, inp) in &shapes[..shapes.len().min(2)] {
         linear_4bit(&dev, out, inp, DType::F16, 512, false)?;

@@ -452,6 +452,74 @@ fn copy_rows_appends_in_place_on_every_device() {
     }
 }
 
+/// Column windows (how a fused projection's output is split) give x's own bits on every device, one row (a
+/// view of x's memory where the device makes one) or several; a window feeds the next ops like any tensor.
+#[test]
+fn narrow_takes_column_windows_on_every_device() {
+    let _serial = serial();
+    let s = seed("narrow");
+    let cols = 24;
+    for (case, dtype) in [DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        for rows in [1usize, 5] {
+            let x = rand(vec![rows, cols], 1.0, s + (10 * case + rows) as u64, dtype);
+            let es = dtype.size_in_bytes();
+            let xb = x.data().as_bytes();
+            for dev in devices() {
+                let dx = up(&dev, &x);
+                for (start, len) in [(0, 10), (10, 8), (18, 6)] {
+                    let y = dev.to_host(&dev.narrow(&dx, start, len).unwrap()).unwrap();
+                    let want: Vec<u8> = (0..rows)
+                        .flat_map(|r| {
+                            xb[(r * cols + start) * es..(r * cols + start + len) * es].to_vec()
+                        })
+                        .collect();
+                    assert_eq!(
+                        y.shape(),
+                        [rows, len],
+                        "{dtype} {rows} rows on {}",
+                        dev.id()
+                    );
+                    assert_eq!(
+                        y.data().as_bytes(),
+                        &want[..],
+                        "{dtype} {rows} rows, columns {start}..+{len} on {}",
+                        dev.id()
+                    );
+                }
+                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+            }
+        }
+    }
+    // A decode step's use: windows of one row added and appended to a cache.
+    let x = rand(vec![1, 16], 1.0, s + 99, DType::F32);
+    let xv = f32s(&x);
+    let sum: Vec<f32> = (0..8).map(|i| xv[i] + xv[8 + i]).collect();
+    for dev in devices() {
+        let dx = up(&dev, &x);
+        let (a, b) = (
+            dev.narrow(&dx, 0, 8).unwrap(),
+            dev.narrow(&dx, 8, 8).unwrap(),
+        );
+        let y = dev.add(&a, &b).unwrap();
+        assert_eq!(
+            bits(&f32s(&dev.to_host(&y).unwrap())),
+            bits(&sum),
+            "{}",
+            dev.id()
+        );
+        let cache = up(&dev, &Tensor::f32(vec![3, 8], vec![0.0; 24]).unwrap());
+        dev.copy_rows(&cache, 2, &b).unwrap();
+        let c = f32s(&dev.to_host(&cache).unwrap());
+        assert_eq!(bits(&c[16..]), bits(&xv[8..]), "{}", dev.id());
+        let err = dev.narrow(&dx, 10, 8).unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_chain_stays_on_the_gpu_and_reads_back_once() {

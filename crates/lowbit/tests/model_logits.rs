@@ -264,6 +264,55 @@ fn lora_adapters_match_peft_unmerged_merged_and_switched() {
 /// transformers + bitsandbytes quantized these on load (CUDA): NF4/FP4 with double quantization and LLM.int8();
 /// lowbit reads the saved checkpoints, and quantizing the float model on load must give the same logits (the
 /// bytes are bitsandbytes').
+/// Q/K/V and gate/up fused into one weight each (the default) against one layer per module: decoding gives
+/// the same logits bit for bit on every device (each output row is the same dot product), a prefill within
+/// the float bound (a GEMM library may pick another kernel for the wider product), for float weights, 4-bit
+/// quantized on load, a bitsandbytes NF4 checkpoint (double-quantized scales expanded exactly) and q/k/v
+/// biases (Qwen2).
+#[test]
+fn fused_projections_compute_what_separate_layers_do() {
+    let cases = [
+        ("tiny-llama", LoadFormat::Float),
+        ("tiny-qwen2", LoadFormat::Float),
+        ("tiny-qwen3", LoadFormat::FourBit(FourBitType::Nf4)),
+        ("tiny-llama-nf4", LoadFormat::Float),
+    ];
+    for dev in devices() {
+        for (name, format) in cases {
+            let dir = fixture(name);
+            if !dir.exists() {
+                continue;
+            }
+            let exp = Expected::load(&dir);
+            let opts = |fuse| LoadOptions {
+                format,
+                fuse_projections: fuse,
+                ..LoadOptions::default()
+            };
+            let (fused, separate) = (
+                load(&dir, &dev, &opts(true)),
+                load(&dir, &dev, &opts(false)),
+            );
+            let layers = fused.config().num_layers;
+            assert_eq!(fused.fused_projection_groups(), 2 * layers, "{name}");
+            assert_eq!(separate.fused_projection_groups(), 0, "{name}");
+            let what = format!("{name} {format:?} on {}", dev.id());
+            let (a, b) = (
+                decode_logits(&fused, &exp.ids),
+                decode_logits(&separate, &exp.ids),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what}: decode logits differ by {}",
+                max_abs_diff(&a, &b)
+            );
+            let d = max_abs_diff(&logits(&fused, &exp.ids), &logits(&separate, &exp.ids));
+            assert!(d <= 1e-5, "{what}: prefill logits differ by {d}");
+            assert_eq!(fallbacks(&dev), 0, "{what}");
+        }
+    }
+}
+
 #[test]
 fn bitsandbytes_4bit_checkpoints_match_transformers() {
     let mut ran = 0;

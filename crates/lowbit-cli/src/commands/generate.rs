@@ -37,6 +37,10 @@ pub struct ModelArgs {
     /// int8 blocks; faster decode, logits within their own bound). GPUs take float only.
     #[arg(long, default_value = "float", value_parser = ["float", "int8"])]
     pub activations: String,
+    /// Load Q, K, V and gate, up as one layer per module instead of one fused weight per group (the same
+    /// output; a baseline for measurements).
+    #[arg(long)]
+    pub separate_projections: bool,
 }
 
 impl ModelArgs {
@@ -58,6 +62,7 @@ impl ModelArgs {
             merge_adapter: self.merge_lora,
             widen_float_weights: self.widen_weights,
             int8_activations: self.activations == "int8",
+            fuse_projections: !self.separate_projections,
         };
         let t = Instant::now();
         let mut model = Model::load(&self.model, &dev, &opts)?;

@@ -40,10 +40,12 @@ pub enum OpKind {
     Matmul4bitQ8,
     /// A linear on a Q8 weight (`format::q8::Q8Weight`) with int8 activations.
     MatmulQ8,
+    /// A window of columns (the parts of a fused projection's output).
+    Narrow,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 28] = [
+    pub const ALL: [OpKind; 29] = [
         OpKind::QuantizeBlockwise,
         OpKind::DequantizeBlockwise,
         OpKind::Quantize4bit,
@@ -72,6 +74,7 @@ impl OpKind {
         OpKind::Linear8bit,
         OpKind::Matmul4bitQ8,
         OpKind::MatmulQ8,
+        OpKind::Narrow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl OpKind {
             OpKind::Linear8bit => "linear8bitlt",
             OpKind::Matmul4bitQ8 => "matmul_4bit_q8",
             OpKind::MatmulQ8 => "matmul_q8",
+            OpKind::Narrow => "narrow",
         }
     }
 }
@@ -195,6 +199,9 @@ pub enum Op {
     },
     /// Float conversion (exact widening, round-to-nearest-even narrowing). Operand: x.
     Cast { to: DType },
+    /// Columns `start .. start + len` of every row of `x [.., cols]`, as `[.., len]`: how a fused projection
+    /// (Q, K and V, or gate and up, as one weight) hands out its parts. Operand: x.
+    Narrow { start: usize, len: usize },
 }
 
 impl Op {
@@ -230,6 +237,7 @@ impl Op {
             Op::Add => OpKind::Add,
             Op::Attention { .. } => OpKind::Attention,
             Op::Cast { .. } => OpKind::Cast,
+            Op::Narrow { .. } => OpKind::Narrow,
         }
     }
 }

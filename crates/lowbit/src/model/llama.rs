@@ -4,7 +4,9 @@
 
 use super::adapter::PeftAdapter;
 use super::checkpoint::{Checkpoint, StoredWeight};
-use super::config::{Activation, Architecture, ModelConfig, TernaryScale};
+use super::config::{Activation, Architecture, ModelConfig};
+use super::loader::Loader;
+use super::projections::Projections;
 use crate::device_tensor::DeviceTensor;
 use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
 use crate::nn::linear::{Linear, LoadFormat};
@@ -34,6 +36,10 @@ pub struct LoadOptions {
     /// integer dot products, float linear layers (the output head included) become Q8 blocks. Faster, not
     /// bitsandbytes' arithmetic; logits held to their own bound. A CPU option: other devices refuse it.
     pub int8_activations: bool,
+    /// Q, K and V (and gate and up) each as one weight where their formats allow (float or 4-bit, no unmerged
+    /// adapter on them): every output row is the same dot product, so the logits are the same bits, from
+    /// fewer and larger products (`model::projections`). Off: one layer per module, as transformers has.
+    pub fuse_projections: bool,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +51,7 @@ impl Default for LoadOptions {
             adapters: Vec::new(),
             merge_adapter: false,
             int8_activations: false,
+            fuse_projections: true,
         }
     }
 }
@@ -52,37 +59,34 @@ impl Default for LoadOptions {
 struct Layer {
     input_norm: DeviceTensor,
     post_norm: DeviceTensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Q, K, V.
+    qkv: Projections,
     o: Linear,
     q_norm: Option<DeviceTensor>,
     k_norm: Option<DeviceTensor>,
     attn_sub_norm: Option<DeviceTensor>,
-    gate: Linear,
-    up: Linear,
+    /// Gate, up.
+    gate_up: Projections,
     down: Linear,
     ffn_sub_norm: Option<DeviceTensor>,
 }
 
 impl Layer {
     /// The decoder's linear layers with their transformers module names (relative to the layer).
-    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
-        [
-            ("self_attn.q_proj", &mut self.q),
-            ("self_attn.k_proj", &mut self.k),
-            ("self_attn.v_proj", &mut self.v),
-            ("self_attn.o_proj", &mut self.o),
-            ("mlp.gate_proj", &mut self.gate),
-            ("mlp.up_proj", &mut self.up),
-            ("mlp.down_proj", &mut self.down),
-        ]
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let mut v = self.qkv.linears_mut();
+        v.push(("self_attn.o_proj", &mut self.o));
+        v.extend(self.gate_up.linears_mut());
+        v.push(("mlp.down_proj", &mut self.down));
+        v
     }
 
-    fn linears(&self) -> [&Linear; 7] {
-        [
-            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
-        ]
+    fn linears(&self) -> Vec<&Linear> {
+        let mut v = self.qkv.linears();
+        v.push(&self.o);
+        v.extend(self.gate_up.linears());
+        v.push(&self.down);
+        v
     }
 }
 
@@ -130,92 +134,6 @@ fn layer_prefix(i: usize) -> String {
     format!("model.layers.{i}")
 }
 
-struct Loader<'a> {
-    dev: &'a Device,
-    ckpt: &'a Checkpoint,
-    format: LoadFormat,
-    merge: Option<&'a PeftAdapter>,
-    ternary_scale: Option<TernaryScale>,
-    int8_threshold: f32,
-    widen: bool,
-}
-
-impl Loader<'_> {
-    /// A float weight as it will live on the device: its stored dtype, or f32 when asked to widen.
-    fn float_weight(&self, name: &str) -> Result<Tensor> {
-        let t = self.ckpt.float_stored(name)?;
-        if self.widen {
-            t.into_f32("load")
-        } else {
-            Ok(t)
-        }
-    }
-
-    fn norm(&self, name: &str, len: usize) -> Result<DeviceTensor> {
-        let t = self.ckpt.float(name)?;
-        if t.shape() != [len] {
-            return Err(Error::Checkpoint {
-                path: self.ckpt.dir().to_path_buf(),
-                detail: format!("tensor {name:?} must be [{len}], got {:?}", t.shape()),
-            });
-        }
-        self.dev.to_device(&t)
-    }
-
-    fn linear(&self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let wname = format!("{module}.weight");
-        let mut stored = self.ckpt.weight(&wname)?;
-        if let (StoredWeight::Ternary(t), Some(TernaryScale::Multiply)) =
-            (&mut stored, self.ternary_scale)
-        {
-            // lowbit's kernels divide by the scale; autobitlinear stores its reciprocal.
-            t.weight_scale = 1.0 / t.weight_scale;
-        }
-        if let Some(lora) = self.merge.and_then(|a| a.modules.get(module)) {
-            stored = match stored {
-                // The merge is computed in f64 and stored in f32, whatever the base weight's dtype.
-                StoredWeight::Float(w) => StoredWeight::Float(lora.merge_into(&w)?),
-                _ => {
-                    return Err(Error::Checkpoint {
-                        path: self.ckpt.dir().to_path_buf(),
-                        detail: format!(
-                            "{wname} is quantized: a LoRA adapter merges into float weights only (load it unmerged)"
-                        ),
-                    });
-                }
-            };
-        }
-        let stored = match stored {
-            StoredWeight::Float(w) if self.widen => StoredWeight::Float(w.into_f32("load")?),
-            s => s,
-        };
-        let b = if bias {
-            Some(self.ckpt.float(&format!("{module}.bias"))?)
-        } else {
-            None
-        };
-        let l = Linear::load(
-            self.dev,
-            &wname,
-            stored,
-            b.as_ref(),
-            self.format,
-            self.int8_threshold,
-        )?;
-        if (l.out_features(), l.in_features()) != (out, inp) {
-            return Err(Error::Checkpoint {
-                path: self.ckpt.dir().to_path_buf(),
-                detail: format!(
-                    "{wname} is {}x{}, config.json implies {out}x{inp}",
-                    l.out_features(),
-                    l.in_features()
-                ),
-            });
-        }
-        Ok(l)
-    }
-}
-
 impl Model {
     /// Loads `dir` (config.json + safetensors) onto `dev`.
     pub fn load(dir: &Path, dev: &Device, opts: &LoadOptions) -> Result<Model> {
@@ -253,9 +171,11 @@ impl Model {
             ckpt,
             format: opts.format,
             merge,
+            unmerged: &adapters[usize::from(merge.is_some())..],
             ternary_scale: c.ternary_scale,
             int8_threshold: c.int8_threshold,
             widen: opts.widen_float_weights,
+            fuse: opts.fuse_projections,
         };
         // The table keeps the checkpoint's dtype; the gather's rows are widened to the f32 activations.
         let embed_t = ld.float_weight("model.embed_tokens.weight")?;
@@ -285,24 +205,28 @@ impl Model {
             layers.push(Layer {
                 input_norm: ld.norm(&format!("{p}.input_layernorm.weight"), h)?,
                 post_norm: ld.norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                q: ld.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h, qb)?,
-                k: ld.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h, qb)?,
-                v: ld.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h, qb)?,
+                qkv: ld.projections(
+                    &p,
+                    &[
+                        ("self_attn.q_proj", c.q_dim()),
+                        ("self_attn.k_proj", c.kv_dim()),
+                        ("self_attn.v_proj", c.kv_dim()),
+                    ],
+                    h,
+                    qb,
+                )?,
                 o: ld.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim(), ob)?,
                 q_norm: c.qk_norm.then(|| hd_norm("q_norm")).transpose()?,
                 k_norm: c.qk_norm.then(|| hd_norm("k_norm")).transpose()?,
                 attn_sub_norm: bitnet
                     .then(|| ld.norm(&format!("{p}.self_attn.attn_sub_norm.weight"), c.q_dim()))
                     .transpose()?,
-                gate: ld.linear(
-                    &format!("{p}.mlp.gate_proj"),
-                    c.intermediate_size,
-                    h,
-                    c.mlp_bias,
-                )?,
-                up: ld.linear(
-                    &format!("{p}.mlp.up_proj"),
-                    c.intermediate_size,
+                gate_up: ld.projections(
+                    &p,
+                    &[
+                        ("mlp.gate_proj", c.intermediate_size),
+                        ("mlp.up_proj", c.intermediate_size),
+                    ],
                     h,
                     c.mlp_bias,
                 )?,
@@ -439,6 +363,14 @@ impl Model {
         Ok(())
     }
 
+    /// Projection groups (Q/K/V, gate/up) loaded as one weight ([`LoadOptions::fuse_projections`]).
+    pub fn fused_projection_groups(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| usize::from(l.qkv.is_fused()) + usize::from(l.gate_up.is_fused()))
+            .sum()
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -547,15 +479,14 @@ impl Model {
         }
         for (i, l) in self.layers.iter().enumerate() {
             let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
-            let mut q =
-                l.q.forward(dev, &h)?
-                    .reshape(vec![n, c.num_heads, c.head_dim])?;
-            let mut k =
-                l.k.forward(dev, &h)?
-                    .reshape(vec![n, c.num_kv_heads, c.head_dim])?;
-            let v =
-                l.v.forward(dev, &h)?
-                    .reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            let [q, k, v]: [DeviceTensor; 3] = l
+                .qkv
+                .forward(dev, &h)?
+                .try_into()
+                .map_err(|_| Error::invalid("forward", "Q, K and V projections"))?;
+            let mut q = q.reshape(vec![n, c.num_heads, c.head_dim])?;
+            let mut k = k.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
+            let v = v.reshape(vec![n, c.num_kv_heads, c.head_dim])?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 q = dev.rms_norm_on(&q, qn, c.rms_norm_eps)?;
                 k = dev.rms_norm_on(&k, kn, c.rms_norm_eps)?;
@@ -572,8 +503,11 @@ impl Model {
             }
             x = dev.add(&x, &l.o.forward(dev, &a)?)?;
             let h = dev.rms_norm_on(&x, &l.post_norm, c.rms_norm_eps)?;
-            let g = l.gate.forward(dev, &h)?;
-            let u = l.up.forward(dev, &h)?;
+            let [g, u]: [DeviceTensor; 2] = l
+                .gate_up
+                .forward(dev, &h)?
+                .try_into()
+                .map_err(|_| Error::invalid("forward", "gate and up projections"))?;
             let mut m = match c.activation {
                 Activation::Silu => dev.silu_mul(&g, &u)?,
                 Activation::Relu2 => dev.relu2_mul(&g, &u)?,

@@ -6,7 +6,9 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod llama;
+mod loader;
 pub mod perplexity;
+mod projections;
 pub mod sampling;
 pub mod tokenizer;
 

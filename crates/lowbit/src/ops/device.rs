@@ -351,6 +351,23 @@ impl Device {
         self.run_op(&Op::Gelu { kind }, &[x])
     }
 
+    /// Columns `start .. start + len` of every row of `x [.., cols]`, as `[.., len]` (a copy; on a device that
+    /// can, a single row is a view of x's memory, which no op writes after it is made).
+    pub fn narrow(&self, x: &DeviceTensor, start: usize, len: usize) -> Result<DeviceTensor> {
+        const OP: &str = "narrow";
+        float_dtype(OP, "x", x)?;
+        let cols = last_dim(OP, "x", x)?;
+        if len == 0 || start.checked_add(len).is_none_or(|end| end > cols) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                detail: format!(
+                    "columns {start}..{start}+{len} are not a non-empty window of {cols}"
+                ),
+            });
+        }
+        self.run_op(&Op::Narrow { start, len }, &[x])
+    }
+
     /// Converts a float tensor to `to` on the device (exact widening, round-to-nearest-even narrowing).
     pub fn cast(&self, x: &DeviceTensor, to: DType) -> Result<DeviceTensor> {
         float_dtype("cast", "x", x)?;

@@ -30,6 +30,43 @@ impl Quantized4bit {
             )),
         }
     }
+
+    /// The rows of `parts` as one weight: 2-D weights of one quant type, block size and width, each a whole
+    /// number of blocks and bytes (`None` otherwise). Codes are concatenated and the block scales expanded to
+    /// the float32 values each part dequantizes with, so every row dequantizes and multiplies exactly as it
+    /// does in its own part.
+    pub fn concat_rows(parts: &[&Quantized4bit]) -> Option<Quantized4bit> {
+        let first = parts.first()?;
+        let cols = first.linear_dims("concat").ok()?.1;
+        let (mut packed, mut absmax, mut rows) = (Vec::new(), Vec::new(), 0);
+        for p in parts {
+            let (r, c) = p.linear_dims("concat").ok()?;
+            let n = r * c;
+            let s = &p.state;
+            if c != cols
+                || s.quant_type != first.state.quant_type
+                || s.blocksize != first.state.blocksize
+                || !n.is_multiple_of(s.blocksize)
+                || !n.is_multiple_of(2)
+                || p.packed.len() != n / 2
+            {
+                return None;
+            }
+            packed.extend_from_slice(&p.packed);
+            absmax.extend_from_slice(&s.absmax.to_f32());
+            rows += r;
+        }
+        Some(Quantized4bit {
+            packed,
+            state: QuantState {
+                quant_type: first.state.quant_type,
+                blocksize: first.state.blocksize,
+                dtype: first.state.dtype,
+                shape: vec![rows, cols],
+                absmax: Absmax::Plain(absmax),
+            },
+        })
+    }
 }
 
 impl Device {

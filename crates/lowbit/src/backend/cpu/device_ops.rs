@@ -244,6 +244,18 @@ pub fn run_host_op(
             };
             out(inputs[0].shape.to_vec(), y)
         }
+        Op::Narrow { start, len } => {
+            let x = inputs[0].floats(name)?;
+            let (rows, cols) = inputs[0].rows_cols();
+            let y = with_floats!(x, s => {
+                let mut y = Vec::with_capacity(rows * len);
+                for row in s.chunks_exact(cols.max(1)) {
+                    y.extend_from_slice(&row[start..start + len]);
+                }
+                FloatVec::from(y)
+            });
+            out(with_last_dim(inputs[0].shape, len), y)
+        }
         Op::Embedding => {
             let table = inputs[0].floats(name)?;
             let ids: Vec<u32> = inputs[1].i32(name)?.iter().map(|&i| i as u32).collect();

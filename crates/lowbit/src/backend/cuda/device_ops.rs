@@ -174,6 +174,10 @@ impl CudaBackend {
                 let y = c.binary_dev(st(0)?, st(1)?, dtype, x.numel(), code)?;
                 self.wrap(shape0, dtype, y)
             }
+            Op::Narrow { start, len } => {
+                let y = c.narrow_dev(&buf(0)?, dtype, x.rows_cols(), start, len)?;
+                self.wrap(with_last_dim(&shape0, len), dtype, y)
+            }
             Op::Gelu { kind } => {
                 let y = c.gelu_dev(st(0)?, dtype, x.numel(), kind)?;
                 self.wrap(shape0, dtype, y)

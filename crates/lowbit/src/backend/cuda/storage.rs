@@ -10,12 +10,18 @@ use cudarc::driver::{CudaSlice, DevicePtr};
 use std::any::Any;
 use std::sync::Arc;
 
-/// A CUDA allocation owned by one device.
+/// A CUDA allocation owned by one device, or a window of one (which keeps its allocation alive).
 pub struct CudaStorage {
-    buf: CudaSlice<u8>,
+    mem: Memory,
     bytes: u64,
     device: Arc<str>,
     addr: u64,
+}
+
+enum Memory {
+    Owned(CudaSlice<u8>),
+    /// `bytes` from `offset` of an owned allocation.
+    View(Arc<CudaStorage>, usize),
 }
 
 impl BackendStorage for CudaStorage {
@@ -33,6 +39,35 @@ impl BackendStorage for CudaStorage {
 impl CudaStorage {
     pub fn addr(&self) -> u64 {
         self.addr
+    }
+
+    /// `bytes` from byte `offset` of `s`, sharing its memory (a view of a view points into the owner).
+    pub fn view(s: &Arc<CudaStorage>, offset: usize, bytes: usize) -> Option<Arc<CudaStorage>> {
+        if offset.checked_add(bytes)? as u64 > s.bytes {
+            return None;
+        }
+        let (owner, base) = match &s.mem {
+            Memory::Owned(_) => (s.clone(), 0),
+            Memory::View(o, b) => (o.clone(), *b),
+        };
+        Some(Arc::new(CudaStorage {
+            addr: s.addr + offset as u64,
+            bytes: bytes as u64,
+            device: s.device.clone(),
+            mem: Memory::View(owner, base + offset),
+        }))
+    }
+
+    /// The owning allocation and this storage's offset in it.
+    fn owned(&self) -> (&CudaSlice<u8>, usize) {
+        match &self.mem {
+            Memory::Owned(b) => (b, 0),
+            Memory::View(o, off) => match &o.mem {
+                Memory::Owned(b) => (b, *off),
+                // Views are made over owners only (`view`).
+                Memory::View(..) => unreachable!("a view of a view"),
+            },
+        }
     }
 }
 
@@ -66,7 +101,7 @@ impl Cuda {
     fn storage(&self, buf: CudaSlice<u8>, bytes: usize) -> Arc<CudaStorage> {
         let addr = buf.device_ptr(&self.stream).0;
         Arc::new(CudaStorage {
-            buf,
+            mem: Memory::Owned(buf),
             bytes: bytes as u64,
             device: self.id.clone(),
             addr,
@@ -95,7 +130,8 @@ impl Cuda {
             return Ok(Vec::new());
         }
         let mut out = vec![0u8; bytes];
-        let view = s.buf.slice(..bytes);
+        let (buf, offset) = s.owned();
+        let view = buf.slice(offset..offset + bytes);
         self.stream
             .memcpy_dtoh(&view, &mut out)
             .map_err(|e| self.error(op, e))?;

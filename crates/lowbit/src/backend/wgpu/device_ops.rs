@@ -115,6 +115,12 @@ impl WgpuBackend {
             Op::Linear8bit { cols, .. } => floats_ok && *cols > 0,
             // Int8 activations are the CPU's decode path (format::q8); GPUs run the float kernels.
             Op::Linear4bitQ8 { .. } | Op::LinearQ8 { .. } => false,
+            // Whole 32-bit words: halves in even windows (the row length is checked when it runs).
+            Op::Narrow { start, len } => {
+                floats_ok
+                    && (dtypes.first() == Some(&DType::F32)
+                        || (start.is_multiple_of(2) && len.is_multiple_of(2)))
+            }
             _ => floats_ok,
         };
         if ok {
@@ -272,6 +278,22 @@ impl WgpuBackend {
             Op::Softmax => {
                 let y = self.softmax_resident(&w(0)?.into_matrix())?;
                 y.with_shape(shape0)
+            }
+            Op::Narrow { start, len } => {
+                // Moved as stored: the result keeps x's dtype and bits.
+                let x = v(0)?;
+                let (rows, cols) = inputs[0].rows_cols();
+                let y = self
+                    .gpu()
+                    .pooled((rows * len * x.dtype.size_in_bytes()) as u64)?;
+                gpu.submit(|enc| {
+                    mk::encode_narrow(gpu, enc, x.dtype, (rows, cols), start, len, &x.buffer, &y)
+                })?;
+                return self.wrap_owned(GpuTensor {
+                    buffer: y,
+                    shape: with_last_dim(&shape0, len),
+                    dtype: x.dtype,
+                });
             }
             Op::Cast { to } => {
                 let x = w(0)?;

@@ -1,5 +1,5 @@
 //! Host side of the model-op kernels (embedding, RoPE, SwiGLU/GELU, add, attention, dtype casts, KV-cache row
-//! writes): one `encode_*` per kernel that checks every length against the buffers it binds (the shaders run
+//! writes, column windows): one `encode_*` per kernel that checks every length against the buffers it binds (the shaders run
 //! without injected bounds checks) and records the dispatch, plus a host convenience per op (upload, run,
 //! read back) that also validates the values only the host sees (token ids).
 //!
@@ -13,6 +13,7 @@ mod cast;
 mod copy_rows;
 mod elementwise;
 mod embedding;
+mod narrow;
 mod rope;
 mod source;
 
@@ -26,6 +27,7 @@ pub use elementwise::{add, gelu, silu_mul};
 pub(crate) use elementwise::{encode_add, encode_gelu, encode_relu2_mul, encode_silu_mul};
 pub use embedding::embedding;
 pub(crate) use embedding::encode_embedding;
+pub(crate) use narrow::encode_narrow;
 pub(crate) use rope::encode_rope;
 pub use rope::rope;
 pub(crate) use source::source;

@@ -22,6 +22,7 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
+const NARROW: &str = include_str!("shaders/narrow.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
 const TERNARY_RESCALE: &str = include_str!("shaders/ternary_rescale.wgsl");
 const FLOAT_BITS: &str = include_str!("shaders/float_bits.wgsl");
@@ -234,6 +235,8 @@ pub enum Shader {
     AttentionMerge,
     /// f32 <-> f16/bf16 on bit patterns, the direction in the params.
     Cast,
+    /// A window of columns of every row, as 32-bit words.
+    Narrow,
 }
 
 impl Shader {
@@ -310,6 +313,7 @@ impl Shader {
             }
             Shader::RowsFloat => s += ROWS_FLOAT,
             Shader::Copy => s += COPY,
+            Shader::Narrow => s += NARROW,
             Shader::TernaryGemv => s += TERNARY_GEMV,
             Shader::TernaryRescale => {
                 s += FLOAT_BITS;
@@ -387,6 +391,7 @@ impl Shader {
         v.push(Shader::Elementwise);
         v.push(Shader::RowsFloat);
         v.push(Shader::Copy);
+        v.push(Shader::Narrow);
         v.push(Shader::TernaryGemv);
         v.push(Shader::TernaryRescale);
         v.push(Shader::Int8OutlierList);

@@ -10,6 +10,15 @@ extern "C" __global__ void cast(const void* x, int dt, u64 n, void* y, int odt) 
 }
 
 // op: 0 add, 1 silu(a) * b, 2 relu(a)^2 * b.
+// Columns [start, start + len) of every row of x [rows, cols], elements of `es` bytes (4, or 2 for halves).
+extern "C" __global__ void narrow_cols(const void* x, u64 rows, u64 cols, u64 start, u64 len, int es, void* y) {
+    GRID_LOOP(i, rows * len) {
+        u64 r = i / len, c = start + i % len;
+        if (es == 4) ((u32*)y)[i] = ((const u32*)x)[r * cols + c];
+        else ((u16*)y)[i] = ((const u16*)x)[r * cols + c];
+    }
+}
+
 extern "C" __global__ void binary(const void* a, const void* b, int dt, u64 n, int op, void* y) {
     GRID_LOOP(i, n) {
         float g = ld_dt(a, i, dt), u = ld_dt(b, i, dt), v;

@@ -8,16 +8,27 @@ use super::{
 use crate::Result;
 use crate::tensor::DType;
 
-/// Dynamic shared memory of a 4-bit word kernel for `r` activation rows per pass: the 32 KiB pair table,
-/// then, for f32 activations (staged), two buffers of `r` rows of 1024 columns, each lane's 32 columns in
-/// a 36-float slot (`LIN4_*` in kernels/linear.cu).
-fn words_shared_bytes(r: usize, dtype: DType) -> u32 {
+/// The pair table at the start of a 4-bit word kernel's dynamic shared memory (`LIN4_TABLE_BYTES`).
+const TABLE_BYTES: usize = 256 * 16 * 8;
+/// Largest activation row a one-row word kernel stages whole (the `_s` kernels, kernels/linear.cu).
+const WHOLE_ROW_MAX: usize = 72 * 1024;
+
+/// The 4-bit word kernel's name suffix and dynamic shared memory for `r` activation rows per pass of `cols`
+/// columns: one row that fits in [`WHOLE_ROW_MAX`] staged whole (one 144-byte slot per 32 f32 columns, 80
+/// for halves); otherwise f32 activations staged in two buffers of `r` rows of 1024 columns (36-float slots
+/// per lane), halves read directly. kernels/linear.cu computes the same (`LIN4_*`).
+fn words_kernel(r: usize, cols: usize, dtype: DType) -> (&'static str, u32) {
+    let slot = if dtype == DType::F32 { 144 } else { 80 };
+    let whole = cols / 32 * slot;
+    if r == 1 && whole <= WHOLE_ROW_MAX {
+        return ("_s", (TABLE_BYTES + whole) as u32);
+    }
     let staged = if dtype == DType::F32 {
         2 * r * 32 * 36 * 4
     } else {
         0
     };
-    (256 * 16 * 8 + staged) as u32
+    ("", (TABLE_BYTES + staged) as u32)
 }
 
 impl Cuda {
@@ -112,10 +123,11 @@ impl Cuda {
             // keeps enough warps in flight on a smaller layer.
             let nr = if w.rows >= 8192 { 4 } else { 2 };
             let (name, rows_per_block, shared) = if words {
+                let (tail, shared) = words_kernel(r, w.cols, dtype);
                 (
-                    format!("linear_4bit_words_{}_r{r}_w{nr}", suffix(dtype)),
+                    format!("linear_4bit_words_{}_r{r}_w{nr}{tail}", suffix(dtype)),
                     LIN_WARPS * nr,
-                    words_shared_bytes(r, dtype),
+                    shared,
                 )
             } else {
                 (

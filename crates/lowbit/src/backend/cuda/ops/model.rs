@@ -34,6 +34,41 @@ impl Cuda {
         }
     }
 
+    /// Columns `start .. start + len` of every row of `x [rows, cols]` (elements of `dtype`): a view of x's
+    /// memory for one row, a copy otherwise.
+    pub fn narrow_dev(
+        &self,
+        x: &Buf,
+        dtype: DType,
+        (rows, cols): (usize, usize),
+        start: usize,
+        len: usize,
+    ) -> Result<Buf> {
+        let es = dtype.size_in_bytes();
+        if rows == 1
+            && let Some(v) = CudaStorage::view(x, start * es, len * es)
+        {
+            return Ok(v);
+        }
+        let n = rows * len;
+        let y = self.alloc("narrow", n * es)?;
+        self.launch(
+            "narrow_cols",
+            (blocks(n), 1),
+            THREADS,
+            &[
+                p(x),
+                Arg::U64(rows as u64),
+                Arg::U64(cols as u64),
+                Arg::U64(start as u64),
+                Arg::U64(len as u64),
+                Arg::I32(es as i32),
+                p(&y),
+            ],
+        )?;
+        Ok(y)
+    }
+
     /// op 0: a + b, 1: silu(a) * b, 2: relu(a)^2 * b.
     pub fn binary_dev(
         &self,
