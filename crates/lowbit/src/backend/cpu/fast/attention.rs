@@ -105,6 +105,7 @@ fn as_f32<'a, T: Float>(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::softmax_weights;
+    use crate::backend::cpu::reference::model::attention_task;
     use crate::backend::cpu::reference::par_min_chunks;
     use rayon::prelude::*;
     use std::arch::x86_64::*;
@@ -131,13 +132,12 @@ mod avx512 {
             .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
             .enumerate()
             .for_each_init(Vec::new, |scores, (row, o)| {
-                let (i, h) = (row / n_heads, row % n_heads);
-                let n_keys = (pos_start + i + 1).min(kv_len);
+                let (n_keys, off) =
+                    attention_task(row, n_heads, group, head_dim, pos_start, kv_len);
                 if n_keys == 0 {
                     return;
                 }
                 let qv = &q[row * head_dim..(row + 1) * head_dim];
-                let off = (h / group) * head_dim;
                 let rows =
                     |c: &'a [f32], j: usize| &c[j * kv_row + off..j * kv_row + off + head_dim];
                 // SAFETY: `isa()` reported AVX-512, and every row is `head_dim` long, a multiple of 16
@@ -297,15 +297,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
-            })
-            .collect()
+        super::super::test_data(n, seed, 3.0)
     }
 
     /// The AVX-512 body gives the portable body's bits (same operations, same order), whatever the head size

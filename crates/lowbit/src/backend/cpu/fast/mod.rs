@@ -101,3 +101,18 @@ pub(crate) fn task_len(n: usize, bytes_per_item: usize) -> usize {
     };
     n.div_ceil(tasks).clamp(1, n.max(1))
 }
+
+/// Repeatable pseudo-random values in `[-spread / 2, spread / 2)` for the kernels' unit tests (an LCG: no
+/// dependency, the same data on every machine).
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u64, spread: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
+        })
+        .collect()
+}

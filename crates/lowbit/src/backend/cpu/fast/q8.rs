@@ -251,15 +251,7 @@ mod tests {
     use crate::format::q8::Q8Weight;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
+        super::super::test_data(n, seed, 4.0)
     }
 
     #[test]

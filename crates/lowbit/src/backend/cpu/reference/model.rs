@@ -120,6 +120,20 @@ pub fn attention<T: Float>(
     )
 }
 
+/// Task `row` of attention's (query row, head) tasks, in `[nq, n_heads]` order: how many cache rows it sees
+/// (query row `i` sits at position `pos_start + i`: causal) and where its kv head starts in a cache row.
+pub(crate) fn attention_task(
+    row: usize,
+    n_heads: usize,
+    group: usize,
+    head_dim: usize,
+    pos_start: usize,
+    kv_len: usize,
+) -> (usize, usize) {
+    let (i, h) = (row / n_heads, row % n_heads);
+    ((pos_start + i + 1).min(kv_len), (h / group) * head_dim)
+}
+
 /// [`attention`] with the query-key dot product `dot(q_row, k_row)` (both widened to f32) supplied: the
 /// reference sums it serially, the fast CPU kernel (`fast::attention`) in interleaved partial sums; every other
 /// step is this one body.
@@ -151,8 +165,8 @@ pub fn attention_with<T: Float>(
         .for_each_init(
             || (Vec::new(), vec![0.0f32; head_dim], Vec::new(), Vec::new()),
             |(qv, kf, scores, acc), (row, o)| {
-                let (i, h) = (row / n_heads, row % n_heads);
-                let n_keys = (pos_start + i + 1).min(kv_len);
+                let (n_keys, off) =
+                    attention_task(row, n_heads, group, head_dim, pos_start, kv_len);
                 if n_keys == 0 {
                     return;
                 }
@@ -162,7 +176,6 @@ pub fn attention_with<T: Float>(
                         .iter()
                         .map(|x| x.to_f32()),
                 );
-                let off = (h / group) * head_dim;
                 scores.clear();
                 scores.extend((0..n_keys).map(|j| {
                     let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
