@@ -569,6 +569,10 @@ fn attention_matches_f64() {
     }
     // Queries past the cache end see the whole cache.
     each_dtype!(attention_case(&mut r, 2, 1, 8, 3, 4, 10, 1.0));
+    // A prompt of 300 rows: the GEMM route's causal blocks of 128 query rows, each against the keys its last
+    // row sees; then the same with rows past the cache end in the last blocks.
+    each_dtype!(attention_case(&mut r, 8, 2, 64, 300, 320, 20, 1.0));
+    each_dtype!(attention_case(&mut r, 4, 2, 32, 300, 200, 20, 1.0));
 }
 
 #[test]
