@@ -6,7 +6,7 @@ use super::checkpoint::{Checkpoint, StoredWeight};
 use super::config::TernaryScale;
 use super::projections::Projections;
 use crate::device_tensor::DeviceTensor;
-use crate::nn::linear::{Linear, LoadFormat};
+use crate::nn::linear::{Linear, LoadFormat, quantize_4bit_on_load};
 use crate::ops::Quantized4bit;
 use crate::runtime::Device;
 use crate::tensor::{Tensor, TensorData};
@@ -212,11 +212,10 @@ impl Loader<'_> {
         Ok(match (self.format, floats, fourbit) {
             (LoadFormat::Float, Some(f), _) => concat_float_rows(&f)?.map(StoredWeight::Float),
             (LoadFormat::FourBit(q), Some(f), _) => {
-                // As `Linear::load` quantizes a float weight: part by part, from the exact f32 widening.
-                let cpu = Device::cpu();
+                // Part by part, as each separate layer would be quantized.
                 let quantized = f
                     .iter()
-                    .map(|t| cpu.quantize_4bit(&(*t).clone().into_f32("load")?, q, 64, true))
+                    .map(|t| quantize_4bit_on_load((*t).clone(), q))
                     .collect::<Result<Vec<_>>>()?;
                 Quantized4bit::concat_rows(&quantized.iter().collect::<Vec<_>>())
                     .map(StoredWeight::FourBit)

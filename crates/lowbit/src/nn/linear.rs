@@ -6,7 +6,7 @@ use crate::device_tensor::DeviceTensor;
 use crate::format::FourBitType;
 use crate::format::q8::{Q8_BLOCK, Q8Weight, fits_4bit};
 use crate::model::checkpoint::StoredWeight;
-use crate::ops::{Linear8bitLt, Weight4bit, Weight8bit, WeightQ8, WeightTernary};
+use crate::ops::{Linear8bitLt, Quantized4bit, Weight4bit, Weight8bit, WeightQ8, WeightTernary};
 use crate::runtime::Device;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -64,6 +64,14 @@ pub struct Linear {
     active: Option<usize>,
     /// One-row products of a 4-bit weight take int8 activations.
     int8_activations: bool,
+}
+
+/// A float weight quantized to 4 bits as a layer loads it: on the CPU from its exact f32 widening (so the
+/// codes do not depend on the stored dtype), block size 64 with double quantization (bitsandbytes'
+/// `Linear4bit` defaults). Fused projections quantize each part with it too, so a fused row has the codes of
+/// its separate layer.
+pub(crate) fn quantize_4bit_on_load(t: Tensor, q: FourBitType) -> Result<Quantized4bit> {
+    Device::cpu().quantize_4bit(&t.into_f32("linear")?, q, 64, true)
 }
 
 impl Linear {
@@ -124,9 +132,9 @@ impl Linear {
                         let layer = Linear8bitLt::from_weight(&cpu, &t, bias, int8_threshold)?;
                         LinearWeight::Int8(dev.upload_8bit(&layer)?, int8_threshold)
                     }
-                    LoadFormat::FourBit(q) => LinearWeight::FourBit(
-                        dev.upload_4bit(&cpu.quantize_4bit(&t, q, 64, true)?)?,
-                    ),
+                    LoadFormat::FourBit(q) => {
+                        LinearWeight::FourBit(dev.upload_4bit(&quantize_4bit_on_load(t, q)?)?)
+                    }
                     LoadFormat::Ternary => {
                         LinearWeight::Ternary(dev.upload_ternary(&cpu.ternary_quantize(&t)?)?)
                     }

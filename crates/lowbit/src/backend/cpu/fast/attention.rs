@@ -110,9 +110,7 @@ fn as_f32<'a, T: Float>(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::softmax_weights;
-    use crate::backend::cpu::reference::model::attention_task;
-    use crate::backend::cpu::reference::par_min_chunks;
-    use rayon::prelude::*;
+    use crate::backend::cpu::reference::model::for_each_attention_task;
     use std::arch::x86_64::*;
 
     #[allow(clippy::too_many_arguments)]
@@ -128,27 +126,33 @@ mod avx512 {
         scale: f32,
     ) -> Vec<f32> {
         let mut out = vec![0.0f32; q.len()];
-        if head_dim == 0 || n_heads == 0 {
-            return out;
-        }
-        let group = n_heads / n_kv_heads;
         let kv_row = n_kv_heads * head_dim;
-        out.par_chunks_mut(head_dim)
-            .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (row, o)| {
-                let (n_keys, off) =
-                    attention_task(row, n_heads, group, head_dim, pos_start, kv_len);
-                if n_keys == 0 {
-                    return;
-                }
+        let rows = |c: &'a [f32], j: usize, off: usize| &c[j * kv_row + off..][..head_dim];
+        for_each_attention_task(
+            &mut out,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_len,
+            pos_start,
+            Vec::new,
+            |scores, o, row, n_keys, off| {
                 let qv = &q[row * head_dim..(row + 1) * head_dim];
-                let rows =
-                    |c: &'a [f32], j: usize| &c[j * kv_row + off..j * kv_row + off + head_dim];
                 // SAFETY: `isa()` reported AVX-512, and every row is `head_dim` long, a multiple of 16
                 // (checked by the caller; `rows` checks the bounds).
-                unsafe { one_row(o, qv, |j| rows(k, j), |j| rows(v, j), n_keys, scale, scores) };
-            });
+                unsafe {
+                    one_row(
+                        o,
+                        qv,
+                        |j| rows(k, j, off),
+                        |j| rows(v, j, off),
+                        n_keys,
+                        scale,
+                        scores,
+                    )
+                };
+            },
+        );
         out
     }
 

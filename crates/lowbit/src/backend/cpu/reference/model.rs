@@ -120,18 +120,37 @@ pub fn attention<T: Float>(
     )
 }
 
-/// Task `row` of attention's (query row, head) tasks, in `[nq, n_heads]` order: how many cache rows it sees
-/// (query row `i` sits at position `pos_start + i`: causal) and where its kv head starts in a cache row.
-pub(crate) fn attention_task(
-    row: usize,
+/// Runs `task(scratch, o, row, n_keys, off)` for every (query row, head) output `o` (`head_dim` values of
+/// `out`, in `[nq, n_heads, head_dim]` order) that sees a key, in parallel: `n_keys` cache rows (query row
+/// `i` sits at position `pos_start + i`: causal) of the kv head that starts at `off` in a cache row. A task
+/// reads up to `kv_len` keys and values of `head_dim` elements; its scratch comes from `init` once per rayon
+/// split, not per task (a decode step runs one task per head in every layer). The attention bodies (this
+/// module's and the fast CPU kernel's) share this, so the causal rule and the parallel split are one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn for_each_attention_task<T: Send, S>(
+    out: &mut [T],
     n_heads: usize,
-    group: usize,
+    n_kv_heads: usize,
     head_dim: usize,
-    pos_start: usize,
     kv_len: usize,
-) -> (usize, usize) {
-    let (i, h) = (row / n_heads, row % n_heads);
-    ((pos_start + i + 1).min(kv_len), (h / group) * head_dim)
+    pos_start: usize,
+    init: impl Fn() -> S + Sync + Send,
+    task: impl Fn(&mut S, &mut [T], usize, usize, usize) + Sync + Send,
+) {
+    if head_dim == 0 || n_heads == 0 {
+        return;
+    }
+    let group = n_heads / n_kv_heads;
+    out.par_chunks_mut(head_dim)
+        .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
+        .enumerate()
+        .for_each_init(init, |scratch, (row, o)| {
+            let (i, h) = (row / n_heads, row % n_heads);
+            let n_keys = (pos_start + i + 1).min(kv_len);
+            if n_keys > 0 {
+                task(scratch, o, row, n_keys, (h / group) * head_dim);
+            }
+        });
 }
 
 /// [`attention`] with the query-key dot product `dot(q_row, k_row)` (both widened to f32) supplied: the
@@ -151,59 +170,50 @@ pub fn attention_with<T: Float>(
     dot: impl Fn(&[f32], &[f32]) -> f32 + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::default(); q.len()];
-    if head_dim == 0 || n_heads == 0 {
-        return out;
-    }
-    let group = n_heads / n_kv_heads;
     let kv_row = n_kv_heads * head_dim;
-    // A (query row, head) task reads up to `kv_len` keys and values of `head_dim` elements. Its scratch
-    // (query, widened key, scores, accumulator) is made once per rayon split, not per task: a decode step
-    // runs one task per head in every layer.
-    out.par_chunks_mut(head_dim)
-        .with_min_len(par_min_chunks(2 * kv_len.max(1) * head_dim))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), vec![0.0f32; head_dim], Vec::new(), Vec::new()),
-            |(qv, kf, scores, acc), (row, o)| {
-                let (n_keys, off) =
-                    attention_task(row, n_heads, group, head_dim, pos_start, kv_len);
-                if n_keys == 0 {
-                    return;
-                }
-                qv.clear();
-                qv.extend(
-                    q[row * head_dim..(row + 1) * head_dim]
-                        .iter()
-                        .map(|x| x.to_f32()),
-                );
-                scores.clear();
-                scores.extend((0..n_keys).map(|j| {
-                    let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
-                    let kr = match T::as_f32_slice(kr) {
-                        Some(f) => f,
-                        None => {
-                            for (d, x) in kf.iter_mut().zip(kr) {
-                                *d = x.to_f32();
-                            }
-                            &kf[..]
+    for_each_attention_task(
+        &mut out,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        kv_len,
+        pos_start,
+        || (Vec::new(), vec![0.0f32; head_dim], Vec::new(), Vec::new()),
+        |(qv, kf, scores, acc), o, row, n_keys, off| {
+            qv.clear();
+            qv.extend(
+                q[row * head_dim..(row + 1) * head_dim]
+                    .iter()
+                    .map(|x| x.to_f32()),
+            );
+            scores.clear();
+            scores.extend((0..n_keys).map(|j| {
+                let kr = &k[j * kv_row + off..j * kv_row + off + head_dim];
+                let kr = match T::as_f32_slice(kr) {
+                    Some(f) => f,
+                    None => {
+                        for (d, x) in kf.iter_mut().zip(kr) {
+                            *d = x.to_f32();
                         }
-                    };
-                    dot(qv, kr) * scale
-                }));
-                let l = softmax_weights(scores);
-                acc.clear();
-                acc.resize(head_dim, 0.0f32);
-                for (j, &p) in scores.iter().enumerate() {
-                    let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
-                    for (a, x) in acc.iter_mut().zip(vr) {
-                        *a += p * x.to_f32();
+                        &kf[..]
                     }
+                };
+                dot(qv, kr) * scale
+            }));
+            let l = softmax_weights(scores);
+            acc.clear();
+            acc.resize(head_dim, 0.0f32);
+            for (j, &p) in scores.iter().enumerate() {
+                let vr = &v[j * kv_row + off..j * kv_row + off + head_dim];
+                for (a, x) in acc.iter_mut().zip(vr) {
+                    *a += p * x.to_f32();
                 }
-                for (o, a) in o.iter_mut().zip(acc.iter()) {
-                    *o = T::from_f32(a / l);
-                }
-            },
-        );
+            }
+            for (o, a) in o.iter_mut().zip(acc.iter()) {
+                *o = T::from_f32(a / l);
+            }
+        },
+    );
     out
 }
 

@@ -9,7 +9,6 @@ extern "C" __global__ void cast(const void* x, int dt, u64 n, void* y, int odt) 
     GRID_LOOP(i, n) st_dt(y, i, odt, ld_dt(x, i, dt));
 }
 
-// op: 0 add, 1 silu(a) * b, 2 relu(a)^2 * b.
 // Columns [start, start + len) of every row of x [rows, cols], elements of `es` bytes (4, or 2 for halves).
 extern "C" __global__ void narrow_cols(const void* x, u64 rows, u64 cols, u64 start, u64 len, int es, void* y) {
     GRID_LOOP(i, rows * len) {
@@ -19,6 +18,7 @@ extern "C" __global__ void narrow_cols(const void* x, u64 rows, u64 cols, u64 st
     }
 }
 
+// op: 0 add, 1 silu(a) * b, 2 relu(a)^2 * b.
 extern "C" __global__ void binary(const void* a, const void* b, int dt, u64 n, int op, void* y) {
     GRID_LOOP(i, n) {
         float g = ld_dt(a, i, dt), u = ld_dt(b, i, dt), v;
