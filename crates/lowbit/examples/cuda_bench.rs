@@ -4,7 +4,8 @@
 //! the L2-resident case), then one synchronisation; the time per op is the total over `iters`. Prints one
 //! JSON object per line.
 //!
-//! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick] [--one-row]
+//! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick] [--one-row] [--shape OUTxIN]
+//! [--host-cost] (`--host-cost`: only where the host time of one small op goes, layer by layer)
 
 use lowbit::backend::cuda::CudaBackend;
 use lowbit::runtime::RecoveryPolicy;
@@ -21,16 +22,35 @@ fn main() -> lowbit::Result<()> {
     // One activation row only (the GEMV shapes), for comparing kernel variants.
     let one_row = std::env::args().any(|a| a == "--one-row");
     let backend = CudaBackend::open(0)?;
+    if std::env::args().any(|a| a == "--host-cost") {
+        for (what, us) in backend.host_costs(5000)? {
+            emit(&[
+                ("op", "\"host_cost\"".into()),
+                ("what", format!("{what:?}")),
+                ("us", format!("{us:.2}")),
+            ]);
+        }
+        return Ok(());
+    }
     let dev = Device::from_backend(Arc::new(backend)).with_policy(RecoveryPolicy {
         strict: true,
         ..RecoveryPolicy::default()
     });
     eprintln!("device: {} ({})", dev.id(), dev.name());
     copy_bandwidth(&dev)?;
-    let shapes: &[(usize, usize)] = if quick {
-        &[(4096, 4096)]
-    } else {
-        &[(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+    // One shape only (profiling one kernel).
+    let only: Option<(usize, usize)> = std::env::args()
+        .skip_while(|a| a != "--shape")
+        .nth(1)
+        .and_then(|s| {
+            let (o, i) = s.split_once('x')?;
+            Some((o.parse().ok()?, i.parse().ok()?))
+        });
+    let all = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)];
+    let shapes: &[(usize, usize)] = match (only.as_ref(), quick) {
+        (Some(s), _) => std::slice::from_ref(s),
+        (None, true) => &all[..1],
+        (None, false) => &all,
     };
     for &(out, inp) in shapes {
         for dtype in [DType::F16, DType::BF16] {

@@ -3,6 +3,7 @@
 //! per kernel family, as `kernels/` (quantizers, linear layers, LLM.int8 and BitNet, model ops); the launch
 //! helpers below serve them all.
 
+mod host_cost;
 mod int8;
 mod linear;
 mod model;
