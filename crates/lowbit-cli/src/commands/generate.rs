@@ -8,6 +8,7 @@ use lowbit::model::{
     TextTokenizer,
 };
 use lowbit::nn::LoadFormat;
+use lowbit::tensor::DType;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,10 +33,12 @@ pub struct ModelArgs {
     /// dtype: the same output for twice the bytes (a baseline for measurements).
     #[arg(long)]
     pub widen_weights: bool,
-    /// Activations of the linear layers on the CPU: float (bitsandbytes' arithmetic), or int8 (llama.cpp's:
-    /// activations in int8 blocks of 64 with integer dot products, float layers and the output head as
-    /// int8 blocks; faster decode, logits within their own bound). GPUs take float only.
-    #[arg(long, default_value = "float", value_parser = ["float", "int8"])]
+    /// Activations between layers and in the KV cache: float (f32, bitsandbytes' arithmetic), f16 or bf16
+    /// (transformers' torch_dtype: half the activation bytes, tensor cores for batched products on CUDA,
+    /// logits within the dtype's rounding), or int8 on the CPU (llama.cpp's: activations in int8 blocks of
+    /// 64 with integer dot products, float layers and the output head as int8 blocks; faster decode, logits
+    /// within their own bound; GPUs refuse it).
+    #[arg(long, default_value = "float", value_parser = ["float", "f16", "bf16", "int8"])]
     pub activations: String,
     /// Load Q, K, V and gate, up as one layer per module instead of one fused weight per group (the same
     /// output; a baseline for measurements).
@@ -62,6 +65,11 @@ impl ModelArgs {
             merge_adapter: self.merge_lora,
             widen_float_weights: self.widen_weights,
             int8_activations: self.activations == "int8",
+            activation_dtype: match self.activations.as_str() {
+                "f16" => DType::F16,
+                "bf16" => DType::BF16,
+                _ => DType::F32,
+            },
             fuse_projections: !self.separate_projections,
         };
         let t = Instant::now();

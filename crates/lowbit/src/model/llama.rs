@@ -12,7 +12,7 @@ use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
 use crate::nn::linear::{Linear, LoadFormat};
 use crate::nn::lora::LoraAdapter;
 use crate::runtime::Device;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorData};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,12 @@ pub struct LoadOptions {
     /// adapter on them): every output row is the same dot product, so the logits are the same bits, from
     /// fewer and larger products (`model::projections`). Off: one layer per module, as transformers has.
     pub fuse_projections: bool,
+    /// The activations' dtype between layers and in the KV cache (transformers' `torch_dtype`,
+    /// bitsandbytes' `compute_dtype`): f32 (the default), f16 or bf16. Every product still accumulates in
+    /// f32; each op rounds its result to this dtype. Half the activation and cache bytes, and batched 4-bit
+    /// and float products run on tensor cores (cuBLAS) on CUDA; the logits move by about the dtype's
+    /// rounding (bounds in tests/model_logits.rs). Not with `int8_activations`.
+    pub activation_dtype: DType,
 }
 
 impl Default for LoadOptions {
@@ -52,6 +58,7 @@ impl Default for LoadOptions {
             merge_adapter: false,
             int8_activations: false,
             fuse_projections: true,
+            activation_dtype: DType::F32,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct Model {
     sin: DeviceTensor,
     max_context: usize,
     adapter_names: Vec<String>,
+    /// [`LoadOptions::activation_dtype`].
+    act: DType,
 }
 
 /// Keys and values of every layer for one sequence, on the model's device.
@@ -137,6 +146,22 @@ fn layer_prefix(i: usize) -> String {
 impl Model {
     /// Loads `dir` (config.json + safetensors) onto `dev`.
     pub fn load(dir: &Path, dev: &Device, opts: &LoadOptions) -> Result<Model> {
+        match opts.activation_dtype {
+            DType::F32 => {}
+            DType::F16 | DType::BF16 if !opts.int8_activations => {}
+            DType::F16 | DType::BF16 => {
+                return Err(Error::invalid(
+                    "load",
+                    "int8 activations are quantized from f32 ones: use activation dtype f32 with them",
+                ));
+            }
+            d => {
+                return Err(Error::invalid(
+                    "load",
+                    format!("activation dtype {d} is not a float dtype: use f32, f16 or bf16"),
+                ));
+            }
+        }
         let config = ModelConfig::from_file(&dir.join(crate::io::model_dir::CONFIG))?;
         let ckpt = Checkpoint::open(dir)?;
         let adapters: Vec<(String, PeftAdapter)> = opts
@@ -281,6 +306,7 @@ impl Model {
             lm_head,
             max_context,
             adapter_names: Vec::new(),
+            act: opts.activation_dtype,
         };
         for (name, a) in adapters.iter().skip(usize::from(merge.is_some())) {
             model.add_adapter(name, a)?;
@@ -393,9 +419,13 @@ impl Model {
             ));
         }
         let c = &self.config;
-        let zeros = Tensor::f32(
+        // Zero bytes are +0.0 in every float dtype.
+        let zeros = Tensor::new(
             vec![capacity, c.num_kv_heads, c.head_dim],
-            vec![0.0; capacity * c.kv_dim()],
+            TensorData::from_bytes(
+                self.act,
+                &vec![0u8; capacity * c.kv_dim() * self.act.size_in_bytes()],
+            ),
         )?;
         let mut k = Vec::with_capacity(c.num_layers);
         let mut v = Vec::with_capacity(c.num_layers);
@@ -473,9 +503,9 @@ impl Model {
         let dev = &self.dev;
         let pos = cache.len;
         let mut x = dev.embedding(&self.embed, tokens)?;
-        if x.dtype() != DType::F32 {
-            // Exact: the activations are f32 whatever dtype the table is stored in.
-            x = dev.cast(&x, DType::F32)?;
+        if x.dtype() != self.act {
+            // The table's rows in the activations' dtype (exact when that is f32).
+            x = dev.cast(&x, self.act)?;
         }
         for (i, l) in self.layers.iter().enumerate() {
             let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
@@ -530,7 +560,7 @@ impl Model {
             .iter()
             .map(|l| l.linears().iter().map(|x| x.weight_bytes()).sum::<u64>())
             .sum();
-        let kv = (2 * c.num_layers * kv_len * c.kv_dim() * 4) as u64;
+        let kv = (2 * c.num_layers * kv_len * c.kv_dim() * self.act.size_in_bytes()) as u64;
         linears + self.lm_head.weight_bytes() + kv
     }
 }

@@ -34,7 +34,10 @@ impl CudaBackend {
         let n = 4096;
         let host = |v: f32| Tensor::f32(vec![n], vec![v; n]);
         let (a, b) = (dev.to_device(&host(1.0)?)?, dev.to_device(&host(2.0)?)?);
-        let (sa, sb) = (a.storage_arc_on("add", &c.id)?, b.storage_arc_on("add", &c.id)?);
+        let (sa, sb) = (
+            a.storage_arc_on("add", &c.id)?,
+            b.storage_arc_on("add", &c.id)?,
+        );
         let y = c.alloc("add", n * 4)?;
         let args = [
             p(&sa),
@@ -58,9 +61,7 @@ impl CudaBackend {
         )?;
         note(
             "backend kernel call (allocate, launch)",
-            per_call(calls, || {
-                c.binary_dev(&sa, &sb, DType::F32, n, 0).map(drop)
-            }),
+            per_call(calls, || c.binary_dev(&sa, &sb, DType::F32, n, 0).map(drop)),
         )?;
         note(
             "backend op (device tensors)",
@@ -83,7 +84,10 @@ impl CudaBackend {
         }
         let e1 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
         let gpu_ms = e0.elapsed_ms(&e1).map_err(err)?;
-        out.push(("GPU time per tiny kernel", gpu_ms as f64 * 1e3 / calls as f64));
+        out.push((
+            "GPU time per tiny kernel",
+            gpu_ms as f64 * 1e3 / calls as f64,
+        ));
         Ok(out)
     }
 }
