@@ -28,7 +28,10 @@ def main():
     ggml_by = {}
     for r in ggml:
         ggml_by[(key(r), r["impl"])] = us(r)
-    bnb_by = {(key(r), r["dtype"], r.get("weights_from")): us(r) for r in bnb if "shape" in r and "dtype" in r}
+    # torch names its dtypes float16 / bfloat16 / float32.
+    short = {"float16": "f16", "bfloat16": "bf16", "float32": "f32"}
+    bnb_by = {(key(r), short.get(r["dtype"], r["dtype"]), r.get("weights_from")): us(r)
+              for r in bnb if "shape" in r and "dtype" in r}
     print("| shape [out, in] | batch | activations | weights from | lowbit us | bitsandbytes us | ggml q4_0 us "
           "| ggml iq4_nl us | vs bnb | vs q4_0 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
