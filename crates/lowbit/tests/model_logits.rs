@@ -271,6 +271,12 @@ fn half_precision_activations_stay_within_their_bound() {
         ..LoadOptions::default()
     };
     assert!(Model::load(&fixture("tiny-llama"), &Device::cpu(), &bad).is_err());
+    let with_int8 = LoadOptions {
+        activation_dtype: DType::BF16,
+        int8_activations: true,
+        ..LoadOptions::default()
+    };
+    assert!(Model::load(&fixture("tiny-llama"), &Device::cpu(), &with_int8).is_err());
 }
 
 #[test]

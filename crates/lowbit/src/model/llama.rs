@@ -146,21 +146,18 @@ fn layer_prefix(i: usize) -> String {
 impl Model {
     /// Loads `dir` (config.json + safetensors) onto `dev`.
     pub fn load(dir: &Path, dev: &Device, opts: &LoadOptions) -> Result<Model> {
-        match opts.activation_dtype {
-            DType::F32 => {}
-            DType::F16 | DType::BF16 if !opts.int8_activations => {}
-            DType::F16 | DType::BF16 => {
-                return Err(Error::invalid(
-                    "load",
-                    "int8 activations are quantized from f32 ones: use activation dtype f32 with them",
-                ));
-            }
-            d => {
-                return Err(Error::invalid(
-                    "load",
-                    format!("activation dtype {d} is not a float dtype: use f32, f16 or bf16"),
-                ));
-            }
+        let act = opts.activation_dtype;
+        if !act.is_float() {
+            return Err(Error::invalid(
+                "load",
+                format!("activation dtype {act} is not a float dtype: use f32, f16 or bf16"),
+            ));
+        }
+        if opts.int8_activations && act != DType::F32 {
+            return Err(Error::invalid(
+                "load",
+                "int8 activations are quantized from f32 ones: use activation dtype f32 with them",
+            ));
         }
         let config = ModelConfig::from_file(&dir.join(crate::io::model_dir::CONFIG))?;
         let ckpt = Checkpoint::open(dir)?;
