@@ -229,6 +229,79 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
     }
 }
 
+/// 4-bit linears under f16/bf16 activations (models' `--activations f16|bf16`) against float64 on the
+/// dequantized weight, at every row count 1-32 (CUDA's tensor-core kernel takes 8-row tiles) and past it.
+/// Each 64-column block of the weight is scaled by its own factor (1-4x), so a block read with another
+/// block's absmax is off by far more than the bound. Shapes: one chunk group, a tail of chunks with rows not
+/// a multiple of 16 and blocksize 128, more chunks than one pass of a block's warps, and columns not a
+/// multiple of 64 (the row kernels). Bound: the output's rounding to x's dtype plus the weight's rounding to
+/// it (bitsandbytes rounds each dequantized weight to its compute dtype too): 2e-3 for f16, 1.5e-2 for bf16,
+/// relative to 1 + |y|.
+#[test]
+fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
+    let _serial = serial();
+    let s = seed("linear_4bit_half");
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let shapes = [
+        (48, 256, 64, FourBitType::Nf4, true),
+        (37, 640, 128, FourBitType::Fp4, false),
+        (24, 2624, 64, FourBitType::Nf4, false),
+        (19, 72, 64, FourBitType::Nf4, true),
+    ];
+    for (case, (rows, cols, blocksize, qt, dq)) in shapes.into_iter().enumerate() {
+        let w = rand(vec![rows, cols], 0.05, s + 100 * case as u64, DType::F32);
+        let scaled: Vec<f32> = f32s(&w)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1 + (i % cols) / 64 % 4) as f32)
+            .collect();
+        let w = Tensor::f32(vec![rows, cols], scaled).unwrap();
+        let q = reference.quantize_4bit(&w, qt, blocksize, dq).unwrap();
+        let wd = f32s(&reference.dequantize_4bit(&q).unwrap());
+        let bias = rand(vec![rows], 0.5, s + 100 * case as u64 + 1, DType::F32);
+        let bv = f32s(&bias);
+        let batches: Vec<usize> = if case == 0 {
+            (1..=32).chain([40]).collect()
+        } else {
+            vec![1, 2, 7, 9, 17, 32, 33]
+        };
+        for batch in batches {
+            for (d, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {
+                let x = rand(vec![batch, cols], 1.0, s + (10 * batch + d) as u64, dtype);
+                let xv = f32s(&x);
+                let with_bias = batch % 2 == 1;
+                let want: Vec<f32> = (0..batch * rows)
+                    .map(|e| {
+                        let (r, c) = (e / rows, e % rows);
+                        let acc: f64 = (0..cols)
+                            .map(|j| xv[r * cols + j] as f64 * wd[c * cols + j] as f64)
+                            .sum();
+                        (acc + if with_bias { bv[c] as f64 } else { 0.0 }) as f32
+                    })
+                    .collect();
+                let tol = if dtype == DType::F16 { 2e-3 } else { 1.5e-2 };
+                for dev in devices() {
+                    let what = format!(
+                        "{qt:?} {rows}x{cols}/{blocksize} batch {batch} {dtype} on {}",
+                        dev.id()
+                    );
+                    let dw = dev.upload_4bit(&q).unwrap();
+                    let b = with_bias.then(|| up(&dev, &bias));
+                    let y = dev.linear_4bit(&up(&dev, &x), &dw, b.as_ref()).unwrap();
+                    assert_eq!(
+                        (y.shape(), y.dtype()),
+                        (&[batch, rows][..], dtype),
+                        "{what}"
+                    );
+                    let got = f32s(&dev.to_host(&y).unwrap());
+                    assert_close(&what, &got, &want, tol);
+                    assert_eq!(fallbacks(&dev), 0, "{what}");
+                }
+            }
+        }
+    }
+}
+
 /// Int8 activations (`format::q8`, the CPU's opt-in decode path): both CPU backends give identical bits
 /// (VNNI and portable kernels), within the 8-bit quantization's bound of the float product; GPUs refuse the
 /// ops (unsupported, no fallback in strict mode) and say so.

@@ -426,6 +426,167 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     }
 }
 
+// 4-bit weights on tensor cores, for 1-32 activation rows of f16/bf16 (sm_80 and later): the weight in
+// bitsandbytes' own layout (nothing repacked), decoded straight into the A fragments of
+// `mma.sync.m16n8k16` (weight rows as M, activation rows as N, f32 accumulators). A product sums over k in
+// any order, so each lane reads whole bytes and the k positions of the fragments are assigned to match: lane
+// (g = lane / 4, t = lane % 4) reads bytes 8t .. 8t + 7 of a 64-column chunk of weight rows g and g + 8
+// (one 8-byte load each), and the same 16 columns 16t .. 16t + 15 of activation row g (two 16-byte loads);
+// mma i of the chunk takes bytes 2i and 2i + 1 (columns 16t + 4i .. + 3) as the fragment's columns
+// (2t, 2t + 1, 2t + 8, 2t + 9). A byte becomes both of its halves with one 4-byte load from a pair table
+// in shared memory (high nibble in the low half), kept in 32 copies so that each lane reads its own bank.
+// The 64 columns of a chunk lie in one quantization block (blocksize and k multiples of 64), so the four
+// mmas of a chunk sum unscaled table values and the chunk's sum is scaled once: acc = fma(chunk, absmax,
+// acc). The table is rounded to the activation dtype, as bitsandbytes rounds each dequantized weight to its
+// compute dtype before its product.
+// A block is 16 weight rows and 8 warps; warp w takes chunk groups w, w + 8, ... (4 chunks per group, their
+// 8 loads issued together), and the warps' sums are added in warp order through shared memory. Every
+// output's summation order depends only on k: a batch split into parts gives the same bits.
+#define MMA_WARPS 8
+#define MMA_GROUP 4
+#define MMA_TABLE_BYTES (256 * 32 * 4)
+
+template <int DT>
+__device__ __forceinline__ void mma_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    if constexpr (DT == DT_F16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                     "{%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                     "{%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+#else
+    __trap();  // the host picks this kernel on sm_80 and later only
+#endif
+}
+
+// Eight bytes the L1 does not keep (each weight byte is read once; the L1 holds the activations).
+__device__ __forceinline__ uint2 ld_stream8(const u8* p) {
+    uint2 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+template <int DT, int NB>
+__device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, const float* absmax,
+                                     const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
+                                     void* y, int odt) {
+    extern __shared__ u32 mma_shared[];
+    // Entry byte * 32 + copy: (table[byte >> 4], table[byte & 15]) in x's dtype.
+    for (u32 i = threadIdx.x; i < 256 * 32; i += 32 * MMA_WARPS) {
+        u32 byte = i >> 5;
+        float hi = __ldg(table_g + (byte >> 4)), lo = __ldg(table_g + (byte & 15));
+        u32 a = DT == DT_F16 ? f2h(hi) : f2b(hi), b = DT == DT_F16 ? f2h(lo) : f2b(lo);
+        mma_shared[i] = a | (b << 16);
+    }
+    __syncthreads();
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    u64 row0 = (u64)blockIdx.x * 16;
+    u64 m0 = (u64)blockIdx.y * 8 * NB;
+    u64 ra = row0 + g < n ? row0 + g : (u64)n - 1, rb = row0 + g + 8 < n ? row0 + g + 8 : (u64)n - 1;
+    u32 chunks = k >> 6;
+    const u8* pa = packed + ra * (k >> 1) + 8 * t;
+    const u8* pb = packed + rb * (k >> 1) + 8 * t;
+    // Chunk c of row r has absmax (r * chunks + c) / (blocksize / 64).
+    u32 per_block = blocksize >> 6;
+    bool pow2 = (per_block & (per_block - 1)) == 0;
+    u32 shift = __ffs(per_block) - 1;
+    u64 ca = ra * chunks, cb = rb * chunks;
+    const char* lut = (const char*)mma_shared + lane * 4;
+    // Activation row of tile j for this lane, or null past m (its fragment is zeros).
+    const u16* xr[NB];
+#pragma unroll
+    for (int j = 0; j < NB; j++) {
+        u64 b = m0 + 8 * j + g;
+        xr[j] = b < m ? (const u16*)x + b * k + 16 * t : nullptr;
+    }
+    float acc[NB][4];
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    for (u32 c0 = warp * MMA_GROUP; c0 < chunks; c0 += MMA_WARPS * MMA_GROUP) {
+        uint2 wa[MMA_GROUP], wb[MMA_GROUP];
+        float sa[MMA_GROUP], sb[MMA_GROUP];
+#pragma unroll
+        for (int u = 0; u < MMA_GROUP; u++) {
+            u32 c = c0 + u;
+            if (c < chunks) {
+                wa[u] = ld_stream8(pa + (u64)c * 32);
+                wb[u] = ld_stream8(pb + (u64)c * 32);
+                u64 ia = ca + c, ib = cb + c;
+                sa[u] = __ldg(absmax + (pow2 ? ia >> shift : ia / per_block));
+                sb[u] = __ldg(absmax + (pow2 ? ib >> shift : ib / per_block));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MMA_GROUP; u++) {
+            u32 c = c0 + u;
+            if (c >= chunks) break;
+            // A fragments of mma i: rows g and g + 8, bytes 2i and 2i + 1.
+            u32 fa[4][4];
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                u32 va = q < 4 ? wa[u].x : wa[u].y, vb = q < 4 ? wb[u].x : wb[u].y;
+                u32 sh = 8 * (q & 3);
+                u32 ea = *(const u32*)(lut + (((va >> sh) & 0xffu) << 7));
+                u32 eb = *(const u32*)(lut + (((vb >> sh) & 0xffu) << 7));
+                fa[q >> 1][(q & 1) * 2] = ea;
+                fa[q >> 1][(q & 1) * 2 + 1] = eb;
+            }
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                uint4 x0 = make_uint4(0, 0, 0, 0), x1 = make_uint4(0, 0, 0, 0);
+                if (xr[j]) {
+                    x0 = __ldg((const uint4*)(xr[j] + (u64)c * 64));
+                    x1 = __ldg((const uint4*)(xr[j] + (u64)c * 64 + 8));
+                }
+                u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int i = 0; i < 4; i++) mma_16816<DT>(s, fa[i][0], fa[i][1], fa[i][2], fa[i][3], xb[2 * i], xb[2 * i + 1]);
+                acc[j][0] = fmaf(s[0], sa[u], acc[j][0]);
+                acc[j][1] = fmaf(s[1], sa[u], acc[j][1]);
+                acc[j][2] = fmaf(s[2], sb[u], acc[j][2]);
+                acc[j][3] = fmaf(s[3], sb[u], acc[j][3]);
+            }
+        }
+    }
+    // The warps' sums in warp order (the table's memory is reused: every warp is past its last lookup).
+    __syncthreads();
+    float* red = (float*)mma_shared;
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) red[((warp * NB + j) * 4 + e) * 32 + lane] = acc[j][e];
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = 0.0f;
+            for (int w = 0; w < MMA_WARPS; w++) v += red[((w * NB + j) * 4 + e) * 32 + lane];
+            // Accumulator e: weight row g (e < 2) or g + 8, activation row 2t + (e & 1) of tile j.
+            u64 row = row0 + g + (e < 2 ? 0 : 8), b = m0 + 8 * j + 2 * t + (e & 1);
+            if (row < n && b < m) st_dt(y, b * n + row, odt, v + (bias ? bias[row] : 0.0f));
+        }
+}
+
+#define MMA_KERNEL(SUFFIX, DT, NB)                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS)                                              \
+        linear_4bit_mma_##SUFFIX##_b##NB(const void* x, u64 m, const u8* packed, const float* absmax,          \
+                                         const float* table, u32 n, u32 k, u32 blocksize, const float* bias,   \
+                                         void* y, int odt) {                                                   \
+        linear_4bit_mma_impl<DT, NB>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);              \
+    }
+#define MMA_KERNELS(SUFFIX, DT) MMA_KERNEL(SUFFIX, DT, 1) MMA_KERNEL(SUFFIX, DT, 2) MMA_KERNEL(SUFFIX, DT, 4)
+
 #define WORDS_KERNEL_AS(NAME, DT, R, NR, WHOLE)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_BLOCKS(R, NR))                         \
         NAME(const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k, \
@@ -480,8 +641,10 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 LINEAR_KERNELS_ALL_R(f32, DT_F32)
 #elif defined(LOWBIT_LINEAR_F16)
 LINEAR_KERNELS_ALL_R(f16, DT_F16)
+MMA_KERNELS(f16, DT_F16)
 #elif defined(LOWBIT_LINEAR_BF16)
 LINEAR_KERNELS_ALL_R(bf16, DT_BF16)
+MMA_KERNELS(bf16, DT_BF16)
 #endif
 
 // y[i, j] = y32[i, j] + bias[j] in `odt`: the bias and the one rounding after a cuBLAS product.

@@ -10,6 +10,12 @@ use crate::tensor::DType;
 
 /// The pair table at the start of a 4-bit word kernel's dynamic shared memory (`LIN4_TABLE_BYTES`).
 const TABLE_BYTES: usize = 256 * 16 * 8;
+/// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
+const MMA_WARPS: u32 = 8;
+const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
+/// Activation rows up to which f16/bf16 4-bit linears take the tensor-core kernel: 32 rows are four
+/// 8-row tiles of one weight read (above, dequantize + cuBLAS where present).
+const MMA_ROWS_MAX: usize = 32;
 /// Largest activation row a one-row word kernel stages whole (the `_s` kernels, kernels/linear.cu).
 const WHOLE_ROW_MAX: usize = 72 * 1024;
 
@@ -90,6 +96,9 @@ impl Cuda {
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul_4bit";
+        if let Some(nb) = self.mma_tiles(x, dtype, m, w) {
+            return self.linear_4bit_mma(x, dtype, m, w, bias, out, nb);
+        }
         let route = linear_route(m, self.blas().is_some());
         if route == LinearRoute::Blas {
             // bitsandbytes' route for batches: the weight dequantized in x's dtype, then one product.
@@ -153,6 +162,60 @@ impl Cuda {
                 &common,
             )?;
         }
+        Ok(y)
+    }
+
+    /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
+    /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply: f16/bf16 activations,
+    /// at most [`MMA_ROWS_MAX`] rows, 64-column chunks inside one quantization block, 16-byte aligned
+    /// activations, and `mma.sync` with bf16 (compute capability 8.0 and later).
+    fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
+        let fits = matches!(dtype, DType::F16 | DType::BF16)
+            && (1..=MMA_ROWS_MAX).contains(&m)
+            && w.cols.is_multiple_of(64)
+            && w.blocksize.is_multiple_of(64)
+            && x.addr().is_multiple_of(16)
+            && self.capability >= (8, 0);
+        fits.then(|| m.div_ceil(8).next_power_of_two())
+    }
+
+    /// The tensor-core 4-bit kernel for `nb` tiles of 8 activation rows per pass (see [`Self::mma_tiles`]).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_4bit_mma(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        m: usize,
+        w: &Weight4,
+        bias: Option<&Buf>,
+        out: DType,
+        nb: usize,
+    ) -> Result<Buf> {
+        const OP: &str = "matmul_4bit";
+        let y = self.alloc(OP, m * w.rows * out.size_in_bytes())?;
+        let grid = (
+            u32_of(OP, w.rows.div_ceil(16))?,
+            u32_of(OP, m.div_ceil(8 * nb))?,
+        );
+        self.launch_shared(
+            &format!("linear_4bit_mma_{}_b{nb}", suffix(dtype)),
+            grid,
+            32 * MMA_WARPS,
+            MMA_TABLE_BYTES,
+            &[
+                p(x),
+                Arg::U64(m as u64),
+                p(w.packed),
+                p(w.absmax),
+                Arg::Ptr(self.fourbit_table(w.quant_type)),
+                Arg::U32(u32_of(OP, w.rows)?),
+                Arg::U32(u32_of(OP, w.cols)?),
+                Arg::U32(w.blocksize as u32),
+                opt(bias),
+                p(&y),
+                dt(out),
+            ],
+        )?;
         Ok(y)
     }
 
