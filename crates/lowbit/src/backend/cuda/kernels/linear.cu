@@ -443,19 +443,19 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 // 8 loads issued together), and the warps' sums are added in warp order through shared memory. Every
 // output's summation order depends only on k: a batch split into parts gives the same bits.
 #define MMA_WARPS 8
-#define MMA_GROUP 4
+#define MMA_GROUP 2
 #define MMA_TABLE_BYTES (256 * 32 * 4)
 
 template <int DT>
 __device__ __forceinline__ void mma_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #if __CUDA_ARCH__ >= 800
     if constexpr (DT == DT_F16) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                      "{%8,%9}, {%0,%1,%2,%3};"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     } else {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
                      "{%8,%9}, {%0,%1,%2,%3};"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -466,96 +466,137 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], u32 a0, u32 a1, u32 a2,
 }
 
 // Eight bytes the L1 does not keep (each weight byte is read once; the L1 holds the activations).
-__device__ __forceinline__ uint2 ld_stream8(const u8* p) {
+__device__ __forceinline__ uint2 ld_stream8(const uint2* p) {
     uint2 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    // Not volatile: the compiler may schedule it like any load (the weights do not change during a kernel).
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
     return v;
 }
+
+// One group's weight bytes and absmax values for this lane (rows g and g + 8).
+template <int N> struct MmaLoad {
+    uint2 wa[N], wb[N];
+    float sa[N], sb[N];
+};
 
 template <int DT, int NB>
 __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, const float* absmax,
                                      const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
                                      void* y, int odt) {
     extern __shared__ u32 mma_shared[];
-    // Entry byte * 32 + copy: (table[byte >> 4], table[byte & 15]) in x's dtype.
-    for (u32 i = threadIdx.x; i < 256 * 32; i += 32 * MMA_WARPS) {
-        u32 byte = i >> 5;
-        float hi = __ldg(table_g + (byte >> 4)), lo = __ldg(table_g + (byte & 15));
-        u32 a = DT == DT_F16 ? f2h(hi) : f2b(hi), b = DT == DT_F16 ? f2h(lo) : f2b(lo);
-        mma_shared[i] = a | (b << 16);
-    }
-    __syncthreads();
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u64 row0 = (u64)blockIdx.x * 16;
     u64 m0 = (u64)blockIdx.y * 8 * NB;
     u64 ra = row0 + g < n ? row0 + g : (u64)n - 1, rb = row0 + g + 8 < n ? row0 + g + 8 : (u64)n - 1;
     u32 chunks = k >> 6;
-    const u8* pa = packed + ra * (k >> 1) + 8 * t;
-    const u8* pb = packed + rb * (k >> 1) + 8 * t;
-    // Chunk c of row r has absmax (r * chunks + c) / (blocksize / 64).
-    u32 per_block = blocksize >> 6;
-    bool pow2 = (per_block & (per_block - 1)) == 0;
-    u32 shift = __ffs(per_block) - 1;
-    u64 ca = ra * chunks, cb = rb * chunks;
-    const char* lut = (const char*)mma_shared + lane * 4;
-    // Activation row of tile j for this lane, or null past m (its fragment is zeros).
+    // 8-byte words: chunk c of row r at word (r * chunks + c) * 4 + t. Its absmax: (r * chunks + c) >> shift
+    // (blocksize / 64 is a power of two; the host checks that and that r * chunks + c fits 32 bits).
+    u32 ca = (u32)ra * chunks, cb = (u32)rb * chunks;
+    const uint2* wpa = (const uint2*)packed + (u64)ca * 4 + t;
+    const uint2* wpb = (const uint2*)packed + (u64)cb * 4 + t;
+    u32 shift = __ffs(blocksize >> 6) - 1;
+    auto fetch = [&](u32 c, uint2& wa, uint2& wb, float& sa, float& sb) {
+        wa = ld_stream8(wpa + c * 4);
+        wb = ld_stream8(wpb + c * 4);
+        sa = __ldg(absmax + ((ca + c) >> shift));
+        sb = __ldg(absmax + ((cb + c) >> shift));
+    };
+    // Warp w takes the full groups w, w + 8, ... of MMA_GROUP chunks; the last chunks % MMA_GROUP chunks
+    // go one per warp afterwards. The first group loads before the table is built, each next group while
+    // the current one is used.
+    u32 full = chunks / MMA_GROUP * MMA_GROUP;
+    constexpr u32 STRIDE = MMA_WARPS * MMA_GROUP;
+    MmaLoad<MMA_GROUP> cur, nxt;
+    u32 c0 = warp * MMA_GROUP;
+    if (c0 < full) {
+#pragma unroll
+        for (int u = 0; u < MMA_GROUP; u++) fetch(c0 + u, cur.wa[u], cur.wb[u], cur.sa[u], cur.sb[u]);
+    }
+    // Entry byte * 32 + copy: (table[byte >> 4], table[byte & 15]) in x's dtype. Thread i writes bytes
+    // (i >> 5) + 8j, copy i & 31: its low nibbles take two values, its high nibbles j >> 1.
+    {
+        u32 b0 = threadIdx.x >> 5;
+        u32 lo[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float v = __ldg(table_g + ((b0 + 8 * e) & 15));
+            lo[e] = DT == DT_F16 ? f2h(v) : f2b(v);
+        }
+#pragma unroll
+        for (int h = 0; h < 16; h++) {
+            float v = __ldg(table_g + h);
+            u32 hi = DT == DT_F16 ? f2h(v) : f2b(v);
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                mma_shared[(b0 + 8 * (2 * h + e)) * 32 + (threadIdx.x & 31)] = hi | (lo[e] << 16);
+        }
+    }
+    __syncthreads();
+    // This lane's table copy, lane * 4 bytes in (from %laneid, so that it merges into the LOP3 that masks
+    // each byte offset).
+    u32 copy;
+    asm("{\n\t.reg .u32 t;\n\tmov.u32 t, %%laneid;\n\tshl.b32 %0, t, 2;\n\t}" : "=r"(copy));
+    const char* lut = (const char*)mma_shared;
+    // Activation row of tile j for this lane. A lane past m reads row m0 instead: column g of the product
+    // depends on column g of the activations only, and the columns past m are not stored.
     const u16* xr[NB];
 #pragma unroll
     for (int j = 0; j < NB; j++) {
         u64 b = m0 + 8 * j + g;
-        xr[j] = b < m ? (const u16*)x + b * k + 16 * t : nullptr;
+        xr[j] = (const u16*)x + (b < m ? b : m0) * k + 16 * t;
     }
     float acc[NB][4];
 #pragma unroll
     for (int j = 0; j < NB; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-    for (u32 c0 = warp * MMA_GROUP; c0 < chunks; c0 += MMA_WARPS * MMA_GROUP) {
-        uint2 wa[MMA_GROUP], wb[MMA_GROUP];
-        float sa[MMA_GROUP], sb[MMA_GROUP];
+    // Chunk c against every tile: A fragments of mma i are rows g and g + 8, bytes 2i and 2i + 1.
+    auto chunk = [&](u32 c, uint2 wa, uint2 wb, float sa, float sb) {
+        u32 fa[4][4];
 #pragma unroll
-        for (int u = 0; u < MMA_GROUP; u++) {
-            u32 c = c0 + u;
-            if (c < chunks) {
-                wa[u] = ld_stream8(pa + (u64)c * 32);
-                wb[u] = ld_stream8(pb + (u64)c * 32);
-                u64 ia = ca + c, ib = cb + c;
-                sa[u] = __ldg(absmax + (pow2 ? ia >> shift : ia / per_block));
-                sb[u] = __ldg(absmax + (pow2 ? ib >> shift : ib / per_block));
-            }
+        for (int q = 0; q < 8; q++) {
+            u32 va = q < 4 ? wa.x : wa.y, vb = q < 4 ? wb.x : wb.y;
+            // Byte q & 3 of the word times 128 (its entry), plus the lane's copy: one shift and one LOP3.
+            u32 b = q & 3;
+            u32 oa = ((b == 0 ? va << 7 : va >> (8 * b - 7)) & 0x7f80u) | copy;
+            u32 ob = ((b == 0 ? vb << 7 : vb >> (8 * b - 7)) & 0x7f80u) | copy;
+            fa[q >> 1][(q & 1) * 2] = *(const u32*)(lut + oa);
+            fa[q >> 1][(q & 1) * 2 + 1] = *(const u32*)(lut + ob);
         }
 #pragma unroll
-        for (int u = 0; u < MMA_GROUP; u++) {
-            u32 c = c0 + u;
-            if (c >= chunks) break;
-            // A fragments of mma i: rows g and g + 8, bytes 2i and 2i + 1.
-            u32 fa[4][4];
+        for (int j = 0; j < NB; j++) {
+            const uint4* xp = (const uint4*)xr[j] + c * 8;
+            uint4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+            u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int q = 0; q < 8; q++) {
-                u32 va = q < 4 ? wa[u].x : wa[u].y, vb = q < 4 ? wb[u].x : wb[u].y;
-                u32 sh = 8 * (q & 3);
-                u32 ea = *(const u32*)(lut + (((va >> sh) & 0xffu) << 7));
-                u32 eb = *(const u32*)(lut + (((vb >> sh) & 0xffu) << 7));
-                fa[q >> 1][(q & 1) * 2] = ea;
-                fa[q >> 1][(q & 1) * 2 + 1] = eb;
-            }
-#pragma unroll
-            for (int j = 0; j < NB; j++) {
-                uint4 x0 = make_uint4(0, 0, 0, 0), x1 = make_uint4(0, 0, 0, 0);
-                if (xr[j]) {
-                    x0 = __ldg((const uint4*)(xr[j] + (u64)c * 64));
-                    x1 = __ldg((const uint4*)(xr[j] + (u64)c * 64 + 8));
-                }
-                u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                for (int i = 0; i < 4; i++) mma_16816<DT>(s, fa[i][0], fa[i][1], fa[i][2], fa[i][3], xb[2 * i], xb[2 * i + 1]);
-                acc[j][0] = fmaf(s[0], sa[u], acc[j][0]);
-                acc[j][1] = fmaf(s[1], sa[u], acc[j][1]);
-                acc[j][2] = fmaf(s[2], sb[u], acc[j][2]);
-                acc[j][3] = fmaf(s[3], sb[u], acc[j][3]);
-            }
+            for (int i = 0; i < 4; i++)
+                mma_16816<DT>(s, fa[i][0], fa[i][1], fa[i][2], fa[i][3], xb[2 * i], xb[2 * i + 1]);
+            acc[j][0] = fmaf(s[0], sa, acc[j][0]);
+            acc[j][1] = fmaf(s[1], sa, acc[j][1]);
+            acc[j][2] = fmaf(s[2], sb, acc[j][2]);
+            acc[j][3] = fmaf(s[3], sb, acc[j][3]);
         }
+    };
+    // Two groups per trip, alternating buffers (no register copies between trips).
+    auto step = [&](u32 c, MmaLoad<MMA_GROUP>& use, MmaLoad<MMA_GROUP>& load) {
+        if (c + STRIDE < full) {
+#pragma unroll
+            for (int u = 0; u < MMA_GROUP; u++)
+                fetch(c + STRIDE + u, load.wa[u], load.wb[u], load.sa[u], load.sb[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < MMA_GROUP; u++) chunk(c + u, use.wa[u], use.wb[u], use.sa[u], use.sb[u]);
+    };
+    for (; c0 < full; c0 += 2 * STRIDE) {
+        step(c0, cur, nxt);
+        if (c0 + STRIDE < full) step(c0 + STRIDE, nxt, cur);
+    }
+    if (full + warp < chunks) {
+        uint2 wa, wb;
+        float sa, sb;
+        fetch(full + warp, wa, wb, sa, sb);
+        chunk(full + warp, wa, wb, sa, sb);
     }
     // The warps' sums in warp order (the table's memory is reused: every warp is past its last lookup).
     __syncthreads();
@@ -579,7 +620,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
 }
 
 #define MMA_KERNEL(SUFFIX, DT, NB)                                                                             \
-    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS)                                              \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, (NB) == 1 ? 3 : 2)                          \
         linear_4bit_mma_##SUFFIX##_b##NB(const void* x, u64 m, const u8* packed, const float* absmax,          \
                                          const float* table, u32 n, u32 k, u32 blocksize, const float* bias,   \
                                          void* y, int odt) {                                                   \

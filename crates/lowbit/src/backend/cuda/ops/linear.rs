@@ -16,6 +16,14 @@ const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
 /// Activation rows up to which f16/bf16 4-bit linears take the tensor-core kernel: 32 rows are four
 /// 8-row tiles of one weight read (above, dequantize + cuBLAS where present).
 const MMA_ROWS_MAX: usize = 32;
+/// Whether `LOWBIT_CUDA_NO_MMA` (set and not "0") turns the tensor-core 4-bit kernel off (read once).
+fn mma_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        std::env::var("LOWBIT_CUDA_NO_MMA").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
 /// Largest activation row a one-row word kernel stages whole (the `_s` kernels, kernels/linear.cu).
 const WHOLE_ROW_MAX: usize = 72 * 1024;
 
@@ -168,14 +176,19 @@ impl Cuda {
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
     /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply: f16/bf16 activations,
     /// at most [`MMA_ROWS_MAX`] rows, 64-column chunks inside one quantization block, 16-byte aligned
-    /// activations, and `mma.sync` with bf16 (compute capability 8.0 and later).
+    /// activations, a power-of-two blocksize, and `mma.sync` with bf16 (compute capability 8.0 and later);
+    /// `LOWBIT_CUDA_NO_MMA=1` turns it off (the warp-per-row kernels then serve every row count: for
+    /// comparing the two in one benchmark run).
     fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
         let fits = matches!(dtype, DType::F16 | DType::BF16)
             && (1..=MMA_ROWS_MAX).contains(&m)
             && w.cols.is_multiple_of(64)
-            && w.blocksize.is_multiple_of(64)
+            && w.blocksize >= 64
+            && w.blocksize.is_power_of_two()
+            && (w.rows * w.cols / 64) < 1 << 32
             && x.addr().is_multiple_of(16)
-            && self.capability >= (8, 0);
+            && self.capability >= (8, 0)
+            && !mma_disabled();
         fits.then(|| m.div_ceil(8).next_power_of_two())
     }
 
