@@ -7,7 +7,7 @@
 # ggml times one weight tensor over and over: the shapes under the 60 MB L2 of an H200 run from L2
 # (compare them with lowbit's and bitsandbytes' `one_copy` rows), 8192x28672 streams from memory.
 #
-# usage: scripts/bench_ggml_cuda.sh LLAMA_CPP_SRC [CUDA_ARCH]
+# usage: [GGML_TYPES=q4_0] scripts/bench_ggml_cuda.sh LLAMA_CPP_SRC [CUDA_ARCH]
 #   LLAMA_CPP_SRC: a llama.cpp source tree (the one the PyPI sdist of llama-cpp-python vendors works; ggml is
 #   inside it). Its tests/test-backend-ops.cpp gets the shapes above added to the perf cases once (marked,
 #   so a second run does not add them again); the build goes to LLAMA_CPP_SRC/build-lowbit.
@@ -27,7 +27,8 @@ cmake -S "$SRC" -B "$SRC/build-lowbit" -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCH
     -DGGML_CUDA_FA=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release > "$SRC/build-lowbit.cmake.log" 2>&1
 cmake --build "$SRC/build-lowbit" --target test-backend-ops -j "$(nproc)" > "$SRC/build-lowbit.log" 2>&1
-filter='type_a=(q4_0|iq4_nl),type_b=f32,m=(4096|8192|14336),n=(1|2|4|8|16|512),k=(4096|14336|28672),bs=\[1,1\],nr=\[1,1\]'
+# GGML_TYPES narrows the weight types timed (a regex alternation; default both).
+filter="type_a=(${GGML_TYPES:-q4_0|iq4_nl}),type_b=f32,m=(4096|8192|14336),n=(1|2|4|8|16|512),k=(4096|14336|28672),bs=\[1,1\],nr=\[1,1\]"
 "$SRC/build-lowbit/bin/test-backend-ops" perf -o MUL_MAT -b CUDA0 -p "$filter" 2>&1 | python3 -c '
 import json, re, sys
 seen = set()

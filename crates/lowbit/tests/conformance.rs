@@ -232,12 +232,12 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
 /// 4-bit linears under f16/bf16 activations (models' `--activations f16|bf16`) against float64 on the
 /// dequantized weight, at every row count 1-32 (CUDA's tensor-core kernel takes 8-row tiles) and past it.
 /// Each 64-column block of the weight is scaled by its own factor (1-4x), so a block read with another
-/// block's absmax is off by far more than the bound. Shapes: one chunk group, a tail of chunks with rows not
-/// a multiple of 16 and blocksize 128, more chunks than one pass of a block's warps, and columns not a
-/// multiple of 64 (the row kernels). Bound, per output: each weight may be rounded to x's dtype (unit
-/// roundoff u: 2^-11 for f16, 2^-8 for bf16; bitsandbytes rounds each dequantized weight to its compute
-/// dtype too) and the f32 sum may lose k * 2^-22 (tensor cores' accumulation), both relative to
-/// sum |x_j w_j|, plus the output's rounding, u * |y|.
+/// block's absmax is off by far more than the bound. Shapes: one group of spans, an odd span with rows not
+/// a multiple of 16 and blocksize 128, more groups than one pass of a block's warps, and columns not a
+/// multiple of 128 or of 64 (the row kernels). Bound, per output: each weight may be formed in x's dtype
+/// (table value, absmax and their product each rounded: 3u, with unit roundoff u = 2^-11 for f16, 2^-8 for
+/// bf16; bitsandbytes rounds each dequantized weight to its compute dtype too) and the f32 sum may lose
+/// k * 2^-22 (tensor cores' accumulation), both relative to sum |x_j w_j|, plus the output's rounding, u|y|.
 #[test]
 fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
     let _serial = serial();
@@ -246,7 +246,8 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
     let shapes = [
         (48, 256, 64, FourBitType::Nf4, true),
         (37, 640, 128, FourBitType::Fp4, false),
-        (24, 2624, 64, FourBitType::Nf4, false),
+        (24, 2688, 64, FourBitType::Nf4, false),
+        (16, 192, 64, FourBitType::Fp4, true),
         (19, 72, 64, FourBitType::Nf4, true),
     ];
     for (case, (rows, cols, blocksize, qt, dq)) in shapes.into_iter().enumerate() {
@@ -284,7 +285,8 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
                             (0..cols).map(|j| xv[r * cols + j] as f64 * wd[c * cols + j] as f64);
                         let l1: f64 = terms.clone().map(f64::abs).sum();
                         let y = terms.sum::<f64>() + if with_bias { bv[c] as f64 } else { 0.0 };
-                        let bound = (u + cols as f64 * 2f64.powi(-22)) * l1 + u * y.abs() + 1e-6;
+                        let bound =
+                            (3.0 * u + cols as f64 * 2f64.powi(-22)) * l1 + u * y.abs() + 1e-6;
                         (y, bound)
                     })
                     .collect();

@@ -429,21 +429,25 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 // 4-bit weights on tensor cores, for 1-32 activation rows of f16/bf16 (sm_80 and later): the weight in
 // bitsandbytes' own layout (nothing repacked), decoded straight into the A fragments of
 // `mma.sync.m16n8k16` (weight rows as M, activation rows as N, f32 accumulators). A product sums over k in
-// any order, so each lane reads whole bytes and the k positions of the fragments are assigned to match: lane
-// (g = lane / 4, t = lane % 4) reads bytes 8t .. 8t + 7 of a 64-column chunk of weight rows g and g + 8
-// (one 8-byte load each), and the same 16 columns 16t .. 16t + 15 of activation row g (two 16-byte loads);
-// mma i of the chunk takes bytes 2i and 2i + 1 (columns 16t + 4i .. + 3) as the fragment's columns
-// (2t, 2t + 1, 2t + 8, 2t + 9). A byte becomes both of its halves with one 4-byte load from a pair table
-// in shared memory (high nibble in the low half), kept in 32 copies so that each lane reads its own bank.
-// The 64 columns of a chunk lie in one quantization block (blocksize and k multiples of 64), so the four
-// mmas of a chunk sum unscaled table values and the chunk's sum is scaled once: acc = fma(chunk, absmax,
-// acc). The table is rounded to the activation dtype, as bitsandbytes rounds each dequantized weight to its
-// compute dtype before its product.
-// A block is 16 weight rows and 8 warps; warp w takes chunk groups w, w + 8, ... (4 chunks per group, their
-// 8 loads issued together), and the warps' sums are added in warp order through shared memory. Every
-// output's summation order depends only on k: a batch split into parts gives the same bits.
+// any order, so each lane reads whole bytes and the k positions of the fragments are assigned to match:
+// in a span of 128 columns (64 bytes of a row), lane (g = lane / 4, t = lane % 4) reads bytes 16t .. 16t + 15
+// of weight rows g and g + 8 (one 16-byte load each: a warp's load covers 8 rows' 64 bytes) and columns
+// 32t .. 32t + 31 of activation row g; mma i of the span takes bytes 2i and 2i + 1 (columns 32t + 4i .. + 3)
+// as the fragment's columns (2t, 2t + 1, 2t + 8, 2t + 9).
+// A byte becomes both of its halves with one 4-byte load from a pair table in shared memory (high nibble in
+// the low half), kept in 32 copies so that each lane reads its own bank, times the absmax of the lane's
+// quantization block (a lane's 16 bytes lie in one block: blocksize >= 64), in x's dtype: the table value,
+// the absmax and their product are each rounded to it (bitsandbytes rounds each dequantized weight to its
+// compute dtype before its product). The absmax values of a group of two spans (at most four blocks per
+// row) are read once per row, one per lane, and passed to the lanes that need them by shuffles.
+// Measured (docs/PERFORMANCE.md): reading 8 bytes per lane per 64-column chunk, with the chunk's f32 sum
+// scaled once, each warp load and each absmax load touched twice as many cache lines per byte, and the L1
+// (shared with the table) was the bottleneck.
+// A block is 16 weight rows and 8 warps; warp w takes groups w, w + 8, ... (the next group's loads in flight
+// while one is used), then the odd span if any; the warps' sums are added in warp order through shared
+// memory. Every output's summation order depends only on k: a batch split into parts gives the same bits.
 #define MMA_WARPS 8
-#define MMA_GROUP 2
+#define MMA_SPANS 2
 #define MMA_TABLE_BYTES (256 * 32 * 4)
 
 template <int DT>
@@ -451,32 +455,50 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], u32 a0, u32 a1, u32 a2,
 #if __CUDA_ARCH__ >= 800
     if constexpr (DT == DT_F16) {
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                     "{%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     } else {
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                     "{%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     }
 #else
     __trap();  // the host picks this kernel on sm_80 and later only
 #endif
 }
 
-// Eight bytes the L1 does not keep (each weight byte is read once; the L1 holds the activations).
-__device__ __forceinline__ uint2 ld_stream8(const uint2* p) {
-    uint2 v;
-    // Not volatile: the compiler may schedule it like any load (the weights do not change during a kernel).
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+// Both halves of `a` times both halves of `s`, rounded to nearest in DT (bf16: an fma with -0, exact
+// for the product's sign and available from sm_80, where `mul.bf16x2` needs sm_90).
+template <int DT> __device__ __forceinline__ u32 mul2(u32 a, u32 s) {
+    u32 r;
+#if __CUDA_ARCH__ >= 800
+    if constexpr (DT == DT_F16) {
+        asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(s));
+    } else {
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(s), "r"(0x80008000u));
+    }
+#else
+    r = a;
+#endif
+    return r;
+}
+
+// Sixteen bytes the L1 does not keep (each weight byte is read once; the L1 holds the activations). Not
+// volatile: the compiler may schedule it like any load (the weights do not change during a kernel).
+__device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
     return v;
 }
 
-// One group's weight bytes and absmax values for this lane (rows g and g + 8).
-template <int N> struct MmaLoad {
-    uint2 wa[N], wb[N];
-    float sa[N], sb[N];
+// One group's weight words of rows g and g + 8 and this lane's absmax of each row.
+struct MmaLoad {
+    uint4 wa[MMA_SPANS], wb[MMA_SPANS];
+    float sa, sb;
 };
 
 template <int DT, int NB>
@@ -487,31 +509,32 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u64 row0 = (u64)blockIdx.x * 16;
     u64 m0 = (u64)blockIdx.y * 8 * NB;
-    u64 ra = row0 + g < n ? row0 + g : (u64)n - 1, rb = row0 + g + 8 < n ? row0 + g + 8 : (u64)n - 1;
-    u32 chunks = k >> 6;
-    // 8-byte words: chunk c of row r at word (r * chunks + c) * 4 + t. Its absmax: (r * chunks + c) >> shift
-    // (blocksize / 64 is a power of two; the host checks that and that r * chunks + c fits 32 bits).
-    u32 ca = (u32)ra * chunks, cb = (u32)rb * chunks;
-    const uint2* wpa = (const uint2*)packed + (u64)ca * 4 + t;
-    const uint2* wpb = (const uint2*)packed + (u64)cb * 4 + t;
-    u32 shift = __ffs(blocksize >> 6) - 1;
-    auto fetch = [&](u32 c, uint2& wa, uint2& wb, float& sa, float& sb) {
-        wa = ld_stream8(wpa + c * 4);
-        wb = ld_stream8(wpb + c * 4);
-        sa = __ldg(absmax + ((ca + c) >> shift));
-        sb = __ldg(absmax + ((cb + c) >> shift));
-    };
-    // Warp w takes the full groups w, w + 8, ... of MMA_GROUP chunks; the last chunks % MMA_GROUP chunks
-    // go one per warp afterwards. The first group loads before the table is built, each next group while
-    // the current one is used.
-    u32 full = chunks / MMA_GROUP * MMA_GROUP;
-    constexpr u32 STRIDE = MMA_WARPS * MMA_GROUP;
-    MmaLoad<MMA_GROUP> cur, nxt;
-    u32 c0 = warp * MMA_GROUP;
-    if (c0 < full) {
+    u32 ra = (u32)(row0 + g < n ? row0 + g : n - 1), rb = (u32)(row0 + g + 8 < n ? row0 + g + 8 : n - 1);
+    u32 spans = k >> 7;
+    // 16-byte pieces (32 weights): piece p = r * (k / 32) + 4 * span + t; its block p >> shift. The host
+    // checks that blocksize is a power of two >= 64 and that piece indices fit 32 bits.
+    u32 pa = ra * (k >> 5) + t, pb = rb * (k >> 5) + t;
+    u32 shift = __ffs(blocksize >> 5) - 1;
+    u32 last_block = (u32)(((u64)n * k - 1) / blocksize);
+    const uint4* wq = (const uint4*)packed;
+    // Group q = spans 2q, 2q + 1 (pieces 8q .. 8q + 7 of a row): lane t reads the absmax of the row's
+    // block base + t (base: the group's first block), clamped to the last block.
+    auto fetch = [&](u32 q, int nspans, MmaLoad& l) {
 #pragma unroll
-        for (int u = 0; u < MMA_GROUP; u++) fetch(c0 + u, cur.wa[u], cur.wb[u], cur.sa[u], cur.sb[u]);
-    }
+        for (int s = 0; s < MMA_SPANS; s++) {
+            if (s < nspans) {
+                l.wa[s] = ld_stream16(wq + pa + 8 * q + 4 * s);
+                l.wb[s] = ld_stream16(wq + pb + 8 * q + 4 * s);
+            }
+        }
+        u32 ba = ((pa - t + 8 * q) >> shift) + t, bb = ((pb - t + 8 * q) >> shift) + t;
+        l.sa = __ldg(absmax + (ba < last_block ? ba : last_block));
+        l.sb = __ldg(absmax + (bb < last_block ? bb : last_block));
+    };
+    u32 full = spans / MMA_SPANS;
+    MmaLoad cur, nxt;
+    u32 q0 = warp;
+    if (q0 < full) fetch(q0, MMA_SPANS, cur);
     // Entry byte * 32 + copy: (table[byte >> 4], table[byte & 15]) in x's dtype. Thread i writes bytes
     // (i >> 5) + 8j, copy i & 31: its low nibbles take two values, its high nibbles j >> 1.
     {
@@ -539,64 +562,73 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
     const char* lut = (const char*)mma_shared;
     // Activation row of tile j for this lane. A lane past m reads row m0 instead: column g of the product
     // depends on column g of the activations only, and the columns past m are not stored.
-    const u16* xr[NB];
+    const uint4* xr[NB];
 #pragma unroll
     for (int j = 0; j < NB; j++) {
         u64 b = m0 + 8 * j + g;
-        xr[j] = (const u16*)x + (b < m ? b : m0) * k + 16 * t;
+        xr[j] = (const uint4*)((const u16*)x + (b < m ? b : m0) * k + 32 * t);
     }
-    float acc[NB][4];
+    // Two accumulators per tile (even and odd mmas), added at the end: two dependency chains.
+    float acc[NB][2][4];
 #pragma unroll
     for (int j = 0; j < NB; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-    // Chunk c against every tile: A fragments of mma i are rows g and g + 8, bytes 2i and 2i + 1.
-    auto chunk = [&](u32 c, uint2 wa, uint2 wb, float sa, float sb) {
-        u32 fa[4][4];
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int q = 0; q < 8; q++) {
-            u32 va = q < 4 ? wa.x : wa.y, vb = q < 4 ? wb.x : wb.y;
-            // Byte q & 3 of the word times 128 (its entry), plus the lane's copy: one shift and one LOP3.
-            u32 b = q & 3;
-            u32 oa = ((b == 0 ? va << 7 : va >> (8 * b - 7)) & 0x7f80u) | copy;
-            u32 ob = ((b == 0 ? vb << 7 : vb >> (8 * b - 7)) & 0x7f80u) | copy;
-            fa[q >> 1][(q & 1) * 2] = *(const u32*)(lut + oa);
-            fa[q >> 1][(q & 1) * 2 + 1] = *(const u32*)(lut + ob);
-        }
+            for (int e = 0; e < 4; e++) acc[j][h][e] = 0.0f;
+    // Span `sp` (group-relative s) against every tile.
+    auto span = [&](u32 sp, u32 s, const MmaLoad& l) {
+        // The block of this lane's piece, relative to the group's first block, picks the lane whose absmax
+        // it is.
+        u32 q8 = (sp >> 1) * 8;
+        u32 da = ((pa + q8 + 4 * s) >> shift) - ((pa - t + q8) >> shift);
+        u32 db = ((pb + q8 + 4 * s) >> shift) - ((pb - t + q8) >> shift);
+        float fa = __shfl_sync(0xffffffffu, l.sa, (lane & ~3u) | da);
+        float fb = __shfl_sync(0xffffffffu, l.sb, (lane & ~3u) | db);
+        u32 ha = DT == DT_F16 ? f2h(fa) : f2b(fa), hb = DT == DT_F16 ? f2h(fb) : f2b(fb);
+        u32 sa2 = ha | (ha << 16), sb2 = hb | (hb << 16);
+        uint4 wa = l.wa[s], wb = l.wb[s];
+        u32 wav[4] = {wa.x, wa.y, wa.z, wa.w}, wbv[4] = {wb.x, wb.y, wb.z, wb.w};
+        uint4 xv[NB][4];
 #pragma unroll
-        for (int j = 0; j < NB; j++) {
-            const uint4* xp = (const uint4*)xr[j] + c * 8;
-            uint4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
-            u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int j = 0; j < NB; j++)
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                mma_16816<DT>(s, fa[i][0], fa[i][1], fa[i][2], fa[i][3], xb[2 * i], xb[2 * i + 1]);
-            acc[j][0] = fmaf(s[0], sa, acc[j][0]);
-            acc[j][1] = fmaf(s[1], sa, acc[j][1]);
-            acc[j][2] = fmaf(s[2], sb, acc[j][2]);
-            acc[j][3] = fmaf(s[3], sb, acc[j][3]);
+            for (int v = 0; v < 4; v++) xv[j][v] = __ldg(xr[j] + sp * 16 + v);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            // Bytes 2i and 2i + 1 of each row: word i / 2, bytes 2 (i & 1) and 2 (i & 1) + 1.
+            u32 fr[4];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                u32 b = 2 * (i & 1) + h;
+                u32 va = wav[i >> 1], vb = wbv[i >> 1];
+                // Byte b of the word times 128 (its entry), plus the lane's copy: one shift and one LOP3.
+                u32 oa = ((b == 0 ? va << 7 : va >> (8 * b - 7)) & 0x7f80u) | copy;
+                u32 ob = ((b == 0 ? vb << 7 : vb >> (8 * b - 7)) & 0x7f80u) | copy;
+                fr[2 * h] = mul2<DT>(*(const u32*)(lut + oa), sa2);
+                fr[2 * h + 1] = mul2<DT>(*(const u32*)(lut + ob), sb2);
+            }
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                u32 xw[4] = {xv[j][i >> 1].x, xv[j][i >> 1].y, xv[j][i >> 1].z, xv[j][i >> 1].w};
+                mma_16816<DT>(acc[j][i & 1], fr[0], fr[1], fr[2], fr[3], xw[2 * (i & 1)], xw[2 * (i & 1) + 1]);
+            }
         }
     };
-    // Two groups per trip, alternating buffers (no register copies between trips).
-    auto step = [&](u32 c, MmaLoad<MMA_GROUP>& use, MmaLoad<MMA_GROUP>& load) {
-        if (c + STRIDE < full) {
+    for (; q0 < full; q0 += 2 * MMA_WARPS) {
+        if (q0 + MMA_WARPS < full) fetch(q0 + MMA_WARPS, MMA_SPANS, nxt);
 #pragma unroll
-            for (int u = 0; u < MMA_GROUP; u++)
-                fetch(c + STRIDE + u, load.wa[u], load.wb[u], load.sa[u], load.sb[u]);
-        }
+        for (int s = 0; s < MMA_SPANS; s++) span(q0 * MMA_SPANS + s, s, cur);
+        if (q0 + MMA_WARPS >= full) break;
+        if (q0 + 2 * MMA_WARPS < full) fetch(q0 + 2 * MMA_WARPS, MMA_SPANS, cur);
 #pragma unroll
-        for (int u = 0; u < MMA_GROUP; u++) chunk(c + u, use.wa[u], use.wb[u], use.sa[u], use.sb[u]);
-    };
-    for (; c0 < full; c0 += 2 * STRIDE) {
-        step(c0, cur, nxt);
-        if (c0 + STRIDE < full) step(c0 + STRIDE, nxt, cur);
+        for (int s = 0; s < MMA_SPANS; s++) span((q0 + MMA_WARPS) * MMA_SPANS + s, s, nxt);
     }
-    if (full + warp < chunks) {
-        uint2 wa, wb;
-        float sa, sb;
-        fetch(full + warp, wa, wb, sa, sb);
-        chunk(full + warp, wa, wb, sa, sb);
+    // An odd span: the last warp's.
+    if (spans % MMA_SPANS != 0 && warp == MMA_WARPS - 1) {
+        MmaLoad l;
+        fetch(full, 1, l);
+        span(full * MMA_SPANS, 0, l);
     }
     // The warps' sums in warp order (the table's memory is reused: every warp is past its last lookup).
     __syncthreads();
@@ -604,7 +636,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
 #pragma unroll
     for (int j = 0; j < NB; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) red[((warp * NB + j) * 4 + e) * 32 + lane] = acc[j][e];
+        for (int e = 0; e < 4; e++) red[((warp * NB + j) * 4 + e) * 32 + lane] = acc[j][0][e] + acc[j][1][e];
     __syncthreads();
     if (warp != 0) return;
 #pragma unroll

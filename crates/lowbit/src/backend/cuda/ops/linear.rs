@@ -13,6 +13,11 @@ const TABLE_BYTES: usize = 256 * 16 * 8;
 /// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
 const MMA_WARPS: u32 = 8;
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
+/// Activation rows from which f16/bf16 4-bit linears take the tensor-core kernel: one row stays on the
+/// word kernel, which was as fast or faster on an H200 (9.3 / 20.2 / 21.4 / 57.2 us against 9.3 / 20.2 /
+/// 22.5 / 70.8 at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672, f16, one run), while two rows already
+/// cost 1.1-1.4x less on the tensor-core kernel except at 8192x28672 (docs/PERFORMANCE.md).
+const MMA_ROWS_MIN: usize = 2;
 /// Activation rows up to which f16/bf16 4-bit linears take the tensor-core kernel: 32 rows are four
 /// 8-row tiles of one weight read (above, dequantize + cuBLAS where present).
 const MMA_ROWS_MAX: usize = 32;
@@ -175,17 +180,17 @@ impl Cuda {
 
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
     /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply: f16/bf16 activations,
-    /// at most [`MMA_ROWS_MAX`] rows, 64-column chunks inside one quantization block, 16-byte aligned
-    /// activations, a power-of-two blocksize, and `mma.sync` with bf16 (compute capability 8.0 and later);
+    /// [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 128-column spans, 16-byte aligned activations, a
+    /// power-of-two blocksize of at least 64 (each lane's 32 weights in one block), and `mma.sync` with bf16 (compute capability 8.0 and later);
     /// `LOWBIT_CUDA_NO_MMA=1` turns it off (the warp-per-row kernels then serve every row count: for
     /// comparing the two in one benchmark run).
     fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
         let fits = matches!(dtype, DType::F16 | DType::BF16)
-            && (1..=MMA_ROWS_MAX).contains(&m)
-            && w.cols.is_multiple_of(64)
+            && (MMA_ROWS_MIN..=MMA_ROWS_MAX).contains(&m)
+            && w.cols.is_multiple_of(128)
             && w.blocksize >= 64
             && w.blocksize.is_power_of_two()
-            && (w.rows * w.cols / 64) < 1 << 32
+            && (w.rows * w.cols / 32) < 1 << 32
             && x.addr().is_multiple_of(16)
             && self.capability >= (8, 0)
             && !mma_disabled();
