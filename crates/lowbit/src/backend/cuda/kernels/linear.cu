@@ -440,9 +440,10 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 // the absmax and their product are each rounded to it (bitsandbytes rounds each dequantized weight to its
 // compute dtype before its product). The absmax values of a group of two spans (at most four blocks per
 // row) are read once per row, one per lane, and passed to the lanes that need them by shuffles.
-// Measured (docs/PERFORMANCE.md): reading 8 bytes per lane per 64-column chunk, with the chunk's f32 sum
-// scaled once, each warp load and each absmax load touched twice as many cache lines per byte, and the L1
-// (shared with the table) was the bottleneck.
+// The previous version (commit 4f52c3d) read 8 bytes per lane per 64-column chunk and scaled each chunk's
+// f32 sum by the exact absmax (one rounding per weight instead of three): twice the cache lines per weight
+// byte, 1-5% slower at 2 rows but 1-17% faster at 8-16 (docs/PERFORMANCE.md). Either way the L1's load pipe
+// is the limit.
 // A block is 16 weight rows and 8 warps; warp w takes groups w, w + 8, ... (the next group's loads in flight
 // while one is used), then the odd span if any; the warps' sums are added in warp order through shared
 // memory. Every output's summation order depends only on k: a batch split into parts gives the same bits.

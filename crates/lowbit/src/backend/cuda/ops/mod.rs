@@ -31,7 +31,8 @@ pub const ROWS_MAX: usize = 32;
 /// first, as bitsandbytes does) where cuBLAS is present; below it the warp-per-row kernel reads the weight
 /// once. Measured on an H200 (NF4, f16, docs/PERFORMANCE.md): with the pair-table word kernel of 2026-12-03,
 /// 8 rows take 26-189 us against 31-317 us for dequantize + cuBLAS at 4096x4096 .. 8192x28672; 16 rows (two
-/// passes of 8) would take about twice the 8-row time, more than cuBLAS's 31-320 us.
+/// passes of 8) would take about twice the 8-row time, more than cuBLAS's 31-320 us. 4-bit weights under
+/// f16/bf16 activations take the tensor-core kernel up to 32 rows before this route (ops/linear.rs).
 pub const BLAS_MIN_ROWS: usize = 9;
 
 /// Which kernel a float or 4-bit linear layer runs for its activation rows.
