@@ -426,7 +426,8 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     }
 }
 
-// 4-bit weights on tensor cores, for 1-32 activation rows of f16/bf16 (sm_80 and later): the weight in
+// 4-bit weights on tensor cores, for 2-32 activation rows of f16/bf16 (sm_80 and later; the host keeps one
+// row on the word kernel, which measured as fast or faster): the weight in
 // bitsandbytes' own layout (nothing repacked), decoded straight into the A fragments of
 // `mma.sync.m16n8k16` (weight rows as M, activation rows as N, f32 accumulators). A product sums over k in
 // any order, so each lane reads whole bytes and the k positions of the fragments are assigned to match:

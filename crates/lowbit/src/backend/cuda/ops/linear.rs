@@ -179,9 +179,10 @@ impl Cuda {
     }
 
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
-    /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply: f16/bf16 activations,
-    /// [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 128-column spans, 16-byte aligned activations, a
-    /// power-of-two blocksize of at least 64 (each lane's 32 weights in one block), and `mma.sync` with bf16 (compute capability 8.0 and later);
+    /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply. It needs f16/bf16
+    /// activations, [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 128-column spans, 16-byte
+    /// aligned activations, a power-of-two blocksize of at least 64 (each lane's 32 weights in one block),
+    /// 16-byte piece indices that fit 32 bits, and `mma.sync` with bf16 (compute capability 8.0 and later).
     /// `LOWBIT_CUDA_NO_MMA=1` turns it off (the warp-per-row kernels then serve every row count: for
     /// comparing the two in one benchmark run).
     fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
@@ -190,7 +191,7 @@ impl Cuda {
             && w.cols.is_multiple_of(128)
             && w.blocksize >= 64
             && w.blocksize.is_power_of_two()
-            && (w.rows * w.cols / 32) < 1 << 32
+            && u32::try_from(w.rows * w.cols / 32).is_ok()
             && x.addr().is_multiple_of(16)
             && self.capability >= (8, 0)
             && !mma_disabled();
