@@ -41,6 +41,9 @@ __device__ __forceinline__ u16 f2b(float f) {
     return (u16)(u >> 16);
 }
 
+// f32 to the bits of half-precision dtype DT (f16 or bf16), rounded to nearest even.
+template <int DT> __device__ __forceinline__ u16 f2dt(float f) { return DT == DT_F16 ? f2h(f) : f2b(f); }
+
 template <int DT> __device__ __forceinline__ float ldf(const void* p, u64 i);
 template <> __device__ __forceinline__ float ldf<DT_F32>(const void* p, u64 i) { return ((const float*)p)[i]; }
 template <> __device__ __forceinline__ float ldf<DT_F16>(const void* p, u64 i) { return h2f(((const u16*)p)[i]); }

@@ -545,12 +545,12 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             float v = __ldg(table_g + ((b0 + 8 * e) & 15));
-            lo[e] = DT == DT_F16 ? f2h(v) : f2b(v);
+            lo[e] = f2dt<DT>(v);
         }
 #pragma unroll
         for (int h = 0; h < 16; h++) {
             float v = __ldg(table_g + h);
-            u32 hi = DT == DT_F16 ? f2h(v) : f2b(v);
+            u32 hi = f2dt<DT>(v);
 #pragma unroll
             for (int e = 0; e < 2; e++)
                 mma_shared[(b0 + 8 * (2 * h + e)) * 32 + (threadIdx.x & 31)] = hi | (lo[e] << 16);
@@ -587,7 +587,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
         u32 db = ((pb + q8 + 4 * s) >> shift) - ((pb - t + q8) >> shift);
         float fa = __shfl_sync(0xffffffffu, l.sa, (lane & ~3u) | da);
         float fb = __shfl_sync(0xffffffffu, l.sb, (lane & ~3u) | db);
-        u32 ha = DT == DT_F16 ? f2h(fa) : f2b(fa), hb = DT == DT_F16 ? f2h(fb) : f2b(fb);
+        u32 ha = f2dt<DT>(fa), hb = f2dt<DT>(fb);
         u32 sa2 = ha | (ha << 16), sb2 = hb | (hb << 16);
         uint4 wa = l.wa[s], wb = l.wb[s];
         u32 wav[4] = {wa.x, wa.y, wa.z, wa.w}, wbv[4] = {wb.x, wb.y, wb.z, wb.w};

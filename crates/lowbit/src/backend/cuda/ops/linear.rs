@@ -109,11 +109,11 @@ impl Cuda {
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul_4bit";
-        if let Some(nb) = self.mma_tiles(x, dtype, m, w) {
-            return self.linear_4bit_mma(x, dtype, m, w, bias, out, nb);
-        }
+        // The tensor-core kernel where it applies (it reads the weight once for up to 32 rows), before
+        // the cuBLAS route for batches.
+        let mma = self.mma_tiles(x, dtype, m, w);
         let route = linear_route(m, self.blas().is_some());
-        if route == LinearRoute::Blas {
+        if mma.is_none() && route == LinearRoute::Blas {
             // bitsandbytes' route for batches: the weight dequantized in x's dtype, then one product.
             let table = self.fourbit_table(w.quant_type);
             let n_w = w.rows * w.cols;
@@ -138,7 +138,14 @@ impl Cuda {
             p(&y),
             dt(out),
         ];
-        if m <= ROWS_MAX {
+        if let Some(nb) = mma {
+            let grid = (
+                u32_of(OP, w.rows.div_ceil(16))?,
+                u32_of(OP, m.div_ceil(8 * nb))?,
+            );
+            let name = format!("linear_4bit_mma_{}_b{nb}", suffix(dtype));
+            self.launch_shared(&name, grid, 32 * MMA_WARPS, MMA_TABLE_BYTES, &common)?;
+        } else if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
             let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
             // Weight rows per warp in the word kernel: 4 shares each activation load among more rows, 2
@@ -196,46 +203,6 @@ impl Cuda {
             && self.capability >= (8, 0)
             && !mma_disabled();
         fits.then(|| m.div_ceil(8).next_power_of_two())
-    }
-
-    /// The tensor-core 4-bit kernel for `nb` tiles of 8 activation rows per pass (see [`Self::mma_tiles`]).
-    #[allow(clippy::too_many_arguments)]
-    fn linear_4bit_mma(
-        &self,
-        x: &CudaStorage,
-        dtype: DType,
-        m: usize,
-        w: &Weight4,
-        bias: Option<&Buf>,
-        out: DType,
-        nb: usize,
-    ) -> Result<Buf> {
-        const OP: &str = "matmul_4bit";
-        let y = self.alloc(OP, m * w.rows * out.size_in_bytes())?;
-        let grid = (
-            u32_of(OP, w.rows.div_ceil(16))?,
-            u32_of(OP, m.div_ceil(8 * nb))?,
-        );
-        self.launch_shared(
-            &format!("linear_4bit_mma_{}_b{nb}", suffix(dtype)),
-            grid,
-            32 * MMA_WARPS,
-            MMA_TABLE_BYTES,
-            &[
-                p(x),
-                Arg::U64(m as u64),
-                p(w.packed),
-                p(w.absmax),
-                Arg::Ptr(self.fourbit_table(w.quant_type)),
-                Arg::U32(u32_of(OP, w.rows)?),
-                Arg::U32(u32_of(OP, w.cols)?),
-                Arg::U32(w.blocksize as u32),
-                opt(bias),
-                p(&y),
-                dt(out),
-            ],
-        )?;
-        Ok(y)
     }
 
     /// `y[m, n] = x[m, k] @ w[n, k]^T + bias`, x and w of one dtype, accumulated in f32 and written in `out`.
