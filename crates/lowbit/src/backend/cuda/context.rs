@@ -25,26 +25,20 @@ pub const FAMILIES: [&str; 6] = [
     "model",
 ];
 
-/// The CUDA C source of `family`: the shared helpers, then its file.
+/// The CUDA C source of `family`: the shared helpers, then its file (the half-precision linear programs
+/// also the tensor-core kernel's).
 pub fn source(family: &str) -> String {
-    let (define, body) = match family {
-        "quant" => ("", include_str!("kernels/quant.cu")),
-        "linear_f32" => (
-            "#define LOWBIT_LINEAR_F32\n",
-            include_str!("kernels/linear.cu"),
-        ),
-        "linear_f16" => (
-            "#define LOWBIT_LINEAR_F16\n",
-            include_str!("kernels/linear.cu"),
-        ),
-        "linear_bf16" => (
-            "#define LOWBIT_LINEAR_BF16\n",
-            include_str!("kernels/linear.cu"),
-        ),
-        "int8" => ("", include_str!("kernels/int8.cu")),
-        _ => ("", include_str!("kernels/model.cu")),
+    const LINEAR: &str = include_str!("kernels/linear.cu");
+    const LINEAR_MMA: &str = include_str!("kernels/linear_mma.cu");
+    let (define, body, extra) = match family {
+        "quant" => ("", include_str!("kernels/quant.cu"), ""),
+        "linear_f32" => ("#define LOWBIT_LINEAR_F32\n", LINEAR, ""),
+        "linear_f16" => ("#define LOWBIT_LINEAR_F16\n", LINEAR, LINEAR_MMA),
+        "linear_bf16" => ("#define LOWBIT_LINEAR_BF16\n", LINEAR, LINEAR_MMA),
+        "int8" => ("", include_str!("kernels/int8.cu"), ""),
+        _ => ("", include_str!("kernels/model.cu"), ""),
     };
-    format!("{define}{COMMON}\n{body}")
+    format!("{define}{COMMON}\n{body}\n{extra}")
 }
 
 /// The family whose program holds `kernel` (names follow `kernels/*.cu`).

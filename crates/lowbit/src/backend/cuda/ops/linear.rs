@@ -1,5 +1,5 @@
 //! Linear layers: the warp-per-row 4-bit and dense kernels, the tiled GEMMs, and cuBLAS for batches
-//! (kernels/linear.cu, blas.rs).
+//! (kernels/linear.cu, kernels/linear_mma.cu, blas.rs).
 
 use super::{
     Arg, Buf, Cuda, CudaStorage, LIN_WARPS, LinearRoute, ROWS_MAX, THREADS, Weight4, blocks, dt,
@@ -186,7 +186,7 @@ impl Cuda {
     }
 
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
-    /// (`linear_4bit_mma_*`, kernels/linear.cu), or `None` where it does not apply. It needs f16/bf16
+    /// (`linear_4bit_mma_*`, kernels/linear_mma.cu), or `None` where it does not apply. It needs f16/bf16
     /// activations, [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 128-column spans, 16-byte
     /// aligned activations, a power-of-two blocksize of at least 64 (each lane's 32 weights in one block),
     /// 16-byte piece indices that fit 32 bits, and `mma.sync` with bf16 (compute capability 8.0 and later).
