@@ -136,15 +136,31 @@ def main():
         linear_4bit(dev, out_f, in_f, torch.float16, 512, False)
     if a.quick:
         return
-    n = 64 << 20  # 128 MB of f16 values per quantize/dequantize test (256 MB in f32)
-    x = torch.randn(n, device=dev, dtype=torch.float32)
-    t = median_time(lambda: F.quantize_4bit(x, blocksize=64, quant_type="nf4"), a.iters)
-    emit("quantize_4bit", [n], t, n * 4 + n // 2 + n // 64 * 4, dtype="f32")
-    packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
-    t = median_time(lambda: F.dequantize_4bit(packed, state), a.iters)
-    emit("dequantize_4bit", [n], t, n * 4 + n // 2 + n // 64 * 4, dtype="f32")
-    t = median_time(lambda: F.quantize_blockwise(x, blocksize=4096), a.iters)
-    emit("quantize_blockwise", [n], t, n * 4 + n + n // 4096 * 4, dtype="f32")
+    # Quantizers and dequantizers on 64 Mi values (`cuda_bench --kernels` times lowbit's on the same sizes).
+    n = 64 << 20
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
+        name = "f32" if size == 4 else "f16"
+        x = torch.randn(n, device=dev, dtype=dtype)
+        t = median_time(lambda: F.quantize_4bit(x, blocksize=64, quant_type="nf4"), a.iters)
+        emit("quantize_4bit", [n], t, n * size + n // 2 + n // 16, detail=f"nf4 bs64 {name}")
+        packed, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
+        t = median_time(lambda: F.dequantize_4bit(packed, state), a.iters)
+        emit("dequantize_4bit", [n], t, n * size + n // 2 + n // 16, detail=f"nf4 bs64 {name}")
+        for bs in (256, 4096):
+            t = median_time(lambda: F.quantize_blockwise(x, blocksize=bs), a.iters)
+            emit("quantize_blockwise", [n], t, n * size + n + n // bs * 4, detail=f"bs{bs} {name}")
+            codes, qs = F.quantize_blockwise(x, blocksize=bs)
+            t = median_time(lambda: F.dequantize_blockwise(codes, qs), a.iters)
+            emit("dequantize_blockwise", [n], t, n * size + n + n // bs * 4, detail=f"bs{bs} {name}")
+        del x, packed, state, codes, qs
+    # LLM.int8()'s integer product (i32 out) at 16, 256 and 4096 rows.
+    for rows, cols in ((4096, 4096), (4096, 14336)):
+        b = torch.randint(-127, 128, (rows, cols), device=dev, dtype=torch.int8)
+        for m in (16, 256, 4096):
+            a8 = torch.randint(-127, 128, (m, cols), device=dev, dtype=torch.int8)
+            t = median_time(lambda: F.int8_linear_matmul(a8, b), a.iters)
+            emit("int8_linear_matmul", [n], t, (m + rows) * cols + m * rows * 4,
+                 detail=f"{m}x{cols} @ {rows}x{cols}^T")
     # matmul_4bit batch 512 and the dense f16 matmul it is compared with.
     import bitsandbytes as bnb
     w = torch.randn(4096, 4096, device=dev, dtype=torch.float16) * 0.02

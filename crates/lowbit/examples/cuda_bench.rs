@@ -5,7 +5,8 @@
 //! JSON object per line.
 //!
 //! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick] [--one-row] [--shape OUTxIN]
-//! [--host-cost] (`--host-cost`: only where the host time of one small op goes, layer by layer)
+//! [--host-cost] [--kernels] (`--host-cost`: only where the host time of one small op goes, layer by layer;
+//! `--kernels`: only the quantizers, dequantizers, int8 products and ternary GEMVs, on device allocations)
 
 use lowbit::backend::cuda::CudaBackend;
 use lowbit::runtime::RecoveryPolicy;
@@ -32,12 +33,16 @@ fn main() -> lowbit::Result<()> {
         }
         return Ok(());
     }
-    let dev = Device::from_backend(Arc::new(backend)).with_policy(RecoveryPolicy {
+    let backend = Arc::new(backend);
+    let dev = Device::from_backend(backend.clone()).with_policy(RecoveryPolicy {
         strict: true,
         ..RecoveryPolicy::default()
     });
     eprintln!("device: {} ({})", dev.id(), dev.name());
     copy_bandwidth(&dev)?;
+    if std::env::args().any(|a| a == "--kernels") {
+        return kernels(&dev, &backend);
+    }
     // One shape only (profiling one kernel).
     let only: Option<(usize, usize)> = std::env::args()
         .skip_while(|a| a != "--shape")
@@ -191,5 +196,52 @@ fn output_head(dev: &Device, out: usize, inp: usize) -> lowbit::Result<()> {
         ("mean_s", format!("{t:e}")),
         ("gbps", format!("{:.1}", bytes as f64 / t / 1e9)),
     ]);
+    Ok(())
+}
+
+/// The quantizers, dequantizers and int8 products on device allocations (GPU time from CUDA events), then
+/// the ternary GEMV at the four GEMV shapes, weights rotated past L2.
+fn kernels(dev: &Device, backend: &CudaBackend) -> lowbit::Result<()> {
+    let n = 64 << 20;
+    for k in backend.kernel_costs(n, 20)? {
+        emit(&[
+            ("op", format!("\"{}\"", k.op)),
+            ("impl", "\"lowbit-cuda\"".into()),
+            ("detail", format!("\"{}\"", k.detail)),
+            ("shape", format!("[{n}]")),
+            ("mean_s", format!("{:e}", k.seconds)),
+            ("gbps", format!("{:.1}", k.bytes as f64 / k.seconds / 1e9)),
+        ]);
+    }
+    for (out, inp) in [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)] {
+        let w = lowbit::synth::normal(vec![out, inp], 0.02, 7, DType::F16);
+        let q = dev.ternary_quantize(&w)?;
+        let wbytes = q.packed.len();
+        let copies = ROTATE_BYTES.div_ceil(wbytes).clamp(2, 16);
+        let weights: Vec<_> = (0..copies)
+            .map(|_| dev.upload_ternary(&q))
+            .collect::<lowbit::Result<_>>()?;
+        for dtype in [DType::F32, DType::F16] {
+            let x = dev.to_device(&lowbit::synth::normal(vec![1, inp], 1.0, 9, dtype))?;
+            let t = time(dev, 200, |i| {
+                dev.linear_ternary(&x, &weights[i % copies], None)
+                    .map(|_| ())
+            })?;
+            let bytes = wbytes + (inp + out) * dtype.size_in_bytes();
+            emit(&[
+                ("op", "\"ternary_gemv\"".into()),
+                ("impl", "\"lowbit-cuda\"".into()),
+                ("shape", format!("[{out}, {inp}]")),
+                ("batch", "1".into()),
+                ("dtype", format!("\"{dtype}\"")),
+                ("weights_from", "\"rotated\"".into()),
+                ("mean_s", format!("{t:e}")),
+                ("gbps", format!("{:.1}", bytes as f64 / t / 1e9)),
+            ]);
+        }
+    }
+    if let Some(s) = dev.stats().ops.values().find(|s| s.fallbacks > 0) {
+        panic!("an op fell back to the CPU: {s:?}");
+    }
     Ok(())
 }

@@ -232,9 +232,10 @@ fn linear_4bit_matches_the_host_reference_on_every_device() {
 /// 4-bit linears under f16/bf16 activations (models' `--activations f16|bf16`) against float64 on the
 /// dequantized weight, at every row count 1-32 (CUDA's tensor-core kernel takes 8-row tiles) and past it.
 /// Each 64-column block of the weight is scaled by its own factor (1-4x), so a block read with another
-/// block's absmax is off by far more than the bound. Shapes: one group of spans, an odd span with rows not
-/// a multiple of 16 and blocksize 128, more groups than one pass of a block's warps, and columns not a
-/// multiple of 128 or of 64 (the row kernels). Bound, per output: each weight may be formed in x's dtype
+/// block's absmax is off by far more than the bound. Shapes (for the tensor-core kernel's 64-column chunks,
+/// two per group): two groups, rows not a multiple of 16 with blocksize 128, more groups than one pass of a
+/// block's warps, a chunk left over after the groups, and columns not a multiple of 64 (the row kernels).
+/// Bound, per output: each weight may be formed in x's dtype
 /// (table value, absmax and their product each rounded: 3u, with unit roundoff u = 2^-11 for f16, 2^-8 for
 /// bf16; bitsandbytes rounds each dequantized weight to its compute dtype too) and the f32 sum may lose
 /// k * 2^-22 (tensor cores' accumulation), both relative to sum |x_j w_j|, plus the output's rounding, u|y|.
@@ -1071,5 +1072,113 @@ fn ternary_quantization_gives_one_answer_on_every_device() {
         );
         assert!(got.packed == want.packed, "packed bytes on {}", dev.id());
         assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
+/// Values for the quantizers: blocks of very different magnitudes, exact small ratios (the ties f16/bf16
+/// data produce), whole zero blocks, blocks of nothing but zeros and NaNs, and NaN, infinities, signed zeros
+/// and subnormals sprinkled in.
+fn quantizer_input(n: usize, blocksize: usize, seed: u64, dtype: DType) -> Tensor {
+    let mut r = lowbit::synth::SplitMix64::new(seed);
+    let mut below = move |k: u64| (r.next_u64() % k) as i64;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let len = blocksize.min(n - v.len());
+        let kind = below(10);
+        let scale = 10f32.powi(below(8) as i32 - 4);
+        for _ in 0..len {
+            v.push(match kind {
+                0 => 0.0,
+                1 => [0.0, f32::NAN][below(2) as usize],
+                2 => (below(49) - 24) as f32 / 24.0 * scale,
+                3 if below(50) == 0 => f32::from_bits(below(0x7f_ffff) as u32 + 1),
+                _ => (below(1 << 24) as f32 / (1 << 23) as f32 - 1.0) * scale,
+            });
+        }
+        if kind >= 7 {
+            let at = v.len() - 1 - below(len as u64) as usize;
+            v[at] = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -0.0,
+                1e-40,
+                -3e-39,
+            ][below(6) as usize];
+        }
+    }
+    Tensor::from_floats(vec![n], FloatVec::from_f32(v, dtype)).unwrap()
+}
+
+/// The quantizers and dequantizers on every device, byte for byte against the CPU reference: every block
+/// size, f32/f16/bf16 input, lengths with a partial last block that are and are not multiples of 8 (CUDA's
+/// vector kernels and its scalar ones), and the special values of [`quantizer_input`].
+#[test]
+fn quantizers_are_byte_identical_to_the_reference_on_every_device() {
+    use lowbit::format::blocksize::{BLOCKSIZES_4BIT, BLOCKSIZES_8BIT};
+    let _serial = serial();
+    let s = seed("quantizers");
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let devs = devices();
+    let bytes = |t: &Tensor| t.data().as_bytes().to_vec();
+    let lengths = |case: usize, bs: usize| [3 * bs, 2 * bs + 8 * (1 + case), bs + 13];
+    for (case, &bs) in BLOCKSIZES_4BIT.iter().enumerate() {
+        for (d, dtype) in [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            for (i, n) in lengths(case, bs).into_iter().enumerate() {
+                let x = quantizer_input(n, bs, s + (100 * case + 10 * d + i) as u64, dtype);
+                for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+                    let want = reference.quantize_4bit(&x, qt, bs, false).unwrap();
+                    let absmax = want.state.absmax.to_f32();
+                    let wd = bytes(&reference.dequantize_4bit(&want).unwrap());
+                    let wd32 = bytes(&reference.dequantize_4bit_as(&want, DType::F32).unwrap());
+                    for dev in &devs {
+                        let what = format!("{qt:?} {dtype} bs {bs} n {n} on {}", dev.id());
+                        let got = dev.quantize_4bit(&x, qt, bs, false).unwrap();
+                        assert!(got.packed == want.packed, "{what}: packed bytes");
+                        assert_eq!(
+                            bits(&got.state.absmax.to_f32()),
+                            bits(&absmax),
+                            "{what}: absmax"
+                        );
+                        let d = dev.dequantize_4bit(&want).unwrap();
+                        assert!(bytes(&d) == wd, "{what}: dequantized");
+                        let d32 = dev.dequantize_4bit_as(&want, DType::F32).unwrap();
+                        assert!(bytes(&d32) == wd32, "{what}: dequantized to f32");
+                    }
+                }
+            }
+        }
+    }
+    for (case, &bs) in BLOCKSIZES_8BIT.iter().enumerate() {
+        for (d, dtype) in [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            for (i, n) in lengths(case, bs).into_iter().enumerate() {
+                let x = quantizer_input(n, bs, s + (5000 + 100 * case + 10 * d + i) as u64, dtype);
+                for signed in [true, false] {
+                    let code = lowbit::format::dynamic_map(signed);
+                    let want = reference.quantize_blockwise(&x, bs, Some(code)).unwrap();
+                    let wd = bytes(&reference.dequantize_blockwise(&want, None).unwrap());
+                    for dev in &devs {
+                        let what = format!(
+                            "8-bit signed {signed} {dtype} bs {bs} n {n} on {}",
+                            dev.id()
+                        );
+                        let got = dev.quantize_blockwise(&x, bs, Some(code)).unwrap();
+                        assert!(got.codes == want.codes, "{what}: codes");
+                        assert_eq!(bits(&got.absmax), bits(&want.absmax), "{what}: absmax");
+                        let d = dev.dequantize_blockwise(&want, None).unwrap();
+                        assert!(bytes(&d) == wd, "{what}: dequantized");
+                    }
+                }
+            }
+        }
+    }
+    for dev in &devs {
+        assert_eq!(fallbacks(dev), 0, "{}", dev.id());
     }
 }

@@ -19,6 +19,7 @@ fn launched_kernels() -> Vec<String> {
     let mut v: Vec<String> = [
         "dequantize",
         "dequantize_4bit_x8",
+        "dequantize_8bit_x8",
         "bias_finish",
         "int8_col_outliers",
         "int8_row_quant",
@@ -50,6 +51,8 @@ fn launched_kernels() -> Vec<String> {
     for dt in ["f32", "f16", "bf16"] {
         v.push(format!("quantize_blockwise_{dt}"));
         v.push(format!("quantize_4bit_{dt}"));
+        v.push(format!("quantize_blockwise_x8_{dt}"));
+        v.push(format!("quantize_4bit_x8_{dt}"));
         v.push(format!("gemm_dense_{dt}"));
         v.push(format!("gemm_4bit_{dt}"));
         for r in [1, 2, 4, 8] {
@@ -67,7 +70,9 @@ fn launched_kernels() -> Vec<String> {
     // The tensor-core 4-bit kernel, half-precision activations only.
     for dt in ["f16", "bf16"] {
         for b in [1, 2, 4] {
-            v.push(format!("linear_4bit_mma_{dt}_b{b}"));
+            for w in [4, 8] {
+                v.push(format!("linear_4bit_mma_{dt}_b{b}_w{w}"));
+            }
         }
     }
     v

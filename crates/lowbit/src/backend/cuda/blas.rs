@@ -71,22 +71,72 @@ impl Blas {
             DType::BF16 => cudaDataType::CUDA_R_16BF,
             _ => cudaDataType::CUDA_R_32F,
         };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let scalars = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
+        let types = (
+            ty,
+            cudaDataType::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        );
+        self.gemm_ex_nt(cuda, "matmul", (x, w, y), (m, n, k), scalars, types)
+    }
+
+    /// `c[m, n] (i32) = a[m, k] @ b[n, k]^T` on int8 operands, row-major: exact, like the int8 kernels
+    /// (bitsandbytes' `int8_linear_matmul` is this cuBLASLt product). cuBLAS's integer kernels want k and
+    /// n multiples of 4 (the caller checks); a shape it declines is an error the caller can route around.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_i8_nt(
+        &self,
+        cuda: &Cuda,
+        a: u64,
+        b: u64,
+        c: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (alpha, beta) = (1i32, 0i32);
+        let scalars = ((&alpha as *const i32).cast(), (&beta as *const i32).cast());
+        let types = (
+            cudaDataType::CUDA_R_8I,
+            cudaDataType::CUDA_R_32I,
+            cublasComputeType_t::CUBLAS_COMPUTE_32I,
+        );
+        self.gemm_ex_nt(
+            cuda,
+            "int8_linear_matmul",
+            (a, b, c),
+            (m, n, k),
+            scalars,
+            types,
+        )
+    }
+
+    /// Row-major `Y[m, n] = X[m, k] W[n, k]^T` through `cublasGemmEx`: `ops` = (X, W, Y) addresses,
+    /// `scalars` = host pointers to alpha and beta of the compute type, `types` = (operand type, result
+    /// type, compute type).
+    fn gemm_ex_nt(
+        &self,
+        cuda: &Cuda,
+        op: &'static str,
+        (x, w, y): (u64, u64, u64),
+        (m, n, k): (usize, usize, usize),
+        (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void),
+        (ty, out_ty, compute): (cudaDataType, cudaDataType, cublasComputeType_t),
+    ) -> Result<()> {
         let dim = |v: usize| {
             i32::try_from(v).map_err(|_| crate::Error::InvalidArgument {
-                op: "matmul",
+                op,
                 detail: format!("dimension {v} exceeds cuBLAS's 32-bit range"),
             })
         };
         let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let h = self.handle.lock().unwrap_or_else(|p| p.into_inner());
-        cuda.ctx
-            .bind_to_thread()
-            .map_err(|e| cuda.error("matmul", e))?;
+        cuda.ctx.bind_to_thread().map_err(|e| cuda.error(op, e))?;
         // Row-major Y = X W^T is column-major Y^T = W X^T: A = W (k x n, transposed), B = X (k x m).
         // SAFETY: the three addresses are live allocations of this context holding m*k, n*k and m*n
-        // elements (checked by the op layer and the allocations of the callers); alpha and beta are host
-        // scalars (the handle's default pointer mode).
+        // elements (checked by the op layer and the allocations of the callers); alpha and beta point to
+        // host scalars of the compute type (the handle's default pointer mode) that outlive the call.
         let r = unsafe {
             cudarc::cublas::result::gemm_ex(
                 *h,
@@ -95,27 +145,23 @@ impl Blas {
                 ni,
                 mi,
                 ki,
-                (&alpha as *const f32).cast(),
+                alpha,
                 w as *const _,
                 ty,
                 ki,
                 x as *const _,
                 ty,
                 ki,
-                (&beta as *const f32).cast(),
+                beta,
                 y as *mut _,
-                cudaDataType::CUDA_R_32F,
+                out_ty,
                 ni,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                compute,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
         r.map_err(|e| {
-            crate::Error::Device(DeviceError::failed(
-                &*cuda.id,
-                "matmul",
-                format!("cuBLAS: {e}"),
-            ))
+            crate::Error::Device(DeviceError::failed(&*cuda.id, op, format!("cuBLAS: {e}")))
         })
     }
 }

@@ -14,6 +14,7 @@ mod ops;
 mod storage;
 
 pub use context::{FAMILIES, compile, family_of, source, unavailable_reason};
+pub use ops::KernelCost;
 
 /// Whether NVRTC, the runtime compiler the kernels need, can be loaded (no driver or GPU needed).
 pub fn nvrtc_present() -> bool {

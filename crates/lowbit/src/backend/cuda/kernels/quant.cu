@@ -90,6 +90,147 @@ QUANT_KERNELS(f32, DT_F32)
 QUANT_KERNELS(f16, DT_F16)
 QUANT_KERNELS(bf16, DT_BF16)
 
+// The same quantizers in vector form, for n a multiple of 8 and 16-byte aligned input (the host checks):
+// eight consecutive values per thread (one or two 16-byte loads), blocksize / 8 consecutive threads per
+// quantization block (a power of two from 4 to 512; a thread block holds max(256, blocksize / 8) threads),
+// the block's absmax by shuffles (and through shared memory across warps past 256 values), then the very
+// same per-value operations: the bytes are the scalar kernels', at the memory's speed (one thread block per
+// 32-value quantization block left most of each SM idle).
+template <int DT> __device__ __forceinline__ void load8(const void* x, u64 g, float (&v)[8]) {
+    if constexpr (DT == DT_F32) {
+        const float4* p = (const float4*)x + 2 * g;
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+        uint4 w = __ldg((const uint4*)x + g);
+        u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            v[2 * t] = DT == DT_F16 ? h2f((u16)(ws[t] & 0xffffu)) : b2f((u16)(ws[t] & 0xffffu));
+            v[2 * t + 1] = DT == DT_F16 ? h2f((u16)(ws[t] >> 16)) : b2f((u16)(ws[t] >> 16));
+        }
+    }
+}
+
+// The max of `m` over the `threads` consecutive threads of this thread's group (a power of two; groups
+// aligned to it). `red` holds one float per warp. Every thread of the block calls it (barriers).
+__device__ __forceinline__ float group_max(float m, u32 threads, float* red) {
+    u32 lanes = threads < 32 ? threads : 32;
+    for (u32 off = 1; off < lanes; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threads > 32) {
+        u32 warp = threadIdx.x >> 5, per = threads >> 5, w0 = warp / per * per;
+        __syncthreads();  // the previous round's readers are done with `red`
+        if ((threadIdx.x & 31) == 0) red[warp] = m;
+        __syncthreads();
+        m = red[w0];
+        for (u32 w = 1; w < per; w++) m = fmaxf(m, red[w0 + w]);
+    }
+    return m;
+}
+
+// Thread g of the grid-stride loop takes values 8g .. 8g + 7; past n8 it takes zeros (they leave the max
+// alone) and stores nothing. The loop bound is the block's first g, so every thread of a block runs the
+// same trips (group_max's barriers).
+#define FOR_EACH_8(n8)                                                                                        \
+    for (u64 g = (u64)blockIdx.x * blockDim.x + threadIdx.x; g - threadIdx.x < (n8);                          \
+         g += (u64)gridDim.x * blockDim.x)
+
+template <int DT>
+__device__ void quantize_4bit_x8_impl(const void* x, u64 n8, u32 blocksize, int fp4, const float* thr_g,
+                                      const u8* fp4_bits_g, u32* packed, float* absmax) {
+    __shared__ float red[32];
+    __shared__ u8 bits[8];
+    if (threadIdx.x < 8) bits[threadIdx.x] = fp4_bits_g[threadIdx.x];
+    float thr[15];
+#pragma unroll
+    for (int t = 0; t < 15; t++) thr[t] = __ldg(thr_g + t);
+    __syncthreads();
+    u32 per = blocksize >> 3, shift = __ffs(per) - 1;
+    FOR_EACH_8(n8) {
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (g < n8) load8<DT>(x, g, v);
+        float m = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(v[e]));
+        m = group_max(m, per, red);
+        float r = rcp_approx(m);
+        if (g < n8) {
+            u32 word = 0;
+#pragma unroll
+            for (int b = 0; b < 4; b++) {
+                u32 hi = quantize_nibble(mul_ftz(v[2 * b], r), fp4, thr, bits);
+                u32 lo = quantize_nibble(mul_ftz(v[2 * b + 1], r), fp4, thr, bits);
+                word |= ((hi << 4) | lo) << (8 * b);
+            }
+            packed[g] = word;
+            if ((threadIdx.x & (per - 1)) == 0) absmax[g >> shift] = m;
+        }
+    }
+}
+
+// The scalar kernel's binary search, in two levels with the same answer (the count of midpoints below s,
+// then ties to the even index): the 15 midpoints 15, 31, .., 239 from registers pick a run of 16, then at
+// most 4 steps in shared memory, where each lane reads its own copy of the midpoints (no bank conflicts).
+__device__ __forceinline__ u8 quantize_code8_2level(float s, const float (&coarse)[15], const float* mids32,
+                                                    u32 lane) {
+    if (isnan(s)) return 0;
+    u32 c = 0;
+#pragma unroll
+    for (int j = 0; j < 15; j++) c += coarse[j] < s;
+    u32 lo = 16 * c, hi = 16 * c + 15;
+    while (lo < hi) {
+        u32 mid = (lo + hi) >> 1;
+        if (mids32[mid * 32 + lane] < s) lo = mid + 1; else hi = mid;
+    }
+    if (lo < 255 && mids32[lo * 32 + lane] == s && (lo & 1)) lo += 1;
+    return (u8)lo;
+}
+
+template <int DT>
+__device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize, const float* mids_g,
+                                           uint2* codes, float* absmax) {
+    __shared__ float red[32];
+    __shared__ float mids32[255 * 32];
+    for (u32 i = threadIdx.x; i < 255 * 32; i += blockDim.x) mids32[i] = __ldg(mids_g + (i >> 5));
+    float coarse[15];
+#pragma unroll
+    for (int j = 0; j < 15; j++) coarse[j] = __ldg(mids_g + 16 * j + 15);
+    __syncthreads();
+    u32 lane = threadIdx.x & 31, per = blocksize >> 3, shift = __ffs(per) - 1;
+    FOR_EACH_8(n8) {
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (g < n8) load8<DT>(x, g, v);
+        float m = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(v[e]));
+        m = group_max(m, per, red);
+        float r = rcp_approx(m);
+        if (g < n8) {
+            u32 w[2] = {0, 0};
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                w[e >> 2] |= (u32)quantize_code8_2level(mul_ftz(v[e], r), coarse, mids32, lane) << (8 * (e & 3));
+            codes[g] = make_uint2(w[0], w[1]);
+            if ((threadIdx.x & (per - 1)) == 0) absmax[g >> shift] = m;
+        }
+    }
+}
+
+#define QUANT_X8_KERNELS(SUFFIX, DT)                                                                           \
+    extern "C" __global__ void quantize_blockwise_x8_##SUFFIX(const void* x, u64 n8, u32 blocksize,          \
+                                                              const float* mids, uint2* codes,                \
+                                                              float* absmax) {                                \
+        quantize_blockwise_x8_impl<DT>(x, n8, blocksize, mids, codes, absmax);                               \
+    }                                                                                                         \
+    extern "C" __global__ void quantize_4bit_x8_##SUFFIX(const void* x, u64 n8, u32 blocksize, int fp4,      \
+                                                         const float* thr, const u8* fp4_bits, u32* packed,   \
+                                                         float* absmax) {                                     \
+        quantize_4bit_x8_impl<DT>(x, n8, blocksize, fp4, thr, fp4_bits, packed, absmax);                     \
+    }
+QUANT_X8_KERNELS(f32, DT_F32)
+QUANT_X8_KERNELS(f16, DT_F16)
+QUANT_X8_KERNELS(bf16, DT_BF16)
+
 // out[i] = ftz(table[code_i] * absmax[i / blocksize]), written in `odt`; `bits` 8 (one code per byte) or 4
 // (nibbles, element 2k the high nibble of byte k).
 extern "C" __global__ void dequantize(const u8* q, const float* absmax, const float* table, u32 bits, u64 n,
@@ -98,6 +239,24 @@ extern "C" __global__ void dequantize(const u8* q, const float* absmax, const fl
     for (; i < n; i += (u64)gridDim.x * blockDim.x) {
         u32 c = bits == 8 ? q[i] : ((i & 1) ? (q[i >> 1] & 15u) : (q[i >> 1] >> 4));
         st_dt(out, i, odt, ftz(__fmul_rn(table[c], absmax[i / blocksize])));
+    }
+}
+
+// Eight values in `odt` at out[8g ..]: 16-byte stores (two in f32).
+__device__ __forceinline__ void store8(void* out, u64 g, int odt, const float (&v)[8]) {
+    if (odt == DT_F32) {
+        float4* o = (float4*)out + 2 * g;
+        o[0] = make_float4(v[0], v[1], v[2], v[3]);
+        o[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+        u32 h[4];
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            u16 lo = odt == DT_F16 ? f2h(v[2 * t]) : f2b(v[2 * t]);
+            u16 hi = odt == DT_F16 ? f2h(v[2 * t + 1]) : f2b(v[2 * t + 1]);
+            h[t] = (u32)lo | ((u32)hi << 16);
+        }
+        ((uint4*)out)[g] = make_uint4(h[0], h[1], h[2], h[3]);
     }
 }
 
@@ -119,19 +278,27 @@ extern "C" __global__ void dequantize_4bit_x8(const u32* q, const float* absmax,
             v[2 * b] = ftz(__fmul_rn(table[byte >> 4], a));
             v[2 * b + 1] = ftz(__fmul_rn(table[byte & 15u], a));
         }
-        if (odt == DT_F32) {
-            float4* o = (float4*)out + 2 * g;
-            o[0] = make_float4(v[0], v[1], v[2], v[3]);
-            o[1] = make_float4(v[4], v[5], v[6], v[7]);
-        } else {
-            u32 h[4];
+        store8(out, g, odt, v);
+    }
+}
+
+// The 8-bit dequantizer for n % 8 == 0 and a power-of-two blocksize (8-bit blocks hold at least 64 values):
+// a thread turns 8 codes (one 8-byte load) into 8 values with one absmax (index g >> shift, shift =
+// log2(blocksize / 8)), the table in shared memory, 16-byte stores.
+extern "C" __global__ void dequantize_8bit_x8(const uint2* q, const float* absmax, const float* table_g, u64 n8,
+                                              u32 shift, void* out, int odt) {
+    __shared__ float table[256];
+    for (u32 i = threadIdx.x; i < 256; i += blockDim.x) table[i] = table_g[i];
+    __syncthreads();
+    for (u64 g = (u64)blockIdx.x * blockDim.x + threadIdx.x; g < n8; g += (u64)gridDim.x * blockDim.x) {
+        uint2 w = __ldg(q + g);
+        float a = __ldg(absmax + (g >> shift));
+        float v[8];
 #pragma unroll
-            for (int t = 0; t < 4; t++) {
-                u16 lo = odt == DT_F16 ? f2h(v[2 * t]) : f2b(v[2 * t]);
-                u16 hi = odt == DT_F16 ? f2h(v[2 * t + 1]) : f2b(v[2 * t + 1]);
-                h[t] = (u32)lo | ((u32)hi << 16);
-            }
-            ((uint4*)out)[g] = make_uint4(h[0], h[1], h[2], h[3]);
+        for (int e = 0; e < 8; e++) {
+            u32 byte = ((e < 4 ? w.x : w.y) >> (8 * (e & 3))) & 255u;
+            v[e] = ftz(__fmul_rn(table[byte], a));
         }
+        store8(out, g, odt, v);
     }
 }

@@ -8,7 +8,7 @@ use crate::tensor::DType;
 /// Activation rows per pass of the dp4a kernels (`DP4A_ROWS` in kernels/int8.cu; `ternary_matmul` too).
 const DP4A_ROWS: usize = 8;
 /// Up to this many activation rows the int8 product runs as a dp4a GEMV (each pass reads the weight once);
-/// past it, the shared-memory tile GEMM.
+/// past it, cuBLAS's integer product where cuBLAS is present, else the shared-memory tile GEMM.
 const DP4A_MAX_ROWS: usize = 16;
 
 impl Cuda {
@@ -104,6 +104,19 @@ impl Cuda {
     ) -> Result<Buf> {
         const OP: &str = "int8_linear_matmul";
         let c = self.alloc(OP, m * n * 4)?;
+        let aligned = [a.addr(), b.addr(), c.addr()]
+            .iter()
+            .all(|p| p.is_multiple_of(16));
+        if let Some(blas) = self.blas()
+            && !self.int8_few_rows(m)
+            && k.is_multiple_of(4)
+            && n.is_multiple_of(4)
+            && aligned
+        {
+            // Batches: cuBLAS's integer tensor-core product (the same exact i32 sums).
+            blas.gemm_i8_nt(self, a.addr(), b.addr(), c.addr(), m, n, k)?;
+            return Ok(c);
+        }
         // Few rows: a warp per weight row, 16 bytes per lane step (k % 16 == 0); otherwise 32x32 tiles.
         let (name, grid, block) = if k.is_multiple_of(16) && self.int8_few_rows(m) {
             let grid = (n.div_ceil(LIN_WARPS), m.div_ceil(DP4A_ROWS));

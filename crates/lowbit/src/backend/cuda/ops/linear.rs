@@ -10,9 +10,17 @@ use crate::tensor::DType;
 
 /// The pair table at the start of a 4-bit word kernel's dynamic shared memory (`LIN4_TABLE_BYTES`).
 const TABLE_BYTES: usize = 256 * 16 * 8;
-/// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
-const MMA_WARPS: u32 = 8;
+/// The tensor-core 4-bit kernel's pair table (`MMA_TABLE_BYTES`).
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
+/// Warps per block of the tensor-core 4-bit kernel: 8, or 4 where `LOWBIT_CUDA_MMA_WARPS=4` asks (read
+/// once; for comparing both in one benchmark run).
+fn mma_warps() -> u32 {
+    static W: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *W.get_or_init(|| match std::env::var("LOWBIT_CUDA_MMA_WARPS").as_deref() {
+        Ok("4") => 4,
+        _ => 8,
+    })
+}
 /// Activation rows from which f16/bf16 4-bit linears take the tensor-core kernel: one row stays on the
 /// word kernel, which was as fast or faster on an H200 (9.3 / 20.2 / 21.4 / 57.2 us against 9.3 / 20.2 /
 /// 22.5 / 70.8 at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672, f16, one run), while two rows already
@@ -143,8 +151,9 @@ impl Cuda {
                 u32_of(OP, w.rows.div_ceil(16))?,
                 u32_of(OP, m.div_ceil(8 * nb))?,
             );
-            let name = format!("linear_4bit_mma_{}_b{nb}", suffix(dtype));
-            self.launch_shared(&name, grid, 32 * MMA_WARPS, MMA_TABLE_BYTES, &common)?;
+            let w = mma_warps();
+            let name = format!("linear_4bit_mma_{}_b{nb}_w{w}", suffix(dtype));
+            self.launch_shared(&name, grid, 32 * w, MMA_TABLE_BYTES, &common)?;
         } else if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
             let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
@@ -187,18 +196,18 @@ impl Cuda {
 
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
     /// (`linear_4bit_mma_*`, kernels/linear_mma.cu), or `None` where it does not apply. It needs f16/bf16
-    /// activations, [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 128-column spans, 16-byte
-    /// aligned activations, a power-of-two blocksize of at least 64 (each lane's 32 weights in one block),
-    /// 16-byte piece indices that fit 32 bits, and `mma.sync` with bf16 (compute capability 8.0 and later).
+    /// activations, [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 64-column chunks, 16-byte
+    /// aligned activations, a power-of-two blocksize of at least 64 (each chunk in one block), chunk
+    /// indices that fit 32 bits, and `mma.sync` with bf16 (compute capability 8.0 and later).
     /// `LOWBIT_CUDA_NO_MMA=1` turns it off (the warp-per-row kernels then serve every row count: for
     /// comparing the two in one benchmark run).
     fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
         let fits = matches!(dtype, DType::F16 | DType::BF16)
             && (MMA_ROWS_MIN..=MMA_ROWS_MAX).contains(&m)
-            && w.cols.is_multiple_of(128)
+            && w.cols.is_multiple_of(64)
             && w.blocksize >= 64
             && w.blocksize.is_power_of_two()
-            && u32::try_from(w.rows * w.cols / 32).is_ok()
+            && u32::try_from(w.rows * w.cols / 64).is_ok()
             && x.addr().is_multiple_of(16)
             && self.capability >= (8, 0)
             && !mma_disabled();

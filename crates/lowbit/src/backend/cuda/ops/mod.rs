@@ -5,6 +5,7 @@
 
 mod host_cost;
 mod int8;
+mod kernel_cost;
 mod linear;
 mod model;
 mod quant;
@@ -15,6 +16,8 @@ use crate::Result;
 use crate::format::FourBitType;
 use crate::tensor::DType;
 use std::sync::Arc;
+
+pub use kernel_cost::KernelCost;
 
 pub type Buf = Arc<CudaStorage>;
 
