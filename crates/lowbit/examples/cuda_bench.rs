@@ -5,8 +5,9 @@
 //! JSON object per line.
 //!
 //! usage: cargo run --release -p lowbit --example cuda_bench [-- --quick] [--one-row] [--shape OUTxIN]
-//! [--host-cost] [--kernels] (`--host-cost`: only where the host time of one small op goes, layer by layer;
-//! `--kernels`: only the quantizers, dequantizers, int8 products and ternary GEMVs, on device allocations)
+//! [--host-cost] [--kernels] [--mma] (`--host-cost`: only where the host time of one small op goes, layer by
+//! layer; `--kernels`: only the quantizers, dequantizers, int8 products and ternary GEMVs, on device
+//! allocations; `--mma`: only f16 batches of 2-16 rows, the tensor-core kernel's)
 
 use lowbit::backend::cuda::CudaBackend;
 use lowbit::runtime::RecoveryPolicy;
@@ -57,6 +58,14 @@ fn main() -> lowbit::Result<()> {
         (None, true) => &all[..1],
         (None, false) => &all,
     };
+    if std::env::args().any(|a| a == "--mma") {
+        for &(out, inp) in shapes {
+            for batch in [2, 4, 8, 16] {
+                linear_4bit(&dev, out, inp, DType::F16, batch, true)?;
+            }
+        }
+        return Ok(());
+    }
     for &(out, inp) in shapes {
         for dtype in [DType::F16, DType::BF16] {
             let batches: &[usize] = if one_row { &[1] } else { &[1, 2, 4, 8, 16] };
