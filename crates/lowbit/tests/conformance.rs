@@ -1125,7 +1125,13 @@ fn quantizers_are_byte_identical_to_the_reference_on_every_device() {
     let bytes = |t: &Tensor| -> Vec<u32> {
         f32s(t)
             .iter()
-            .map(|v| if v.is_nan() { f32::NAN.to_bits() } else { v.to_bits() })
+            .map(|v| {
+                if v.is_nan() {
+                    f32::NAN.to_bits()
+                } else {
+                    v.to_bits()
+                }
+            })
             .collect()
     };
     let lengths = |case: usize, bs: usize| [3 * bs, 2 * bs + 8 * (1 + case), bs + 13];
