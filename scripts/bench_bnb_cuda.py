@@ -153,10 +153,10 @@ def main():
             t = median_time(lambda: F.dequantize_blockwise(codes, qs), a.iters)
             emit("dequantize_blockwise", [n], t, n * size + n + n // bs * 4, detail=f"bs{bs} {name}")
         del x, packed, state, codes, qs
-    # LLM.int8()'s integer product (i32 out) at 16, 256 and 4096 rows.
+    # LLM.int8()'s integer product (i32 out) at 8, 16, 256 and 4096 rows.
     for rows, cols in ((4096, 4096), (4096, 14336)):
         b = torch.randint(-127, 128, (rows, cols), device=dev, dtype=torch.int8)
-        for m in (16, 256, 4096):
+        for m in (8, 16, 256, 4096):
             a8 = torch.randint(-127, 128, (m, cols), device=dev, dtype=torch.int8)
             t = median_time(lambda: F.int8_linear_matmul(a8, b), a.iters)
             emit("int8_linear_matmul", [n], t, (m + rows) * cols + m * rows * 4,

@@ -389,10 +389,12 @@ fn linear_ternary_is_bit_identical_on_every_device() {
     let _serial = serial();
     let s = seed("linear_ternary");
     let reference = Device::from_backend(Arc::new(ReferenceBackend));
-    // Columns a multiple of 16 (the GPUs' 16-column kernels) at every row count 1-32, and not.
+    // Columns a multiple of 16 (the GPUs' 16-column kernels) at every row count 1-32, and not; rows of
+    // more 16-byte words than a warp's unrolled step covers (32 lanes x 4), with a ragged last step.
     let cases = (1..=32usize)
         .map(|batch| (21, 96, batch, batch % 3))
-        .chain([(19, 72, 11, 0), (19, 72, 11, 2)]);
+        .chain([(19, 72, 11, 0), (19, 72, 11, 2)])
+        .chain([(37, 4112, 1, 0), (37, 4112, 3, 1), (9, 2064, 9, 2)]);
     for (rows, cols, batch, dtype) in cases {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype];
         let w = rand(vec![rows, cols], 0.05, s + rows as u64, DType::F32);

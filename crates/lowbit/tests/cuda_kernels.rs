@@ -70,9 +70,7 @@ fn launched_kernels() -> Vec<String> {
     // The tensor-core 4-bit kernel, half-precision activations only.
     for dt in ["f16", "bf16"] {
         for b in [1, 2, 4] {
-            for w in [4, 8] {
-                v.push(format!("linear_4bit_mma_{dt}_b{b}_w{w}"));
-            }
+            v.push(format!("linear_4bit_mma_{dt}_b{b}"));
         }
     }
     v

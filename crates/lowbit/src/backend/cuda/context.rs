@@ -199,8 +199,6 @@ pub struct Cuda {
     blas: OnceLock<Option<super::blas::Blas>>,
     pub name: String,
     pub capability: (i32, i32),
-    /// Streaming multiprocessors (sizes grids whose last wave matters).
-    pub sm_count: u32,
 }
 
 /// A loaded kernel and the byte size of each of its parameters, where the driver reports them.
@@ -285,12 +283,6 @@ impl Cuda {
             .compute_capability()
             .map_err(|err| e("reading the compute capability", err))?;
         let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        let sm_count = ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|err| e("reading the multiprocessor count", err))?
-            .max(1) as u32;
         let up = |v: &[f32]| {
             stream
                 .clone_htod(v)
@@ -324,7 +316,6 @@ impl Cuda {
             blas: OnceLock::new(),
             name,
             capability,
-            sm_count,
         })
     }
 

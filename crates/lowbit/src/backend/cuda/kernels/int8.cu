@@ -261,6 +261,7 @@ extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u3
     }
 }
 
+#define TERNARY_U 4
 // `ternary_matmul` for cols % 16 == 0: a warp per packed row r, whose bytes hold output rows r, r + pr,
 // r + 2 pr and r + 3 pr (2 bits each), so each packed byte is read once for its four rows; each lane takes 16
 // packed bytes and the same 16 columns of every activation row at a time. With codes c = t + 1 in {0, 1, 2},
@@ -280,24 +281,33 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
     for (int s = 0; s < 4; s++)
 #pragma unroll
         for (int b = 0; b < DP4A_ROWS; b++) acc[s][b] = 0;
-    for (u32 w = lane; w < words; w += 32) {
-        uint4 pv = __ldg(prow + w);
-        u32 pw[4] = {pv.x, pv.y, pv.z, pv.w};
-        u32 codes[4][4];
+    // TERNARY_U words per lane loaded before any is used: enough bytes in flight to stream the weight.
+    for (u32 w0 = lane; w0 < words; w0 += 32 * TERNARY_U) {
+        uint4 pvs[TERNARY_U];
 #pragma unroll
-        for (int s = 0; s < 4; s++)
+        for (int u = 0; u < TERNARY_U; u++)
+            pvs[u] = w0 + 32 * u < words ? __ldg(prow + w0 + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int q = 0; q < 4; q++) codes[s][q] = (pw[q] >> (2 * s)) & 0x03030303u;
+        for (int u = 0; u < TERNARY_U; u++) {
+            u32 w = w0 + 32 * u;
+            if (w >= words) break;
+            u32 pw[4] = {pvs[u].x, pvs[u].y, pvs[u].z, pvs[u].w};
+            u32 codes[4][4];
 #pragma unroll
-        for (int b = 0; b < DP4A_ROWS; b++) {
-            if (b0 + b < batch) {
-                uint4 xv = __ldg(xq + (u64)(b0 + b) * words + w);
-                u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
+            for (int s = 0; s < 4; s++)
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    i32 xs = dp4a(0x01010101u, xw[q], 0);
+                for (int q = 0; q < 4; q++) codes[s][q] = (pw[q] >> (2 * s)) & 0x03030303u;
 #pragma unroll
-                    for (int s = 0; s < 4; s++) acc[s][b] = dp4a(codes[s][q], xw[q], acc[s][b]) - xs;
+            for (int b = 0; b < DP4A_ROWS; b++) {
+                if (b0 + b < batch) {
+                    uint4 xv = __ldg(xq + (u64)(b0 + b) * words + w);
+                    u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        i32 xs = dp4a(0x01010101u, xw[q], 0);
+#pragma unroll
+                        for (int s = 0; s < 4; s++) acc[s][b] = dp4a(codes[s][q], xw[q], acc[s][b]) - xs;
+                    }
                 }
             }
         }

@@ -18,9 +18,11 @@
 // A later version read 16 bytes per lane per 128-column span (half the cache lines per weight byte) and
 // scaled each weight by its absmax in x's dtype before the mma (three roundings per weight instead of one):
 // 1-5% faster at 2 rows, 1-17% slower at 8-16 rows on an H200, so this one was kept (docs/PERFORMANCE.md).
-// A block is 16 weight rows and W warps; warp w takes chunk groups w, w + W, ... (2 chunks per group, their
+// A block is 16 weight rows and W = 8 warps (4-warp blocks measured 1.3-1.6x slower where 8-warp ones leave
+// a small last wave); warp w takes chunk groups w, w + W, ... (2 chunks per group, their
 // 4 loads issued together, the next group's in flight while one is used), and the warps' sums are added in warp order through shared memory. Every
 // output's summation order depends only on k: a batch split into parts gives the same bits.
+#define MMA_WARPS 8
 #define MMA_GROUP 2
 #define MMA_TABLE_BYTES (256 * 32 * 4)
 
@@ -184,18 +186,14 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
         }
 }
 
-// W warps per block (8, or 4 where 8-warp blocks would leave a large last wave): the same registers per
-// thread either way.
-#define MMA_KERNEL(SUFFIX, DT, NB, W)                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * (W), ((NB) == 1 ? 24 : 16) / (W))                       \
-        linear_4bit_mma_##SUFFIX##_b##NB##_w##W(const void* x, u64 m, const u8* packed, const float* absmax,   \
-                                                const float* table, u32 n, u32 k, u32 blocksize,               \
-                                                const float* bias, void* y, int odt) {                         \
-        linear_4bit_mma_impl<DT, NB, W>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);           \
+#define MMA_KERNEL(SUFFIX, DT, NB)                                                                             \
+    extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, (NB) == 1 ? 3 : 2)                          \
+        linear_4bit_mma_##SUFFIX##_b##NB(const void* x, u64 m, const u8* packed, const float* absmax,          \
+                                         const float* table, u32 n, u32 k, u32 blocksize, const float* bias,   \
+                                         void* y, int odt) {                                                   \
+        linear_4bit_mma_impl<DT, NB, MMA_WARPS>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);   \
     }
-#define MMA_KERNELS(SUFFIX, DT)                                                                                \
-    MMA_KERNEL(SUFFIX, DT, 1, 8) MMA_KERNEL(SUFFIX, DT, 2, 8) MMA_KERNEL(SUFFIX, DT, 4, 8)                    \
-    MMA_KERNEL(SUFFIX, DT, 1, 4) MMA_KERNEL(SUFFIX, DT, 2, 4) MMA_KERNEL(SUFFIX, DT, 4, 4)
+#define MMA_KERNELS(SUFFIX, DT) MMA_KERNEL(SUFFIX, DT, 1) MMA_KERNEL(SUFFIX, DT, 2) MMA_KERNEL(SUFFIX, DT, 4)
 
 #if defined(LOWBIT_LINEAR_F16)
 MMA_KERNELS(f16, DT_F16)

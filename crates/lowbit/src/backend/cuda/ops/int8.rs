@@ -7,9 +7,14 @@ use crate::tensor::DType;
 
 /// Activation rows per pass of the dp4a kernels (`DP4A_ROWS` in kernels/int8.cu; `ternary_matmul` too).
 const DP4A_ROWS: usize = 8;
-/// Up to this many activation rows the int8 product runs as a dp4a GEMV (each pass reads the weight once);
-/// past it, cuBLAS's integer product where cuBLAS is present, else the shared-memory tile GEMM.
+/// Up to this many activation rows the int8 product runs as a dp4a GEMV (each pass reads the weight once)
+/// where cuBLAS is absent; past it, the shared-memory tile GEMM.
 const DP4A_MAX_ROWS: usize = 16;
+/// From this many activation rows on, the int8 product is cuBLAS's where cuBLAS is present. H200, us, dp4a
+/// GEMV against cuBLAS at 1 / 2 / 4 / 8 / 16 rows (docs/PERFORMANCE.md): 4096x4096 7.0 / 7.5 / 10.3 / 16.4 /
+/// 29.4 against 7.7 / 14.7 / 13.7 / 11.8 / 14.6; 4096x14336 21.6 / 31.9 / 52.9 / 93.9 / 169.2 against 21.7 /
+/// 29.5 / 27.1 / 26.8 / 21.4.
+const INT8_BLAS_MIN_ROWS: usize = 4;
 
 impl Cuda {
     /// Column outlier flags (u32 per column) of `a [rows, cols]`.
@@ -108,7 +113,7 @@ impl Cuda {
             .iter()
             .all(|p| p.is_multiple_of(16));
         if let Some(blas) = self.blas()
-            && !self.int8_few_rows(m)
+            && m >= INT8_BLAS_MIN_ROWS
             && k.is_multiple_of(4)
             && n.is_multiple_of(4)
             && aligned
@@ -305,10 +310,11 @@ impl Cuda {
         const OP: &str = "ternary_act_quant";
         let q = self.alloc(OP, rows * cols)?;
         let scales = self.alloc(OP, rows * 4)?;
+        // A block per row, 1024 threads: one row is the whole launch at batch 1.
         self.launch(
             "ternary_act_quant",
             (u32_of(OP, rows)?, 1),
-            THREADS,
+            1024,
             &[
                 p(x),
                 dt(dtype),

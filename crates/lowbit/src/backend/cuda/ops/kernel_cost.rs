@@ -21,7 +21,7 @@ pub struct KernelCost {
 
 impl CudaBackend {
     /// Mean GPU seconds per call (CUDA events around `iters` queued calls, after two warm-up calls) of
-    /// each quantizer and dequantizer on `n` values, and of the int8 product at 16, 256 and 4096 rows.
+    /// each quantizer and dequantizer on `n` values, and of the int8 product at 1-16, 256 and 4096 rows.
     #[doc(hidden)]
     pub fn kernel_costs(&self, n: usize, iters: usize) -> Result<Vec<KernelCost>> {
         let c = &self.cuda;
@@ -92,7 +92,7 @@ impl CudaBackend {
                     .collect()
             };
             let b = c.upload_bytes("bench", &int8(rows * cols, 5))?;
-            for m in [16, 256, 4096] {
+            for m in [1, 2, 4, 8, 16, 256, 4096] {
                 let a = c.upload_bytes("bench", &int8(m * cols, 6))?;
                 let t = time(&mut || c.int8_gemm_dev(&a, &b, m, rows, cols).map(drop))?;
                 let bytes = (m + rows) * cols + m * rows * 4;

@@ -10,36 +10,9 @@ use crate::tensor::DType;
 
 /// The pair table at the start of a 4-bit word kernel's dynamic shared memory (`LIN4_TABLE_BYTES`).
 const TABLE_BYTES: usize = 256 * 16 * 8;
-/// The tensor-core 4-bit kernel's pair table (`MMA_TABLE_BYTES`).
+/// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
+const MMA_WARPS: u32 = 8;
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
-/// `LOWBIT_CUDA_MMA_WARPS` (4 or 8) fixes the warps per block of the tensor-core 4-bit kernel instead of
-/// [`mma_warps`]'s choice (read once; for comparing them in one benchmark run).
-fn mma_warps_forced() -> Option<u32> {
-    static W: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *W.get_or_init(|| match std::env::var("LOWBIT_CUDA_MMA_WARPS").as_deref() {
-        Ok("4") => Some(4),
-        Ok("8") => Some(8),
-        _ => None,
-    })
-}
-
-/// Warps per block of the tensor-core 4-bit kernel for a weight of `blocks` 16-row blocks on `sms`
-/// multiprocessors. 8-warp blocks of one tile fit 3 per SM, 4-warp blocks 6, with the same warps per SM.
-/// Where 8-warp blocks need more than one wave and the last is under half full, 4-warp blocks halve that
-/// tail (every block reads the same bytes, so a tail runs on few SMs). The choice depends on the weight's
-/// shape alone, not on the batch, so every batch size sums in the same order.
-fn mma_warps(blocks: usize, sms: u32) -> u32 {
-    if let Some(w) = mma_warps_forced() {
-        return w;
-    }
-    let slots = 3 * sms as usize;
-    let tail = blocks % slots;
-    if blocks > slots && tail != 0 && tail * 2 < slots {
-        4
-    } else {
-        8
-    }
-}
 /// Activation rows from which f16/bf16 4-bit linears take the tensor-core kernel: one row stays on the
 /// word kernel, which was as fast or faster on an H200 (9.3 / 20.2 / 21.4 / 57.2 us against 9.3 / 20.2 /
 /// 22.5 / 70.8 at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672, f16, one run), while two rows already
@@ -170,9 +143,8 @@ impl Cuda {
                 u32_of(OP, w.rows.div_ceil(16))?,
                 u32_of(OP, m.div_ceil(8 * nb))?,
             );
-            let w = mma_warps(grid.0 as usize, self.sm_count);
-            let name = format!("linear_4bit_mma_{}_b{nb}_w{w}", suffix(dtype));
-            self.launch_shared(&name, grid, 32 * w, MMA_TABLE_BYTES, &common)?;
+            let name = format!("linear_4bit_mma_{}_b{nb}", suffix(dtype));
+            self.launch_shared(&name, grid, 32 * MMA_WARPS, MMA_TABLE_BYTES, &common)?;
         } else if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
             let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
