@@ -35,6 +35,7 @@ fn launched_kernels() -> Vec<String> {
         "ternary_act_quant",
         "ternary_matmul",
         "ternary_matmul_dp4a",
+        "ternary_matmul_dp4a_r1",
         "cast",
         "binary",
         "gelu",

@@ -261,34 +261,33 @@ extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u3
     }
 }
 
-#define TERNARY_U 4
 // `ternary_matmul` for cols % 16 == 0: a warp per packed row r, whose bytes hold output rows r, r + pr,
 // r + 2 pr and r + 3 pr (2 bits each), so each packed byte is read once for its four rows; each lane takes 16
 // packed bytes and the same 16 columns of every activation row at a time. With codes c = t + 1 in {0, 1, 2},
 // sum t x = dp4a(c, x) - dp4a(1, x): exact integers, so the output bits equal `ternary_matmul`'s.
-extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
-                                               const uint4* packed, float weight_scale, u32 rows, u32 cols,
-                                               const float* bias, float* y) {
+template <int R, int U>
+__device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, u32 batch, const uint4* packed,
+                                         float weight_scale, u32 rows, u32 cols, const float* bias, float* y) {
     u32 lane = threadIdx.x & 31;
     u32 pr = (rows + 3) / 4;
     u32 r = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
-    u32 b0 = blockIdx.y * DP4A_ROWS;
+    u32 b0 = blockIdx.y * R;
     if (r >= pr) return;
     u32 words = cols >> 4;
     const uint4* prow = packed + (u64)r * words;
-    i32 acc[4][DP4A_ROWS];
+    i32 acc[4][R];
 #pragma unroll
     for (int s = 0; s < 4; s++)
 #pragma unroll
-        for (int b = 0; b < DP4A_ROWS; b++) acc[s][b] = 0;
-    // TERNARY_U words per lane loaded before any is used: enough bytes in flight to stream the weight.
-    for (u32 w0 = lane; w0 < words; w0 += 32 * TERNARY_U) {
-        uint4 pvs[TERNARY_U];
+        for (int b = 0; b < R; b++) acc[s][b] = 0;
+    // U words per lane loaded before any is used: enough bytes in flight to stream the weight.
+    for (u32 w0 = lane; w0 < words; w0 += 32 * U) {
+        uint4 pvs[U];
 #pragma unroll
-        for (int u = 0; u < TERNARY_U; u++)
+        for (int u = 0; u < U; u++)
             pvs[u] = w0 + 32 * u < words ? __ldg(prow + w0 + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int u = 0; u < TERNARY_U; u++) {
+        for (int u = 0; u < U; u++) {
             u32 w = w0 + 32 * u;
             if (w >= words) break;
             u32 pw[4] = {pvs[u].x, pvs[u].y, pvs[u].z, pvs[u].w};
@@ -298,7 +297,7 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
 #pragma unroll
                 for (int q = 0; q < 4; q++) codes[s][q] = (pw[q] >> (2 * s)) & 0x03030303u;
 #pragma unroll
-            for (int b = 0; b < DP4A_ROWS; b++) {
+            for (int b = 0; b < R; b++) {
                 if (b0 + b < batch) {
                     uint4 xv = __ldg(xq + (u64)(b0 + b) * words + w);
                     u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
@@ -316,7 +315,7 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
     for (int s = 0; s < 4; s++) {
         u32 o = s * pr + r;
 #pragma unroll
-        for (int b = 0; b < DP4A_ROWS; b++) {
+        for (int b = 0; b < R; b++) {
             i32 v = acc[s][b];
             for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
             if (lane == 0 && b0 + b < batch && o < rows) {
@@ -325,4 +324,17 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
             }
         }
     }
+}
+
+// R activation rows per pass; one row (a decode step) keeps 8 words in flight per lane in the registers the
+// other 7 rows' sums would take.
+extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
+                                               const uint4* packed, float weight_scale, u32 rows, u32 cols,
+                                               const float* bias, float* y) {
+    ternary_matmul_dp4a_impl<DP4A_ROWS, 4>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
+}
+extern "C" __global__ void ternary_matmul_dp4a_r1(const uint4* xq, const float* x_scale, u32 batch,
+                                                  const uint4* packed, float weight_scale, u32 rows, u32 cols,
+                                                  const float* bias, float* y) {
+    ternary_matmul_dp4a_impl<1, 8>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
 }

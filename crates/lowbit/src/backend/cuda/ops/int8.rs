@@ -342,7 +342,10 @@ impl Cuda {
         const OP: &str = "ternary_matmul";
         let y = self.alloc(OP, batch * rows * 4)?;
         // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned.
-        let (name, warps) = if cols.is_multiple_of(16) {
+        // One activation row (a decode step) has its own kernel with more bytes in flight per lane.
+        let (name, warps) = if cols.is_multiple_of(16) && batch == 1 {
+            ("ternary_matmul_dp4a_r1", rows.div_ceil(4))
+        } else if cols.is_multiple_of(16) {
             ("ternary_matmul_dp4a", rows.div_ceil(4))
         } else {
             ("ternary_matmul", rows)
