@@ -4,6 +4,7 @@
 //! and every test asserts that nothing fell back to the CPU, so a failing kernel cannot hide behind the
 //! recovery policy.
 
+mod common;
 mod cuda_common;
 #[cfg(feature = "wgpu")]
 mod wgpu_common;
@@ -1099,14 +1100,7 @@ fn quantizer_input(n: usize, blocksize: usize, seed: u64, dtype: DType) -> Tenso
         }
         if kind >= 7 {
             let at = v.len() - 1 - below(len as u64) as usize;
-            v[at] = [
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                -0.0,
-                1e-40,
-                -3e-39,
-            ][below(6) as usize];
+            v[at] = common::SPECIAL_F32[below(6) as usize];
         }
     }
     Tensor::from_floats(vec![n], FloatVec::from_f32(v, dtype)).unwrap()

@@ -2,6 +2,7 @@
 //! Every wgpu kernel against the CPU reference on fresh random inputs (the seed is printed; set
 //! `LOWBIT_SEED` to replay). Quantized bytes must be identical; float outputs stay within stated tolerances.
 
+mod common;
 mod wgpu_common;
 
 use half::{bf16, f16};
@@ -148,14 +149,7 @@ fn data_special(r: &mut StdRng, n: usize, blocksize: usize) -> Vec<f32> {
             1 | 2 => {
                 for _ in 0..r.random_range(1..4) {
                     let i = r.random_range(0..blk.len());
-                    blk[i] = [
-                        f32::NAN,
-                        f32::INFINITY,
-                        f32::NEG_INFINITY,
-                        -0.0,
-                        1e-40,
-                        -3e-39,
-                    ][r.random_range(0..6)];
+                    blk[i] = common::SPECIAL_F32[r.random_range(0..6)];
                 }
             }
             _ => {}

@@ -10,6 +10,17 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// Special f32 values the quantizer tests sprinkle into their inputs: NaN, infinities, a signed zero and
+/// subnormals.
+pub const SPECIAL_F32: [f32; 6] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    -0.0,
+    1e-40,
+    -3e-39,
+];
+
 /// One golden file: its cases (JSON objects) and tensors by name.
 pub struct GoldenFile {
     pub cases: Vec<Value>,

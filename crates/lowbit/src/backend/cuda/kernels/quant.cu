@@ -76,26 +76,6 @@ __device__ void quantize_4bit_impl(const void* x, u64 n, u32 blocksize, int fp4,
     if (threadIdx.x == 0) absmax[b] = m;
 }
 
-#define QUANT_KERNELS(SUFFIX, DT)                                                                              \
-    extern "C" __global__ void quantize_blockwise_##SUFFIX(const void* x, u64 n, u32 blocksize,              \
-                                                           const float* mids, u8* codes, float* absmax) {     \
-        quantize_blockwise_impl<DT>(x, n, blocksize, mids, codes, absmax);                                   \
-    }                                                                                                         \
-    extern "C" __global__ void quantize_4bit_##SUFFIX(const void* x, u64 n, u32 blocksize, int fp4,          \
-                                                      const float* thr, const u8* fp4_bits, u8* packed,       \
-                                                      float* absmax) {                                        \
-        quantize_4bit_impl<DT>(x, n, blocksize, fp4, thr, fp4_bits, packed, absmax);                         \
-    }
-QUANT_KERNELS(f32, DT_F32)
-QUANT_KERNELS(f16, DT_F16)
-QUANT_KERNELS(bf16, DT_BF16)
-
-// The same quantizers in vector form, for n a multiple of 8 and 16-byte aligned input (the host checks):
-// eight consecutive values per thread (one or two 16-byte loads), blocksize / 8 consecutive threads per
-// quantization block (a power of two from 4 to 512; a thread block holds max(256, blocksize / 8) threads),
-// the block's absmax by shuffles (and through shared memory across warps past 256 values), then the very
-// same per-value operations: the bytes are the scalar kernels', at the memory's speed (one thread block per
-// 32-value quantization block left most of each SM idle).
 // The number of the 15 ascending values t below s (strictly), as a 4-step binary search whose probes are
 // chosen by selects from registers: the count the 15 compares of `quantize_nibble` give, in about half the
 // instructions. NaN s gives 0.
@@ -110,6 +90,12 @@ __device__ __forceinline__ u32 count_below15(float s, const float (&t)[15]) {
     return q;
 }
 
+// The same quantizers in vector form, for n a multiple of 8 and 16-byte aligned input (the host checks):
+// eight consecutive values per thread (one or two 16-byte loads), blocksize / 8 consecutive threads per
+// quantization block (a power of two from 4 to 512; a thread block holds max(256, blocksize / 8) threads),
+// the block's absmax by shuffles (and through shared memory across warps past 256 values), then the very
+// same per-value operations: the bytes are the scalar kernels'. (One thread block per 32-value quantization
+// block left most of each SM idle; now each value's code search is the limit, docs/PERFORMANCE.md.)
 template <int DT> __device__ __forceinline__ void load8(const void* x, u64 g, float (&v)[8]) {
     if constexpr (DT == DT_F32) {
         const float4* p = (const float4*)x + 2 * g;
@@ -142,6 +128,19 @@ __device__ __forceinline__ float group_max(float m, u32 threads, float* red) {
     return m;
 }
 
+// Values 8g .. 8g + 7 into v (zeros past n8: they leave the max alone), and their quantization block's
+// absmax over its `per` threads (group_max: every thread of the block calls this).
+template <int DT>
+__device__ __forceinline__ float load8_absmax(const void* x, u64 g, u64 n8, u32 per, float* red, float (&v)[8]) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) v[e] = 0.0f;
+    if (g < n8) load8<DT>(x, g, v);
+    float m = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(v[e]));
+    return group_max(m, per, red);
+}
+
 // Thread g of the grid-stride loop takes values 8g .. 8g + 7; past n8 it takes zeros (they leave the max
 // alone) and stores nothing. The loop bound is the block's first g, so every thread of a block runs the
 // same trips (group_max's barriers).
@@ -161,12 +160,8 @@ __device__ void quantize_4bit_x8_impl(const void* x, u64 n8, u32 blocksize, int 
     __syncthreads();
     u32 per = blocksize >> 3, shift = __ffs(per) - 1;
     FOR_EACH_8(n8) {
-        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (g < n8) load8<DT>(x, g, v);
-        float m = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(v[e]));
-        m = group_max(m, per, red);
+        float v[8];
+        float m = load8_absmax<DT>(x, g, n8, per, red, v);
         float r = rcp_approx(m);
         if (g < n8) {
             u32 word = 0;
@@ -212,12 +207,8 @@ __device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize,
     __syncthreads();
     u32 lane = threadIdx.x & 31, per = blocksize >> 3, shift = __ffs(per) - 1;
     FOR_EACH_8(n8) {
-        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (g < n8) load8<DT>(x, g, v);
-        float m = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) m = fmaxf(m, fabsf(v[e]));
-        m = group_max(m, per, red);
+        float v[8];
+        float m = load8_absmax<DT>(x, g, n8, per, red, v);
         float r = rcp_approx(m);
         if (g < n8) {
             u32 w[2] = {0, 0};
@@ -230,7 +221,18 @@ __device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize,
     }
 }
 
-#define QUANT_X8_KERNELS(SUFFIX, DT)                                                                           \
+
+// Every quantizer for each input dtype: the scalar kernels and the vector forms.
+#define QUANT_KERNELS(SUFFIX, DT)                                                                              \
+    extern "C" __global__ void quantize_blockwise_##SUFFIX(const void* x, u64 n, u32 blocksize,              \
+                                                           const float* mids, u8* codes, float* absmax) {     \
+        quantize_blockwise_impl<DT>(x, n, blocksize, mids, codes, absmax);                                   \
+    }                                                                                                         \
+    extern "C" __global__ void quantize_4bit_##SUFFIX(const void* x, u64 n, u32 blocksize, int fp4,          \
+                                                      const float* thr, const u8* fp4_bits, u8* packed,       \
+                                                      float* absmax) {                                        \
+        quantize_4bit_impl<DT>(x, n, blocksize, fp4, thr, fp4_bits, packed, absmax);                         \
+    }                                                                                                         \
     extern "C" __global__ void quantize_blockwise_x8_##SUFFIX(const void* x, u64 n8, u32 blocksize,          \
                                                               const float* mids, uint2* codes,                \
                                                               float* absmax) {                                \
@@ -241,9 +243,9 @@ __device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize,
                                                          float* absmax) {                                     \
         quantize_4bit_x8_impl<DT>(x, n8, blocksize, fp4, thr, fp4_bits, packed, absmax);                     \
     }
-QUANT_X8_KERNELS(f32, DT_F32)
-QUANT_X8_KERNELS(f16, DT_F16)
-QUANT_X8_KERNELS(bf16, DT_BF16)
+QUANT_KERNELS(f32, DT_F32)
+QUANT_KERNELS(f16, DT_F16)
+QUANT_KERNELS(bf16, DT_BF16)
 
 // out[i] = ftz(table[code_i] * absmax[i / blocksize]), written in `odt`; `bits` 8 (one code per byte) or 4
 // (nibbles, element 2k the high nibble of byte k).

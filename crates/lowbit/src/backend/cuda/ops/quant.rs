@@ -20,30 +20,23 @@ impl Cuda {
             self.alloc("quantize_blockwise", n)?,
             self.alloc("quantize_blockwise", nb * 4)?,
         );
-        if let Some((grid, threads)) = vector_quant_launch(x, n, blocksize, 64) {
-            self.launch(
-                &format!("quantize_blockwise_x8_{}", suffix(dtype)),
-                (grid, 1),
-                threads,
-                &[
-                    p(x),
-                    Arg::U64((n / 8) as u64),
-                    Arg::U32(blocksize as u32),
-                    p(midpoints),
-                    p(&codes),
-                    p(&absmax),
-                ],
-            )?;
-            return Ok((codes, absmax));
-        }
-        let threads = (blocksize as u32).clamp(32, THREADS);
+        let scalar_threads = (blocksize as u32).clamp(32, THREADS);
+        let (name, grid, threads, count) = quant_launch(
+            "quantize_blockwise",
+            x,
+            dtype,
+            n,
+            blocksize,
+            64,
+            scalar_threads,
+        )?;
         self.launch(
-            &format!("quantize_blockwise_{}", suffix(dtype)),
-            (u32_of("quantize_blockwise", nb)?, 1),
+            &name,
+            (grid, 1),
             threads,
             &[
                 p(x),
-                Arg::U64(n as u64),
+                Arg::U64(count as u64),
                 Arg::U32(blocksize as u32),
                 p(midpoints),
                 p(&codes),
@@ -66,31 +59,23 @@ impl Cuda {
         let packed = self.alloc("quantize_4bit", n.div_ceil(2))?;
         let absmax = self.alloc("quantize_4bit", nb * 4)?;
         let q = fourbit_index(quant_type);
-        let tables = [
-            Arg::Ptr(self.addr(&self.tables.thresholds[q])),
-            Arg::Ptr(self.addr(&self.tables.fp4_bits)),
-            p(&packed),
-            p(&absmax),
-        ];
-        let (name, grid, threads, count) = match vector_quant_launch(x, n, blocksize, 32) {
-            Some((grid, threads)) => ("quantize_4bit_x8", grid, threads, n / 8),
-            None => {
-                let threads = (blocksize as u32 / 2).clamp(32, THREADS);
-                ("quantize_4bit", u32_of("quantize_4bit", nb)?, threads, n)
-            }
-        };
-        let mut args = vec![
-            p(x),
-            Arg::U64(count as u64),
-            Arg::U32(blocksize as u32),
-            Arg::I32(q as i32),
-        ];
-        args.extend(tables);
+        let scalar_threads = (blocksize as u32 / 2).clamp(32, THREADS);
+        let (name, grid, threads, count) =
+            quant_launch("quantize_4bit", x, dtype, n, blocksize, 32, scalar_threads)?;
         self.launch(
-            &format!("{name}_{}", suffix(dtype)),
+            &name,
             (grid, 1),
             threads,
-            &args,
+            &[
+                p(x),
+                Arg::U64(count as u64),
+                Arg::U32(blocksize as u32),
+                Arg::I32(q as i32),
+                Arg::Ptr(self.addr(&self.tables.thresholds[q])),
+                Arg::Ptr(self.addr(&self.tables.fp4_bits)),
+                p(&packed),
+                p(&absmax),
+            ],
         )?;
         Ok((packed, absmax))
     }
@@ -108,10 +93,19 @@ impl Cuda {
         out_dtype: DType,
     ) -> Result<Buf> {
         let out = self.alloc("dequantize", n * out_dtype.size_in_bytes())?;
-        if bits == 8 && n.is_multiple_of(8) && blocksize.is_power_of_two() && blocksize >= 8 {
+        // Eight values per thread where n allows: the 8-bit kernel takes log2(blocksize / 8) (a power of
+        // two), the 4-bit one the blocksize.
+        let vector = match bits {
+            8 if blocksize.is_power_of_two() && blocksize >= 8 => {
+                Some(("dequantize_8bit_x8", (blocksize / 8).trailing_zeros()))
+            }
+            4 if blocksize.is_multiple_of(8) => Some(("dequantize_4bit_x8", blocksize as u32)),
+            _ => None,
+        };
+        if let Some((name, block_arg)) = vector.filter(|_| n.is_multiple_of(8)) {
             let n8 = n / 8;
             self.launch(
-                "dequantize_8bit_x8",
+                name,
                 (blocks(n8), 1),
                 THREADS,
                 &[
@@ -119,25 +113,7 @@ impl Cuda {
                     p(absmax),
                     Arg::Ptr(table),
                     Arg::U64(n8 as u64),
-                    Arg::U32((blocksize / 8).trailing_zeros()),
-                    p(&out),
-                    dt(out_dtype),
-                ],
-            )?;
-            return Ok(out);
-        }
-        if bits == 4 && n.is_multiple_of(8) && blocksize.is_multiple_of(8) {
-            let n8 = n / 8;
-            self.launch(
-                "dequantize_4bit_x8",
-                (blocks(n8), 1),
-                THREADS,
-                &[
-                    p(q),
-                    p(absmax),
-                    Arg::Ptr(table),
-                    Arg::U64(n8 as u64),
-                    Arg::U32(blocksize as u32),
+                    Arg::U32(block_arg),
                     p(&out),
                     dt(out_dtype),
                 ],
@@ -167,22 +143,31 @@ impl Cuda {
     }
 }
 
-/// Grid and block size of the vector quantizers (`*_x8` in kernels/quant.cu: eight values per thread,
-/// `blocksize / 8` threads per quantization block), or `None` where they do not apply: `n` a multiple of 8,
-/// 16-byte aligned input, a power-of-two blocksize from `min_blocksize` to 4096.
-fn vector_quant_launch(
+/// The launch of quantizer `base` (`quantize_blockwise` or `quantize_4bit`) on `n` values of `x`: kernel
+/// name, grid, threads per block and the length argument. The vector form (`{base}_x8_*` in
+/// kernels/quant.cu: eight values per thread, `blocksize / 8` threads per quantization block, the length in
+/// groups of 8) where it applies: `n` a multiple of 8, 16-byte aligned input, a power-of-two blocksize from
+/// `min_blocksize` to 4096. Otherwise the scalar kernel, one block of `scalar_threads` per quantization block.
+fn quant_launch(
+    base: &'static str,
     x: &CudaStorage,
+    dtype: DType,
     n: usize,
     blocksize: usize,
     min_blocksize: usize,
-) -> Option<(u32, u32)> {
-    let fits = n.is_multiple_of(8)
+    scalar_threads: u32,
+) -> Result<(String, u32, u32, usize)> {
+    let vector = n.is_multiple_of(8)
         && x.addr().is_multiple_of(16)
         && blocksize.is_power_of_two()
         && (min_blocksize..=4096).contains(&blocksize);
-    let threads = (blocksize / 8).max(THREADS as usize);
-    fits.then(|| {
+    let dt = suffix(dtype);
+    if vector {
+        let threads = (blocksize / 8).max(THREADS as usize);
         let grid = (n / 8).div_ceil(threads).clamp(1, 1 << 20) as u32;
-        (grid, threads as u32)
-    })
+        Ok((format!("{base}_x8_{dt}"), grid, threads as u32, n / 8))
+    } else {
+        let grid = u32_of(base, n.div_ceil(blocksize))?;
+        Ok((format!("{base}_{dt}"), grid, scalar_threads, n))
+    }
 }
