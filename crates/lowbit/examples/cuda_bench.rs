@@ -41,9 +41,6 @@ fn main() -> lowbit::Result<()> {
     });
     eprintln!("device: {} ({})", dev.id(), dev.name());
     copy_bandwidth(&dev)?;
-    if std::env::args().any(|a| a == "--kernels") {
-        return kernels(&dev, &backend);
-    }
     // One shape only (profiling one kernel).
     let only: Option<(usize, usize)> = std::env::args()
         .skip_while(|a| a != "--shape")
@@ -58,6 +55,9 @@ fn main() -> lowbit::Result<()> {
         (None, true) => &all[..1],
         (None, false) => &all,
     };
+    if std::env::args().any(|a| a == "--kernels") {
+        return kernels(&dev, &backend, shapes);
+    }
     if std::env::args().any(|a| a == "--mma") {
         for &(out, inp) in shapes {
             for batch in [2, 4, 8, 16] {
@@ -85,9 +85,7 @@ fn main() -> lowbit::Result<()> {
     }
     // A Llama-3 output head kept in bf16 under f32 activations (one decode step's largest read).
     output_head(&dev, 128256, 4096)?;
-    if let Some(s) = dev.stats().ops.values().find(|s| s.fallbacks > 0) {
-        panic!("an op fell back to the CPU: {s:?}");
-    }
+    assert_no_fallbacks(&dev);
     Ok(())
 }
 
@@ -209,8 +207,8 @@ fn output_head(dev: &Device, out: usize, inp: usize) -> lowbit::Result<()> {
 }
 
 /// The quantizers, dequantizers and int8 products on device allocations (GPU time from CUDA events), then
-/// the ternary GEMV at the four GEMV shapes, weights rotated past L2.
-fn kernels(dev: &Device, backend: &CudaBackend) -> lowbit::Result<()> {
+/// the ternary GEMV at the GEMV shapes, weights rotated past L2.
+fn kernels(dev: &Device, backend: &CudaBackend, shapes: &[(usize, usize)]) -> lowbit::Result<()> {
     let n = 64 << 20;
     for k in backend.kernel_costs(n, 20)? {
         emit(&[
@@ -222,7 +220,7 @@ fn kernels(dev: &Device, backend: &CudaBackend) -> lowbit::Result<()> {
             ("gbps", format!("{:.1}", k.bytes as f64 / k.seconds / 1e9)),
         ]);
     }
-    for (out, inp) in [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)] {
+    for &(out, inp) in shapes {
         let w = lowbit::synth::normal(vec![out, inp], 0.02, 7, DType::F16);
         let q = dev.ternary_quantize(&w)?;
         let wbytes = q.packed.len();
@@ -249,8 +247,13 @@ fn kernels(dev: &Device, backend: &CudaBackend) -> lowbit::Result<()> {
             ]);
         }
     }
+    assert_no_fallbacks(dev);
+    Ok(())
+}
+
+/// The benchmark's device is strict; this also checks that no op was routed to the CPU.
+fn assert_no_fallbacks(dev: &Device) {
     if let Some(s) = dev.stats().ops.values().find(|s| s.fallbacks > 0) {
         panic!("an op fell back to the CPU: {s:?}");
     }
-    Ok(())
 }

@@ -17,11 +17,12 @@
 // compute dtype before its product.
 // A later version read 16 bytes per lane per 128-column span (half the cache lines per weight byte) and
 // scaled each weight by its absmax in x's dtype before the mma (three roundings per weight instead of one):
-// 1-5% faster at 2 rows, 1-17% slower at 8-16 rows on an H200, so this one was kept (docs/PERFORMANCE.md).
-// A block is 16 weight rows and W = 8 warps (4-warp blocks measured 1.3-1.6x slower where 8-warp ones leave
-// a small last wave); warp w takes chunk groups w, w + W, ... (2 chunks per group, their
-// 4 loads issued together, the next group's in flight while one is used), and the warps' sums are added in warp order through shared memory. Every
-// output's summation order depends only on k: a batch split into parts gives the same bits.
+// 1-11% faster at 2 rows, 7-16% slower at 16 rows on an H200, so this one was kept (docs/PERFORMANCE.md).
+// A block is 16 weight rows and MMA_WARPS = 8 warps (4-warp blocks measured 1.3-1.6x slower where 8-warp
+// ones leave a small last wave); warp w takes chunk groups w, w + 8, ... (2 chunks per group, their 4 loads
+// issued together, the next group's in flight while one is used), and the warps' sums are added in warp
+// order through shared memory. Every output's summation order depends only on k: a batch split into parts
+// gives the same bits.
 #define MMA_WARPS 8
 #define MMA_GROUP 2
 #define MMA_TABLE_BYTES (256 * 32 * 4)
@@ -59,7 +60,7 @@ template <int N> struct MmaLoad {
     float sa[N], sb[N];
 };
 
-template <int DT, int NB, int W>
+template <int DT, int NB>
 __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, const float* absmax,
                                      const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
                                      void* y, int odt) {
@@ -85,7 +86,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
     // go one per warp afterwards. The first group loads before the table is built, each next group while
     // the current one is used.
     u32 full = chunks / MMA_GROUP * MMA_GROUP;
-    constexpr u32 STRIDE = W * MMA_GROUP;
+    constexpr u32 STRIDE = MMA_WARPS * MMA_GROUP;
     MmaLoad<MMA_GROUP> cur, nxt;
     u32 c0 = warp * MMA_GROUP;
     if (c0 < full) {
@@ -93,8 +94,8 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
         for (int u = 0; u < MMA_GROUP; u++) fetch(c0 + u, cur.wa[u], cur.wb[u], cur.sa[u], cur.sb[u]);
     }
     // Entry byte * 32 + copy: (table[byte >> 4], table[byte & 15]) in x's dtype; thread i writes copy i & 31
-    // of bytes i / 32, i / 32 + W, ...
-    for (u32 byte = threadIdx.x >> 5; byte < 256; byte += W) {
+    // of bytes i / 32, i / 32 + MMA_WARPS, ...
+    for (u32 byte = threadIdx.x >> 5; byte < 256; byte += MMA_WARPS) {
         u32 hi = f2dt<DT>(__ldg(table_g + (byte >> 4))), lo = f2dt<DT>(__ldg(table_g + (byte & 15)));
         mma_shared[byte * 32 + (threadIdx.x & 31)] = hi | (lo << 16);
     }
@@ -179,7 +180,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             float v = 0.0f;
-            for (int w = 0; w < W; w++) v += red[((w * NB + j) * 4 + e) * 32 + lane];
+            for (int w = 0; w < MMA_WARPS; w++) v += red[((w * NB + j) * 4 + e) * 32 + lane];
             // Accumulator e: weight row g (e < 2) or g + 8, activation row 2t + (e & 1) of tile j.
             u64 row = row0 + g + (e < 2 ? 0 : 8), b = m0 + 8 * j + 2 * t + (e & 1);
             if (row < n && b < m) st_dt(y, b * n + row, odt, v + (bias ? bias[row] : 0.0f));
@@ -191,7 +192,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
         linear_4bit_mma_##SUFFIX##_b##NB(const void* x, u64 m, const u8* packed, const float* absmax,          \
                                          const float* table, u32 n, u32 k, u32 blocksize, const float* bias,   \
                                          void* y, int odt) {                                                   \
-        linear_4bit_mma_impl<DT, NB, MMA_WARPS>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);   \
+        linear_4bit_mma_impl<DT, NB>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);              \
     }
 #define MMA_KERNELS(SUFFIX, DT) MMA_KERNEL(SUFFIX, DT, 1) MMA_KERNEL(SUFFIX, DT, 2) MMA_KERNEL(SUFFIX, DT, 4)
 

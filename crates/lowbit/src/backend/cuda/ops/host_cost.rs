@@ -3,12 +3,11 @@
 //! tiny kernel (queued behind long copies, so the host is not the limit).
 
 use super::super::CudaBackend;
-use super::{Arg, THREADS, blocks, dt, p};
+use super::{Arg, THREADS, blocks, dt, gpu_seconds_per_call, p};
 use crate::backend::Backend;
 use crate::capability::Op;
 use crate::tensor::{DType, Tensor};
 use crate::{Device, Result};
-use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,16 +76,9 @@ impl CudaBackend {
         for _ in 0..40 {
             c.copy(&big, &big2, 0, 1 << 30)?;
         }
-        let err = |e| c.error("event", e);
-        let e0 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
-        for _ in 0..calls {
-            launch()?;
-        }
-        let e1 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
-        let gpu_ms = e0.elapsed_ms(&e1).map_err(err)?;
         out.push((
             "GPU time per tiny kernel",
-            gpu_ms as f64 * 1e3 / calls as f64,
+            gpu_seconds_per_call(c, calls, launch)? * 1e6,
         ));
         Ok(out)
     }

@@ -3,12 +3,12 @@
 //! the device, these do not.
 
 use super::super::CudaBackend;
+use super::gpu_seconds_per_call;
 use crate::Result;
 use crate::format::FourBitType;
 use crate::format::codebook::dynamic_map;
 use crate::synth::{SplitMix64, normal};
 use crate::tensor::DType;
-use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
 
 /// One timed kernel: `op`, what it ran on (`detail`), mean GPU seconds per call and bytes it moves.
 #[derive(Clone, Debug)]
@@ -28,13 +28,7 @@ impl CudaBackend {
         let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
             f()?;
             f()?;
-            let err = |e| c.error("event", e);
-            let e0 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
-            for _ in 0..iters {
-                f()?;
-            }
-            let e1 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
-            Ok(e0.elapsed_ms(&e1).map_err(err)? as f64 / 1e3 / iters as f64)
+            gpu_seconds_per_call(c, iters, f)
         };
         let mut out = Vec::new();
         let mut note = |op, detail: String, seconds, bytes| {

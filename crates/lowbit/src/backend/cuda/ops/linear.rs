@@ -14,9 +14,9 @@ const TABLE_BYTES: usize = 256 * 16 * 8;
 const MMA_WARPS: u32 = 8;
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
 /// Activation rows from which f16/bf16 4-bit linears take the tensor-core kernel: one row stays on the
-/// word kernel, which was as fast or faster on an H200 (9.3 / 20.2 / 21.4 / 57.2 us against 9.3 / 20.2 /
-/// 22.5 / 70.8 at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672, f16, one run), while two rows already
-/// cost 1.1-1.4x less on the tensor-core kernel except at 8192x28672 (docs/PERFORMANCE.md).
+/// word kernel, which is faster there (57 against 74 us at 8192x28672 on an H200). At two rows the
+/// tensor-core kernel took 10.8 / 22.4 / 26.8 / 76.3 us at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672
+/// against the word kernel's 12.2 / 30.0 / 26.4 / 71.8 (f16, separate runs, docs/PERFORMANCE.md).
 const MMA_ROWS_MIN: usize = 2;
 /// Activation rows up to which f16/bf16 4-bit linears take the tensor-core kernel: 32 rows are four
 /// 8-row tiles of one weight read (above, dequantize + cuBLAS where present).

@@ -88,6 +88,18 @@ fn u32_of(op: &'static str, v: usize) -> Result<u32> {
         detail: format!("dimension {v} exceeds the CUDA kernels' 32-bit index range"),
     })
 }
+/// Mean GPU seconds per call of `calls` calls of `f` queued on `c`'s stream, from CUDA events recorded
+/// before and after them (the benchmark hooks' clock).
+fn gpu_seconds_per_call(c: &Cuda, calls: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    use cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
+    let err = |e| c.error("event", e);
+    let e0 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
+    for _ in 0..calls {
+        f()?;
+    }
+    let e1 = c.stream.record_event(Some(CU_EVENT_DEFAULT)).map_err(err)?;
+    Ok(e0.elapsed_ms(&e1).map_err(err)? as f64 / 1e3 / calls as f64)
+}
 fn fourbit_index(t: FourBitType) -> usize {
     match t {
         FourBitType::Nf4 => 0,
