@@ -315,6 +315,101 @@ fn lora_adapters_match_peft_unmerged_merged_and_switched() {
     }
 }
 
+/// Decode steps recorded once and replayed (CUDA graphs; the other devices record nothing and run every
+/// step op by op) give the bits of steps run op by op, token after token: float, NF4 and ternary weights,
+/// bf16 activations, and an adapter switched in the middle of a cache (a new recording). On CUDA every step
+/// from the second of a cache on must run from a recording, with no step left unrecorded.
+#[test]
+fn recorded_decode_steps_give_the_bits_of_op_by_op_steps() {
+    let cases = [
+        ("tiny-llama", LoadFormat::Float, DType::F32),
+        (
+            "tiny-qwen3",
+            LoadFormat::FourBit(FourBitType::Nf4),
+            DType::F32,
+        ),
+        ("tiny-bitnet-bitlinear", LoadFormat::Float, DType::F32),
+        ("tiny-qwen2", LoadFormat::Float, DType::BF16),
+    ];
+    for dev in devices() {
+        let records = dev.id().starts_with("cuda")
+            && std::env::var("LOWBIT_CUDA_GRAPHS").as_deref() != Ok("0");
+        for (name, format, act) in cases {
+            let dir = fixture(name);
+            let exp = Expected::load(&dir);
+            let opts = |record| LoadOptions {
+                format,
+                activation_dtype: act,
+                record_decode_steps: record,
+                ..LoadOptions::default()
+            };
+            let (recorded, plain) = (
+                load(&dir, &dev, &opts(true)),
+                load(&dir, &dev, &opts(false)),
+            );
+            let what = format!("{name} {format:?} {act} on {}", dev.id());
+            let (a, b) = (
+                decode_logits(&recorded, &exp.ids),
+                decode_logits(&plain, &exp.ids),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what}: recorded steps differ by {}",
+                max_abs_diff(&a, &b)
+            );
+            let n = exp.ids.len() as u64;
+            let want = if records { n - 1 } else { 0 };
+            assert_eq!(recorded.recorded_decode_steps(), want, "{what}");
+            assert_eq!(plain.recorded_decode_steps(), 0, "{what}");
+        }
+        let opts = |record| LoadOptions {
+            adapters: vec![
+                ("a".into(), fixture("tiny-llama").join("lora")),
+                ("rs".into(), fixture("tiny-llama").join("lora-rs")),
+            ],
+            record_decode_steps: record,
+            ..LoadOptions::default()
+        };
+        let exp = Expected::load(&fixture("tiny-llama"));
+        // Each adapter's first step runs op by op, its second is recorded.
+        let switched = |record: bool| -> Vec<f32> {
+            let mut model = load(&fixture("tiny-llama"), &dev, &opts(record));
+            let mut cache = model.new_cache(exp.ids.len()).unwrap();
+            let mut out = Vec::new();
+            for (i, &t) in exp.ids.iter().enumerate() {
+                let adapter = if i < exp.ids.len() / 2 { "a" } else { "rs" };
+                model.set_adapter(Some(adapter)).unwrap();
+                out.extend(model.forward_last(&[t], &mut cache).unwrap());
+            }
+            let want = if record && records {
+                exp.ids.len() as u64 - 2
+            } else {
+                0
+            };
+            assert_eq!(
+                model.recorded_decode_steps(),
+                want,
+                "{}: switched adapters",
+                dev.id()
+            );
+            out
+        };
+        let (a, b) = (switched(true), switched(false));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}: switched adapters differ by {}",
+            dev.id(),
+            max_abs_diff(&a, &b)
+        );
+        assert_eq!(
+            fallbacks(&dev),
+            0,
+            "{}: a step was not recorded or an op fell back",
+            dev.id()
+        );
+    }
+}
+
 /// transformers + bitsandbytes quantized these on load (CUDA): NF4/FP4 with double quantization and LLM.int8();
 /// lowbit reads the saved checkpoints, and quantizing the float model on load must give the same logits (the
 /// bytes are bitsandbytes').

@@ -44,6 +44,11 @@ pub struct ModelArgs {
     /// output; a baseline for measurements).
     #[arg(long)]
     pub separate_projections: bool,
+    /// Run every decode step op by op, never as a recorded step (on CUDA a step is otherwise recorded once
+    /// as a CUDA graph and replayed with one launch per token; the same logits; a baseline for
+    /// measurements).
+    #[arg(long)]
+    pub no_step_graphs: bool,
 }
 
 impl ModelArgs {
@@ -71,6 +76,7 @@ impl ModelArgs {
                 _ => DType::F32,
             },
             fuse_projections: !self.separate_projections,
+            record_decode_steps: !self.no_step_graphs,
         };
         let t = Instant::now();
         let mut model = Model::load(&self.model, &dev, &opts)?;
@@ -197,7 +203,15 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     .map(|bw| decode_gbs * 1e9 / bw);
     let peak = lowbit::io::peak_rss_bytes();
     let dev_stats = model.device().stats();
-    let fallbacks: u64 = dev_stats.ops.values().map(|s| s.fallbacks).sum();
+    // CPU fallbacks of ops; a step's fallback is a step that ran op by op instead of from a recording.
+    let fallbacks: u64 = dev_stats
+        .ops
+        .iter()
+        .filter(|(k, _)| k.as_str() != lowbit::runtime::OpKind::Step.name())
+        .map(|(_, s)| s.fallbacks)
+        .sum();
+    let unrecorded = dev_stats.op(lowbit::runtime::OpKind::Step).fallbacks;
+    let recorded = model.recorded_decode_steps();
     if global.json {
         // Host time per call of each op kind (launch and bookkeeping on GPUs, where the work is queued).
         let ops: serde_json::Map<String, serde_json::Value> = dev_stats
@@ -217,7 +231,8 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             "decode_issue_fraction": stats.decode_issue_fraction(),
             "bytes_per_token": bytes, "decode_gb_per_s": decode_gbs,
             "bandwidth_fraction": fraction, "peak_rss_bytes": peak, "fallbacks": fallbacks,
-            "ops": ops,
+            "decode_steps": stats.decode_steps, "decode_steps_recorded": recorded,
+            "steps_not_recorded": unrecorded, "ops": ops,
         }))?;
         return Ok(());
     }
@@ -245,6 +260,17 @@ pub fn run(args: Args, global: &Global) -> CliResult {
         line.push_str(&format!(
             " | peak RSS {:.0} MiB",
             p as f64 / (1 << 20) as f64
+        ));
+    }
+    if recorded > 0 {
+        line.push_str(&format!(
+            " | {recorded} of {} decode steps replayed as recorded graphs",
+            stats.decode_steps
+        ));
+    }
+    if unrecorded > 0 {
+        line.push_str(&format!(
+            " | {unrecorded} decode steps could not be recorded (see the log)"
         ));
     }
     if fallbacks > 0 {

@@ -10,7 +10,9 @@ pub mod cuda;
 pub mod wgpu;
 
 use crate::Result;
-use crate::capability::{DeviceError, DeviceInfo, DeviceType, Op, OpKind, OpParams, Support};
+use crate::capability::{
+    DeviceError, DeviceInfo, DeviceType, Op, OpKind, OpParams, StepArgs, StepKey, Support,
+};
 use crate::device_tensor::DeviceTensor;
 use crate::format::{Codebook8, FourBitType};
 use crate::tensor::Tensor;
@@ -131,6 +133,35 @@ pub trait Backend: Send + Sync {
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    // ---- Recorded steps (`capability::step`): the defaults record nothing, so every step runs op by op. ----
+
+    /// Replays the recording of step `key` at `args` and returns its output; `None` when there is none.
+    fn step_replay(&self, key: StepKey, args: &StepArgs) -> Result<Option<DeviceTensor>> {
+        let _ = (key, args);
+        Ok(None)
+    }
+    /// Starts recording step `key` (the ops queued until [`step_record_end`](Backend::step_record_end) are
+    /// recorded, not run) when this backend records steps and has seen `key` run op by op once; `false`
+    /// means "run it op by op".
+    fn step_record_begin(&self, key: StepKey, args: &StepArgs) -> Result<bool> {
+        let _ = (key, args);
+        Ok(false)
+    }
+    /// Ends the recording with the step's output (or the error that stopped it), runs the recording once
+    /// and returns its output. An error leaves nothing recorded for the key, which then runs op by op.
+    fn step_record_end(&self, out: Result<DeviceTensor>) -> Result<DeviceTensor> {
+        out
+    }
+    /// Notes that step `key` ran op by op with output `out` (the size a recording's output will have).
+    fn step_ran(&self, key: StepKey, out: &DeviceTensor) {
+        let _ = (key, out);
+    }
+    /// Whether this thread's ops are being recorded: they must not fail over to another device or wait
+    /// for the device (nothing runs until the recording does).
+    fn recording(&self) -> bool {
+        false
     }
     /// The capability error for an op this backend does not run.
     fn unsupported(&self, op: &str, reason: &str) -> crate::Error {

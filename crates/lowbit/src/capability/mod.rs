@@ -7,8 +7,10 @@ pub mod error;
 pub mod info;
 pub mod memory;
 mod op;
+mod step;
 
 pub use error::{DeviceError, DeviceErrorKind};
 pub use info::{DeviceInfo, DeviceType, FORMATS, OpParams, Support};
 pub use memory::{BufferEstimate, MemoryEstimate};
 pub use op::{Op, OpKind};
+pub use step::{StepArgs, StepKey, StepRun};

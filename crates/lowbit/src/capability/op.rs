@@ -42,9 +42,13 @@ pub enum OpKind {
     MatmulQ8,
     /// A window of columns (the parts of a fused projection's output).
     Narrow,
+    /// A recorded step (`capability::step`) as a whole: replays, and steps that could not be recorded and
+    /// ran op by op (counted as fallbacks).
+    Step,
 }
 
 impl OpKind {
+    /// The kernels' kinds (a device lists these as its ops; `Step` is not a kernel).
     pub const ALL: [OpKind; 29] = [
         OpKind::QuantizeBlockwise,
         OpKind::DequantizeBlockwise,
@@ -108,6 +112,7 @@ impl OpKind {
             OpKind::Matmul4bitQ8 => "matmul_4bit_q8",
             OpKind::MatmulQ8 => "matmul_q8",
             OpKind::Narrow => "narrow",
+            OpKind::Step => "step",
         }
     }
 }

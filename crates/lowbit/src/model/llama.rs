@@ -7,6 +7,7 @@ use super::checkpoint::{Checkpoint, StoredWeight};
 use super::config::{Activation, Architecture, ModelConfig};
 use super::loader::Loader;
 use super::projections::Projections;
+use crate::capability::{StepArgs, StepKey, StepRun};
 use crate::device_tensor::DeviceTensor;
 use crate::format::rope::{RopeLayout, cos_sin_table, inv_freq};
 use crate::nn::linear::{Linear, LoadFormat};
@@ -46,6 +47,9 @@ pub struct LoadOptions {
     /// and float products run on tensor cores (cuBLAS) on CUDA; the logits move by about the dtype's
     /// rounding (bounds in tests/model_logits.rs). Not with `int8_activations`.
     pub activation_dtype: DType,
+    /// Decode steps recorded once and replayed on a device that records work (CUDA graphs): the host then
+    /// issues one launch per token instead of every op. Off: every step op by op (for comparisons).
+    pub record_decode_steps: bool,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +63,7 @@ impl Default for LoadOptions {
             int8_activations: false,
             fuse_projections: true,
             activation_dtype: DType::F32,
+            record_decode_steps: true,
         }
     }
 }
@@ -109,8 +114,22 @@ pub struct Model {
     sin: DeviceTensor,
     max_context: usize,
     adapter_names: Vec<String>,
+    active_adapter: Option<String>,
     /// [`LoadOptions::activation_dtype`].
     act: DType,
+    /// [`LoadOptions::record_decode_steps`].
+    record_steps: bool,
+    /// Decode steps run from a recording so far.
+    graph_steps: std::sync::atomic::AtomicU64,
+    /// Unique per loaded model in this process, and bumped whenever the active adapter changes: a recorded
+    /// step is keyed by it (with the cache's id), since it bakes in the weights it ran.
+    step_key: u64,
+}
+
+/// A fresh number for this process (recorded steps' keys).
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Keys and values of every layer for one sequence, on the model's device.
@@ -119,6 +138,8 @@ pub struct KvCache {
     v: Vec<DeviceTensor>,
     len: usize,
     capacity: usize,
+    /// Unique in this process (recorded steps write into these buffers).
+    id: u64,
 }
 
 impl KvCache {
@@ -303,7 +324,11 @@ impl Model {
             lm_head,
             max_context,
             adapter_names: Vec::new(),
+            active_adapter: None,
             act: opts.activation_dtype,
+            record_steps: opts.record_decode_steps,
+            graph_steps: Default::default(),
+            step_key: next_id(),
         };
         for (name, a) in adapters.iter().skip(usize::from(merge.is_some())) {
             model.add_adapter(name, a)?;
@@ -378,11 +403,16 @@ impl Model {
                 format!("no adapter {n:?}; loaded: {:?}", self.adapter_names),
             ));
         }
+        if self.active_adapter.as_deref() == name {
+            return Ok(());
+        }
         for l in &mut self.layers {
             for (_, lin) in l.linears_mut() {
                 lin.set_adapter(name);
             }
         }
+        self.active_adapter = name.map(str::to_string);
+        self.step_key = next_id();
         Ok(())
     }
 
@@ -435,6 +465,7 @@ impl Model {
             v,
             len: 0,
             capacity,
+            id: next_id(),
         })
     }
 
@@ -457,10 +488,60 @@ impl Model {
     /// issued them (the time it takes is the host's share of a decode step), on the CPU once they ran.
     pub fn queue_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<DeviceTensor> {
         self.on_cpu_pool(|| {
+            if let ([token], true) = (tokens, self.record_steps) {
+                return self.decode_step(*token, cache);
+            }
             let h = self.hidden(tokens, cache)?;
-            let last = self.dev.embedding(&h, &[tokens.len() as u32 - 1])?;
+            let last = match tokens.len() {
+                1 => h,
+                n => self.dev.embedding(&h, &[n as u32 - 1])?,
+            };
             self.lm_head.forward(&self.dev, &last)
         })
+    }
+
+    /// One token through the model as a recorded step (`Device::recorded_step`): on a device that records
+    /// work, replayed from the third token of a cache on.
+    fn decode_step(&self, token: u32, cache: &mut KvCache) -> Result<DeviceTensor> {
+        self.check_fits(1, cache)?;
+        let pos = cache.len;
+        let key = StepKey(self.step_key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ cache.id);
+        let args = StepArgs {
+            pos,
+            tokens: vec![token],
+        };
+        let (y, run) = self.dev.recorded_step(key, &args, &mut || {
+            // A step may run twice (a failed recording, then op by op): both start at `pos`.
+            cache.len = pos;
+            let h = self.hidden(&[token], cache)?;
+            self.lm_head.forward(&self.dev, &h)
+        })?;
+        cache.len = pos + 1;
+        if run != StepRun::OpByOp {
+            self.graph_steps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(y)
+    }
+
+    /// Decode steps this model ran from a recording (a CUDA graph) instead of op by op.
+    pub fn recorded_decode_steps(&self) -> u64 {
+        self.graph_steps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A typed error unless `n` more tokens fit `cache`.
+    fn check_fits(&self, n: usize, cache: &KvCache) -> Result<()> {
+        if cache.len + n > cache.capacity || cache.k.len() != self.layers.len() {
+            return Err(Error::invalid(
+                "forward",
+                format!(
+                    "{n} tokens after {} cached positions exceed the cache of {} (start a new cache or load \
+                     with a longer max_context)",
+                    cache.len, cache.capacity
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Logits queued by [`Model::queue_last`], read to the host (waiting for the device).
@@ -487,16 +568,7 @@ impl Model {
         if n == 0 {
             return Err(Error::invalid("forward", "no tokens"));
         }
-        if cache.len + n > cache.capacity || cache.k.len() != self.layers.len() {
-            return Err(Error::invalid(
-                "forward",
-                format!(
-                    "{n} tokens after {} cached positions exceed the cache of {} (start a new cache or load \
-                     with a longer max_context)",
-                    cache.len, cache.capacity
-                ),
-            ));
-        }
+        self.check_fits(n, cache)?;
         let dev = &self.dev;
         let pos = cache.len;
         let mut x = dev.embedding(&self.embed, tokens)?;

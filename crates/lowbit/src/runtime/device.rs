@@ -12,7 +12,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu::device_ops::{HostView, ModelKernels, run_host_op};
 use crate::capability::DeviceError;
 use crate::capability::Op;
-use crate::capability::{DeviceInfo, DeviceType, OpParams, Support};
+use crate::capability::{DeviceInfo, DeviceType, OpParams, StepArgs, StepKey, StepRun, Support};
 use crate::device_tensor::DeviceTensor;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -299,7 +299,13 @@ impl Device {
                 Err(e) => {
                     note_error(call, &e);
                     let transient = matches!(&e, Error::Device(d) if d.is_transient());
-                    if !transient || self.policy.strict || attempt >= self.policy.max_retries {
+                    // A recorded step's ops run later, all at once: a failure ends the recording.
+                    let recording = self.backend.recording();
+                    if !transient
+                        || recording
+                        || self.policy.strict
+                        || attempt >= self.policy.max_retries
+                    {
                         return Err(e);
                     }
                     attempt += 1;
@@ -440,6 +446,57 @@ impl Device {
         r
     }
 
+    /// Runs `step` (which queues a step's ops and returns its output) as step `key` at `args`: on a backend
+    /// that records steps the first run goes op by op, the second is recorded, and later ones replay the
+    /// recording with `args` (the ops' own calls and statistics then do not happen; `step` counts them as
+    /// one). A step that cannot be recorded runs op by op, logged and counted as a fallback. `step` may run
+    /// twice in one call (a failed recording, then op by op), so it must not depend on having run.
+    pub fn recorded_step(
+        &self,
+        key: StepKey,
+        args: &StepArgs,
+        step: &mut dyn FnMut() -> Result<DeviceTensor>,
+    ) -> Result<(DeviceTensor, StepRun)> {
+        let start = Instant::now();
+        let mut call = OpStats {
+            runs: 1,
+            ..Default::default()
+        };
+        let r = self.recorded_step_inner(key, args, step, &mut call);
+        call.failures = u64::from(r.is_err());
+        call.total_ns = start.elapsed().as_nanos() as u64;
+        self.stats.record(OpKind::Step, &call);
+        r
+    }
+
+    fn recorded_step_inner(
+        &self,
+        key: StepKey,
+        args: &StepArgs,
+        step: &mut dyn FnMut() -> Result<DeviceTensor>,
+        call: &mut OpStats,
+    ) -> Result<(DeviceTensor, StepRun)> {
+        if let Some(y) = self.backend.step_replay(key, args)? {
+            return Ok((y, StepRun::Replayed));
+        }
+        if self.backend.step_record_begin(key, args)? {
+            let r = step();
+            match self.backend.step_record_end(r) {
+                Ok(y) => return Ok((y, StepRun::Recorded)),
+                Err(e) => {
+                    note_error(call, &e);
+                    call.fallbacks += 1;
+                    self.warn_once(OpKind::Step, "not recorded", || {
+                        format!("{e}; the step runs op by op")
+                    });
+                }
+            }
+        }
+        let y = step()?;
+        self.backend.step_ran(key, &y);
+        Ok((y, StepRun::OpByOp))
+    }
+
     fn recover_op(
         &self,
         op: &Op,
@@ -451,7 +508,11 @@ impl Device {
             Error::Device(d) if !d.is_input_error() => d,
             _ => return Err(e),
         };
-        if self.policy.strict || !self.policy.cpu_fallback || self.host_cpu {
+        if self.policy.strict
+            || !self.policy.cpu_fallback
+            || self.host_cpu
+            || self.backend.recording()
+        {
             return Err(e);
         }
         let reason = device_error.kind().name();

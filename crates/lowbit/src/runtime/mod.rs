@@ -11,7 +11,8 @@ pub mod selection;
 pub mod stats;
 
 pub use crate::capability::{
-    DeviceError, DeviceErrorKind, DeviceInfo, DeviceType, OpKind, OpParams, Support, error, info,
+    DeviceError, DeviceErrorKind, DeviceInfo, DeviceType, OpKind, OpParams, StepArgs, StepKey,
+    StepRun, Support, error, info,
 };
 pub use device::Device;
 pub use discovery::{cpu_info, devices};

@@ -199,6 +199,8 @@ pub struct Cuda {
     blas: OnceLock<Option<super::blas::Blas>>,
     pub name: String,
     pub capability: (i32, i32),
+    /// Recorded steps (CUDA graphs).
+    pub steps: super::steps::Steps,
 }
 
 /// A loaded kernel and the byte size of each of its parameters, where the driver reports them.
@@ -278,7 +280,14 @@ impl Cuda {
         // One stream orders every op of this device: no cross-stream events are needed.
         // SAFETY: all work of this backend runs on `stream`, so per-slice events add nothing.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own, not the legacy default stream, which cannot be captured into a graph
+        // (recorded steps, steps.rs).
+        let stream = ctx
+            .new_stream()
+            .map_err(|err| e("creating a stream", err))?;
+        let capture_stream = ctx
+            .new_stream()
+            .map_err(|err| e("creating a stream", err))?;
         let capability = ctx
             .compute_capability()
             .map_err(|err| e("reading the compute capability", err))?;
@@ -316,6 +325,7 @@ impl Cuda {
             blas: OnceLock::new(),
             name,
             capability,
+            steps: super::steps::Steps::new(capture_stream),
         })
     }
 
@@ -331,8 +341,12 @@ impl Cuda {
         crate::Error::Device(e)
     }
 
-    /// cuBLAS on this device's stream, opened on first use; `None` without libcublas.
+    /// cuBLAS on this device's stream, opened on first use; `None` without libcublas, and while this thread
+    /// records a step (the handle queues on the main stream, not the capture).
     pub fn blas(&self) -> Option<&super::blas::Blas> {
+        if self.steps.recording() {
+            return None;
+        }
         self.blas
             .get_or_init(|| super::blas::Blas::open(self))
             .as_ref()
@@ -428,7 +442,7 @@ impl Cuda {
                 )));
             }
         }
-        let mut b = self.stream.launch_builder(&kernel.func);
+        let mut b = self.queue().launch_builder(&kernel.func);
         for a in args {
             match a {
                 Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
@@ -456,6 +470,7 @@ impl Cuda {
     }
 
     pub fn synchronize(&self) -> Result<()> {
+        self.check_not_recording("synchronize")?;
         self.stream
             .synchronize()
             .map_err(|e| self.error("synchronize", e))

@@ -149,6 +149,7 @@ impl CudaBackend {
                 self.wrap(shape0, dtype, y)
             }
             Op::Embedding => {
+                c.step_vocab(x.shape()[0]);
                 let dim = x.shape()[1];
                 let n = inputs[1].numel();
                 let y = c.embedding_dev(st(0)?, st(1)?, n, dim * dtype.size_in_bytes())?;
@@ -162,7 +163,8 @@ impl CudaBackend {
                 layout,
             } => {
                 let dims = [shape0[0], heads, head_dim, rotary_dim, pos_start];
-                let y = c.rope_dev(st(0)?, dtype, dims, layout, st(1)?, st(2)?)?;
+                let tables = (st(1)?, st(2)?, inputs[1].shape()[0]);
+                let y = c.rope_dev(st(0)?, dtype, dims, layout, tables)?;
                 self.wrap(shape0, dtype, y)
             }
             Op::SiluMul | Op::Relu2Mul | Op::Add => {
@@ -190,7 +192,10 @@ impl CudaBackend {
                 pos_start,
                 scale,
             } => {
-                let dims = [shape0[0], n_heads, n_kv_heads, head_dim, kv_len, pos_start];
+                let capacity = inputs[1].shape()[0];
+                let dims = [
+                    shape0[0], n_heads, n_kv_heads, head_dim, kv_len, pos_start, capacity,
+                ];
                 let y = c.attention_dev(st(0)?, st(1)?, st(2)?, dtype, dims, scale)?;
                 self.wrap(shape0, dtype, y)
             }

@@ -11,6 +11,7 @@ mod blas;
 mod context;
 mod device_ops;
 mod ops;
+mod steps;
 mod storage;
 
 pub use context::{FAMILIES, compile, family_of, source, unavailable_reason};
@@ -25,7 +26,7 @@ pub use storage::CudaStorage;
 
 use crate::Result;
 use crate::backend::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
-use crate::capability::{DeviceInfo, DeviceType, Op, Support};
+use crate::capability::{DeviceInfo, DeviceType, Op, StepArgs, StepKey, Support};
 use crate::device_tensor::DeviceTensor;
 use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats, Tensor};
@@ -187,10 +188,32 @@ impl Backend for CudaBackend {
             self.storage("copy_rows", src)?,
         );
         let row_bytes = dst.rows_cols_first().1 * dst.dtype().size_in_bytes();
-        self.cuda.copy(s, d, row * row_bytes, src.size_in_bytes())
+        let rows = dst.rows_cols_first().0;
+        match self.cuda.step_position("copy_rows", row, rows)? {
+            Some(step) => self
+                .cuda
+                .copy_rows_at(s, d, row_bytes, src.size_in_bytes(), step),
+            None => self.cuda.copy(s, d, row * row_bytes, src.size_in_bytes()),
+        }
     }
     fn synchronize(&self) -> Result<()> {
         self.cuda.synchronize()
+    }
+
+    fn step_replay(&self, key: StepKey, args: &StepArgs) -> Result<Option<DeviceTensor>> {
+        self.cuda.step_replay(key, args)
+    }
+    fn step_record_begin(&self, key: StepKey, args: &StepArgs) -> Result<bool> {
+        self.cuda.step_record_begin(key, args)
+    }
+    fn step_record_end(&self, out: Result<DeviceTensor>) -> Result<DeviceTensor> {
+        self.cuda.step_record_end(out)
+    }
+    fn step_ran(&self, key: StepKey, out: &DeviceTensor) {
+        self.cuda.step_ran(key, out)
+    }
+    fn recording(&self) -> bool {
+        self.cuda.steps.recording()
     }
 
     fn quantize_blockwise(

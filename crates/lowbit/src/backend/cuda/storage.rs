@@ -94,7 +94,7 @@ impl Cuda {
         // A zero-byte allocation is refused by the driver; one byte keeps every tensor addressable.
         // SAFETY: the memory is written by a kernel or a copy before anything reads it.
         let buf =
-            unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| self.error(op, e))?;
+            unsafe { self.queue().alloc::<u8>(bytes.max(1)) }.map_err(|e| self.error(op, e))?;
         Ok(self.storage(buf, bytes))
     }
 
@@ -110,6 +110,9 @@ impl Cuda {
 
     /// Copies host bytes to a new allocation (queued on the stream).
     pub fn upload_bytes(&self, op: &str, bytes: &[u8]) -> Result<Arc<CudaStorage>> {
+        if let Some(ids) = self.step_upload(bytes)? {
+            return Ok(ids);
+        }
         if bytes.is_empty() {
             return self.alloc(op, 0);
         }
@@ -126,6 +129,7 @@ impl Cuda {
 
     /// The first `bytes` bytes of an allocation, after the queued work that writes it.
     pub fn download_bytes(&self, op: &str, s: &CudaStorage, bytes: usize) -> Result<Vec<u8>> {
+        self.check_not_recording(op)?;
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -157,6 +161,34 @@ impl Cuda {
         Tensor::new(t.shape().to_vec(), TensorData::from_bytes(t.dtype(), &b))
     }
 
+    /// Copies `bytes` from `src` to the row of `dst` (rows of `row_bytes`) at a recorded step's position,
+    /// which the kernel reads from `step` (the step's arguments buffer).
+    pub fn copy_rows_at(
+        &self,
+        src: &CudaStorage,
+        dst: &CudaStorage,
+        row_bytes: usize,
+        bytes: usize,
+        step: u64,
+    ) -> Result<()> {
+        use super::context::Arg;
+        let threads = 256u32;
+        let grid = (bytes.div_ceil(4).div_ceil(threads as usize)).clamp(1, 1024) as u32;
+        self.launch(
+            "copy_rows_at",
+            (grid, 1),
+            threads,
+            &[
+                Arg::Ptr(src.addr),
+                Arg::Ptr(dst.addr),
+                Arg::U64(row_bytes as u64),
+                Arg::U64(bytes as u64),
+                Arg::U32(0),
+                Arg::Ptr(step),
+            ],
+        )
+    }
+
     /// Copies `bytes` from `src` to `dst + offset` on the stream.
     pub fn copy(
         &self,
@@ -179,7 +211,7 @@ impl Cuda {
                 dst.addr + offset as u64,
                 src.addr,
                 bytes,
-                self.stream.cu_stream(),
+                self.queue().cu_stream(),
             )
         }
         .map_err(|e| self.error("copy_rows", e))

@@ -83,9 +83,22 @@ extern "C" __global__ void embedding(const u8* table, const i32* ids, u32 n, u64
     }
 }
 
+// Copies `bytes` from src to row `row` (plus a recorded step's position, when `step` is not null) of dst,
+// whose rows are `row_bytes` long: a KV cache append whose row a recorded step reads from device memory.
+extern "C" __global__ void copy_rows_at(const u8* src, u8* dst, u64 row_bytes, u64 bytes, u32 row, const u32* step) {
+    u64 base = (u64)(row + (step ? step[0] : 0u)) * row_bytes;
+    if ((row_bytes | bytes | (u64)src | (u64)dst) % 4 == 0) {
+        GRID_LOOP(i, bytes / 4) ((u32*)(dst + base))[i] = ((const u32*)src)[i];
+    } else {
+        GRID_LOOP(i, bytes) dst[base + i] = src[i];
+    }
+}
+
 // Rotary embedding of x [tokens, heads, head_dim]; `interleaved` pairs (2i, 2i+1), else (i, i + rot/2).
+// `step` (a recorded step's arguments, or null): its position is added to pos_start.
 extern "C" __global__ void rope(const void* x, int dt, u32 tokens, u32 heads, u32 head_dim, u32 rot, u32 pos_start,
-                                int interleaved, const float* cos_t, const float* sin_t, void* y) {
+                                int interleaved, const float* cos_t, const float* sin_t, void* y, const u32* step) {
+    if (step) pos_start += step[0];
     u64 total = (u64)tokens * heads * head_dim;
     u32 half = rot / 2;
     GRID_LOOP(i, total) {
@@ -151,10 +164,16 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
 // [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of its query row, a warp per key at a time (lanes over head_dim, so
 // key rows are read coalesced), and writes the chunk's max score m, sum of exp(s - m) l and the weighted V
 // sum o to `part` [rows, chunks, head_dim + 2]; `attention_merge` rescales and adds the chunks. head_dim <= 256.
+// `step` (a recorded step's arguments, or null): its position is added to kv_len and pos_start, and the grid
+// covers the whole cache (chunks past the last key write an empty part, which the merge skips).
 #define ATT_CHUNK 64
 extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
                                            u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
-                                           float* part) {
+                                           float* part, const u32* step) {
+    if (step) {
+        kv_len += step[0];
+        pos_start += step[0];
+    }
     __shared__ float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float red[32];

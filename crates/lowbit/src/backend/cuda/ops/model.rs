@@ -8,7 +8,7 @@ use crate::tensor::DType;
 
 /// Keys per block of the split attention (`ATT_CHUNK` in kernels/model.cu).
 const ATT_CHUNK: usize = 64;
-/// Query rows x heads below which attention over two or more chunks of keys is split across blocks
+/// Query rows x heads below which attention is split across blocks of keys
 /// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
 const ATT_SPLIT_MAX_ROWS: usize = 1024;
 
@@ -199,11 +199,13 @@ impl Cuda {
         dtype: DType,
         dims: [usize; 5],
         layout: RopeLayout,
-        cos: &CudaStorage,
-        sin: &CudaStorage,
+        (cos, sin, positions): (&CudaStorage, &CudaStorage, usize),
     ) -> Result<Buf> {
         const OP: &str = "rope";
         let [tokens, heads, head_dim, rot, pos_start] = dims;
+        // In a recorded step the kernel adds the step's position (read on the device) to 0.
+        let step = self.step_position(OP, pos_start, positions)?;
+        let pos_start = if step.is_some() { 0 } else { pos_start };
         let n = tokens * heads * head_dim;
         let y = self.alloc(OP, n * dtype.size_in_bytes())?;
         let interleaved = matches!(layout, RopeLayout::Interleaved) as i32;
@@ -223,12 +225,13 @@ impl Cuda {
                 p(cos),
                 p(sin),
                 p(&y),
+                Arg::Ptr(step.unwrap_or(0)),
             ],
         )?;
         Ok(y)
     }
 
-    /// dims: nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start.
+    /// dims: nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start, capacity (the caches' rows).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_dev(
         &self,
@@ -236,14 +239,42 @@ impl Cuda {
         k: &CudaStorage,
         v: &CudaStorage,
         dtype: DType,
-        dims: [usize; 6],
+        dims: [usize; 7],
         scale: f32,
     ) -> Result<Buf> {
         const OP: &str = "attention";
-        let [nq, n_heads, n_kv_heads, head_dim, kv_len, pos_start] = dims;
+        let [
+            nq,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            kv_len,
+            pos_start,
+            capacity,
+        ] = dims;
         let rows = nq * n_heads;
+        // In a recorded step the split kernel adds the step's position to kv_len and pos_start, and its
+        // grid covers the whole cache.
+        let step = self.step_position(OP, pos_start, capacity)?;
+        if step.is_some()
+            && !(rows < ATT_SPLIT_MAX_ROWS && head_dim <= 256 && kv_len == pos_start + nq)
+        {
+            return Err(crate::Error::Device(
+                crate::capability::DeviceError::failed(
+                    &*self.id,
+                    OP,
+                    format!(
+                        "cannot be part of a recorded step: {rows} query rows of head size {head_dim} take the \
+                     one-block-per-row kernel"
+                    ),
+                ),
+            ));
+        }
         let y = self.alloc(OP, rows * head_dim * dtype.size_in_bytes())?;
-        let chunks = kv_len.div_ceil(ATT_CHUNK);
+        let (kv_len, pos_start, chunks) = match step {
+            Some(_) => (nq, 0, capacity.div_ceil(ATT_CHUNK)),
+            None => (kv_len, pos_start, kv_len.div_ceil(ATT_CHUNK)),
+        };
         // The query, caches and shape, as both attention kernels take them; then their own outputs.
         let common = [
             p(q),
@@ -258,11 +289,12 @@ impl Cuda {
             Arg::F32(scale),
         ];
         let grid_rows = u32_of(OP, rows)?;
-        if rows < ATT_SPLIT_MAX_ROWS && chunks >= 2 && head_dim <= 256 {
-            // Decode over a long cache: one block per head would leave most of the GPU idle.
+        if step.is_some() || (rows < ATT_SPLIT_MAX_ROWS && head_dim <= 256) {
+            // Decode: one block per head would leave most of the GPU idle over a long cache. Short caches
+            // take this route too, so a recorded step (always split) gives the bits of an unrecorded one.
             let part = self.alloc(OP, rows * chunks * (head_dim + 2) * 4)?;
             let n_chunks = u32_of(OP, chunks)?;
-            let args = [&common[..], &[p(&part)]].concat();
+            let args = [&common[..], &[p(&part), Arg::Ptr(step.unwrap_or(0))]].concat();
             self.launch("attention_split", (grid_rows, n_chunks), 128, &args)?;
             let merge = [
                 p(&part),
