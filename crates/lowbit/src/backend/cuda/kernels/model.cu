@@ -46,16 +46,19 @@ extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float be
     }
 }
 
-// One block per row: x / sqrt(mean(x^2) + eps) * w, the mean in f64 as the CPU's.
+// One block per row: x / sqrt(mean(x^2) + eps) * w, the mean in f64 as the CPU's. The host sizes the block
+// to about 4 columns per thread: a decode step's one row is one block, whose time is its chain of loads.
 extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
     u64 r = blockIdx.x;
     double s = 0.0;
+#pragma unroll 4
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
         double v = ld_dt(x, r * cols + c, dt);
         s += v * v;
     }
     s = block_sum_d(s);
     float inv = (float)(1.0 / sqrt(s / (double)cols + (double)eps));
+#pragma unroll 4
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x)
         st_dt(y, r * cols + c, dt, __fmul_rn(__fmul_rn(ld_dt(x, r * cols + c, dt), inv), ld_dt(w, c, wdt)));
 }
@@ -160,13 +163,15 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
     }
 }
 
-// Split-K (flash-decoding) attention for few query rows over long caches: block (row, c) takes keys
+// Split-K (flash-decoding) attention for few query rows: block (row, c) takes keys
 // [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of its query row, a warp per key at a time (lanes over head_dim, so
 // key rows are read coalesced), and writes the chunk's max score m, sum of exp(s - m) l and the weighted V
 // sum o to `part` [rows, chunks, head_dim + 2]; `attention_merge` rescales and adds the chunks. head_dim <= 256.
 // `step` (a recorded step's arguments, or null): its position is added to kv_len and pos_start, and the grid
 // covers the whole cache (chunks past the last key write an empty part, which the merge skips).
-#define ATT_CHUNK 64
+// 16 keys per block: 4 per warp and 16 per value sum, so a block's chain of dependent loads is short (with
+// 64, a decode step's attention took 23 us at a 650-token context on an H200, its blocks waiting on loads).
+#define ATT_CHUNK 16
 extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
                                            u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
                                            float* part, const u32* step) {
@@ -185,6 +190,15 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
     u32 group = n_heads / n_kv_heads;
     u64 kv_row = (u64)n_kv_heads * head_dim, off = (u64)(h / group) * head_dim;
     float* out = part + (row * chunks + chunk) * (u64)(head_dim + 2);
+    if (j0 >= n_keys) {
+        // Past the row's last key (a recorded step's grid covers the whole cache): an empty part, whose
+        // weighted sum the merge never reads.
+        if (threadIdx.x == 0) {
+            out[0] = -__int_as_float(0x7f800000);
+            out[1] = 0.0f;
+        }
+        return;
+    }
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = ld_dt(q, row * head_dim + d, dt);
     __syncthreads();
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -214,7 +228,7 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
     for (u32 w = 0; w < warps; w++) total += red[w];
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float acc = 0.0f;
-#pragma unroll 8
+#pragma unroll 16
         for (u32 j = j0; j < j1; j++) acc += sc[j - j0] * ld_dt(v, j * kv_row + off + d, dt);
         out[2 + d] = acc;
     }
@@ -225,22 +239,43 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
 }
 
 // y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c; zero for a row with no keys.
+// The chunks' weights are computed once each, by the block's threads side by side, into shared memory
+// (MERGE_TILE at a time); each column then sums its chunks in chunk order. A chunk with l = 0 (no keys)
+// is skipped, its o never read.
+#define MERGE_TILE 1024
 extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
+    __shared__ float wt[MERGE_TILE];
     u64 row = blockIdx.x;
-    const float* pr = part + row * chunks * (u64)(head_dim + 2);
+    const u64 stride = head_dim + 2;
+    const float* pr = part + row * chunks * stride;
     float mx = -__int_as_float(0x7f800000);
-    for (u32 c = 0; c < chunks; c++) mx = fmaxf(mx, pr[c * (u64)(head_dim + 2)]);
+    for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) mx = fmaxf(mx, pr[c * stride]);
+    mx = block_max(mx, -__int_as_float(0x7f800000));
     float l = 0.0f;
-    for (u32 c = 0; c < chunks; c++) {
-        const float* pc = pr + c * (u64)(head_dim + 2);
-        if (pc[1] > 0.0f) l += pc[1] * expf(__fsub_rn(pc[0], mx));
-    }
-    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (u32 c = 0; c < chunks; c++) {
-            const float* pc = pr + c * (u64)(head_dim + 2);
-            if (pc[1] > 0.0f) acc += pc[2 + d] * expf(__fsub_rn(pc[0], mx));
+    float acc[2] = {0.0f, 0.0f};  // columns threadIdx.x and threadIdx.x + blockDim.x (head_dim <= 256)
+    for (u32 t0 = 0; t0 < chunks; t0 += MERGE_TILE) {
+        u32 tn = min(chunks - t0, (u32)MERGE_TILE);
+        __syncthreads();
+        for (u32 c = threadIdx.x; c < tn; c += blockDim.x) {
+            const float* pc = pr + (t0 + c) * stride;
+            wt[c] = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
         }
-        st_dt(y, row * head_dim + d, dt, l > 0.0f ? __fdiv_rn(acc, l) : 0.0f);
+        __syncthreads();
+#pragma unroll 8
+        for (u32 c = 0; c < tn; c++) {
+            if (wt[c] != 0.0f) l += pr[(t0 + c) * stride + 1] * wt[c];
+        }
+        for (u32 k = 0; k < 2; k++) {
+            u32 d = threadIdx.x + k * blockDim.x;
+            if (d >= head_dim) break;
+#pragma unroll 8
+            for (u32 c = 0; c < tn; c++) {
+                if (wt[c] != 0.0f) acc[k] += pr[(t0 + c) * stride + 2 + d] * wt[c];
+            }
+        }
+    }
+    for (u32 k = 0; k < 2; k++) {
+        u32 d = threadIdx.x + k * blockDim.x;
+        if (d < head_dim) st_dt(y, row * head_dim + d, dt, l > 0.0f ? __fdiv_rn(acc[k], l) : 0.0f);
     }
 }
