@@ -239,12 +239,14 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
 }
 
 // y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c; zero for a row with no keys.
-// The chunks' weights are computed once each, by the block's threads side by side, into shared memory
-// (MERGE_TILE at a time); each column then sums its chunks in chunk order. A chunk with l = 0 (no keys)
-// is skipped, its o never read.
+// Each chunk's weight exp(m_c - M) and weighted sum l_c exp(m_c - M) are computed once, by the block's
+// threads side by side, into shared memory (MERGE_TILE chunks at a time); each column then sums its chunks
+// in chunk order with loads that do not wait on one another. A chunk with l = 0 (no keys) adds nothing:
+// its o, never written, is loaded but not used.
 #define MERGE_TILE 1024
 extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
     __shared__ float wt[MERGE_TILE];
+    __shared__ float lw[MERGE_TILE];
     u64 row = blockIdx.x;
     const u64 stride = head_dim + 2;
     const float* pr = part + row * chunks * stride;
@@ -258,19 +260,22 @@ extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 he
         __syncthreads();
         for (u32 c = threadIdx.x; c < tn; c += blockDim.x) {
             const float* pc = pr + (t0 + c) * stride;
-            wt[c] = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
+            float w = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
+            wt[c] = w;
+            lw[c] = w != 0.0f ? pc[1] * w : 0.0f;
         }
         __syncthreads();
-#pragma unroll 8
         for (u32 c = 0; c < tn; c++) {
-            if (wt[c] != 0.0f) l += pr[(t0 + c) * stride + 1] * wt[c];
+            if (wt[c] != 0.0f) l += lw[c];
         }
         for (u32 k = 0; k < 2; k++) {
             u32 d = threadIdx.x + k * blockDim.x;
             if (d >= head_dim) break;
+            const float* col = pr + t0 * stride + 2 + d;
 #pragma unroll 8
             for (u32 c = 0; c < tn; c++) {
-                if (wt[c] != 0.0f) acc[k] += pr[(t0 + c) * stride + 2 + d] * wt[c];
+                float o = col[c * stride];
+                if (wt[c] != 0.0f) acc[k] += o * wt[c];
             }
         }
     }
