@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex};
 /// Recordings kept per device (older ones are dropped with their graph memory): one per live
 /// (model, cache, adapter) a process decodes with at once is enough for the usual single generator.
 const KEEP: usize = 4;
+/// Keys remembered as seen or failed, at most (a long-running process decodes with many caches).
+const FORGET_AFTER: usize = 256;
 
 /// A small number naming the calling thread (0 is "no thread").
 fn thread_tag() -> u64 {
@@ -296,6 +298,11 @@ impl Cuda {
                 shape: out.shape().to_vec(),
                 dtype: out.dtype(),
             };
+            // Every new cache is a new key: forget old ones now and then (a forgotten live key just runs
+            // op by op once more).
+            if st.seen.len() >= FORGET_AFTER {
+                st.seen.clear();
+            }
             st.seen.insert(key, spec);
         }
     }
@@ -376,6 +383,9 @@ impl Cuda {
         let rec = match recorded {
             Ok(r) => r,
             Err(e) => {
+                if st.failed.len() >= FORGET_AFTER {
+                    st.failed.clear();
+                }
                 st.failed.insert(active.key);
                 st.seen.remove(&active.key);
                 return Err(e);
