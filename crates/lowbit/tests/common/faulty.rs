@@ -1,16 +1,22 @@
 //! A test-only backend that wraps the CPU backend and fails on purpose: transient failures, out-of-memory
-//! above a size, permanent failure, or an unsupported op. It counts what it injected.
+//! above a size, permanent failure, or an unsupported op. It counts what it injected. It also runs
+//! device-tensor ops (the CPU's, on tensors it owns) and can pretend to record steps (`Faults::record_steps`:
+//! a recording stores the step's output, a replay hands it back), for `Device::recorded_step`'s protocol.
 #![allow(dead_code)]
 
 use half::f16;
 use lowbit::Result;
 use lowbit::backend::cpu::CpuBackend;
+use lowbit::backend::cpu::storage::host_tensor;
 use lowbit::backend::{Backend, BackendKind, BlockCodes, Int8Rows, Packed4bit, PackedTernary};
+use lowbit::capability::Op;
+use lowbit::device_tensor::DeviceTensor;
 use lowbit::format::{Codebook8, FourBitType};
-use lowbit::runtime::{DeviceError, OpKind, OpParams, Support};
-use lowbit::tensor::{DType, FloatVec, Floats};
+use lowbit::runtime::{DeviceError, OpKind, OpParams, StepArgs, StepKey, Support};
+use lowbit::tensor::{DType, FloatVec, Floats, Tensor};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What to inject.
 #[derive(Clone, Debug, Default)]
@@ -25,10 +31,18 @@ pub struct Faults {
     pub permanent: bool,
     /// `supports` answers No for this op.
     pub unsupported: Option<OpKind>,
+    /// Pretend to record steps: a key's second step is "recorded" (its output stored), later ones replay it.
+    pub record_steps: bool,
+    /// Recordings fail at their end.
+    pub fail_recording: bool,
+    /// Device ops fail while a step is being recorded.
+    pub fail_ops_while_recording: bool,
 }
 
 pub struct Faulty {
     pub name: String,
+    /// `name` as the device id of the tensors it owns.
+    id: &'static str,
     pub faults: Faults,
     /// Calls that reached the backend.
     pub calls: AtomicU64,
@@ -38,19 +52,38 @@ pub struct Faulty {
     pub permanent_injected: AtomicU64,
     /// Main-input sizes of the calls that succeeded.
     pub sizes: Mutex<Vec<usize>>,
+    steps: PretendSteps,
+}
+
+/// The pretend recorder's state.
+#[derive(Default)]
+struct PretendSteps {
+    recording: AtomicBool,
+    /// The key being recorded.
+    active: Mutex<Option<StepKey>>,
+    seen: Mutex<HashSet<StepKey>>,
+    failed: Mutex<HashSet<StepKey>>,
+    recorded: Mutex<HashMap<StepKey, Tensor>>,
 }
 
 impl Faulty {
     pub fn new(name: &str, faults: Faults) -> Faulty {
         Faulty {
             name: name.to_string(),
+            // Tests make a handful of these.
+            id: Box::leak(name.to_string().into_boxed_str()),
             faults,
             calls: AtomicU64::new(0),
             transient_injected: AtomicU64::new(0),
             oom_injected: AtomicU64::new(0),
             permanent_injected: AtomicU64::new(0),
             sizes: Mutex::new(Vec::new()),
+            steps: PretendSteps::default(),
         }
+    }
+
+    fn own(&self, t: Tensor) -> Result<DeviceTensor> {
+        host_tensor(t, self.id)
     }
 
     fn check(&self, op: &str, size: usize) -> Result<()> {
@@ -87,6 +120,76 @@ impl Backend for Faulty {
         } else {
             Support::Yes
         }
+    }
+    fn upload(&self, t: &Tensor) -> Result<DeviceTensor> {
+        self.own(t.clone())
+    }
+    fn download(&self, t: &DeviceTensor) -> Result<Tensor> {
+        CpuBackend.download(t)
+    }
+    fn supports_op(&self, op: &Op, dtypes: &[DType]) -> Support {
+        CpuBackend.supports_op(op, dtypes)
+    }
+    fn run_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
+        if self.faults.fail_ops_while_recording && self.recording() {
+            let e = DeviceError::failed(&self.name, "run_op", "injected failure while recording");
+            return Err(e.into());
+        }
+        self.check("run_op", inputs[0].numel())?;
+        let y = CpuBackend.run_op(op, inputs)?;
+        self.own(CpuBackend.download(&y)?)
+    }
+    fn step_replay(&self, key: StepKey, _args: &StepArgs) -> Result<Option<DeviceTensor>> {
+        match self.steps.recorded.lock().unwrap().get(&key) {
+            Some(t) => self.own(t.clone()).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn step_record_begin(&self, key: StepKey, _args: &StepArgs) -> Result<bool> {
+        let s = &self.steps;
+        let go = self.faults.record_steps
+            && s.seen.lock().unwrap().contains(&key)
+            && !s.failed.lock().unwrap().contains(&key);
+        if go {
+            s.recording.store(true, Ordering::SeqCst);
+            *s.active.lock().unwrap() = Some(key);
+        }
+        Ok(go)
+    }
+    fn step_record_end(&self, out: Result<DeviceTensor>) -> Result<DeviceTensor> {
+        let s = &self.steps;
+        s.recording.store(false, Ordering::SeqCst);
+        let key = s
+            .active
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a recording was begun");
+        let r = out.and_then(|y| {
+            if self.faults.fail_recording {
+                Err(DeviceError::failed(&self.name, "step", "injected recording failure").into())
+            } else {
+                Ok(y)
+            }
+        });
+        match &r {
+            Ok(y) => {
+                s.recorded
+                    .lock()
+                    .unwrap()
+                    .insert(key, CpuBackend.download(y)?);
+            }
+            Err(_) => {
+                s.failed.lock().unwrap().insert(key);
+            }
+        }
+        r
+    }
+    fn step_ran(&self, key: StepKey, _out: &DeviceTensor) {
+        self.steps.seen.lock().unwrap().insert(key);
+    }
+    fn recording(&self) -> bool {
+        self.steps.recording.load(Ordering::SeqCst)
     }
     fn quantize_blockwise(
         &self,
