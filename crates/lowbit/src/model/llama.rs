@@ -487,17 +487,20 @@ impl Model {
     /// The ops of [`Model::forward_last`], queued on the device: on a GPU this returns once the host has
     /// issued them (the time it takes is the host's share of a decode step), on the CPU once they ran.
     pub fn queue_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<DeviceTensor> {
-        self.on_cpu_pool(|| {
-            if let ([token], true) = (tokens, self.record_steps) {
-                return self.decode_step(*token, cache);
-            }
-            let h = self.hidden(tokens, cache)?;
-            let last = match tokens.len() {
-                1 => h,
-                n => self.dev.embedding(&h, &[n as u32 - 1])?,
-            };
-            self.lm_head.forward(&self.dev, &last)
+        self.on_cpu_pool(|| match tokens {
+            [token] if self.record_steps => self.decode_step(*token, cache),
+            _ => self.last_logits(tokens, cache),
         })
+    }
+
+    /// `tokens` through the model and the head on the last one's hidden state.
+    fn last_logits(&self, tokens: &[u32], cache: &mut KvCache) -> Result<DeviceTensor> {
+        let h = self.hidden(tokens, cache)?;
+        let last = match tokens.len() {
+            1 => h,
+            n => self.dev.embedding(&h, &[n as u32 - 1])?,
+        };
+        self.lm_head.forward(&self.dev, &last)
     }
 
     /// One token through the model as a recorded step (`Device::recorded_step`): on a device that records
@@ -513,8 +516,7 @@ impl Model {
         let (y, run) = self.dev.recorded_step(key, &args, &mut || {
             // A step may run twice (a failed recording, then op by op): both start at `pos`.
             cache.len = pos;
-            let h = self.hidden(&[token], cache)?;
-            self.lm_head.forward(&self.dev, &h)
+            self.last_logits(&[token], cache)
         })?;
         cache.len = pos + 1;
         if run != StepRun::OpByOp {

@@ -187,8 +187,8 @@ impl Backend for CudaBackend {
             self.storage("copy_rows", dst)?,
             self.storage("copy_rows", src)?,
         );
-        let row_bytes = dst.rows_cols_first().1 * dst.dtype().size_in_bytes();
-        let rows = dst.rows_cols_first().0;
+        let (rows, row_len) = dst.rows_cols_first();
+        let row_bytes = row_len * dst.dtype().size_in_bytes();
         match self.cuda.step_position("copy_rows", row, rows)? {
             Some(step) => self
                 .cuda

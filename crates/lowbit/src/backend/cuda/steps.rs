@@ -3,15 +3,15 @@
 //! host writes the step's position and token ids into a small device buffer and launches once.
 //!
 //! A step runs op by op the first time (kernels are compiled and loaded, the output's size is learnt), is
-//! captured the second time, then replayed. The capture uses a stream of its own, which only the capturing
-//! thread queues on (`Cuda::queue`): other threads' work keeps running on the main stream meanwhile, and
-//! the graph is launched on the main stream, in order with everything else. While capturing, the ops whose arguments move
-//! from step to step read them from the arguments buffer instead of their launch parameters: RoPE's and
-//! the attention's position, the KV cache row a step appends (`copy_rows_at`), the embedded token ids
-//! (the upload of exactly the step's ids becomes a view of the buffer). Any other position, any other
-//! upload and any read-back end the capture with an error: the step then runs op by op, counted by the
-//! runtime. The graph's last node copies the output into a buffer the recording owns; each replay hands
-//! the caller a fresh copy of it.
+//! captured the second time, then replayed. The capture uses a stream of its own, which only the
+//! capturing thread queues on (`Cuda::queue`): other threads' work keeps running on the main stream
+//! meanwhile, and the graph is launched on the main stream, in order with everything else. While
+//! capturing, the ops whose arguments move from step to step read them from the arguments buffer instead
+//! of their launch parameters: RoPE's and the attention's position, the KV cache row a step appends
+//! (`copy_rows_at`), the embedded token ids (the upload of exactly the step's ids becomes a view of the
+//! buffer). Any other position, any other upload and any read-back end the capture with an error: the step
+//! then runs op by op, counted by the runtime. The graph's last node copies the output into a buffer the
+//! recording owns; each replay hands the caller a fresh copy of it.
 
 use super::context::Cuda;
 use super::ops::Buf;
@@ -98,6 +98,18 @@ struct State {
     active: Option<Active>,
 }
 
+impl State {
+    /// `key` runs op by op from now on. Every new cache is a new key: old ones are forgotten now and then
+    /// (a forgotten key is just tried again).
+    fn mark_failed(&mut self, key: StepKey) {
+        if self.failed.len() >= FORGET_AFTER {
+            self.failed.clear();
+        }
+        self.failed.insert(key);
+        self.seen.remove(&key);
+    }
+}
+
 /// The recorded steps of one device.
 pub struct Steps {
     state: Mutex<State>,
@@ -129,15 +141,16 @@ impl Steps {
     }
 }
 
-fn not_recordable(device: &str, op: &str, why: String) -> crate::Error {
-    crate::Error::Device(DeviceError::failed(
-        device,
-        op,
-        format!("cannot be part of a recorded step: {why}"),
-    ))
-}
-
 impl Cuda {
+    /// The error that ends a capture: `op` cannot be recorded, for `why`.
+    pub fn not_recordable(&self, op: &str, why: String) -> crate::Error {
+        crate::Error::Device(DeviceError::failed(
+            &*self.id,
+            op,
+            format!("cannot be part of a recorded step: {why}"),
+        ))
+    }
+
     /// The stream this thread's work goes to: the capture stream while it records a step, else the
     /// device's stream.
     pub fn queue(&self) -> &Arc<CudaStream> {
@@ -161,8 +174,7 @@ impl Cuda {
             .as_mut()
             .expect("a capturing thread has an active capture");
         if pos != a.args.pos {
-            return Err(not_recordable(
-                &self.id,
+            return Err(self.not_recordable(
                 op,
                 format!("position {pos} is not the step's ({})", a.args.pos),
             ));
@@ -198,11 +210,9 @@ impl Cuda {
             .flat_map(|&t| (t as i32).to_le_bytes())
             .collect();
         if bytes != ids.as_slice() {
-            return Err(not_recordable(
-                &self.id,
-                "upload",
-                "only the step's token ids can be uploaded".into(),
-            ));
+            return Err(
+                self.not_recordable("upload", "only the step's token ids can be uploaded".into())
+            );
         }
         Ok(CudaStorage::view(&a.args_buf, 4, ids.len()))
     }
@@ -210,11 +220,7 @@ impl Cuda {
     /// Read-backs wait for the device: a capture has nothing to wait for.
     pub fn check_not_recording(&self, op: &str) -> Result<()> {
         if self.steps.recording() {
-            return Err(not_recordable(
-                &self.id,
-                op,
-                "it reads a result back to the host".into(),
-            ));
+            return Err(self.not_recordable(op, "it reads a result back to the host".into()));
         }
         Ok(())
     }
@@ -350,8 +356,7 @@ impl Cuda {
                 dtype: y.dtype(),
             };
             if spec != active.spec {
-                return Err(not_recordable(
-                    &self.id,
+                return Err(self.not_recordable(
                     "step",
                     format!(
                         "its output {spec:?} differs from the first run's {:?}",
@@ -378,22 +383,18 @@ impl Cuda {
                 tokens: active.args.tokens.len(),
                 limits: active.limits,
             }),
-            None => Err(not_recordable(&self.id, "step", "it queued nothing".into())),
+            None => Err(self.not_recordable("step", "it queued nothing".into())),
         });
         let rec = match recorded {
             Ok(r) => r,
             Err(e) => {
-                if st.failed.len() >= FORGET_AFTER {
-                    st.failed.clear();
-                }
-                st.failed.insert(active.key);
-                st.seen.remove(&active.key);
+                st.mark_failed(active.key);
                 return Err(e);
             }
         };
         let y = self.replay(&rec, &active.args);
         if y.is_err() {
-            st.failed.insert(active.key);
+            st.mark_failed(active.key);
         } else {
             st.recorded.retain(|(k, _)| *k != active.key);
             if st.recorded.len() >= KEEP {

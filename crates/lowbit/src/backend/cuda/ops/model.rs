@@ -261,14 +261,10 @@ impl Cuda {
         if step.is_some()
             && !(rows < ATT_SPLIT_MAX_ROWS && head_dim <= 256 && kv_len == pos_start + nq)
         {
-            return Err(crate::Error::Device(
-                crate::capability::DeviceError::failed(
-                    &*self.id,
-                    OP,
-                    format!(
-                        "cannot be part of a recorded step: {rows} query rows of head size {head_dim} take the \
-                     one-block-per-row kernel"
-                    ),
+            return Err(self.not_recordable(
+                OP,
+                format!(
+                    "{rows} query rows of head size {head_dim} take the one-block-per-row kernel"
                 ),
             ));
         }
