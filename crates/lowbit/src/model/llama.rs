@@ -5,6 +5,8 @@
 use super::adapter::PeftAdapter;
 use super::checkpoint::{Checkpoint, StoredWeight};
 use super::config::{Activation, Architecture, ModelConfig};
+pub use super::kv_cache::KvCache;
+use super::kv_cache::next_id;
 use super::loader::Loader;
 use super::projections::Projections;
 use crate::capability::{StepArgs, StepKey, StepRun};
@@ -124,39 +126,6 @@ pub struct Model {
     /// Unique per loaded model in this process, and bumped whenever the active adapter changes: a recorded
     /// step is keyed by it (with the cache's id), since it bakes in the weights it ran.
     step_key: u64,
-}
-
-/// A fresh number for this process (recorded steps' keys).
-fn next_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Keys and values of every layer for one sequence, on the model's device.
-pub struct KvCache {
-    k: Vec<DeviceTensor>,
-    v: Vec<DeviceTensor>,
-    len: usize,
-    capacity: usize,
-    /// Unique in this process (recorded steps write into these buffers).
-    id: u64,
-}
-
-impl KvCache {
-    /// Positions filled.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-    /// Forgets every position (the buffers are reused).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
 }
 
 /// The transformers module prefix of layer `i`.

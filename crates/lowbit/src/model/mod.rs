@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+mod kv_cache;
 pub mod llama;
 mod loader;
 pub mod perplexity;
