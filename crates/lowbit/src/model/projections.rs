@@ -39,6 +39,31 @@ impl Projections {
         }
     }
 
+    /// A fused layer's output for `x` in windows: the first `join` parts as one window, then each other
+    /// part alone; `None` for separate layers (their parts live in separate tensors).
+    pub fn forward_joined(
+        &self,
+        dev: &Device,
+        x: &DeviceTensor,
+        join: usize,
+    ) -> Option<Result<Vec<DeviceTensor>>> {
+        let Projections::Fused { linear, sizes } = self else {
+            return None;
+        };
+        let joined: usize = sizes.iter().take(join).sum();
+        let windows = std::iter::once(joined).chain(sizes.iter().skip(join).copied());
+        Some(linear.forward(dev, x).and_then(|y| {
+            let mut start = 0;
+            windows
+                .map(|len| {
+                    let part = dev.narrow(&y, start, len);
+                    start += len;
+                    part
+                })
+                .collect()
+        }))
+    }
+
     /// The layers with their module names (a fused layer is named after no module: adapters never
     /// target it, since a group an unmerged adapter adapts is loaded separate).
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {

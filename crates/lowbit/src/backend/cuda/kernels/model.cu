@@ -47,10 +47,34 @@ extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float be
 }
 
 // One block per row: x / sqrt(mean(x^2) + eps) * w, the mean in f64 as the CPU's. The host sizes the block
-// to about 4 columns per thread: a decode step's one row is one block, whose time is its chain of loads.
+// to about 4 columns per thread: a decode step's one row is one block, whose time is its chain of loads, so
+// a row of at most NORM_REGS columns per thread holds x and w in registers, both loaded before the sum (one
+// round of loads instead of three). Either way each thread sums its columns in the same order.
+#define NORM_REGS 4
 extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
     u64 r = blockIdx.x;
     double s = 0.0;
+    if (cols <= NORM_REGS * blockDim.x) {
+        float xv[NORM_REGS], wv[NORM_REGS];
+#pragma unroll
+        for (u32 k = 0; k < NORM_REGS; k++) {
+            u32 c = threadIdx.x + k * blockDim.x;
+            xv[k] = c < cols ? ld_dt(x, r * cols + c, dt) : 0.0f;
+            wv[k] = c < cols ? ld_dt(w, c, wdt) : 0.0f;
+        }
+#pragma unroll
+        for (u32 k = 0; k < NORM_REGS; k++) {
+            if (threadIdx.x + k * blockDim.x < cols) s += (double)xv[k] * (double)xv[k];
+        }
+        s = block_sum_d(s);
+        float inv = (float)(1.0 / sqrt(s / (double)cols + (double)eps));
+#pragma unroll
+        for (u32 k = 0; k < NORM_REGS; k++) {
+            u32 c = threadIdx.x + k * blockDim.x;
+            if (c < cols) st_dt(y, r * cols + c, dt, __fmul_rn(__fmul_rn(xv[k], inv), wv[k]));
+        }
+        return;
+    }
 #pragma unroll 4
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
         double v = ld_dt(x, r * cols + c, dt);
@@ -163,15 +187,18 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
     }
 }
 
-// Split-K (flash-decoding) attention for few query rows: block (row, c) takes keys
-// [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of its query row, a warp per key at a time (lanes over head_dim, so
-// key rows are read coalesced), and writes the chunk's max score m, sum of exp(s - m) l and the weighted V
-// sum o to `part` [rows, chunks, head_dim + 2]; `attention_merge` rescales and adds the chunks. head_dim <= 256.
+// Split-K (flash-decoding) attention for few query rows. Block (row, g, set, c) takes keys
+// [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of query row `row` for the query heads of KV head g (up to ATT_HEADS
+// of them: `set` picks which when a group is larger), so each key and value row is read once for the whole
+// group; a warp per key at a time (lanes over head_dim, so key rows are read coalesced), each lane holding
+// its part of the key in registers for every head of the group. It writes each head's chunk max score m, sum
+// of exp(s - m) l and weighted V sum o to `part` [rows * n_heads, chunks, head_dim + 2]; `attention_merge`
+// rescales and adds the chunks. head_dim <= 256.
 // `step` (a recorded step's arguments, or null): its position is added to kv_len and pos_start, and the grid
 // covers the whole cache (chunks past the last key write an empty part, which the merge skips).
-// 16 keys per block: 4 per warp and 16 per value sum, so a block's chain of dependent loads is short (with
-// 64, a decode step's attention took 23 us at a 650-token context on an H200, its blocks waiting on loads).
+// 16 keys per block: 4 per warp and 16 per value sum, so a block's chain of dependent loads is short.
 #define ATT_CHUNK 16
+#define ATT_HEADS 8
 extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
                                            u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
                                            float* part, const u32* step) {
@@ -179,108 +206,152 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
         kv_len += step[0];
         pos_start += step[0];
     }
-    __shared__ float qs[256];
-    __shared__ float sc[ATT_CHUNK];
-    __shared__ float red[32];
-    u64 row = blockIdx.x;
+    __shared__ float qs[ATT_HEADS * 256];
+    __shared__ float sc[ATT_HEADS][ATT_CHUNK];
+    __shared__ float ms[ATT_HEADS], ls[ATT_HEADS];
+    u32 group = n_heads / n_kv_heads, sets = (group + ATT_HEADS - 1) / ATT_HEADS;
+    u32 b = blockIdx.x;
+    u32 set = b % sets;
+    b /= sets;
+    u32 g = b % n_kv_heads, i = b / n_kv_heads;
+    u32 h0 = g * group + set * ATT_HEADS, gh = min((u32)ATT_HEADS, group - set * ATT_HEADS);
     u32 chunk = blockIdx.y, chunks = gridDim.y;
-    u32 i = row / n_heads, h = row % n_heads;
     u32 n_keys = min(pos_start + i + 1, kv_len);
     u32 j0 = chunk * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, n_keys);
-    u32 group = n_heads / n_kv_heads;
-    u64 kv_row = (u64)n_kv_heads * head_dim, off = (u64)(h / group) * head_dim;
-    float* out = part + (row * chunks + chunk) * (u64)(head_dim + 2);
+    u64 kv_row = (u64)n_kv_heads * head_dim, off = (u64)g * head_dim;
+    u64 qrow0 = (u64)i * n_heads + h0;  // the block's first query head's row of `part`
+    const u64 stride = head_dim + 2;
     if (j0 >= n_keys) {
-        // Past the row's last key (a recorded step's grid covers the whole cache): an empty part, whose
-        // weighted sum the merge never reads.
-        if (threadIdx.x == 0) {
+        // Past the row's last key (a recorded step's grid covers the whole cache): empty parts, whose
+        // weighted sums the merge never reads.
+        for (u32 h = threadIdx.x; h < gh; h += blockDim.x) {
+            float* out = part + ((qrow0 + h) * chunks + chunk) * stride;
             out[0] = -__int_as_float(0x7f800000);
             out[1] = 0.0f;
         }
         return;
     }
-    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = ld_dt(q, row * head_dim + d, dt);
+    // The group's query heads are contiguous in q's row.
+    for (u32 e = threadIdx.x; e < gh * head_dim; e += blockDim.x) qs[e] = ld_dt(q, qrow0 * head_dim + e, dt);
     __syncthreads();
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    float m = -__int_as_float(0x7f800000);
-    // Unrolled so that several keys' (and below, values') loads are in flight at once: a block's time is
-    // its chain of dependent loads, not bandwidth. The sums keep their order.
-#pragma unroll 4
+#pragma unroll 2
     for (u32 j = j0 + warp; j < j1; j += warps) {
-        float dot = 0.0f;
-        for (u32 d = lane; d < head_dim; d += 32) dot += qs[d] * ld_dt(k, j * kv_row + off + d, dt);
-        float s = __fmul_rn(warp_sum(dot), scale);
-        if (lane == 0) sc[j - j0] = s;
-        m = fmaxf(m, s);
+        float kd[8];
+#pragma unroll
+        for (u32 t = 0; t < 8; t++) {
+            u32 d = lane + 32 * t;
+            kd[t] = d < head_dim ? ld_dt(k, j * kv_row + off + d, dt) : 0.0f;
+        }
+#pragma unroll
+        for (u32 h = 0; h < ATT_HEADS; h++) {
+            if (h < gh) {
+                float dot = 0.0f;
+#pragma unroll
+                for (u32 t = 0; t < 8; t++) {
+                    u32 d = lane + 32 * t;
+                    if (d < head_dim) dot += qs[h * head_dim + d] * kd[t];
+                }
+                float s = __fmul_rn(warp_sum(dot), scale);
+                if (lane == 0) sc[h][j - j0] = s;
+            }
+        }
     }
-    m = block_max(m, -__int_as_float(0x7f800000));  // synchronises, so every score is in sc
-    float l = 0.0f;
-    for (u32 j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
-        float p = expf(__fsub_rn(sc[j - j0], m));
-        sc[j - j0] = p;
-        l += p;
+    __syncthreads();
+    // Each head's softmax over the chunk: a warp per head, a lane per key (ATT_CHUNK <= 32).
+    for (u32 h = warp; h < gh; h += warps) {
+        bool live = lane < j1 - j0;
+        float s = live ? sc[h][lane] : -__int_as_float(0x7f800000);
+        float m = warp_max(s);
+        float p = live ? expf(__fsub_rn(s, m)) : 0.0f;
+        float l = warp_sum(p);
+        if (live) sc[h][lane] = p;
+        if (lane == 0) {
+            ms[h] = m;
+            ls[h] = l;
+        }
     }
-    l = warp_sum(l);
     __syncthreads();
-    if (lane == 0) red[warp] = l;
-    __syncthreads();
-    float total = 0.0f;
-    for (u32 w = 0; w < warps; w++) total += red[w];
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
+        float acc[ATT_HEADS];
+#pragma unroll
+        for (u32 h = 0; h < ATT_HEADS; h++) acc[h] = 0.0f;
 #pragma unroll 16
-        for (u32 j = j0; j < j1; j++) acc += sc[j - j0] * ld_dt(v, j * kv_row + off + d, dt);
-        out[2 + d] = acc;
+        for (u32 j = j0; j < j1; j++) {
+            float vv = ld_dt(v, j * kv_row + off + d, dt);
+#pragma unroll
+            for (u32 h = 0; h < ATT_HEADS; h++) acc[h] += sc[h][j - j0] * vv;
+        }
+#pragma unroll
+        for (u32 h = 0; h < ATT_HEADS; h++) {
+            if (h < gh) part[((qrow0 + h) * chunks + chunk) * stride + 2 + d] = acc[h];
+        }
     }
-    if (threadIdx.x == 0) {
-        out[0] = m;  // -inf for a chunk past the row's last key (then l = 0 and o = 0)
-        out[1] = total;
+    for (u32 h = threadIdx.x; h < gh; h += blockDim.x) {
+        float* out = part + ((qrow0 + h) * chunks + chunk) * stride;
+        out[0] = ms[h];
+        out[1] = ls[h];
     }
 }
 
 // y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c; zero for a row with no keys.
-// Each chunk's weight exp(m_c - M) and weighted sum l_c exp(m_c - M) are computed once, by the block's
-// threads side by side, into shared memory (MERGE_TILE chunks at a time); each column then sums its chunks
-// in chunk order with loads that do not wait on one another. A chunk with l = 0 (no keys) adds nothing:
-// its o, never written, is loaded but not used.
+// Each chunk's weight exp(m_c - M) is computed once, by the block's threads side by side, into shared
+// memory (MERGE_TILE chunks at a time); then warp w adds chunks w, w + MERGE_WARPS, ... (lanes over head_dim,
+// every load independent of the others), and the warps' sums are added in warp order. A chunk with l = 0 (no
+// keys, or past the last key) adds nothing, by selection: its o, never written, is loaded but not used, so a
+// grid with more empty chunks (a recorded step's) gives the same bits.
 #define MERGE_TILE 1024
+#define MERGE_WARPS 8
 extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
     __shared__ float wt[MERGE_TILE];
-    __shared__ float lw[MERGE_TILE];
+    __shared__ float os[MERGE_WARPS][256];
+    __shared__ float lsum[MERGE_WARPS];
     u64 row = blockIdx.x;
     const u64 stride = head_dim + 2;
     const float* pr = part + row * chunks * stride;
     float mx = -__int_as_float(0x7f800000);
     for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) mx = fmaxf(mx, pr[c * stride]);
     mx = block_max(mx, -__int_as_float(0x7f800000));
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float l = 0.0f;
-    float acc[2] = {0.0f, 0.0f};  // columns threadIdx.x and threadIdx.x + blockDim.x (head_dim <= 256)
+    float acc[8];  // columns lane + 32 t (head_dim <= 256)
+#pragma unroll
+    for (u32 t = 0; t < 8; t++) acc[t] = 0.0f;
     for (u32 t0 = 0; t0 < chunks; t0 += MERGE_TILE) {
         u32 tn = min(chunks - t0, (u32)MERGE_TILE);
         __syncthreads();
         for (u32 c = threadIdx.x; c < tn; c += blockDim.x) {
             const float* pc = pr + (t0 + c) * stride;
-            float w = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
-            wt[c] = w;
-            lw[c] = w != 0.0f ? pc[1] * w : 0.0f;
+            wt[c] = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
         }
         __syncthreads();
-        for (u32 c = 0; c < tn; c++) {
-            if (wt[c] != 0.0f) l += lw[c];
-        }
-        for (u32 k = 0; k < 2; k++) {
-            u32 d = threadIdx.x + k * blockDim.x;
-            if (d >= head_dim) break;
-            const float* col = pr + t0 * stride + 2 + d;
-#pragma unroll 8
-            for (u32 c = 0; c < tn; c++) {
-                float o = col[c * stride];
-                if (wt[c] != 0.0f) acc[k] += o * wt[c];
+#pragma unroll 4
+        for (u32 c = warp; c < tn; c += MERGE_WARPS) {
+            const float* pc = pr + (t0 + c) * stride;
+            float w = wt[c], lc = pc[1];
+            l = w != 0.0f ? l + lc * w : l;
+#pragma unroll
+            for (u32 t = 0; t < 8; t++) {
+                u32 d = lane + 32 * t;
+                if (d < head_dim) {
+                    float o = pc[2 + d];
+                    acc[t] = w != 0.0f ? acc[t] + o * w : acc[t];
+                }
             }
         }
     }
-    for (u32 k = 0; k < 2; k++) {
-        u32 d = threadIdx.x + k * blockDim.x;
-        if (d < head_dim) st_dt(y, row * head_dim + d, dt, l > 0.0f ? __fdiv_rn(acc[k], l) : 0.0f);
+#pragma unroll
+    for (u32 t = 0; t < 8; t++) {
+        u32 d = lane + 32 * t;
+        if (d < head_dim) os[warp][d] = acc[t];
+    }
+    if (lane == 0) lsum[warp] = l;
+    __syncthreads();
+    float total = 0.0f;
+    for (u32 w = 0; w < MERGE_WARPS; w++) total += lsum[w];
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (u32 w = 0; w < MERGE_WARPS; w++) o += os[w][d];
+        st_dt(y, row * head_dim + d, dt, total > 0.0f ? __fdiv_rn(o, total) : 0.0f);
     }
 }

@@ -8,6 +8,10 @@ use crate::tensor::DType;
 
 /// Keys per block of the split attention (`ATT_CHUNK` in kernels/model.cu).
 const ATT_CHUNK: usize = 16;
+/// Query heads per block of the split attention (`ATT_HEADS`): a KV head's group, in sets of this many.
+const ATT_HEADS: usize = 8;
+/// Threads of the merge's block (`MERGE_WARPS` warps in kernels/model.cu).
+const MERGE_THREADS: u32 = 256;
 /// Query rows x heads below which attention is split across blocks of keys
 /// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
 const ATT_SPLIT_MAX_ROWS: usize = 1024;
@@ -292,8 +296,10 @@ impl Cuda {
             // take this route too, so a recorded step (always split) gives the bits of an unrecorded one.
             let part = self.alloc(OP, rows * chunks * (head_dim + 2) * 4)?;
             let n_chunks = u32_of(OP, chunks)?;
+            let sets = (n_heads / n_kv_heads).div_ceil(ATT_HEADS);
+            let split_rows = u32_of(OP, nq * n_kv_heads * sets)?;
             let args = [&common[..], &[p(&part), Arg::Ptr(step.unwrap_or(0))]].concat();
-            self.launch("attention_split", (grid_rows, n_chunks), 128, &args)?;
+            self.launch("attention_split", (split_rows, n_chunks), 128, &args)?;
             let merge = [
                 p(&part),
                 Arg::U32(n_chunks),
@@ -301,7 +307,7 @@ impl Cuda {
                 dt(dtype),
                 p(&y),
             ];
-            self.launch("attention_merge", (grid_rows, 1), 128, &merge)?;
+            self.launch("attention_merge", (grid_rows, 1), MERGE_THREADS, &merge)?;
             return Ok(y);
         }
         let scratch = self.alloc(OP, rows * kv_len.max(1) * 4)?;
