@@ -95,6 +95,16 @@ fn kernels_compile_for_every_target_architecture() {
                     "sm_{major}{minor}: no {k} in the {family} program"
                 );
             }
+            // From Hopper on, every kernel's code waits for the kernel before it (programmatic dependent
+            // launch); before, the wait compiles to nothing.
+            for entry in ptx.split(".entry ").skip(1) {
+                assert_eq!(
+                    entry.contains("griddepcontrol.wait"),
+                    major >= 9,
+                    "sm_{major}{minor}: {}",
+                    entry.split('(').next().unwrap_or_default()
+                );
+            }
             println!("sm_{major}{minor} {family}: {} bytes of PTX", ptx.len());
         }
     }
@@ -111,4 +121,31 @@ fn every_launched_kernel_belongs_to_a_family() {
     );
     assert_eq!(cuda::family_of("gemm_dense_f16"), "linear_f16");
     assert_eq!(cuda::family_of("quantize_4bit_f32"), "quant");
+}
+
+/// Kernels are launched with programmatic dependent launch on sm_90 and later, so each may start before the
+/// kernel queued ahead of it has finished: every kernel must call `pdl_entry()` (which waits for that
+/// kernel's results) before anything else. Reads the source, so it needs no NVRTC and runs everywhere.
+#[test]
+fn every_kernel_waits_for_the_kernels_before_it_first() {
+    let mut kernels = 0;
+    for family in cuda::FAMILIES {
+        let src = cuda::source(family);
+        for (at, _) in src.match_indices("__global__") {
+            let body = at + src[at..].find('{').expect("a kernel body");
+            let first: String = src[body + 1..]
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != '\\')
+                .take("pdl_entry();".len())
+                .collect();
+            let head = src[at..body].split('(').next().unwrap_or_default().trim();
+            assert_eq!(
+                first, "pdl_entry();",
+                "{family}: `{head}` does not begin with pdl_entry()"
+            );
+            kernels += 1;
+        }
+    }
+    // Counted once per program that holds them (the linear source is in three).
+    assert!(kernels >= 40, "found only {kernels} kernels");
 }

@@ -557,7 +557,7 @@ impl Model {
             if let Some(sn) = &l.attn_sub_norm {
                 a = dev.rms_norm_on(&a, sn, c.rms_norm_eps)?;
             }
-            x = dev.add(&x, &l.o.forward(dev, &a)?)?;
+            x = l.o.forward_residual(dev, &a, &x)?;
             let h = dev.rms_norm_on(&x, &l.post_norm, c.rms_norm_eps)?;
             let [g, u]: [DeviceTensor; 2] = l
                 .gate_up
@@ -571,7 +571,7 @@ impl Model {
             if let Some(sn) = &l.ffn_sub_norm {
                 m = dev.rms_norm_on(&m, sn, c.rms_norm_eps)?;
             }
-            x = dev.add(&x, &l.down.forward(dev, &m)?)?;
+            x = l.down.forward_residual(dev, &m, &x)?;
         }
         cache.len = pos + n;
         dev.rms_norm_on(&x, &self.norm, c.rms_norm_eps)

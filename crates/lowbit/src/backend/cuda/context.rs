@@ -6,9 +6,7 @@ use crate::Result;
 use crate::capability::DeviceError;
 use crate::format::FourBitType;
 use crate::format::codebook::{FP4_BITS_BY_RANK, FP4_THRESHOLDS, NF4_THRESHOLDS};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -201,6 +199,10 @@ pub struct Cuda {
     pub capability: (i32, i32),
     /// Recorded steps (CUDA graphs).
     pub steps: super::steps::Steps,
+    /// Kernels are launched with programmatic dependent launch (sm_90 and later, unless
+    /// `LOWBIT_CUDA_PDL=0`): each may start while the one before it finishes (`pdl_entry` in
+    /// kernels/common.cuh waits for that one's results before touching memory).
+    pdl: bool,
 }
 
 /// A loaded kernel and the byte size of each of its parameters, where the driver reports them.
@@ -249,6 +251,16 @@ pub enum Arg {
 }
 
 impl Arg {
+    /// The value's bytes in the low end of a u64.
+    fn bits(&self) -> u64 {
+        match *self {
+            Arg::Ptr(v) | Arg::U64(v) => v,
+            Arg::U32(v) => u64::from(v),
+            Arg::I32(v) => u64::from(v as u32),
+            Arg::F32(v) => u64::from(v.to_bits()),
+        }
+    }
+
     fn size(&self) -> usize {
         match self {
             Arg::Ptr(_) | Arg::U64(_) => 8,
@@ -326,6 +338,7 @@ impl Cuda {
             name,
             capability,
             steps: super::steps::Steps::new(capture_stream),
+            pdl: capability.0 >= 9 && std::env::var("LOWBIT_CUDA_PDL").map_or(true, |v| v != "0"),
         })
     }
 
@@ -442,26 +455,46 @@ impl Cuda {
                 )));
             }
         }
-        let mut b = self.queue().launch_builder(&kernel.func);
-        for a in args {
-            match a {
-                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
-                Arg::U32(v) => b.arg(v),
-                Arg::I32(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-            };
-        }
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: shared,
+        use cudarc::driver::sys;
+        // Each argument in an 8-byte slot of its own; the driver reads as many bytes as the parameter has
+        // (the low ones: little-endian).
+        let mut slots: Vec<u64> = args.iter().map(Arg::bits).collect();
+        let mut params: Vec<*mut std::ffi::c_void> =
+            slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        // SAFETY: a zeroed attribute value is valid (a union of plain integers).
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
         };
-        // SAFETY: every kernel's parameter list is the `args` its caller passes (checked by the conformance
-        // suite), and every pointer is a live allocation of this context holding the bytes the op layer
-        // validated.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| self.error(name, e))
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: 1,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: shared,
+            hStream: self.queue().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        self.ctx.bind_to_thread().map_err(|e| self.error(name, e))?;
+        // SAFETY: every kernel's parameter list is the `args` its caller passes (the sizes are checked
+        // above where the driver reports them, and by the conformance suite), each slot outlives the call,
+        // and every pointer is a live allocation of this context holding the bytes the op layer validated.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                kernel.func.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| self.error(name, e))
     }
 
     /// Address of a table slice.

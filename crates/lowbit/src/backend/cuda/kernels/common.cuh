@@ -75,6 +75,17 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
     return r;
 }
 
+// Programmatic dependent launch (sm_90 and later; the host sets the launch attribute there). Every kernel
+// calls this first, before it touches memory: it waits until the grids queued before it have finished and
+// their writes are visible, then lets the next kernel's blocks be scheduled while this one runs, so a chain
+// of small kernels overlaps each launch with the work before it. A no-op where the attribute is not set.
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -3,6 +3,7 @@
 
 // flags[c] = 1 iff some row has |a| >= threshold (or NaN) in column c.
 extern "C" __global__ void int8_col_outliers(const void* a, int dt, u32 rows, u32 cols, float threshold, u32* flags) {
+    pdl_entry();
     u32 c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
     u32 f = 0;
@@ -17,6 +18,7 @@ extern "C" __global__ void int8_col_outliers(const void* a, int dt, u32 rows, u3
 // (outliers, NaN and flagged columns give 0).
 extern "C" __global__ void int8_row_quant(const void* a, int dt, u32 cols, float threshold, const u32* flags,
                                           i8* q, float* row_stats) {
+    pdl_entry();
     u64 r = blockIdx.x;
     const bool th = threshold > 0.0f;
     float m = 0.0f;
@@ -38,6 +40,7 @@ extern "C" __global__ void int8_row_quant(const void* a, int dt, u32 cols, float
 }
 
 extern "C" __global__ void int8_dequant(const i8* q, const float* row_stats, u32 cols, u64 n, float inv127, float* out) {
+    pdl_entry();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = __fmul_rn(__fmul_rn((float)q[i], row_stats[i / cols]), inv127);
@@ -45,6 +48,7 @@ extern "C" __global__ void int8_dequant(const i8* q, const float* row_stats, u32
 
 // Exact C[m, n] = A[m, k] @ B[n, k]^T in i32: 32x32 tiles through shared memory.
 extern "C" __global__ void int8_gemm(const i8* a, const i8* b, u32 m, u32 n, u32 k, i32* c) {
+    pdl_entry();
     __shared__ i32 as[32][33];
     __shared__ i32 bs[32][33];
     u32 tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 32 x 8 threads
@@ -85,6 +89,7 @@ __device__ __forceinline__ i32 dp4a(u32 a, u32 b, i32 c) {
 // of that row and of every A row of the pass at a time through dp4a, so each weight byte is read once per
 // pass with 16-byte loads. Integer sums are exact, so the result equals `int8_gemm`'s whatever the order.
 extern "C" __global__ void int8_gemv_dp4a(const uint4* a, const uint4* b, u32 m, u32 n, u32 k, i32* c) {
+    pdl_entry();
     u32 lane = threadIdx.x & 31;
     u32 j = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u32 m0 = blockIdx.y * DP4A_ROWS;
@@ -118,6 +123,7 @@ extern "C" __global__ void int8_gemv_dp4a(const uint4* a, const uint4* b, u32 m,
 // f16(fma(C * row * col, scale, bias)): bitsandbytes' int8_mm_dequant, one fused multiply-add.
 extern "C" __global__ void int8_mm_dequant(const i32* c, const float* row_stats, const float* col_stats,
                                            const float* bias, u32 n, u64 total, float scale, u16* out) {
+    pdl_entry();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < total; i += (u64)gridDim.x * blockDim.x) {
         u64 r = i / n, j = i % n;
@@ -129,6 +135,7 @@ extern "C" __global__ void int8_mm_dequant(const i32* c, const float* row_stats,
 // The outlier columns' operands of Linear8bitLt: xs[m, nc] = x16[:, cols], ws[n, nc] = f16(W[:, cols] * SCB / 127).
 extern "C" __global__ void int8_outlier_operands(const u16* x16, const i8* w, const float* scb, const u32* cols,
                                                  u32 nc, u32 m, u32 n, u32 k, float inv127, u16* xs, u16* ws) {
+    pdl_entry();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     u64 total = (u64)(m + n) * nc;
     for (; i < total; i += (u64)gridDim.x * blockDim.x) {
@@ -145,6 +152,7 @@ extern "C" __global__ void int8_outlier_operands(const u16* x16, const i8* w, co
 // The outlier columns of `flags` in ascending order, and their count, on the device (one block of 1024
 // threads, each a contiguous run of columns): the few-row layer needs no host round trip to learn them.
 extern "C" __global__ void int8_outlier_list(const u32* flags, u32 cols, u32* list, u32* count) {
+    pdl_entry();
     __shared__ u32 warp_total[32];
     u32 t = threadIdx.x, lane = t & 31, warp = t >> 5;
     u32 per = (cols + blockDim.x - 1) / blockDim.x;
@@ -174,6 +182,7 @@ extern "C" __global__ void int8_outlier_list(const u32* flags, u32 cols, u32* li
 // gathered operands; a warp per output column j, nothing to do when the list is empty.
 extern "C" __global__ void int8_outlier_gemv(const u16* x16, const i8* w, const float* scb, const u32* list,
                                              const u32* count, u32 m, u32 n, u32 k, float inv127, u16* y) {
+    pdl_entry();
     u32 lane = threadIdx.x & 31;
     u32 j = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u32 nc = *count;
@@ -195,6 +204,7 @@ extern "C" __global__ void int8_outlier_gemv(const u16* x16, const i8* w, const 
 
 // y = f16(y + extra) (both f16).
 extern "C" __global__ void add_f16(u16* y, const u16* extra, u64 n) {
+    pdl_entry();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (u64)gridDim.x * blockDim.x) y[i] = f2h(__fadd_rn(h2f(y[i]), h2f(extra[i])));
 }
@@ -203,6 +213,7 @@ extern "C" __global__ void add_f16(u16* y, const u16* extra, u64 n) {
 
 // packed[r, c] bits 2i..2i+1 = ternarize(w[i * R + r, c]) + 1.
 extern "C" __global__ void ternary_quantize(const void* w, int dt, u32 rows, u32 cols, float scale, u8* packed) {
+    pdl_entry();
     u32 pr = (rows + 3) / 4;
     u64 e = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= (u64)pr * cols) return;
@@ -220,6 +231,7 @@ extern "C" __global__ void ternary_quantize(const void* w, int dt, u32 rows, u32
 
 // One block per row: s = RN(RN(1 / max(max|x|, eps)) * 127), q = clamp(rint(x * s), -128, 127).
 extern "C" __global__ void ternary_act_quant(const void* x, int dt, u32 cols, float eps, i8* q, float* scales) {
+    pdl_entry();
     u64 r = blockIdx.x;
     float m = 0.0f;
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(ld_dt(x, r * cols + c, dt)));
@@ -236,6 +248,7 @@ extern "C" __global__ void ternary_act_quant(const void* x, int dt, u32 cols, fl
 // and up to 8 activation rows per pass.
 extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u32 batch, const u8* packed,
                                           float weight_scale, u32 rows, u32 cols, const float* bias, float* y) {
+    pdl_entry();
     u32 lane = threadIdx.x & 31;
     u32 o = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u32 b0 = blockIdx.y * 8;
@@ -331,10 +344,12 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
 extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
                                                const uint4* packed, float weight_scale, u32 rows, u32 cols,
                                                const float* bias, float* y) {
+    pdl_entry();
     ternary_matmul_dp4a_impl<DP4A_ROWS, 4>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
 }
 extern "C" __global__ void ternary_matmul_dp4a_r1(const uint4* xq, const float* x_scale, u32 batch,
                                                   const uint4* packed, float weight_scale, u32 rows, u32 cols,
                                                   const float* bias, float* y) {
+    pdl_entry();
     ternary_matmul_dp4a_impl<1, 8>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
 }

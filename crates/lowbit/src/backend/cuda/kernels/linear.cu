@@ -429,7 +429,7 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 #define WORDS_KERNEL_AS(NAME, DT, R, NR, WHOLE)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_BLOCKS(R, NR))                         \
         NAME(const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k, \
-             u32 blocksize, const float* bias, void* y, int odt) {                                            \
+             u32 blocksize, const float* bias, void* y, int odt) { pdl_entry();                               \
         linear_4bit_words_impl<DT, R, NR, WHOLE>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt); \
     }
 #define WORDS_KERNEL(SUFFIX, DT, R, NR)                                                                        \
@@ -444,19 +444,19 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     extern "C" __global__ void linear_4bit_any_##SUFFIX##_r##R(const void* x, u64 m, const u8* packed,       \
                                                               const float* absmax, const float* table, u32 n, \
                                                               u32 k, u32 blocksize, const float* bias,        \
-                                                              void* y, int odt) {                             \
+                                                              void* y, int odt) { pdl_entry();                \
         linear_4bit_any_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                  \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R(const void* x, u64 m, const void* w, u32 n, u32 k, \
-                                                          const float* bias, void* y, int odt) {             \
+                                                          const float* bias, void* y, int odt) { pdl_entry(); \
         linear_rows_impl<DT, DT, R>(x, m, w, n, k, bias, y, odt);                                                  \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wf16(const void* x, u64 m, const void* w, u32 n, \
-                                                                 u32 k, const float* bias, void* y, int odt) { \
+                                                                 u32 k, const float* bias, void* y, int odt) { pdl_entry(); \
         linear_rows_impl<DT, DT_F16, R>(x, m, w, n, k, bias, y, odt);                                              \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wbf16(const void* x, u64 m, const void* w, u32 n, \
-                                                                  u32 k, const float* bias, void* y, int odt) { \
+                                                                  u32 k, const float* bias, void* y, int odt) { pdl_entry(); \
         linear_rows_impl<DT, DT_BF16, R>(x, m, w, n, k, bias, y, odt);                                             \
     }
 
@@ -467,12 +467,12 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     LINEAR_KERNELS(SUFFIX, DT, 4)                                                                             \
     LINEAR_KERNELS(SUFFIX, DT, 8)                                                                             \
     extern "C" __global__ void gemm_dense_##SUFFIX(const void* x, u64 m, const void* w, u32 n, u32 k,         \
-                                                   const float* bias, void* y, int odt) {                    \
+                                                   const float* bias, void* y, int odt) { pdl_entry();       \
         gemm_impl<DT, 0>(x, m, w, 0, 0, n, k, 1, bias, y, odt);                                                    \
     }                                                                                                         \
     extern "C" __global__ void gemm_4bit_##SUFFIX(const void* x, u64 m, const u8* packed,                     \
                                                   const float* absmax, const float* table, u32 n, u32 k,      \
-                                                  u32 blocksize, const float* bias, void* y, int odt) {      \
+                                                  u32 blocksize, const float* bias, void* y, int odt) { pdl_entry(); \
         gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                              \
     }
 // One activation dtype per program (the host compiles the family it needs: see context.rs); the f16 and
@@ -487,6 +487,7 @@ LINEAR_KERNELS_ALL_R(bf16, DT_BF16)
 
 // y[i, j] = y32[i, j] + bias[j] in `odt`: the bias and the one rounding after a cuBLAS product.
 extern "C" __global__ void bias_finish(const float* y32, const float* bias, u32 n, u64 total, void* y, int odt) {
+    pdl_entry();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x)
         st_dt(y, i, odt, y32[i] + (bias ? bias[i % n] : 0.0f));
 }

@@ -191,7 +191,7 @@ __device__ void linear_4bit_mma_impl(const void* x, u64 m, const u8* packed, con
     extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, (NB) == 1 ? 3 : 2)                          \
         linear_4bit_mma_##SUFFIX##_b##NB(const void* x, u64 m, const u8* packed, const float* absmax,          \
                                          const float* table, u32 n, u32 k, u32 blocksize, const float* bias,   \
-                                         void* y, int odt) {                                                   \
+                                         void* y, int odt) { pdl_entry();                                      \
         linear_4bit_mma_impl<DT, NB>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);              \
     }
 #define MMA_KERNELS(SUFFIX, DT) MMA_KERNEL(SUFFIX, DT, 1) MMA_KERNEL(SUFFIX, DT, 2) MMA_KERNEL(SUFFIX, DT, 4)

@@ -6,11 +6,13 @@
 #define GRID_LOOP(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 extern "C" __global__ void cast(const void* x, int dt, u64 n, void* y, int odt) {
+    pdl_entry();
     GRID_LOOP(i, n) st_dt(y, i, odt, ld_dt(x, i, dt));
 }
 
 // Columns [start, start + len) of every row of x [rows, cols], elements of `es` bytes (4, or 2 for halves).
 extern "C" __global__ void narrow_cols(const void* x, u64 rows, u64 cols, u64 start, u64 len, int es, void* y) {
+    pdl_entry();
     GRID_LOOP(i, rows * len) {
         u64 r = i / len, c = start + i % len;
         if (es == 4) ((u32*)y)[i] = ((const u32*)x)[r * cols + c];
@@ -20,6 +22,7 @@ extern "C" __global__ void narrow_cols(const void* x, u64 rows, u64 cols, u64 st
 
 // op: 0 add, 1 silu(a) * b, 2 relu(a)^2 * b.
 extern "C" __global__ void binary(const void* a, const void* b, int dt, u64 n, int op, void* y) {
+    pdl_entry();
     GRID_LOOP(i, n) {
         float g = ld_dt(a, i, dt), u = ld_dt(b, i, dt), v;
         if (op == 0) v = __fadd_rn(g, u);
@@ -34,6 +37,7 @@ extern "C" __global__ void binary(const void* a, const void* b, int dt, u64 n, i
 
 // kind 0: tanh form `x / (1 + exp(-2u))`, u = beta (x + kappa x^3); kind 1: `x * 0.5 * (1 + erf(x / sqrt 2))`.
 extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float beta, float kappa, float rsqrt2, void* y) {
+    pdl_entry();
     GRID_LOOP(i, n) {
         float v = ld_dt(x, i, dt), r;
         if (kind == 0) {
@@ -52,6 +56,7 @@ extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float be
 // round of loads instead of three). Either way each thread sums its columns in the same order.
 #define NORM_REGS 4
 extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
+    pdl_entry();
     u64 r = blockIdx.x;
     double s = 0.0;
     if (cols <= NORM_REGS * blockDim.x) {
@@ -89,6 +94,7 @@ extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wd
 
 // One block per row: exp(x - max) / sum, the sum in f64 as the CPU's.
 extern "C" __global__ void softmax(const void* x, int dt, u32 cols, void* y) {
+    pdl_entry();
     u64 r = blockIdx.x;
     float m = -__int_as_float(0x7f800000);
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, ld_dt(x, r * cols + c, dt));
@@ -103,6 +109,7 @@ extern "C" __global__ void softmax(const void* x, int dt, u32 cols, void* y) {
 
 // Row gather of `esize`-byte elements: out[t] = table[ids[t]].
 extern "C" __global__ void embedding(const u8* table, const i32* ids, u32 n, u64 row_bytes, u8* out) {
+    pdl_entry();
     u64 total = (u64)n * row_bytes;
     GRID_LOOP(i, total) {
         u64 t = i / row_bytes, b = i % row_bytes;
@@ -113,6 +120,7 @@ extern "C" __global__ void embedding(const u8* table, const i32* ids, u32 n, u64
 // Copies `bytes` from src to row `row` (plus a recorded step's position, when `step` is not null) of dst,
 // whose rows are `row_bytes` long: a KV cache append whose row a recorded step reads from device memory.
 extern "C" __global__ void copy_rows_at(const u8* src, u8* dst, u64 row_bytes, u64 bytes, u32 row, const u32* step) {
+    pdl_entry();
     u64 base = (u64)(row + (step ? step[0] : 0u)) * row_bytes;
     if ((row_bytes | bytes | (u64)src | (u64)dst) % 4 == 0) {
         GRID_LOOP(i, bytes / 4) ((u32*)(dst + base))[i] = ((const u32*)src)[i];
@@ -125,6 +133,7 @@ extern "C" __global__ void copy_rows_at(const u8* src, u8* dst, u64 row_bytes, u
 // `step` (a recorded step's arguments, or null): its position is added to pos_start.
 extern "C" __global__ void rope(const void* x, int dt, u32 tokens, u32 heads, u32 head_dim, u32 rot, u32 pos_start,
                                 int interleaved, const float* cos_t, const float* sin_t, void* y, const u32* step) {
+    pdl_entry();
     if (step) pos_start += step[0];
     u64 total = (u64)tokens * heads * head_dim;
     u32 half = rot / 2;
@@ -151,6 +160,7 @@ extern "C" __global__ void rope(const void* x, int dt, u32 tokens, u32 heads, u3
 // softmax-weighted sum of V. Query i sees keys 0..min(pos_start + i + 1, kv_len).
 extern "C" __global__ void attention(const void* q, const void* k, const void* v, int dt, u32 n_heads, u32 n_kv_heads,
                                      u32 head_dim, u32 kv_len, u32 pos_start, float scale, float* scratch, void* y) {
+    pdl_entry();
     u64 row = blockIdx.x;
     u32 i = row / n_heads, h = row % n_heads;
     u32 n_keys = min(pos_start + i + 1, kv_len);
@@ -202,6 +212,7 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
 extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
                                            u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
                                            float* part, const u32* step) {
+    pdl_entry();
     if (step) {
         kv_len += step[0];
         pos_start += step[0];
@@ -303,6 +314,7 @@ extern "C" __global__ void attention_split(const void* q, const void* k, const v
 #define MERGE_TILE 1024
 #define MERGE_WARPS 8
 extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
+    pdl_entry();
     __shared__ float wt[MERGE_TILE];
     __shared__ float os[MERGE_WARPS][256];
     __shared__ float lsum[MERGE_WARPS];

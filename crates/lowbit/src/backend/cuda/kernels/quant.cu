@@ -225,22 +225,22 @@ __device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize,
 // Every quantizer for each input dtype: the scalar kernels and the vector forms.
 #define QUANT_KERNELS(SUFFIX, DT)                                                                              \
     extern "C" __global__ void quantize_blockwise_##SUFFIX(const void* x, u64 n, u32 blocksize,              \
-                                                           const float* mids, u8* codes, float* absmax) {     \
+                                                           const float* mids, u8* codes, float* absmax) { pdl_entry(); \
         quantize_blockwise_impl<DT>(x, n, blocksize, mids, codes, absmax);                                   \
     }                                                                                                         \
     extern "C" __global__ void quantize_4bit_##SUFFIX(const void* x, u64 n, u32 blocksize, int fp4,          \
                                                       const float* thr, const u8* fp4_bits, u8* packed,       \
-                                                      float* absmax) {                                        \
+                                                      float* absmax) { pdl_entry();                           \
         quantize_4bit_impl<DT>(x, n, blocksize, fp4, thr, fp4_bits, packed, absmax);                         \
     }                                                                                                         \
     extern "C" __global__ void quantize_blockwise_x8_##SUFFIX(const void* x, u64 n8, u32 blocksize,          \
                                                               const float* mids, uint2* codes,                \
-                                                              float* absmax) {                                \
+                                                              float* absmax) { pdl_entry();                   \
         quantize_blockwise_x8_impl<DT>(x, n8, blocksize, mids, codes, absmax);                               \
     }                                                                                                         \
     extern "C" __global__ void quantize_4bit_x8_##SUFFIX(const void* x, u64 n8, u32 blocksize, int fp4,      \
                                                          const float* thr, const u8* fp4_bits, u32* packed,   \
-                                                         float* absmax) {                                     \
+                                                         float* absmax) { pdl_entry();                        \
         quantize_4bit_x8_impl<DT>(x, n8, blocksize, fp4, thr, fp4_bits, packed, absmax);                     \
     }
 QUANT_KERNELS(f32, DT_F32)
@@ -251,6 +251,7 @@ QUANT_KERNELS(bf16, DT_BF16)
 // (nibbles, element 2k the high nibble of byte k).
 extern "C" __global__ void dequantize(const u8* q, const float* absmax, const float* table, u32 bits, u64 n,
                                       u32 blocksize, void* out, int odt) {
+    pdl_entry();
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n; i += (u64)gridDim.x * blockDim.x) {
         u32 c = bits == 8 ? q[i] : ((i & 1) ? (q[i >> 1] & 15u) : (q[i >> 1] >> 4));
@@ -281,6 +282,7 @@ __device__ __forceinline__ void store8(void* out, u64 g, int odt, const float (&
 // (two in f32), the bandwidth-bound form of `dequantize` that the batched linear layers stream through.
 extern "C" __global__ void dequantize_4bit_x8(const u32* q, const float* absmax, const float* table_g, u64 n8,
                                               u32 blocksize, void* out, int odt) {
+    pdl_entry();
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
     __syncthreads();
@@ -306,6 +308,7 @@ extern "C" __global__ void dequantize_4bit_x8(const u32* q, const float* absmax,
 // log2(blocksize / 8)), the table in shared memory, 16-byte stores.
 extern "C" __global__ void dequantize_8bit_x8(const uint2* q, const float* absmax, const float* table_g, u64 n8,
                                               u32 shift, void* out, int odt) {
+    pdl_entry();
     __shared__ float table[256];
     for (u32 i = threadIdx.x; i < 256; i += blockDim.x) table[i] = table_g[i];
     __syncthreads();
