@@ -137,6 +137,14 @@ fn float_models_match_transformers_logits_and_greedy_ids() {
                 "{} {name}",
                 dev.id()
             );
+            // The warm-up run (`generate` does it before timing) leaves the model as it was.
+            model.warm_up().unwrap();
+            assert_eq!(
+                greedy(&model, &exp.ids, exp.greedy.len()),
+                exp.greedy,
+                "{} {name} after a warm-up",
+                dev.id()
+            );
         }
         assert_eq!(fallbacks(&dev), 0, "{} fell back to the CPU", dev.id());
     }

@@ -116,6 +116,11 @@ pub struct Args {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Skip the warm-up run (a 16-token prompt and one decode step on a scratch cache, after loading) that
+    /// makes the reported prefill and decode speeds steady-state figures; without it the prefill also pays
+    /// the device's one-time setup.
+    #[arg(long)]
+    pub no_warmup: bool,
 }
 
 /// Bytes per second a device copies (each byte read and written counted once each), best of three runs of
@@ -147,6 +152,11 @@ fn device_copy_bandwidth(dev: &lowbit::Device) -> Option<f64> {
 
 pub fn run(args: Args, global: &Global) -> CliResult {
     let (model, load_s) = args.model.load(global)?;
+    let t = Instant::now();
+    if !args.no_warmup {
+        model.warm_up()?;
+    }
+    let warmup_s = t.elapsed().as_secs_f64();
     let tok = TextTokenizer::load(&args.model.model, &model.config().eos_token_ids)?;
     let ids = if args.chat {
         let mut messages = Vec::new();
@@ -225,7 +235,7 @@ pub fn run(args: Args, global: &Global) -> CliResult {
             .collect();
         output::print_json(&serde_json::json!({
             "text": text, "prompt_tokens": ids.len(), "generated_ids": generated,
-            "device": model.device().id(), "load_s": load_s,
+            "device": model.device().id(), "load_s": load_s, "warmup_s": warmup_s,
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
             "decode_issue_fraction": stats.decode_issue_fraction(),
@@ -239,12 +249,17 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     outln!();
     output::flush()?;
     let mut line = format!(
-        "{} prompt tokens, {} generated on {} | load {:.2} s | prefill {:.1} tok/s | decode {:.1} tok/s, \
+        "{} prompt tokens, {} generated on {} | load {:.2} s{} | prefill {:.1} tok/s | decode {:.1} tok/s, \
          {:.1} MB/token, {:.2} GB/s",
         ids.len(),
         stats.generated,
         model.device().id(),
         load_s,
+        if args.no_warmup {
+            String::new()
+        } else {
+            format!(" (warm-up {warmup_s:.2} s)")
+        },
         stats.prefill_tokens_per_s(),
         stats.decode_tokens_per_s(),
         bytes as f64 / 1e6,
