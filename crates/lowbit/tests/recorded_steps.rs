@@ -27,6 +27,12 @@ fn device(id: &str, fail_recording: bool, fail_ops_while_recording: bool) -> Dev
     Device::from_backend(Arc::new(Faulty::new(id, faults))).with_policy(RecoveryPolicy::default())
 }
 
+/// The steps' input: four ones on `dev`.
+fn ones(dev: &Device) -> DeviceTensor {
+    dev.to_device(&Tensor::f32(vec![4], vec![1.0; 4]).unwrap())
+        .unwrap()
+}
+
 /// Runs one step (`x + pos`, the state it reads reset by the step itself) and returns its value and how it ran.
 fn step(dev: &Device, key: u64, pos: usize, x: &DeviceTensor, runs: &mut u32) -> (f32, StepRun) {
     let args = StepArgs {
@@ -49,9 +55,7 @@ fn step(dev: &Device, key: u64, pos: usize, x: &DeviceTensor, runs: &mut u32) ->
 #[test]
 fn first_step_runs_op_by_op_second_is_recorded_then_replayed() {
     let dev = device("recorder-ok", false, false);
-    let x = dev
-        .to_device(&Tensor::f32(vec![4], vec![1.0; 4]).unwrap())
-        .unwrap();
+    let x = ones(&dev);
     let mut runs = 0;
     assert_eq!(step(&dev, 1, 3, &x, &mut runs), (4.0, StepRun::OpByOp));
     assert_eq!(step(&dev, 1, 4, &x, &mut runs), (5.0, StepRun::Recorded));
@@ -67,9 +71,7 @@ fn first_step_runs_op_by_op_second_is_recorded_then_replayed() {
 #[test]
 fn a_failed_recording_is_counted_and_the_step_runs_op_by_op_from_the_same_state() {
     let dev = device("recorder-fails", true, false);
-    let x = dev
-        .to_device(&Tensor::f32(vec![4], vec![1.0; 4]).unwrap())
-        .unwrap();
+    let x = ones(&dev);
     let mut runs = 0;
     assert_eq!(step(&dev, 1, 3, &x, &mut runs), (4.0, StepRun::OpByOp));
     assert_eq!(step(&dev, 1, 4, &x, &mut runs), (5.0, StepRun::OpByOp));
@@ -85,9 +87,7 @@ fn a_failed_recording_is_counted_and_the_step_runs_op_by_op_from_the_same_state(
 #[test]
 fn ops_that_fail_while_recording_neither_retry_nor_fall_back() {
     let dev = device("recorder-op-fails", false, true);
-    let x = dev
-        .to_device(&Tensor::f32(vec![4], vec![1.0; 4]).unwrap())
-        .unwrap();
+    let x = ones(&dev);
     let mut runs = 0;
     assert_eq!(step(&dev, 1, 3, &x, &mut runs).1, StepRun::OpByOp);
     // Recording: the add fails and is not run on the CPU; the step then runs op by op and succeeds.

@@ -24,18 +24,7 @@ impl Projections {
     pub fn forward(&self, dev: &Device, x: &DeviceTensor) -> Result<Vec<DeviceTensor>> {
         match self {
             Projections::Separate(parts) => parts.iter().map(|(_, l)| l.forward(dev, x)).collect(),
-            Projections::Fused { linear, sizes } => {
-                let y = linear.forward(dev, x)?;
-                let mut start = 0;
-                sizes
-                    .iter()
-                    .map(|&len| {
-                        let part = dev.narrow(&y, start, len);
-                        start += len;
-                        part
-                    })
-                    .collect()
-            }
+            Projections::Fused { linear, sizes } => windows(dev, &linear.forward(dev, x)?, sizes),
         }
     }
 
@@ -51,17 +40,10 @@ impl Projections {
             return None;
         };
         let joined: usize = sizes.iter().take(join).sum();
-        let windows = std::iter::once(joined).chain(sizes.iter().skip(join).copied());
-        Some(linear.forward(dev, x).and_then(|y| {
-            let mut start = 0;
-            windows
-                .map(|len| {
-                    let part = dev.narrow(&y, start, len);
-                    start += len;
-                    part
-                })
-                .collect()
-        }))
+        let lens: Vec<usize> = std::iter::once(joined)
+            .chain(sizes.iter().skip(join).copied())
+            .collect();
+        Some(linear.forward(dev, x).and_then(|y| windows(dev, &y, &lens)))
     }
 
     /// The layers with their module names (a fused layer is named after no module: adapters never
@@ -83,4 +65,16 @@ impl Projections {
     pub fn is_fused(&self) -> bool {
         matches!(self, Projections::Fused { .. })
     }
+}
+
+/// Consecutive column windows of `y`, `lens` columns each, from column 0 on.
+fn windows(dev: &Device, y: &DeviceTensor, lens: &[usize]) -> Result<Vec<DeviceTensor>> {
+    let mut start = 0;
+    lens.iter()
+        .map(|&len| {
+            let part = dev.narrow(y, start, len);
+            start += len;
+            part
+        })
+        .collect()
 }
