@@ -71,8 +71,9 @@ fn launched_kernels() -> Vec<String> {
     // The tensor-core 4-bit kernel, half-precision activations only.
     for dt in ["f16", "bf16"] {
         for b in [1, 2, 4] {
-            v.push(format!("linear_4bit_mma_{dt}_b{b}"));
+            v.push(format!("linear_4bit_pipe_{dt}_b{b}"));
         }
+        v.push(format!("linear_4bit_pipe_{dt}_x1"));
     }
     v
 }

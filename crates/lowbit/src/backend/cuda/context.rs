@@ -197,6 +197,8 @@ pub struct Cuda {
     blas: OnceLock<Option<super::blas::Blas>>,
     pub name: String,
     pub capability: (i32, i32),
+    /// Streaming multiprocessors (persistent kernels launch a few blocks per multiprocessor).
+    pub multiprocessors: u32,
     /// Recorded steps (CUDA graphs).
     pub steps: super::steps::Steps,
     /// Kernels are launched with programmatic dependent launch (sm_90 and later, unless
@@ -304,6 +306,12 @@ impl Cuda {
             .compute_capability()
             .map_err(|err| e("reading the compute capability", err))?;
         let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+        let multiprocessors = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|err| e("reading the multiprocessor count", err))?
+            .max(1) as u32;
         let up = |v: &[f32]| {
             stream
                 .clone_htod(v)
@@ -337,6 +345,7 @@ impl Cuda {
             blas: OnceLock::new(),
             name,
             capability,
+            multiprocessors,
             steps: super::steps::Steps::new(capture_stream),
             pdl: capability.0 >= 9 && std::env::var("LOWBIT_CUDA_PDL").map_or(true, |v| v != "0"),
         })

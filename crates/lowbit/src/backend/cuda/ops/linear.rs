@@ -13,13 +13,19 @@ const TABLE_BYTES: usize = 256 * 16 * 8;
 /// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
 const MMA_WARPS: u32 = 8;
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
-/// Activation rows from which f16/bf16 4-bit linears take the tensor-core kernel: one row stays on the
-/// word kernel, which is faster there (57 against 74 us at 8192x28672 on an H200). At two rows the
-/// tensor-core kernel took 10.8 / 22.4 / 26.8 / 76.3 us at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672
-/// against the word kernel's 12.2 / 30.0 / 26.4 / 71.8 (f16, separate runs, docs/PERFORMANCE.md).
-const MMA_ROWS_MIN: usize = 2;
+/// Dynamic shared memory of the tensor-core kernel (`PIPE_SHARED_BYTES` in kernels/linear_mma.cu): the pair
+/// table, then per warp 3 stages of 16 rows x 128 bytes of weights, 16 x 4 absmax values and (one
+/// activation row, `x1`) 256 activations, then the warps' sums of `nb` tiles.
+fn pipe_shared_bytes(nb: usize, x1: bool) -> u32 {
+    let stage = 16 * 128 + 16 * 4 * 4 + if x1 { 512 } else { 0 };
+    MMA_TABLE_BYTES + MMA_WARPS * (3 * stage + nb as u32 * 4 * 32 * 4)
+}
+/// Resident blocks per multiprocessor of the tensor-core kernel (`__launch_bounds__(256, 2)`): its grid.
+const PIPE_BLOCKS_PER_SM: u32 = 2;
 /// Activation rows up to which f16/bf16 4-bit linears take the tensor-core kernel: 32 rows are four
-/// 8-row tiles of one weight read (above, dequantize + cuBLAS where present).
+/// 8-row tiles of one weight read (above, dequantize + cuBLAS where present). One row takes it too: 7.6 /
+/// 15.2 / 16.9 / 47.0 us at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672 against the word kernel's 9.9 /
+/// 22.9 / 19.1 / 55.1 (f16, weights from memory, H200, one run: docs/PERFORMANCE.md).
 const MMA_ROWS_MAX: usize = 32;
 /// Whether `LOWBIT_CUDA_NO_MMA` (set and not "0") turns the tensor-core 4-bit kernel off (read once).
 fn mma_disabled() -> bool {
@@ -139,12 +145,19 @@ impl Cuda {
             dt(out),
         ];
         if let Some(nb) = mma {
-            let grid = (
-                u32_of(OP, w.rows.div_ceil(16))?,
-                u32_of(OP, m.div_ceil(8 * nb))?,
-            );
-            let name = format!("linear_4bit_mma_{}_b{nb}", suffix(dtype));
-            self.launch_shared(&name, grid, 32 * MMA_WARPS, MMA_TABLE_BYTES, &common)?;
+            // Persistent blocks, about two per multiprocessor, each taking every grid.0-th 16-row tile.
+            let tiles = u32_of(OP, w.rows.div_ceil(16))?;
+            let row_tiles = u32_of(OP, m.div_ceil(8 * nb))?;
+            let resident = (PIPE_BLOCKS_PER_SM * self.multiprocessors).div_ceil(row_tiles);
+            let grid = (tiles.min(resident.max(1)), row_tiles);
+            // One activation row is staged with the weights (`x1`); more are read from L2.
+            let x1 = m == 1;
+            let name = match x1 {
+                true => format!("linear_4bit_pipe_{}_x1", suffix(dtype)),
+                false => format!("linear_4bit_pipe_{}_b{nb}", suffix(dtype)),
+            };
+            let shared = pipe_shared_bytes(nb, x1);
+            self.launch_shared(&name, grid, 32 * MMA_WARPS, shared, &common)?;
         } else if m <= ROWS_MAX {
             let r = Self::rows_per_pass(m);
             let words = w.cols.is_multiple_of(32) && w.blocksize >= 32;
@@ -186,20 +199,21 @@ impl Cuda {
     }
 
     /// Activation tiles of 8 rows (1, 2 or 4) per pass of the tensor-core 4-bit kernel
-    /// (`linear_4bit_mma_*`, kernels/linear_mma.cu), or `None` where it does not apply. It needs f16/bf16
-    /// activations, [`MMA_ROWS_MIN`] to [`MMA_ROWS_MAX`] rows, rows of whole 64-column chunks, 16-byte
-    /// aligned activations, a power-of-two blocksize of at least 64 (each chunk in one block), chunk
-    /// indices that fit 32 bits, and `mma.sync` with bf16 (compute capability 8.0 and later).
+    /// (`linear_4bit_pipe_*`, kernels/linear_mma.cu), or `None` where it does not apply. It needs f16/bf16
+    /// activations, 1 to [`MMA_ROWS_MAX`] rows, rows of whole 64-column chunks, 16-byte aligned activations
+    /// and weights (16-byte copies), a power-of-two blocksize of at least 64 (each chunk in one block), chunk
+    /// indices that fit 32 bits, and `mma.sync` with bf16 and `cp.async` (compute capability 8.0 and later).
     /// `LOWBIT_CUDA_NO_MMA=1` turns it off (the warp-per-row kernels then serve every row count: for
     /// comparing the two in one benchmark run).
     fn mma_tiles(&self, x: &CudaStorage, dtype: DType, m: usize, w: &Weight4) -> Option<usize> {
         let fits = matches!(dtype, DType::F16 | DType::BF16)
-            && (MMA_ROWS_MIN..=MMA_ROWS_MAX).contains(&m)
+            && (1..=MMA_ROWS_MAX).contains(&m)
             && w.cols.is_multiple_of(64)
             && w.blocksize >= 64
             && w.blocksize.is_power_of_two()
             && u32::try_from(w.rows * w.cols / 64).is_ok()
             && x.addr().is_multiple_of(16)
+            && w.packed.addr().is_multiple_of(16)
             && self.capability >= (8, 0)
             && !mma_disabled();
         fits.then(|| m.div_ceil(8).next_power_of_two())
