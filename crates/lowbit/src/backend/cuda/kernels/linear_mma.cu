@@ -55,9 +55,9 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], u32 a0, u32 a1, u32 a2,
 #define PIPE_STAGES 3
 #define PIPE_W_BYTES (16 * 128)
 #define PIPE_ABS_BYTES (16 * 4 * 4)
+// Dynamic shared memory: the pair table, each warp's ring, then the warps' sums of NB tiles (NB * 4 * 32
+// floats per warp); the host's `pipe_shared_bytes` (ops/linear.rs) sizes it.
 #define PIPE_STAGE_BYTES(X1) (PIPE_W_BYTES + PIPE_ABS_BYTES + ((X1) ? 512 : 0))
-#define PIPE_SHARED_BYTES(NB, X1) \
-    (MMA_TABLE_BYTES + MMA_WARPS * (PIPE_STAGES * PIPE_STAGE_BYTES(X1) + (NB) * 4 * 32 * 4))
 
 __device__ __forceinline__ u32 shared_addr(const void* p) {
     u32 a;

@@ -13,9 +13,9 @@ const TABLE_BYTES: usize = 256 * 16 * 8;
 /// Warps per block of the tensor-core 4-bit kernel (`MMA_WARPS`), and its pair table (`MMA_TABLE_BYTES`).
 const MMA_WARPS: u32 = 8;
 const MMA_TABLE_BYTES: u32 = 256 * 32 * 4;
-/// Dynamic shared memory of the tensor-core kernel (`PIPE_SHARED_BYTES` in kernels/linear_mma.cu): the pair
-/// table, then per warp 3 stages of 16 rows x 128 bytes of weights, 16 x 4 absmax values and (one
-/// activation row, `x1`) 256 activations, then the warps' sums of `nb` tiles.
+/// Dynamic shared memory of the tensor-core kernel (kernels/linear_mma.cu, `PIPE_*`): the pair table, then
+/// per warp 3 stages of 16 rows x 128 bytes of weights, 16 x 4 absmax values and (one activation row, `x1`)
+/// 256 activations, then the warps' sums of `nb` tiles.
 fn pipe_shared_bytes(nb: usize, x1: bool) -> u32 {
     let stage = 16 * 128 + 16 * 4 * 4 + if x1 { 512 } else { 0 };
     MMA_TABLE_BYTES + MMA_WARPS * (3 * stage + nb as u32 * 4 * 32 * 4)
