@@ -149,13 +149,11 @@ impl Cuda {
             let tiles = u32_of(OP, w.rows.div_ceil(16))?;
             let row_tiles = u32_of(OP, m.div_ceil(8 * nb))?;
             let resident = (PIPE_BLOCKS_PER_SM * self.multiprocessors).div_ceil(row_tiles);
-            let grid = (tiles.min(resident.max(1)), row_tiles);
+            let grid = (tiles.min(resident), row_tiles);
             // One activation row is staged with the weights (`x1`); more are read from L2.
             let x1 = m == 1;
-            let name = match x1 {
-                true => format!("linear_4bit_pipe_{}_x1", suffix(dtype)),
-                false => format!("linear_4bit_pipe_{}_b{nb}", suffix(dtype)),
-            };
+            let variant = if x1 { "x1".into() } else { format!("b{nb}") };
+            let name = format!("linear_4bit_pipe_{}_{variant}", suffix(dtype));
             let shared = pipe_shared_bytes(nb, x1);
             self.launch_shared(&name, grid, 32 * MMA_WARPS, shared, &common)?;
         } else if m <= ROWS_MAX {
