@@ -1038,34 +1038,69 @@ fn split_k_decode_attention_matches_the_cpu_on_every_device_and_dtype() {
                 "case {ci}: the wgpu backend splits {kv_len} keys into several chunks, the last ragged ({chunk:?})"
             );
         }
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
-            // f32: the documented attention bound (4e-6 + 1e-6 sqrt(kv_len)); narrowed results within one
-            // unit of the narrow type's last place.
-            let tol = match dtype {
-                DType::F32 => 4e-6 + 1e-6 * (kv_len as f32).sqrt(),
-                DType::F16 => 1e-3,
-                _ => 8e-3,
-            };
-            let seed = s + 100 * ci as u64;
-            let q = rand(vec![nq, heads, hd], 1.0, seed, dtype);
-            let kc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 1, dtype);
-            let vc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 2, dtype);
-            let run = |d: &Device| {
-                d.attention(&up(d, &q), &up(d, &kc), &up(d, &vc), kv_len, None)
-                    .unwrap()
-            };
-            let want = cpu.to_host(&run(&cpu)).unwrap();
-            for dev in devices() {
-                let got = dev.to_host(&run(&dev)).unwrap();
-                assert_eq!(got.dtype(), dtype);
-                assert_close(
-                    &format!("attention case {ci} {dtype} on {}", dev.id()),
-                    &f32s(&got),
-                    &f32s(&want),
-                    tol,
-                );
-                assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
-            }
+        attention_matches_the_cpu(
+            &cpu,
+            s + 100 * ci as u64,
+            ci,
+            (nq, heads, kv_heads, hd, kv_len),
+        );
+    }
+}
+
+#[test]
+fn prompt_attention_matches_the_cpu_on_every_device_and_dtype() {
+    let _serial = serial();
+    let s = seed("prompt_attention");
+    let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
+    // (query rows, heads, kv heads, head_dim, kv_len) with query rows x heads past the split kernel's range:
+    // a whole prompt; a prompt after cached positions with a ragged last query tile; head sizes that leave
+    // lanes without a column (20, 80); one that is not a multiple of 4 (the one-block-per-row kernel).
+    let cases = [
+        (40usize, 32usize, 8usize, 128usize, 40usize),
+        (150, 8, 2, 64, 170),
+        (70, 16, 16, 20, 70),
+        (33, 32, 4, 80, 100),
+        (40, 32, 8, 6, 45),
+    ];
+    for (ci, &case) in cases.iter().enumerate() {
+        attention_matches_the_cpu(&cpu, s + 100 * ci as u64, ci, case);
+    }
+}
+
+/// Causal attention of `nq` query rows after `kv_len - nq` cached positions, each dtype, on every device
+/// against the CPU reference.
+fn attention_matches_the_cpu(
+    cpu: &Device,
+    seed: u64,
+    ci: usize,
+    (nq, heads, kv_heads, hd, kv_len): (usize, usize, usize, usize, usize),
+) {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        // f32: the documented attention bound (4e-6 + 1e-6 sqrt(kv_len)); narrowed results within one
+        // unit of the narrow type's last place.
+        let tol = match dtype {
+            DType::F32 => 4e-6 + 1e-6 * (kv_len as f32).sqrt(),
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        let q = rand(vec![nq, heads, hd], 1.0, seed, dtype);
+        let kc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 1, dtype);
+        let vc = rand(vec![kv_len, kv_heads, hd], 1.0, seed + 2, dtype);
+        let run = |d: &Device| {
+            d.attention(&up(d, &q), &up(d, &kc), &up(d, &vc), kv_len, None)
+                .unwrap()
+        };
+        let want = cpu.to_host(&run(cpu)).unwrap();
+        for dev in devices() {
+            let got = dev.to_host(&run(&dev)).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_close(
+                &format!("attention case {ci} {dtype} on {}", dev.id()),
+                &f32s(&got),
+                &f32s(&want),
+                tol,
+            );
+            assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
         }
     }
 }

@@ -138,7 +138,7 @@ fn float_models_match_transformers_logits_and_greedy_ids() {
                 dev.id()
             );
             // The warm-up run (`generate` does it before timing) leaves the model as it was.
-            model.warm_up().unwrap();
+            model.warm_up(16).unwrap();
             assert_eq!(
                 greedy(&model, &exp.ids, exp.greedy.len()),
                 exp.greedy,

@@ -116,9 +116,9 @@ pub struct Args {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Skip the warm-up run (a 16-token prompt and one decode step on a scratch cache, after loading) that
-    /// makes the reported prefill and decode speeds steady-state figures; without it the prefill also pays
-    /// the device's one-time setup.
+    /// Skip the warm-up run (a prompt of the same length, up to 1024 tokens, and one decode step on a
+    /// scratch cache, after loading) that makes the reported prefill and decode speeds steady-state figures;
+    /// without it the prefill also pays the device's one-time setup.
     #[arg(long)]
     pub no_warmup: bool,
 }
@@ -152,11 +152,6 @@ fn device_copy_bandwidth(dev: &lowbit::Device) -> Option<f64> {
 
 pub fn run(args: Args, global: &Global) -> CliResult {
     let (model, load_s) = args.model.load(global)?;
-    let t = Instant::now();
-    if !args.no_warmup {
-        model.warm_up()?;
-    }
-    let warmup_s = t.elapsed().as_secs_f64();
     let tok = TextTokenizer::load(&args.model.model, &model.config().eos_token_ids)?;
     let ids = if args.chat {
         let mut messages = Vec::new();
@@ -174,6 +169,11 @@ pub fn run(args: Args, global: &Global) -> CliResult {
     } else {
         tok.encode(&args.prompt, true)?
     };
+    let t = Instant::now();
+    if !args.no_warmup {
+        model.warm_up(ids.len())?;
+    }
+    let warmup_s = t.elapsed().as_secs_f64();
     let opts = GenerateOptions {
         max_new_tokens: args.max_tokens,
         sampling: SamplingParams {

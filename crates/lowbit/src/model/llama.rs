@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 mod forward;
 
+/// The longest prompt [`Model::warm_up`] runs: a longer one is warmed at this length.
+pub const WARM_UP_MAX_TOKENS: usize = 1024;
+
 /// How to load a model.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -408,14 +411,18 @@ impl Model {
         self.max_context
     }
 
-    /// Runs a short prompt and one decode step through a scratch KV cache, so that the device's one-time
-    /// work (kernel programs loaded, cuBLAS opened, memory pools grown, the CPU's thread pool woken) is done
-    /// before anything is timed: a prefill and a decode measured afterwards are steady-state figures, as
-    /// after llama.cpp's warm-up run. The scratch cache is dropped; the model is unchanged.
-    pub fn warm_up(&self) -> Result<()> {
-        // Enough rows that a prompt takes the batched products (more than the GEMV routes' 8 rows).
-        const PROMPT: usize = 16;
-        let n = PROMPT.min(self.max_context.saturating_sub(1)).max(1);
+    /// Runs a prompt of `prompt_tokens` tokens (at most [`WARM_UP_MAX_TOKENS`], at least 16) and one
+    /// decode step through a scratch KV cache, so that the device's one-time work (kernel programs loaded,
+    /// cuBLAS opened and its kernels for these product shapes loaded, memory pools grown, the CPU's thread
+    /// pool woken) is done before anything is timed: a prefill of that length and a decode measured
+    /// afterwards are steady-state figures, as after llama.cpp's warm-up run of the same test. The scratch
+    /// cache is dropped; the model is unchanged.
+    pub fn warm_up(&self, prompt_tokens: usize) -> Result<()> {
+        // At least enough rows that a prompt takes the batched products (more than the GEMV routes' 8).
+        let n = prompt_tokens
+            .clamp(16, WARM_UP_MAX_TOKENS)
+            .min(self.max_context.saturating_sub(1))
+            .max(1);
         let mut cache = self.new_cache((n + 1).min(self.max_context))?;
         // Token 0 is in every vocabulary.
         let logits = self.queue_last(&vec![0; n], &mut cache)?;

@@ -197,6 +197,162 @@ extern "C" __global__ void attention(const void* q, const void* k, const void* v
     }
 }
 
+// Tiled causal attention for prompts (flash-attention order on CUDA cores, f32 throughout): a block takes
+// ATT_T_ROWS query rows of one head (ATT_T_RPW per warp) and walks the keys its last row sees in tiles of
+// ATT_T_KEYS, staged in shared memory once for all its rows, with a running max and sum per row (online
+// softmax). Replaces one block per (row, head) whose threads each read a whole key row from memory: the
+// prompt's attention was most of a prefill. head_dim: a multiple of 4, at most 32 * NC; operands aligned to
+// four elements. Shared memory (dynamic): the query tile, a key and a value tile, the warps' probabilities.
+#define ATT_T_ROWS 32
+#define ATT_T_KEYS 32
+#define ATT_T_STRIDE 132
+#define ATT_T_RPW (ATT_T_ROWS / 4)
+
+// Four consecutive elements from i (a multiple of 4) as f32.
+template <int DT> __device__ __forceinline__ float4 ld4(const void* p, u64 i) {
+    if (DT == DT_F32) return *(const float4*)((const float*)p + i);
+    uint2 u = *(const uint2*)((const u16*)p + i);
+    if (DT == DT_F16) return make_float4(h2f(u.x & 0xffffu), h2f(u.x >> 16), h2f(u.y & 0xffffu), h2f(u.y >> 16));
+    return make_float4(b2f(u.x & 0xffffu), b2f(u.x >> 16), b2f(u.y & 0xffffu), b2f(u.y >> 16));
+}
+
+template <int DT, int NC>
+__device__ __forceinline__ void attention_tiled_body(const void* q, const void* k, const void* v, u32 n_heads,
+                                                     u32 n_kv_heads, u32 D, u32 kv_len, u32 pos_start,
+                                                     float scale, u32 nq, void* y, float* smem) {
+    float* qs = smem;
+    float* ks = qs + ATT_T_ROWS * ATT_T_STRIDE;
+    float* vs = ks + ATT_T_KEYS * ATT_T_STRIDE;
+    float* ps = vs + ATT_T_KEYS * ATT_T_STRIDE;  // [ATT_T_ROWS][ATT_T_KEYS]
+    const u32 h = blockIdx.y, i0 = blockIdx.x * ATT_T_ROWS;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u64 kv_row = (u64)n_kv_heads * D, off = (u64)(h / (n_heads / n_kv_heads)) * D;
+    const u64 q_row = (u64)n_heads * D;
+    // Tile loads: thread t moves four elements (column c4 * 4) of rows r0, r0 + rstep, ...
+    const u32 per_row = D / 4, r0 = threadIdx.x / per_row, c4 = threadIdx.x - r0 * per_row;
+    const u32 rstep = blockDim.x / per_row;
+    const bool loads = r0 < rstep;
+    if (loads) {
+        for (u32 r = r0; r < ATT_T_ROWS; r += rstep) {
+            u32 i = i0 + r;
+            float4 x4 = i < nq ? ld4<DT>(q, (u64)i * q_row + (u64)h * D + 4 * c4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            *(float4*)(qs + r * ATT_T_STRIDE + 4 * c4) = x4;
+        }
+    }
+    const u32 last = min(i0 + ATT_T_ROWS, nq) - 1;
+    const u32 n_keys = min(pos_start + last + 1, kv_len);
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    float m[ATT_T_RPW], l[ATT_T_RPW], o[ATT_T_RPW][NC];
+#pragma unroll
+    for (int r = 0; r < ATT_T_RPW; r++) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;  // this lane's part of the row's sum
+#pragma unroll
+        for (int c = 0; c < NC; c++) o[r][c] = 0.0f;
+    }
+    const float* qw = qs + warp * ATT_T_RPW * ATT_T_STRIDE;
+    float* pw = ps + warp * ATT_T_RPW * ATT_T_KEYS;
+    for (u32 j0 = 0; j0 < n_keys; j0 += ATT_T_KEYS) {
+        __syncthreads();  // every warp is done with the tile before (and the query tile is written)
+        if (loads) {
+            for (u32 r = r0; r < ATT_T_KEYS; r += rstep) {
+                u32 j = j0 + r;
+                float4 k4 = make_float4(0.f, 0.f, 0.f, 0.f), v4 = k4;
+                if (j < kv_len) {
+                    u64 at = (u64)j * kv_row + off + 4 * c4;
+                    k4 = ld4<DT>(k, at);
+                    v4 = ld4<DT>(v, at);
+                }
+                *(float4*)(ks + r * ATT_T_STRIDE + 4 * c4) = k4;
+                *(float4*)(vs + r * ATT_T_STRIDE + 4 * c4) = v4;
+            }
+        }
+        __syncthreads();
+        // Scores: lane = key of the tile, the warp's rows in registers.
+        float s[ATT_T_RPW];
+#pragma unroll
+        for (int r = 0; r < ATT_T_RPW; r++) s[r] = 0.0f;
+        const float* kr = ks + lane * ATT_T_STRIDE;
+        for (u32 d = 0; d < D; d += 4) {
+            float4 k4 = *(const float4*)(kr + d);
+#pragma unroll
+            for (int r = 0; r < ATT_T_RPW; r++) {
+                float4 q4 = *(const float4*)(qw + r * ATT_T_STRIDE + d);
+                s[r] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+            }
+        }
+        const u32 j = j0 + lane;
+#pragma unroll
+        for (int r = 0; r < ATT_T_RPW; r++) {
+            u32 i = i0 + warp * ATT_T_RPW + r;
+            bool seen = j < min(pos_start + i + 1, kv_len);
+            float sc = seen ? s[r] * scale : NEG_INF;
+            // Key 0 is in every row's first tile, so the running max is finite from the first tile on.
+            float mn = fmaxf(m[r], warp_max(sc));
+            float p = seen ? expf(sc - mn) : 0.0f;
+            float corr = mn == m[r] ? 1.0f : expf(m[r] - mn);
+            l[r] = l[r] * corr + p;
+#pragma unroll
+            for (int c = 0; c < NC; c++) o[r][c] *= corr;
+            m[r] = mn;
+            pw[r * ATT_T_KEYS + lane] = p;
+        }
+        __syncwarp();
+        // Weighted values: lane = columns lane, lane + 32, ...
+        for (u32 jj = 0; jj < ATT_T_KEYS; jj += 4) {
+            float4 p4[ATT_T_RPW];
+#pragma unroll
+            for (int r = 0; r < ATT_T_RPW; r++) p4[r] = *(const float4*)(pw + r * ATT_T_KEYS + jj);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const float* vr = vs + (jj + u) * ATT_T_STRIDE + lane;
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    float vv = vr[32 * c];  // columns past D hold whatever: their sums are never written
+#pragma unroll
+                    for (int r = 0; r < ATT_T_RPW; r++) {
+                        float pr = u == 0 ? p4[r].x : u == 1 ? p4[r].y : u == 2 ? p4[r].z : p4[r].w;
+                        o[r][c] += pr * vv;
+                    }
+                }
+            }
+        }
+        __syncwarp();  // the probabilities are read before the next tile writes them
+    }
+#pragma unroll
+    for (int r = 0; r < ATT_T_RPW; r++) {
+        u32 i = i0 + warp * ATT_T_RPW + r;
+        float total = warp_sum(l[r]);
+        if (i >= nq) continue;
+        u64 yb = (u64)i * q_row + (u64)h * D;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            u32 d = lane + 32 * c;
+            if (d < D) st_dt(y, yb + d, DT, total > 0.0f ? __fdiv_rn(o[r][c], total) : 0.0f);
+        }
+    }
+}
+
+// Grid (ceil(nq / ATT_T_ROWS), n_heads), 128 threads, attention_tiled_shared() bytes of dynamic shared memory.
+#define ATTENTION_TILED(NAME, NC)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                               \
+        NAME(const void* q, const void* k, const void* v, int dt, u32 n_heads, u32 n_kv_heads, u32 head_dim,     \
+             u32 kv_len, u32 pos_start, float scale, u32 nq, void* y) {                                             \
+        pdl_entry();                                                                                                \
+        extern __shared__ __align__(16) float att_smem[];                                                          \
+        if (dt == DT_F32)                                                                                           \
+            attention_tiled_body<DT_F32, NC>(q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale, nq, \
+                                             y, att_smem);                                                          \
+        else if (dt == DT_F16)                                                                                      \
+            attention_tiled_body<DT_F16, NC>(q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale, nq, \
+                                             y, att_smem);                                                          \
+        else                                                                                                        \
+            attention_tiled_body<DT_BF16, NC>(q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,    \
+                                              nq, y, att_smem);                                                     \
+    }
+ATTENTION_TILED(attention_tiled_d64, 2)
+ATTENTION_TILED(attention_tiled_d128, 4)
+
 // Split-K (flash-decoding) attention for few query rows. Block (row, g, set, c) takes keys
 // [c * ATT_CHUNK, (c + 1) * ATT_CHUNK) of query row `row` for the query heads of KV head g (up to ATT_HEADS
 // of them: `set` picks which when a group is larger), so each key and value row is read once for the whole

@@ -15,6 +15,13 @@ const MERGE_THREADS: u32 = 256;
 /// Query rows x heads below which attention is split across blocks of keys
 /// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
 const ATT_SPLIT_MAX_ROWS: usize = 1024;
+/// Query rows per block of the tiled prompt attention (`ATT_T_ROWS`) and the largest head size it takes
+/// (`ATT_T_MAXD`); other head sizes run one block per (row, head).
+const ATT_TILED_ROWS: usize = 32;
+const ATT_TILED_MAX_HEAD_DIM: usize = 128;
+/// Its dynamic shared memory: query, key and value tiles of 32 rows at a stride of 132 floats
+/// (`ATT_T_STRIDE`), and 32 x 32 probabilities.
+const ATT_TILED_SHARED_BYTES: u32 = (3 * 32 * 132 + 32 * 32) * 4;
 
 impl Cuda {
     /// `n` values of `x` converted from `from` to `to` (exact widening, round-to-nearest-even narrowing).
@@ -308,6 +315,22 @@ impl Cuda {
                 p(&y),
             ];
             self.launch("attention_merge", (grid_rows, 1), MERGE_THREADS, &merge)?;
+            return Ok(y);
+        }
+        // The tiled kernel reads four elements at a time.
+        let aligned = [q.addr(), k.addr(), v.addr()]
+            .iter()
+            .all(|a| a.is_multiple_of(4 * dtype.size_in_bytes() as u64));
+        if aligned && head_dim.is_multiple_of(4) && head_dim <= ATT_TILED_MAX_HEAD_DIM {
+            let args = [&common[..], &[Arg::U32(u32_of(OP, nq)?), p(&y)]].concat();
+            let tiles = u32_of(OP, nq.div_ceil(ATT_TILED_ROWS))?;
+            let name = if head_dim <= 64 {
+                "attention_tiled_d64"
+            } else {
+                "attention_tiled_d128"
+            };
+            let grid = (tiles, u32_of(OP, n_heads)?);
+            self.launch_shared(name, grid, 128, ATT_TILED_SHARED_BYTES, &args)?;
             return Ok(y);
         }
         let scratch = self.alloc(OP, rows * kv_len.max(1) * 4)?;
