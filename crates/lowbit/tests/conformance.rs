@@ -327,6 +327,18 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
                             "{what}: the last row alone"
                         );
                     }
+                    if matches!(batch, 1 | 2 | 17 | 33) {
+                        // A bias (or a residual riding in its slot) in x's dtype is read as stored: the
+                        // bits of the same values widened to f32 first.
+                        let narrow = rand(vec![rows], 0.5, s + (7 * batch + d) as u64, dtype);
+                        let wide = Tensor::f32(vec![rows], f32s(&narrow)).unwrap();
+                        let run = |bias: &Tensor| {
+                            let b = up(&dev, bias);
+                            let y = dev.linear_4bit(&up(&dev, &x), &dw, Some(&b)).unwrap();
+                            bits(&f32s(&dev.to_host(&y).unwrap()))
+                        };
+                        assert_eq!(run(&narrow), run(&wide), "{what}: a {dtype} bias");
+                    }
                     assert_eq!(fallbacks(&dev), 0, "{what}");
                 }
             }

@@ -53,7 +53,8 @@ impl Blas {
         }
     }
 
-    /// `y[m, n] (f32) = x[m, k] @ w[n, k]^T`, both operands of `dtype`, row-major.
+    /// `y[m, n] = x[m, k] @ w[n, k]^T`, both operands of `dtype`, row-major, accumulated in f32 and written
+    /// in `out`: f32, or `dtype` itself (each sum rounded once, to nearest even).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_nt(
         &self,
@@ -62,22 +63,21 @@ impl Blas {
         w: u64,
         dtype: DType,
         y: u64,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
+        out: DType,
     ) -> Result<()> {
-        let ty = match dtype {
+        let ty = |d: DType| match d {
             DType::F16 => cudaDataType::CUDA_R_16F,
             DType::BF16 => cudaDataType::CUDA_R_16BF,
             _ => cudaDataType::CUDA_R_32F,
         };
+        debug_assert!(
+            out == DType::F32 || out == dtype,
+            "cuBLAS writes f32 or the operands' dtype"
+        );
         let (alpha, beta) = (1.0f32, 0.0f32);
         let scalars = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
-        let types = (
-            ty,
-            cudaDataType::CUDA_R_32F,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        );
+        let types = (ty(dtype), ty(out), cublasComputeType_t::CUBLAS_COMPUTE_32F);
         self.gemm_ex_nt(cuda, "matmul", (x, w, y), (m, n, k), scalars, types)
     }
 

@@ -2,7 +2,7 @@
 //! there, and nothing waits except LLM.int8()'s outlier columns (their count sizes the float product).
 
 use super::CudaBackend;
-use super::ops::{Buf, Weight4};
+use super::ops::{Bias, Buf, Weight4};
 use super::storage::CudaStorage;
 use crate::Result;
 use crate::capability::{Op, Support};
@@ -62,6 +62,11 @@ impl CudaBackend {
         self.wrap(shape, dtype, y)
     }
 
+    /// A linear layer's bias (or residual) as stored, with its dtype: the linear kernels widen it.
+    fn bias(&self, op: &'static str, t: Option<&DeviceTensor>) -> Result<Option<(Buf, DType)>> {
+        t.map(|b| Ok((self.arc(op, b)?, b.dtype()))).transpose()
+    }
+
     fn bias_f32(&self, op: &'static str, t: Option<&DeviceTensor>) -> Result<Option<Buf>> {
         t.map(|b| self.cuda.as_f32(&self.arc(op, b)?, b.dtype(), b.numel()))
             .transpose()
@@ -86,14 +91,15 @@ impl CudaBackend {
                 let w = inputs[1];
                 let (m, k) = x.rows_cols();
                 let n = w.shape()[0];
-                let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
+                let b = self.bias(name, bias.then(|| inputs[2]))?;
+                let b = b.as_ref().map(|(buf, dtype)| Bias { buf, dtype: *dtype });
                 let (xb, wb) = (buf(0)?, buf(1)?);
                 let y = if w.dtype() == dtype {
-                    c.linear_dev(&xb, &wb, dtype, b.as_ref(), m, n, k, dtype)?
+                    c.linear_dev(&xb, &wb, dtype, b, m, n, k, dtype)?
                 } else {
                     // A weight kept in its checkpoint's dtype (f16/bf16) under f32 activations.
                     let dims = (m, n, k);
-                    c.linear_mixed_dev(&xb, dtype, &wb, w.dtype(), b.as_ref(), dims, dtype)?
+                    c.linear_mixed_dev(&xb, dtype, &wb, w.dtype(), b, dims, dtype)?
                 };
                 self.wrap(with_last_dim(&shape0, n), dtype, y)
             }
@@ -113,9 +119,10 @@ impl CudaBackend {
                     rows,
                     cols,
                 };
-                let b = self.bias_f32(name, bias.then(|| inputs[3]))?;
+                let b = self.bias(name, bias.then(|| inputs[3]))?;
+                let b = b.as_ref().map(|(buf, dtype)| Bias { buf, dtype: *dtype });
                 let m = x.rows_cols().0;
-                let y = c.linear_4bit_dev(st(0)?, dtype, m, &w, b.as_ref(), dtype)?;
+                let y = c.linear_4bit_dev(st(0)?, dtype, m, &w, b, dtype)?;
                 self.wrap(with_last_dim(&shape0, rows), dtype, y)
             }
             Op::LinearTernary {

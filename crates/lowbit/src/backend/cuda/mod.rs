@@ -32,7 +32,7 @@ use crate::format::{Codebook8, FourBitType};
 use crate::tensor::{DType, FloatVec, Floats, Tensor};
 use context::Cuda;
 use half::f16;
-use ops::{Buf, Weight4};
+use ops::{Bias, Buf, Weight4};
 use std::sync::Arc;
 use storage::floats_bytes;
 
@@ -100,9 +100,9 @@ impl CudaBackend {
             rows: w.rows,
             cols: w.cols,
         };
-        let y = self
-            .cuda
-            .linear_4bit_dev(&xb, x.dtype(), batch, &wd, bias.as_ref(), DType::F32)?;
+        let y =
+            self.cuda
+                .linear_4bit_dev(&xb, x.dtype(), batch, &wd, f32_bias(&bias), DType::F32)?;
         let y = self.cuda.download_f32(op, &y, batch * w.rows)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
@@ -471,7 +471,7 @@ impl Backend for CudaBackend {
         let bias = self.up_bias(OP, bias)?;
         let y = self
             .cuda
-            .linear_dev(&xb, &wb, dtype, bias.as_ref(), m, n, k, DType::F32)?;
+            .linear_dev(&xb, &wb, dtype, f32_bias(&bias), m, n, k, DType::F32)?;
         let y = self.cuda.download_f32(OP, &y, m * n)?;
         Ok(FloatVec::from_f32(y, x.dtype()))
     }
@@ -510,4 +510,12 @@ impl CudaBackend {
             }),
         }
     }
+}
+
+/// An uploaded f32 bias of the host-slice API as the linear kernels take it.
+fn f32_bias(bias: &Option<Buf>) -> Option<Bias<'_>> {
+    bias.as_deref().map(|buf| Bias {
+        buf,
+        dtype: DType::F32,
+    })
 }

@@ -60,6 +60,10 @@ __device__ __forceinline__ void st_dt(void* p, u64 i, int dt, float v) {
     else ((u16*)p)[i] = f2b(v);
 }
 
+// Output column i's bias (or the residual riding in the bias slot) in its own dtype `bdt`, widened exactly;
+// 0 without one.
+__device__ __forceinline__ float bias_at(const void* bias, int bdt, u64 i) { return bias ? ld_dt(bias, i, bdt) : 0.0f; }
+
 // Flush to zero: |x| < 2^-126 becomes a zero of the same sign (NaN stays NaN).
 __device__ __forceinline__ float ftz(float x) { return fabsf(x) < 1.17549435e-38f ? copysignf(0.0f, x) : x; }
 // bitsandbytes' `1.0f / a` under --use_fast_math: one MUFU.RCP.

@@ -100,7 +100,7 @@ __device__ __forceinline__ void lin4_stage(float* xs, const void* x, u64 m, u64 
 
 template <int DT, int R, int NR, bool WHOLE>
 __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed, const float* absmax,
-                                       const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
+                                       const float* table_g, u32 n, u32 k, u32 blocksize, const void* bias, int bdt,
                                        void* y, int odt) {
     static_assert(LIN_WARPS == 8, "the pair table is filled by 256 threads");
     extern __shared__ float4 lin4_shared[];
@@ -265,7 +265,7 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
         for (int r = 0; r < R; r++) {
             float s = warp_sum(acc[q][r]);
             if (lane == 0 && m0 + r < m && row0 + q < n)
-                st_dt(y, (m0 + r) * n + row0 + q, odt, s + (bias ? bias[row0 + q] : 0.0f));
+                st_dt(y, (m0 + r) * n + row0 + q, odt, s + (bias_at(bias, bdt, row0 + q)));
         }
 }
 
@@ -273,7 +273,7 @@ __device__ void linear_4bit_words_impl(const void* x, u64 m, const uint4* packed
 // at flat index i = row * k + c (a dense element, or a decoded nibble for 4-bit shapes outside the word
 // kernel's layout).
 template <int DT, int R, class Weight>
-__device__ void warp_rows(const void* x, u64 m, Weight weight, u32 n, u32 k, const float* bias, void* y, int odt) {
+__device__ void warp_rows(const void* x, u64 m, Weight weight, u32 n, u32 k, const void* bias, int bdt, void* y, int odt) {
     u32 lane = threadIdx.x & 31;
     u64 row = (u64)blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
     u64 m0 = (u64)blockIdx.y * R;
@@ -290,7 +290,7 @@ __device__ void warp_rows(const void* x, u64 m, Weight weight, u32 n, u32 k, con
 #pragma unroll
     for (int r = 0; r < R; r++) {
         float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
+        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias_at(bias, bdt, row)));
     }
 }
 
@@ -312,12 +312,12 @@ struct NibbleWeight {
 
 template <int DT, int R>
 __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, const float* absmax,
-                                     const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
+                                     const float* table_g, u32 n, u32 k, u32 blocksize, const void* bias, int bdt,
                                      void* y, int odt) {
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = table_g[threadIdx.x];
     __syncthreads();
-    warp_rows<DT, R>(x, m, NibbleWeight{packed, absmax, table, blocksize}, n, k, bias, y, odt);
+    warp_rows<DT, R>(x, m, NibbleWeight{packed, absmax, table, blocksize}, n, k, bias, bdt, y, odt);
 }
 
 // x of dtype DT times a dense weight of dtype WDT (DT itself, or f16/bf16 kept as the checkpoint stores it).
@@ -327,10 +327,10 @@ __device__ void linear_4bit_any_impl(const void* x, u64 m, const u8* packed, con
 // l sums columns 8l .. 8l + 7, then 8l + 256 .., in order with fmas, then the warp reduction: the same order
 // for every weight dtype, so a weight kept in f16/bf16 gives the bits of its f32 widening.
 template <int DT, int WDT, int R>
-__device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const float* bias, void* y,
+__device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32 k, const void* bias, int bdt, void* y,
                                  int odt) {
     if (k % 8 != 0) {
-        warp_rows<DT, R>(x, m, DenseWeight<WDT>{w}, n, k, bias, y, odt);
+        warp_rows<DT, R>(x, m, DenseWeight<WDT>{w}, n, k, bias, bdt, y, odt);
         return;
     }
     u32 lane = threadIdx.x & 31;
@@ -357,7 +357,7 @@ __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32
 #pragma unroll
     for (int r = 0; r < R; r++) {
         float s = warp_sum(acc[r]);
-        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias ? bias[row] : 0.0f));
+        if (lane == 0 && m0 + r < m) st_dt(y, (m0 + r) * n + row, odt, s + (bias_at(bias, bdt, row)));
     }
 }
 
@@ -367,7 +367,7 @@ __device__ void linear_rows_impl(const void* x, u64 m, const void* w, u32 n, u32
 #define TK 16
 template <int DT, int FOURBIT>
 __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absmax, const float* table_g,
-                          u32 n, u32 k, u32 blocksize, const float* bias, void* y, int odt) {
+                          u32 n, u32 k, u32 blocksize, const void* bias, int bdt, void* y, int odt) {
     __shared__ float xs[TK][TILE + 1];
     __shared__ float ws[TK][TILE + 1];
     __shared__ float table[16];
@@ -421,7 +421,7 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 #pragma unroll
         for (int b = 0; b < 4; b++) {
             u64 j = j0 + tx * 4 + b;
-            if (j < n) st_dt(y, i * n + j, odt, acc[a][b] + (bias ? bias[j] : 0.0f));
+            if (j < n) st_dt(y, i * n + j, odt, acc[a][b] + (bias_at(bias, bdt, j)));
         }
     }
 }
@@ -429,8 +429,8 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
 #define WORDS_KERNEL_AS(NAME, DT, R, NR, WHOLE)                                                                \
     extern "C" __global__ void __launch_bounds__(32 * LIN_WARPS, LIN4_BLOCKS(R, NR))                         \
         NAME(const void* x, u64 m, const uint4* packed, const float* absmax, const float* table, u32 n, u32 k, \
-             u32 blocksize, const float* bias, void* y, int odt) { pdl_entry();                               \
-        linear_4bit_words_impl<DT, R, NR, WHOLE>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt); \
+             u32 blocksize, const void* bias, int bdt, void* y, int odt) { pdl_entry();                               \
+        linear_4bit_words_impl<DT, R, NR, WHOLE>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt); \
     }
 #define WORDS_KERNEL(SUFFIX, DT, R, NR)                                                                        \
     WORDS_KERNEL_AS(linear_4bit_words_##SUFFIX##_r##R##_w##NR, DT, R, NR, false)
@@ -443,21 +443,21 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     WORDS_KERNEL(SUFFIX, DT, R, 4)                                                                            \
     extern "C" __global__ void linear_4bit_any_##SUFFIX##_r##R(const void* x, u64 m, const u8* packed,       \
                                                               const float* absmax, const float* table, u32 n, \
-                                                              u32 k, u32 blocksize, const float* bias,        \
+                                                              u32 k, u32 blocksize, const void* bias, int bdt,        \
                                                               void* y, int odt) { pdl_entry();                \
-        linear_4bit_any_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                  \
+        linear_4bit_any_impl<DT, R>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);                  \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R(const void* x, u64 m, const void* w, u32 n, u32 k, \
-                                                          const float* bias, void* y, int odt) { pdl_entry(); \
-        linear_rows_impl<DT, DT, R>(x, m, w, n, k, bias, y, odt);                                                  \
+                                                          const void* bias, int bdt, void* y, int odt) { pdl_entry(); \
+        linear_rows_impl<DT, DT, R>(x, m, w, n, k, bias, bdt, y, odt);                                                  \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wf16(const void* x, u64 m, const void* w, u32 n, \
-                                                                 u32 k, const float* bias, void* y, int odt) { pdl_entry(); \
-        linear_rows_impl<DT, DT_F16, R>(x, m, w, n, k, bias, y, odt);                                              \
+                                                                 u32 k, const void* bias, int bdt, void* y, int odt) { pdl_entry(); \
+        linear_rows_impl<DT, DT_F16, R>(x, m, w, n, k, bias, bdt, y, odt);                                              \
     }                                                                                                         \
     extern "C" __global__ void linear_rows_##SUFFIX##_r##R##_wbf16(const void* x, u64 m, const void* w, u32 n, \
-                                                                  u32 k, const float* bias, void* y, int odt) { pdl_entry(); \
-        linear_rows_impl<DT, DT_BF16, R>(x, m, w, n, k, bias, y, odt);                                             \
+                                                                  u32 k, const void* bias, int bdt, void* y, int odt) { pdl_entry(); \
+        linear_rows_impl<DT, DT_BF16, R>(x, m, w, n, k, bias, bdt, y, odt);                                             \
     }
 
 #define LINEAR_KERNELS_ALL_R(SUFFIX, DT)                                                                       \
@@ -467,13 +467,13 @@ __device__ void gemm_impl(const void* x, u64 m, const void* w, const float* absm
     LINEAR_KERNELS(SUFFIX, DT, 4)                                                                             \
     LINEAR_KERNELS(SUFFIX, DT, 8)                                                                             \
     extern "C" __global__ void gemm_dense_##SUFFIX(const void* x, u64 m, const void* w, u32 n, u32 k,         \
-                                                   const float* bias, void* y, int odt) { pdl_entry();       \
-        gemm_impl<DT, 0>(x, m, w, 0, 0, n, k, 1, bias, y, odt);                                                    \
+                                                   const void* bias, int bdt, void* y, int odt) { pdl_entry();       \
+        gemm_impl<DT, 0>(x, m, w, 0, 0, n, k, 1, bias, bdt, y, odt);                                                    \
     }                                                                                                         \
     extern "C" __global__ void gemm_4bit_##SUFFIX(const void* x, u64 m, const u8* packed,                     \
                                                   const float* absmax, const float* table, u32 n, u32 k,      \
-                                                  u32 blocksize, const float* bias, void* y, int odt) { pdl_entry(); \
-        gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);                              \
+                                                  u32 blocksize, const void* bias, int bdt, void* y, int odt) { pdl_entry(); \
+        gemm_impl<DT, 1>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);                              \
     }
 // One activation dtype per program (the host compiles the family it needs: see context.rs); the f16 and
 // bf16 programs also hold the tensor-core kernel (linear_mma.cu).
@@ -486,8 +486,8 @@ LINEAR_KERNELS_ALL_R(bf16, DT_BF16)
 #endif
 
 // y[i, j] = y32[i, j] + bias[j] in `odt`: the bias and the one rounding after a cuBLAS product.
-extern "C" __global__ void bias_finish(const float* y32, const float* bias, u32 n, u64 total, void* y, int odt) {
+extern "C" __global__ void bias_finish(const float* y32, const void* bias, int bdt, u32 n, u64 total, void* y, int odt) {
     pdl_entry();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x)
-        st_dt(y, i, odt, y32[i] + (bias ? bias[i % n] : 0.0f));
+        st_dt(y, i, odt, y32[i] + (bias_at(bias, bdt, i % n)));
 }

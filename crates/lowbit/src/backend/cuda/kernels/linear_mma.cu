@@ -91,7 +91,7 @@ __device__ __forceinline__ u32 pipe_unit(u32 r, u32 u) { return r * 128 + ((u ^ 
 
 template <int DT, int NB, bool X1>
 __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, const float* absmax,
-                                      const float* table_g, u32 n, u32 k, u32 blocksize, const float* bias,
+                                      const float* table_g, u32 n, u32 k, u32 blocksize, const void* bias, int bdt,
                                       void* y, int odt) {
     extern __shared__ uint4 pipe_shared[];
     constexpr u32 STAGE = PIPE_STAGE_BYTES(X1);
@@ -280,7 +280,7 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
                     for (int w = 0; w < MMA_WARPS; w++) v += red[((w * NB + j) * 4 + e) * 32 + lane];
                     // Accumulator e: weight row g (e < 2) or g + 8, activation row 2t + (e & 1) of tile j.
                     u64 row = row0 + g + (e < 2 ? 0 : 8), b = m0 + 8 * j + 2 * t + (e & 1);
-                    if (row < n && b < m) st_dt(y, b * n + row, odt, v + (bias ? bias[row] : 0.0f));
+                    if (row < n && b < m) st_dt(y, b * n + row, odt, v + (bias_at(bias, bdt, row)));
                 }
         }
     }
@@ -289,9 +289,9 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
 #define PIPE_KERNEL(SUFFIX, DT, NAME, NB, X1)                                                                  \
     extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, 2)                                            \
         linear_4bit_pipe_##SUFFIX##_##NAME(const void* x, u64 m, const u8* packed, const float* absmax,        \
-                                           const float* table, u32 n, u32 k, u32 blocksize, const float* bias, \
+                                           const float* table, u32 n, u32 k, u32 blocksize, const void* bias, int bdt, \
                                            void* y, int odt) { pdl_entry();                                    \
-        linear_4bit_pipe_impl<DT, NB, X1>(x, m, packed, absmax, table, n, k, blocksize, bias, y, odt);         \
+        linear_4bit_pipe_impl<DT, NB, X1>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);         \
     }
 #define PIPE_KERNELS(SUFFIX, DT)                                                                               \
     PIPE_KERNEL(SUFFIX, DT, x1, 1, true)                                                                       \

@@ -2,8 +2,8 @@
 //! (kernels/linear.cu, kernels/linear_mma.cu, blas.rs).
 
 use super::{
-    Arg, Buf, Cuda, CudaStorage, LIN_WARPS, LinearRoute, ROWS_MAX, THREADS, Weight4, blocks, dt,
-    linear_route, opt, p, suffix, u32_of,
+    Arg, Bias, Buf, Cuda, CudaStorage, LIN_WARPS, LinearRoute, ROWS_MAX, THREADS, Weight4, bias_dt,
+    bias_ptr, blocks, dt, linear_route, p, suffix, u32_of,
 };
 use crate::Result;
 use crate::tensor::DType;
@@ -65,7 +65,7 @@ impl Cuda {
         x: &CudaStorage,
         w: &CudaStorage,
         dtype: DType,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
         m: usize,
         n: usize,
         k: usize,
@@ -74,9 +74,24 @@ impl Cuda {
         let Some(blas) = self.blas() else {
             return Ok(None);
         };
-        let y32 = self.alloc("matmul", m * n * 4)?;
-        blas.gemm_nt(self, x.addr(), w.addr(), dtype, y32.addr(), m, n, k)?;
         let total = m * n;
+        if bias.is_none() && (out == DType::F32 || out == dtype) {
+            // cuBLAS rounds its f32 sums to `out` itself: no f32 temporary, no finishing pass.
+            let y = self.alloc("matmul", total * out.size_in_bytes())?;
+            blas.gemm_nt(self, x.addr(), w.addr(), dtype, y.addr(), (m, n, k), out)?;
+            return Ok(Some(y));
+        }
+        let y32 = self.alloc("matmul", total * 4)?;
+        let dims = (m, n, k);
+        blas.gemm_nt(
+            self,
+            x.addr(),
+            w.addr(),
+            dtype,
+            y32.addr(),
+            dims,
+            DType::F32,
+        )?;
         let y = self.alloc("matmul", total * out.size_in_bytes())?;
         self.launch(
             "bias_finish",
@@ -84,7 +99,8 @@ impl Cuda {
             THREADS,
             &[
                 p(&y32),
-                opt(bias),
+                bias_ptr(bias),
+                bias_dt(bias),
                 Arg::U32(u32_of("matmul", n.max(1))?),
                 Arg::U64(total as u64),
                 p(&y),
@@ -111,7 +127,7 @@ impl Cuda {
         dtype: DType,
         m: usize,
         w: &Weight4,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
         out: DType,
     ) -> Result<Buf> {
         const OP: &str = "matmul_4bit";
@@ -140,7 +156,8 @@ impl Cuda {
             Arg::U32(n),
             Arg::U32(k),
             Arg::U32(w.blocksize as u32),
-            opt(bias),
+            bias_ptr(bias),
+            bias_dt(bias),
             p(&y),
             dt(out),
         ];
@@ -224,7 +241,7 @@ impl Cuda {
         x: &CudaStorage,
         w: &CudaStorage,
         dtype: DType,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
         m: usize,
         n: usize,
         k: usize,
@@ -254,7 +271,8 @@ impl Cuda {
                 p(w),
                 Arg::U32(nn),
                 Arg::U32(kk),
-                opt(bias),
+                bias_ptr(bias),
+                bias_dt(bias),
                 p(&y),
                 dt(out),
             ],
@@ -273,7 +291,7 @@ impl Cuda {
         dtype: DType,
         w: &Buf,
         w_dtype: DType,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
         (m, n, k): (usize, usize, usize),
         out: DType,
     ) -> Result<Buf> {
@@ -300,7 +318,7 @@ impl Cuda {
         name: &str,
         x: &CudaStorage,
         w: &CudaStorage,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
         m: usize,
         n: usize,
         k: usize,
@@ -322,7 +340,8 @@ impl Cuda {
                 p(w),
                 Arg::U32(u32_of(OP, n)?),
                 Arg::U32(u32_of(OP, k)?),
-                opt(bias),
+                bias_ptr(bias),
+                bias_dt(bias),
                 p(&y),
                 dt(out),
             ],

@@ -68,6 +68,21 @@ fn p(b: &CudaStorage) -> Arg {
 fn opt(b: Option<&Buf>) -> Arg {
     Arg::Ptr(b.map_or(0, |b| b.addr()))
 }
+
+/// A linear kernel's bias, or the residual riding in its bias slot: the buffer and its element type. The
+/// kernels read it as stored and widen it exactly, so a half-precision residual needs no f32 copy.
+#[derive(Clone, Copy)]
+pub struct Bias<'a> {
+    pub buf: &'a CudaStorage,
+    pub dtype: DType,
+}
+
+fn bias_ptr(b: Option<Bias>) -> Arg {
+    Arg::Ptr(b.map_or(0, |b| b.buf.addr()))
+}
+fn bias_dt(b: Option<Bias>) -> Arg {
+    dt(b.map_or(DType::F32, |b| b.dtype))
+}
 fn dt(d: DType) -> Arg {
     Arg::I32(dtype_code(d))
 }
