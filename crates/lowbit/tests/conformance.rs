@@ -1168,6 +1168,55 @@ fn quantizer_input(n: usize, blocksize: usize, seed: u64, dtype: DType) -> Tenso
     Tensor::from_floats(vec![n], FloatVec::from_f32(v, dtype)).unwrap()
 }
 
+/// NF4 and FP4 codes of values at and around every decision threshold and every edge of the CUDA
+/// quantizer's 1/16-wide NF4 cells (kernels/quant.cu), on every device, byte for byte against the CPU
+/// reference. Each 64-value block holds 1.0, so its absmax is 1 and the scaled values are the values
+/// themselves (within the hardware reciprocal of 1): the floats nearest a threshold or a cell edge are
+/// quantized as written, where a cell table off by one would give the neighbouring code.
+#[test]
+fn fourbit_codes_at_every_threshold_and_cell_edge_match_the_reference() {
+    use lowbit::format::codebook::{FP4_THRESHOLDS, NF4_THRESHOLDS};
+    let _serial = serial();
+    let reference = Device::from_backend(Arc::new(ReferenceBackend));
+    let mut points: Vec<f32> = NF4_THRESHOLDS.to_vec();
+    points.extend(FP4_THRESHOLDS.iter().flat_map(|&t| [t, -t]));
+    points.extend((0..=32).map(|k| k as f32 / 16.0 - 1.0));
+    let mut values = Vec::new();
+    for p in points {
+        for ulps in -8i32..=8 {
+            let v = f32::from_bits((p.to_bits() as i32 + ulps) as u32);
+            // Stepping the bits of 0.0 down gives NaNs: take the other side's value negated instead.
+            let v = if p == 0.0 {
+                (ulps as f32) * f32::from_bits(1 << 23)
+            } else {
+                v
+            };
+            if v.is_finite() && v.abs() <= 1.0 {
+                values.push(v);
+            }
+        }
+    }
+    let mut x = Vec::new();
+    for chunk in values.chunks(63) {
+        x.push(1.0f32);
+        x.extend_from_slice(chunk);
+        x.resize(x.len().next_multiple_of(64), 0.5);
+    }
+    let n = x.len();
+    let x = Tensor::from_floats(vec![n], FloatVec::from_f32(x, DType::F32)).unwrap();
+    for qt in [FourBitType::Nf4, FourBitType::Fp4] {
+        let want = reference.quantize_4bit(&x, qt, 64, false).unwrap();
+        for dev in devices() {
+            let got = dev.quantize_4bit(&x, qt, 64, false).unwrap();
+            assert!(
+                got.packed == want.packed,
+                "{qt:?} on {}: codes at thresholds and cell edges differ from the reference",
+                dev.id()
+            );
+        }
+    }
+}
+
 /// The quantizers and dequantizers on every device, byte for byte against the CPU reference: every block
 /// size, f32/f16/bf16 input, lengths with a partial last block that are and are not multiples of 8 (CUDA's
 /// vector kernels and its scalar ones), and the special values of [`quantizer_input`] (a dequantized NaN may

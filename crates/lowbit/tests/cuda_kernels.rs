@@ -36,6 +36,7 @@ fn launched_kernels() -> Vec<String> {
         "ternary_matmul",
         "ternary_matmul_dp4a",
         "ternary_matmul_dp4a_r1",
+        "ternary_matmul_dp4a_r1_split",
         "cast",
         "binary",
         "gelu",

@@ -414,6 +414,18 @@ impl Cuda {
         Ok(k)
     }
 
+    /// How many blocks of `block` threads of kernel `name` (with no dynamic shared memory) the device runs
+    /// at once: the grid of a persistent kernel, whose blocks stride over the work in one wave (a block
+    /// that fills a shared-memory table first does so once, not once per slice of the input).
+    pub fn resident_grid(&self, name: &str, block: u32) -> Result<u32> {
+        let per_sm = self
+            .function(name)?
+            .func
+            .occupancy_max_active_blocks_per_multiprocessor(block, 0, None)
+            .map_err(|e| self.error(name, e))?;
+        Ok(per_sm.max(1) * self.multiprocessors)
+    }
+
     /// Queues kernel `name` on the stream (no wait).
     pub fn launch(&self, name: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
         self.launch_shared(name, grid, block, 0, args)

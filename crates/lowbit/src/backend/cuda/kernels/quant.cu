@@ -76,20 +76,6 @@ __device__ void quantize_4bit_impl(const void* x, u64 n, u32 blocksize, int fp4,
     if (threadIdx.x == 0) absmax[b] = m;
 }
 
-// The number of the 15 ascending values t below s (strictly), as a 4-step binary search whose probes are
-// chosen by selects from registers: the count the 15 compares of `quantize_nibble` give, in about half the
-// instructions. NaN s gives 0.
-__device__ __forceinline__ u32 count_below15(float s, const float (&t)[15]) {
-    u32 q = t[7] < s ? 8 : 0;
-    q += (q ? t[11] : t[3]) < s ? 4 : 0;
-    float p2 = (q & 8) ? ((q & 4) ? t[13] : t[9]) : ((q & 4) ? t[5] : t[1]);
-    q += p2 < s ? 2 : 0;
-    float lo4 = (q & 4) ? ((q & 2) ? t[6] : t[4]) : ((q & 2) ? t[2] : t[0]);
-    float hi4 = (q & 4) ? ((q & 2) ? t[14] : t[12]) : ((q & 2) ? t[10] : t[8]);
-    q += ((q & 8) ? hi4 : lo4) < s ? 1 : 0;
-    return q;
-}
-
 // The same quantizers in vector form, for n a multiple of 8 and 16-byte aligned input (the host checks):
 // eight consecutive values per thread (one or two 16-byte loads), blocksize / 8 consecutive threads per
 // quantization block (a power of two from 4 to 512; a thread block holds max(256, blocksize / 8) threads),
@@ -148,17 +134,46 @@ __device__ __forceinline__ float load8_absmax(const void* x, u64 g, u64 n8, u32 
     for (u64 g = (u64)blockIdx.x * blockDim.x + threadIdx.x; g - threadIdx.x < (n8);                          \
          g += (u64)gridDim.x * blockDim.x)
 
+// NF4 through a table of 32 cells of width 1/16 over [-1, 1]: the 15 thresholds are at least 0.08 apart,
+// so a cell holds at most one, and the count of thresholds below s is the cell's count below its lower edge
+// plus one compare with the threshold inside it (+inf if none). A value past +-1 (or infinite) lands in
+// the end cell, NaN in cell 0 (code 0, as count_below15). Each lane reads its own copy of the table, so
+// lanes never wait on one another's bank. The same code as count_below15 for every float: checked over all
+// 2^32 bit patterns on an H200, and near every threshold and cell edge by the conformance suite. (The
+// select-tree search held the kernel to half the copy rate; a table read is one shared-memory load.)
+#define NF4_CELLS 32
+__device__ __forceinline__ void nf4_cell_table(const float* thr_g, float2* table) {
+    for (u32 i = threadIdx.x; i < NF4_CELLS * 32; i += blockDim.x) {
+        float lo = (float)(i >> 5) * (2.0f / NF4_CELLS) - 1.0f, hi = lo + 2.0f / NF4_CELLS;
+        u32 below = 0;
+        float inside = __int_as_float(0x7f800000);
+        for (int t = 0; t < 15; t++) {
+            float v = __ldg(thr_g + t);
+            below += v < lo;
+            if (v >= lo && v < hi) inside = v;
+        }
+        table[i] = make_float2(inside, __uint_as_float(below));
+    }
+}
+__device__ __forceinline__ u32 nf4_code(float s, const float2* table, u32 lane) {
+    int c = min(max(__float2int_rz(fmaf(s, NF4_CELLS / 2, NF4_CELLS / 2)), 0), NF4_CELLS - 1);
+    float2 e = table[c * 32 + lane];
+    return __float_as_uint(e.y) + (s > e.x ? 1u : 0u);
+}
+
 template <int DT>
 __device__ void quantize_4bit_x8_impl(const void* x, u64 n8, u32 blocksize, int fp4, const float* thr_g,
                                       const u8* fp4_bits_g, u32* packed, float* absmax) {
     __shared__ float red[32];
     __shared__ u8 bits[8];
+    __shared__ float2 cells[NF4_CELLS * 32];
     if (threadIdx.x < 8) bits[threadIdx.x] = fp4_bits_g[threadIdx.x];
     float thr[15];
 #pragma unroll
     for (int t = 0; t < 15; t++) thr[t] = __ldg(thr_g + t);
+    if (!fp4) nf4_cell_table(thr_g, cells);
     __syncthreads();
-    u32 per = blocksize >> 3, shift = __ffs(per) - 1;
+    u32 lane = threadIdx.x & 31, per = blocksize >> 3, shift = __ffs(per) - 1;
     FOR_EACH_8(n8) {
         float v[8];
         float m = load8_absmax<DT>(x, g, n8, per, red, v);
@@ -168,9 +183,8 @@ __device__ void quantize_4bit_x8_impl(const void* x, u64 n8, u32 blocksize, int 
 #pragma unroll
             for (int b = 0; b < 4; b++) {
                 float sh = mul_ftz(v[2 * b], r), sl = mul_ftz(v[2 * b + 1], r);
-                // NF4: the thresholds below s by binary search (NaN: 0, as quantize_nibble).
-                u32 hi = fp4 ? quantize_nibble(sh, fp4, thr, bits) : count_below15(sh, thr);
-                u32 lo = fp4 ? quantize_nibble(sl, fp4, thr, bits) : count_below15(sl, thr);
+                u32 hi = fp4 ? quantize_nibble(sh, fp4, thr, bits) : nf4_code(sh, cells, lane);
+                u32 lo = fp4 ? quantize_nibble(sl, fp4, thr, bits) : nf4_code(sl, cells, lane);
                 word |= ((hi << 4) | lo) << (8 * b);
             }
             packed[g] = word;
@@ -179,33 +193,75 @@ __device__ void quantize_4bit_x8_impl(const void* x, u64 n8, u32 blocksize, int 
     }
 }
 
-// The scalar kernel's binary search, in two levels with the same answer (the count of midpoints below s,
-// then ties to the even index): the 15 midpoints 15, 31, .., 239 in registers pick a run of 16
-// (count_below15), then 4 branch-free steps over the run's 15 midpoints in shared memory, where each lane
-// reads its own copy (no bank conflicts).
-__device__ __forceinline__ u8 quantize_code8_2level(float s, const float (&coarse)[15], const float* mids32,
-                                                    u32 lane) {
-    if (isnan(s)) return 0;
-    u32 lo = 16 * count_below15(s, coarse);
-    lo += mids32[(lo + 7) * 32 + lane] < s ? 8 : 0;
-    lo += mids32[(lo + 3) * 32 + lane] < s ? 4 : 0;
-    lo += mids32[(lo + 1) * 32 + lane] < s ? 2 : 0;
-    lo += mids32[lo * 32 + lane] < s ? 1 : 0;
-    if (lo < 255 && mids32[lo * 32 + lane] == s && (lo & 1)) lo += 1;
-    return (u8)lo;
+// The 8-bit code through a table of cells over s's bits: per sign, one cell per exponent from C8_EMIN up and
+// top 6 mantissa bits (|s| in [2^-27, 2): 1/64 of an octave each), one cell below and one above. A cell
+// holds at most one of bitsandbytes' dynamic-code midpoints (which are roughly log-spaced), so the count of
+// midpoints below s is the cell's count below its first value plus one compare with the midpoint inside it.
+// The tie rule (s on a midpoint goes to the even index) is folded into that compare: where the count below
+// the cell is odd, the cell's threshold is the float just under the midpoint (s >= m instead of s > m).
+// A cell of a code that puts two midpoints in it is marked (count + 256) and takes the binary search. The
+// table is built per block from the midpoints (a binary search per cell), then every value costs one
+// shared-memory read. Equal to `quantize_code8` for every float with both dynamic maps: checked over all
+// 2^32 bit patterns on an H200. (The two-level search this replaces held the kernel to a quarter of the
+// copy rate.)
+#define C8_EMIN 100
+#define C8_EXPS 28
+#define C8_PER_SIGN (C8_EXPS * 64 + 2)
+#define C8_CELLS (2 * C8_PER_SIGN)
+__device__ __forceinline__ u32 code8_cell(float s) {
+    u32 u = __float_as_uint(s);
+    int t = (int)((u & 0x7fffffffu) >> 17) - (C8_EMIN << 6) + 1;
+    t = min(max(t, 0), C8_PER_SIGN - 1);
+    return (u32)(C8_PER_SIGN + (t ^ ((int)u >> 31)));  // negative s: cells below, in value order
+}
+
+// The number of midpoints strictly below v.
+__device__ __forceinline__ u32 mids_below(float v, const float* mids) {
+    u32 lo = 0, hi = 255;
+    while (lo < hi) {
+        u32 mid = (lo + hi) >> 1;
+        if (__ldg(mids + mid) < v) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+__device__ void code8_cell_table(const float* mids, float2* table) {
+    for (u32 i = threadIdx.x; i < C8_CELLS; i += blockDim.x) {
+        bool neg = i < C8_PER_SIGN;
+        u32 t = neg ? C8_PER_SIGN - 1 - i : i - C8_PER_SIGN;
+        // The cell's magnitudes as float bits [alo, ahi); the last one reaches infinity.
+        u32 alo = t == 0 ? 0u : t == C8_PER_SIGN - 1 ? (u32)(C8_EMIN + C8_EXPS) << 23 : (t - 1 + (C8_EMIN << 6)) << 17;
+        u32 ahi = t == 0 ? (u32)C8_EMIN << 23 : t == C8_PER_SIGN - 1 ? 0x7f800001u : alo + (1u << 17);
+        float lo = neg ? -__uint_as_float(ahi - 1) : __uint_as_float(alo);
+        float hi = neg ? -__uint_as_float(alo) : __uint_as_float(ahi - 1);
+        u32 below = mids_below(lo, mids);
+        float thr = __int_as_float(0x7f800000);
+        if (below < 255 && __ldg(mids + below) <= hi) {
+            float m = __ldg(mids + below);
+            if (below + 1 < 255 && __ldg(mids + below + 1) <= hi) below |= 256u;
+            // s >= m where the tie goes up (odd count below), s > m otherwise.
+            thr = (below & 1) ? __uint_as_float(__float_as_uint(m) + (m > 0.0f ? -1 : 1)) : m;
+            if ((below & 1) && m == 0.0f) thr = -__uint_as_float(1u);
+        }
+        table[i] = make_float2(thr, __uint_as_float(below));
+    }
+}
+
+__device__ __forceinline__ u32 code8(float s, const float2* table, const float* mids) {
+    float2 e = table[code8_cell(s)];
+    u32 q = __float_as_uint(e.y) + (s > e.x ? 1u : 0u);
+    if (q > 255u) q = quantize_code8(s, mids);  // a cell with two midpoints
+    return isnan(s) ? 0u : q;
 }
 
 template <int DT>
-__device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize, const float* mids_g,
+__device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize, const float* mids,
                                            uint2* codes, float* absmax) {
     __shared__ float red[32];
-    __shared__ float mids32[255 * 32];
-    for (u32 i = threadIdx.x; i < 255 * 32; i += blockDim.x) mids32[i] = __ldg(mids_g + (i >> 5));
-    float coarse[15];
-#pragma unroll
-    for (int j = 0; j < 15; j++) coarse[j] = __ldg(mids_g + 16 * j + 15);
+    __shared__ float2 cells[C8_CELLS];
+    code8_cell_table(mids, cells);
     __syncthreads();
-    u32 lane = threadIdx.x & 31, per = blocksize >> 3, shift = __ffs(per) - 1;
+    u32 per = blocksize >> 3, shift = __ffs(per) - 1;
     FOR_EACH_8(n8) {
         float v[8];
         float m = load8_absmax<DT>(x, g, n8, per, red, v);
@@ -213,8 +269,7 @@ __device__ void quantize_blockwise_x8_impl(const void* x, u64 n8, u32 blocksize,
         if (g < n8) {
             u32 w[2] = {0, 0};
 #pragma unroll
-            for (int e = 0; e < 8; e++)
-                w[e >> 2] |= (u32)quantize_code8_2level(mul_ftz(v[e], r), coarse, mids32, lane) << (8 * (e & 3));
+            for (int e = 0; e < 8; e++) w[e >> 2] |= code8(mul_ftz(v[e], r), cells, mids) << (8 * (e & 3));
             codes[g] = make_uint2(w[0], w[1]);
             if ((threadIdx.x & (per - 1)) == 0) absmax[g >> shift] = m;
         }
