@@ -7,7 +7,7 @@ The 4-bit linear layers are timed as the lowbit example times them: `iters` call
 cycling through enough weight copies to exceed the L2 cache (`weights_from: rotated`) or one copy (`one_copy`), the
 time per call being the total over `iters`.
 
-usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick] [--rows]
+usage: python3 scripts/bench_bnb_cuda.py [--iters 50] [--quick] [--rows] [--kernels]
 needs: torch with CUDA, bitsandbytes.
 """
 import argparse
@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rows", action="store_true", help="only the 1-32 row layers (rows_bench's shapes)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="only the copy, quantizers, dequantizers and int8 products (`cuda_bench --kernels`)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -127,6 +129,8 @@ def main():
     t = median_time(lambda: dst.copy_(src), a.iters)
     emit("copy", [src.numel()], t, 2 * src.numel() * 4)
     shapes = [(4096, 4096)] if a.quick else [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+    if a.kernels:
+        shapes = []
     for out_f, in_f in shapes:
         for dtype in [torch.float16, torch.bfloat16]:
             for batch in [1, 2, 4, 8, 16]:
@@ -161,6 +165,8 @@ def main():
             t = median_time(lambda: F.int8_linear_matmul(a8, b), a.iters)
             emit("int8_linear_matmul", [n], t, (m + rows) * cols + m * rows * 4,
                  detail=f"{m}x{cols} @ {rows}x{cols}^T")
+    if a.kernels:
+        return
     # matmul_4bit batch 512 and the dense f16 matmul it is compared with.
     import bitsandbytes as bnb
     w = torch.randn(4096, 4096, device=dev, dtype=torch.float16) * 0.02
