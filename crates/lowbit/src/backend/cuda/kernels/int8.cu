@@ -151,7 +151,7 @@ extern "C" __global__ void int8_outlier_operands(const u16* x16, const i8* w, co
 
 // The outlier columns of `flags` in ascending order, and their count, on the device (one block of 1024
 // threads, each a contiguous run of columns): the few-row layer needs no host round trip to learn them.
-extern "C" __global__ void int8_outlier_list(const u32* flags, u32 cols, u32* list, u32* count) {
+extern "C" __global__ void __launch_bounds__(1024) int8_outlier_list(const u32* flags, u32 cols, u32* list, u32* count) {
     pdl_entry();
     __shared__ u32 warp_total[32];
     u32 t = threadIdx.x, lane = t & 31, warp = t >> 5;
@@ -271,7 +271,8 @@ __device__ void ternary_act_quant_impl(const void* x, u32 cols, float eps, i8* q
     if (threadIdx.x == 0) scales[r] = s;
 }
 
-extern "C" __global__ void ternary_act_quant(const void* x, int dt, u32 cols, float eps, i8* q, float* scales) {
+// Launched with 1024 threads: the bound keeps its registers within a multiprocessor's 64 Ki (74 without).
+extern "C" __global__ void __launch_bounds__(1024) ternary_act_quant(const void* x, int dt, u32 cols, float eps, i8* q, float* scales) {
     pdl_entry();
     if (dt == DT_F32) ternary_act_quant_impl<DT_F32>(x, cols, eps, q, scales);
     else if (dt == DT_F16) ternary_act_quant_impl<DT_F16>(x, cols, eps, q, scales);

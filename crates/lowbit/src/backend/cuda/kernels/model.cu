@@ -55,7 +55,7 @@ extern "C" __global__ void gelu(const void* x, int dt, u64 n, int kind, float be
 // a row of at most NORM_REGS columns per thread holds x and w in registers, both loaded before the sum (one
 // round of loads instead of three). Either way each thread sums its columns in the same order.
 #define NORM_REGS 4
-extern "C" __global__ void rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
+extern "C" __global__ void __launch_bounds__(1024) rms_norm(const void* x, int dt, const void* w, int wdt, u32 cols, float eps, void* y) {
     pdl_entry();
     u64 r = blockIdx.x;
     double s = 0.0;

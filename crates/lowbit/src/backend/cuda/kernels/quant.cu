@@ -104,12 +104,14 @@ __device__ __forceinline__ float group_max(float m, u32 threads, float* red) {
     u32 lanes = threads < 32 ? threads : 32;
     for (u32 off = 1; off < lanes; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     if (threads > 32) {
+        // The group's warp maxima: each lane reads one (lane mod per), shuffles combine them, so a thread
+        // reads shared memory once per round instead of once per warp of its group (up to 16).
         u32 warp = threadIdx.x >> 5, per = threads >> 5, w0 = warp / per * per;
         __syncthreads();  // the previous round's readers are done with `red`
         if ((threadIdx.x & 31) == 0) red[warp] = m;
         __syncthreads();
-        m = red[w0];
-        for (u32 w = 1; w < per; w++) m = fmaxf(m, red[w0 + w]);
+        m = red[w0 + (threadIdx.x & (per - 1))];
+        for (u32 off = 1; off < per; off <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
     }
     return m;
 }
