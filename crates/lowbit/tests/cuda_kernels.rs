@@ -37,6 +37,8 @@ fn launched_kernels() -> Vec<String> {
         "ternary_matmul_dp4a",
         "ternary_matmul_dp4a_r1",
         "ternary_matmul_dp4a_r1_split",
+        "ternary_unpack_i8",
+        "ternary_finish",
         "cast",
         "binary",
         "gelu",

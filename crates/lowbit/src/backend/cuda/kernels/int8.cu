@@ -309,6 +309,32 @@ extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u3
     }
 }
 
+// Prompts (many activation rows) take cuBLAS's int8 product: the packed weight unpacked to one int8 per
+// weight (t in {-1, 0, 1}) in row-major [rows, cols], then `ternary_finish` on the exact i32 sums, so the
+// bits are the dp4a kernels'. A thread writes 4 weights of output row o from 4 packed bytes (cols % 4 == 0).
+extern "C" __global__ void ternary_unpack_i8(const u32* packed, u32 rows, u32 cols, u32* w) {
+    pdl_entry();
+    u32 pr = (rows + 3) / 4, words = cols / 4;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)rows * words; i += (u64)gridDim.x * blockDim.x) {
+        u32 o = (u32)(i / words), c4 = (u32)(i % words);
+        u32 shift = 2 * (o / pr);
+        u32 codes = (__ldg(packed + (u64)(o % pr) * words + c4) >> shift) & 0x03030303u;
+        // code - 1 per byte (no borrow between bytes: each code is 0..2, 0 - 1 = 0xff is int8 -1).
+        w[i] = __vsub4(codes, 0x01010101u);
+    }
+}
+
+// y[b, o] = acc[b, o] / (x_scale[b] * weight_scale) + bias[o]: the dp4a kernels' epilogue.
+extern "C" __global__ void ternary_finish(const i32* acc, const float* x_scale, u32 batch, float weight_scale,
+                                          u32 rows, const float* bias, float* y) {
+    pdl_entry();
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)batch * rows; i += (u64)gridDim.x * blockDim.x) {
+        u32 b = (u32)(i / rows), o = (u32)(i % rows);
+        float f = __fdiv_rn(__int2float_rn(acc[i]), __fmul_rn(x_scale[b], weight_scale));
+        y[i] = __fadd_rn(f, bias ? bias[o] : 0.0f);
+    }
+}
+
 // `ternary_matmul` for cols % 16 == 0: a warp per packed row r, whose bytes hold output rows r, r + pr,
 // r + 2 pr and r + 3 pr (2 bits each), so each packed byte is read once for its four rows; each lane takes 16
 // packed bytes and the same 16 columns of every activation row at a time. With codes c = t + 1 in {0, 1, 2},

@@ -340,6 +340,11 @@ impl Cuda {
         bias: Option<&Buf>,
     ) -> Result<Buf> {
         const OP: &str = "ternary_matmul";
+        if let Some(y) =
+            self.ternary_matmul_blas(xq, x_scale, batch, packed, weight_scale, rows, cols, bias)?
+        {
+            return Ok(y);
+        }
         let y = self.alloc(OP, batch * rows * 4)?;
         // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned.
         // One activation row (a decode step) has its own kernel with more bytes in flight per lane.
@@ -374,5 +379,66 @@ impl Cuda {
             ],
         )?;
         Ok(y)
+    }
+
+    /// A prompt's ternary product through cuBLAS's int8 tensor-core GEMM (exact i32 sums, so the bits of
+    /// the dp4a kernels): the packed weight unpacked to int8 for the call, the product, then the scaling.
+    /// `None` where it does not apply: fewer rows than the warp-per-row kernels serve, no cuBLAS, shapes or
+    /// addresses it declines (rows and columns multiples of 4, 16-byte aligned operands).
+    #[allow(clippy::too_many_arguments)]
+    fn ternary_matmul_blas(
+        &self,
+        xq: &CudaStorage,
+        x_scale: &CudaStorage,
+        batch: usize,
+        packed: &CudaStorage,
+        weight_scale: f32,
+        rows: usize,
+        cols: usize,
+        bias: Option<&Buf>,
+    ) -> Result<Option<Buf>> {
+        const OP: &str = "ternary_matmul";
+        let Some(blas) = self.blas() else {
+            return Ok(None);
+        };
+        let applies = batch > super::ROWS_MAX
+            && rows.is_multiple_of(4)
+            && cols.is_multiple_of(16)
+            && [xq.addr(), packed.addr()]
+                .iter()
+                .all(|a| a.is_multiple_of(16));
+        if !applies {
+            return Ok(None);
+        }
+        let w = self.alloc(OP, rows * cols)?;
+        self.launch(
+            "ternary_unpack_i8",
+            (blocks(rows * cols / 4), 1),
+            THREADS,
+            &[
+                p(packed),
+                Arg::U32(u32_of(OP, rows)?),
+                Arg::U32(u32_of(OP, cols)?),
+                p(&w),
+            ],
+        )?;
+        let acc = self.alloc(OP, batch * rows * 4)?;
+        blas.gemm_i8_nt(self, xq.addr(), w.addr(), acc.addr(), batch, rows, cols)?;
+        let y = self.alloc(OP, batch * rows * 4)?;
+        self.launch(
+            "ternary_finish",
+            (blocks(batch * rows), 1),
+            THREADS,
+            &[
+                p(&acc),
+                p(x_scale),
+                Arg::U32(u32_of(OP, batch)?),
+                Arg::F32(weight_scale),
+                Arg::U32(u32_of(OP, rows)?),
+                opt(bias),
+                p(&y),
+            ],
+        )?;
+        Ok(Some(y))
     }
 }
