@@ -423,7 +423,7 @@ fn linear_ternary_is_bit_identical_on_every_device() {
         .map(|batch| (21, 96, batch, batch % 3))
         .chain([(19, 72, 11, 0), (19, 72, 11, 2)])
         .chain([(37, 4112, 1, 0), (37, 4112, 3, 1), (9, 2064, 9, 2)])
-        // Prompts: more than 32 rows (CUDA: cuBLAS's int8 product where rows % 4 == 0).
+        // Prompts: more than 32 rows (CUDA: cuBLAS's int8 product where rows % 4 == 0), with a bias.
         .chain([
             (40, 96, 33, 0),
             (44, 2064, 70, 1),
@@ -435,15 +435,18 @@ fn linear_ternary_is_bit_identical_on_every_device() {
         let w = rand(vec![rows, cols], 0.05, s + rows as u64, DType::F32);
         let tw = reference.ternary_quantize(&w).unwrap();
         let x = rand(vec![batch, cols], 1.0, s + 1, dtype);
+        // A bias with the prompts (rows of it in x's dtype: widened exactly, then one f32 addition).
+        let bias = (batch > 32).then(|| rand(vec![rows], 0.5, s + 2, dtype));
         let layer = lowbit::ops::BitLinear {
             weight: tw.clone(),
-            bias: None,
+            bias: bias.as_ref().map(f32s),
         };
         let want = f32s(&reference.bitlinear(&x, &layer).unwrap());
         let want = FloatVec::from_f32(want, dtype).to_f32_vec();
         for dev in devices() {
             let dw = dev.upload_ternary(&tw).unwrap();
-            let y = dev.linear_ternary(&up(&dev, &x), &dw, None).unwrap();
+            let db = bias.as_ref().map(|b| up(&dev, b));
+            let y = dev.linear_ternary(&up(&dev, &x), &dw, db.as_ref()).unwrap();
             assert_eq!(y.dtype(), dtype);
             let got = f32s(&dev.to_host(&y).unwrap());
             let same = got

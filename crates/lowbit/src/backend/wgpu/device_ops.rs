@@ -109,8 +109,6 @@ impl WgpuBackend {
             .enumerate()
             .all(|(i, d)| d.is_float() || !op.is_float_operand(i));
         let ok = match op {
-            // The BitNet rescale kernel has no bias input yet.
-            Op::LinearTernary { bias, .. } => floats_ok && !bias,
             // A layer without input features has no int8 rows to quantize: the CPU computes its bias-only output.
             Op::Linear8bit { cols, .. } => floats_ok && *cols > 0,
             // Int8 activations are the CPU's decode path (format::q8); GPUs run the float kernels.
@@ -264,11 +262,12 @@ impl WgpuBackend {
                 weight_scale,
                 rows,
                 cols,
-                ..
+                bias,
             } => {
                 let wt = GpuPackedTernary::from_parts(v(1)?, weight_scale, rows, cols);
+                let b = if bias { Some(w(2)?) } else { None };
                 // The activation quantizer reads f16/bf16 itself: no widening.
-                let y = self.ternary_linear_resident(&v(0)?.into_matrix(), &wt)?;
+                let y = self.ternary_linear_bias_resident(&v(0)?.into_matrix(), &wt, b.as_ref())?;
                 y.with_shape(with_last_dim(&shape0, rows))
             }
             Op::RmsNorm { eps } => {

@@ -399,6 +399,17 @@ impl WgpuBackend {
         x: &GpuTensor,
         w: &GpuPackedTernary,
     ) -> Result<GpuTensor> {
+        self.ternary_linear_bias_resident(x, w, None)
+    }
+
+    /// [`Self::ternary_linear_resident`] plus an f32 bias `[rows]`, added with one correctly rounded f32
+    /// addition (the CPU's `acc / (x_scale * weight_scale) + bias`, bit for bit).
+    pub fn ternary_linear_bias_resident(
+        &self,
+        x: &GpuTensor,
+        w: &GpuPackedTernary,
+        bias: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
         const OP: &str = "ternary_linear_resident";
         let (batch, cols) = x.rows_cols(OP, "x", &[DType::F32, DType::F16, DType::BF16])?;
         if cols != w.cols {
@@ -411,6 +422,17 @@ impl WgpuBackend {
             ));
         }
         let rows = w.rows;
+        if let Some(b) = bias
+            && (b.dtype != DType::F32 || b.shape.iter().product::<usize>() != rows)
+        {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the bias is {:?} {:?}, the layer takes f32 [{rows}]",
+                    b.dtype, b.shape
+                ),
+            ));
+        }
         u32_len(OP, batch * cols)?;
         check_binding(self.gpu(), OP, batch * cols * x.dtype.size_in_bytes())?;
         let y = self.output(OP, x.out_shape(batch, rows), DType::F32, batch * rows)?;
@@ -449,6 +471,7 @@ impl WgpuBackend {
                 w.weight_scale,
                 &acc,
                 &x_scale,
+                bias.map(|b| &b.buffer),
                 &y.buffer,
             )
         })?;

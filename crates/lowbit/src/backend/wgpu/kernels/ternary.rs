@@ -159,7 +159,8 @@ pub(crate) fn encode_ternary_matmul(
 
 /// Records BitNet's final scaling `y[b, o] = f32(acc[b, o]) / (x_scale[b] * weight_scale)` (`[batch, rows]`),
 /// bit-exact with the CPU: conversion, product and quotient are correctly rounded on integer bit patterns
-/// (`ternary_rescale.wgsl`), since WGSL's own division is not. NaN results are a canonical quiet NaN.
+/// (`ternary_rescale.wgsl`), since WGSL's own division is not; then `+ bias[o]` (f32 `[rows]`), rounded
+/// the same way. NaN results are a canonical quiet NaN.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_rescale(
     gpu: &Gpu,
@@ -169,11 +170,22 @@ pub(crate) fn encode_ternary_rescale(
     weight_scale: f32,
     acc: &wgpu::Buffer,
     x_scale: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
     y: &wgpu::Buffer,
 ) -> Result<()> {
     let n = u32_len("ternary_rescale", batch * rows)?;
-    let params = [n, rows as u32, weight_scale.to_bits(), 0, 0, 0, 0, 0];
-    let bufs = [(1, acc), (2, x_scale), (3, y)];
+    let params = [
+        n,
+        rows as u32,
+        weight_scale.to_bits(),
+        bias.is_some() as u32,
+        0,
+        0,
+        0,
+        0,
+    ];
+    // Without a bias the binding still needs a buffer: the scales (read-only, never read as a bias).
+    let bufs = [(1, acc), (2, x_scale), (3, y), (4, bias.unwrap_or(x_scale))];
     let grid = groups(batch * rows, 256);
     gpu.encode(enc, &Shader::TernaryRescale, params, &bufs, grid, None)
 }
@@ -204,7 +216,17 @@ pub fn ternary_rescale(
     let sbuf = gpu.upload(f32_bytes(x_scale));
     let ybuf = gpu.output((acc.len() * 4) as u64);
     gpu.run(|enc| {
-        encode_ternary_rescale(gpu, enc, batch, rows, weight_scale, &abuf, &sbuf, &ybuf)
+        encode_ternary_rescale(
+            gpu,
+            enc,
+            batch,
+            rows,
+            weight_scale,
+            &abuf,
+            &sbuf,
+            None,
+            &ybuf,
+        )
     })?;
     gpu.read_f32(&ybuf, acc.len())
 }
