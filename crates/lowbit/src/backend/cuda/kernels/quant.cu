@@ -139,8 +139,8 @@ __device__ __forceinline__ float load8_absmax(const void* x, u64 g, u64 n8, u32 
 // NF4 through a table of 32 cells of width 1/16 over [-1, 1]: the 15 thresholds are at least 0.08 apart,
 // so a cell holds at most one, and the count of thresholds below s is the cell's count below its lower edge
 // plus one compare with the threshold inside it (+inf if none). A value past +-1 (or infinite) lands in
-// the end cell, NaN in cell 0 (code 0, as count_below15). Each lane reads its own copy of the table, so
-// lanes never wait on one another's bank. The same code as count_below15 for every float: checked over all
+// the end cell, NaN in cell 0 (code 0, as quantize_nibble). Each lane reads its own copy of the table, so
+// lanes never wait on one another's bank. The same code as quantize_nibble for every float: checked over all
 // 2^32 bit patterns on an H200, and near every threshold and cell edge by the conformance suite. (The
 // select-tree search held the kernel to half the copy rate; a table read is one shared-memory load.)
 #define NF4_CELLS 32
