@@ -420,23 +420,37 @@ fn linear_ternary_is_bit_identical_on_every_device() {
     // Columns a multiple of 16 (the GPUs' 16-column kernels) at every row count 1-32, and not; rows of
     // more 16-byte words than a warp's unrolled step covers (32 lanes x 4), with a ragged last step.
     let cases = (1..=32usize)
-        .map(|batch| (21, 96, batch, batch % 3))
-        .chain([(19, 72, 11, 0), (19, 72, 11, 2)])
-        .chain([(37, 4112, 1, 0), (37, 4112, 3, 1), (9, 2064, 9, 2)])
+        .map(|batch| (21, 96, batch, batch % 3, false))
+        .chain([(19, 72, 11, 0, false), (19, 72, 11, 2, false)])
+        .chain([
+            (37, 4112, 1, 0, false),
+            (37, 4112, 3, 1, false),
+            (9, 2064, 9, 2, false),
+        ])
+        // One row with a bias (CUDA: the one-kernel layer): each dtype; a row longer than the registers of
+        // a 1024-thread block hold (read twice); more packed rows than one wave of the grid's warp groups.
+        .chain([
+            (37, 4112, 1, 0, true),
+            (21, 96, 1, 1, true),
+            (22, 2064, 1, 2, true),
+            (5, 20_000, 1, 1, true),
+            (9, 33_040, 1, 0, true),
+            (17_001, 96, 1, 2, true),
+        ])
         // Prompts: more than 32 rows (CUDA: cuBLAS's int8 product where rows % 4 == 0), with a bias.
         .chain([
-            (40, 96, 33, 0),
-            (44, 2064, 70, 1),
-            (36, 4112, 65, 2),
-            (21, 96, 40, 0),
+            (40, 96, 33, 0, true),
+            (44, 2064, 70, 1, true),
+            (36, 4112, 65, 2, true),
+            (21, 96, 40, 0, true),
         ]);
-    for (rows, cols, batch, dtype) in cases {
+    for (rows, cols, batch, dtype, with_bias) in cases {
         let dtype = [DType::F32, DType::F16, DType::BF16][dtype];
         let w = rand(vec![rows, cols], 0.05, s + rows as u64, DType::F32);
         let tw = reference.ternary_quantize(&w).unwrap();
         let x = rand(vec![batch, cols], 1.0, s + 1, dtype);
-        // A bias with the prompts (rows of it in x's dtype: widened exactly, then one f32 addition).
-        let bias = (batch > 32).then(|| rand(vec![rows], 0.5, s + 2, dtype));
+        // The bias in x's dtype (widened exactly, then one f32 addition).
+        let bias = with_bias.then(|| rand(vec![rows], 0.5, s + 2, dtype));
         let layer = lowbit::ops::BitLinear {
             weight: tw.clone(),
             bias: bias.as_ref().map(f32s),
@@ -449,11 +463,19 @@ fn linear_ternary_is_bit_identical_on_every_device() {
             let y = dev.linear_ternary(&up(&dev, &x), &dw, db.as_ref()).unwrap();
             assert_eq!(y.dtype(), dtype);
             let got = f32s(&dev.to_host(&y).unwrap());
-            let same = got
+            assert_eq!(got.len(), want.len());
+            let differ = got
                 .iter()
                 .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{dtype} on {}: {got:?} vs {want:?}", dev.id());
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            if let Some(i) = differ {
+                panic!(
+                    "{rows}x{cols}, {batch} rows of {dtype} on {}: output {i} is {} against {}",
+                    dev.id(),
+                    got[i],
+                    want[i]
+                );
+            }
             assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
         }
     }
@@ -578,6 +600,44 @@ fn copy_rows_appends_in_place_on_every_device() {
         assert_eq!(f32s(&dev.to_host(&dc).unwrap()), want, "{}", dev.id());
         let err = dev.copy_rows(&dc, 6, &up(&dev, &new)).unwrap_err();
         assert!(err.to_string().contains("cannot write"), "{err}");
+    }
+}
+
+/// A KV append of keys and values together (one launch on CUDA) writes both caches' rows and nothing else,
+/// in each dtype, with rows of a size that is not a multiple of 4 bytes; bad pairs are typed errors.
+#[test]
+fn copy_kv_rows_appends_keys_and_values_on_every_device() {
+    let _serial = serial();
+    let s = seed("copy_kv_rows");
+    for (dtype, width) in [(DType::F32, 4), (DType::F16, 3), (DType::BF16, 8)] {
+        let k_cache = rand(vec![9, 2, width], 1.0, s, dtype);
+        let v_cache = rand(vec![9, 2, width], 1.0, s + 1, dtype);
+        let (k, v) = (
+            rand(vec![2, 2, width], 1.0, s + 2, dtype),
+            rand(vec![2, 2, width], 1.0, s + 3, dtype),
+        );
+        let row = 2 * width;
+        let mut want_k = f32s(&k_cache);
+        want_k[3 * row..5 * row].copy_from_slice(&f32s(&k));
+        let mut want_v = f32s(&v_cache);
+        want_v[3 * row..5 * row].copy_from_slice(&f32s(&v));
+        for dev in devices() {
+            let (dk, dv) = (up(&dev, &k_cache), up(&dev, &v_cache));
+            dev.copy_kv_rows(&dk, &dv, 3, &up(&dev, &k), &up(&dev, &v))
+                .unwrap();
+            let what = format!("{dtype} on {}", dev.id());
+            assert_eq!(f32s(&dev.to_host(&dk).unwrap()), want_k, "keys, {what}");
+            assert_eq!(f32s(&dev.to_host(&dv).unwrap()), want_v, "values, {what}");
+            let err = dev
+                .copy_kv_rows(&dk, &dv, 8, &up(&dev, &k), &up(&dev, &v))
+                .unwrap_err();
+            assert!(err.to_string().contains("cannot write"), "{err}");
+            let err = dev
+                .copy_kv_rows(&dk, &dk, 0, &up(&dev, &k), &up(&dev, &v))
+                .unwrap_err();
+            assert!(err.to_string().contains("share storage"), "{err}");
+            assert_eq!(fallbacks(&dev), 0, "{what}");
+        }
     }
 }
 

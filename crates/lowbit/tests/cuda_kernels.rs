@@ -14,7 +14,7 @@ fn nvrtc_present() -> bool {
     present
 }
 
-/// Every kernel name the backend launches (backend/cuda/ops/).
+/// Every kernel name the backend launches (backend/cuda/ops/, storage.rs).
 fn launched_kernels() -> Vec<String> {
     let mut v: Vec<String> = [
         "dequantize",
@@ -39,6 +39,7 @@ fn launched_kernels() -> Vec<String> {
         "ternary_matmul_dp4a_r1_split",
         "ternary_unpack_i8",
         "ternary_finish",
+        "ternary_linear_r1",
         "cast",
         "binary",
         "gelu",
@@ -48,7 +49,8 @@ fn launched_kernels() -> Vec<String> {
         "rope",
         "attention",
         "attention_split",
-        "attention_merge",
+        "copy_rows_at",
+        "copy_rows_pair",
     ]
     .map(String::from)
     .to_vec();

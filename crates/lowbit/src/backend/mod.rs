@@ -130,6 +130,18 @@ pub trait Backend: Send + Sync {
         let _ = (dst, row, src);
         Err(self.unsupported("copy_rows", "this backend has no device memory"))
     }
+    /// Writes `src[i]` into rows `row..` of `dst[i]` for both pairs (a KV cache's keys and values appended
+    /// together, validated as [`write_rows`](Backend::write_rows)); a backend that does both in one launch
+    /// overrides it.
+    fn write_rows_pair(
+        &self,
+        dst: [&DeviceTensor; 2],
+        row: usize,
+        src: [&DeviceTensor; 2],
+    ) -> Result<()> {
+        self.write_rows(dst[0], row, src[0])?;
+        self.write_rows(dst[1], row, src[1])
+    }
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<()> {
         Ok(())

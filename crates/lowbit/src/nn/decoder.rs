@@ -257,8 +257,7 @@ impl DecoderBlock {
         let layout = RopeLayout::Halves;
         let q = dev.rope(&q, &self.cos, &self.sin, pos, c.head_dim, layout)?;
         let k = dev.rope(&k, &self.cos, &self.sin, pos, c.head_dim, layout)?;
-        dev.copy_rows(&self.k_cache, pos, &k)?;
-        dev.copy_rows(&self.v_cache, pos, &v)?;
+        dev.copy_kv_rows(&self.k_cache, &self.v_cache, pos, &k, &v)?;
         self.len = pos + tokens;
         let a = dev.attention(&q, &self.k_cache, &self.v_cache, self.len, None)?;
         let a = a.reshape(vec![tokens, c.heads * c.head_dim])?;

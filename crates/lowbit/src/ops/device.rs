@@ -534,32 +534,63 @@ impl Device {
 
     /// Writes `src [n, ...]` into rows `row..row + n` of `dst` in place (KV cache append).
     pub fn copy_rows(&self, dst: &DeviceTensor, row: usize, src: &DeviceTensor) -> Result<()> {
-        const OP: &str = "copy_rows";
-        let (rows, row_len) = dst.rows_cols_first();
-        let (n, src_len) = src.rows_cols_first();
-        if dst.dtype() != src.dtype()
-            || row_len != src_len
-            || row.checked_add(n).is_none_or(|e| e > rows)
-        {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "cannot write {} {:?} at row {row} of {} {:?}",
-                    src.dtype(),
-                    src.shape(),
-                    dst.dtype(),
-                    dst.shape()
-                ),
-            ));
-        }
-        if std::sync::Arc::ptr_eq(dst.storage(), src.storage()) {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                detail: "source and destination share storage".into(),
-            });
-        }
+        check_copy_rows(dst, row, src)?;
         self.write_rows(dst, row, src)
     }
+
+    /// [`copy_rows`](Self::copy_rows) of `k` into `k_cache` and `v` into `v_cache` at the same rows: a
+    /// KV cache append, one launch where the backend can.
+    pub fn copy_kv_rows(
+        &self,
+        k_cache: &DeviceTensor,
+        v_cache: &DeviceTensor,
+        row: usize,
+        k: &DeviceTensor,
+        v: &DeviceTensor,
+    ) -> Result<()> {
+        check_copy_rows(k_cache, row, k)?;
+        check_copy_rows(v_cache, row, v)?;
+        let shared =
+            |a: &DeviceTensor, b: &DeviceTensor| std::sync::Arc::ptr_eq(a.storage(), b.storage());
+        if shared(k_cache, v_cache) || shared(k_cache, v) || shared(v_cache, k) {
+            return Err(Error::InvalidArgument {
+                op: "copy_rows",
+                detail:
+                    "the key and value caches share storage with each other or the other's rows"
+                        .into(),
+            });
+        }
+        self.write_rows_pair([k_cache, v_cache], row, [k, v])
+    }
+}
+
+/// `dst` can take `src`'s rows from `row` on: same dtype and row length, inside `dst`, not its own storage.
+fn check_copy_rows(dst: &DeviceTensor, row: usize, src: &DeviceTensor) -> Result<()> {
+    const OP: &str = "copy_rows";
+    let (rows, row_len) = dst.rows_cols_first();
+    let (n, src_len) = src.rows_cols_first();
+    if dst.dtype() != src.dtype()
+        || row_len != src_len
+        || row.checked_add(n).is_none_or(|e| e > rows)
+    {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "cannot write {} {:?} at row {row} of {} {:?}",
+                src.dtype(),
+                src.shape(),
+                dst.dtype(),
+                dst.shape()
+            ),
+        ));
+    }
+    if std::sync::Arc::ptr_eq(dst.storage(), src.storage()) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            detail: "source and destination share storage".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A host float tensor filled from f32 values in `dtype` (tests, examples); a typed error unless `values`

@@ -446,6 +446,33 @@ impl Device {
         r
     }
 
+    /// [`write_rows`](Self::write_rows) for two pairs at once (a KV cache's keys and values).
+    pub(crate) fn write_rows_pair(
+        &self,
+        dst: [&DeviceTensor; 2],
+        row: usize,
+        src: [&DeviceTensor; 2],
+    ) -> Result<()> {
+        for t in dst.iter().chain(&src) {
+            self.check_on_device("copy_rows", t)?;
+        }
+        let start = Instant::now();
+        let mut call = OpStats {
+            runs: 1,
+            ..Default::default()
+        };
+        let r = self.call_with_retry(
+            OpKind::CopyRows,
+            0..1,
+            &|b, _| b.write_rows_pair(dst, row, src),
+            &mut call,
+        );
+        call.failures = u64::from(r.is_err());
+        call.total_ns = start.elapsed().as_nanos() as u64;
+        self.stats.record(OpKind::CopyRows, &call);
+        r
+    }
+
     /// Runs `step` (which queues a step's ops and returns its output) as step `key` at `args`: on a backend
     /// that records steps the first run goes op by op, the second is recorded, and later ones replay the
     /// recording with `args` (the ops' own calls and statistics then do not happen; `step` counts them as

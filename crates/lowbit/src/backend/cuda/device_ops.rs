@@ -2,7 +2,7 @@
 //! there, and nothing waits except LLM.int8()'s outlier columns (their count sizes the float product).
 
 use super::CudaBackend;
-use super::ops::{Bias, Buf, Weight4};
+use super::ops::{Bias, Buf, TernaryWeight, Weight4};
 use super::storage::CudaStorage;
 use crate::Result;
 use crate::capability::{Op, Support};
@@ -132,11 +132,21 @@ impl CudaBackend {
                 bias,
             } => {
                 let m = x.rows_cols().0;
+                let b = self.bias(name, bias.then(|| inputs[2]))?;
+                let b = b.as_ref().map(|(buf, dtype)| Bias { buf, dtype: *dtype });
+                let w = TernaryWeight {
+                    packed: st(1)?,
+                    weight_scale,
+                    rows,
+                    cols,
+                };
+                let shape = with_last_dim(&shape0, rows);
+                if let Some(y) = c.ternary_linear_r1_dev(st(0)?, dtype, m, w, b, dtype)? {
+                    return self.wrap(shape, dtype, y);
+                }
                 let (q, s) = c.ternary_act_quant_dev(st(0)?, dtype, m, cols)?;
-                let b = self.bias_f32(name, bias.then(|| inputs[2]))?;
-                let y =
-                    c.ternary_matmul_dev(&q, &s, m, st(1)?, weight_scale, rows, cols, b.as_ref())?;
-                self.narrowed(y, with_last_dim(&shape0, rows), dtype)
+                let y = c.ternary_matmul_dev(&q, &s, m, w.packed, weight_scale, rows, cols, b)?;
+                self.narrowed(y, shape, dtype)
             }
             Op::Linear8bit {
                 threshold,

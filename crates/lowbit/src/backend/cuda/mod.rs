@@ -196,6 +196,29 @@ impl Backend for CudaBackend {
             None => self.cuda.copy(s, d, row * row_bytes, src.size_in_bytes()),
         }
     }
+    fn write_rows_pair(
+        &self,
+        dst: [&DeviceTensor; 2],
+        row: usize,
+        src: [&DeviceTensor; 2],
+    ) -> Result<()> {
+        let copy = |i: usize| -> Result<storage::RowCopy> {
+            let (d, s) = (dst[i], src[i]);
+            Ok(storage::RowCopy {
+                src: self.storage("copy_rows", s)?,
+                dst: self.storage("copy_rows", d)?,
+                row_bytes: d.rows_cols_first().1 * d.dtype().size_in_bytes(),
+                bytes: s.size_in_bytes(),
+            })
+        };
+        let pairs = [copy(0)?, copy(1)?];
+        let rows = dst[0].rows_cols_first().0.min(dst[1].rows_cols_first().0);
+        // A recorded step's kernel reads its position from the step's arguments, in place of `row`.
+        match self.cuda.step_position("copy_rows", row, rows)? {
+            Some(step) => self.cuda.copy_rows_pair(&pairs, 0, step),
+            None => self.cuda.copy_rows_pair(&pairs, row, 0),
+        }
+    }
     fn synchronize(&self) -> Result<()> {
         self.cuda.synchronize()
     }
@@ -439,6 +462,10 @@ impl Backend for CudaBackend {
         let sb = self.cuda.upload_f32(OP, x_scale)?;
         let pb = self.cuda.upload_bytes(OP, w.packed)?;
         let bias = self.up_bias(OP, bias)?;
+        let bias = bias.as_deref().map(|buf| Bias {
+            buf,
+            dtype: DType::F32,
+        });
         let y = self.cuda.ternary_matmul_dev(
             &xb,
             &sb,
@@ -447,7 +474,7 @@ impl Backend for CudaBackend {
             w.weight_scale,
             w.rows,
             w.cols,
-            bias.as_ref(),
+            bias,
         )?;
         self.cuda.download_f32(OP, &y, batch * w.rows)
     }

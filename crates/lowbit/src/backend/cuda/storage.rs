@@ -36,6 +36,14 @@ impl BackendStorage for CudaStorage {
     }
 }
 
+/// One copy of `copy_rows_pair`: `bytes` of `src` into `dst`, whose rows are `row_bytes` long.
+pub struct RowCopy<'a> {
+    pub src: &'a CudaStorage,
+    pub dst: &'a CudaStorage,
+    pub row_bytes: usize,
+    pub bytes: usize,
+}
+
 impl CudaStorage {
     pub fn addr(&self) -> u64 {
         self.addr
@@ -159,6 +167,29 @@ impl Cuda {
     pub fn download_tensor(&self, s: &CudaStorage, t: &DeviceTensor) -> Result<Tensor> {
         let b = self.download_bytes("download", s, t.size_in_bytes())?;
         Tensor::new(t.shape().to_vec(), TensorData::from_bytes(t.dtype(), &b))
+    }
+
+    /// Both copies of `pairs` (a KV cache's keys and values) in one launch: `bytes` of each `src` to row
+    /// `row` (plus the recorded step's position read from `step`, when not 0) of its `dst`.
+    pub fn copy_rows_pair(&self, pairs: &[RowCopy; 2], row: usize, step: u64) -> Result<()> {
+        use super::context::Arg;
+        let threads = 256u32;
+        let most = pairs[0].bytes.max(pairs[1].bytes);
+        let grid = (most.div_ceil(4).div_ceil(threads as usize)).clamp(1, 1024) as u32;
+        let row = u32::try_from(row).map_err(|_| {
+            crate::Error::invalid("copy_rows", format!("row {row} does not fit 32 bits"))
+        })?;
+        let mut args = Vec::with_capacity(10);
+        for c in pairs {
+            args.extend([
+                Arg::Ptr(c.src.addr),
+                Arg::Ptr(c.dst.addr),
+                Arg::U64(c.row_bytes as u64),
+                Arg::U64(c.bytes as u64),
+            ]);
+        }
+        args.extend([Arg::U32(row), Arg::Ptr(step)]);
+        self.launch("copy_rows_pair", (grid, 2), threads, &args)
     }
 
     /// Copies `bytes` from `src` to the row of `dst` (rows of `row_bytes`) at a recorded step's position,

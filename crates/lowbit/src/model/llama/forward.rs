@@ -28,8 +28,7 @@ impl Model {
         for (i, l) in self.layers.iter().enumerate() {
             let h = dev.rms_norm_on(&x, &l.input_norm, c.rms_norm_eps)?;
             let (q, k, v) = self.rotated_qkv(l, dev, &h, n, pos)?;
-            dev.copy_rows(&cache.k[i], pos, &k)?;
-            dev.copy_rows(&cache.v[i], pos, &v)?;
+            dev.copy_kv_rows(&cache.k[i], &cache.v[i], pos, &k, &v)?;
             let a = dev.attention(&q, &cache.k[i], &cache.v[i], pos + n, None)?;
             let mut a = a.reshape(vec![n, c.q_dim()])?;
             if let Some(sn) = &l.attn_sub_norm {

@@ -49,6 +49,14 @@ template <> __device__ __forceinline__ float ldf<DT_F32>(const void* p, u64 i) {
 template <> __device__ __forceinline__ float ldf<DT_F16>(const void* p, u64 i) { return h2f(((const u16*)p)[i]); }
 template <> __device__ __forceinline__ float ldf<DT_BF16>(const void* p, u64 i) { return b2f(((const u16*)p)[i]); }
 
+// Four consecutive elements from i (a multiple of 4; p + i aligned to four elements) as f32, one load.
+template <int DT> __device__ __forceinline__ float4 ld4(const void* p, u64 i) {
+    if (DT == DT_F32) return *(const float4*)((const float*)p + i);
+    uint2 u = *(const uint2*)((const u16*)p + i);
+    if (DT == DT_F16) return make_float4(h2f(u.x & 0xffffu), h2f(u.x >> 16), h2f(u.y & 0xffffu), h2f(u.y >> 16));
+    return make_float4(b2f(u.x & 0xffffu), b2f(u.x >> 16), b2f(u.y & 0xffffu), b2f(u.y >> 16));
+}
+
 __device__ __forceinline__ float ld_dt(const void* p, u64 i, int dt) {
     if (dt == DT_F32) return ((const float*)p)[i];
     if (dt == DT_F16) return h2f(((const u16*)p)[i]);

@@ -237,13 +237,14 @@ __device__ __forceinline__ i8 ternary_act_code(float v, float s) {
 // Values per thread that `ternary_act_quant` keeps in registers (a row of up to 32 x 1024 columns).
 #define ACT_REGS 32
 
-// One block per row: s = RN(RN(1 / max(max|x|, eps)) * 127), q = clamp(rint(x * s), -128, 127). A row of
-// more than 16 and at most ACT_REGS values per thread is loaded once, every load issued before the max needs
-// any (one trip to memory instead of two: 10.0 -> 7.5 us for a 28,672-column f32 row on an H200); shorter
-// rows were as fast or faster read twice (3.7 against 5.7 us at 4,096 columns), so they are.
+// Row r of x quantized by the block into q (global or shared memory); returns the row's scale.
+// s = RN(RN(1 / max(max|x|, eps)) * 127), q = clamp(rint(x * s), -128, 127). The absmax is exact in any
+// order, so every block that quantizes a row gets the same scale and codes. A row of more than 16 and at
+// most ACT_REGS values per thread is loaded once, every load issued before the max needs any (one trip to
+// memory instead of two: 10.0 -> 7.5 us for a 28,672-column f32 row on an H200); shorter rows were as fast
+// or faster read twice (3.7 against 5.7 us at 4,096 columns), so they are.
 template <int DT>
-__device__ void ternary_act_quant_impl(const void* x, u32 cols, float eps, i8* q, float* scales) {
-    u64 r = blockIdx.x;
+__device__ float ternary_act_row(const void* x, u64 r, u32 cols, float eps, i8* q) {
     float m = 0.0f;
     if (cols > 16 * blockDim.x && cols <= ACT_REGS * blockDim.x) {
         float v[ACT_REGS];
@@ -259,15 +260,22 @@ __device__ void ternary_act_quant_impl(const void* x, u32 cols, float eps, i8* q
 #pragma unroll
         for (int k = 0; k < ACT_REGS; k++) {
             u32 c = threadIdx.x + k * blockDim.x;
-            if (c < cols) q[r * cols + c] = ternary_act_code(v[k], s);
+            if (c < cols) q[c] = ternary_act_code(v[k], s);
         }
-        if (threadIdx.x == 0) scales[r] = s;
-        return;
+        return s;
     }
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(ldf<DT>(x, r * cols + c)));
     m = block_max(m, 0.0f);
     float s = __fmul_rn(__fdiv_rn(1.0f, fmaxf(m, eps)), 127.0f);
-    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) q[r * cols + c] = ternary_act_code(ldf<DT>(x, r * cols + c), s);
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) q[c] = ternary_act_code(ldf<DT>(x, r * cols + c), s);
+    return s;
+}
+
+// One block per row.
+template <int DT>
+__device__ void ternary_act_quant_impl(const void* x, u32 cols, float eps, i8* q, float* scales) {
+    u64 r = blockIdx.x;
+    float s = ternary_act_row<DT>(x, r, cols, eps, q + r * cols);
     if (threadIdx.x == 0) scales[r] = s;
 }
 
@@ -279,10 +287,32 @@ extern "C" __global__ void __launch_bounds__(1024) ternary_act_quant(const void*
     else ternary_act_quant_impl<DT_BF16>(x, cols, eps, q, scales);
 }
 
+// Output o of activation row b: acc / (x_scale * weight_scale) + bias[o] (bias in its own dtype, widened
+// exactly), acc the exact i32 product. The one epilogue of every ternary product, so every route has the
+// same bits.
+__device__ __forceinline__ float ternary_out(i32 acc, float x_scale, float weight_scale, const void* bias, int bdt, u32 o) {
+    float f = __fdiv_rn(__int2float_rn(acc), __fmul_rn(x_scale, weight_scale));
+    return __fadd_rn(f, bias_at(bias, bdt, o));
+}
+
+// sum over 16 columns of t x, t = code - 1 for the 2-bit codes of packed word `pw` at bit `2 s` and x the 16
+// int8 activations `xw`: dp4a(c, x) - dp4a(1, x) per 4 bytes, exact. Accumulates the 4 packed rows' sums.
+__device__ __forceinline__ void ternary_dot16(uint4 pv, uint4 xv, i32 acc[4]) {
+    u32 pw[4] = {pv.x, pv.y, pv.z, pv.w};
+    u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        i32 xs = dp4a(0x01010101u, xw[q], 0);
+#pragma unroll
+        for (int s = 0; s < 4; s++) acc[s] = dp4a((pw[q] >> (2 * s)) & 0x03030303u, xw[q], acc[s]) - xs;
+    }
+}
+
 // y[b, o] = acc / (x_scale[b] * weight_scale) + bias[o], acc the exact i32 product; a warp per output row
 // and up to 8 activation rows per pass.
 extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u32 batch, const u8* packed,
-                                          float weight_scale, u32 rows, u32 cols, const float* bias, float* y) {
+                                          float weight_scale, u32 rows, u32 cols, const void* bias, int bdt,
+                                          float* y) {
     pdl_entry();
     u32 lane = threadIdx.x & 31;
     u32 o = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
@@ -302,10 +332,8 @@ extern "C" __global__ void ternary_matmul(const i8* xq, const float* x_scale, u3
     for (int r = 0; r < 8; r++) {
         i32 s = acc[r];
         for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (lane == 0 && b0 + r < batch) {
-            float v = __fdiv_rn(__int2float_rn(s), __fmul_rn(x_scale[b0 + r], weight_scale));
-            y[(u64)(b0 + r) * rows + o] = __fadd_rn(v, bias ? bias[o] : 0.0f);
-        }
+        if (lane == 0 && b0 + r < batch)
+            y[(u64)(b0 + r) * rows + o] = ternary_out(s, x_scale[b0 + r], weight_scale, bias, bdt, o);
     }
 }
 
@@ -324,14 +352,13 @@ extern "C" __global__ void ternary_unpack_i8(const u32* packed, u32 rows, u32 co
     }
 }
 
-// y[b, o] = acc[b, o] / (x_scale[b] * weight_scale) + bias[o]: the dp4a kernels' epilogue.
+// The dp4a kernels' epilogue on cuBLAS's exact i32 sums acc [batch, rows].
 extern "C" __global__ void ternary_finish(const i32* acc, const float* x_scale, u32 batch, float weight_scale,
-                                          u32 rows, const float* bias, float* y) {
+                                          u32 rows, const void* bias, int bdt, float* y) {
     pdl_entry();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)batch * rows; i += (u64)gridDim.x * blockDim.x) {
         u32 b = (u32)(i / rows), o = (u32)(i % rows);
-        float f = __fdiv_rn(__int2float_rn(acc[i]), __fmul_rn(x_scale[b], weight_scale));
-        y[i] = __fadd_rn(f, bias ? bias[o] : 0.0f);
+        y[i] = ternary_out(acc[i], x_scale[b], weight_scale, bias, bdt, o);
     }
 }
 
@@ -341,7 +368,8 @@ extern "C" __global__ void ternary_finish(const i32* acc, const float* x_scale, 
 // sum t x = dp4a(c, x) - dp4a(1, x): exact integers, so the output bits equal `ternary_matmul`'s.
 template <int R, int U>
 __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, u32 batch, const uint4* packed,
-                                         float weight_scale, u32 rows, u32 cols, const float* bias, float* y) {
+                                         float weight_scale, u32 rows, u32 cols, const void* bias, int bdt,
+                                         float* y) {
     u32 lane = threadIdx.x & 31;
     u32 pr = (rows + 3) / 4;
     u32 r = blockIdx.x * LIN_WARPS + (threadIdx.x >> 5);
@@ -349,11 +377,11 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
     if (r >= pr) return;
     u32 words = cols >> 4;
     const uint4* prow = packed + (u64)r * words;
-    i32 acc[4][R];
+    i32 acc[R][4];
 #pragma unroll
-    for (int s = 0; s < 4; s++)
+    for (int b = 0; b < R; b++)
 #pragma unroll
-        for (int b = 0; b < R; b++) acc[s][b] = 0;
+        for (int s = 0; s < 4; s++) acc[b][s] = 0;
     // U words per lane loaded before any is used: enough bytes in flight to stream the weight.
     for (u32 w0 = lane; w0 < words; w0 += 32 * U) {
         uint4 pvs[U];
@@ -364,25 +392,9 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
         for (int u = 0; u < U; u++) {
             u32 w = w0 + 32 * u;
             if (w >= words) break;
-            u32 pw[4] = {pvs[u].x, pvs[u].y, pvs[u].z, pvs[u].w};
-            u32 codes[4][4];
 #pragma unroll
-            for (int s = 0; s < 4; s++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) codes[s][q] = (pw[q] >> (2 * s)) & 0x03030303u;
-#pragma unroll
-            for (int b = 0; b < R; b++) {
-                if (b0 + b < batch) {
-                    uint4 xv = __ldg(xq + (u64)(b0 + b) * words + w);
-                    u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        i32 xs = dp4a(0x01010101u, xw[q], 0);
-#pragma unroll
-                        for (int s = 0; s < 4; s++) acc[s][b] = dp4a(codes[s][q], xw[q], acc[s][b]) - xs;
-                    }
-                }
-            }
+            for (int b = 0; b < R; b++)
+                if (b0 + b < batch) ternary_dot16(pvs[u], __ldg(xq + (u64)(b0 + b) * words + w), acc[b]);
         }
     }
 #pragma unroll
@@ -390,12 +402,10 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
         u32 o = s * pr + r;
 #pragma unroll
         for (int b = 0; b < R; b++) {
-            i32 v = acc[s][b];
+            i32 v = acc[b][s];
             for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-            if (lane == 0 && b0 + b < batch && o < rows) {
-                float f = __fdiv_rn(__int2float_rn(v), __fmul_rn(x_scale[b0 + b], weight_scale));
-                y[(u64)(b0 + b) * rows + o] = __fadd_rn(f, bias ? bias[o] : 0.0f);
-            }
+            if (lane == 0 && b0 + b < batch && o < rows)
+                y[(u64)(b0 + b) * rows + o] = ternary_out(v, x_scale[b0 + b], weight_scale, bias, bdt, o);
         }
     }
 }
@@ -404,52 +414,40 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
 // other 7 rows' sums would take.
 extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
                                                const uint4* packed, float weight_scale, u32 rows, u32 cols,
-                                               const float* bias, float* y) {
+                                               const void* bias, int bdt, float* y) {
     pdl_entry();
-    ternary_matmul_dp4a_impl<DP4A_ROWS, 4>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
+    ternary_matmul_dp4a_impl<DP4A_ROWS, 4>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, bdt, y);
 }
 extern "C" __global__ void ternary_matmul_dp4a_r1(const uint4* xq, const float* x_scale, u32 batch,
                                                   const uint4* packed, float weight_scale, u32 rows, u32 cols,
-                                                  const float* bias, float* y) {
+                                                  const void* bias, int bdt, float* y) {
     pdl_entry();
-    ternary_matmul_dp4a_impl<1, 8>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, y);
+    ternary_matmul_dp4a_impl<1, 8>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, bdt, y);
 }
 
-// One activation row with each packed row split across the 8 warps of a block (a warp takes every 8th
-// 32-word span, 2 words in flight per lane), their sums added through shared memory: 8 times the warps of
-// `ternary_matmul_dp4a_r1`, for weights whose packed rows alone leave the multiprocessors short of warps
-// (8192x28672 on an H200: 36 -> 20 us). Integer sums, so the bits are the other kernels'.
-#define TERNARY_SPLIT 8
-extern "C" __global__ void ternary_matmul_dp4a_r1_split(const uint4* xq, const float* x_scale, u32 batch,
-                                                        const uint4* packed, float weight_scale, u32 rows,
-                                                        u32 cols, const float* bias, float* y) {
-    pdl_entry();
-    constexpr int U = 2;
-    __shared__ i32 part[TERNARY_SPLIT][4];
-    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    u32 pr = (rows + 3) / 4, r = blockIdx.x;
-    u32 words = cols >> 4;
-    const uint4* prow = packed + (u64)r * words;
+// A packed row's product split across `split` warps (a power of two, at most 32) of the block: warp `wi` of
+// the row's group takes every split-th 32-word span, U words in flight per lane; the warps' sums meet in
+// `part` [warps][4] and threads 4 g + s finish row g's output s. Integer sums, so the bits are the other
+// kernels'. Every thread calls it (it holds a barrier); `r` at or past `pr` contributes nothing.
+template <int U>
+__device__ __forceinline__ void ternary_row_split(const uint4* packed, const uint4* xq, u32 words, u32 pr,
+                                                  u32 split, u32 r, i32 (*part)[4]) {
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wi = warp % split;
     i32 acc[4] = {0, 0, 0, 0};
-    for (u32 w0 = warp * 32 + lane; w0 < words; w0 += 32 * TERNARY_SPLIT * U) {
-        uint4 pvs[U];
+    if (r < pr) {
+        const uint4* prow = packed + (u64)r * words;
+        for (u32 w0 = wi * 32 + lane; w0 < words; w0 += 32 * split * U) {
+            uint4 pvs[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            u32 w = w0 + 32 * TERNARY_SPLIT * u;
-            pvs[u] = w < words ? __ldg(prow + w) : make_uint4(0, 0, 0, 0);
-        }
+            for (int u = 0; u < U; u++) {
+                u32 w = w0 + 32 * split * u;
+                pvs[u] = w < words ? __ldg(prow + w) : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            u32 w = w0 + 32 * TERNARY_SPLIT * u;
-            if (w >= words) break;
-            u32 pw[4] = {pvs[u].x, pvs[u].y, pvs[u].z, pvs[u].w};
-            uint4 xv = __ldg(xq + w);
-            u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                i32 xs = dp4a(0x01010101u, xw[q], 0);
-#pragma unroll
-                for (int s = 0; s < 4; s++) acc[s] = dp4a((pw[q] >> (2 * s)) & 0x03030303u, xw[q], acc[s]) - xs;
+            for (int u = 0; u < U; u++) {
+                u32 w = w0 + 32 * split * u;
+                if (w >= words) break;
+                ternary_dot16(pvs[u], xq[w], acc);
             }
         }
     }
@@ -460,12 +458,112 @@ extern "C" __global__ void ternary_matmul_dp4a_r1_split(const uint4* xq, const f
         if (lane == 0) part[warp][s] = v;
     }
     __syncthreads();
-    if (threadIdx.x >= 4) return;
-    u32 s = threadIdx.x, o = s * pr + r;
+}
+
+// Row g's sum for output s = threadIdx.x % 4 (threads 4 g + s), after `ternary_row_split`.
+__device__ __forceinline__ i32 ternary_split_sum(const i32 (*part)[4], u32 split) {
+    u32 g = threadIdx.x >> 2, s = threadIdx.x & 3;
     i32 v = 0;
-    for (int k = 0; k < TERNARY_SPLIT; k++) v += part[k][s];
-    if (o < rows) {
-        float f = __fdiv_rn(__int2float_rn(v), __fmul_rn(x_scale[0], weight_scale));
-        y[o] = __fadd_rn(f, bias ? bias[o] : 0.0f);
+    for (u32 k = 0; k < split; k++) v += part[g * split + k][s];
+    return v;
+}
+
+// One activation row with each packed row split across the 8 warps of a block (2 words in flight per lane):
+// 8 times the warps of `ternary_matmul_dp4a_r1`, for weights whose packed rows alone leave the
+// multiprocessors short of warps (8192x28672 on an H200: 36 -> 20 us).
+#define TERNARY_SPLIT 8
+extern "C" __global__ void ternary_matmul_dp4a_r1_split(const uint4* xq, const float* x_scale, u32 batch,
+                                                        const uint4* packed, float weight_scale, u32 rows,
+                                                        u32 cols, const void* bias, int bdt, float* y) {
+    pdl_entry();
+    __shared__ i32 part[TERNARY_SPLIT][4];
+    u32 pr = (rows + 3) / 4, r = blockIdx.x;
+    ternary_row_split<2>(packed, xq, cols >> 4, pr, TERNARY_SPLIT, r, part);
+    if (threadIdx.x >= 4) return;
+    u32 o = threadIdx.x * pr + r;
+    if (o < rows) y[o] = ternary_out(ternary_split_sum(part, TERNARY_SPLIT), x_scale[0], weight_scale, bias, bdt, o);
+}
+
+// Values of a row `ternary_linear_r1` quantizes per pass: 4 per thread of its 1024 (one vector load each),
+// times ROW_LOADS loads in flight before any is used.
+#define ROW_LOADS 8
+#define ROW_PASS (4 * ROW_LOADS * 1024)
+
+// The activation row x [cols] (cols % 4 == 0, x 16-byte aligned) quantized by the block into shared
+// memory q, as `ternary_act_row` does (the same scale and codes), with vector loads all issued before the
+// maximum needs any: one trip to L2 for a row of up to ROW_PASS values (longer rows: their maximum pass by
+// pass, then the codes pass by pass). Returns the scale.
+template <int DT>
+__device__ float ternary_act_row_vec(const void* x, u32 cols, float eps, u32* q) {
+    float4 v[ROW_LOADS];
+    float m = 0.0f;
+    for (u32 c0 = 0; c0 < cols; c0 += ROW_PASS) {
+#pragma unroll
+        for (int k = 0; k < ROW_LOADS; k++) {
+            u32 c = c0 + 4 * (threadIdx.x + k * 1024);
+            v[k] = c < cols ? ld4<DT>(x, c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int k = 0; k < ROW_LOADS; k++)
+            m = fmaxf(m, fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w))));
     }
+    m = block_max(m, 0.0f);
+    float s = __fmul_rn(__fdiv_rn(1.0f, fmaxf(m, eps)), 127.0f);
+    for (u32 c0 = 0; c0 < cols; c0 += ROW_PASS) {
+        if (cols > ROW_PASS) {
+            // Reloaded: only the last pass is still in registers.
+#pragma unroll
+            for (int k = 0; k < ROW_LOADS; k++) {
+                u32 c = c0 + 4 * (threadIdx.x + k * 1024);
+                v[k] = c < cols ? ld4<DT>(x, c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < ROW_LOADS; k++) {
+            u32 c = c0 + 4 * (threadIdx.x + k * 1024);
+            if (c < cols) {
+                u32 b0 = (u8)ternary_act_code(v[k].x, s), b1 = (u8)ternary_act_code(v[k].y, s);
+                u32 b2 = (u8)ternary_act_code(v[k].z, s), b3 = (u8)ternary_act_code(v[k].w, s);
+                q[c / 4] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+            }
+        }
+    }
+    return s;
+}
+
+// A whole one-row ternary linear layer in one kernel (a decode step): each block of 1024 threads quantizes
+// the activation row into shared memory (`ternary_act_row_vec`: the same scale and codes in every block),
+// then takes packed rows blockIdx.x * groups + g, + gridDim.x * groups, ... in groups of `split` warps
+// (`ternary_row_split`, 4 words in flight per lane). The grid is at most one block per multiprocessor, so
+// the row is read from L2 once per multiprocessor instead of a quantization kernel running before the
+// product. y is written in `odt` (narrowed as `cast` does). Dynamic shared memory: `cols` bytes
+// (cols % 16 == 0, x 16-byte aligned).
+template <int DT>
+__device__ void ternary_linear_r1_impl(const void* x, u32 cols, float eps, const uint4* packed, float weight_scale,
+                                       u32 rows, u32 split, const void* bias, int bdt, void* y, int odt) {
+    extern __shared__ uint4 xq_s[];
+    __shared__ i32 part[2][32][4];
+    float xs = ternary_act_row_vec<DT>(x, cols, eps, (u32*)xq_s);
+    __syncthreads();
+    u32 groups = 32 / split, pr = (rows + 3) / 4, stride = gridDim.x * groups;
+    u32 iters = (pr + stride - 1) / stride;
+    for (u32 it = 0; it < iters; it++) {
+        // `part` alternates between iterations: the barrier inside the next call orders this iteration's
+        // reads before the writes two iterations on.
+        i32(*pp)[4] = part[it & 1];
+        u32 base = it * stride + blockIdx.x * groups;
+        ternary_row_split<4>(packed, xq_s, cols >> 4, pr, split, base + (threadIdx.x >> 5) / split, pp);
+        u32 r = base + (threadIdx.x >> 2), o = (threadIdx.x & 3) * pr + r;
+        if (threadIdx.x < 4 * groups && r < pr && o < rows)
+            st_dt(y, o, odt, ternary_out(ternary_split_sum(pp, split), xs, weight_scale, bias, bdt, o));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    ternary_linear_r1(const void* x, int dt, u32 cols, float eps, const uint4* packed, float weight_scale, u32 rows,
+                      u32 split, const void* bias, int bdt, void* y, int odt) {
+    pdl_entry();
+    if (dt == DT_F32) ternary_linear_r1_impl<DT_F32>(x, cols, eps, packed, weight_scale, rows, split, bias, bdt, y, odt);
+    else if (dt == DT_F16) ternary_linear_r1_impl<DT_F16>(x, cols, eps, packed, weight_scale, rows, split, bias, bdt, y, odt);
+    else ternary_linear_r1_impl<DT_BF16>(x, cols, eps, packed, weight_scale, rows, split, bias, bdt, y, odt);
 }

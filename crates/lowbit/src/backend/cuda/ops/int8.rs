@@ -1,9 +1,36 @@
 //! LLM.int8() and BitNet b1.58 (kernels/int8.cu).
 
-use super::{Arg, Buf, Cuda, CudaStorage, INV_127, LIN_WARPS, THREADS, blocks, dt, opt, p, u32_of};
+use super::{
+    Arg, Bias, Buf, Cuda, CudaStorage, INV_127, LIN_WARPS, THREADS, bias_dt, bias_ptr, blocks, dt,
+    opt, p, u32_of,
+};
 use crate::Result;
 use crate::format::int8::MM_DEQUANT_SCALE;
 use crate::tensor::DType;
+
+/// Longest activation row `ternary_linear_r1` quantizes into a block's shared memory (one byte a column,
+/// within the 227 KiB an H100/H200 block may have; the runtime raises the kernel's limit to the row's size).
+const TERNARY_R1_MAX_COLS: usize = 192 * 1024;
+
+/// A packed ternary weight on the device: 2-bit codes of four output rows per byte, `[rows.div_ceil(4), cols]`.
+#[derive(Clone, Copy)]
+pub struct TernaryWeight<'a> {
+    pub packed: &'a CudaStorage,
+    pub weight_scale: f32,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Warps per packed row for `ternary_linear_r1` (a power of two, at most 32): enough that one block per
+/// multiprocessor covers the packed rows with its 32 warps (fewer rows than warps: each row split wider),
+/// but no more than the row's 16-byte words give every lane one.
+fn ternary_split(multiprocessors: usize, packed_rows: usize, cols: usize) -> usize {
+    let wide = (multiprocessors * 32)
+        .div_ceil(packed_rows.max(1))
+        .next_power_of_two();
+    let spans = (cols / 16 / 32).max(1);
+    wide.min(1 << spans.ilog2()).clamp(1, 32)
+}
 
 /// Activation rows per pass of the dp4a kernels (`DP4A_ROWS` in kernels/int8.cu; `ternary_matmul` too).
 const DP4A_ROWS: usize = 8;
@@ -337,7 +364,7 @@ impl Cuda {
         weight_scale: f32,
         rows: usize,
         cols: usize,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
     ) -> Result<Buf> {
         const OP: &str = "ternary_matmul";
         if let Some(y) =
@@ -374,11 +401,69 @@ impl Cuda {
                 Arg::F32(weight_scale),
                 Arg::U32(u32_of(OP, rows)?),
                 Arg::U32(u32_of(OP, cols)?),
-                opt(bias),
+                bias_ptr(bias),
+                bias_dt(bias),
                 p(&y),
             ],
         )?;
         Ok(y)
+    }
+
+    /// A one-row ternary linear layer in one kernel (`ternary_linear_r1`: the activation row quantized in
+    /// shared memory by each block, then the product), `y` in `out` dtype; `None` where it does not apply
+    /// (more than one row, columns not a multiple of 16, a packed weight or activation row not 16-byte
+    /// aligned, or a row longer than a block's shared memory holds). The bits are `ternary_act_quant` + `ternary_matmul_dev`'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ternary_linear_r1_dev(
+        &self,
+        x: &CudaStorage,
+        dtype: DType,
+        batch: usize,
+        w: TernaryWeight,
+        bias: Option<Bias>,
+        out: DType,
+    ) -> Result<Option<Buf>> {
+        const OP: &str = "linear_ternary";
+        let TernaryWeight {
+            packed,
+            weight_scale,
+            rows,
+            cols,
+        } = w;
+        if batch != 1
+            || !cols.is_multiple_of(16)
+            || cols > TERNARY_R1_MAX_COLS
+            || !packed.addr().is_multiple_of(16)
+            || !x.addr().is_multiple_of(16)
+        {
+            return Ok(None);
+        }
+        let packed_rows = rows.div_ceil(4);
+        let split = ternary_split(self.multiprocessors as usize, packed_rows, cols);
+        let groups = 32 / split;
+        let grid = (self.multiprocessors as usize).min(packed_rows.div_ceil(groups));
+        let y = self.alloc(OP, rows * out.size_in_bytes())?;
+        self.launch_shared(
+            "ternary_linear_r1",
+            (u32_of(OP, grid)?, 1),
+            1024,
+            u32_of(OP, cols)?,
+            &[
+                p(x),
+                dt(dtype),
+                Arg::U32(u32_of(OP, cols)?),
+                Arg::F32(crate::format::ternary::EPS),
+                p(packed),
+                Arg::F32(weight_scale),
+                Arg::U32(u32_of(OP, rows)?),
+                Arg::U32(split as u32),
+                bias_ptr(bias),
+                bias_dt(bias),
+                p(&y),
+                dt(out),
+            ],
+        )?;
+        Ok(Some(y))
     }
 
     /// A prompt's ternary product through cuBLAS's int8 tensor-core GEMM (exact i32 sums, so the bits of
@@ -395,7 +480,7 @@ impl Cuda {
         weight_scale: f32,
         rows: usize,
         cols: usize,
-        bias: Option<&Buf>,
+        bias: Option<Bias>,
     ) -> Result<Option<Buf>> {
         const OP: &str = "ternary_matmul";
         let Some(blas) = self.blas() else {
@@ -435,7 +520,8 @@ impl Cuda {
                 Arg::U32(u32_of(OP, batch)?),
                 Arg::F32(weight_scale),
                 Arg::U32(u32_of(OP, rows)?),
-                opt(bias),
+                bias_ptr(bias),
+                bias_dt(bias),
                 p(&y),
             ],
         )?;

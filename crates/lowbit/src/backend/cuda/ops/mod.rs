@@ -17,6 +17,7 @@ use crate::format::FourBitType;
 use crate::tensor::DType;
 use std::sync::Arc;
 
+pub use int8::TernaryWeight;
 pub use kernel_cost::KernelCost;
 
 pub type Buf = Arc<CudaStorage>;
