@@ -35,8 +35,6 @@ fn launched_kernels() -> Vec<String> {
         "ternary_act_quant",
         "ternary_matmul",
         "ternary_matmul_dp4a",
-        "ternary_matmul_dp4a_r1",
-        "ternary_matmul_dp4a_r1_split",
         "ternary_unpack_i8",
         "ternary_finish",
         "ternary_linear_r1",
@@ -49,6 +47,7 @@ fn launched_kernels() -> Vec<String> {
         "rope",
         "attention",
         "attention_split",
+        "attention_merge",
         "copy_rows_at",
         "copy_rows_pair",
     ]

@@ -183,14 +183,7 @@ pub struct Tables {
     pub fp4_bits: CudaSlice<u8>,
     /// Dequantization tables of NF4 and FP4.
     pub dequant: [CudaSlice<f32>; 2],
-    /// Zeroed counters of the split attention (`attention_split`: blocks done per (row, KV head, set);
-    /// the last one sets its counter back to 0), one per block row of the largest split grid.
-    pub attention_counts: CudaSlice<u32>,
 }
-
-/// Block rows of the largest split-attention grid: query rows x heads below `ATT_SPLIT_MAX_ROWS`
-/// (ops/model.rs), at most one block row per head.
-pub const ATTENTION_COUNTS: usize = 1024;
 
 /// An opened device.
 pub struct Cuda {
@@ -335,9 +328,6 @@ impl Cuda {
                 up(FourBitType::Nf4.dequant_table())?,
                 up(FourBitType::Fp4.dequant_table())?,
             ],
-            attention_counts: stream
-                .alloc_zeros::<u32>(ATTENTION_COUNTS)
-                .map_err(|err| e("allocating attention counters", err))?,
         };
         // The smallest program, compiled and loaded now: a toolkit that cannot build code for this GPU makes
         // the device unavailable at open (so `auto` moves on) instead of failing its first op.

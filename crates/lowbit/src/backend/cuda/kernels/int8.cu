@@ -410,21 +410,13 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
     }
 }
 
-// R activation rows per pass; one row (a decode step) keeps 8 words in flight per lane in the registers the
-// other 7 rows' sums would take.
+// R activation rows per pass (one row, a decode step, takes `ternary_linear_r1` where it applies).
 extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_scale, u32 batch,
                                                const uint4* packed, float weight_scale, u32 rows, u32 cols,
                                                const void* bias, int bdt, float* y) {
     pdl_entry();
     ternary_matmul_dp4a_impl<DP4A_ROWS, 4>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, bdt, y);
 }
-extern "C" __global__ void ternary_matmul_dp4a_r1(const uint4* xq, const float* x_scale, u32 batch,
-                                                  const uint4* packed, float weight_scale, u32 rows, u32 cols,
-                                                  const void* bias, int bdt, float* y) {
-    pdl_entry();
-    ternary_matmul_dp4a_impl<1, 8>(xq, x_scale, batch, packed, weight_scale, rows, cols, bias, bdt, y);
-}
-
 // A packed row's product split across `split` warps (a power of two, at most 32) of the block: warp `wi` of
 // the row's group takes every split-th 32-word span, U words in flight per lane; the warps' sums meet in
 // `part` [warps][4] and threads 4 g + s finish row g's output s. Integer sums, so the bits are the other
@@ -466,22 +458,6 @@ __device__ __forceinline__ i32 ternary_split_sum(const i32 (*part)[4], u32 split
     i32 v = 0;
     for (u32 k = 0; k < split; k++) v += part[g * split + k][s];
     return v;
-}
-
-// One activation row with each packed row split across the 8 warps of a block (2 words in flight per lane):
-// 8 times the warps of `ternary_matmul_dp4a_r1`, for weights whose packed rows alone leave the
-// multiprocessors short of warps (8192x28672 on an H200: 36 -> 20 us).
-#define TERNARY_SPLIT 8
-extern "C" __global__ void ternary_matmul_dp4a_r1_split(const uint4* xq, const float* x_scale, u32 batch,
-                                                        const uint4* packed, float weight_scale, u32 rows,
-                                                        u32 cols, const void* bias, int bdt, float* y) {
-    pdl_entry();
-    __shared__ i32 part[TERNARY_SPLIT][4];
-    u32 pr = (rows + 3) / 4, r = blockIdx.x;
-    ternary_row_split<2>(packed, xq, cols >> 4, pr, TERNARY_SPLIT, r, part);
-    if (threadIdx.x >= 4) return;
-    u32 o = threadIdx.x * pr + r;
-    if (o < rows) y[o] = ternary_out(ternary_split_sum(part, TERNARY_SPLIT), x_scale[0], weight_scale, bias, bdt, o);
 }
 
 // Values of a row `ternary_linear_r1` quantizes per pass: 4 per thread of its 1024 (one vector load each),
@@ -543,16 +519,16 @@ __device__ void ternary_linear_r1_impl(const void* x, u32 cols, float eps, const
                                        u32 rows, u32 split, const void* bias, int bdt, void* y, int odt) {
     extern __shared__ uint4 xq_s[];
     __shared__ i32 part[2][32][4];
+    u32 groups = 32 / split, pr = (rows + 3) / 4, stride = gridDim.x * groups, words = cols >> 4;
     float xs = ternary_act_row_vec<DT>(x, cols, eps, (u32*)xq_s);
     __syncthreads();
-    u32 groups = 32 / split, pr = (rows + 3) / 4, stride = gridDim.x * groups;
     u32 iters = (pr + stride - 1) / stride;
     for (u32 it = 0; it < iters; it++) {
         // `part` alternates between iterations: the barrier inside the next call orders this iteration's
         // reads before the writes two iterations on.
         i32(*pp)[4] = part[it & 1];
         u32 base = it * stride + blockIdx.x * groups;
-        ternary_row_split<4>(packed, xq_s, cols >> 4, pr, split, base + (threadIdx.x >> 5) / split, pp);
+        ternary_row_split<4>(packed, xq_s, words, pr, split, base + (threadIdx.x >> 5) / split, pp);
         u32 r = base + (threadIdx.x >> 2), o = (threadIdx.x & 3) * pr + r;
         if (threadIdx.x < 4 * groups && r < pr && o < rows)
             st_dt(y, o, odt, ternary_out(ternary_split_sum(pp, split), xs, weight_scale, bias, bdt, o));

@@ -361,17 +361,21 @@ ATTENTION_TILED(attention_tiled_d128, 4)
 // of them: `set` picks which when a group is larger), so each key and value row is read once for the whole
 // group; a warp per key at a time (lanes over head_dim, so key rows are read coalesced), each lane holding
 // its part of the key in registers for every head of the group. It writes each head's chunk max score m, sum
-// of exp(s - m) l and weighted V sum o to `part` [rows * n_heads, chunks, head_dim + 2]; the last block of
-// its (row, g, set) to finish (counted in `count`, which it sets back to 0) rescales and adds the chunks
-// into y (`attention_merge_warp`): no second kernel. head_dim <= 256.
+// of exp(s - m) l and weighted V sum o to `part` [rows * n_heads, chunks, head_dim + 2]; `attention_merge`
+// rescales and adds the chunks. head_dim <= 256.
 // `step` (a recorded step's arguments, or null): its position is added to kv_len and pos_start, and the grid
 // covers the whole cache (chunks past the last key write an empty part, which the merge skips).
 // 16 keys per block: 4 per warp and 16 per value sum, so a block's chain of dependent loads is short.
 #define ATT_CHUNK 16
 #define ATT_HEADS 8
-__device__ __forceinline__ void attention_split_part(const void* q, const void* k, const void* v, int dt, u32 n_heads,
-                                                     u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start,
-                                                     float scale, float* part) {
+extern "C" __global__ void attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
+                                           u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
+                                           float* part, const u32* step) {
+    pdl_entry();
+    if (step) {
+        kv_len += step[0];
+        pos_start += step[0];
+    }
     __shared__ float qs[ATT_HEADS * 256];
     __shared__ float sc[ATT_HEADS][ATT_CHUNK];
     __shared__ float ms[ATT_HEADS], ls[ATT_HEADS];
@@ -460,70 +464,65 @@ __device__ __forceinline__ void attention_split_part(const void* q, const void* 
     }
 }
 
-// y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c over the row's `live`
-// chunks (those holding keys); zero for a row with no keys. One warp per row, lanes over head_dim, chunks in
-// order. A chunk whose l is not positive (a NaN score) adds nothing. The parts were written by other blocks
-// of this grid: read past L1 (`__ldcg`).
-__device__ __forceinline__ void attention_merge_warp(const float* pr, u32 live, u32 head_dim, int dt, void* y, u64 row) {
+// y[row] = (sum_c o_c exp(m_c - M)) / (sum_c l_c exp(m_c - M)), M = max_c m_c; zero for a row with no keys.
+// Each chunk's weight exp(m_c - M) is computed once, by the block's threads side by side, into shared
+// memory (MERGE_TILE chunks at a time); then warp w adds chunks w, w + MERGE_WARPS, ... (lanes over head_dim,
+// every load independent of the others), and the warps' sums are added in warp order. A chunk with l = 0 (no
+// keys, or past the last key) adds nothing, by selection: its o, never written, is loaded but not used, so a
+// grid with more empty chunks (a recorded step's) gives the same bits.
+#define MERGE_TILE 1024
+#define MERGE_WARPS 8
+extern "C" __global__ void attention_merge(const float* part, u32 chunks, u32 head_dim, int dt, void* y) {
+    pdl_entry();
+    __shared__ float wt[MERGE_TILE];
+    __shared__ float os[MERGE_WARPS][256];
+    __shared__ float lsum[MERGE_WARPS];
+    u64 row = blockIdx.x;
     const u64 stride = head_dim + 2;
-    u32 lane = threadIdx.x & 31;
+    const float* pr = part + row * chunks * stride;
     float mx = -__int_as_float(0x7f800000);
-    for (u32 c = lane; c < live; c += 32) mx = fmaxf(mx, __ldcg(pr + c * stride));
-    mx = warp_max(mx);
+    for (u32 c = threadIdx.x; c < chunks; c += blockDim.x) mx = fmaxf(mx, pr[c * stride]);
+    mx = block_max(mx, -__int_as_float(0x7f800000));
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float l = 0.0f;
     float acc[8];  // columns lane + 32 t (head_dim <= 256)
 #pragma unroll
     for (u32 t = 0; t < 8; t++) acc[t] = 0.0f;
-#pragma unroll 2
-    for (u32 c = 0; c < live; c++) {
-        const float* pc = pr + c * stride;
-        float lc = __ldcg(pc + 1);
-        float w = lc > 0.0f ? expf(__fsub_rn(__ldcg(pc), mx)) : 0.0f;
-        l = w != 0.0f ? l + lc * w : l;
+    for (u32 t0 = 0; t0 < chunks; t0 += MERGE_TILE) {
+        u32 tn = min(chunks - t0, (u32)MERGE_TILE);
+        __syncthreads();
+        for (u32 c = threadIdx.x; c < tn; c += blockDim.x) {
+            const float* pc = pr + (t0 + c) * stride;
+            wt[c] = pc[1] > 0.0f ? expf(__fsub_rn(pc[0], mx)) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (u32 c = warp; c < tn; c += MERGE_WARPS) {
+            const float* pc = pr + (t0 + c) * stride;
+            float w = wt[c], lc = pc[1];
+            l = w != 0.0f ? l + lc * w : l;
 #pragma unroll
-        for (u32 t = 0; t < 8; t++) {
-            u32 d = lane + 32 * t;
-            if (d < head_dim) {
-                float o = __ldcg(pc + 2 + d);
-                acc[t] = w != 0.0f ? acc[t] + o * w : acc[t];
+            for (u32 t = 0; t < 8; t++) {
+                u32 d = lane + 32 * t;
+                if (d < head_dim) {
+                    float o = pc[2 + d];
+                    acc[t] = w != 0.0f ? acc[t] + o * w : acc[t];
+                }
             }
         }
     }
 #pragma unroll
     for (u32 t = 0; t < 8; t++) {
         u32 d = lane + 32 * t;
-        if (d < head_dim) st_dt(y, row * head_dim + d, dt, l > 0.0f ? __fdiv_rn(acc[t], l) : 0.0f);
+        if (d < head_dim) os[warp][d] = acc[t];
     }
-}
-
-extern "C" __global__ void __launch_bounds__(128, 4) attention_split(const void* q, const void* k, const void* v, int dt, u32 n_heads,
-                                           u32 n_kv_heads, u32 head_dim, u32 kv_len, u32 pos_start, float scale,
-                                           float* part, const u32* step, u32* count, void* y) {
-    pdl_entry();
-    if (step) {
-        kv_len += step[0];
-        pos_start += step[0];
+    if (lane == 0) lsum[warp] = l;
+    __syncthreads();
+    float total = 0.0f;
+    for (u32 w = 0; w < MERGE_WARPS; w++) total += lsum[w];
+    for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+        for (u32 w = 0; w < MERGE_WARPS; w++) o += os[w][d];
+        st_dt(y, row * head_dim + d, dt, total > 0.0f ? __fdiv_rn(o, total) : 0.0f);
     }
-    attention_split_part(q, k, v, dt, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale, part);
-    // The last block of this (row, g, set) merges its heads' chunks (the threadFenceReduction pattern: each
-    // block's parts are visible device-wide before it counts itself done).
-    __shared__ u32 last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(count + blockIdx.x, 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    u32 group = n_heads / n_kv_heads, sets = (group + ATT_HEADS - 1) / ATT_HEADS;
-    u32 b = blockIdx.x;
-    u32 set = b % sets;
-    b /= sets;
-    u32 g = b % n_kv_heads, i = b / n_kv_heads;
-    u32 h0 = g * group + set * ATT_HEADS, gh = min((u32)ATT_HEADS, group - set * ATT_HEADS);
-    u32 n_keys = min(pos_start + i + 1, kv_len);
-    u32 live = min((n_keys + ATT_CHUNK - 1) / ATT_CHUNK, gridDim.y);
-    u64 qrow0 = (u64)i * n_heads + h0;
-    for (u32 h = threadIdx.x >> 5; h < gh; h += blockDim.x >> 5)
-        attention_merge_warp(part + (qrow0 + h) * gridDim.y * (head_dim + 2), live, head_dim, dt, y, qrow0 + h);
-    if (threadIdx.x == 0) count[blockIdx.x] = 0;
 }

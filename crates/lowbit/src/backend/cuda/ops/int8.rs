@@ -373,18 +373,10 @@ impl Cuda {
             return Ok(y);
         }
         let y = self.alloc(OP, batch * rows * 4)?;
-        // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned.
-        // One activation row (a decode step) has its own kernel with more bytes in flight per lane.
-        // Its packed rows are split across a block's 8 warps while that grid fits in two waves of
-        // 64-warp multiprocessors (measured on an H200: 1.3-1.8x at 4096x4096 .. 8192x28672, 5-10% slower
-        // at 14336x4096, whose 3,584 packed rows already fill the device).
+        // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned. (One
+        // activation row, a decode step, takes `ternary_linear_r1_dev` where it applies.)
         let packed_rows = rows.div_ceil(4);
-        let split = packed_rows * LIN_WARPS <= 2 * 64 * self.multiprocessors as usize;
-        let (name, blocks) = if cols.is_multiple_of(16) && batch == 1 && split {
-            ("ternary_matmul_dp4a_r1_split", packed_rows)
-        } else if cols.is_multiple_of(16) && batch == 1 {
-            ("ternary_matmul_dp4a_r1", packed_rows.div_ceil(LIN_WARPS))
-        } else if cols.is_multiple_of(16) {
+        let (name, blocks) = if cols.is_multiple_of(16) {
             ("ternary_matmul_dp4a", packed_rows.div_ceil(LIN_WARPS))
         } else {
             ("ternary_matmul", rows.div_ceil(LIN_WARPS))

@@ -2,21 +2,19 @@
 
 use super::{Arg, Buf, Cuda, CudaStorage, THREADS, blocks, dt, p, u32_of};
 use crate::Result;
-use crate::backend::cuda::context::ATTENTION_COUNTS;
 use crate::format::activation::{FRAC_1_SQRT_2, GELU_TANH_BETA, GELU_TANH_KAPPA, GeluKind};
 use crate::format::rope::RopeLayout;
 use crate::tensor::DType;
-use cudarc::driver::DevicePtr;
 
 /// Keys per block of the split attention (`ATT_CHUNK` in kernels/model.cu).
 const ATT_CHUNK: usize = 16;
 /// Query heads per block of the split attention (`ATT_HEADS`): a KV head's group, in sets of this many.
 const ATT_HEADS: usize = 8;
+/// Threads of the merge's block (`MERGE_WARPS` warps in kernels/model.cu).
+const MERGE_THREADS: u32 = 256;
 /// Query rows x heads below which attention is split across blocks of keys
 /// (decode and short prefills); from there on one block per (row, head) already fills the GPU.
 const ATT_SPLIT_MAX_ROWS: usize = 1024;
-// A split grid has at most one block row per query row x head, each with its counter.
-const _: () = assert!(ATT_SPLIT_MAX_ROWS <= ATTENTION_COUNTS);
 /// Query rows per block of the tiled prompt attention (`ATT_T_ROWS`) and the largest head size it takes
 /// (`ATT_T_MAXD`); other head sizes run one block per (row, head).
 const ATT_TILED_ROWS: usize = 32;
@@ -306,28 +304,17 @@ impl Cuda {
             let part = self.alloc(OP, rows * chunks * (head_dim + 2) * 4)?;
             let n_chunks = u32_of(OP, chunks)?;
             let sets = (n_heads / n_kv_heads).div_ceil(ATT_HEADS);
-            let split_rows = nq * n_kv_heads * sets;
-            debug_assert!(
-                split_rows <= ATTENTION_COUNTS,
-                "rows < ATT_SPLIT_MAX_ROWS bounds the grid"
-            );
-            let counts = self.tables.attention_counts.device_ptr(&self.stream).0;
-            let args = [
-                &common[..],
-                &[
-                    p(&part),
-                    Arg::Ptr(step.unwrap_or(0)),
-                    Arg::Ptr(counts),
-                    p(&y),
-                ],
-            ]
-            .concat();
-            self.launch(
-                "attention_split",
-                (u32_of(OP, split_rows)?, n_chunks),
-                128,
-                &args,
-            )?;
+            let split_rows = u32_of(OP, nq * n_kv_heads * sets)?;
+            let args = [&common[..], &[p(&part), Arg::Ptr(step.unwrap_or(0))]].concat();
+            self.launch("attention_split", (split_rows, n_chunks), 128, &args)?;
+            let merge = [
+                p(&part),
+                Arg::U32(n_chunks),
+                Arg::U32(u32_of(OP, head_dim)?),
+                dt(dtype),
+                p(&y),
+            ];
+            self.launch("attention_merge", (grid_rows, 1), MERGE_THREADS, &merge)?;
             return Ok(y);
         }
         // The tiled kernel reads four elements at a time.
