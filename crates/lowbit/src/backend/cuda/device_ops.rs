@@ -145,7 +145,7 @@ impl CudaBackend {
                     return self.wrap(shape, dtype, y);
                 }
                 let (q, s) = c.ternary_act_quant_dev(st(0)?, dtype, m, cols)?;
-                let y = c.ternary_matmul_dev(&q, &s, m, w.packed, weight_scale, rows, cols, b)?;
+                let y = c.ternary_matmul_dev(&q, &s, m, w, b)?;
                 self.narrowed(y, shape, dtype)
             }
             Op::Linear8bit {

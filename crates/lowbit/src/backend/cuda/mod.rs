@@ -466,16 +466,13 @@ impl Backend for CudaBackend {
             buf,
             dtype: DType::F32,
         });
-        let y = self.cuda.ternary_matmul_dev(
-            &xb,
-            &sb,
-            batch,
-            &pb,
-            w.weight_scale,
-            w.rows,
-            w.cols,
-            bias,
-        )?;
+        let tw = ops::TernaryWeight {
+            packed: &pb,
+            weight_scale: w.weight_scale,
+            rows: w.rows,
+            cols: w.cols,
+        };
+        let y = self.cuda.ternary_matmul_dev(&xb, &sb, batch, tw, bias)?;
         self.cuda.download_f32(OP, &y, batch * w.rows)
     }
     fn matmul(

@@ -354,24 +354,25 @@ impl Cuda {
         Ok((q, scales))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The product of quantized activations `xq [batch, cols]` (scales `x_scale`) and `w`, f32 out.
     pub fn ternary_matmul_dev(
         &self,
         xq: &CudaStorage,
         x_scale: &CudaStorage,
         batch: usize,
-        packed: &CudaStorage,
-        weight_scale: f32,
-        rows: usize,
-        cols: usize,
+        w: TernaryWeight,
         bias: Option<Bias>,
     ) -> Result<Buf> {
         const OP: &str = "ternary_matmul";
-        if let Some(y) =
-            self.ternary_matmul_blas(xq, x_scale, batch, packed, weight_scale, rows, cols, bias)?
-        {
+        if let Some(y) = self.ternary_matmul_blas(xq, x_scale, batch, w, bias)? {
             return Ok(y);
         }
+        let TernaryWeight {
+            packed,
+            weight_scale,
+            rows,
+            cols,
+        } = w;
         let y = self.alloc(OP, batch * rows * 4)?;
         // 16 columns per lane step where rows of packed bytes and activations are 16-byte aligned. (One
         // activation row, a decode step, takes `ternary_linear_r1_dev` where it applies.)
@@ -404,8 +405,8 @@ impl Cuda {
     /// A one-row ternary linear layer in one kernel (`ternary_linear_r1`: the activation row quantized in
     /// shared memory by each block, then the product), `y` in `out` dtype; `None` where it does not apply
     /// (more than one row, columns not a multiple of 16, a packed weight or activation row not 16-byte
-    /// aligned, or a row longer than a block's shared memory holds). The bits are `ternary_act_quant` + `ternary_matmul_dev`'s.
-    #[allow(clippy::too_many_arguments)]
+    /// aligned, or a row longer than a block's shared memory holds). The bits are those of
+    /// `ternary_act_quant_dev` followed by `ternary_matmul_dev`.
     pub fn ternary_linear_r1_dev(
         &self,
         x: &CudaStorage,
@@ -462,18 +463,20 @@ impl Cuda {
     /// the dp4a kernels): the packed weight unpacked to int8 for the call, the product, then the scaling.
     /// `None` where it does not apply: fewer rows than the warp-per-row kernels serve, no cuBLAS, shapes or
     /// addresses it declines (rows and columns multiples of 4, 16-byte aligned operands).
-    #[allow(clippy::too_many_arguments)]
     fn ternary_matmul_blas(
         &self,
         xq: &CudaStorage,
         x_scale: &CudaStorage,
         batch: usize,
-        packed: &CudaStorage,
-        weight_scale: f32,
-        rows: usize,
-        cols: usize,
+        w: TernaryWeight,
         bias: Option<Bias>,
     ) -> Result<Option<Buf>> {
+        let TernaryWeight {
+            packed,
+            weight_scale,
+            rows,
+            cols,
+        } = w;
         const OP: &str = "ternary_matmul";
         let Some(blas) = self.blas() else {
             return Ok(None);
