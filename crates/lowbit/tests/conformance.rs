@@ -436,7 +436,7 @@ fn linear_ternary_is_bit_identical_on_every_device() {
             (5, 20_000, 1, 1, true),
             (9, 33_040, 1, 0, true),
             (17_001, 96, 1, 2, true),
-            // Longer than the one-kernel layer's shared memory holds (CUDA: quantization, then the product).
+            // Longer than the one-kernel layer takes (CUDA: quantization, then the product).
             (5, 196_624, 1, 1, true),
         ])
         // Prompts: more than 32 rows (CUDA: cuBLAS's int8 product where rows % 4 == 0), with a bias.

@@ -8,9 +8,11 @@ use crate::Result;
 use crate::format::int8::MM_DEQUANT_SCALE;
 use crate::tensor::DType;
 
-/// Longest activation row `ternary_linear_r1` quantizes into a block's shared memory (one byte a column,
-/// within the 227 KiB an H100/H200 block may have; the runtime raises the kernel's limit to the row's size).
-const TERNARY_R1_MAX_COLS: usize = 192 * 1024;
+/// Longest activation row `ternary_linear_r1` quantizes into a block's shared memory: one byte a column,
+/// plus about 1 KiB of its own, within the 64 KiB every GPU from Turing on lets a block have (the runtime
+/// raises the kernel's limit past the default 48 KiB). Wider than any released model's layers (Llama 3's
+/// largest is 53,248); a longer row is quantized first, then multiplied.
+const TERNARY_R1_MAX_COLS: usize = 60 * 1024;
 
 /// A packed ternary weight on the device: 2-bit codes of four output rows per byte, `[rows.div_ceil(4), cols]`.
 #[derive(Clone, Copy)]
