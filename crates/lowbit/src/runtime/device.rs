@@ -427,23 +427,7 @@ impl Device {
         row: usize,
         src: &DeviceTensor,
     ) -> Result<()> {
-        self.check_on_device("copy_rows", dst)?;
-        self.check_on_device("copy_rows", src)?;
-        let start = Instant::now();
-        let mut call = OpStats {
-            runs: 1,
-            ..Default::default()
-        };
-        let r = self.call_with_retry(
-            OpKind::CopyRows,
-            0..1,
-            &|b, _| b.write_rows(dst, row, src),
-            &mut call,
-        );
-        call.failures = u64::from(r.is_err());
-        call.total_ns = start.elapsed().as_nanos() as u64;
-        self.stats.record(OpKind::CopyRows, &call);
-        r
+        self.copy_rows_call(&[dst, src], &|b, _| b.write_rows(dst, row, src))
     }
 
     /// [`write_rows`](Self::write_rows) for two pairs at once (a KV cache's keys and values).
@@ -453,7 +437,15 @@ impl Device {
         row: usize,
         src: [&DeviceTensor; 2],
     ) -> Result<()> {
-        for t in dst.iter().chain(&src) {
+        self.copy_rows_call(&[dst[0], dst[1], src[0], src[1]], &|b, _| {
+            b.write_rows_pair(dst, row, src)
+        })
+    }
+
+    /// Runs an in-place row write on this device's tensors `on` under the retry policy, counted as one
+    /// `copy_rows` call.
+    fn copy_rows_call(&self, on: &[&DeviceTensor], write: &RangeFn<()>) -> Result<()> {
+        for t in on {
             self.check_on_device("copy_rows", t)?;
         }
         let start = Instant::now();
@@ -461,12 +453,7 @@ impl Device {
             runs: 1,
             ..Default::default()
         };
-        let r = self.call_with_retry(
-            OpKind::CopyRows,
-            0..1,
-            &|b, _| b.write_rows_pair(dst, row, src),
-            &mut call,
-        );
+        let r = self.call_with_retry(OpKind::CopyRows, 0..1, write, &mut call);
         call.failures = u64::from(r.is_err());
         call.total_ns = start.elapsed().as_nanos() as u64;
         self.stats.record(OpKind::CopyRows, &call);
