@@ -49,6 +49,20 @@ impl std::fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
+    /// `src`'s bytes as rows of `dst` (validated by the op layer: same dtype and row length).
+    fn row_copy<'a>(
+        &'a self,
+        dst: &'a DeviceTensor,
+        src: &'a DeviceTensor,
+    ) -> Result<storage::RowCopy<'a>> {
+        Ok(storage::RowCopy {
+            src: self.storage("copy_rows", src)?,
+            dst: self.storage("copy_rows", dst)?,
+            row_bytes: dst.rows_cols_first().1 * dst.dtype().size_in_bytes(),
+            bytes: src.size_in_bytes(),
+        })
+    }
+
     /// Opens `cuda:{index}`; an error says why CUDA cannot be used (no driver, no NVRTC, no device).
     pub fn open(index: usize) -> Result<CudaBackend> {
         Cuda::open(index)
@@ -183,17 +197,13 @@ impl Backend for CudaBackend {
         self.run_device_op(op, inputs)
     }
     fn write_rows(&self, dst: &DeviceTensor, row: usize, src: &DeviceTensor) -> Result<()> {
-        let (d, s) = (
-            self.storage("copy_rows", dst)?,
-            self.storage("copy_rows", src)?,
-        );
-        let (rows, row_len) = dst.rows_cols_first();
-        let row_bytes = row_len * dst.dtype().size_in_bytes();
-        match self.cuda.step_position("copy_rows", row, rows)? {
-            Some(step) => self
-                .cuda
-                .copy_rows_at(s, d, row_bytes, src.size_in_bytes(), step),
-            None => self.cuda.copy(s, d, row * row_bytes, src.size_in_bytes()),
+        let c = self.row_copy(dst, src)?;
+        match self
+            .cuda
+            .step_position("copy_rows", row, dst.rows_cols_first().0)?
+        {
+            Some(step) => self.cuda.copy_rows_at(&c, step),
+            None => self.cuda.copy(c.src, c.dst, row * c.row_bytes, c.bytes),
         }
     }
     fn write_rows_pair(
@@ -202,16 +212,10 @@ impl Backend for CudaBackend {
         row: usize,
         src: [&DeviceTensor; 2],
     ) -> Result<()> {
-        let copy = |i: usize| -> Result<storage::RowCopy> {
-            let (d, s) = (dst[i], src[i]);
-            Ok(storage::RowCopy {
-                src: self.storage("copy_rows", s)?,
-                dst: self.storage("copy_rows", d)?,
-                row_bytes: d.rows_cols_first().1 * d.dtype().size_in_bytes(),
-                bytes: s.size_in_bytes(),
-            })
-        };
-        let pairs = [copy(0)?, copy(1)?];
+        let pairs = [
+            self.row_copy(dst[0], src[0])?,
+            self.row_copy(dst[1], src[1])?,
+        ];
         let rows = dst[0].rows_cols_first().0.min(dst[1].rows_cols_first().0);
         // A recorded step's kernel reads its position from the step's arguments, in place of `row`.
         match self.cuda.step_position("copy_rows", row, rows)? {

@@ -36,12 +36,36 @@ impl BackendStorage for CudaStorage {
     }
 }
 
-/// One copy of `copy_rows_pair`: `bytes` of `src` into `dst`, whose rows are `row_bytes` long.
+/// One KV-cache row copy (`copy_rows_at`, `copy_rows_pair`): `bytes` of `src` into `dst`, whose rows are
+/// `row_bytes` long.
 pub struct RowCopy<'a> {
     pub src: &'a CudaStorage,
     pub dst: &'a CudaStorage,
     pub row_bytes: usize,
     pub bytes: usize,
+}
+
+impl RowCopy<'_> {
+    const THREADS: u32 = 256;
+
+    /// Blocks for `bytes` (a thread per 4-byte word, at most 1,024 blocks striding over the rest).
+    fn grid(bytes: usize) -> u32 {
+        bytes
+            .div_ceil(4)
+            .div_ceil(Self::THREADS as usize)
+            .clamp(1, 1024) as u32
+    }
+
+    /// The kernels' `src, dst, row_bytes, bytes` parameters.
+    fn args(&self) -> [super::context::Arg; 4] {
+        use super::context::Arg;
+        [
+            Arg::Ptr(self.src.addr),
+            Arg::Ptr(self.dst.addr),
+            Arg::U64(self.row_bytes as u64),
+            Arg::U64(self.bytes as u64),
+        ]
+    }
 }
 
 impl CudaStorage {
@@ -173,50 +197,27 @@ impl Cuda {
     /// `row` (plus the recorded step's position read from `step`, when not 0) of its `dst`.
     pub fn copy_rows_pair(&self, pairs: &[RowCopy; 2], row: usize, step: u64) -> Result<()> {
         use super::context::Arg;
-        let threads = 256u32;
-        let most = pairs[0].bytes.max(pairs[1].bytes);
-        let grid = (most.div_ceil(4).div_ceil(threads as usize)).clamp(1, 1024) as u32;
         let row = u32::try_from(row).map_err(|_| {
             crate::Error::invalid("copy_rows", format!("row {row} does not fit 32 bits"))
         })?;
         let mut args = Vec::with_capacity(10);
-        for c in pairs {
-            args.extend([
-                Arg::Ptr(c.src.addr),
-                Arg::Ptr(c.dst.addr),
-                Arg::U64(c.row_bytes as u64),
-                Arg::U64(c.bytes as u64),
-            ]);
-        }
+        args.extend(pairs[0].args());
+        args.extend(pairs[1].args());
         args.extend([Arg::U32(row), Arg::Ptr(step)]);
-        self.launch("copy_rows_pair", (grid, 2), threads, &args)
+        let grid = RowCopy::grid(pairs[0].bytes.max(pairs[1].bytes));
+        self.launch("copy_rows_pair", (grid, 2), RowCopy::THREADS, &args)
     }
 
-    /// Copies `bytes` from `src` to the row of `dst` (rows of `row_bytes`) at a recorded step's position,
-    /// which the kernel reads from `step` (the step's arguments buffer).
-    pub fn copy_rows_at(
-        &self,
-        src: &CudaStorage,
-        dst: &CudaStorage,
-        row_bytes: usize,
-        bytes: usize,
-        step: u64,
-    ) -> Result<()> {
+    /// Copies `c.bytes` from `c.src` to the row of `c.dst` at a recorded step's position, which the kernel
+    /// reads from `step` (the step's arguments buffer).
+    pub fn copy_rows_at(&self, c: &RowCopy, step: u64) -> Result<()> {
         use super::context::Arg;
-        let threads = 256u32;
-        let grid = (bytes.div_ceil(4).div_ceil(threads as usize)).clamp(1, 1024) as u32;
+        let args = [&c.args()[..], &[Arg::U32(0), Arg::Ptr(step)]].concat();
         self.launch(
             "copy_rows_at",
-            (grid, 1),
-            threads,
-            &[
-                Arg::Ptr(src.addr),
-                Arg::Ptr(dst.addr),
-                Arg::U64(row_bytes as u64),
-                Arg::U64(bytes as u64),
-                Arg::U32(0),
-                Arg::Ptr(step),
-            ],
+            (RowCopy::grid(c.bytes), 1),
+            RowCopy::THREADS,
+            &args,
         )
     }
 
