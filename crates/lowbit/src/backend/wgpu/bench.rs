@@ -3,7 +3,7 @@
 //! submit + wait; each figure is the median of `iters` runs after warm-up.
 
 use super::WgpuBackend;
-use super::context::{Gpu, gpu_err};
+use super::context::{Gpu, Recorder, gpu_err};
 use super::kernels::{
     RowPiece, dequantize_plan, encode_gemv_4bit, gemm_grid, quantize_plan, ternary_gemv_kernel,
 };
@@ -90,7 +90,7 @@ fn random_f16(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-type Record<'a> = dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
+type Record<'a> = dyn Fn(&mut Recorder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
     + 'a;
 
 /// Median time of one recorded dispatch, in microseconds.
@@ -121,7 +121,7 @@ fn time(gpu: &Gpu, cfg: &BenchConfig, record: &Record) -> Result<(f64, &'static 
             });
             record(enc, writes)?;
             if let Some(q) = &qs {
-                enc.resolve_query_set(q, 0..2, &resolve, 0);
+                enc.encoder().resolve_query_set(q, 0..2, &resolve, 0);
             }
             Ok(())
         })?;

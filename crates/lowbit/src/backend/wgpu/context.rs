@@ -43,11 +43,53 @@ struct ParamStaging {
     used: u32,
 }
 
-/// The command encoder ops are recorded into, and how many ops it holds.
+/// The recorder ops are recorded into, and how many ops it holds.
 #[derive(Default)]
 struct Pending {
-    encoder: Option<wgpu::CommandEncoder>,
+    recorder: Option<Recorder>,
     ops: u32,
+}
+
+/// Where ops record their work: the pending command encoder and the compute pass open on it.
+///
+/// Why one pass for a whole chain: wgpu encodes every compute pass into a command buffer of its own, with a
+/// barrier command buffer before it, so one pass per dispatch cost two command buffers and their host work
+/// per op. Dispatches in one pass still get the barriers their buffers need (wgpu tracks each dispatch's
+/// uses). A command that runs outside passes (a buffer copy or clear, a query resolve) ends the open pass.
+pub struct Recorder {
+    // Declared first so that it is dropped (the pass ended) before the encoder it records into.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: wgpu::CommandEncoder,
+}
+
+impl Recorder {
+    fn new(device: &wgpu::Device) -> Recorder {
+        Recorder {
+            pass: None,
+            encoder: device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+        }
+    }
+
+    /// The encoder, for commands outside compute passes: ends the open pass.
+    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        &mut self.encoder
+    }
+
+    /// The open compute pass, begun if none is.
+    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
+        let encoder = &mut self.encoder;
+        self.pass.get_or_insert_with(|| {
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime()
+        })
+    }
+
+    fn finish(mut self) -> wgpu::CommandBuffer {
+        self.pass = None;
+        self.encoder.finish()
+    }
 }
 
 pub struct Gpu {
@@ -459,7 +501,7 @@ impl Gpu {
     /// Records one dispatch of `shader` with uniform params at binding 0 and `buffers` at the given bindings.
     pub fn encode(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut Recorder,
         shader: &Shader,
         params: [u32; 8],
         buffers: &[(u32, &wgpu::Buffer)],
@@ -487,18 +529,26 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: timestamps,
-        });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        let dispatch = |pass: &mut wgpu::ComputePass<'_>| {
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        };
+        match timestamps {
+            None => dispatch(recorder.pass()),
+            // A timed dispatch gets a pass of its own: the timestamps bracket the pass.
+            Some(t) => dispatch(&mut recorder.encoder().begin_compute_pass(
+                &wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(t),
+                },
+            )),
+        }
         Ok(())
     }
 
     /// Runs a sequence of dispatches and waits for them; validation and memory errors become typed errors.
-    pub fn run(&self, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+    pub fn run(&self, record: impl FnOnce(&mut Recorder) -> Result<()>) -> Result<()> {
         self.submit(record)?;
         self.wait()
     }
@@ -509,16 +559,15 @@ impl Gpu {
     /// here; errors the driver reports only at submission surface at the next read or wait.
     pub fn submit(
         &self,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+        record: impl FnOnce(&mut Recorder) -> Result<()>,
     ) -> Result<()> {
         let before = self.errors.counts();
         let recorded = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let enc = p.encoder.get_or_insert_with(|| {
-                self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-            });
-            let r = record(enc);
+            let rec = p
+                .recorder
+                .get_or_insert_with(|| Recorder::new(&self.device));
+            let r = record(rec);
             p.ops += 1;
             r
         };
@@ -540,7 +589,7 @@ impl Gpu {
     pub fn flush(&self) -> Result<()> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.ops = 0;
-        let Some(encoder) = p.encoder.take() else {
+        let Some(recorder) = p.recorder.take() else {
             return Ok(());
         };
         let before = self.errors.counts();
@@ -553,7 +602,7 @@ impl Gpu {
                 st.bytes.clear();
             }
         }
-        self.queue.submit([encoder.finish()]);
+        self.queue.submit([recorder.finish()]);
         self.pool.submitted();
         drop(p);
         self.submissions

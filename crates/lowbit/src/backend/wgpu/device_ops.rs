@@ -448,7 +448,7 @@ impl WgpuBackend {
         if bytes == 0 {
             return Ok(());
         }
-        // Buffer copies move whole 4-byte words (every Llama-family cache row is: head_dim is even).
+        // The copy kernel moves whole 4-byte words (every Llama-family cache row is: head_dim is even).
         if !bytes.is_multiple_of(4) || !offset.is_multiple_of(4) {
             return Err(Error::InvalidArgument {
                 op: "copy_rows",
@@ -458,9 +458,6 @@ impl WgpuBackend {
             });
         }
         let gpu = self.gpu();
-        gpu.submit(|enc| {
-            enc.copy_buffer_to_buffer(&s.buffer, 0, &d.buffer, offset, bytes);
-            Ok(())
-        })
+        gpu.submit(|enc| mk::encode_copy_words(gpu, enc, &s.buffer, &d.buffer, offset, bytes))
     }
 }

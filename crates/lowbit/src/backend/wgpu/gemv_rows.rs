@@ -2,7 +2,7 @@
 //! decoded once per [`ROWS_PER_PASS`] activation rows (`shaders/gemv_4bit_rows.wgsl`), and the choice between
 //! the batch-1 GEMV, this kernel and the tiled GEMM by row count ([`pick_linear_path`]).
 
-use super::context::Gpu;
+use super::context::{Gpu, Recorder};
 use super::kernels::{RowPiece, u32_len};
 use super::shaders::{Shader, repeat_lines};
 use crate::Result;
@@ -117,7 +117,7 @@ pub(super) fn pass_rows(batch: usize) -> u32 {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     piece: RowPiece,
     rows: usize,
     cols: usize,

@@ -4,7 +4,7 @@
 //! them and the tiled GEMM by row count. Both products are exact integer sums, so every path gives the same
 //! bits.
 
-use super::context::Gpu;
+use super::context::{Gpu, Recorder};
 use super::gemv_rows::{ROWS_PER_PASS, pass_rows};
 use super::kernels::{encode_gemm, groups};
 use super::shaders::{GemmKind, Shader, repeat_lines};
@@ -74,7 +74,7 @@ pub(crate) fn ternary_source(nb: u32) -> String {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_int8_matmul(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     m: usize,
     n: usize,
     k: usize,
@@ -101,7 +101,7 @@ pub(crate) fn encode_int8_matmul(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_rows(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     batch: usize,
     rows: usize,
     r_rows: usize,

@@ -23,6 +23,7 @@ pub use attention::split_chunk as attention_split_chunk;
 pub use cast::cast;
 pub(crate) use cast::encode_cast;
 pub use copy_rows::copy_rows;
+pub(crate) use copy_rows::encode_copy_words;
 pub use elementwise::{add, gelu, silu_mul};
 pub(crate) use elementwise::{encode_add, encode_gelu, encode_relu2_mul, encode_silu_mul};
 pub use embedding::embedding;
@@ -32,7 +33,7 @@ pub(crate) use rope::encode_rope;
 pub use rope::rope;
 pub(crate) use source::source;
 
-use super::context::Gpu;
+use super::context::{Gpu, Recorder};
 use super::kernels::{check_binding, u32_len};
 use crate::format::rope::RopeLayout;
 use crate::tensor::DType;
@@ -141,7 +142,7 @@ fn same_dtype(op: &'static str, a: DType, b: DType) -> Result<()> {
 fn run_f32(
     gpu: &Gpu,
     n: usize,
-    record: impl FnOnce(&mut wgpu::CommandEncoder, &wgpu::Buffer) -> Result<()>,
+    record: impl FnOnce(&mut Recorder, &wgpu::Buffer) -> Result<()>,
 ) -> Result<Vec<f32>> {
     let out = gpu.output((n as u64) * 4);
     gpu.run(|enc| record(enc, &out))?;

@@ -141,7 +141,7 @@ impl WgpuBackend {
     /// Records zero-filling `buf` (an output no kernel writes, as when there is nothing to sum).
     fn clear(&self, buf: &wgpu::Buffer) -> Result<()> {
         self.gpu().submit(|enc| {
-            enc.clear_buffer(buf, 0, None);
+            enc.encoder().clear_buffer(buf, 0, None);
             Ok(())
         })
     }
@@ -449,7 +449,7 @@ impl WgpuBackend {
             )?;
             // Without columns every accumulator is 0.
             if cols == 0 {
-                enc.clear_buffer(&acc, 0, None);
+                enc.encoder().clear_buffer(&acc, 0, None);
             } else {
                 kernels::encode_ternary_matmul(
                     gpu,

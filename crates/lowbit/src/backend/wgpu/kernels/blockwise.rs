@@ -4,7 +4,7 @@
 use super::*;
 use crate::Result;
 use crate::backend::BlockCodes;
-use crate::backend::wgpu::context::{Gpu, gpu_err};
+use crate::backend::wgpu::context::{Gpu, Recorder, gpu_err};
 use crate::backend::wgpu::shaders::{DEQUANTIZE_VPT, Encoding, QUANTIZE_ROWS, Shader};
 use crate::format::Codebook8;
 use crate::tensor::{DType, Floats};
@@ -209,7 +209,7 @@ pub fn dequantize_with(
 /// pins the stores per thread (benchmarks and tests).
 pub(crate) fn encode_dequantize(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     bits: usize,
     len: usize,
     blocksize: usize,

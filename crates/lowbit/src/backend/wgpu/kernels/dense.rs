@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::Result;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::shaders::{GemmKind, Shader};
 use crate::tensor::{DType, Floats};
 
@@ -17,7 +17,7 @@ pub(crate) fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_gemm(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     kind: GemmKind,
     m: usize,
     n: usize,
@@ -98,7 +98,7 @@ pub(crate) fn half_weight_kind(w_dtype: DType) -> Option<GemmKind> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_linear_half_weight(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     kind: GemmKind,
     (m, n, k): (usize, usize, usize),
     x: &wgpu::Buffer,

@@ -3,7 +3,7 @@
 use super::*;
 use crate::Result;
 use crate::backend::Packed4bit;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::shaders::{GemmKind, GemvShape, Shader};
 use crate::tensor::Floats;
 
@@ -45,7 +45,7 @@ pub(crate) fn gemv_4bit_split(gpu: &Gpu, rows: usize) -> GemvShape {
 /// and y at 1..=6.
 pub(crate) fn encode_gemv_4bit(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     piece: RowPiece,
     cols: usize,
     blocksize: usize,

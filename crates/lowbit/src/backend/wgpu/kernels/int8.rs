@@ -4,7 +4,7 @@
 use super::*;
 use crate::Result;
 use crate::backend::Int8Rows;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::shaders::Shader;
 use crate::format::int8::{MM_DEQUANT_SCALE, mm_dequant_output};
 use crate::format::ternary::EPS;
@@ -25,7 +25,7 @@ pub(crate) struct RowSpec {
 /// Records the row-scale kernel: absmax (as bits) and the quantization scale of each row.
 pub(crate) fn encode_row_scales(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     spec: RowSpec,
     x: &wgpu::Buffer,
     absmax: &wgpu::Buffer,
@@ -58,7 +58,7 @@ pub(crate) fn encode_row_scales(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_row_quant(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     spec: RowSpec,
     x: &wgpu::Buffer,
     absmax: &wgpu::Buffer,
@@ -275,7 +275,7 @@ pub(crate) struct Int8OutBuffers<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_int8_linear_out(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     m: usize,
     n: usize,
     k: usize,

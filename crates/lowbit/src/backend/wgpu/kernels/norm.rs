@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::Result;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::shaders::Shader;
 
 /// Records softmax (`rms` false) or RMSNorm (weight, `eps`) over `rows` rows of `cols`; `bufs` binds x, weight
@@ -10,7 +10,7 @@ use crate::backend::wgpu::shaders::Shader;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_rows_float(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     rows: usize,
     cols: usize,
     rms: bool,

@@ -4,7 +4,7 @@
 use super::*;
 use crate::Result;
 use crate::backend::PackedTernary;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::int_gemv_rows;
 use crate::backend::wgpu::shaders::{GemmKind, GemvShape, Shader};
 use crate::format::ternary::{packed_rows, rescale};
@@ -21,7 +21,7 @@ pub(crate) fn ternary_gemv_split(gpu: &Gpu) -> GemvShape {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_act_quant(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     rows: usize,
     cols: usize,
@@ -133,7 +133,7 @@ pub(crate) fn ternary_gemv_kernel(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_matmul(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     batch: usize,
     rows: usize,
     cols: usize,
@@ -164,7 +164,7 @@ pub(crate) fn encode_ternary_matmul(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_ternary_rescale(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     batch: usize,
     rows: usize,
     weight_scale: f32,

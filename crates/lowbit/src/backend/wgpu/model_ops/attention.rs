@@ -1,7 +1,7 @@
 //! Causal attention with grouped KV heads over a KV cache.
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::{float_bytes, u32_len};
 use crate::backend::wgpu::shaders::Shader;
 use crate::tensor::{DType, Floats};
@@ -41,7 +41,7 @@ fn check_attention(dims: &AttentionDims) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_attention(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     dims: &AttentionDims,
     q: &wgpu::Buffer,
@@ -112,7 +112,7 @@ pub fn split_chunk(dims: &AttentionDims) -> Option<usize> {
 #[allow(clippy::too_many_arguments)]
 fn encode_split(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     dims: &AttentionDims,
     mut params: [u32; 8],

@@ -1,7 +1,7 @@
 //! dtype conversion: exact widening, round-to-nearest-even narrowing on bit patterns.
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::float_bytes;
 use crate::backend::wgpu::shaders::Shader;
 use crate::tensor::{DType, FloatVec, Floats};
@@ -14,7 +14,7 @@ use half::{bf16, f16};
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_cast(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     from: DType,
     to: DType,
     n: usize,

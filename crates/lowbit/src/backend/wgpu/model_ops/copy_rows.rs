@@ -1,18 +1,21 @@
 //! KV-cache row writes in place.
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::float_bytes;
+use crate::backend::wgpu::shaders::Shader;
 use crate::tensor::{DType, FloatVec, Floats};
 use crate::{Error, Result};
 use half::{bf16, f16};
 
 /// Copies `n_rows` rows of `row_len` elements of `dtype` from the start of `src` into `dst` at row `dst_row`
-/// (a KV-cache append), as a buffer copy. Offsets and sizes must be multiples of 4 bytes (for f16/bf16:
-/// an even number of elements per row, or rows written in even counts).
+/// (a KV-cache append), as a dispatch of the word-moving kernel rather than a buffer copy, so that a decode
+/// step's compute pass stays open (`Recorder`). Offsets and sizes must be multiples of 4 bytes (for
+/// f16/bf16: an even number of elements per row, or rows written in even counts).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_copy_rows(
-    enc: &mut wgpu::CommandEncoder,
+    gpu: &Gpu,
+    enc: &mut Recorder,
     dtype: DType,
     row_len: usize,
     dst_row: usize,
@@ -42,14 +45,44 @@ pub(crate) fn encode_copy_rows(
             ),
         ));
     }
-    if size > 0 {
-        enc.copy_buffer_to_buffer(src, 0, dst, offset, size);
+    encode_copy_words(gpu, enc, src, dst, offset, size)
+}
+
+/// Records moving the first `size` bytes of `src` to `dst` at byte `offset` (both multiples of 4, in
+/// bounds: checked by the callers) through the `Narrow` kernel: one row of every word.
+pub(crate) fn encode_copy_words(
+    gpu: &Gpu,
+    enc: &mut Recorder,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<()> {
+    const OP: &str = "copy_rows";
+    let words = size / 4;
+    if words == 0 {
+        return Ok(());
     }
-    Ok(())
+    let limit = u64::from(u32::MAX);
+    if words > limit || offset / 4 > limit {
+        return Err(Error::invalid(
+            OP,
+            format!("{size} bytes at offset {offset}: past the kernel's 32-bit word indices"),
+        ));
+    }
+    let (words, first) = (words as u32, (offset / 4) as u32);
+    gpu.encode(
+        enc,
+        &Shader::Narrow,
+        u32_params(&[words, words, words, 0, first]),
+        &[(1, src), (2, dst)],
+        elementwise_grid(words as usize),
+        None,
+    )
 }
 
 /// `dst` (a cache of rows of `row_len`) with `src`'s rows written from row `dst_row` on, through a GPU
-/// buffer copy.
+/// dispatch.
 pub fn copy_rows(
     gpu: &Gpu,
     dst: Floats,
@@ -84,7 +117,7 @@ pub fn copy_rows(
             ),
         ));
     }
-    gpu.run(|enc| encode_copy_rows(enc, dt, row_len, dst_row, src.len() / row_len, &sbuf, &dbuf))?;
+    gpu.run(|enc| encode_copy_rows(gpu, enc, dt, row_len, dst_row, src.len() / row_len, &sbuf, &dbuf))?;
     let bytes = gpu.read(&dbuf, dst.len() * dt.size_in_bytes())?;
     Ok(match dt {
         DType::F16 => FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(&bytes)),

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::Result;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::float_bytes;
 use crate::backend::wgpu::shaders::Shader;
 use crate::format::activation::GeluKind;
@@ -11,7 +11,7 @@ use crate::tensor::{DType, Floats};
 #[allow(clippy::too_many_arguments)]
 fn encode_elementwise(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     op_name: &'static str,
     op: u32,
     dtype: DType,
@@ -42,7 +42,7 @@ fn encode_elementwise(
 /// `silu(gate) * up` over `n` elements of `dtype` into f32 `out`.
 pub(crate) fn encode_silu_mul(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     n: usize,
     gate: &wgpu::Buffer,
@@ -56,7 +56,7 @@ pub(crate) fn encode_silu_mul(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_relu2_mul(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     n: usize,
     gate: &wgpu::Buffer,
@@ -69,7 +69,7 @@ pub(crate) fn encode_relu2_mul(
 /// GELU over `n` elements of `dtype` into f32 `out`.
 pub(crate) fn encode_gelu(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     n: usize,
     kind: GeluKind,
@@ -87,7 +87,7 @@ pub(crate) fn encode_gelu(
 /// `a + b` over `n` elements of `dtype` into f32 `out`.
 pub(crate) fn encode_add(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     n: usize,
     a: &wgpu::Buffer,
@@ -104,7 +104,7 @@ fn binary(
     b: Floats,
     encode: fn(
         &Gpu,
-        &mut wgpu::CommandEncoder,
+        &mut Recorder,
         DType,
         usize,
         &wgpu::Buffer,

@@ -1,7 +1,7 @@
 //! Row gather of token embeddings.
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::{float_bytes, u32_len};
 use crate::backend::wgpu::shaders::Shader;
 use crate::tensor::{DType, Floats};
@@ -12,7 +12,7 @@ use crate::{Error, Result};
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_embedding(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     vocab: usize,
     dim: usize,

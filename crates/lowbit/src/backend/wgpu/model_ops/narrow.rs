@@ -1,7 +1,7 @@
 //! A window of columns of every row (the parts of a fused projection's output).
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::shaders::Shader;
 use crate::{Error, Result};
 
@@ -10,7 +10,7 @@ use crate::{Error, Result};
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_narrow(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     (rows, cols): (usize, usize),
     start: usize,

@@ -1,7 +1,7 @@
 //! Rotary position embedding, halves and interleaved layouts.
 
 use super::*;
-use crate::backend::wgpu::context::Gpu;
+use crate::backend::wgpu::context::{Gpu, Recorder};
 use crate::backend::wgpu::kernels::float_bytes;
 use crate::backend::wgpu::shaders::Shader;
 use crate::format::rope::RopeLayout;
@@ -13,7 +13,7 @@ use crate::{Error, Result};
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_rope(
     gpu: &Gpu,
-    enc: &mut wgpu::CommandEncoder,
+    enc: &mut Recorder,
     dtype: DType,
     dims: &RopeDims,
     x: &wgpu::Buffer,
