@@ -90,8 +90,8 @@ fn random_f16(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-type Record<'a> = dyn Fn(&mut Recorder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
-    + 'a;
+type Record<'a> =
+    dyn Fn(&mut Recorder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()> + 'a;
 
 /// Median time of one recorded dispatch, in microseconds.
 fn time(gpu: &Gpu, cfg: &BenchConfig, record: &Record) -> Result<(f64, &'static str)> {

@@ -20,8 +20,14 @@ fn runtime_checks() -> bool {
     *ON.get_or_init(|| std::env::var("LOWBIT_GPU_CHECKS").is_ok_and(|v| v == "1"))
 }
 
-/// Ops recorded into a pending command buffer before one submission drains them.
-const MAX_PENDING: u32 = 128;
+/// Ops recorded into a pending command buffer before one submission drains them: the device starts on a
+/// chain while the host records the rest (a 1B Llama decode step on an H200 through Vulkan: 64 was faster
+/// than 16, 32 or 128; docs/PERFORMANCE.md).
+const MAX_PENDING: u32 = 64;
+
+/// Bind groups the cache may hold; past it, groups unused for `BIND_GROUP_AGE` submissions go.
+const BIND_GROUP_CAP: usize = 4096;
+const BIND_GROUP_AGE: u64 = 64;
 
 /// Uniform slots of the params ring: dispatches recorded between two submissions that get a slot; past
 /// it a dispatch gets a buffer of its own (a chain is submitted early once half the ring is used).
@@ -122,6 +128,49 @@ pub struct Gpu {
     /// Errors no error scope caught (wgpu's default handler would panic): counted, and turned into typed
     /// errors by the call that raised them.
     errors: Arc<ErrorLog>,
+    /// Bind groups by kernel and buffers (see `BindGroups`).
+    bind_groups: Mutex<BindGroups>,
+}
+
+/// A kernel and the buffers bound at each binding: what a bind group is made of, the params aside (they
+/// are a dynamic offset into the ring, chosen at each dispatch).
+type BindKey = (usize, Vec<(u32, wgpu::Buffer)>);
+
+/// Bind groups made before, so that a steady loop (a decode step binding the same weights and pooled
+/// buffers each token) makes none: creating one per dispatch was about 3 us of host time on an H200.
+///
+/// A cached group keeps its buffers alive, so groups unused for `BIND_GROUP_AGE` submissions are dropped
+/// once the cache holds `BIND_GROUP_CAP` groups, and every group goes when the pool is trimmed or an
+/// allocation runs out of memory (a dropped model's weights are then freed).
+#[derive(Default)]
+struct BindGroups {
+    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    /// Submissions so far: the age of a group is counted in them.
+    now: u64,
+}
+
+impl BindGroups {
+    fn get_or_make(
+        &mut self,
+        key: BindKey,
+        make: impl FnOnce() -> wgpu::BindGroup,
+    ) -> wgpu::BindGroup {
+        let now = self.now;
+        if let Some((g, used)) = self.groups.get_mut(&key) {
+            *used = now;
+            return g.clone();
+        }
+        if self.groups.len() >= BIND_GROUP_CAP {
+            self.groups
+                .retain(|_, (_, used)| now.saturating_sub(*used) < BIND_GROUP_AGE);
+            if self.groups.len() >= BIND_GROUP_CAP {
+                self.groups.clear();
+            }
+        }
+        let g = make();
+        self.groups.insert(key, (g.clone(), now));
+        g
+    }
 }
 
 /// A compiled shader variant: its pipeline and the bind-group layout every dispatch of it binds.
@@ -194,6 +243,7 @@ impl Gpu {
             submissions: Default::default(),
             reads: Default::default(),
             errors,
+            bind_groups: Mutex::default(),
         };
         if features.contains(wgpu::Features::SUBGROUP) {
             match gpu.probe_subgroup_lanes() {
@@ -275,11 +325,24 @@ impl Gpu {
                     .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
             }
         };
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&key),
+                entries: &layout_entries(&shader.source(), &key)?,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&key),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&key),
-                layout: None,
+                layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
@@ -288,7 +351,6 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(gpu_err(format!("shader {key} failed to compile: {e}")));
         }
-        let layout = pipeline.get_bind_group_layout(0);
         let p = Arc::new(Kernel { pipeline, layout });
         self.pipelines
             .lock()
@@ -421,7 +483,17 @@ impl Gpu {
 
     /// Frees the buffers the pool holds for reuse; returns how many.
     pub fn trim_pool(&self) -> usize {
+        self.forget_bind_groups();
         self.pool.trim()
+    }
+
+    /// Drops every cached bind group, and with them the last references to buffers nothing else holds.
+    pub(crate) fn forget_bind_groups(&self) {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .groups
+            .clear();
     }
 
     /// Free buffers the pool holds now.
@@ -451,6 +523,7 @@ impl Gpu {
                 None => return Ok(buf),
                 Some(e) => {
                     tracing::debug!("wgpu allocation of {size} bytes (attempt {attempt}): {e}");
+                    self.forget_bind_groups();
                     self.pool.trim();
                 }
             }
@@ -510,28 +583,47 @@ impl Gpu {
     ) -> Result<()> {
         let kernel = self.pipeline(shader)?;
         let (pbuf, offset) = self.params_binding(params);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &pbuf,
-                offset,
-                size: wgpu::BufferSize::new(PARAMS_BYTES),
-            }),
-        }];
-        for (b, buf) in buffers {
-            entries.push(wgpu::BindGroupEntry {
-                binding: *b,
-                resource: buf.as_entire_binding(),
-            });
-        }
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let make = || {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &pbuf,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_BYTES),
+                }),
+            }];
+            for (b, buf) in buffers {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: *b,
+                    resource: buf.as_entire_binding(),
+                });
+            }
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &kernel.layout,
+                entries: &entries,
+            })
+        };
+        let bind = if pbuf == self.ring {
+            let key = (
+                Arc::as_ptr(&kernel) as usize,
+                buffers
+                    .iter()
+                    .map(|(b, buf)| (*b, (*buf).clone()))
+                    .collect(),
+            );
+            self.bind_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_make(key, make)
+        } else {
+            // A params buffer of its own (the ring is full): used once, not cached.
+            make()
+        };
+        let offset = u32::try_from(offset).expect("ring offsets fit in u32");
         let dispatch = |pass: &mut wgpu::ComputePass<'_>| {
             pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
+            pass.set_bind_group(0, &bind, &[offset]);
             pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         };
         match timestamps {
@@ -557,10 +649,7 @@ impl Gpu {
     /// a chain of ops becomes one command buffer, submitted when the host reads or waits (or every
     /// `MAX_PENDING` ops). Errors raised while recording (validation, out-of-memory) become typed errors
     /// here; errors the driver reports only at submission surface at the next read or wait.
-    pub fn submit(
-        &self,
-        record: impl FnOnce(&mut Recorder) -> Result<()>,
-    ) -> Result<()> {
+    pub fn submit(&self, record: impl FnOnce(&mut Recorder) -> Result<()>) -> Result<()> {
         let before = self.errors.counts();
         let recorded = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -604,6 +693,10 @@ impl Gpu {
         }
         self.queue.submit([recorder.finish()]);
         self.pool.submitted();
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .now += 1;
         drop(p);
         self.submissions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -669,4 +762,64 @@ impl Gpu {
     pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
         Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n * 4)?))
     }
+}
+
+/// The bind-group layout of a kernel: each group-0 binding its entry point uses (as wgpu would derive it),
+/// with the params at binding 0 read at a dynamic offset into the ring, so that a bind group does not
+/// depend on the dispatch's params and can be reused (`BindGroups`).
+fn layout_entries(source: &str, key: &str) -> Result<Vec<wgpu::BindGroupLayoutEntry>> {
+    use wgpu::naga;
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| gpu_err(format!("shader {key}: {}", e.emit_to_string(source))))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| gpu_err(format!("shader {key}: {}", e.emit_to_string(source))))?;
+    let used = info.get_entry_point(0);
+    let mut entries = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if rb.group != 0 || used[handle].is_empty() {
+            continue;
+        }
+        let ty = match var.space {
+            naga::AddressSpace::Uniform => wgpu::BufferBindingType::Uniform,
+            naga::AddressSpace::Storage { access } => wgpu::BufferBindingType::Storage {
+                read_only: !access.contains(naga::StorageAccess::STORE),
+            },
+            other => {
+                return Err(gpu_err(format!(
+                    "shader {key}: binding {} is in address space {other:?}; kernels bind buffers only",
+                    rb.binding
+                )));
+            }
+        };
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: rb.binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: rb.binding == 0,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    if !entries.iter().any(|e| {
+        e.binding == 0
+            && matches!(
+                e.ty,
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    ..
+                }
+            )
+    }) {
+        return Err(gpu_err(format!(
+            "shader {key}: every kernel reads its params as a uniform at binding 0"
+        )));
+    }
+    Ok(entries)
 }

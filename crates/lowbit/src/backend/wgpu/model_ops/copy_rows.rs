@@ -117,7 +117,18 @@ pub fn copy_rows(
             ),
         ));
     }
-    gpu.run(|enc| encode_copy_rows(gpu, enc, dt, row_len, dst_row, src.len() / row_len, &sbuf, &dbuf))?;
+    gpu.run(|enc| {
+        encode_copy_rows(
+            gpu,
+            enc,
+            dt,
+            row_len,
+            dst_row,
+            src.len() / row_len,
+            &sbuf,
+            &dbuf,
+        )
+    })?;
     let bytes = gpu.read(&dbuf, dst.len() * dt.size_in_bytes())?;
     Ok(match dt {
         DType::F16 => FloatVec::F16(bytemuck::pod_collect_to_vec::<u8, f16>(&bytes)),
