@@ -550,41 +550,45 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn norms_match_float64_on_every_device() {
     let _serial = serial();
     let s = seed("norms");
-    let (rows, cols) = (6, 300);
-    let x = rand(vec![rows, cols], 2.0, s, DType::F32);
-    let w = rand(vec![cols], 1.0, s + 1, DType::F32);
-    let (xv, wv) = (f32s(&x), f32s(&w));
-    let eps = 1e-6f32;
-    let mut rms = vec![0f32; rows * cols];
-    let mut soft = vec![0f32; rows * cols];
-    for r in 0..rows {
-        let row = &xv[r * cols..(r + 1) * cols];
-        let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
-        let inv = 1.0 / (ms + eps as f64).sqrt();
-        let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let z: f64 = row.iter().map(|&v| (v as f64 - mx).exp()).sum();
-        for c in 0..cols {
-            rms[r * cols + c] = (row[c] as f64 * inv * wv[c] as f64) as f32;
-            soft[r * cols + c] = ((row[c] as f64 - mx).exp() / z) as f32;
+    // Rows of whole vec4s (the vectorized RMSNorm: fewer than one unrolled step per thread, and more than
+    // one) and rows that are not (the scalar kernel).
+    for (i, (rows, cols)) in [(6, 300), (3, 4100), (2, 301)].into_iter().enumerate() {
+        let s = s + 2 * i as u64;
+        let x = rand(vec![rows, cols], 2.0, s, DType::F32);
+        let w = rand(vec![cols], 1.0, s + 1, DType::F32);
+        let (xv, wv) = (f32s(&x), f32s(&w));
+        let eps = 1e-6f32;
+        let mut rms = vec![0f32; rows * cols];
+        let mut soft = vec![0f32; rows * cols];
+        for r in 0..rows {
+            let row = &xv[r * cols..(r + 1) * cols];
+            let ms: f64 = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - mx).exp()).sum();
+            for c in 0..cols {
+                rms[r * cols + c] = (row[c] as f64 * inv * wv[c] as f64) as f32;
+                soft[r * cols + c] = ((row[c] as f64 - mx).exp() / z) as f32;
+            }
         }
-    }
-    for dev in devices() {
-        let dx = up(&dev, &x);
-        let y = dev.rms_norm_on(&dx, &up(&dev, &w), eps).unwrap();
-        assert_close(
-            &format!("rms_norm on {}", dev.id()),
-            &f32s(&dev.to_host(&y).unwrap()),
-            &rms,
-            2e-6,
-        );
-        let y = dev.softmax_on(&dx).unwrap();
-        assert_close(
-            &format!("softmax on {}", dev.id()),
-            &f32s(&dev.to_host(&y).unwrap()),
-            &soft,
-            2e-6,
-        );
-        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+        for dev in devices() {
+            let dx = up(&dev, &x);
+            let y = dev.rms_norm_on(&dx, &up(&dev, &w), eps).unwrap();
+            assert_close(
+                &format!("rms_norm [{rows}, {cols}] on {}", dev.id()),
+                &f32s(&dev.to_host(&y).unwrap()),
+                &rms,
+                2e-6,
+            );
+            let y = dev.softmax_on(&dx).unwrap();
+            assert_close(
+                &format!("softmax [{rows}, {cols}] on {}", dev.id()),
+                &f32s(&dev.to_host(&y).unwrap()),
+                &soft,
+                2e-6,
+            );
+            assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+        }
     }
 }
 

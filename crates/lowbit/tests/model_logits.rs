@@ -46,6 +46,19 @@ fn strict() -> RecoveryPolicy {
     }
 }
 
+/// Recording a CUDA step takes the device's one capture slot; a step of another thread that finds it taken
+/// runs op by op (by design). The test that counts recorded steps therefore runs alone, the others beside
+/// each other.
+static DEVICE_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_devices() -> std::sync::RwLockReadGuard<'static, ()> {
+    DEVICE_USE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn devices_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    DEVICE_USE.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The CPU and, where there is one, the test GPU; both strict.
 fn devices() -> Vec<Device> {
     #[allow(unused_mut)] // without the GPU features nothing is added
@@ -123,6 +136,7 @@ fn load(dir: &Path, dev: &Device, opts: &LoadOptions) -> Model {
 
 #[test]
 fn float_models_match_transformers_logits_and_greedy_ids() {
+    let _use = shared_devices();
     for dev in devices() {
         for name in MODELS {
             let dir = fixture(name);
@@ -152,6 +166,7 @@ fn float_models_match_transformers_logits_and_greedy_ids() {
 
 #[test]
 fn decoding_token_by_token_equals_one_prefill() {
+    let _use = shared_devices();
     for dev in devices() {
         let dir = fixture("tiny-llama");
         let exp = Expected::load(&dir);
@@ -194,6 +209,7 @@ fn decode_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
 /// bits per block of 64, the NF4 code values rounded to multiples of 1/127). A GPU refuses the option.
 #[test]
 fn int8_activations_decode_within_their_bound() {
+    let _use = shared_devices();
     let dev = Device::from_backend(Arc::new(CpuBackend)).with_policy(strict());
     let opts = LoadOptions {
         int8_activations: true,
@@ -242,6 +258,7 @@ fn int8_activations_decode_within_their_bound() {
 /// quantization turns a rounding difference into a whole quantization step).
 #[test]
 fn half_precision_activations_stay_within_their_bound() {
+    let _use = shared_devices();
     for dev in devices() {
         for name in MODELS {
             let dir = fixture(name);
@@ -289,6 +306,7 @@ fn half_precision_activations_stay_within_their_bound() {
 
 #[test]
 fn lora_adapters_match_peft_unmerged_merged_and_switched() {
+    let _use = shared_devices();
     let dir = fixture("tiny-llama");
     let exp = Expected::load(&dir);
     for dev in devices() {
@@ -329,6 +347,7 @@ fn lora_adapters_match_peft_unmerged_merged_and_switched() {
 /// from the second of a cache on must run from a recording, with no step left unrecorded.
 #[test]
 fn recorded_decode_steps_give_the_bits_of_op_by_op_steps() {
+    let _use = devices_alone();
     let cases = [
         ("tiny-llama", LoadFormat::Float, DType::F32),
         (
@@ -428,6 +447,7 @@ fn recorded_decode_steps_give_the_bits_of_op_by_op_steps() {
 /// biases (Qwen2).
 #[test]
 fn fused_projections_compute_what_separate_layers_do() {
+    let _use = shared_devices();
     let cases = [
         ("tiny-llama", LoadFormat::Float),
         ("tiny-qwen2", LoadFormat::Float),
@@ -472,6 +492,7 @@ fn fused_projections_compute_what_separate_layers_do() {
 
 #[test]
 fn bitsandbytes_4bit_checkpoints_match_transformers() {
+    let _use = shared_devices();
     let mut ran = 0;
     for name in &MODELS[..3] {
         let formats = [
@@ -531,6 +552,7 @@ fn bitsandbytes_4bit_checkpoints_match_transformers() {
 
 #[test]
 fn bad_models_are_typed_errors() {
+    let _use = shared_devices();
     let dev = Device::cpu();
     let tmp = tempfile::tempdir().unwrap();
     let src = fixture("tiny-llama");
@@ -564,6 +586,7 @@ fn bad_models_are_typed_errors() {
 /// (the same bytes either way).
 #[test]
 fn lowbit_quantized_checkpoints_run_like_quantizing_on_load() {
+    let _use = shared_devices();
     use lowbit::io::{QuantFormat, QuantSpec};
     use lowbit::io::{QuantizeJob, QuantizeOptions};
     let src = fixture("tiny-llama");
@@ -636,6 +659,7 @@ fn half_precision_copy(dir: &Path, out: &Path, dtype: lowbit::DType) {
 /// (tiny-qwen3), biases (tiny-qwen2); every device, strict.
 #[test]
 fn half_precision_checkpoints_keep_their_dtype_with_unchanged_logits() {
+    let _use = shared_devices();
     let tmp = tempfile::tempdir().unwrap();
     for name in ["tiny-llama", "tiny-qwen3", "tiny-qwen2"] {
         let exp = Expected::load(&fixture(name));

@@ -21,6 +21,7 @@ const COL_OUTLIERS: &str = include_str!("shaders/col_outliers.wgsl");
 const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
+const RMS_NORM_VEC4: &str = include_str!("shaders/rms_norm_vec4.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
 const NARROW: &str = include_str!("shaders/narrow.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
@@ -207,6 +208,8 @@ pub enum Shader {
     Elementwise,
     TernaryQuantize(DType),
     RowsFloat,
+    /// RMSNorm over rows of a multiple of 4 elements, read as vec4.
+    RmsNormVec4,
     Copy,
     TernaryGemv,
     /// BitNet's exact `f32(acc) / (x_scale * weight_scale)` on integer bit patterns.
@@ -312,6 +315,7 @@ impl Shader {
                 s += load_x(*dt);
             }
             Shader::RowsFloat => s += ROWS_FLOAT,
+            Shader::RmsNormVec4 => s += RMS_NORM_VEC4,
             Shader::Copy => s += COPY,
             Shader::Narrow => s += NARROW,
             Shader::TernaryGemv => s += TERNARY_GEMV,
@@ -390,6 +394,7 @@ impl Shader {
         }
         v.push(Shader::Elementwise);
         v.push(Shader::RowsFloat);
+        v.push(Shader::RmsNormVec4);
         v.push(Shader::Copy);
         v.push(Shader::Narrow);
         v.push(Shader::TernaryGemv);

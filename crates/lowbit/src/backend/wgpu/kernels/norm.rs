@@ -17,9 +17,15 @@ pub(crate) fn encode_rows_float(
     eps: f32,
     bufs: &[(u32, &wgpu::Buffer)],
 ) -> Result<()> {
+    // Rows of whole vec4s take the vectorized RMSNorm (its params count vec4s).
+    let (shader, width) = if rms && cols.is_multiple_of(4) {
+        (Shader::RmsNormVec4, cols / 4)
+    } else {
+        (Shader::RowsFloat, cols)
+    };
     let params = [
         rows as u32,
-        cols as u32,
+        width as u32,
         rms as u32,
         eps.to_bits(),
         0,
@@ -27,14 +33,7 @@ pub(crate) fn encode_rows_float(
         0,
         0,
     ];
-    gpu.encode(
-        enc,
-        &Shader::RowsFloat,
-        params,
-        bufs,
-        Gpu::grid(rows as u32),
-        None,
-    )
+    gpu.encode(enc, &shader, params, bufs, Gpu::grid(rows as u32), None)
 }
 
 /// Softmax (`weight` None) or RMSNorm over rows of `cols`.
