@@ -888,23 +888,25 @@ fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
     // decode step's shapes, and a second upload buffer (an upload reuses only a buffer released before the
     // last submission).
     const WARM_UP: usize = 3;
-    let mut created_after_warm_up = 0;
+    let (mut created_after_warm_up, mut bind_groups_after_warm_up) = (0, 0);
     for step in 0..13 {
         let tokens = if step == 0 { 4 } else { 1 };
         let x = rand(vec![tokens, hidden], 1.0, s + 10 + step as u64, DType::F32);
         let want = cpu
             .to_host(&on_cpu.forward(&cpu, &up(&cpu, &x)).unwrap())
             .unwrap();
-        let created0 = g.gpu().buffers_created();
+        let (created0, groups0) = (g.gpu().buffers_created(), g.gpu().bind_groups_made());
         let got = {
             let dx = up(&gpu, &x);
             let y = on_gpu.forward(&gpu, &dx).unwrap();
             gpu.to_host(&y).unwrap()
         };
         let created = g.gpu().buffers_created() - created0;
-        println!("step {step}: {created} buffers created");
+        let groups = g.gpu().bind_groups_made() - groups0;
+        println!("step {step}: {created} buffers and {groups} bind groups created");
         if step >= WARM_UP {
             created_after_warm_up += created;
+            bind_groups_after_warm_up += groups;
         }
         assert_close(
             &format!("block step {step}"),
@@ -917,6 +919,10 @@ fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
     assert_eq!(
         created_after_warm_up, 0,
         "buffers created after the warm-up steps"
+    );
+    assert_eq!(
+        bind_groups_after_warm_up, 0,
+        "bind groups created after the warm-up steps"
     );
     assert_eq!(fallbacks(&gpu), 0);
     assert_eq!(g.gpu().uncaptured_errors(), 0);

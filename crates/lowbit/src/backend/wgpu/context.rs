@@ -147,6 +147,8 @@ struct BindGroups {
     groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
     /// Submissions so far: the age of a group is counted in them.
     now: u64,
+    /// Groups made for the cache so far (misses).
+    made: u64,
 }
 
 impl BindGroups {
@@ -168,6 +170,7 @@ impl BindGroups {
             }
         }
         let g = make();
+        self.made += 1;
         self.groups.insert(key, (g.clone(), now));
         g
     }
@@ -485,6 +488,14 @@ impl Gpu {
     pub fn trim_pool(&self) -> usize {
         self.forget_bind_groups();
         self.pool.trim()
+    }
+
+    /// Bind groups made for the cache since the device opened (a steady loop makes none: tests assert it).
+    pub fn bind_groups_made(&self) -> u64 {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .made
     }
 
     /// Drops every cached bind group, and with them the last references to buffers nothing else holds.

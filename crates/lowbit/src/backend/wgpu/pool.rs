@@ -78,9 +78,14 @@ impl BufferPool {
         let generation = self.generation.load(Ordering::Acquire);
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let list = free.get_mut(&(usage, size))?;
-        let i = list
+        // The lowest buffer (by wgpu's identity order) of those allowed, not the last released: a loop then
+        // gets the same buffers at the same points of every step whatever order they came back in, so its
+        // cached bind groups (context.rs) match from the second step on.
+        let (i, _) = list
             .iter()
-            .rposition(|f| !for_upload || f.released < generation)?;
+            .enumerate()
+            .filter(|(_, f)| !for_upload || f.released < generation)
+            .min_by(|(_, a), (_, b)| a.buffer.cmp(&b.buffer))?;
         Some(list.swap_remove(i).buffer)
     }
 

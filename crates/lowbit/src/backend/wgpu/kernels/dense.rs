@@ -113,13 +113,9 @@ pub(crate) fn encode_linear_half_weight(
     if m * n == 0 {
         return Ok(());
     }
-    let no_bias;
     let (b, has_bias) = match bias {
         Some(b) => (b, 1),
-        None => {
-            no_bias = gpu.output(4);
-            (&no_bias, 0)
-        }
+        None => (gpu.unused_binding(), 0),
     };
     let bufs = [(1, x), (2, w), (5, b), (6, y)];
     encode_gemm(gpu, enc, kind, m, n, k, has_bias, 0, &bufs)

@@ -292,13 +292,12 @@ pub(crate) fn encode_int8_linear_out(
         (1.0f32 / 127.0).to_bits(),
         0,
     ];
-    // Kept alive by the command buffer once recorded.
-    let no_bias = gpu.output(4);
+    let no_bias = gpu.unused_binding();
     let bufs = [
         (1, b.c),
         (2, b.row_stats),
         (3, b.scb),
-        (4, b.bias.unwrap_or(&no_bias)),
+        (4, b.bias.unwrap_or(no_bias)),
         (5, b.x16),
         (6, b.weight),
         (7, b.list),
@@ -336,16 +335,16 @@ pub fn int8_mm_dequant_exact(
     let rbuf = gpu.upload(f32_bytes(row_stats));
     let sbuf = gpu.upload(f32_bytes(col_stats));
     let bbuf = bias.map(|b| gpu.upload(bytemuck::cast_slice(b)));
-    let unused = gpu.output(4);
+    let unused = gpu.unused_binding();
     let ybuf = gpu.output((c.len() * 2) as u64);
     let bufs = Int8OutBuffers {
         c: &cbuf,
         row_stats: &rbuf,
         scb: &sbuf,
         bias: bbuf.as_ref(),
-        x16: &unused,
-        weight: &unused,
-        list: &unused,
+        x16: unused,
+        weight: unused,
+        list: unused,
         y: &ybuf,
     };
     gpu.run(|enc| encode_int8_linear_out(gpu, enc, m, n, 0, false, &bufs))?;
