@@ -140,8 +140,9 @@ type BindKey = (usize, Vec<(u32, wgpu::Buffer)>);
 /// buffers each token) makes none: creating one per dispatch was about 3 us of host time on an H200.
 ///
 /// A cached group keeps its buffers alive, so groups unused for `BIND_GROUP_AGE` submissions are dropped
-/// once the cache holds `BIND_GROUP_CAP` groups, and every group goes when the pool is trimmed or an
-/// allocation runs out of memory (a dropped model's weights are then freed).
+/// once the cache holds `BIND_GROUP_CAP` groups, and every group goes before an upload of 1 MiB or more,
+/// when the pool is trimmed and when an allocation runs out of memory (a dropped model's weights are then
+/// freed before another model's take their place).
 #[derive(Default)]
 struct BindGroups {
     groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
@@ -380,6 +381,7 @@ impl Gpu {
 
     /// A storage buffer holding `bytes`, padded to a whole number of u32 words (at least one).
     pub fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
+        self.before_large_upload(bytes.len());
         let padded = bytes.len().div_ceil(4).max(1) * 4;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
@@ -408,6 +410,7 @@ impl Gpu {
     /// 4), for kernels that read it as vectors; the data is copied once, into the buffer mapped at creation.
     pub fn upload_aligned(&self, bytes: &[u8], align: usize) -> wgpu::Buffer {
         debug_assert!(align.is_power_of_two() && align >= 4);
+        self.before_large_upload(bytes.len());
         let padded = bytes.len().div_ceil(align).max(1) * align;
         self.pool.count_created();
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -488,6 +491,15 @@ impl Gpu {
     pub fn trim_pool(&self) -> usize {
         self.forget_bind_groups();
         self.pool.trim()
+    }
+
+    /// Before a weight-sized upload (1 MiB or more: a model or a layer being loaded), the cached bind groups
+    /// go, so that buffers only they still hold (a dropped model's weights) are freed before the new ones
+    /// take memory. A decode loop uploads no such buffer, so its groups stay.
+    fn before_large_upload(&self, bytes: usize) {
+        if bytes >= 1 << 20 {
+            self.forget_bind_groups();
+        }
     }
 
     /// Bind groups made for the cache since the device opened (a steady loop makes none: tests assert it).

@@ -175,7 +175,7 @@ pub fn matmul_4bit(
     let tbuf = gpu.upload(bytemuck::cast_slice(w.quant_type.dequant_table()));
     let bbuf = match bias {
         Some(b) => gpu.upload(bytemuck::cast_slice(&b.to_f32_vec())),
-        None => gpu.output(4),
+        None => gpu.unused_binding().clone(),
     };
     let ybuf = gpu.output((batch * rows * 4) as u64);
     // Rows per piece so that a piece's packed bytes fit one binding (as the batch-1 GEMV).

@@ -6,8 +6,9 @@
 //! - A buffer is given back only when nothing on the host holds it any more, so every command that reads or
 //!   writes its old contents was recorded before the release.
 //! - An op that takes it writes it from the GPU, in a command recorded after all of those. One queue runs
-//!   command buffers in submission order, and wgpu orders the passes inside one (it tracks each buffer's
-//!   usage and inserts the barriers), so the new writes land after the old reads.
+//!   command buffers in submission order, and wgpu orders the dispatches inside one, in one compute pass or
+//!   several (it tracks each buffer's usage per dispatch and inserts the barriers), so the new writes land
+//!   after the old reads.
 //! - A host upload is different: `Queue::write_buffer` lands at the start of the *next* submission, before
 //!   the commands already recorded in the pending command buffer. A buffer released while that pending
 //!   buffer may still read it would be overwritten too early. So uploads take only buffers released before

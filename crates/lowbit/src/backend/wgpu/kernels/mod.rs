@@ -69,7 +69,7 @@ pub(super) fn groups(n_items: usize, per_group: usize) -> (u32, u32, u32) {
 pub(super) fn bias_buffer(gpu: &Gpu, bias: Option<Floats>) -> (wgpu::Buffer, u32) {
     match bias {
         Some(b) => (gpu.upload(f32_bytes(&b.to_f32_vec())), 1),
-        None => (gpu.output(4), 0),
+        None => (gpu.unused_binding().clone(), 0),
     }
 }
 

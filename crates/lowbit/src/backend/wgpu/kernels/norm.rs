@@ -53,7 +53,7 @@ pub fn rows_float(
     let xbuf = gpu.upload(f32_bytes(x));
     let wbuf = match weight {
         Some(w) => gpu.upload(f32_bytes(w)),
-        None => gpu.output(4),
+        None => gpu.unused_binding().clone(),
     };
     let ybuf = gpu.output((x.len() * 4) as u64);
     let bufs = [(1, &xbuf), (2, &wbuf), (3, &ybuf)];
