@@ -930,6 +930,40 @@ fn a_steady_decode_loop_creates_no_gpu_buffers_and_matches_the_cpu() {
 
 #[cfg(feature = "wgpu")]
 #[test]
+fn bind_groups_are_made_once_and_dropped_before_a_weight_upload() {
+    let _serial = serial();
+    let Some(g) = wgpu_common::gpu() else {
+        return;
+    };
+    let s = seed("bind_groups");
+    let gpu = Device::from_backend(Arc::new(g.clone())).with_policy(strict());
+    let cpu = Device::cpu();
+    let [a, b] = [0, 1].map(|i| rand(vec![1000], 1.0, s + i, DType::F32));
+    let want = f32s(
+        &cpu.to_host(&cpu.add(&up(&cpu, &a), &up(&cpu, &b)).unwrap())
+            .unwrap(),
+    );
+    let (da, db) = (up(&gpu, &a), up(&gpu, &b));
+    let add = || f32s(&gpu.to_host(&gpu.add(&da, &db).unwrap()).unwrap());
+    assert_eq!(add(), want, "first add");
+    let made = g.gpu().bind_groups_made();
+    for i in 0..3 {
+        assert_eq!(add(), want, "add {i} with a cached bind group");
+    }
+    assert_eq!(
+        g.gpu().bind_groups_made(),
+        made,
+        "the same op on the same buffers made a bind group again"
+    );
+    // A weight-sized upload (a model being loaded) drops the cached groups: the next add makes its own.
+    drop(g.gpu().upload(&vec![0u8; 1 << 20]));
+    assert_eq!(add(), want, "add after the upload");
+    assert_eq!(g.gpu().bind_groups_made(), made + 1);
+    assert_eq!(fallbacks(&gpu), 0);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
 fn a_pooled_buffer_is_not_overwritten_before_its_last_reader_runs() {
     let _serial = serial();
     let Some(g) = wgpu_common::gpu() else {
