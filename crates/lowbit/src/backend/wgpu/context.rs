@@ -313,10 +313,13 @@ impl Gpu {
             return Ok(p.clone());
         }
         let key = shader.key();
+        let source = shader.source();
+        // Reflected before the error scope is pushed, so that its error cannot leave the scope open.
+        let entries = layout_entries(&source, &key)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&key),
-            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         };
         let module = if runtime_checks() {
             self.device.create_shader_module(desc)
@@ -333,7 +336,7 @@ impl Gpu {
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some(&key),
-                entries: &layout_entries(&shader.source(), &key)?,
+                entries: &entries,
             });
         let pipeline_layout = self
             .device
