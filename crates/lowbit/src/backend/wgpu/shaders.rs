@@ -22,6 +22,7 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const TERNARY_QUANTIZE: &str = include_str!("shaders/ternary_quantize.wgsl");
 const ROWS_FLOAT: &str = include_str!("shaders/rows_float.wgsl");
 const RMS_NORM_VEC4: &str = include_str!("shaders/rms_norm_vec4.wgsl");
+const ROW_REDUCE: &str = include_str!("shaders/row_reduce.wgsl");
 const COPY: &str = include_str!("shaders/copy.wgsl");
 const NARROW: &str = include_str!("shaders/narrow.wgsl");
 const TERNARY_GEMV: &str = include_str!("shaders/ternary_gemv.wgsl");
@@ -314,8 +315,14 @@ impl Shader {
                 s += TERNARY_QUANTIZE;
                 s += load_x(*dt);
             }
-            Shader::RowsFloat => s += ROWS_FLOAT,
-            Shader::RmsNormVec4 => s += RMS_NORM_VEC4,
+            Shader::RowsFloat => {
+                s += ROW_REDUCE;
+                s += ROWS_FLOAT;
+            }
+            Shader::RmsNormVec4 => {
+                s += ROW_REDUCE;
+                s += RMS_NORM_VEC4;
+            }
             Shader::Copy => s += COPY,
             Shader::Narrow => s += NARROW,
             Shader::TernaryGemv => s += TERNARY_GEMV,

@@ -1,14 +1,12 @@
 // RMSNorm over rows whose length is a multiple of 4, one workgroup per row, read as vec4: each thread keeps
 // four 16-byte loads in flight (the scalar kernel's one load per loop step left a one-row decode norm waiting
 // on memory latency 16 times in a row). Float32 sums, a tree reduction across the workgroup.
-// Params: p0 = rows, p1 = cols / 4, p3 = eps bits.
+// Params: p0 = rows, p1 = cols / 4, p3 = eps bits. Needs: reduce_sum (row_reduce.wgsl).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> weight: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;
-
-var<workgroup> red: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn main(
@@ -35,15 +33,7 @@ fn main(
             s4 = s4 + a * a;
         }
     }
-    red[lid] = (s4.x + s4.y) + (s4.z + s4.w);
-    workgroupBarrier();
-    for (var off = 128u; off > 0u; off = off >> 1u) {
-        if (lid < off) {
-            red[lid] = red[lid] + red[lid + off];
-        }
-        workgroupBarrier();
-    }
-    let ms = red[0] / f32(n * 4u);
+    let ms = reduce_sum((s4.x + s4.y) + (s4.z + s4.w), lid) / f32(n * 4u);
     let inv = inverseSqrt(ms + bitcast<f32>(p.p3));
     if (valid) {
         for (var c = lid; c < n; c = c + 256u) {

@@ -1,40 +1,11 @@
 // Softmax and RMSNorm over the last dimension, one workgroup per row, float32 tree reductions.
+// Needs: reduce_max, reduce_sum (row_reduce.wgsl).
 // Params: p0 = rows, p1 = cols, p2 = op (0 = softmax, 1 = rms_norm), p3 = eps bits.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-var<workgroup> red: array<f32, 256>;
-
-fn reduce_max(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var off = 128u; off > 0u; off = off >> 1u) {
-        if (lid < off) {
-            red[lid] = max(red[lid], red[lid + off]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var off = 128u; off > 0u; off = off >> 1u) {
-        if (lid < off) {
-            red[lid] = red[lid] + red[lid + off];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 @compute @workgroup_size(256)
 fn main(
