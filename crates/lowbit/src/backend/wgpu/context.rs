@@ -1,9 +1,11 @@
 //! The one piece of GPU plumbing every kernel shares: device, queue, the pipeline cache (each shader variant
 //! compiled once), the reciprocal correction table (uploaded once), uploads, dispatch and read-back.
 
+use super::bind_groups::{BindGroups, layout_entries};
 use super::errors::ErrorLog;
 pub(crate) use super::errors::{gpu_err, gpu_lost, gpu_oom};
 use super::pool::{BufferPool, Use, size_class};
+pub use super::recorder::Recorder;
 use super::shaders::Shader;
 use crate::Result;
 use std::collections::HashMap;
@@ -24,10 +26,6 @@ fn runtime_checks() -> bool {
 /// chain while the host records the rest (a 1B Llama decode step on an H200 through Vulkan: 64 was faster
 /// than 16, 32 or 128; docs/PERFORMANCE.md).
 const MAX_PENDING: u32 = 64;
-
-/// Bind groups the cache may hold; past it, groups unused for `BIND_GROUP_AGE` submissions go.
-const BIND_GROUP_CAP: usize = 4096;
-const BIND_GROUP_AGE: u64 = 64;
 
 /// Uniform slots of the params ring: dispatches recorded between two submissions that get a slot; past
 /// it a dispatch gets a buffer of its own (a chain is submitted early once half the ring is used).
@@ -54,48 +52,6 @@ struct ParamStaging {
 struct Pending {
     recorder: Option<Recorder>,
     ops: u32,
-}
-
-/// Where ops record their work: the pending command encoder and the compute pass open on it.
-///
-/// Why one pass for a whole chain: wgpu encodes every compute pass into a command buffer of its own, with a
-/// barrier command buffer before it, so one pass per dispatch cost two command buffers and their host work
-/// per op. Dispatches in one pass still get the barriers their buffers need (wgpu tracks each dispatch's
-/// uses). A command that runs outside passes (a buffer copy or clear, a query resolve) ends the open pass.
-pub struct Recorder {
-    // Declared first so that it is dropped (the pass ended) before the encoder it records into.
-    pass: Option<wgpu::ComputePass<'static>>,
-    encoder: wgpu::CommandEncoder,
-}
-
-impl Recorder {
-    fn new(device: &wgpu::Device) -> Recorder {
-        Recorder {
-            pass: None,
-            encoder: device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
-        }
-    }
-
-    /// The encoder, for commands outside compute passes: ends the open pass.
-    pub fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        self.pass = None;
-        &mut self.encoder
-    }
-
-    /// The open compute pass, begun if none is.
-    fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
-        let encoder = &mut self.encoder;
-        self.pass.get_or_insert_with(|| {
-            encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
-                .forget_lifetime()
-        })
-    }
-
-    fn finish(mut self) -> wgpu::CommandBuffer {
-        self.pass = None;
-        self.encoder.finish()
-    }
 }
 
 pub struct Gpu {
@@ -130,51 +86,6 @@ pub struct Gpu {
     errors: Arc<ErrorLog>,
     /// Bind groups by kernel and buffers (see `BindGroups`).
     bind_groups: Mutex<BindGroups>,
-}
-
-/// A kernel and the buffers bound at each binding: what a bind group is made of, the params aside (they
-/// are a dynamic offset into the ring, chosen at each dispatch).
-type BindKey = (usize, Vec<(u32, wgpu::Buffer)>);
-
-/// Bind groups made before, so that a steady loop (a decode step binding the same weights and pooled
-/// buffers each token) makes none: creating one per dispatch was about 3 us of host time on an H200.
-///
-/// A cached group keeps its buffers alive, so groups unused for `BIND_GROUP_AGE` submissions are dropped
-/// once the cache holds `BIND_GROUP_CAP` groups, and every group goes before an upload of 1 MiB or more,
-/// when the pool is trimmed and when an allocation runs out of memory (a dropped model's weights are then
-/// freed before another model's take their place).
-#[derive(Default)]
-struct BindGroups {
-    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
-    /// Submissions so far: the age of a group is counted in them.
-    now: u64,
-    /// Groups made for the cache so far (misses).
-    made: u64,
-}
-
-impl BindGroups {
-    fn get_or_make(
-        &mut self,
-        key: BindKey,
-        make: impl FnOnce() -> wgpu::BindGroup,
-    ) -> wgpu::BindGroup {
-        let now = self.now;
-        if let Some((g, used)) = self.groups.get_mut(&key) {
-            *used = now;
-            return g.clone();
-        }
-        if self.groups.len() >= BIND_GROUP_CAP {
-            self.groups
-                .retain(|_, (_, used)| now.saturating_sub(*used) < BIND_GROUP_AGE);
-            if self.groups.len() >= BIND_GROUP_CAP {
-                self.groups.clear();
-            }
-        }
-        let g = make();
-        self.made += 1;
-        self.groups.insert(key, (g.clone(), now));
-        g
-    }
 }
 
 /// A compiled shader variant: its pipeline and the bind-group layout every dispatch of it binds.
@@ -788,64 +699,4 @@ impl Gpu {
     pub fn read_f32(&self, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
         Ok(bytemuck::pod_collect_to_vec(&self.read(buf, n * 4)?))
     }
-}
-
-/// The bind-group layout of a kernel: each group-0 binding its entry point uses (as wgpu would derive it),
-/// with the params at binding 0 read at a dynamic offset into the ring, so that a bind group does not
-/// depend on the dispatch's params and can be reused (`BindGroups`).
-fn layout_entries(source: &str, key: &str) -> Result<Vec<wgpu::BindGroupLayoutEntry>> {
-    use wgpu::naga;
-    let module = naga::front::wgsl::parse_str(source)
-        .map_err(|e| gpu_err(format!("shader {key}: {}", e.emit_to_string(source))))?;
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| gpu_err(format!("shader {key}: {}", e.emit_to_string(source))))?;
-    let used = info.get_entry_point(0);
-    let mut entries = Vec::new();
-    for (handle, var) in module.global_variables.iter() {
-        let Some(rb) = &var.binding else { continue };
-        if rb.group != 0 || used[handle].is_empty() {
-            continue;
-        }
-        let ty = match var.space {
-            naga::AddressSpace::Uniform => wgpu::BufferBindingType::Uniform,
-            naga::AddressSpace::Storage { access } => wgpu::BufferBindingType::Storage {
-                read_only: !access.contains(naga::StorageAccess::STORE),
-            },
-            other => {
-                return Err(gpu_err(format!(
-                    "shader {key}: binding {} is in address space {other:?}; kernels bind buffers only",
-                    rb.binding
-                )));
-            }
-        };
-        entries.push(wgpu::BindGroupLayoutEntry {
-            binding: rb.binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: rb.binding == 0,
-                min_binding_size: None,
-            },
-            count: None,
-        });
-    }
-    if !entries.iter().any(|e| {
-        e.binding == 0
-            && matches!(
-                e.ty,
-                wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    ..
-                }
-            )
-    }) {
-        return Err(gpu_err(format!(
-            "shader {key}: every kernel reads its params as a uniform at binding 0"
-        )));
-    }
-    Ok(entries)
 }

@@ -5,6 +5,7 @@
 
 mod adapters;
 pub mod bench;
+mod bind_groups;
 mod context;
 mod device_ops;
 mod errors;
@@ -19,6 +20,7 @@ pub mod model_ops;
 pub mod mps;
 mod pool;
 mod quantize_source;
+mod recorder;
 pub mod shaders;
 mod tensor;
 mod weights;
