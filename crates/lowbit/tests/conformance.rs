@@ -1139,19 +1139,28 @@ fn split_k_decode_attention_matches_the_cpu_on_every_device_and_dtype() {
     let s = seed("split_k_attention");
     let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
     // (query rows, heads, kv heads, head_dim, kv_len): each splits the keys into chunks on the GPU, with a
-    // ragged last chunk; the causal mask leaves early rows without keys in the last chunk (nq 3 at 513
-    // keys, nq 64 at 2100); chunks of one tile and of two (rows 64 x 8 heads).
+    // ragged last chunk. Per KV-head group (the grouped kernel): 2, 4, 1, 2, 7 and 8 query heads per KV
+    // head, head sizes 16-256, the causal mask leaving early rows without keys in the last chunk (nq 3 at
+    // 513 keys, nq 64 at 2100), one chunk of 5 keys. Per head (the split kernel): 16 and 12 query heads per
+    // KV head, a head size not a multiple of 16.
     let cases = [
-        (1usize, 4usize, 2usize, 64usize, 700usize),
-        (3, 4, 1, 32, 513),
-        (2, 6, 3, 128, 1500),
-        (1, 2, 2, 16, 2085),
-        (64, 8, 4, 16, 2100),
+        ((1usize, 4usize, 2usize, 64usize, 700usize), "grouped"),
+        ((3, 4, 1, 32, 513), "grouped"),
+        ((2, 6, 3, 128, 1500), "grouped"),
+        ((1, 2, 2, 16, 2085), "grouped"),
+        ((64, 8, 4, 16, 2100), "grouped"),
+        ((1, 28, 4, 128, 451), "grouped"),
+        ((1, 16, 2, 256, 300), "grouped"),
+        ((1, 8, 2, 64, 5), "grouped"),
+        ((1, 16, 1, 64, 800), "per head"),
+        ((3, 12, 1, 48, 900), "per head"),
+        ((2, 4, 2, 20, 600), "per head"),
     ];
-    for (ci, &(nq, heads, kv_heads, hd, kv_len)) in cases.iter().enumerate() {
+    for (ci, &((nq, heads, kv_heads, hd, kv_len), kind)) in cases.iter().enumerate() {
         #[cfg(feature = "wgpu")]
         {
-            let dims = lowbit::backend::wgpu::model_ops::AttentionDims {
+            use lowbit::backend::wgpu::model_ops::{AttentionDims, AttentionPlan, attention_plan};
+            let dims = AttentionDims {
                 nq,
                 n_heads: heads,
                 n_kv_heads: kv_heads,
@@ -1160,12 +1169,20 @@ fn split_k_decode_attention_matches_the_cpu_on_every_device_and_dtype() {
                 pos_start: kv_len - nq,
                 scale: 1.0,
             };
-            let chunk = lowbit::backend::wgpu::model_ops::attention_split_chunk(&dims);
+            let plan = attention_plan(&dims);
+            let (chunk, planned) = match plan {
+                AttentionPlan::Groups { chunk, .. } => (chunk, "grouped"),
+                AttentionPlan::Split { chunk } => (chunk, "per head"),
+                AttentionPlan::OnePass => (0, "one pass"),
+            };
+            let ragged = chunk > 0 && !kv_len.is_multiple_of(chunk);
             assert!(
-                chunk.is_some_and(|c| kv_len.div_ceil(c) >= 2 && !kv_len.is_multiple_of(c)),
-                "case {ci}: the wgpu backend splits {kv_len} keys into several chunks, the last ragged ({chunk:?})"
+                planned == kind && ragged,
+                "case {ci}: the wgpu backend splits {kv_len} keys {kind}, the last chunk ragged ({plan:?})"
             );
         }
+        #[cfg(not(feature = "wgpu"))]
+        let _ = kind;
         attention_matches_the_cpu(
             &cpu,
             s + 100 * ci as u64,

@@ -732,18 +732,22 @@ fn gemv_work_splits_match_cpu() {
     let cpu = CpuBackend;
     let mut splits = Vec::new();
     for shape in GemvShape::CANDIDATES {
-        splits.push(shape);
-        if g.subgroups_fit(shape.tpr) {
-            splits.push(GemvShape {
-                subgroup: true,
-                ..shape
-            });
+        for prefetch in [false, true] {
+            let shape = GemvShape { prefetch, ..shape };
+            splits.push(shape);
+            if g.subgroups_fit(shape.tpr) {
+                splits.push(GemvShape {
+                    subgroup: true,
+                    ..shape
+                });
+            }
         }
     }
     println!(
-        "gemv splits tested: {} ({} with subgroups)",
+        "gemv splits tested: {} ({} with subgroups, {} prefetching)",
         splits.len(),
-        splits.iter().filter(|s| s.subgroup).count()
+        splits.iter().filter(|s| s.subgroup).count(),
+        splits.iter().filter(|s| s.prefetch).count()
     );
     // A split outside the generated candidates is a typed error, not a panic in shader generation.
     let bad = GemvShape::new(48, 3);

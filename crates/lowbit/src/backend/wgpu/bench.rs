@@ -186,11 +186,18 @@ fn gemv_variants(gpu: &Gpu, sweep: bool) -> Vec<(String, Option<GemvShape>)> {
                 if subgroup && !gpu.subgroups_fit(shape.tpr) {
                     continue;
                 }
-                let sg = if subgroup { " sg" } else { "" };
-                v.push((
-                    format!(" t{}r{}{sg}", shape.tpr, shape.rpt),
-                    Some(GemvShape { subgroup, ..shape }),
-                ));
+                for prefetch in [false, true] {
+                    let sg = if subgroup { " sg" } else { "" };
+                    let pf = if prefetch { " pf" } else { "" };
+                    v.push((
+                        format!(" t{}r{}{sg}{pf}", shape.tpr, shape.rpt),
+                        Some(GemvShape {
+                            subgroup,
+                            prefetch,
+                            ..shape
+                        }),
+                    ));
+                }
             }
         }
     }

@@ -16,10 +16,12 @@ mod embedding;
 mod narrow;
 mod rope;
 mod source;
+pub(crate) use source::MAX_GROUP;
 
 pub use attention::attention;
 pub(crate) use attention::encode_attention;
 pub use attention::split_chunk as attention_split_chunk;
+pub use attention::{AttentionPlan, plan as attention_plan};
 pub use cast::cast;
 pub(crate) use cast::encode_cast;
 pub use copy_rows::copy_rows;

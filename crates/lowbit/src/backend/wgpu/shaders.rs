@@ -50,6 +50,9 @@ pub struct GemvShape {
     pub tpr: u32,
     pub rpt: u32,
     pub subgroup: bool,
+    /// (4-bit GEMV) each thread loads its next chunk's weight words and scales before it uses the current
+    /// ones, so two loads per row are in flight.
+    pub prefetch: bool,
 }
 
 /// Fills a GEMV template: the work split, `rpt` accumulators of type `acc_ty` with `body` (where `{i}` names the
@@ -70,6 +73,7 @@ impl GemvShape {
             tpr,
             rpt,
             subgroup: false,
+            prefetch: false,
         }
     }
 
@@ -86,7 +90,9 @@ fn gemv_template(
     setup: &str,
     body: &str,
 ) -> String {
-    let GemvShape { tpr, rpt, subgroup } = shape;
+    let GemvShape {
+        tpr, rpt, subgroup, ..
+    } = shape;
     assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
     let zero = format!("{acc_ty}(0)");
     let per_row = |line: &str| repeat_lines(rpt, line);
@@ -139,6 +145,21 @@ fn gemv_template(
 }
 
 fn gemv_4bit_fast(shape: GemvShape) -> String {
+    if shape.prefetch {
+        // The next chunk is clamped to the row's last (loaded again, unused) so loads stay in the row.
+        return gemv_template(
+            GEMV_4BIT_FAST,
+            shape,
+            "f32",
+            "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n    \
+             var w{i} = packed[e{i} / 32u + min(t, chunks - 1u) - p.p4];\n    \
+             var a{i} = absmax[(e{i} + min(t, chunks - 1u) * 32u) >> p.p2];\n",
+            "        {\n            let w = w{i};\n            let a = a{i};\n            \
+             w{i} = packed[e{i} / 32u + next - p.p4];\n            a{i} = absmax[(e{i} + next * 32u) >> p.p2];\n            \
+             acc{i} = acc{i} + a * dot32(w, x0, x1, x2, x3, x4, x5, x6, x7);\n        }\n",
+        )
+        .replace("        let xi = c * 8u;\n", "        let xi = c * 8u;\n        let next = min(c + TPR, chunks - 1u);\n");
+    }
     gemv_template(
         GEMV_4BIT_FAST,
         shape,
@@ -236,6 +257,9 @@ pub enum Shader {
     Attention(DType),
     /// Split-K decode attention: partial softmax per key chunk, then the merge of the chunks.
     AttentionSplit(DType),
+    /// Split-K attention for a few query rows, one workgroup per KV-head group and key chunk: caches of the
+    /// dtype, this many query heads per KV head.
+    AttentionGroups(DType, u32),
     AttentionMerge,
     /// f32 <-> f16/bf16 on bit patterns, the direction in the params.
     Cast,
@@ -347,6 +371,7 @@ impl Shader {
             | Shader::ModelElementwise(_)
             | Shader::Attention(_)
             | Shader::AttentionSplit(_)
+            | Shader::AttentionGroups(..)
             | Shader::AttentionMerge
             | Shader::Cast => {
                 s += &super::model_ops::source(self).expect("a model-op shader");
@@ -378,6 +403,9 @@ impl Shader {
             v.push(Shader::ModelElementwise(dt));
             v.push(Shader::Attention(dt));
             v.push(Shader::AttentionSplit(dt));
+            for g in 1..=super::model_ops::MAX_GROUP {
+                v.push(Shader::AttentionGroups(dt, g));
+            }
         }
         v.push(Shader::AttentionMerge);
         v.push(Shader::Cast);
@@ -425,6 +453,13 @@ impl Shader {
             };
             v.push(Shader::Gemv4bitFast(sg));
             v.push(Shader::TernaryGemvFast(sg));
+            for subgroup in [false, true] {
+                v.push(Shader::Gemv4bitFast(GemvShape {
+                    subgroup,
+                    prefetch: true,
+                    ..shape
+                }));
+            }
         }
         v
     }

@@ -24,7 +24,7 @@ pub(crate) fn gemv_4bit_shader(
     blocksize: usize,
     force: Option<GemvShape>,
 ) -> Shader {
-    if cols.is_multiple_of(32) && blocksize >= 32 {
+    if cols > 0 && cols.is_multiple_of(32) && blocksize >= 32 {
         Shader::Gemv4bitFast(force.unwrap_or_else(|| gemv_4bit_split(gpu, rows)))
     } else {
         Shader::Gemv4bit

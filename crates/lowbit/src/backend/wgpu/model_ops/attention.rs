@@ -73,13 +73,60 @@ pub(crate) fn encode_attention(
         dims.pos_start as u32,
         dims.scale.to_bits(),
     ]);
-    match split_chunk(dims) {
-        None => {
+    match plan(dims) {
+        AttentionPlan::OnePass => {
             let bufs = [(1, q), (2, k), (3, v), (4, out)];
             let grid = Gpu::grid(rows as u32);
             gpu.encode(enc, &Shader::Attention(dtype), params, &bufs, grid, None)
         }
-        Some(chunk) => encode_split(gpu, enc, dtype, dims, params, chunk, [q, k, v, out]),
+        AttentionPlan::Split { chunk } => {
+            let split = Shader::AttentionSplit(dtype);
+            let slots = rows;
+            encode_split(gpu, enc, split, slots, dims, params, chunk, [q, k, v, out])
+        }
+        AttentionPlan::Groups { chunk, group } => {
+            let split = Shader::AttentionGroups(dtype, group as u32);
+            let slots = mul(OP, dims.nq, dims.n_kv_heads)?;
+            encode_split(gpu, enc, split, slots, dims, params, chunk, [q, k, v, out])
+        }
+    }
+}
+
+/// Which attention kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPlan {
+    /// One workgroup per (query row, head) over all its keys (`attention.wgsl`): a prompt's many rows.
+    OnePass,
+    /// Split-K per (query row, head, chunk of `chunk` keys), then the merge.
+    Split { chunk: usize },
+    /// Split-K per (query row, KV head, chunk of `chunk` keys), the `group` query heads of a KV head sharing
+    /// each key and value load (`attention_groups.wgsl`), then the merge.
+    Groups { chunk: usize, group: usize },
+}
+
+/// Keys per tile of the grouped kernel (its chunks are whole tiles).
+const GROUP_TILE: usize = 32;
+
+/// Workgroups the grouped kernel aims at (a few per compute unit on large GPUs: 128 lanes each).
+const GROUP_TARGET: usize = 512;
+
+/// The kernels for `dims`: split-K when the rows alone (query rows x heads) give few workgroups, as when
+/// decoding a token; per KV-head group where the grouped kernel's shape limits allow (head_dim a multiple of
+/// 16, at most `MAX_GROUP` query heads per KV head: their queries, at most 8 x 256 floats, fit its
+/// workgroup memory), else per head.
+pub fn plan(dims: &AttentionDims) -> AttentionPlan {
+    let rows = dims.nq.saturating_mul(dims.n_heads);
+    let group = dims.n_heads / dims.n_kv_heads.max(1);
+    let grouped = dims.head_dim.is_multiple_of(16) && (1..=MAX_GROUP as usize).contains(&group);
+    if grouped && rows > 0 && rows < SPLIT_TARGET_GROUPS / 4 && dims.kv_len > 0 {
+        let slots = dims.nq * dims.n_kv_heads;
+        let want = GROUP_TARGET.div_ceil(slots).clamp(1, MAX_CHUNKS);
+        let chunk = dims.kv_len.div_ceil(want).next_multiple_of(GROUP_TILE);
+        return AttentionPlan::Groups { chunk, group };
+    }
+    match split_chunk(dims) {
+        Some(chunk) => AttentionPlan::Split { chunk },
+        None => AttentionPlan::OnePass,
     }
 }
 
@@ -107,13 +154,14 @@ pub fn split_chunk(dims: &AttentionDims) -> Option<usize> {
     (dims.kv_len.div_ceil(chunk) >= 2).then_some(chunk)
 }
 
-/// Records the two passes of split-K attention: per (row, chunk) partials into pooled scratch, then the
-/// merge into `out`. The scratch goes back to the pool once recorded (later users are recorded after).
+/// Records the two passes of split-K attention: `split` with `per_chunk` workgroups per key chunk writes the
+/// partials of every (row, chunk) into pooled scratch, then the merge writes `out`. The scratch goes back to the pool once recorded (later users are recorded after).
 #[allow(clippy::too_many_arguments)]
 fn encode_split(
     gpu: &Gpu,
     enc: &mut Recorder,
-    dtype: DType,
+    split: Shader,
+    per_chunk: usize,
     dims: &AttentionDims,
     mut params: [u32; 8],
     chunk: usize,
@@ -123,6 +171,7 @@ fn encode_split(
     let rows = dims.nq * dims.n_heads;
     let chunks = dims.kv_len.div_ceil(chunk);
     let slots = mul(OP, rows, chunks)?;
+    let groups = mul(OP, per_chunk, chunks)?;
     let acc_len = mul(OP, slots, dims.head_dim)?;
     u32_len(OP, acc_len.max(slots * 2))?;
     check_binding(gpu, OP, acc_len * 4)?;
@@ -130,8 +179,7 @@ fn encode_split(
     let part_acc = gpu.pooled((acc_len * 4) as u64)?;
     params[7] = chunk as u32;
     let bufs = [(1, q), (2, k), (3, v), (4, &part_ml), (5, &part_acc)];
-    let split = Shader::AttentionSplit(dtype);
-    gpu.encode(enc, &split, params, &bufs, Gpu::grid(slots as u32), None)?;
+    gpu.encode(enc, &split, params, &bufs, Gpu::grid(groups as u32), None)?;
     let merge = u32_params(&[rows as u32, dims.head_dim as u32, chunks as u32]);
     let bufs = [(1, &part_ml), (2, &part_acc), (3, out)];
     let grid = elementwise_grid(rows * dims.head_dim);

@@ -1,7 +1,7 @@
 //! WGSL text of the model-op kernels: the hand-written kernels plus generated input loaders per dtype and
 //! the activation constants of `crate::format::activation` as exact hex literals.
 
-use super::super::shaders::{Shader, wgsl_f32};
+use super::super::shaders::{Shader, repeat_lines, wgsl_f32};
 use crate::format::activation::{
     ERF_CLAMP, ERF_SPLIT, ERF_TAYLOR, ERFC_FIT, FRAC_1_SQRT_2, FRAC_2_SQRT_PI, GELU_TANH_BETA,
     GELU_TANH_KAPPA,
@@ -14,6 +14,7 @@ const ROPE: &str = include_str!("../shaders/rope.wgsl");
 const ELEMENTWISE: &str = include_str!("../shaders/model_elementwise.wgsl");
 const ATTENTION: &str = include_str!("../shaders/attention.wgsl");
 const ATTENTION_MERGE: &str = include_str!("../shaders/attention_merge.wgsl");
+const ATTENTION_GROUPS: &str = include_str!("../shaders/attention_groups.wgsl");
 const CAST: &str = include_str!("../shaders/cast.wgsl");
 
 /// `bits_<name>(i)` (element i as exact f32 bits) and `load_<name>(i)` for the u32 array `array`.
@@ -60,6 +61,77 @@ fn attention(split: bool) -> String {
         .replace("//ROWS", rows)
         .replace("//KEY_RANGE", key_range)
         .replace("//STORE", store)
+}
+
+/// Query heads per KV head that `attention_groups.wgsl` is generated for (each a kernel of its own).
+pub const MAX_GROUP: u32 = 8;
+
+/// `load4_<name>(i)`: vec4 `i` (elements 4 i .. 4 i + 3) of the array `array`, whose elements are `vec4<u32>`
+/// (f32) or `vec2<u32>` (two 16-bit values per word, the lower first), widened exactly.
+fn loader4(name: &str, array: &str, dtype: DType) -> String {
+    let body = match dtype {
+        DType::F16 | DType::BF16 => {
+            let widen = if dtype == DType::F16 {
+                "widen_f16"
+            } else {
+                "widen_bf16"
+            };
+            format!(
+                "let w = {array}[i];\n    return bitcast<vec4<f32>>(vec4<u32>({widen}(w.x & 0xffffu), \
+                 {widen}(w.x >> 16u), {widen}(w.y & 0xffffu), {widen}(w.y >> 16u)));"
+            )
+        }
+        _ => format!("return bitcast<vec4<f32>>({array}[i]);"),
+    };
+    format!("fn load4_{name}(i: u32) -> vec4<f32> {{\n    {body}\n}}\n")
+}
+
+/// The per-KV-head-group split-K kernel for `g` query heads per KV head (1..=`MAX_GROUP`), caches of `dtype`.
+fn attention_groups(dtype: DType, g: u32) -> String {
+    assert!((1..=MAX_GROUP).contains(&g));
+    let per_head = |line: &str| repeat_lines(g, line);
+    // vec4 outputs per lane: G * head_dim / 4 <= min(512, 64 G) over 128 lanes.
+    let per_out = |line: &str| repeat_lines((64 * g).min(512).div_ceil(128), line);
+    let vec = if matches!(dtype, DType::F16 | DType::BF16) {
+        "vec2<u32>"
+    } else {
+        "vec4<u32>"
+    };
+    let consts = format!(
+        "const G: u32 = {g}u;\nconst RED_LEN: u32 = {}u;\nconst TILE_LEN: u32 = {}u;\n",
+        g * 128,
+        g * 32
+    );
+    consts
+        + &ATTENTION_GROUPS
+            .replace("array<VEC>", &format!("array<{vec}>"))
+            .replace("//PART_INIT\n", &per_head("        var d{i} = 0.0;\n"))
+            .replace(
+                "//PART_BODY\n",
+                &per_head("                d{i} = d{i} + dot(qs[{i}u * hd4 + v], kv);\n"),
+            )
+            .replace("//PART_STORE\n", &per_head("        red[{i}u * WG + lid] = d{i};\n"))
+            .replace("//ACC_INIT\n", &per_out("    var acc{i} = vec4<f32>(0.0);\n"))
+            .replace(
+                "//ACC_BODY\n",
+                &per_out(
+                    "        {\n            let o = lid + {i}u * WG;\n            if (o < G * hd4) {\n                \
+                     let g = o / hd4;\n                let vb = t0 * row4 + koff4 + o % hd4;\n                \
+                     var a = vec4<f32>(0.0);\n                for (var u = 0u; u < count; u = u + 1u) {\n                    \
+                     a = a + pw[g * KT + u] * load4_v(vb + u * row4);\n                }\n                \
+                     acc{i} = acc{i} * corr[g] + a;\n            }\n        }\n",
+                ),
+            )
+            .replace(
+                "//ACC_STORE\n",
+                &per_out(
+                    "    {\n        let o = lid + {i}u * WG;\n        if (o < G * hd4) {\n            \
+                     part_acc[(slot0 + o / hd4 * n_chunks) * hd4 + o % hd4] = acc{i};\n        }\n    }\n",
+                ),
+            )
+        + &loader4("q", "q_in", dtype)
+        + &loader4("k", "k_in", dtype)
+        + &loader4("v", "v_in", dtype)
 }
 
 /// `format::activation::erf` in WGSL, the same steps and constants.
@@ -113,6 +185,7 @@ pub(crate) fn source(shader: &Shader) -> Option<String> {
             s += &loader("k", "k_in", *dt);
             s += &loader("v", "v_in", *dt);
         }
+        Shader::AttentionGroups(dt, g) => s += &attention_groups(*dt, *g),
         Shader::AttentionMerge => s += ATTENTION_MERGE,
         Shader::Cast => s += CAST,
         _ => return None,
