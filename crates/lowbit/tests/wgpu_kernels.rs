@@ -732,8 +732,8 @@ fn gemv_work_splits_match_cpu() {
     let cpu = CpuBackend;
     let mut splits = Vec::new();
     for shape in GemvShape::CANDIDATES {
-        for prefetch in [false, true] {
-            let shape = GemvShape { prefetch, ..shape };
+        for words4 in [false, true] {
+            let shape = GemvShape { words4, ..shape };
             splits.push(shape);
             if g.subgroups_fit(shape.tpr) {
                 splits.push(GemvShape {
@@ -744,10 +744,10 @@ fn gemv_work_splits_match_cpu() {
         }
     }
     println!(
-        "gemv splits tested: {} ({} with subgroups, {} prefetching)",
+        "gemv splits tested: {} ({} with subgroups, {} 4-byte words)",
         splits.len(),
         splits.iter().filter(|s| s.subgroup).count(),
-        splits.iter().filter(|s| s.prefetch).count()
+        splits.iter().filter(|s| s.words4).count()
     );
     // A split outside the generated candidates is a typed error, not a panic in shader generation.
     let bad = GemvShape::new(48, 3);

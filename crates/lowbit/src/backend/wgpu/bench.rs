@@ -186,14 +186,14 @@ fn gemv_variants(gpu: &Gpu, sweep: bool) -> Vec<(String, Option<GemvShape>)> {
                 if subgroup && !gpu.subgroups_fit(shape.tpr) {
                     continue;
                 }
-                for prefetch in [false, true] {
+                for words4 in [false, true] {
                     let sg = if subgroup { " sg" } else { "" };
-                    let pf = if prefetch { " pf" } else { "" };
+                    let w4 = if words4 { " w4" } else { "" };
                     v.push((
-                        format!(" t{}r{}{sg}{pf}", shape.tpr, shape.rpt),
+                        format!(" t{}r{}{sg}{w4}", shape.tpr, shape.rpt),
                         Some(GemvShape {
                             subgroup,
-                            prefetch,
+                            words4,
                             ..shape
                         }),
                     ));

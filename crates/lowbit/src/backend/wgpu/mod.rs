@@ -119,7 +119,7 @@ impl WgpuBackend {
     fn checked_split(&self, split: shaders::GemvShape) -> Result<shaders::GemvShape> {
         let portable = shaders::GemvShape {
             subgroup: false,
-            prefetch: false,
+            words4: false,
             ..split
         };
         if !shaders::GemvShape::CANDIDATES.contains(&portable)

@@ -40,6 +40,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
 }
 ";
 const GEMV_4BIT_FAST: &str = include_str!("shaders/gemv_4bit_fast.wgsl");
+const GEMV_4BIT_WORDS: &str = include_str!("shaders/gemv_4bit_words.wgsl");
 const TERNARY_GEMV_FAST: &str = include_str!("shaders/ternary_gemv_fast.wgsl");
 
 /// How a GEMV kernel splits work: `tpr` threads share a set of `rpt` rows (both powers of two, tpr * rpt <= 256
@@ -50,9 +51,9 @@ pub struct GemvShape {
     pub tpr: u32,
     pub rpt: u32,
     pub subgroup: bool,
-    /// (4-bit GEMV) each thread loads its next chunk's weight words and scales before it uses the current
-    /// ones, so two loads per row are in flight.
-    pub prefetch: bool,
+    /// (4-bit GEMV) each thread reads 4-byte weight words (8 nibbles, 2 vec4 of x) instead of 16-byte ones
+    /// (32 nibbles, 8 vec4 of x): a warp's x loads then cover 8 cache lines per instruction instead of 32.
+    pub words4: bool,
 }
 
 /// Fills a GEMV template: the work split, `rpt` accumulators of type `acc_ty` with `body` (where `{i}` names the
@@ -73,7 +74,7 @@ impl GemvShape {
             tpr,
             rpt,
             subgroup: false,
-            prefetch: false,
+            words4: false,
         }
     }
 
@@ -145,20 +146,14 @@ fn gemv_template(
 }
 
 fn gemv_4bit_fast(shape: GemvShape) -> String {
-    if shape.prefetch {
-        // The next chunk is clamped to the row's last (loaded again, unused) so loads stay in the row.
+    if shape.words4 {
         return gemv_template(
-            GEMV_4BIT_FAST,
+            GEMV_4BIT_WORDS,
             shape,
             "f32",
-            "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n    \
-             var w{i} = packed[e{i} / 32u + min(t, chunks - 1u) - p.p4];\n    \
-             var a{i} = absmax[(e{i} + min(t, chunks - 1u) * 32u) >> p.p2];\n",
-            "        {\n            let w = w{i};\n            let a = a{i};\n            \
-             w{i} = packed[e{i} / 32u + next - p.p4];\n            a{i} = absmax[(e{i} + next * 32u) >> p.p2];\n            \
-             acc{i} = acc{i} + a * dot32(w, x0, x1, x2, x3, x4, x5, x6, x7);\n        }\n",
-        )
-        .replace("        let xi = c * 8u;\n", "        let xi = c * 8u;\n        let next = min(c + TPR, chunks - 1u);\n");
+            "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n",
+            "        {\n            let e = e{i} + c * 8u;\n            acc{i} = acc{i} + absmax[e >> p.p2] * dot8(packed[e / 8u - p.p4], x0, x1);\n        }\n",
+        );
     }
     gemv_template(
         GEMV_4BIT_FAST,
@@ -456,7 +451,7 @@ impl Shader {
             for subgroup in [false, true] {
                 v.push(Shader::Gemv4bitFast(GemvShape {
                     subgroup,
-                    prefetch: true,
+                    words4: true,
                     ..shape
                 }));
             }

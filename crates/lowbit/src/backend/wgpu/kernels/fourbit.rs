@@ -57,6 +57,7 @@ pub(crate) fn encode_gemv_4bit(
     let shader = gemv_4bit_shader(gpu, piece.r1 - piece.r0, cols, blocksize, force);
     let (first, per_group) = match shader {
         // The fast kernel indexes packed words 4 at a time; rows of 32 nibbles keep pieces 16-byte aligned.
+        Shader::Gemv4bitFast(shape) if shape.words4 => (piece.first_word, shape.rows_per_group()),
         Shader::Gemv4bitFast(shape) => (piece.first_word / 4, shape.rows_per_group()),
         _ => (piece.first_word, 4),
     };
