@@ -732,22 +732,18 @@ fn gemv_work_splits_match_cpu() {
     let cpu = CpuBackend;
     let mut splits = Vec::new();
     for shape in GemvShape::CANDIDATES {
-        for words4 in [false, true] {
-            let shape = GemvShape { words4, ..shape };
-            splits.push(shape);
-            if g.subgroups_fit(shape.tpr) {
-                splits.push(GemvShape {
-                    subgroup: true,
-                    ..shape
-                });
-            }
+        splits.push(shape);
+        if g.subgroups_fit(shape.tpr) {
+            splits.push(GemvShape {
+                subgroup: true,
+                ..shape
+            });
         }
     }
     println!(
-        "gemv splits tested: {} ({} with subgroups, {} 4-byte words)",
+        "gemv splits tested: {} ({} with subgroups)",
         splits.len(),
-        splits.iter().filter(|s| s.subgroup).count(),
-        splits.iter().filter(|s| s.words4).count()
+        splits.iter().filter(|s| s.subgroup).count()
     );
     // A split outside the generated candidates is a typed error, not a panic in shader generation.
     let bad = GemvShape::new(48, 3);
@@ -767,7 +763,14 @@ fn gemv_work_splits_match_cpu() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("CANDIDATES"), "{e}");
-    for &(rows, cols, bs) in &[(37usize, 1056usize, 64usize), (70, 4096, 32), (3, 96, 4096)] {
+    // Rows that start inside a block (cols 136 and 40 are not multiples of 32 or of the block size).
+    for &(rows, cols, bs) in &[
+        (37usize, 1056usize, 64usize),
+        (70, 4096, 32),
+        (3, 96, 4096),
+        (9, 136, 64),
+        (5, 40, 32),
+    ] {
         let wv = data(&mut r, rows * cols, bs);
         let q = cpu
             .quantize_4bit(FloatVec::F32(wv).as_floats(), FourBitType::Nf4, bs)

@@ -186,18 +186,11 @@ fn gemv_variants(gpu: &Gpu, sweep: bool) -> Vec<(String, Option<GemvShape>)> {
                 if subgroup && !gpu.subgroups_fit(shape.tpr) {
                     continue;
                 }
-                for words4 in [false, true] {
-                    let sg = if subgroup { " sg" } else { "" };
-                    let w4 = if words4 { " w4" } else { "" };
-                    v.push((
-                        format!(" t{}r{}{sg}{w4}", shape.tpr, shape.rpt),
-                        Some(GemvShape {
-                            subgroup,
-                            words4,
-                            ..shape
-                        }),
-                    ));
-                }
+                let sg = if subgroup { " sg" } else { "" };
+                v.push((
+                    format!(" t{}r{}{sg}", shape.tpr, shape.rpt),
+                    Some(GemvShape { subgroup, ..shape }),
+                ));
             }
         }
     }

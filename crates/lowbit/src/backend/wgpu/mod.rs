@@ -119,7 +119,6 @@ impl WgpuBackend {
     fn checked_split(&self, split: shaders::GemvShape) -> Result<shaders::GemvShape> {
         let portable = shaders::GemvShape {
             subgroup: false,
-            words4: false,
             ..split
         };
         if !shaders::GemvShape::CANDIDATES.contains(&portable)

@@ -40,7 +40,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
 }
 ";
 const GEMV_4BIT_FAST: &str = include_str!("shaders/gemv_4bit_fast.wgsl");
-const GEMV_4BIT_WORDS: &str = include_str!("shaders/gemv_4bit_words.wgsl");
 const TERNARY_GEMV_FAST: &str = include_str!("shaders/ternary_gemv_fast.wgsl");
 
 /// How a GEMV kernel splits work: `tpr` threads share a set of `rpt` rows (both powers of two, tpr * rpt <= 256
@@ -51,22 +50,21 @@ pub struct GemvShape {
     pub tpr: u32,
     pub rpt: u32,
     pub subgroup: bool,
-    /// (4-bit GEMV) each thread reads 4-byte weight words (8 nibbles, 2 vec4 of x) instead of 16-byte ones
-    /// (32 nibbles, 8 vec4 of x): a warp's x loads then cover 8 cache lines per instruction instead of 32.
-    pub words4: bool,
 }
 
 /// Fills a GEMV template: the work split, `rpt` accumulators of type `acc_ty` with `body` (where `{i}` names the
 /// row index) and the cross-thread reduction leaving this thread's row `t` in `total`.
 impl GemvShape {
     /// The work splits the benchmarks compare (portable reduction; each also exists with subgroups).
-    pub const CANDIDATES: [GemvShape; 6] = [
+    pub const CANDIDATES: [GemvShape; 8] = [
         GemvShape::new(32, 4),
         GemvShape::new(64, 4),
         GemvShape::new(64, 8),
         GemvShape::new(128, 2),
         GemvShape::new(128, 4),
+        GemvShape::new(128, 8),
         GemvShape::new(256, 1),
+        GemvShape::new(256, 4),
     ];
 
     pub const fn new(tpr: u32, rpt: u32) -> GemvShape {
@@ -74,7 +72,6 @@ impl GemvShape {
             tpr,
             rpt,
             subgroup: false,
-            words4: false,
         }
     }
 
@@ -146,21 +143,12 @@ fn gemv_template(
 }
 
 fn gemv_4bit_fast(shape: GemvShape) -> String {
-    if shape.words4 {
-        return gemv_template(
-            GEMV_4BIT_WORDS,
-            shape,
-            "f32",
-            "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n",
-            "        {\n            let e = e{i} + c * 8u;\n            acc{i} = acc{i} + absmax[e >> p.p2] * dot8(packed[e / 8u - p.p4], x0, x1);\n        }\n",
-        );
-    }
     gemv_template(
         GEMV_4BIT_FAST,
         shape,
         "f32",
         "    let e{i} = min(row0 + {i}u, last) * cols;\n    var acc{i} = 0.0;\n",
-        "        {\n            let e = e{i} + c * 32u;\n            acc{i} = acc{i} + absmax[e >> p.p2] * dot32(packed[e / 32u - p.p4], x0, x1, x2, x3, x4, x5, x6, x7);\n        }\n",
+        "        {\n            let e = e{i} + c * 8u;\n            acc{i} = acc{i} + absmax[e >> p.p2] * dot8(packed[e / 8u - p.p4], x0, x1);\n        }\n",
     )
 }
 
@@ -448,13 +436,6 @@ impl Shader {
             };
             v.push(Shader::Gemv4bitFast(sg));
             v.push(Shader::TernaryGemvFast(sg));
-            for subgroup in [false, true] {
-                v.push(Shader::Gemv4bitFast(GemvShape {
-                    subgroup,
-                    words4: true,
-                    ..shape
-                }));
-            }
         }
         v
     }

@@ -15,8 +15,8 @@ pub(crate) struct RowPiece {
     pub first_word: usize,
 }
 
-/// The 4-bit GEMV kernel for a weight of `cols` columns: the vectorised one when rows are whole 16-byte words
-/// of one block (cols % 32 == 0, blocksize >= 32), else the general one.
+/// The 4-bit GEMV kernel for a weight of `cols` columns: the vectorised one when rows are whole 4-byte words
+/// of one block (cols % 8 == 0, blocksize >= 8), else the general one.
 pub(crate) fn gemv_4bit_shader(
     gpu: &Gpu,
     rows: usize,
@@ -24,20 +24,24 @@ pub(crate) fn gemv_4bit_shader(
     blocksize: usize,
     force: Option<GemvShape>,
 ) -> Shader {
-    if cols > 0 && cols.is_multiple_of(32) && blocksize >= 32 {
+    if cols > 0 && cols.is_multiple_of(8) && blocksize >= 8 {
         Shader::Gemv4bitFast(force.unwrap_or_else(|| gemv_4bit_split(gpu, rows)))
     } else {
         Shader::Gemv4bit
     }
 }
 
-/// The NF4/FP4 GEMV work split for `rows` rows. The kernel is bound by its code-table reads from workgroup
-/// memory (one per nibble), so more rows per thread (one read of x serves them all) pays while the grid still
-/// fills the GPU: measured on an H100 (docs/PERFORMANCE.md), 64 threads x 8 rows is best from 8192 rows up and
-/// 64 x 4 below. Subgroup reductions where the adapter's subgroups fit a row set.
+/// The NF4/FP4 GEMV work split for `rows` rows: more threads per row than rows per thread, as the kernel reads
+/// 4-byte weight words. Measured on an H200 (docs/PERFORMANCE.md): 128 threads x 8 rows is best from 8192 rows
+/// up, 256 x 4 below (within 7% of the best at each of the four LLM shapes, and the fastest decoder block).
+/// Subgroup reductions where the adapter's subgroups fit a row set.
 pub(crate) fn gemv_4bit_split(gpu: &Gpu, rows: usize) -> GemvShape {
-    let rpt = if rows >= 8192 { 8 } else { 4 };
-    with_subgroups(gpu, GemvShape::new(64, rpt))
+    let shape = if rows >= 8192 {
+        GemvShape::new(128, 8)
+    } else {
+        GemvShape::new(256, 4)
+    };
+    with_subgroups(gpu, shape)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -56,9 +60,7 @@ pub(crate) fn encode_gemv_4bit(
 ) -> Result<()> {
     let shader = gemv_4bit_shader(gpu, piece.r1 - piece.r0, cols, blocksize, force);
     let (first, per_group) = match shader {
-        // The fast kernel indexes packed words 4 at a time; rows of 32 nibbles keep pieces 16-byte aligned.
-        Shader::Gemv4bitFast(shape) if shape.words4 => (piece.first_word, shape.rows_per_group()),
-        Shader::Gemv4bitFast(shape) => (piece.first_word / 4, shape.rows_per_group()),
+        Shader::Gemv4bitFast(shape) => (piece.first_word, shape.rows_per_group()),
         _ => (piece.first_word, 4),
     };
     let params = [

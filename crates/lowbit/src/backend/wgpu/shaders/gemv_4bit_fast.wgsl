@@ -1,13 +1,15 @@
-// Fused NF4/FP4 GEMV (batch 1) for cols % 32 == 0 and blocksize >= 32. Each thread streams 16-byte words (32
-// nibbles of one block) of RPT rows at once, so one read of x (8 vec4) serves RPT rows, and the 32-term partial
-// sum is scaled by its block's absmax once. TPR threads share one set of RPT rows; a workgroup holds 256 / TPR
-// sets. The float sum order differs from the CPU's, within the GEMV tolerance (no bytes to match here).
-// Params: p0 = row end of this dispatch, p1 = cols, p2 = log2(blocksize), p3 = has bias, p4 = first vec4 held by
-// `packed`, p5 = first row of this dispatch.
-// Needs (generated): TPR, RPT, SETS, RED_LEN, dot32(w, x0..x7), the per-row body and the reduction.
+// Fused NF4/FP4 GEMV (batch 1) for cols % 8 == 0 and blocksize >= 8, read in 4-byte words: each thread
+// streams u32 words (8 nibbles of one block) of RPT rows at once, so one read of x (2 vec4) serves RPT rows, and
+// the 8-term partial sum is scaled by its block's absmax. Consecutive lanes take consecutive words, so a warp's
+// vec4 loads of x span 8 cache lines per instruction (32 with 16-byte words, which were slower: 1.3x at
+// 8192x28672 on an H200). TPR threads share one set of RPT rows; a workgroup holds 256 / TPR sets. The float
+// sum order differs from the CPU's, within the GEMV tolerance (no bytes to match here).
+// Params: p0 = row end of this dispatch, p1 = cols, p2 = log2(blocksize), p3 = has bias, p4 = first u32 word
+// held by `packed`, p5 = first row of this dispatch.
+// Needs (generated): TPR, RPT, SETS, RED_LEN, the per-row body and the reduction.
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> packed: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> packed: array<u32>;
 @group(0) @binding(2) var<storage, read> absmax: array<f32>;
 @group(0) @binding(3) var<storage, read> table: array<f32>;
 @group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
@@ -17,13 +19,8 @@
 var<workgroup> lut: array<f32, 16>;
 var<workgroup> red: array<f32, RED_LEN>;
 
-// The 32-term dot product of x0..x7 with one 16-byte word's dequantization codes (unscaled). Element 2k of a
-// byte is its high nibble. Four partial sums keep four FMA chains in flight.
-fn dot32(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>,
-         x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
-    return dot8(w.x, x0, x1) + dot8(w.y, x2, x3) + dot8(w.z, x4, x5) + dot8(w.w, x6, x7);
-}
-
+// The 8-term dot product of a and b with one u32 word's dequantization codes (unscaled). Element 2k of a
+// byte is its high nibble.
 fn dot8(w: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     let s0 = a.x * lut[(w >> 4u) & 15u] + a.y * lut[w & 15u];
     let s1 = a.z * lut[(w >> 12u) & 15u] + a.w * lut[(w >> 8u) & 15u];
@@ -47,20 +44,13 @@ fn main(
     let t = lid % TPR;
     let row0 = p.p5 + (wg_linear(wid, nwg) * SETS + rs) * RPT;
     let cols = p.p1;
-    let chunks = cols / 32u;
+    let words = cols / 8u;
     // Rows past the end are clamped onto the last row (loads stay in bounds) and not written.
     let last = p.p0 - 1u;
 ROW_SETUP
-    for (var c = t; c < chunks; c = c + TPR) {
-        let xi = c * 8u;
-        let x0 = x[xi];
-        let x1 = x[xi + 1u];
-        let x2 = x[xi + 2u];
-        let x3 = x[xi + 3u];
-        let x4 = x[xi + 4u];
-        let x5 = x[xi + 5u];
-        let x6 = x[xi + 6u];
-        let x7 = x[xi + 7u];
+    for (var c = t; c < words; c = c + TPR) {
+        let x0 = x[c * 2u];
+        let x1 = x[c * 2u + 1u];
 ROW_BODY
     }
 REDUCE
