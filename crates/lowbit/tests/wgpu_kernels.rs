@@ -13,6 +13,7 @@ use lowbit::format::{FourBitType, dynamic_map};
 use lowbit::tensor::{DType, FloatVec};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 fn rng(test: &str) -> StdRng {
     let seed = std::env::var("LOWBIT_SEED")
@@ -23,8 +24,37 @@ fn rng(test: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-fn gpu() -> Option<WgpuBackend> {
-    wgpu_common::gpu()
+/// The GPU backend, shared with the other tests of this file that run at the same time. A validation error is
+/// reported by whichever wait comes next on the device, so the test that provokes one runs alone
+/// (`exclusive_gpu`).
+fn gpu() -> Option<Shared<RwLockReadGuard<'static, ()>>> {
+    let turn = TURNS.read().unwrap_or_else(|e| e.into_inner());
+    wgpu_common::gpu().map(|backend| Shared {
+        backend,
+        _turn: turn,
+    })
+}
+
+fn exclusive_gpu() -> Option<Shared<RwLockWriteGuard<'static, ()>>> {
+    let turn = TURNS.write().unwrap_or_else(|e| e.into_inner());
+    wgpu_common::gpu().map(|backend| Shared {
+        backend,
+        _turn: turn,
+    })
+}
+
+static TURNS: RwLock<()> = RwLock::new(());
+
+struct Shared<G> {
+    backend: WgpuBackend,
+    _turn: G,
+}
+
+impl<G> std::ops::Deref for Shared<G> {
+    type Target = WgpuBackend;
+    fn deref(&self) -> &WgpuBackend {
+        &self.backend
+    }
 }
 
 /// Random data with blocks of very different magnitudes, exact small ratios (the ties f16/bf16 data
@@ -422,7 +452,7 @@ fn integer_rows_match_reference_for_every_row_count() {
 #[test]
 fn a_rejected_dispatch_is_a_typed_error_and_the_device_recovers() {
     use lowbit::backend::wgpu::shaders::Shader;
-    let Some(g) = gpu() else { return };
+    let Some(g) = exclusive_gpu() else { return };
     let mut r = rng("rejected_dispatch");
     let gpu = g.gpu();
     let (src, dst) = (gpu.output(64), gpu.output(64));
