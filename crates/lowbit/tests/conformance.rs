@@ -713,6 +713,58 @@ fn narrow_takes_column_windows_on_every_device() {
         assert!(err.to_string().contains("window"), "{err}");
         assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
     }
+    // A window of a window that outlives both tensors it looks into, in each dtype, fed to the element-wise
+    // ops (which read windows in place on the GPU) and to RMSNorm (which gets a copy there), against the CPU.
+    let cpu = Device::from_backend(Arc::new(ReferenceBackend)).with_policy(strict());
+    for (case, dtype) in [DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        let x = rand(vec![1, 32], 1.0, s + 200 + case as u64, dtype);
+        let norm = rand(vec![8], 1.0, s + 300 + case as u64, dtype);
+        let run = |dev: &Device| {
+            let inner = {
+                let dx = up(dev, &x);
+                let wide = dev.narrow(&dx, 12, 20).unwrap();
+                dev.narrow(&wide, 6, 8).unwrap()
+            };
+            let first = dev.narrow(&up(dev, &x), 0, 8).unwrap();
+            let outs = [
+                inner.clone(),
+                dev.silu_mul(&first, &inner).unwrap(),
+                dev.silu_mul(&inner, &first).unwrap(),
+                dev.add(&inner, &inner).unwrap(),
+                dev.rms_norm_on(&inner, &up(dev, &norm), 1e-5).unwrap(),
+            ];
+            outs.map(|t| dev.to_host(&t).unwrap())
+        };
+        let want = run(&cpu);
+        assert_eq!(
+            want[0].data().as_bytes(),
+            &x.data().as_bytes()[18 * dtype.size_in_bytes()..26 * dtype.size_in_bytes()],
+            "{dtype}: columns 18..26"
+        );
+        // The model ops' bounds (f32 within float32 rounding, halves within a unit of their last place);
+        // the window itself and the add are exact.
+        let tol = match dtype {
+            DType::F32 => 2e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        for dev in devices() {
+            let got = run(&dev);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let what = format!("window case {i}, {dtype} on {}", dev.id());
+                assert_eq!(g.shape(), w.shape(), "{what}");
+                if i == 0 || i == 3 {
+                    assert_eq!(g, w, "{what}");
+                } else {
+                    assert_close(&what, &f32s(g), &f32s(w), tol);
+                }
+            }
+            assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]

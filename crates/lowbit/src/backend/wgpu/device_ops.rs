@@ -20,10 +20,14 @@ use std::sync::Arc;
 /// A GPU buffer owned by one wgpu device.
 pub struct GpuStorage {
     pub(crate) buffer: wgpu::Buffer,
+    /// The byte the tensor starts at: 0, or a window's start in its parent's buffer.
+    offset: u64,
     device: Arc<str>,
     /// Where the buffer goes when the last tensor over it is dropped: set only for a buffer this storage
     /// owns alone (a fresh op output or upload), never for one shared with another storage.
     pool: Option<Arc<BufferPool>>,
+    /// A window keeps the storage it looks into alive (so its buffer does not go back to the pool).
+    _parent: Option<Arc<dyn BackendStorage>>,
 }
 
 impl Drop for GpuStorage {
@@ -39,7 +43,7 @@ impl BackendStorage for GpuStorage {
         &self.device
     }
     fn size_in_bytes(&self) -> u64 {
-        self.buffer.size()
+        self.buffer.size() - self.offset
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -51,13 +55,60 @@ impl WgpuBackend {
         t.storage_on(op, self.device_id())
     }
 
-    /// The resident-kernel view of a device tensor of this backend.
+    /// The resident-kernel view of a device tensor of this backend, which must start at its buffer's first
+    /// byte (`materialized` makes a window do so).
     pub(super) fn view(&self, op: &'static str, t: &DeviceTensor) -> Result<GpuTensor> {
+        let s = self.storage(op, t)?;
+        if s.offset != 0 {
+            return Err(Error::invalid(
+                op,
+                "a window into another tensor reached a kernel that reads from its buffer's start"
+                    .to_string(),
+            ));
+        }
         Ok(GpuTensor {
-            buffer: self.storage(op, t)?.buffer.clone(),
+            buffer: s.buffer.clone(),
             shape: t.shape().to_vec(),
             dtype: t.dtype(),
         })
+    }
+
+    /// `t` itself, or, for a window that does not start at its buffer's first byte, a copy of it in a
+    /// pooled buffer of its own (given back when the copy is dropped).
+    fn materialized(&self, op: &'static str, t: &DeviceTensor) -> Result<Option<DeviceTensor>> {
+        let s = self.storage(op, t)?;
+        if s.offset == 0 {
+            return Ok(None);
+        }
+        let bytes = t.size_in_bytes() as u64;
+        let y = self.gpu().pooled(bytes)?;
+        let gpu = self.gpu();
+        gpu.submit(|enc| mk::encode_copy_words(gpu, enc, (&s.buffer, s.offset), &y, 0, bytes))?;
+        let copy = GpuTensor {
+            buffer: y,
+            shape: t.shape().to_vec(),
+            dtype: t.dtype(),
+        };
+        self.wrap_owned(copy).map(Some)
+    }
+
+    /// Columns `start..start + len` of a one-row tensor as a window into its buffer: no copy, no dispatch.
+    /// The window starts on a 4-byte word (the kernels that take windows read words).
+    fn window(&self, x: &DeviceTensor, start: usize, len: usize) -> Result<Option<DeviceTensor>> {
+        let s = self.storage("narrow", x)?;
+        let at = (start * x.dtype().size_in_bytes()) as u64;
+        if x.rows_cols().0 != 1 || !at.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let storage = GpuStorage {
+            buffer: s.buffer.clone(),
+            offset: s.offset + at,
+            device: self.device_id_arc(),
+            pool: None,
+            _parent: Some(x.storage().clone()),
+        };
+        let shape = with_last_dim(x.shape(), len);
+        DeviceTensor::new(shape, x.dtype(), Arc::new(storage)).map(Some)
     }
 
     /// A device tensor over `t`'s buffer, which stays where it is when the tensor is dropped (it may be
@@ -75,8 +126,10 @@ impl WgpuBackend {
     fn wrap_storage(&self, t: GpuTensor, pool: Option<Arc<BufferPool>>) -> Result<DeviceTensor> {
         let storage = GpuStorage {
             buffer: t.buffer,
+            offset: 0,
             device: self.device_id_arc(),
             pool,
+            _parent: None,
         };
         DeviceTensor::new(t.shape, t.dtype, Arc::new(storage))
     }
@@ -93,6 +146,8 @@ impl WgpuBackend {
     }
 
     pub(crate) fn download_tensor(&self, t: &DeviceTensor) -> Result<Tensor> {
+        let copy = self.materialized("download", t)?;
+        let t = copy.as_ref().unwrap_or(t);
         let s = self.storage("download", t)?;
         let bytes = self.gpu().read(&s.buffer, t.size_in_bytes())?;
         Tensor::new(
@@ -190,6 +245,23 @@ impl WgpuBackend {
 
     pub(crate) fn run_device_op(&self, op: &Op, inputs: &[&DeviceTensor]) -> Result<DeviceTensor> {
         let name = op.kind().name();
+        // Windows (one-row narrows) are read in place by the element-wise kernels and narrowed again in
+        // place; every other kernel reads its operands from their buffers' start, so a window is copied
+        // for it first.
+        let copies = if matches!(op, Op::SiluMul | Op::Relu2Mul | Op::Add | Op::Narrow { .. }) {
+            Vec::new()
+        } else {
+            inputs
+                .iter()
+                .map(|t| self.materialized(name, t))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let inputs: Vec<&DeviceTensor> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| copies.get(i).and_then(Option::as_ref).unwrap_or(t))
+            .collect();
+        let inputs = &inputs[..];
         let out_dtype = inputs[0].dtype();
         let shape0 = inputs[0].shape().to_vec();
         let v = |i: usize| self.view(name, inputs[i]);
@@ -279,8 +351,12 @@ impl WgpuBackend {
                 y.with_shape(shape0)
             }
             Op::Narrow { start, len } => {
+                if let Some(w) = self.window(inputs[0], start, len)? {
+                    return Ok(w);
+                }
                 // Moved as stored: the result keeps x's dtype and bits.
-                let x = v(0)?;
+                let x = self.materialized(name, inputs[0])?;
+                let x = self.view(name, x.as_ref().unwrap_or(inputs[0]))?;
                 let (rows, cols) = inputs[0].rows_cols();
                 let y = self
                     .gpu()
@@ -376,15 +452,22 @@ impl WgpuBackend {
                 y
             }
             Op::SiluMul | Op::Relu2Mul | Op::Add => {
-                let (a, b) = (v(0)?, v(1)?);
-                let n = a.numel();
+                let (a, b) = (
+                    self.storage(name, inputs[0])?,
+                    self.storage(name, inputs[1])?,
+                );
+                let dtype = inputs[0].dtype();
+                let n = inputs[0].numel();
+                let es = dtype.size_in_bytes() as u64;
+                let ab = (&a.buffer, (a.offset / es) as usize);
+                let bb = (&b.buffer, (b.offset / es) as usize);
                 let y = self.f32_out(name, shape0)?;
                 gpu.submit(|enc| {
-                    let (ab, bb, yb) = (&a.buffer, &b.buffer, &y.buffer);
+                    let yb = &y.buffer;
                     match op {
-                        Op::SiluMul => mk::encode_silu_mul(gpu, enc, a.dtype, n, ab, bb, yb),
-                        Op::Relu2Mul => mk::encode_relu2_mul(gpu, enc, a.dtype, n, ab, bb, yb),
-                        _ => mk::encode_add(gpu, enc, a.dtype, n, ab, bb, yb),
+                        Op::SiluMul => mk::encode_silu_mul(gpu, enc, dtype, n, ab, bb, yb),
+                        Op::Relu2Mul => mk::encode_relu2_mul(gpu, enc, dtype, n, ab, bb, yb),
+                        _ => mk::encode_add(gpu, enc, dtype, n, ab, bb, yb),
                     }
                 })?;
                 y
@@ -444,7 +527,7 @@ impl WgpuBackend {
         let s = self.storage("copy_rows", src)?;
         let row_bytes = dst.rows_cols_first().1 * dst.dtype().size_in_bytes();
         let bytes = src.size_in_bytes() as u64;
-        let offset = (row * row_bytes) as u64;
+        let offset = d.offset + (row * row_bytes) as u64;
         if bytes == 0 {
             return Ok(());
         }
@@ -458,6 +541,8 @@ impl WgpuBackend {
             });
         }
         let gpu = self.gpu();
-        gpu.submit(|enc| mk::encode_copy_words(gpu, enc, &s.buffer, &d.buffer, offset, bytes))
+        gpu.submit(|enc| {
+            mk::encode_copy_words(gpu, enc, (&s.buffer, s.offset), &d.buffer, offset, bytes)
+        })
     }
 }

@@ -88,6 +88,9 @@ fn mul(op: &'static str, a: usize, b: usize) -> Result<usize> {
 }
 
 /// Checks that `buf` holds `n` elements of `dt` (the u32 index range and one binding included).
+/// A kernel operand: a buffer and the element its tensor starts at (a window of a larger tensor).
+pub(crate) type Operand<'a> = (&'a wgpu::Buffer, usize);
+
 fn check_buf(
     gpu: &Gpu,
     op: &'static str,

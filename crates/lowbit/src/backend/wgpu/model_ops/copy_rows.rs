@@ -45,15 +45,15 @@ pub(crate) fn encode_copy_rows(
             ),
         ));
     }
-    encode_copy_words(gpu, enc, src, dst, offset, size)
+    encode_copy_words(gpu, enc, (src, 0), dst, offset, size)
 }
 
-/// Records moving the first `size` bytes of `src` to `dst` at byte `offset` (both multiples of 4, in
+/// Records moving `size` bytes of `src` from byte `from` to `dst` at byte `offset` (all multiples of 4, in
 /// bounds: checked by the callers) through the `Narrow` kernel: one row of every word.
 pub(crate) fn encode_copy_words(
     gpu: &Gpu,
     enc: &mut Recorder,
-    src: &wgpu::Buffer,
+    (src, from): (&wgpu::Buffer, u64),
     dst: &wgpu::Buffer,
     offset: u64,
     size: u64,
@@ -64,17 +64,19 @@ pub(crate) fn encode_copy_words(
         return Ok(());
     }
     let limit = u64::from(u32::MAX);
-    if words > limit || offset / 4 > limit {
+    if words > limit || offset / 4 > limit || from / 4 > limit {
         return Err(Error::invalid(
             OP,
-            format!("{size} bytes at offset {offset}: past the kernel's 32-bit word indices"),
+            format!(
+                "{size} bytes from byte {from} to byte {offset}: past the kernel's 32-bit word indices"
+            ),
         ));
     }
-    let (words, first) = (words as u32, (offset / 4) as u32);
+    let (words, first, src_first) = (words as u32, (offset / 4) as u32, (from / 4) as u32);
     gpu.encode(
         enc,
         &Shader::Narrow,
-        u32_params(&[words, words, words, 0, first]),
+        u32_params(&[words, words, words, src_first, first]),
         &[(1, src), (2, dst)],
         elementwise_grid(words as usize),
         None,

@@ -16,19 +16,19 @@ fn encode_elementwise(
     op: u32,
     dtype: DType,
     n: usize,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
+    (a, a_at): Operand,
+    (b, b_at): Operand,
     out: &wgpu::Buffer,
 ) -> Result<()> {
     float_dtype(op_name, dtype)?;
-    check_buf(gpu, op_name, "a", a, n, dtype)?;
-    check_buf(gpu, op_name, "b", b, n, dtype)?;
+    check_buf(gpu, op_name, "a", a, a_at.saturating_add(n), dtype)?;
+    check_buf(gpu, op_name, "b", b, b_at.saturating_add(n), dtype)?;
     check_buf(gpu, op_name, "output", out, n, DType::F32)?;
     if n == 0 {
         return Ok(());
     }
     let bufs = [(1, a), (2, b), (3, out)];
-    let params = u32_params(&[n as u32, op]);
+    let params = u32_params(&[n as u32, op, a_at as u32, b_at as u32]);
     gpu.encode(
         enc,
         &Shader::ModelElementwise(dtype),
@@ -45,8 +45,8 @@ pub(crate) fn encode_silu_mul(
     enc: &mut Recorder,
     dtype: DType,
     n: usize,
-    gate: &wgpu::Buffer,
-    up: &wgpu::Buffer,
+    gate: Operand,
+    up: Operand,
     out: &wgpu::Buffer,
 ) -> Result<()> {
     encode_elementwise(gpu, enc, "silu_mul", 0, dtype, n, gate, up, out)
@@ -59,8 +59,8 @@ pub(crate) fn encode_relu2_mul(
     enc: &mut Recorder,
     dtype: DType,
     n: usize,
-    gate: &wgpu::Buffer,
-    up: &wgpu::Buffer,
+    gate: Operand,
+    up: Operand,
     out: &wgpu::Buffer,
 ) -> Result<()> {
     encode_elementwise(gpu, enc, "relu2_mul", 4, dtype, n, gate, up, out)
@@ -81,7 +81,7 @@ pub(crate) fn encode_gelu(
         GeluKind::Erf => 2,
     };
     // The kernel declares a second input; GELU binds x there too (read-only, never loaded).
-    encode_elementwise(gpu, enc, "gelu", op, dtype, n, x, x, out)
+    encode_elementwise(gpu, enc, "gelu", op, dtype, n, (x, 0), (x, 0), out)
 }
 
 /// `a + b` over `n` elements of `dtype` into f32 `out`.
@@ -90,8 +90,8 @@ pub(crate) fn encode_add(
     enc: &mut Recorder,
     dtype: DType,
     n: usize,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
+    a: Operand,
+    b: Operand,
     out: &wgpu::Buffer,
 ) -> Result<()> {
     encode_elementwise(gpu, enc, "add", 3, dtype, n, a, b, out)
@@ -102,22 +102,14 @@ fn binary(
     op: &'static str,
     a: Floats,
     b: Floats,
-    encode: fn(
-        &Gpu,
-        &mut Recorder,
-        DType,
-        usize,
-        &wgpu::Buffer,
-        &wgpu::Buffer,
-        &wgpu::Buffer,
-    ) -> Result<()>,
+    encode: fn(&Gpu, &mut Recorder, DType, usize, Operand, Operand, &wgpu::Buffer) -> Result<()>,
 ) -> Result<Vec<f32>> {
     same_dtype(op, a.dtype(), b.dtype())?;
     same_len(op, "second input", b.len(), a.len())?;
     let abuf = gpu.upload(float_bytes(&a));
     let bbuf = gpu.upload(float_bytes(&b));
     run_f32(gpu, a.len(), |enc, out| {
-        encode(gpu, enc, a.dtype(), a.len(), &abuf, &bbuf, out)
+        encode(gpu, enc, a.dtype(), a.len(), (&abuf, 0), (&bbuf, 0), out)
     })
 }
 

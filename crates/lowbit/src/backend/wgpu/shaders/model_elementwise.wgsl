@@ -1,5 +1,6 @@
 // Element-wise model ops, f32 out, the formulas of format::activation (erf generated from its tables).
-// Params: p0 = n, p1 = op (0: silu(a) * b, 1: gelu tanh(a), 2: gelu erf(a), 3: a + b, 4: relu(a)^2 * b).
+// Params: p0 = n, p1 = op (0: silu(a) * b, 1: gelu tanh(a), 2: gelu erf(a), 3: a + b, 4: relu(a)^2 * b),
+// p2 / p3 = the element a / b start at (windows of larger tensors).
 // exp overflows only where the CPU's IEEE result is x / inf = +-0; that case takes an explicit branch that
 // writes the zero with x's sign bit (drivers assuming no infinities or signed zeros would not).
 
@@ -29,11 +30,11 @@ fn main(
     if (i >= p.p0) {
         return;
     }
-    let a = load_a(i);
+    let a = load_a(i + p.p2);
     var y: f32;
     switch (p.p1) {
         case 0u: {
-            y = div_one_plus_exp(a, -a) * load_b(i);
+            y = div_one_plus_exp(a, -a) * load_b(i + p.p3);
         }
         case 1u: {
             let u = GELU_TANH_BETA * (a + GELU_TANH_KAPPA * (a * a * a));
@@ -44,10 +45,10 @@ fn main(
         }
         case 4u: {
             let r = select(0.0, a, a > 0.0);
-            y = (r * r) * load_b(i);
+            y = (r * r) * load_b(i + p.p3);
         }
         default: {
-            y = a + load_b(i);
+            y = a + load_b(i + p.p3);
         }
     }
     out[i] = bitcast<u32>(y);
