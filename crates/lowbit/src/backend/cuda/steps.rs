@@ -239,7 +239,8 @@ impl Cuda {
                     self.stream.cu_stream(),
                 )
             };
-            r.result().map_err(|e| self.error("step", e))?;
+            r.result()
+                .map_err(|e| self.step_error("writing the step's arguments", e))?;
         }
         Ok(())
     }
@@ -279,11 +280,21 @@ impl Cuda {
                 self.stream.cu_stream(),
             )
         }
-        .map_err(|e| self.error("step", e))?;
+        .map_err(|e| self.step_error("launching the recorded graph", e))?;
         let bytes = rec.spec.bytes();
         let y = self.alloc("step", bytes)?;
         self.copy(&rec.out, &y, 0, bytes)?;
         DeviceTensor::new(rec.spec.shape.clone(), rec.spec.dtype, y)
+    }
+
+    /// A driver error of a recorded step, naming the call that failed.
+    fn step_error(&self, call: &str, e: cudarc::driver::DriverError) -> crate::Error {
+        match self.error("step", e) {
+            crate::Error::Device(d) if !d.is_out_of_memory() => crate::Error::Device(
+                DeviceError::failed(&*self.id, "step", format!("{call}: {}", e)),
+            ),
+            other => other,
+        }
     }
 
     pub fn step_replay(&self, key: StepKey, args: &StepArgs) -> Result<Option<DeviceTensor>> {
@@ -326,7 +337,7 @@ impl Cuda {
         self.steps
             .stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| self.error("step", e))?;
+            .map_err(|e| self.step_error("beginning the capture", e))?;
         self.steps.capturing.store(thread_tag(), Ordering::Relaxed);
         st.active = Some(Active {
             key,
@@ -372,7 +383,7 @@ impl Cuda {
             .steps
             .stream
             .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(|e| self.error("step", e));
+            .map_err(|e| self.step_error("ending the capture", e));
         let mut st = self.steps.lock();
         let recorded = queued.and_then(|()| match graph? {
             Some(g) => Ok(Recorded {
