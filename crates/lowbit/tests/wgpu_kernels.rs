@@ -610,7 +610,13 @@ fn dense_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = rng("dense");
     let cpu = CpuBackend;
-    for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
+    // One row with k % 4 == 0 takes the GEMV kernel, the others the tiled GEMM.
+    for &(m, n, k) in &[
+        (1usize, 7usize, 9usize),
+        (1, 300, 68),
+        (65, 70, 130),
+        (3, 256, 64),
+    ] {
         for dt in DTYPES {
             let x = as_dtype(
                 &(0..m * k)
@@ -1290,7 +1296,13 @@ fn mps_matmul_on_metal_matches_cpu() {
     let mut r = rng("mps_matmul");
     let cpu = CpuBackend;
     let before = g.mps_fallbacks();
-    for &(m, n, k) in &[(1usize, 7usize, 9usize), (65, 70, 130), (3, 256, 64)] {
+    // One row with k % 4 == 0 takes the GEMV kernel, the others the tiled GEMM.
+    for &(m, n, k) in &[
+        (1usize, 7usize, 9usize),
+        (1, 300, 68),
+        (65, 70, 130),
+        (3, 256, 64),
+    ] {
         for dt in [DType::F32, DType::F16] {
             let mut rand = |len: usize| {
                 as_dtype(

@@ -40,7 +40,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
 }
 ";
 const GEMV_4BIT_FAST: &str = include_str!("shaders/gemv_4bit_fast.wgsl");
+const GEMV_DENSE: &str = include_str!("shaders/gemv_dense.wgsl");
 const TERNARY_GEMV_FAST: &str = include_str!("shaders/ternary_gemv_fast.wgsl");
+
+/// The dense GEMV's work split (portable reduction; `kernels::dense` adds subgroups where they fit).
+pub const GEMV_DENSE_SHAPE: GemvShape = GemvShape::new(128, 4);
 
 /// How a GEMV kernel splits work: `tpr` threads share a set of `rpt` rows (both powers of two, tpr * rpt <= 256
 /// rows per workgroup), and the threads of a set sum their partials through subgroup operations (`subgroup`)
@@ -152,6 +156,38 @@ fn gemv_4bit_fast(shape: GemvShape) -> String {
     )
 }
 
+/// The one-row dense GEMV for a weight of `kind` (`DenseF32`, `DenseWeightF16` or `DenseWeightBf16`).
+fn gemv_dense(kind: GemmKind, shape: GemvShape) -> String {
+    let (wvec, load) = match kind {
+        GemmKind::DenseWeightF16 | GemmKind::DenseWeightBf16 => {
+            let widen = if kind == GemmKind::DenseWeightF16 {
+                "widen_f16"
+            } else {
+                "widen_bf16"
+            };
+            (
+                "vec2<u32>",
+                format!(
+                    "fn load_w4(i: u32) -> vec4<f32> {{\n    let w = w_in[i];\n    return bitcast<vec4<f32>>(vec4<u32>(\
+                     {widen}(w.x & 0xffffu), {widen}(w.x >> 16u), {widen}(w.y & 0xffffu), {widen}(w.y >> 16u)));\n}}\n"
+                ),
+            )
+        }
+        _ => (
+            "vec4<f32>",
+            "fn load_w4(i: u32) -> vec4<f32> {\n    return w_in[i];\n}\n".to_string(),
+        ),
+    };
+    gemv_template(
+        &GEMV_DENSE.replace("array<WVEC>", &format!("array<{wvec}>")),
+        shape,
+        "f32",
+        "    let e{i} = min(row0 + {i}u, last) * k4;\n    var acc{i} = 0.0;\n",
+        "        {\n            let w = load_w4(e{i} + c);\n            \
+         acc{i} = acc{i} + ((x0.x * w.x + x0.y * w.y) + (x0.z * w.z + x0.w * w.w));\n        }\n",
+    ) + &load
+}
+
 fn ternary_gemv_fast(shape: GemvShape) -> String {
     gemv_template(
         TERNARY_GEMV_FAST,
@@ -228,6 +264,8 @@ pub enum Shader {
     /// The multi-row 4-bit GEMV for this many activation rows per dispatch and weight rows per thread
     /// (`gemv_rows.rs`).
     Gemv4bitRows(u32, u32),
+    /// The one-row dense GEMV for a weight of this kind (f32, or f16/bf16 read as stored) and work split.
+    GemvDense(GemmKind, GemvShape),
     /// The multi-row int8 and ternary GEMVs for this many activation rows per dispatch (`int_gemv_rows.rs`).
     Int8GemvRows(u32),
     TernaryGemvRows(u32),
@@ -262,6 +300,7 @@ impl Shader {
             Shader::SubgroupProbe
                 | Shader::Gemv4bitFast(GemvShape { subgroup: true, .. })
                 | Shader::TernaryGemvFast(GemvShape { subgroup: true, .. })
+                | Shader::GemvDense(_, GemvShape { subgroup: true, .. })
         )
     }
 
@@ -344,6 +383,12 @@ impl Shader {
                 s += INT8_LINEAR_OUT;
             }
             Shader::Gemv4bitFast(shape) => s += &gemv_4bit_fast(*shape),
+            Shader::GemvDense(kind, shape) => {
+                s += &gemv_dense(*kind, *shape);
+                if matches!(kind, GemmKind::DenseWeightF16 | GemmKind::DenseWeightBf16) {
+                    s += MODEL_COMMON;
+                }
+            }
             Shader::TernaryGemvFast(shape) => s += &ternary_gemv_fast(*shape),
             Shader::Gemv4bitRows(nb, rpt) => s += &super::gemv_rows::source(*nb, *rpt),
             Shader::Int8GemvRows(nb) => s += &super::int_gemv_rows::int8_source(*nb),
@@ -426,6 +471,13 @@ impl Shader {
             }
             v.push(Shader::Int8GemvRows(nb));
             v.push(Shader::TernaryGemvRows(nb));
+        }
+        for kind in [
+            GemmKind::DenseF32,
+            GemmKind::DenseWeightF16,
+            GemmKind::DenseWeightBf16,
+        ] {
+            v.push(Shader::GemvDense(kind, GEMV_DENSE_SHAPE));
         }
         for shape in GemvShape::CANDIDATES {
             v.push(Shader::Gemv4bitFast(shape));

@@ -4,7 +4,7 @@
 use super::*;
 use crate::Result;
 use crate::backend::wgpu::context::{Gpu, Recorder};
-use crate::backend::wgpu::shaders::{GemmKind, Shader};
+use crate::backend::wgpu::shaders::{GEMV_DENSE_SHAPE, GemmKind, Shader};
 use crate::tensor::{DType, Floats};
 
 pub(crate) fn gemm_grid(m: usize, n: usize) -> (u32, u32, u32) {
@@ -26,6 +26,25 @@ pub(crate) fn encode_gemm(
     extra: u32,
     bufs: &[(u32, &wgpu::Buffer)],
 ) -> Result<()> {
+    let dense = matches!(
+        kind,
+        GemmKind::DenseF32 | GemmKind::DenseWeightF16 | GemmKind::DenseWeightBf16
+    );
+    if dense && m == 1 && k.is_multiple_of(4) {
+        // One activation row (a decode step's head, a float model's projections): the GEMV streams the
+        // weight once with contiguous loads, where the GEMM's tiles would compute 63 unused rows.
+        let shape = with_subgroups(gpu, GEMV_DENSE_SHAPE);
+        let params = [n as u32, (k / 4) as u32, has_bias, 0, 0, 0, 0, 0];
+        let groups = groups(n, shape.rows_per_group());
+        return gpu.encode(
+            enc,
+            &Shader::GemvDense(kind, shape),
+            params,
+            bufs,
+            groups,
+            None,
+        );
+    }
     let params = [m as u32, n as u32, k as u32, has_bias, extra, 0, 0, 0];
     gpu.encode(
         enc,
