@@ -326,7 +326,11 @@ impl Cuda {
 
     pub fn step_record_begin(&self, key: StepKey, args: &StepArgs) -> Result<bool> {
         let mut st = self.steps.lock();
-        if !self.steps.enabled || st.active.is_some() || st.failed.contains(&key) {
+        // The capture stream is free only once the last capture has ended: `active` is taken before the
+        // output's copy is queued, `capturing` cleared after the capture ends (a capture begun between the
+        // two failed with CUDA_ERROR_ILLEGAL_STATE when two threads recorded steps on one device).
+        let busy = st.active.is_some() || self.steps.capturing.load(Ordering::Acquire) != 0;
+        if !self.steps.enabled || busy || st.failed.contains(&key) {
             return Ok(false);
         }
         let Some(spec) = st.seen.get(&key).cloned() else {
@@ -378,12 +382,12 @@ impl Cuda {
             let s = y.storage_on("step", &self.id)?;
             self.copy(s, &active.out, 0, spec.bytes())
         });
-        self.steps.capturing.store(0, Ordering::Relaxed);
         let graph = self
             .steps
             .stream
             .end_capture(CUgraphInstantiate_flags(0))
             .map_err(|e| self.step_error("ending the capture", e));
+        self.steps.capturing.store(0, Ordering::Release);
         let mut st = self.steps.lock();
         let recorded = queued.and_then(|()| match graph? {
             Some(g) => Ok(Recorded {
