@@ -771,6 +771,27 @@ fn narrow_takes_column_windows_on_every_device() {
     }
 }
 
+/// A cast to the operand's own dtype (f32 to f32) shares the operand's memory; it must keep that memory
+/// when the operand is dropped and later ops take buffers of the same size.
+#[test]
+fn a_cast_to_its_own_dtype_outlives_its_operand() {
+    let _serial = serial();
+    let s = seed("cast_outlives");
+    let x = rand(vec![1, 256], 1.0, s, DType::F32);
+    let other = rand(vec![1, 256], 1.0, s + 1, DType::F32);
+    for dev in devices() {
+        let y = {
+            let dx = up(&dev, &x);
+            dev.cast(&dx, DType::F32).unwrap()
+        };
+        let o = up(&dev, &other);
+        let sums: Vec<DeviceTensor> = (0..4).map(|_| dev.add(&o, &o).unwrap()).collect();
+        assert_eq!(dev.to_host(&y).unwrap(), x, "{}", dev.id());
+        drop(sums);
+        assert_eq!(fallbacks(&dev), 0, "{}", dev.id());
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_chain_stays_on_the_gpu_and_reads_back_once() {

@@ -23,8 +23,8 @@ pub struct GpuStorage {
     /// The byte the tensor starts at: 0, or a window's start in its parent's buffer.
     offset: u64,
     device: Arc<str>,
-    /// Where the buffer goes when the last tensor over it is dropped: set only for a buffer this storage
-    /// owns alone (a fresh op output or upload), never for one shared with another storage.
+    /// Where the buffer goes when the last tensor over it is dropped: set for a buffer this storage owns
+    /// alone (a fresh op output or upload), never for a window into another storage's buffer.
     pool: Option<Arc<BufferPool>>,
     /// A window keeps the storage it looks into alive (so its buffer does not go back to the pool).
     _parent: Option<Arc<dyn BackendStorage>>,
@@ -111,24 +111,14 @@ impl WgpuBackend {
         DeviceTensor::new(shape, x.dtype(), Arc::new(storage)).map(Some)
     }
 
-    /// A device tensor over `t`'s buffer, which stays where it is when the tensor is dropped (it may be
-    /// shared with another storage).
-    pub(super) fn wrap(&self, t: GpuTensor) -> Result<DeviceTensor> {
-        self.wrap_storage(t, None)
-    }
-
     /// A device tensor that owns `t`'s buffer alone (a fresh output or upload): the buffer goes back to the
     /// pool when the tensor is dropped.
     pub(super) fn wrap_owned(&self, t: GpuTensor) -> Result<DeviceTensor> {
-        self.wrap_storage(t, Some(self.gpu().pool().clone()))
-    }
-
-    fn wrap_storage(&self, t: GpuTensor, pool: Option<Arc<BufferPool>>) -> Result<DeviceTensor> {
         let storage = GpuStorage {
             buffer: t.buffer,
             offset: 0,
             device: self.device_id_arc(),
-            pool,
+            pool: Some(self.gpu().pool().clone()),
             _parent: None,
         };
         DeviceTensor::new(t.shape, t.dtype, Arc::new(storage))
@@ -371,12 +361,12 @@ impl WgpuBackend {
                 });
             }
             Op::Cast { to } => {
-                let x = w(0)?;
-                // From f32 to f32 the result is the operand's own buffer: not owned, never pooled.
-                let same = x.dtype == DType::F32 && inputs[0].dtype() == DType::F32;
-                if same && to == DType::F32 {
-                    return self.wrap(x);
+                // From f32 to f32 the result is the operand itself: its storage, shared and kept alive by
+                // the result (a buffer only borrowed would go back to the pool when the operand is dropped).
+                if inputs[0].dtype() == DType::F32 && to == DType::F32 {
+                    return Ok(inputs[0].clone());
                 }
+                let x = w(0)?;
                 // A widened x is narrowed here: the narrowing gives it back, not the scratch list.
                 let x_owned = !scratch.borrow_mut().is_empty();
                 scratch.borrow_mut().clear();
