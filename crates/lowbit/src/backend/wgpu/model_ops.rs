@@ -87,10 +87,10 @@ fn mul(op: &'static str, a: usize, b: usize) -> Result<usize> {
         .ok_or_else(|| Error::shape(op, format!("{a} x {b} elements overflow")))
 }
 
-/// Checks that `buf` holds `n` elements of `dt` (the u32 index range and one binding included).
 /// A kernel operand: a buffer and the element its tensor starts at (a window of a larger tensor).
 pub(crate) type Operand<'a> = (&'a wgpu::Buffer, usize);
 
+/// Checks that `buf` holds `n` elements of `dt` (the u32 index range and one binding included).
 fn check_buf(
     gpu: &Gpu,
     op: &'static str,

@@ -92,9 +92,7 @@ fn gemv_template(
     setup: &str,
     body: &str,
 ) -> String {
-    let GemvShape {
-        tpr, rpt, subgroup, ..
-    } = shape;
+    let GemvShape { tpr, rpt, subgroup } = shape;
     assert!(tpr.is_power_of_two() && rpt.is_power_of_two() && tpr <= 256 && rpt <= tpr);
     let zero = format!("{acc_ty}(0)");
     let per_row = |line: &str| repeat_lines(rpt, line);
@@ -158,26 +156,13 @@ fn gemv_4bit_fast(shape: GemvShape) -> String {
 
 /// The one-row dense GEMV for a weight of `kind` (`DenseF32`, `DenseWeightF16` or `DenseWeightBf16`).
 fn gemv_dense(kind: GemmKind, shape: GemvShape) -> String {
+    // The halves' widening comes from model_common.wgsl (appended by `source`).
     let (wvec, load) = match kind {
-        GemmKind::DenseWeightF16 | GemmKind::DenseWeightBf16 => {
-            let widen = if kind == GemmKind::DenseWeightF16 {
-                "widen_f16"
-            } else {
-                "widen_bf16"
-            };
-            (
-                "vec2<u32>",
-                format!(
-                    "fn load_w4(i: u32) -> vec4<f32> {{\n    let w = w_in[i];\n    return bitcast<vec4<f32>>(vec4<u32>(\
-                     {widen}(w.x & 0xffffu), {widen}(w.x >> 16u), {widen}(w.y & 0xffffu), {widen}(w.y >> 16u)));\n}}\n"
-                ),
-            )
-        }
-        _ => (
-            "vec4<f32>",
-            "fn load_w4(i: u32) -> vec4<f32> {\n    return w_in[i];\n}\n".to_string(),
-        ),
+        GemmKind::DenseWeightF16 => ("vec2<u32>", "widen4_f16(w_in[i])"),
+        GemmKind::DenseWeightBf16 => ("vec2<u32>", "widen4_bf16(w_in[i])"),
+        _ => ("vec4<f32>", "w_in[i]"),
     };
+    let load = format!("fn load_w4(i: u32) -> vec4<f32> {{\n    return {load};\n}}\n");
     gemv_template(
         &GEMV_DENSE.replace("array<WVEC>", &format!("array<{wvec}>")),
         shape,

@@ -81,13 +81,12 @@ pub(crate) fn encode_attention(
         }
         AttentionPlan::Split { chunk } => {
             let split = Shader::AttentionSplit(dtype);
-            let slots = rows;
-            encode_split(gpu, enc, split, slots, dims, params, chunk, [q, k, v, out])
+            encode_split(gpu, enc, split, rows, dims, params, chunk, [q, k, v, out])
         }
         AttentionPlan::Groups { chunk, group } => {
             let split = Shader::AttentionGroups(dtype, group as u32);
-            let slots = mul(OP, dims.nq, dims.n_kv_heads)?;
-            encode_split(gpu, enc, split, slots, dims, params, chunk, [q, k, v, out])
+            let groups = mul(OP, dims.nq, dims.n_kv_heads)?;
+            encode_split(gpu, enc, split, groups, dims, params, chunk, [q, k, v, out])
         }
     }
 }
@@ -155,7 +154,8 @@ pub fn split_chunk(dims: &AttentionDims) -> Option<usize> {
 }
 
 /// Records the two passes of split-K attention: `split` with `per_chunk` workgroups per key chunk writes the
-/// partials of every (row, chunk) into pooled scratch, then the merge writes `out`. The scratch goes back to the pool once recorded (later users are recorded after).
+/// partials of every (row, chunk) into pooled scratch, then the merge writes `out`. The scratch goes back to
+/// the pool once recorded (later users are recorded after).
 #[allow(clippy::too_many_arguments)]
 fn encode_split(
     gpu: &Gpu,

@@ -70,20 +70,11 @@ pub const MAX_GROUP: u32 = 8;
 /// (f32) or `vec2<u32>` (two 16-bit values per word, the lower first), widened exactly.
 fn loader4(name: &str, array: &str, dtype: DType) -> String {
     let body = match dtype {
-        DType::F16 | DType::BF16 => {
-            let widen = if dtype == DType::F16 {
-                "widen_f16"
-            } else {
-                "widen_bf16"
-            };
-            format!(
-                "let w = {array}[i];\n    return bitcast<vec4<f32>>(vec4<u32>({widen}(w.x & 0xffffu), \
-                 {widen}(w.x >> 16u), {widen}(w.y & 0xffffu), {widen}(w.y >> 16u)));"
-            )
-        }
-        _ => format!("return bitcast<vec4<f32>>({array}[i]);"),
+        DType::F16 => format!("widen4_f16({array}[i])"),
+        DType::BF16 => format!("widen4_bf16({array}[i])"),
+        _ => format!("bitcast<vec4<f32>>({array}[i])"),
     };
-    format!("fn load4_{name}(i: u32) -> vec4<f32> {{\n    {body}\n}}\n")
+    format!("fn load4_{name}(i: u32) -> vec4<f32> {{\n    return {body};\n}}\n")
 }
 
 /// The per-KV-head-group split-K kernel for `g` query heads per KV head (1..=`MAX_GROUP`), caches of `dtype`.

@@ -30,6 +30,17 @@ fn widen_bf16(h: u32) -> u32 {
     return h << 16u;
 }
 
+// Four halves packed two per word (the lower half first), widened exactly.
+fn widen4_f16(w: vec2<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(widen_f16(w.x & 0xffffu), widen_f16(w.x >> 16u),
+                                        widen_f16(w.y & 0xffffu), widen_f16(w.y >> 16u)));
+}
+
+fn widen4_bf16(w: vec2<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(widen_bf16(w.x & 0xffffu), widen_bf16(w.x >> 16u),
+                                        widen_bf16(w.y & 0xffffu), widen_bf16(w.y >> 16u)));
+}
+
 // Round-to-nearest-even test of `half`: the round bit is set and so is a lower bit or the kept lsb.
 fn round_up(m: u32, round_bit: u32) -> bool {
     return (m & round_bit) != 0u && (m & (3u * round_bit - 1u)) != 0u;
