@@ -36,11 +36,7 @@ impl Q8Activations {
         let mut q = vec![0i8; x.len()];
         let mut scale = Vec::with_capacity(x.len() / Q8_BLOCK);
         for (xb, qb) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)) {
-            let (d, id) = block_scale(xb);
-            for (t, &v) in xb.iter().enumerate() {
-                qb[deinterleaved(t)] = round_i8(v * id);
-            }
-            scale.push(d);
+            scale.push(quantize_block(xb, qb));
         }
         Q8Activations { q, scale }
     }
@@ -49,6 +45,15 @@ impl Q8Activations {
     pub fn get(&self, c: usize) -> i8 {
         self.q[position(c)]
     }
+}
+
+/// One block of 64 values into `qb` (even-then-odd), returning its scale `d`.
+pub fn quantize_block(xb: &[f32], qb: &mut [i8]) -> f32 {
+    let (d, id) = block_scale(xb);
+    for (t, &v) in xb.iter().enumerate() {
+        qb[deinterleaved(t)] = round_i8(v * id);
+    }
+    d
 }
 
 /// Position of a block's element `t` in the even-then-odd layout.
@@ -66,7 +71,12 @@ pub fn position(c: usize) -> usize {
 
 /// `(d, 1/d)` for one block; an all-zero block has `d = 0` and quantizes to zeros.
 fn block_scale(x: &[f32]) -> (f32, f32) {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    amax_scale(x.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+}
+
+/// `(d, 1/d)` for a block whose largest magnitude is `amax`.
+#[inline]
+pub fn amax_scale(amax: f32) -> (f32, f32) {
     let d = amax / 127.0;
     (d, if d != 0.0 { 1.0 / d } else { 0.0 })
 }

@@ -493,11 +493,7 @@ mod one_row_tests {
             println!("skipped: no AVX-512 on this CPU");
             return;
         }
-        let seed = std::env::var("LOWBIT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| std::process::id() as u64);
-        println!("seed {seed}");
+        let seed = super::super::test_seed();
         let mut rng = crate::synth::SplitMix64::new(seed);
         for (n, k) in [
             (3, 1),

@@ -102,6 +102,17 @@ pub(crate) fn task_len(n: usize, bytes_per_item: usize) -> usize {
     n.div_ceil(tasks).clamp(1, n.max(1))
 }
 
+/// A fresh seed per run for the kernels' random tests (`LOWBIT_SEED` replays one), printed.
+#[cfg(test)]
+pub(crate) fn test_seed() -> u64 {
+    let seed = std::env::var("LOWBIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    println!("seed {seed} (LOWBIT_SEED={seed} replays)");
+    seed
+}
+
 /// Repeatable pseudo-random values in `[-spread / 2, spread / 2)` for the kernels' unit tests (an LCG: no
 /// dependency, the same data on every machine).
 #[cfg(test)]

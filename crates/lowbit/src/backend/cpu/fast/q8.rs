@@ -28,16 +28,18 @@ struct Prepared {
 
 impl Prepared {
     fn new(x: &[f32], fourbit: bool) -> Prepared {
+        #[cfg(target_arch = "x86_64")]
+        if has_vnni() {
+            // SAFETY: has_vnni() reported AVX-512 F/BW/VL and VNNI.
+            let (a, corr) = unsafe { avx512::quantize(x) };
+            return Prepared::with(a, corr, fourbit);
+        }
         let a = Q8Activations::quantize(x);
-        let corr =
-            a.q.chunks_exact(Q8_BLOCK)
-                .flat_map(|b| {
-                    (0..Q8_LANES).map(move |j| {
-                        let lane = |h: usize| b[h * 32 + 4 * j..h * 32 + 4 * j + 4].iter();
-                        -128 * lane(0).chain(lane(1)).map(|&v| v as i32).sum::<i32>()
-                    })
-                })
-                .collect();
+        let corr = portable_corrections(&a);
+        Prepared::with(a, corr, fourbit)
+    }
+
+    fn with(a: Q8Activations, corr: Vec<i32>, fourbit: bool) -> Prepared {
         let xs = if fourbit {
             fourbit_xscales(&a)
         } else {
@@ -50,6 +52,18 @@ impl Prepared {
     fn blocks(&self) -> usize {
         self.xs.len()
     }
+}
+
+/// `-128 * Σ xq` over each lane's 8 values, lane by lane.
+fn portable_corrections(a: &Q8Activations) -> Vec<i32> {
+    a.q.chunks_exact(Q8_BLOCK)
+        .flat_map(|b| {
+            (0..Q8_LANES).map(move |j| {
+                let lane = |h: usize| b[h * 32 + 4 * j..h * 32 + 4 * j + 4].iter();
+                -128 * lane(0).chain(lane(1)).map(|&v| v as i32).sum::<i32>()
+            })
+        })
+        .collect()
 }
 
 /// Whether this CPU runs the VNNI kernel (AVX-512 F/BW/VL + VNNI), detected once.
@@ -75,15 +89,22 @@ pub fn gemv_4bit(x: &[f32], w: Packed4bit, bias: Option<&[f32]>, vnni: bool) -> 
     let table = codebook_u8(w.quant_type.dequant_table());
     let shift = (w.blocksize / Q8_BLOCK).trailing_zeros();
     let row_bytes = w.cols / 2;
-    rows_par(w.rows, row_bytes, bias, |r| {
+    let nb = w.cols / Q8_BLOCK;
+    rows_par(w.rows, row_bytes, nb, bias, |r, s| {
         let bytes = &w.packed[r * row_bytes..(r + 1) * row_bytes];
-        let first = r * (w.cols / Q8_BLOCK);
-        let scale = |b: usize| w.absmax[(first + b) >> shift] * p.xs[b];
-        let code = |e: usize| table[nibble(bytes, e) as usize];
-        if vnni {
-            vnni_row(Source::FourBit(bytes, &table), scale, &p)
+        let first = r * nb;
+        // The row's block scales, once per row and out of the product's loop.
+        if shift == 0 {
+            let a = &w.absmax[first..first + nb];
+            s.extend(a.iter().zip(&p.xs).map(|(a, x)| a * x));
         } else {
-            portable_row(code, scale, &p)
+            s.extend((0..nb).map(|b| w.absmax[(first + b) >> shift] * p.xs[b]));
+        }
+        if vnni {
+            vnni_row(Source::FourBit(bytes, &table), s, &p)
+        } else {
+            let code = |e: usize| table[nibble(bytes, e) as usize];
+            portable_row(code, |b| s[b], &p)
         }
     })
 }
@@ -100,32 +121,40 @@ pub fn gemv_q8(
 ) -> Vec<f32> {
     let p = Prepared::new(x, false);
     let nb = cols / Q8_BLOCK;
-    rows_par(rows, cols, bias, |r| {
+    rows_par(rows, cols, nb, bias, |r, s| {
         let c = &codes[r * cols..(r + 1) * cols];
-        let scale = |b: usize| scales[r * nb + b] * p.xs[b];
-        // Codes are stored in the even-then-odd order per block; `code` takes natural column order.
-        let code = |e: usize| c[position(e)];
+        s.extend(
+            scales[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(&p.xs)
+                .map(|(a, x)| a * x),
+        );
         if vnni {
-            vnni_row(Source::Q8(c), scale, &p)
+            vnni_row(Source::Q8(c), s, &p)
         } else {
-            portable_row(code, scale, &p)
+            // Codes are stored in the even-then-odd order per block; `code` takes natural column order.
+            portable_row(|e: usize| c[position(e)], |b| s[b], &p)
         }
     })
 }
 
-/// Output rows in parallel, `row(r)` plus the bias.
+/// Output rows in parallel, `row(r, scales)` plus the bias; `scales` is an empty buffer of `blocks`
+/// capacity for the row's block scales, one allocation per task.
 fn rows_par(
     rows: usize,
     row_bytes: usize,
+    blocks: usize,
     bias: Option<&[f32]>,
-    row: impl Fn(usize) -> f32 + Sync,
+    row: impl Fn(usize, &mut Vec<f32>) -> f32 + Sync,
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; rows];
     let chunk = task_len(rows, row_bytes);
     y.par_chunks_mut(chunk).enumerate().for_each(|(c, ys)| {
+        let mut scales = Vec::with_capacity(blocks);
         for (i, v) in ys.iter_mut().enumerate() {
             let r = c * chunk + i;
-            *v = row(r) + bias.map_or(0.0, |b| b[r]);
+            scales.clear();
+            *v = row(r, &mut scales) + bias.map_or(0.0, |b| b[r]);
         }
     });
     y
@@ -147,40 +176,103 @@ enum Source<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn vnni_row(src: Source, scale: impl Fn(usize) -> f32, p: &Prepared) -> f32 {
+fn vnni_row(src: Source, scales: &[f32], p: &Prepared) -> f32 {
     // SAFETY: callers pass `vnni = true` only when `has_vnni()` reported the features.
-    unsafe { avx512::row(src, scale, p) }
+    unsafe { avx512::row(src, scales, p) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn vnni_row(_: Source, _: impl Fn(usize) -> f32, _: &Prepared) -> f32 {
+fn vnni_row(_: Source, _: &[f32], _: &Prepared) -> f32 {
     unreachable!("VNNI is never selected off x86-64")
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Prepared, Q8_BLOCK, Source};
+    use super::{Prepared, Q8_BLOCK, Q8Activations, Source};
+    use crate::format::q8::{amax_scale, quantize_block};
     use std::arch::x86_64::*;
+
+    /// `format::q8::Q8Activations::quantize(x)` and the lanes' offset corrections, 64 values at a time: the
+    /// same multiply, the same rounding (to nearest even, as `cvtps2dq` does) and no clamping needed, since a
+    /// finite block's `|v / d|` rounds to at most 127. A block with a NaN or an infinity takes the definition.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn quantize(x: &[f32]) -> (Q8Activations, Vec<i32>) {
+        let nb = x.len() / Q8_BLOCK;
+        let mut q = vec![0i8; nb * Q8_BLOCK];
+        let mut scale = vec![0.0f32; nb];
+        let mut corr = vec![0i32; nb * 8];
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let ones = _mm512_set1_epi8(1);
+        for b in 0..nb {
+            let (xb, qb) = (
+                &x[b * Q8_BLOCK..][..Q8_BLOCK],
+                &mut q[b * Q8_BLOCK..][..Q8_BLOCK],
+            );
+            // SAFETY: xb and qb hold 64 values, corr 8 per block.
+            unsafe {
+                let v: [__m512; 4] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(xb.as_ptr().add(16 * i)));
+                let abs = v.map(|v| {
+                    _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), magnitude))
+                });
+                let finite = abs.iter().fold(0xffffu16, |m, &a| {
+                    m & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, inf)
+                });
+                if finite != 0xffff {
+                    scale[b] = quantize_block(xb, qb);
+                } else {
+                    let amax = _mm512_reduce_max_ps(_mm512_max_ps(
+                        _mm512_max_ps(abs[0], abs[1]),
+                        _mm512_max_ps(abs[2], abs[3]),
+                    ));
+                    let (d, id) = amax_scale(amax);
+                    scale[b] = d;
+                    let id = _mm512_set1_ps(id);
+                    let code = |lo: __m512, hi: __m512, idx: __m512i| {
+                        let v = _mm512_mul_ps(_mm512_permutex2var_ps(lo, idx, hi), id);
+                        _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v))
+                    };
+                    let p = qb.as_mut_ptr() as *mut __m128i;
+                    _mm_storeu_si128(p, code(v[0], v[1], even));
+                    _mm_storeu_si128(p.add(1), code(v[2], v[3], even));
+                    _mm_storeu_si128(p.add(2), code(v[0], v[1], odd));
+                    _mm_storeu_si128(p.add(3), code(v[2], v[3], odd));
+                }
+                // Lane j: -128 * (the sum of codes 4j..4j+4 and 32+4j..32+4j+4).
+                let sums = _mm512_dpbusd_epi32(
+                    _mm512_setzero_si512(),
+                    ones,
+                    _mm512_loadu_si512(qb.as_ptr() as *const _),
+                );
+                let lanes = _mm256_add_epi32(
+                    _mm512_castsi512_si256(sums),
+                    _mm512_extracti64x4_epi64::<1>(sums),
+                );
+                let c = _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-128));
+                _mm256_storeu_si256(corr.as_mut_ptr().add(8 * b) as *mut __m256i, c);
+            }
+        }
+        (Q8Activations { q, scale }, corr)
+    }
 
     /// Needs `has_vnni()`; every slice holds whole blocks (checked by the indexing below).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub(super) fn row(src: Source, scale: impl Fn(usize) -> f32, p: &Prepared) -> f32 {
+    pub(super) fn row(src: Source, scales: &[f32], p: &Prepared) -> f32 {
         // The weight kind as a constant, so the block loop has no branch on it.
         match src {
-            Source::FourBit(b, t) => row_of::<true>(b, t, scale, p),
-            Source::Q8(c) => row_of::<false>(c, &[0; 16], scale, p),
+            Source::FourBit(b, t) => row_of::<true>(b, t, scales, p),
+            Source::Q8(c) => row_of::<false>(c, &[0; 16], scales, p),
         }
     }
 
     /// One row of packed nibbles with the codebook image `table` (`Q4`), or of Q8 codes.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    fn row_of<const Q4: bool>(
-        bytes: &[u8],
-        table: &[u8; 16],
-        scale: impl Fn(usize) -> f32,
-        p: &Prepared,
-    ) -> f32 {
+    fn row_of<const Q4: bool>(bytes: &[u8], table: &[u8; 16], scales: &[f32], p: &Prepared) -> f32 {
         let nb = p.blocks();
+        let scales = &scales[..nb];
         let xq = &p.a.q[..nb * Q8_BLOCK];
         let corr = &p.corr[..nb * 8];
         let bytes = &bytes[..nb * if Q4 { 32 } else { Q8_BLOCK }];
@@ -194,18 +286,16 @@ mod avx512 {
         macro_rules! block {
             ($b:expr, $acc:ident) => {{
                 let b = $b;
-                // SAFETY: block b's 32 or 64 code bytes, 64 activation bytes and 8 corrections are in
-                // bounds (the slices above hold nb whole blocks).
-                let (hi, lo, xe, xo, c) = unsafe {
+                // SAFETY: block b's 32 or 64 code bytes, 64 activation bytes, 8 corrections and its
+                // scale are in bounds (the slices above hold nb whole blocks, and b < nb).
+                let (hi, lo, xe, xo, c, s) = unsafe {
                     let (hi, lo) = match Q4 {
                         true => {
-                            let q = _mm256_loadu_si256(bytes.as_ptr().add(32 * b) as *const __m256i);
+                            let q =
+                                _mm256_loadu_si256(bytes.as_ptr().add(32 * b) as *const __m256i);
                             let h = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
                             let l = _mm256_and_si256(q, low);
-                            (
-                                _mm256_shuffle_epi8(table, h),
-                                _mm256_shuffle_epi8(table, l),
-                            )
+                            (_mm256_shuffle_epi8(table, h), _mm256_shuffle_epi8(table, l))
                         }
                         false => {
                             let at = bytes.as_ptr().add(Q8_BLOCK * b);
@@ -222,10 +312,11 @@ mod avx512 {
                         _mm256_loadu_si256(xa as *const __m256i),
                         _mm256_loadu_si256(xa.add(32) as *const __m256i),
                         _mm256_loadu_si256(corr.as_ptr().add(8 * b) as *const __m256i),
+                        _mm256_broadcast_ss(&*scales.as_ptr().add(b)),
                     )
                 };
                 let i = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(c, hi, xe), lo, xo);
-                $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(scale(b)), $acc);
+                $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, $acc);
             }};
         }
         let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -303,6 +394,37 @@ mod tests {
             let got = gemv_q8(&x, &dense.codes, &dense.scales, rows, cols, None, vnni);
             assert_eq!(bits(&got), bits(&want_q8), "q8, vnni {vnni}");
         }
+    }
+
+    #[test]
+    fn the_fast_activation_quantizer_gives_the_definitions_codes() {
+        if !has_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let seed = super::super::test_seed();
+        let mut x = data(64 * 12, seed);
+        // Block 1 all zero, block 2 a NaN, block 3 an infinity, block 4 values on rounding ties (x.5 after
+        // the scale: amax 127 makes d = 1), block 5 tiny values, block 6 one huge value.
+        x[64..128].fill(0.0);
+        x[130] = f32::NAN;
+        x[200] = f32::NEG_INFINITY;
+        for (i, v) in x[256..320].iter_mut().enumerate() {
+            *v = if i == 0 {
+                127.0
+            } else {
+                (i as f32 - 32.0) + 0.5
+            };
+        }
+        for v in &mut x[320..384] {
+            *v *= 1e-30;
+        }
+        x[400] = 3e38;
+        let want = Q8Activations::quantize(&x);
+        let (got, corr) = unsafe { avx512::quantize(&x) };
+        assert_eq!(got, want, "seed {seed}");
+        let slow = Prepared::with(want.clone(), portable_corrections(&want), true);
+        assert_eq!(corr, slow.corr, "seed {seed}");
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
