@@ -90,7 +90,7 @@ macro_rules! binary {
 pub enum ModelKernels {
     /// `reference::model`: the executable spec.
     Reference,
-    /// The fast CPU kernels where one exists (attention), within the reference's bounds.
+    /// The fast CPU kernels where one exists (attention, f32 SwiGLU), within the reference's bounds.
     Fast,
 }
 
@@ -279,7 +279,12 @@ pub fn run_host_op(
         }
         Op::SiluMul => {
             let (g, u) = (inputs[0].floats(name)?, inputs[1].floats(name)?);
-            let y = binary!(name, g, u, model::silu_mul);
+            let y = match (g, u, kernels) {
+                (Floats::F32(g), Floats::F32(u), ModelKernels::Fast) => {
+                    FloatVec::from(fast::activation::silu_mul(g, u))
+                }
+                (g, u, _) => binary!(name, g, u, model::silu_mul),
+            };
             out(inputs[0].shape.to_vec(), y)
         }
         Op::Relu2Mul => {

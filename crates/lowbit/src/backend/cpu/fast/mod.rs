@@ -2,6 +2,7 @@
 //! Each kernel family lives in its own module; `unsafe` stays inside `#[target_feature]` functions that are
 //! only called after [`isa`] has confirmed the features. Every kernel is tested against `reference`.
 
+pub mod activation;
 pub mod attention;
 pub mod gemm;
 pub mod gemv4;
