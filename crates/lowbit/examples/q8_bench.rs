@@ -1,6 +1,9 @@
 //! Int8-activation GEMVs against the float GEMVs on the CPU, one activation row, side by side in one run:
-//! `cargo run --release -p lowbit --example q8_bench [ROWSxCOLS ...]` (default: SmolLM2-135M's shapes).
+//! `cargo run --release -p lowbit --example q8_bench [ROWSxCOLS ...]` (default: SmolLM2-135M's shapes);
+//! `... q8_bench prefill [M]`: the several-row products (float GEMM against the batched VNNI kernel) at M rows
+//! (default 512); `... q8_bench stream`: a decode step's GEMVs.
 use lowbit::backend::Packed4bit;
+use lowbit::backend::cpu::fast::q8_gemm::{self, Q8Source};
 use lowbit::backend::cpu::fast::{self, q8};
 use lowbit::format::FourBitType;
 use lowbit::format::q8::Q8Weight;
@@ -23,6 +26,13 @@ fn median_us(mut f: impl FnMut(), reps: usize) -> f64 {
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("stream") {
         model_stream();
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("prefill") {
+        let m = std::env::args()
+            .nth(2)
+            .map_or(512, |s| s.parse().expect("M"));
+        rayon::scope(|_| prefill(m));
         return;
     }
     let shapes: Vec<(usize, usize)> = {
@@ -182,4 +192,90 @@ pub fn model_stream() {
             );
         }
     });
+}
+
+/// SmolLM2-135M's prefill products at `m` rows: the float GEMM of the dequantized NF4 weight (what a prefill
+/// ran before int8 activations reached batches) against the batched VNNI kernel, and the same for Q8 and bf16
+/// dense weights; GFLOP/s counts 2 m rows cols.
+fn prefill(m: usize) {
+    let vnni = q8::has_vnni();
+    println!(
+        "VNNI: {vnni}; threads: {}; {m} rows",
+        rayon::current_num_threads()
+    );
+    println!(
+        "| shape | nf4 float ms | nf4 int8-act ms | speedup | GFLOP/s int8 | bf16 dense ms | q8 dense ms | speedup |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (rows, cols) in [(960, 576), (576, 576), (3072, 576), (576, 1536)] {
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let packed: Vec<u8> = (0..rows * cols / 2)
+            .map(|i| ((i * 2654435761usize) >> 13) as u8)
+            .collect();
+        let absmax: Vec<f32> = (0..rows * cols / 64)
+            .map(|i| 0.1 + (i % 7) as f32 * 0.1)
+            .collect();
+        let w = Packed4bit {
+            packed: &packed,
+            absmax: &absmax,
+            quant_type: FourBitType::Nf4,
+            blocksize: 64,
+            rows,
+            cols,
+        };
+        let isa = fast::isa();
+        let reps = 15;
+        let t_f = median_us(
+            || {
+                std::hint::black_box(fast::gemm::matmul_4bit(Floats::F32(&x), m, w, None, isa));
+            },
+            reps,
+        ) / 1e3;
+        let t_q = median_us(
+            || {
+                std::hint::black_box(q8_gemm::gemm(&x, m, Q8Source::FourBit(w), None, vnni));
+            },
+            reps,
+        ) / 1e3;
+        let wd: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 104729) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let wb: Vec<half::bf16> = wd.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let q = Q8Weight::quantize(&wd, rows, cols);
+        let t_d = median_us(
+            || {
+                std::hint::black_box(fast::gemm::matmul(
+                    Floats::F32(&x),
+                    Floats::BF16(&wb),
+                    None,
+                    m,
+                    rows,
+                    cols,
+                    isa,
+                ));
+            },
+            reps,
+        ) / 1e3;
+        let src = Q8Source::Q8 {
+            codes: &q.codes,
+            scales: &q.scales,
+            rows,
+            cols,
+        };
+        let t_q8 = median_us(
+            || {
+                std::hint::black_box(q8_gemm::gemm(&x, m, src, None, vnni));
+            },
+            reps,
+        ) / 1e3;
+        let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
+        println!(
+            "| {rows}x{cols} | {t_f:.2} | {t_q:.2} | {:.2}x | {:.0} | {t_d:.2} | {t_q8:.2} | {:.2}x |",
+            t_f / t_q,
+            gflop / (t_q / 1e3),
+            t_d / t_q8
+        );
+    }
 }

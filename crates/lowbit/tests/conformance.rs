@@ -350,9 +350,10 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
     }
 }
 
-/// Int8 activations (`format::q8`, the CPU's opt-in decode path): both CPU backends give identical bits
-/// (VNNI and portable kernels), within the 8-bit quantization's bound of the float product; GPUs refuse the
-/// ops (unsupported, no fallback in strict mode) and say so.
+/// Int8 activations (`format::q8`, the CPU's opt-in path): both CPU backends give identical bits (VNNI and
+/// portable kernels; one row takes the GEMV, several the batched kernel, partial tiles included), within the
+/// 8-bit quantization's bound of the float product; GPUs refuse the ops (unsupported, no fallback in strict
+/// mode) and say so.
 #[test]
 fn int8_activation_linears_agree_on_the_cpus_and_gpus_refuse_them() {
     use lowbit::format::q8::Q8Weight;
@@ -366,7 +367,7 @@ fn int8_activation_linears_agree_on_the_cpus_and_gpus_refuse_them() {
         .unwrap();
     let wq8 = Q8Weight::quantize(&f32s(&w), rows, cols);
     let bias = rand(vec![rows], 0.5, s + 1, DType::F32);
-    for batch in [1, 3] {
+    for batch in [1, 3, 9] {
         let x = rand(vec![batch, cols], 1.0, s + 2 + batch as u64, DType::F32);
         let float = f32s(&reference.matmul_4bit(&x, &q, Some(&bias)).unwrap());
         let dense = f32s(&reference.matmul(&x, &w, Some(&bias)).unwrap());

@@ -14,6 +14,12 @@
 //! by lane and the 8 lanes summed as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, then the bias. The block scale
 //! `s_b` is `d_b * xscale_b` for a [`Q8Weight`] and `absmax_b * (xscale_b / 127)` for 4-bit codes (whose int8
 //! image is the code value times 127).
+//!
+//! Several rows at once (a prefill) take a second arithmetic, that of the tiled kernel whose SIMD lanes are
+//! output features rather than column groups: per block the exact integer `d_b = Σ_{e in block} wq[e] *
+//! xq[e]`, one accumulator `acc = fma(d_b as f32, s_b, acc)` block by block from zero, then the bias
+//! ([`dot_blocks_reference`]). Both are the same integers under one float scale per block; they round
+//! differently, as llama.cpp's GEMV and GEMM kernels do.
 
 /// Values per block (activations and [`Q8Weight`]).
 pub const Q8_BLOCK: usize = 64;
@@ -164,6 +170,21 @@ pub fn dot_reference(
         }
     }
     finish(&acc)
+}
+
+/// The definition of one output of a several-row product (without bias; see the module doc): `code` and
+/// `scale` as in [`dot_reference`], `x` the activation row.
+pub fn dot_blocks_reference(
+    code: impl Fn(usize) -> u8,
+    scale: impl Fn(usize) -> f32,
+    x: &Q8Activations,
+) -> f32 {
+    (0..x.scale.len()).fold(0.0f32, |acc, b| {
+        let d: i32 = (b * Q8_BLOCK..(b + 1) * Q8_BLOCK)
+            .map(|e| (code(e) as i32 - 128) * x.get(e) as i32)
+            .sum();
+        (d as f32).mul_add(scale(b), acc)
+    })
 }
 
 #[cfg(test)]

@@ -221,8 +221,8 @@ impl Linear {
     }
 
     /// Switches this layer to int8 activations (`format::q8`, llama.cpp's CPU arithmetic), where its weight
-    /// allows: a 4-bit weight keeps its codes and its one-row products (decode) take
-    /// [`Device::linear_4bit_q8`], batches keep the float kernels; a float weight is quantized to Q8 blocks
+    /// allows: a 4-bit weight keeps its codes and its products take [`Device::linear_4bit_q8`] (one row, the
+    /// decode GEMV; several, the batched VNNI kernel of a prefill); a float weight is quantized to Q8 blocks
     /// once, here, and every product takes [`Device::linear_q8`]. Widths that are not a multiple of 64, and
     /// int8 or ternary weights (which quantize their activations already), are left as they are. Returns
     /// whether the layer changed.
@@ -310,9 +310,7 @@ impl Linear {
     ) -> Result<DeviceTensor> {
         Ok(match &self.weight {
             LinearWeight::Float(w) => dev.linear(x, w, bias)?,
-            LinearWeight::FourBit(w) if self.int8_activations && x.rows_cols().0 == 1 => {
-                dev.linear_4bit_q8(x, w, bias)?
-            }
+            LinearWeight::FourBit(w) if self.int8_activations => dev.linear_4bit_q8(x, w, bias)?,
             LinearWeight::FourBit(w) => dev.linear_4bit(x, w, bias)?,
             LinearWeight::Q8(w) => dev.linear_q8(x, w, bias)?,
             LinearWeight::Ternary(w) => dev.linear_ternary(x, w, bias)?,

@@ -3,6 +3,7 @@
 //! answer whether the CPU was chosen or fallen back to.
 
 use super::fast;
+use super::fast::q8_gemm::Q8Source;
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
@@ -156,8 +157,11 @@ pub fn run_host_op(
             let x = inputs[0].floats(name)?;
             let w = packed_4bit(name, inputs, quant_type, blocksize, rows, cols)?;
             let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
-            let y = q8_rows(x, cols, rows, |xr| {
-                fast::q8::gemv_4bit(xr, w, bias.as_deref(), vnni(kernels))
+            let y = q8_rows(x, cols, |xf, m| match m {
+                1 => fast::q8::gemv_4bit(xf, w, bias.as_deref(), vnni(kernels)),
+                _ => {
+                    fast::q8_gemm::gemm(xf, m, Q8Source::FourBit(w), bias.as_deref(), vnni(kernels))
+                }
             });
             out(with_last_dim(inputs[0].shape, rows), y)
         }
@@ -169,16 +173,25 @@ pub fn run_host_op(
             let x = inputs[0].floats(name)?;
             let (codes, scales) = (inputs[1].u8(name)?, f32s(name, &inputs[2])?);
             let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
-            let y = q8_rows(x, cols, rows, |xr| {
-                fast::q8::gemv_q8(
-                    xr,
+            let y = q8_rows(x, cols, |xf, m| match m {
+                1 => fast::q8::gemv_q8(
+                    xf,
                     codes,
                     scales,
                     rows,
                     cols,
                     bias.as_deref(),
                     vnni(kernels),
-                )
+                ),
+                _ => {
+                    let w = Q8Source::Q8 {
+                        codes,
+                        scales,
+                        rows,
+                        cols,
+                    };
+                    fast::q8_gemm::gemm(xf, m, w, bias.as_deref(), vnni(kernels))
+                }
             });
             out(with_last_dim(inputs[0].shape, rows), y)
         }
@@ -348,13 +361,11 @@ fn vnni(kernels: ModelKernels) -> bool {
     kernels == ModelKernels::Fast && fast::q8::has_vnni()
 }
 
-/// An int8-activation GEMV per row of x (each row quantized on its own), in x's dtype.
-fn q8_rows(x: Floats, cols: usize, rows: usize, gemv: impl Fn(&[f32]) -> Vec<f32>) -> FloatVec {
+/// An int8-activation product of x's rows (`product(x, rows)`: the GEMV for one, the batched kernel for
+/// several; `format::q8` defines both), in x's dtype.
+fn q8_rows(x: Floats, cols: usize, product: impl Fn(&[f32], usize) -> Vec<f32>) -> FloatVec {
     let xf = x.to_f32_vec();
-    let mut y = Vec::with_capacity(xf.len() / cols.max(1) * rows);
-    for xr in xf.chunks_exact(cols) {
-        y.extend(gemv(xr));
-    }
+    let y = product(&xf, xf.len() / cols.max(1));
     FloatVec::from_f32(y, x.dtype())
 }
 

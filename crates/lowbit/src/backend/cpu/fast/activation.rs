@@ -48,12 +48,14 @@ fn silu_mul_one(g: f32, u: f32) -> f32 {
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     debug_assert_eq!(gate.len(), up.len());
     let mut out = vec![0.0f32; gate.len()];
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::isa() == super::Isa::Avx512 {
+    let done = match super::isa() {
         // SAFETY: `isa()` reported AVX-512 F.
-        done = unsafe { avx512::silu_mul(gate, up, &mut out) };
-    }
+        super::Isa::Avx512 => unsafe { avx512::silu_mul(gate, up, &mut out) },
+        _ => 0,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for ((o, &g), &u) in out[done..].iter_mut().zip(&gate[done..]).zip(&up[done..]) {
         *o = silu_mul_one(g, u);
     }

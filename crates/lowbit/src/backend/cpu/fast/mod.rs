@@ -10,6 +10,7 @@ pub mod gemv4_rows;
 pub mod gemv_rows;
 pub mod int8;
 pub mod q8;
+pub mod q8_gemm;
 pub mod quantize;
 pub mod ternary;
 pub mod widen;

@@ -17,17 +17,18 @@ use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Activations ready for the row kernels: codes, the per-lane offset corrections and the block scales.
-struct Prepared {
-    a: Q8Activations,
+pub(super) struct Prepared {
+    pub(super) a: Q8Activations,
     /// `-128 * Σ xq` over each lane's 8 values: removes the weights' +128 offset from `vpdpbusd`'s sums.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    corr: Vec<i32>,
+    pub(super) corr: Vec<i32>,
     /// Activation side of each block scale (`xscale`, or `xscale / 127` for 4-bit codes).
-    xs: Vec<f32>,
+    pub(super) xs: Vec<f32>,
 }
 
 impl Prepared {
-    fn new(x: &[f32], fourbit: bool) -> Prepared {
+    /// `x` holds whole blocks (one row, or several rows whose width is a multiple of the block).
+    pub(super) fn new(x: &[f32], fourbit: bool) -> Prepared {
         #[cfg(target_arch = "x86_64")]
         if has_vnni() {
             // SAFETY: has_vnni() reported AVX-512 F/BW/VL and VNNI.
@@ -396,6 +397,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_fast_activation_quantizer_gives_the_definitions_codes() {
         if !has_vnni() {
