@@ -573,6 +573,10 @@ fn attention_matches_f64() {
     // row sees; then the same with rows past the cache end in the last blocks.
     each_dtype!(attention_case(&mut r, 8, 2, 64, 300, 320, 20, 1.0));
     each_dtype!(attention_case(&mut r, 4, 2, 32, 300, 200, 20, 1.0));
+    // Head sizes of 80 and 128: the fused f32 kernel's value columns in one pass of 64 and a shorter one,
+    // and in two of 64; 17 rows (a 12-row score tile and a partial one).
+    each_dtype!(attention_case(&mut r, 4, 2, 80, 17, 40, 23, 1.0));
+    each_dtype!(attention_case(&mut r, 2, 1, 128, 17, 17, 0, 1.0));
 }
 
 #[test]

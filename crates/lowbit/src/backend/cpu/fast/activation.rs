@@ -63,14 +63,14 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use super::{HI, LN2_HI, LN2_LO, LO, LOG2E, P};
     use std::arch::x86_64::*;
 
     /// [`super::exp`] on 16 lanes.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn exp(x: __m512) -> __m512 {
+    pub(crate) fn exp(x: __m512) -> __m512 {
         let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LO)), _mm512_set1_ps(HI));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
