@@ -3,10 +3,11 @@
 //! `... q8_bench prefill [M]`: the several-row products (float GEMM against the batched VNNI kernel) at M rows
 //! (default 512); `... q8_bench stream`: a decode step's GEMVs.
 use lowbit::backend::Packed4bit;
-use lowbit::backend::cpu::fast::q8_gemm::{self, Q8Source};
+use lowbit::backend::cpu::fast::q4_lanes::{self, LanesView};
+use lowbit::backend::cpu::fast::q8_gemm::{self, Q8View};
 use lowbit::backend::cpu::fast::{self, q8};
 use lowbit::format::FourBitType;
-use lowbit::format::q8::Q8Weight;
+use lowbit::format::q8::{Q4Lanes, Q8Weight};
 use lowbit::tensor::Floats;
 use std::time::Instant;
 
@@ -87,6 +88,7 @@ fn kernels(shapes: Vec<(usize, usize)>) {
             rows,
             cols,
         };
+        let lanes = Q4Lanes::from_4bit(&packed, &absmax, FourBitType::Nf4, 64, rows, cols);
         let reps = (2_000_000_000 / (rows * cols)).clamp(5, 2000);
         let isa = fast::isa();
         let t_f = median_us(
@@ -97,7 +99,7 @@ fn kernels(shapes: Vec<(usize, usize)>) {
         );
         let t_q = median_us(
             || {
-                std::hint::black_box(q8::gemv_4bit(&x, w, None, vnni));
+                std::hint::black_box(q4_lanes::linear(&x, 1, view(&lanes), None, vnni));
             },
             reps,
         );
@@ -139,16 +141,18 @@ fn kernels(shapes: Vec<(usize, usize)>) {
 pub fn model_stream() {
     let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
     // Per layer, per projection: packed codes, absmax, rows, cols.
-    type Weight = (Vec<u8>, Vec<f32>, usize, usize);
+    type Weight = (Vec<u8>, Vec<f32>, usize, usize, Q4Lanes);
     let layers: Vec<Vec<Weight>> = (0..30)
         .map(|l| {
             shapes
                 .iter()
                 .map(|&(r, c)| {
-                    let packed = (0..r * c / 2)
+                    let packed: Vec<u8> = (0..r * c / 2)
                         .map(|i| ((i * 2654435761usize + l) >> 13) as u8)
                         .collect();
-                    (packed, vec![0.5f32; r * c / 64], r, c)
+                    let absmax = vec![0.5f32; r * c / 64];
+                    let lanes = Q4Lanes::from_4bit(&packed, &absmax, FourBitType::Nf4, 64, r, c);
+                    (packed, absmax, r, c, lanes)
                 })
                 .collect()
         })
@@ -159,7 +163,7 @@ pub fn model_stream() {
         let t = Instant::now();
         for _ in 0..20 {
             for layer in &layers {
-                for (p, a, r, c) in layer {
+                for (p, a, r, c, lanes) in layer {
                     let w = Packed4bit {
                         packed: p,
                         absmax: a,
@@ -169,7 +173,13 @@ pub fn model_stream() {
                         cols: *c,
                     };
                     if int8 {
-                        std::hint::black_box(q8::gemv_4bit(&x[..*c], w, None, vnni));
+                        std::hint::black_box(q4_lanes::linear(
+                            &x[..*c],
+                            1,
+                            view(lanes),
+                            None,
+                            vnni,
+                        ));
                     } else {
                         std::hint::black_box(fast::gemv4::gemv(
                             Floats::F32(&x[..*c]),
@@ -225,6 +235,7 @@ fn prefill(m: usize) {
             rows,
             cols,
         };
+        let lanes = Q4Lanes::from_4bit(&packed, &absmax, FourBitType::Nf4, 64, rows, cols);
         let isa = fast::isa();
         let reps = 15;
         let t_f = median_us(
@@ -235,7 +246,7 @@ fn prefill(m: usize) {
         ) / 1e3;
         let t_q = median_us(
             || {
-                std::hint::black_box(q8_gemm::gemm(&x, m, Q8Source::FourBit(w), None, vnni));
+                std::hint::black_box(q4_lanes::linear(&x, m, view(&lanes), None, vnni));
             },
             reps,
         ) / 1e3;
@@ -258,7 +269,7 @@ fn prefill(m: usize) {
             },
             reps,
         ) / 1e3;
-        let src = Q8Source::Q8 {
+        let src = Q8View {
             codes: &q.codes,
             scales: &q.scales,
             rows,
@@ -277,5 +288,16 @@ fn prefill(m: usize) {
             gflop / (t_q / 1e3),
             t_d / t_q8
         );
+    }
+}
+
+/// A `Q4Lanes` weight as the kernels read it.
+fn view(q: &Q4Lanes) -> LanesView<'_> {
+    LanesView {
+        packed: &q.packed,
+        scales: &q.scales,
+        quant_type: q.quant_type,
+        rows: q.rows,
+        cols: q.cols,
     }
 }

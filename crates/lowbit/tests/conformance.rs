@@ -373,7 +373,10 @@ fn int8_activation_linears_agree_on_the_cpus_and_gpus_refuse_them() {
         let dense = f32s(&reference.matmul(&x, &w, Some(&bias)).unwrap());
         let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
         for dev in devices() {
-            let (dw, dq) = (dev.upload_4bit(&q).unwrap(), dev.upload_q8(&wq8).unwrap());
+            let dw = dev.upload_4bit(&q).unwrap();
+            // The lanes repack reads the weight back from the device: a GPU holds it but refuses the op.
+            let dw = dev.upload_4bit_lanes(&dw).unwrap();
+            let dq = dev.upload_q8(&wq8).unwrap();
             let (xd, bd) = (up(&dev, &x), up(&dev, &bias));
             let (y4, y8) = (
                 dev.linear_4bit_q8(&xd, &dw, Some(&bd)),

@@ -189,8 +189,9 @@ proptest! {
         }
     }
 
-    /// Int8 activations (`format::q8`): the VNNI kernel, the portable one and the definition give the
-    /// same bits (the integer sums are exact; the float steps are the same operations in the same order).
+    /// Int8 activations (`format::q8`): the VNNI kernels, the portable ones and the definitions give the
+    /// same bits (the integer sums are exact; the float steps are the same operations in the same order):
+    /// Q8 weights one row at a time, 4-bit weights in the lanes layout for one row and for three.
     #[test]
     fn int8_activation_gemvs_match_their_definition(seed in any::<u64>(), rows in 1usize..80, blocks in 1usize..12) {
         use lowbit::format::q8::{self, Q8Activations, Q8Weight};
@@ -203,14 +204,20 @@ proptest! {
             w.bs = 64;
             w.absmax.truncate((rows * cols).div_ceil(64));
         }
-        let p = Packed4bit { packed: &w.packed, absmax: &w.absmax, quant_type: w.qt, blocksize: w.bs, rows, cols };
-        let qx = Q8Activations::quantize(&x);
-        let xs = q8::fourbit_xscales(&qx);
+        let lanes = q8::Q4Lanes::from_4bit(&w.packed, &w.absmax, w.qt, w.bs, rows, cols);
+        let view = fast::q4_lanes::LanesView { packed: &lanes.packed, scales: &lanes.scales, quant_type: w.qt, rows, cols };
         let table = q8::codebook_u8(w.qt.dequant_table());
-        let want: Vec<f32> = (0..rows).map(|r| {
-            let code = |e: usize| table[lowbit::format::fourbit::nibble(&w.packed, r * cols + e) as usize];
-            q8::dot_reference(code, |b| w.absmax[(r * cols + 64 * b) / w.bs] * xs[b], &qx) + bias[r]
+        let mut x3 = x.clone();
+        x3.extend(values(&mut rng, 2 * cols, true));
+        let want4: Vec<f32> = x3.chunks_exact(cols).flat_map(|xr| {
+            let a = Q8Activations::quantize(xr);
+            let xs = q8::fourbit_xscales(&a);
+            (0..rows).map(|r| {
+                let code = |e: usize| table[lowbit::format::fourbit::nibble(&w.packed, r * cols + e) as usize];
+                q8::dot_blocks_reference(code, |b| w.absmax[(r * cols + 64 * b) / w.bs] * xs[b], &a) + bias[r]
+            }).collect::<Vec<f32>>()
         }).collect();
+        let qx = Q8Activations::quantize(&x);
         let dense = Q8Weight::quantize(&w.dense, rows, cols);
         let want_q8: Vec<f32> = (0..rows).map(|r| {
             let c = &dense.codes[r * cols..(r + 1) * cols];
@@ -219,8 +226,10 @@ proptest! {
         }).collect();
         let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits() || (u.is_nan() && v.is_nan()));
         for vnni in [false, fast::q8::has_vnni()] {
-            let got = fast::q8::gemv_4bit(&x, p, Some(&bias), vnni);
-            prop_assert!(same(&got, &want), "4-bit {} bs {} vnni {}", w.qt, w.bs, vnni);
+            let got = fast::q4_lanes::linear(&x, 1, view, Some(&bias), vnni);
+            prop_assert!(same(&got, &want4[..rows]), "4-bit {} bs {} vnni {}", w.qt, w.bs, vnni);
+            let got = fast::q4_lanes::linear(&x3, 3, view, Some(&bias), vnni);
+            prop_assert!(same(&got, &want4), "4-bit, 3 rows, {} bs {} vnni {}", w.qt, w.bs, vnni);
             let got = fast::q8::gemv_q8(&x, &dense.codes, &dense.scales, rows, cols, Some(&bias), vnni);
             prop_assert!(same(&got, &want_q8), "q8 vnni {}", vnni);
         }

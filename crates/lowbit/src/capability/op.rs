@@ -133,12 +133,11 @@ pub enum Op {
         cols: usize,
         bias: bool,
     },
-    /// [`Op::Linear4bit`] with each activation row quantized to int8 blocks of 64 and integer dot products
-    /// (`format::q8`; not bitsandbytes' arithmetic). Needs `cols % 64 == 0`, `blocksize % 64 == 0`.
-    /// Operands as [`Op::Linear4bit`].
+    /// A 4-bit linear with each activation row quantized to int8 blocks of 64 and integer dot products
+    /// (`format::q8`; not bitsandbytes' arithmetic). Operands: x `[m, cols]`, codes u8 and scales f32 in
+    /// `format::q8::Q4Lanes`' layout[, bias `[rows]`]. Needs `cols % 64 == 0`.
     Linear4bitQ8 {
         quant_type: FourBitType,
-        blocksize: usize,
         rows: usize,
         cols: usize,
         bias: bool,

@@ -131,6 +131,80 @@ impl Q8Weight {
     }
 }
 
+/// A 4-bit weight laid out for the int8-activation kernels, whose 16 SIMD lanes are 16 output rows: rows in
+/// groups of 16 (the last one padded with zero scales), and per group and block of 64 columns 512 bytes, the
+/// rows' bitsandbytes bytes transposed in 4-byte units: byte `64 t + 4 l + i` is byte `4 t + i` of row `l`'s
+/// block (high nibble column `8 t + 2 i`, low nibble the next). One register of it holds 4 codes of each of
+/// 16 rows twice over (high nibbles, low nibbles), against one broadcast activation dword each. Scales are
+/// the absmax of each row's 64-column block, in the same group order. Products over it follow
+/// [`dot_blocks_reference`] for any number of rows, so a prefill and a decode step give the same bits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q4Lanes {
+    pub packed: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub quant_type: crate::format::FourBitType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Rows per group of [`Q4Lanes`]: one per 32-bit lane of a 512-bit register.
+pub const LANE_ROWS: usize = 16;
+/// Bytes of one group's block in [`Q4Lanes`].
+pub const LANE_BLOCK_BYTES: usize = LANE_ROWS * Q8_BLOCK / 2;
+
+impl Q4Lanes {
+    /// Repacks a bitsandbytes 4-bit weight (`packed`, f32 `absmax` per `blocksize`) of `[rows, cols]`.
+    /// Needs `fits_4bit(cols, blocksize)` and whole inputs (checked by the caller).
+    pub fn from_4bit(
+        packed: &[u8],
+        absmax: &[f32],
+        quant_type: crate::format::FourBitType,
+        blocksize: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Q4Lanes {
+        debug_assert!(fits_4bit(cols, blocksize));
+        let nb = cols / Q8_BLOCK;
+        let groups = rows.div_ceil(LANE_ROWS);
+        let mut out = vec![0u8; groups * nb * LANE_BLOCK_BYTES];
+        let mut scales = vec![0.0f32; groups * nb * LANE_ROWS];
+        for r in 0..rows {
+            let (g, l) = (r / LANE_ROWS, r % LANE_ROWS);
+            for b in 0..nb {
+                let first = r * cols + b * Q8_BLOCK;
+                let src = &packed[first / 2..][..Q8_BLOCK / 2];
+                let dst = &mut out[(g * nb + b) * LANE_BLOCK_BYTES..][..LANE_BLOCK_BYTES];
+                for (t, four) in src.chunks_exact(4).enumerate() {
+                    dst[t * 64 + 4 * l..][..4].copy_from_slice(four);
+                }
+                scales[(g * nb + b) * LANE_ROWS + l] = absmax[first / blocksize];
+            }
+        }
+        Q4Lanes {
+            packed: out,
+            scales,
+            quant_type,
+            rows,
+            cols,
+        }
+    }
+
+    /// The 4-bit code of row `r`, column `c`.
+    pub fn code(&self, r: usize, c: usize) -> u8 {
+        let nb = self.cols / Q8_BLOCK;
+        let (g, l, b, e) = (r / LANE_ROWS, r % LANE_ROWS, c / Q8_BLOCK, c % Q8_BLOCK);
+        let p = e / 2;
+        let byte = self.packed[(g * nb + b) * LANE_BLOCK_BYTES + (p / 4) * 64 + 4 * l + p % 4];
+        if e % 2 == 0 { byte >> 4 } else { byte & 15 }
+    }
+
+    /// Row `r`'s block scale (absmax) for columns `64 b .. 64 b + 64`.
+    pub fn scale(&self, r: usize, b: usize) -> f32 {
+        let nb = self.cols / Q8_BLOCK;
+        self.scales[((r / LANE_ROWS) * nb + b) * LANE_ROWS + r % LANE_ROWS]
+    }
+}
+
 /// Whether a `cols`-wide layer with 4-bit blocks of `blocksize` can take int8 activations: whole activation
 /// blocks per row, each inside one weight block.
 pub fn fits_4bit(cols: usize, blocksize: usize) -> bool {

@@ -6,7 +6,9 @@ use crate::device_tensor::DeviceTensor;
 use crate::format::FourBitType;
 use crate::format::q8::{Q8_BLOCK, Q8Weight, fits_4bit};
 use crate::model::checkpoint::StoredWeight;
-use crate::ops::{Linear8bitLt, Quantized4bit, Weight4bit, Weight8bit, WeightQ8, WeightTernary};
+use crate::ops::{
+    Linear8bitLt, Quantized4bit, Weight4bit, Weight8bit, WeightQ4Lanes, WeightQ8, WeightTernary,
+};
 use crate::runtime::Device;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -51,6 +53,8 @@ pub enum LinearWeight {
     Ternary(WeightTernary),
     /// A float weight quantized to int8 blocks for int8 activations ([`Linear::use_int8_activations`]).
     Q8(WeightQ8),
+    /// A 4-bit weight repacked for int8 activations ([`Linear::use_int8_activations`]).
+    Q4Lanes(WeightQ4Lanes),
 }
 
 /// `y = x W^T + b (+ s·B(A x) for the active adapter)`.
@@ -62,8 +66,6 @@ pub struct Linear {
     in_features: usize,
     adapters: Vec<(String, LoraAdapter)>,
     active: Option<usize>,
-    /// One-row products of a 4-bit weight take int8 activations.
-    int8_activations: bool,
 }
 
 /// A float weight quantized to 4 bits as a layer loads it: on the CPU from its exact f32 widening (so the
@@ -170,7 +172,6 @@ impl Linear {
             in_features,
             adapters: Vec::new(),
             active: None,
-            int8_activations: false,
         })
     }
 
@@ -192,7 +193,6 @@ impl Linear {
             in_features: i,
             adapters: Vec::new(),
             active: None,
-            int8_activations: false,
         })
     }
 
@@ -217,12 +217,13 @@ impl Linear {
             LinearWeight::Int8(..) => n + 4 * self.out_features as u64,
             LinearWeight::Ternary(_) => n / 4,
             LinearWeight::Q8(_) => n + 4 * n.div_ceil(Q8_BLOCK as u64),
+            LinearWeight::Q4Lanes(_) => n / 2 + 4 * n.div_ceil(Q8_BLOCK as u64),
         }
     }
 
     /// Switches this layer to int8 activations (`format::q8`, llama.cpp's CPU arithmetic), where its weight
-    /// allows: a 4-bit weight keeps its codes and its products take [`Device::linear_4bit_q8`] (one row, the
-    /// decode GEMV; several, the batched VNNI kernel of a prefill); a float weight is quantized to Q8 blocks
+    /// allows: a 4-bit weight keeps its codes, repacked once into the lanes layout, and its products take
+    /// [`Device::linear_4bit_q8`] (decode and prefill alike); a float weight is quantized to Q8 blocks
     /// once, here, and every product takes [`Device::linear_q8`]. Widths that are not a multiple of 64, and
     /// int8 or ternary weights (which quantize their activations already), are left as they are. Returns
     /// whether the layer changed.
@@ -230,7 +231,7 @@ impl Linear {
         let fits = self.in_features.is_multiple_of(Q8_BLOCK);
         match &self.weight {
             LinearWeight::FourBit(w) if fits_4bit(w.cols(), w.blocksize()) => {
-                self.int8_activations = true;
+                self.weight = LinearWeight::Q4Lanes(dev.upload_4bit_lanes(w)?);
                 Ok(true)
             }
             LinearWeight::Float(w) if fits && self.in_features > 0 => {
@@ -292,7 +293,10 @@ impl Linear {
             && self.active.is_none()
             && matches!(
                 self.weight,
-                LinearWeight::Float(_) | LinearWeight::FourBit(_) | LinearWeight::Q8(_)
+                LinearWeight::Float(_)
+                    | LinearWeight::FourBit(_)
+                    | LinearWeight::Q8(_)
+                    | LinearWeight::Q4Lanes(_)
             );
         if bias_slot_free && x.rows_cols().0 == 1 && residual.shape() == [1, self.out_features] {
             let bias = residual.reshape(vec![self.out_features])?;
@@ -310,9 +314,9 @@ impl Linear {
     ) -> Result<DeviceTensor> {
         Ok(match &self.weight {
             LinearWeight::Float(w) => dev.linear(x, w, bias)?,
-            LinearWeight::FourBit(w) if self.int8_activations => dev.linear_4bit_q8(x, w, bias)?,
             LinearWeight::FourBit(w) => dev.linear_4bit(x, w, bias)?,
             LinearWeight::Q8(w) => dev.linear_q8(x, w, bias)?,
+            LinearWeight::Q4Lanes(w) => dev.linear_4bit_q8(x, w, bias)?,
             LinearWeight::Ternary(w) => dev.linear_ternary(x, w, bias)?,
             // LLM.int8() returns float16, as bitsandbytes does; the model continues in x's dtype.
             LinearWeight::Int8(w, threshold) => {

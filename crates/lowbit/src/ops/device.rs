@@ -17,12 +17,12 @@ use crate::{Error, FourBitType, Result};
 /// (double quantization expanded once, at upload).
 #[derive(Clone, Debug)]
 pub struct Weight4bit {
-    packed: DeviceTensor,
-    absmax: DeviceTensor,
-    quant_type: FourBitType,
-    blocksize: usize,
-    rows: usize,
-    cols: usize,
+    pub(super) packed: DeviceTensor,
+    pub(super) absmax: DeviceTensor,
+    pub(super) quant_type: FourBitType,
+    pub(super) blocksize: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
 }
 
 impl Weight4bit {
@@ -228,38 +228,6 @@ impl Device {
         check_linear_input(OP, x, w.rows, w.cols, bias)?;
         self.run_op(
             &Op::Linear4bit {
-                quant_type: w.quant_type,
-                blocksize: w.blocksize,
-                rows: w.rows,
-                cols: w.cols,
-                bias: bias.is_some(),
-            },
-            &operands(&[x, &w.packed, &w.absmax], bias),
-        )
-    }
-
-    /// [`Device::linear_4bit`] with x quantized to int8 blocks per row and integer dot products
-    /// (`format::q8`: llama.cpp's CPU arithmetic, not bitsandbytes'). Needs `cols` and the blocksize to be
-    /// multiples of 64 ([`crate::format::q8::fits_4bit`]).
-    pub fn linear_4bit_q8(
-        &self,
-        x: &DeviceTensor,
-        w: &Weight4bit,
-        bias: Option<&DeviceTensor>,
-    ) -> Result<DeviceTensor> {
-        const OP: &str = "linear_4bit_q8";
-        check_linear_input(OP, x, w.rows, w.cols, bias)?;
-        if !crate::format::q8::fits_4bit(w.cols, w.blocksize) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "int8 activations need columns and blocksize in multiples of 64, got {} and {}",
-                    w.cols, w.blocksize
-                ),
-            ));
-        }
-        self.run_op(
-            &Op::Linear4bitQ8 {
                 quant_type: w.quant_type,
                 blocksize: w.blocksize,
                 rows: w.rows,

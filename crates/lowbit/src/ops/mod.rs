@@ -18,7 +18,7 @@ mod ternary;
 pub use blockwise::Quantized8bit;
 pub use device::{Weight4bit, WeightTernary};
 pub use device_int8::Weight8bit;
-pub use device_q8::WeightQ8;
+pub use device_q8::{WeightQ4Lanes, WeightQ8};
 pub use fourbit::Quantized4bit;
 pub use int8::{Int8Quantized, Linear8bitLt};
 pub use ternary::{BitLinear, TernaryWeight};

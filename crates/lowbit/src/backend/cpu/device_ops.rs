@@ -3,7 +3,7 @@
 //! answer whether the CPU was chosen or fallen back to.
 
 use super::fast;
-use super::fast::q8_gemm::Q8Source;
+use super::fast::q8_gemm::Q8View;
 use super::reference::model;
 use crate::backend::{Backend, Packed4bit, PackedTernary};
 use crate::capability::Op;
@@ -149,19 +149,21 @@ pub fn run_host_op(
         }
         Op::Linear4bitQ8 {
             quant_type,
-            blocksize,
             rows,
             cols,
             bias: has_bias,
         } => {
             let x = inputs[0].floats(name)?;
-            let w = packed_4bit(name, inputs, quant_type, blocksize, rows, cols)?;
+            let w = fast::q4_lanes::LanesView {
+                packed: inputs[1].u8(name)?,
+                scales: f32s(name, &inputs[2])?,
+                quant_type,
+                rows,
+                cols,
+            };
             let bias = bias(3, has_bias)?.map(|b| b.to_f32_vec());
-            let y = q8_rows(x, cols, |xf, m| match m {
-                1 => fast::q8::gemv_4bit(xf, w, bias.as_deref(), vnni(kernels)),
-                _ => {
-                    fast::q8_gemm::gemm(xf, m, Q8Source::FourBit(w), bias.as_deref(), vnni(kernels))
-                }
+            let y = q8_rows(x, cols, |xf, m| {
+                fast::q4_lanes::linear(xf, m, w, bias.as_deref(), vnni(kernels))
             });
             out(with_last_dim(inputs[0].shape, rows), y)
         }
@@ -184,7 +186,7 @@ pub fn run_host_op(
                     vnni(kernels),
                 ),
                 _ => {
-                    let w = Q8Source::Q8 {
+                    let w = Q8View {
                         codes,
                         scales,
                         rows,

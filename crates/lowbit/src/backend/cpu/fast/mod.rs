@@ -9,6 +9,7 @@ pub mod gemv4;
 pub mod gemv4_rows;
 pub mod gemv_rows;
 pub mod int8;
+pub mod q4_lanes;
 pub mod q8;
 pub mod q8_gemm;
 pub mod quantize;

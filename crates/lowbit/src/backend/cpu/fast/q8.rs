@@ -1,17 +1,14 @@
-//! Int8-activation GEMVs (`format::q8`): 4-bit codes or Q8 weight blocks times activations quantized to int8
-//! per block of 64, as exact integer dot products (AVX-512 VNNI `vpdpbusd`), one float scale per block.
+//! Int8-activation GEMVs on Q8 weight blocks (`format::q8`): activations quantized to int8 per block of 64,
+//! exact integer dot products (AVX-512 VNNI `vpdpbusd`), one float scale per block; and the activation
+//! quantizer every int8 kernel shares ([`Prepared`]). 4-bit weights take the lanes kernels (`q4_lanes.rs`).
 //!
-//! Per block of 64 weights the VNNI kernel does 2 table shuffles (4-bit) and 2 `vpdpbusd` on 32-byte
-//! registers, against 4 `vpermps` and 4 FMAs on 64-byte registers for the float GEMV (`gemv4`). Without VNNI
-//! each row is `format::q8::dot_reference`, the definition itself; the VNNI kernel computes the same integers
-//! and the same float operations in the same order, so both give the same bits.
+//! Per block of 64 weights the VNNI kernel does 2 `vpdpbusd` on 32-byte registers. Without VNNI each row is
+//! `format::q8::dot_reference`, the definition itself; the VNNI kernel computes the same integers and the same
+//! float operations in the same order, so both give the same bits.
 
 use super::task_len;
-use crate::backend::Packed4bit;
-use crate::format::fourbit::nibble;
 use crate::format::q8::{
-    Q8_BLOCK, Q8_LANES, Q8Activations, codebook_u8, dot_reference, fits_4bit, fourbit_xscales,
-    position,
+    Q8_BLOCK, Q8_LANES, Q8Activations, dot_reference, fourbit_xscales, position,
 };
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -82,34 +79,6 @@ pub fn has_vnni() -> bool {
     })
 }
 
-/// `y = dequant(W) x + bias` for one activation row, x quantized to int8 blocks. Needs
-/// `fits_4bit(w.cols, w.blocksize)` and a blocksize that is a power of two.
-pub fn gemv_4bit(x: &[f32], w: Packed4bit, bias: Option<&[f32]>, vnni: bool) -> Vec<f32> {
-    debug_assert!(fits_4bit(w.cols, w.blocksize) && w.blocksize.is_power_of_two());
-    let p = Prepared::new(x, true);
-    let table = codebook_u8(w.quant_type.dequant_table());
-    let shift = (w.blocksize / Q8_BLOCK).trailing_zeros();
-    let row_bytes = w.cols / 2;
-    let nb = w.cols / Q8_BLOCK;
-    rows_par(w.rows, row_bytes, nb, bias, |r, s| {
-        let bytes = &w.packed[r * row_bytes..(r + 1) * row_bytes];
-        let first = r * nb;
-        // The row's block scales, once per row and out of the product's loop.
-        if shift == 0 {
-            let a = &w.absmax[first..first + nb];
-            s.extend(a.iter().zip(&p.xs).map(|(a, x)| a * x));
-        } else {
-            s.extend((0..nb).map(|b| w.absmax[(first + b) >> shift] * p.xs[b]));
-        }
-        if vnni {
-            vnni_row(Source::FourBit(bytes, &table), s, &p)
-        } else {
-            let code = |e: usize| table[nibble(bytes, e) as usize];
-            portable_row(code, |b| s[b], &p)
-        }
-    })
-}
-
 /// `y = W x + bias` for a Q8 weight (`format::q8::Q8Weight`'s codes and scales) and one activation row.
 pub fn gemv_q8(
     x: &[f32],
@@ -131,7 +100,7 @@ pub fn gemv_q8(
                 .map(|(a, x)| a * x),
         );
         if vnni {
-            vnni_row(Source::Q8(c), s, &p)
+            vnni_row(c, s, &p)
         } else {
             // Codes are stored in the even-then-odd order per block; `code` takes natural column order.
             portable_row(|e: usize| c[position(e)], |b| s[b], &p)
@@ -166,30 +135,21 @@ fn portable_row(code: impl Fn(usize) -> u8, scale: impl Fn(usize) -> f32, p: &Pr
     dot_reference(code, scale, &p.a)
 }
 
-/// A row's weights for the VNNI kernel.
-#[derive(Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum Source<'a> {
-    /// Packed nibbles (32 bytes per block) and the codebook's offset int8 image.
-    FourBit(&'a [u8], &'a [u8; 16]),
-    /// Offset codes, 64 per block, even columns then odd ones.
-    Q8(&'a [u8]),
-}
-
+/// A row of offset codes (64 per block, even columns then odd ones) through the VNNI kernel.
 #[cfg(target_arch = "x86_64")]
-fn vnni_row(src: Source, scales: &[f32], p: &Prepared) -> f32 {
+fn vnni_row(codes: &[u8], scales: &[f32], p: &Prepared) -> f32 {
     // SAFETY: callers pass `vnni = true` only when `has_vnni()` reported the features.
-    unsafe { avx512::row(src, scales, p) }
+    unsafe { avx512::row(codes, scales, p) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn vnni_row(_: Source, _: &[f32], _: &Prepared) -> f32 {
+fn vnni_row(_: &[u8], _: &[f32], _: &Prepared) -> f32 {
     unreachable!("VNNI is never selected off x86-64")
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Prepared, Q8_BLOCK, Q8Activations, Source};
+    use super::{Prepared, Q8_BLOCK, Q8Activations};
     use crate::format::q8::{amax_scale, quantize_block};
     use std::arch::x86_64::*;
 
@@ -259,53 +219,28 @@ mod avx512 {
         (Q8Activations { q, scale }, corr)
     }
 
-    /// Needs `has_vnni()`; every slice holds whole blocks (checked by the indexing below).
+    /// One row of Q8 codes. Needs `has_vnni()`; every slice holds whole blocks (checked by the indexing
+    /// below).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub(super) fn row(src: Source, scales: &[f32], p: &Prepared) -> f32 {
-        // The weight kind as a constant, so the block loop has no branch on it.
-        match src {
-            Source::FourBit(b, t) => row_of::<true>(b, t, scales, p),
-            Source::Q8(c) => row_of::<false>(c, &[0; 16], scales, p),
-        }
-    }
-
-    /// One row of packed nibbles with the codebook image `table` (`Q4`), or of Q8 codes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    fn row_of<const Q4: bool>(bytes: &[u8], table: &[u8; 16], scales: &[f32], p: &Prepared) -> f32 {
+    pub(super) fn row(bytes: &[u8], scales: &[f32], p: &Prepared) -> f32 {
         let nb = p.blocks();
         let scales = &scales[..nb];
         let xq = &p.a.q[..nb * Q8_BLOCK];
         let corr = &p.corr[..nb * 8];
-        let bytes = &bytes[..nb * if Q4 { 32 } else { Q8_BLOCK }];
-        // SAFETY: 16 bytes.
-        let table = _mm256_broadcastsi128_si256(unsafe {
-            _mm_loadu_si128(table.as_ptr() as *const __m128i)
-        });
-        let low = _mm256_set1_epi8(0x0f);
+        let bytes = &bytes[..nb * Q8_BLOCK];
         // One block into accumulator `$acc` (a macro rather than a closure or an indexed array, so both
         // accumulators stay in registers).
         macro_rules! block {
             ($b:expr, $acc:ident) => {{
                 let b = $b;
-                // SAFETY: block b's 32 or 64 code bytes, 64 activation bytes, 8 corrections and its
-                // scale are in bounds (the slices above hold nb whole blocks, and b < nb).
+                // SAFETY: block b's 64 code bytes, 64 activation bytes, 8 corrections and its scale are
+                // in bounds (the slices above hold nb whole blocks, and b < nb).
                 let (hi, lo, xe, xo, c, s) = unsafe {
-                    let (hi, lo) = match Q4 {
-                        true => {
-                            let q =
-                                _mm256_loadu_si256(bytes.as_ptr().add(32 * b) as *const __m256i);
-                            let h = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
-                            let l = _mm256_and_si256(q, low);
-                            (_mm256_shuffle_epi8(table, h), _mm256_shuffle_epi8(table, l))
-                        }
-                        false => {
-                            let at = bytes.as_ptr().add(Q8_BLOCK * b);
-                            (
-                                _mm256_loadu_si256(at as *const __m256i),
-                                _mm256_loadu_si256(at.add(32) as *const __m256i),
-                            )
-                        }
-                    };
+                    let at = bytes.as_ptr().add(Q8_BLOCK * b);
+                    let (hi, lo) = (
+                        _mm256_loadu_si256(at as *const __m256i),
+                        _mm256_loadu_si256(at.add(32) as *const __m256i),
+                    );
                     let xa = xq.as_ptr().add(Q8_BLOCK * b);
                     (
                         hi,
@@ -339,7 +274,6 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::FourBitType;
     use crate::format::q8::Q8Weight;
 
     fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -348,35 +282,12 @@ mod tests {
 
     #[test]
     fn both_kernels_give_the_definitions_bits() {
+        let seed = super::super::test_seed();
         let (rows, cols) = (37, 320);
-        let x = data(cols, 1);
-        let packed: Vec<u8> = data(rows * cols / 2, 2)
-            .iter()
-            .map(|v| (v.to_bits() >> 7) as u8)
-            .collect();
-        let absmax: Vec<f32> = data((rows * cols).div_ceil(128), 3)
-            .iter()
-            .map(|v| v.abs())
-            .collect();
-        let w = Packed4bit {
-            packed: &packed,
-            absmax: &absmax,
-            quant_type: FourBitType::Nf4,
-            blocksize: 128,
-            rows,
-            cols,
-        };
+        let x = data(cols, seed);
         let qx = Q8Activations::quantize(&x);
-        let xs = fourbit_xscales(&qx);
-        let table = codebook_u8(FourBitType::Nf4.dequant_table());
+        let dense = Q8Weight::quantize(&data(rows * cols, seed ^ 4), rows, cols);
         let want: Vec<f32> = (0..rows)
-            .map(|r| {
-                let code = |e: usize| table[nibble(&packed, r * cols + e) as usize];
-                dot_reference(code, |b| absmax[(r * cols + b * 64) / 128] * xs[b], &qx)
-            })
-            .collect();
-        let dense = Q8Weight::quantize(&data(rows * cols, 4), rows, cols);
-        let want_q8: Vec<f32> = (0..rows)
             .map(|r| {
                 let c = &dense.codes[r * cols..(r + 1) * cols];
                 let code = |e: usize| c[position(e)];
@@ -390,10 +301,8 @@ mod tests {
             eprintln!("skipped the VNNI kernel: this CPU has no AVX-512 VNNI");
         }
         for vnni in kernels {
-            let got = gemv_4bit(&x, w, None, vnni);
-            assert_eq!(bits(&got), bits(&want), "4-bit, vnni {vnni}");
             let got = gemv_q8(&x, &dense.codes, &dense.scales, rows, cols, None, vnni);
-            assert_eq!(bits(&got), bits(&want_q8), "q8, vnni {vnni}");
+            assert_eq!(bits(&got), bits(&want), "vnni {vnni}, seed {seed}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! Int8-activation products of several rows (a prefill): `format::q8`'s batched arithmetic
-//! ([`dot_blocks_reference`]) as a tiled VNNI kernel whose 16 SIMD lanes are 16 output features.
+//! Int8-activation products of several rows (a prefill) on Q8 weights: `format::q8`'s batched arithmetic
+//! ([`dot_blocks_reference`]) as a tiled VNNI kernel whose 16 SIMD lanes are 16 output features (4-bit
+//! weights, stored in that layout already, take `q4_lanes.rs`).
 //!
 //! The one-row kernel (`q8.rs`) keeps a row's 64 products in 8 lanes and spends a conversion and an FMA on
 //! every 64 of them; a tile of rows that did the same made prefill slower than the float GEMM. Here a
@@ -13,9 +14,7 @@ use super::q8::Prepared;
 #[cfg(target_arch = "x86_64")]
 use super::q8::has_vnni;
 use super::task_len;
-use crate::backend::Packed4bit;
-use crate::format::fourbit::nibble;
-use crate::format::q8::{Q8_BLOCK, Q8Activations, codebook_u8, dot_blocks_reference, position};
+use crate::format::q8::{Q8_BLOCK, Q8Activations, dot_blocks_reference, position};
 use rayon::prelude::*;
 
 /// Output features per register: one 32-bit lane each.
@@ -31,77 +30,43 @@ const NW: usize = 2;
 #[cfg(target_arch = "x86_64")]
 const PANEL_BLOCK: usize = LANES * Q8_BLOCK;
 
-/// A weight whose rows the product reads as offset codes (`format::q8`) and block scales.
+/// A `format::q8::Q8Weight`'s codes and scales as the product reads them.
 #[derive(Clone, Copy)]
-pub enum Q8Source<'a> {
-    /// 4-bit codes, read as their codebook's int8 image; needs `fits_4bit(cols, blocksize)`.
-    FourBit(Packed4bit<'a>),
-    /// A `format::q8::Q8Weight`'s codes and scales.
-    Q8 {
-        codes: &'a [u8],
-        scales: &'a [f32],
-        rows: usize,
-        cols: usize,
-    },
+pub struct Q8View<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
 }
 
-impl Q8Source<'_> {
-    fn rows_cols(&self) -> (usize, usize) {
-        match *self {
-            Q8Source::FourBit(w) => (w.rows, w.cols),
-            Q8Source::Q8 { rows, cols, .. } => (rows, cols),
-        }
-    }
-
-    fn is_fourbit(&self) -> bool {
-        matches!(self, Q8Source::FourBit(_))
-    }
-
-    /// Row `r`'s block `b` as 64 offset codes in the even-then-odd layout of `Q8Activations`.
+impl Q8View<'_> {
+    /// Row `r`'s block `b`: 64 offset codes in the even-then-odd layout of `Q8Activations`.
     #[cfg(target_arch = "x86_64")]
-    fn block_codes(&self, table: &[u8; 16], r: usize, b: usize, out: &mut [u8]) {
-        match *self {
-            Q8Source::FourBit(w) => {
-                // Element e of the row is nibble r*cols + e: even columns are high nibbles, odd ones low.
-                let bytes = &w.packed[(r * w.cols + b * Q8_BLOCK) / 2..][..Q8_BLOCK / 2];
-                for (p, &v) in bytes.iter().enumerate() {
-                    out[p] = table[(v >> 4) as usize];
-                    out[Q8_BLOCK / 2 + p] = table[(v & 15) as usize];
-                }
-            }
-            Q8Source::Q8 { codes, cols, .. } => {
-                out.copy_from_slice(&codes[r * cols + b * Q8_BLOCK..][..Q8_BLOCK])
-            }
-        }
+    fn block_codes(&self, r: usize, b: usize) -> &[u8] {
+        &self.codes[r * self.cols + b * Q8_BLOCK..][..Q8_BLOCK]
     }
 
-    /// The weight side of row `r`'s block `b` scale (absmax, or the Q8 block's `d`).
+    /// Row `r`'s block `b` scale `d`.
     fn block_scale(&self, r: usize, b: usize) -> f32 {
-        match *self {
-            Q8Source::FourBit(w) => w.absmax[(r * w.cols + b * Q8_BLOCK) / w.blocksize],
-            Q8Source::Q8 { scales, cols, .. } => scales[r * (cols / Q8_BLOCK) + b],
-        }
+        self.scales[r * (self.cols / Q8_BLOCK) + b]
     }
 
     /// The definition's code of row `r`'s column `e` (natural order), for the portable path.
-    fn code(&self, table: &[u8; 16], r: usize, e: usize) -> u8 {
-        match *self {
-            Q8Source::FourBit(w) => table[nibble(w.packed, r * w.cols + e) as usize],
-            Q8Source::Q8 { codes, cols, .. } => codes[r * cols + position(e)],
-        }
+    fn code(&self, r: usize, e: usize) -> u8 {
+        self.codes[r * self.cols + position(e)]
     }
 }
 
 /// The activation rows, quantized: codes, each block's offset correction `-128 Σ xq` and scale's
 /// activation side.
-struct Rows {
-    q: Q8Activations,
-    corr: Vec<i32>,
-    xs: Vec<f32>,
+pub(super) struct Rows {
+    pub(super) q: Q8Activations,
+    pub(super) corr: Vec<i32>,
+    pub(super) xs: Vec<f32>,
 }
 
 impl Rows {
-    fn new(x: &[f32], m: usize, k: usize, fourbit: bool) -> Rows {
+    pub(super) fn new(x: &[f32], m: usize, k: usize, fourbit: bool) -> Rows {
         let nb = k / Q8_BLOCK;
         let chunk = task_len(m, k * 4);
         let parts: Vec<Prepared> = x
@@ -133,27 +98,23 @@ impl Rows {
 }
 
 /// `y = x W^T + bias` for `m` rows of x with int8 activations, by [`dot_blocks_reference`]'s arithmetic.
-/// Needs the width to be a whole number of blocks (and `fits_4bit` for 4-bit weights).
-pub fn gemm(x: &[f32], m: usize, w: Q8Source, bias: Option<&[f32]>, vnni: bool) -> Vec<f32> {
-    let (n, k) = w.rows_cols();
+/// Needs the width to be a whole number of blocks.
+pub fn gemm(x: &[f32], m: usize, w: Q8View, bias: Option<&[f32]>, vnni: bool) -> Vec<f32> {
+    let (n, k) = (w.rows, w.cols);
     debug_assert!(k.is_multiple_of(Q8_BLOCK) && x.len() == m * k);
-    let table = match w {
-        Q8Source::FourBit(p) => codebook_u8(p.quant_type.dequant_table()),
-        Q8Source::Q8 { .. } => [0; 16],
-    };
-    let rows = Rows::new(x, m, k, w.is_fourbit());
+    let rows = Rows::new(x, m, k, false);
     let mut y = vec![0.0f32; m * n];
     if m == 0 || n == 0 {
         return y;
     }
     #[cfg(target_arch = "x86_64")]
     if vnni && has_vnni() {
-        tiled(&rows, m, w, &table, &mut y);
+        tiled(&rows, m, w, &mut y);
         add_bias(&mut y, n, bias);
         return y;
     }
     let _ = vnni;
-    portable(&rows, w, &table, &mut y);
+    portable(&rows, w, &mut y);
     add_bias(&mut y, n, bias);
     y
 }
@@ -167,8 +128,8 @@ fn add_bias(y: &mut [f32], n: usize, bias: Option<&[f32]>) {
 }
 
 /// The definition itself, output rows in parallel.
-fn portable(rows: &Rows, w: Q8Source, table: &[u8; 16], y: &mut [f32]) {
-    let (n, k) = w.rows_cols();
+fn portable(rows: &Rows, w: Q8View, y: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
     let nb = k / Q8_BLOCK;
     y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
         let a = Q8Activations {
@@ -177,7 +138,7 @@ fn portable(rows: &Rows, w: Q8Source, table: &[u8; 16], y: &mut [f32]) {
         };
         for (j, v) in yr.iter_mut().enumerate() {
             let scale = |b: usize| w.block_scale(j, b) * rows.xs[i * nb + b];
-            *v = dot_blocks_reference(|e| w.code(table, j, e), scale, &a);
+            *v = dot_blocks_reference(|e| w.code(j, e), scale, &a);
         }
     });
 }
@@ -186,21 +147,13 @@ fn portable(rows: &Rows, w: Q8Source, table: &[u8; 16], y: &mut [f32]) {
 /// per 4-code step (`[step][lane][4]`), and the 16 rows' block scales. Rows past the weight are zero codes
 /// (128) with scale 0.
 #[cfg(target_arch = "x86_64")]
-fn pack(
-    w: Q8Source,
-    table: &[u8; 16],
-    r0: usize,
-    groups: usize,
-    panel: &mut Vec<u8>,
-    scales: &mut Vec<f32>,
-) {
-    let (n, k) = w.rows_cols();
+fn pack(w: Q8View, r0: usize, groups: usize, panel: &mut Vec<u8>, scales: &mut Vec<f32>) {
+    let (n, k) = (w.rows, w.cols);
     let nb = k / Q8_BLOCK;
     panel.clear();
     panel.resize(groups * nb * PANEL_BLOCK, 128);
     scales.clear();
     scales.resize(groups * nb * LANES, 0.0);
-    let mut codes = [0u8; Q8_BLOCK];
     for g in 0..groups {
         for lane in 0..LANES {
             let r = r0 + g * LANES + lane;
@@ -208,7 +161,7 @@ fn pack(
                 break;
             }
             for b in 0..nb {
-                w.block_codes(table, r, b, &mut codes);
+                let codes = w.block_codes(r, b);
                 let at = (g * nb + b) * PANEL_BLOCK + lane * 4;
                 for (step, four) in codes.chunks_exact(4).enumerate() {
                     panel[at + step * LANES * 4..][..4].copy_from_slice(four);
@@ -222,8 +175,8 @@ fn pack(
 /// Tasks own runs of `NW * 16` output rows: each packs its rows once and runs every activation tile over
 /// them (the panel, 2 KiB per block, stays in L1 for the 4 rows' products).
 #[cfg(target_arch = "x86_64")]
-fn tiled(rows: &Rows, m: usize, w: Q8Source, table: &[u8; 16], y: &mut [f32]) {
-    let (n, k) = w.rows_cols();
+fn tiled(rows: &Rows, m: usize, w: Q8View, y: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
     let nb = k / Q8_BLOCK;
     let tile_rows = NW * LANES;
     let tiles = n.div_ceil(tile_rows);
@@ -235,14 +188,7 @@ fn tiled(rows: &Rows, m: usize, w: Q8Source, table: &[u8; 16], y: &mut [f32]) {
             let width = (t1 - t0) * tile_rows;
             let mut c = vec![0.0f32; m * width];
             let (mut panel, mut scales) = (Vec::new(), Vec::new());
-            pack(
-                w,
-                table,
-                t0 * tile_rows,
-                (t1 - t0) * NW,
-                &mut panel,
-                &mut scales,
-            );
+            pack(w, t0 * tile_rows, (t1 - t0) * NW, &mut panel, &mut scales);
             for tt in 0..t1 - t0 {
                 for i0 in (0..m).step_by(MR) {
                     let r = MR.min(m - i0);
@@ -348,59 +294,35 @@ mod avx512 {
 mod tests {
     use super::super::q8::has_vnni;
     use super::*;
-    use crate::format::FourBitType;
-    use crate::format::q8::{Q8Weight, fourbit_xscales};
+    use crate::format::q8::Q8Weight;
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|f| f.to_bits()).collect()
     }
 
-    /// Every output against the definition, on 4-bit (a blocksize spanning rows) and Q8 weights, with row
-    /// and feature counts that leave partial microtiles.
+    /// Every output against the definition, with row and feature counts that leave partial microtiles.
     #[test]
     fn both_kernels_give_the_batched_definitions_bits() {
         let seed = super::super::test_seed();
         let data = |n, s| super::super::test_data(n, seed ^ s, 4.0);
         let (n, k) = (53, 320);
-        let packed: Vec<u8> = data(n * k / 2, 2)
-            .iter()
-            .map(|v| (v.to_bits() >> 7) as u8)
-            .collect();
-        let absmax: Vec<f32> = data((n * k).div_ceil(128), 3)
-            .iter()
-            .map(|v| v.abs())
-            .collect();
-        let w4 = Packed4bit {
-            packed: &packed,
-            absmax: &absmax,
-            quant_type: FourBitType::Nf4,
-            blocksize: 128,
-            rows: n,
-            cols: k,
-        };
         let dense = Q8Weight::quantize(&data(n * k, 4), n, k);
-        let wq = Q8Source::Q8 {
+        let w = Q8View {
             codes: &dense.codes,
             scales: &dense.scales,
             rows: n,
             cols: k,
         };
         let bias = data(n, 5);
-        let table = codebook_u8(FourBitType::Nf4.dequant_table());
         for m in [2, 7, 9] {
             let x = data(m * k, 6 + m as u64);
-            let mut want4 = Vec::new();
-            let mut want8 = Vec::new();
+            let mut want = Vec::new();
             for xr in x.chunks_exact(k) {
                 let a = Q8Activations::quantize(xr);
-                let xs4 = fourbit_xscales(&a);
-                for r in 0..n {
-                    let code = |e: usize| table[nibble(&packed, r * k + e) as usize];
-                    let s = |b: usize| absmax[(r * k + b * 64) / 128] * xs4[b];
-                    want4.push(dot_blocks_reference(code, s, &a) + bias[r]);
+                for (r, bias_r) in bias.iter().enumerate() {
                     let code = |e: usize| dense.codes[r * k + position(e)];
                     let s = |b: usize| dense.scales[r * 5 + b] * a.scale[b];
-                    want8.push(dot_blocks_reference(code, s, &a) + bias[r]);
+                    want.push(dot_blocks_reference(code, s, &a) + bias_r);
                 }
             }
             let mut kernels = vec![false];
@@ -410,18 +332,8 @@ mod tests {
                 eprintln!("skipped the VNNI kernel: this CPU has no AVX-512 VNNI");
             }
             for vnni in kernels {
-                let got = gemm(&x, m, Q8Source::FourBit(w4), Some(&bias), vnni);
-                assert_eq!(
-                    bits(&got),
-                    bits(&want4),
-                    "4-bit, m {m}, vnni {vnni}, seed {seed}"
-                );
-                let got = gemm(&x, m, wq, Some(&bias), vnni);
-                assert_eq!(
-                    bits(&got),
-                    bits(&want8),
-                    "Q8, m {m}, vnni {vnni}, seed {seed}"
-                );
+                let got = gemm(&x, m, w, Some(&bias), vnni);
+                assert_eq!(bits(&got), bits(&want), "m {m}, vnni {vnni}, seed {seed}");
             }
         }
     }
