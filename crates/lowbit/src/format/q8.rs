@@ -191,18 +191,27 @@ impl Q4Lanes {
 
     /// The 4-bit code of row `r`, column `c`.
     pub fn code(&self, r: usize, c: usize) -> u8 {
-        let nb = self.cols / Q8_BLOCK;
-        let (g, l, b, e) = (r / LANE_ROWS, r % LANE_ROWS, c / Q8_BLOCK, c % Q8_BLOCK);
-        let p = e / 2;
-        let byte = self.packed[(g * nb + b) * LANE_BLOCK_BYTES + (p / 4) * 64 + 4 * l + p % 4];
-        if e % 2 == 0 { byte >> 4 } else { byte & 15 }
+        lanes_code(&self.packed, self.cols, r, c)
     }
 
     /// Row `r`'s block scale (absmax) for columns `64 b .. 64 b + 64`.
     pub fn scale(&self, r: usize, b: usize) -> f32 {
-        let nb = self.cols / Q8_BLOCK;
-        self.scales[((r / LANE_ROWS) * nb + b) * LANE_ROWS + r % LANE_ROWS]
+        self.scales[lanes_scale_index(self.cols, r, b)]
     }
+}
+
+/// The code of row `r`, column `c` in a [`Q4Lanes`] packing of `cols` columns.
+pub fn lanes_code(packed: &[u8], cols: usize, r: usize, c: usize) -> u8 {
+    let nb = cols / Q8_BLOCK;
+    let (g, l, b, e) = (r / LANE_ROWS, r % LANE_ROWS, c / Q8_BLOCK, c % Q8_BLOCK);
+    let p = e / 2;
+    let byte = packed[(g * nb + b) * LANE_BLOCK_BYTES + (p / 4) * 64 + 4 * l + p % 4];
+    if e % 2 == 0 { byte >> 4 } else { byte & 15 }
+}
+
+/// Where row `r`'s block `b` scale sits in a [`Q4Lanes`] scale vector of `cols` columns.
+pub fn lanes_scale_index(cols: usize, r: usize, b: usize) -> usize {
+    ((r / LANE_ROWS) * (cols / Q8_BLOCK) + b) * LANE_ROWS + r % LANE_ROWS
 }
 
 /// Whether a `cols`-wide layer with 4-bit blocks of `blocksize` can take int8 activations: whole activation
@@ -315,5 +324,41 @@ mod tests {
             .map(|(a, b)| (*a as f64 * *b as f64).abs())
             .sum();
         assert!((got as f64 - want).abs() <= 0.02 * norm, "{got} vs {want}");
+    }
+
+    /// The lanes packing keeps every code and every block's absmax where `code` and `scale` find them, with
+    /// a blocksize spanning rows and a partial last group (whose padding has zero scales).
+    #[test]
+    fn the_lanes_packing_keeps_codes_and_scales() {
+        let (rows, cols, bs): (usize, usize, usize) = (21, 320, 128);
+        let packed: Vec<u8> = (0..rows * cols / 2).map(|i| (i * 37 % 251) as u8).collect();
+        let absmax: Vec<f32> = (0..(rows * cols).div_ceil(bs))
+            .map(|i| 1.0 + i as f32)
+            .collect();
+        let q = Q4Lanes::from_4bit(&packed, &absmax, FourBitType::Nf4, bs, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                let i = r * cols + c;
+                let want = if i % 2 == 0 {
+                    packed[i / 2] >> 4
+                } else {
+                    packed[i / 2] & 15
+                };
+                assert_eq!(q.code(r, c), want, "row {r} column {c}");
+            }
+            for b in 0..cols / Q8_BLOCK {
+                assert_eq!(q.scale(r, b), absmax[(r * cols + b * Q8_BLOCK) / bs]);
+            }
+        }
+        assert_eq!(q.scales.len(), 2 * LANE_ROWS * cols / Q8_BLOCK);
+        for r in rows..2 * LANE_ROWS {
+            for b in 0..cols / Q8_BLOCK {
+                assert_eq!(
+                    q.scales[lanes_scale_index(cols, r, b)],
+                    0.0,
+                    "padding row {r}"
+                );
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::task_len;
 use crate::format::FourBitType;
 use crate::format::q8::{
     LANE_BLOCK_BYTES, LANE_ROWS, Q8_BLOCK, Q8Activations, codebook_u8, dot_blocks_reference,
+    lanes_code, lanes_scale_index,
 };
 use rayon::prelude::*;
 
@@ -36,17 +37,12 @@ impl LanesView<'_> {
         self.rows.div_ceil(LANE_ROWS)
     }
 
-    /// The code of row `r`, column `c` (as `Q4Lanes::code`).
     fn code(&self, r: usize, c: usize) -> u8 {
-        let nb = self.blocks();
-        let (g, l, b, e) = (r / LANE_ROWS, r % LANE_ROWS, c / Q8_BLOCK, c % Q8_BLOCK);
-        let p = e / 2;
-        let byte = self.packed[(g * nb + b) * LANE_BLOCK_BYTES + (p / 4) * 64 + 4 * l + p % 4];
-        if e % 2 == 0 { byte >> 4 } else { byte & 15 }
+        lanes_code(self.packed, self.cols, r, c)
     }
 
     fn scale(&self, r: usize, b: usize) -> f32 {
-        self.scales[((r / LANE_ROWS) * self.blocks() + b) * LANE_ROWS + r % LANE_ROWS]
+        self.scales[lanes_scale_index(self.cols, r, b)]
     }
 
     /// Whether the slices hold every group's blocks and scales.
