@@ -110,10 +110,16 @@ fn portable(rows: &Rows, w: LanesView, table: &[u8; 16], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 fn decode(rows: &Rows, w: LanesView, table: &[u8; 16], y: &mut [f32]) {
     let (groups, nb) = (w.groups(), w.blocks());
-    let mut padded = vec![0.0f32; groups * LANE_ROWS];
+    // Whole groups write into y itself; a partial last group goes through a padded copy.
+    let mut padded = Vec::new();
+    let out: &mut [f32] = if w.rows.is_multiple_of(LANE_ROWS) {
+        y
+    } else {
+        padded.resize(groups * LANE_ROWS, 0.0f32);
+        &mut padded
+    };
     let chunk = task_len(groups, nb * LANE_BLOCK_BYTES);
-    padded
-        .par_chunks_mut(chunk * LANE_ROWS)
+    out.par_chunks_mut(chunk * LANE_ROWS)
         .enumerate()
         .for_each(|(c, out)| {
             let g0 = c * chunk;
@@ -140,7 +146,9 @@ fn decode(rows: &Rows, w: LanesView, table: &[u8; 16], y: &mut [f32]) {
                 g += take;
             }
         });
-    y.copy_from_slice(&padded[..w.rows]);
+    if !padded.is_empty() {
+        y.copy_from_slice(&padded[..w.rows]);
+    }
 }
 
 /// Several activation rows: tasks own pairs of groups (32 output rows) and run every 4-row tile of x over

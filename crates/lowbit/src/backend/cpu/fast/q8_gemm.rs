@@ -69,6 +69,10 @@ impl Rows {
     pub(super) fn new(x: &[f32], m: usize, k: usize, fourbit: bool) -> Rows {
         let nb = k / Q8_BLOCK;
         let chunk = task_len(m, k * 4);
+        if m <= chunk {
+            // One task (a decode step): quantize here and keep the vectors, no pool round trip or copies.
+            return Rows::from(Prepared::new(x, fourbit));
+        }
         let parts: Vec<Prepared> = x
             .par_chunks(chunk * k)
             .map(|c| Prepared::new(c, fourbit))
@@ -85,16 +89,29 @@ impl Rows {
             rows.q.q.extend_from_slice(&p.a.q);
             rows.q.scale.extend_from_slice(&p.a.scale);
             rows.xs.extend_from_slice(&p.xs);
-            // The lanes' corrections (8 per block, VNNI path) or a block's values, summed either way.
-            let per_block = p.corr.len() / p.a.scale.len().max(1);
-            rows.corr.extend(
-                p.corr
-                    .chunks_exact(per_block.max(1))
-                    .map(|c| c.iter().sum::<i32>()),
-            );
+            rows.corr.extend(block_corrections(&p));
         }
         rows
     }
+}
+
+impl From<Prepared> for Rows {
+    fn from(p: Prepared) -> Rows {
+        let corr = block_corrections(&p).collect();
+        Rows {
+            q: p.a,
+            corr,
+            xs: p.xs,
+        }
+    }
+}
+
+/// Each block's offset correction: the sum of its lanes' (8 per block on either path).
+fn block_corrections(p: &Prepared) -> impl Iterator<Item = i32> + '_ {
+    let per_block = p.corr.len() / p.a.scale.len().max(1);
+    p.corr
+        .chunks_exact(per_block.max(1))
+        .map(|c| c.iter().sum::<i32>())
 }
 
 /// `y = x W^T + bias` for `m` rows of x with int8 activations, by [`dot_blocks_reference`]'s arithmetic.
