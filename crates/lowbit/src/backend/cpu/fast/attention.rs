@@ -73,12 +73,22 @@ pub fn attention<T: Float>(
         && n_kv_heads > 0
         && head_dim.is_multiple_of(LANES)
         && super::isa() == super::Isa::Avx512
-        && let Some((q, k, v)) = as_f32(q, k, v)
     {
-        let out = fused::attention(
-            q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
-        );
-        // `T` is f32 here: the conversion is the identity.
+        let out = match as_f32(q, k, v) {
+            Some((q, k, v)) => fused::attention(
+                q, k, v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+            ),
+            None => {
+                // f16/bf16: the queries and the cache rows the prompt sees, widened once (exact), so the
+                // fused kernel runs on f32; O(rows) conversions against O(rows^2) products.
+                let seen = (pos_start + nq).min(kv_len) * n_kv_heads * head_dim;
+                let wide = |x: &[T]| x.iter().map(|v| v.to_f32()).collect::<Vec<f32>>();
+                let (q, k, v) = (wide(q), wide(&k[..seen]), wide(&v[..seen]));
+                fused::attention(
+                    &q, &k, &v, n_heads, n_kv_heads, head_dim, kv_len, pos_start, scale,
+                )
+            }
+        };
         return out.into_iter().map(T::from_f32).collect();
     }
     if nq >= GEMM_MIN_ROWS && kv_len > 0 && n_kv_heads > 0 {
@@ -243,13 +253,14 @@ mod avx512 {
     }
 }
 
-/// Prefill attention for f32 operands on AVX-512, fused: per (head, block of 12 query rows) the scores
+/// Prefill attention on AVX-512, fused (f16/bf16 operands widened first): per (head, block of 12 query rows) the scores
 /// against the keys the block sees (keys transposed once per KV head into 16-key panels, a 12x16
 /// register tile per panel), each row's softmax with a 16-lane polynomial `exp` (`activation`), and the
 /// weighted values (6 rows x 64 columns in registers, value rows read in place), then one division per
 /// output. The GEMM route below packed and transposed every operand through per-element callbacks,
 /// allocated its products per head and block, and took libm's `expf` per score: a 370-token SmolLM2 prefill
 /// spent 8 ms per layer there (20 GFLOP/s). Within the reference's bound (tests/model_ops.rs), not its bits.
+/// The GEMM route is left for CPUs without AVX-512 and head sizes that are not a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 mod fused {
     use super::super::activation::avx512::exp as exp16;
