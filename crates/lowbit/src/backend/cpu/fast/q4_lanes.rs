@@ -8,14 +8,16 @@
 //! and several (prefill) follow the same arithmetic, `format::q8::dot_blocks_reference`, so they give the
 //! same bits; the nibbles are turned into their int8 images in registers, so the weight stays 4-bit.
 
-use super::q8_gemm::Rows;
+#[cfg(target_arch = "x86_64")]
+use super::q8_gemm::scatter_columns;
+use super::q8_gemm::{Rows, add_bias, portable_blocks};
 #[cfg(target_arch = "x86_64")]
 use super::task_len;
 use crate::format::FourBitType;
 use crate::format::q8::{
-    LANE_BLOCK_BYTES, LANE_ROWS, Q8_BLOCK, Q8Activations, codebook_u8, dot_blocks_reference,
-    lanes_code, lanes_scale_index,
+    LANE_BLOCK_BYTES, LANE_ROWS, Q8_BLOCK, codebook_u8, lanes_code, lanes_scale_index,
 };
+#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 /// A `Q4Lanes` weight as the kernels read it (an operand's slices).
@@ -83,27 +85,14 @@ pub fn linear(x: &[f32], m: usize, w: LanesView, bias: Option<&[f32]>, vnni: boo
             portable(&rows, w, &table, &mut y);
         }
     }
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n.max(1)) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
-    }
+    add_bias(&mut y, n, bias);
     y
 }
 
 /// The definition itself, output rows in parallel.
 fn portable(rows: &Rows, w: LanesView, table: &[u8; 16], y: &mut [f32]) {
-    let (n, k, nb) = (w.rows, w.cols, w.blocks());
-    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
-        let a = Q8Activations {
-            q: rows.q.q[i * k..(i + 1) * k].to_vec(),
-            scale: rows.q.scale[i * nb..(i + 1) * nb].to_vec(),
-        };
-        for (j, v) in yr.iter_mut().enumerate() {
-            let scale = |b: usize| w.scale(j, b) * rows.xs[i * nb + b];
-            *v = dot_blocks_reference(|e| table[w.code(j, e) as usize], scale, &a);
-        }
-    });
+    let code = |j: usize, e: usize| table[w.code(j, e) as usize];
+    portable_blocks(rows, w.rows, w.cols, code, |j, b| w.scale(j, b), y);
 }
 
 /// One activation row: groups of 16 rows in parallel, 4 groups per pass of the kernel.
@@ -208,13 +197,7 @@ fn tiled(rows: &Rows, m: usize, w: LanesView, table: &[u8; 16], y: &mut [f32]) {
             (p0 * 2 * LANE_ROWS, c)
         })
         .collect();
-    for (j0, c) in parts {
-        let width = c.len() / m;
-        let cols = width.min(n - j0);
-        for i in 0..m {
-            y[i * n + j0..i * n + j0 + cols].copy_from_slice(&c[i * width..i * width + cols]);
-        }
-    }
+    scatter_columns(parts, m, n, y);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -368,7 +351,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::q8::{Q4Lanes, fourbit_xscales};
+    use crate::format::q8::{Q4Lanes, Q8Activations, dot_blocks_reference, fourbit_xscales};
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|f| f.to_bits()).collect()

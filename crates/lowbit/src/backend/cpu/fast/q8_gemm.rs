@@ -131,33 +131,62 @@ pub fn gemm(x: &[f32], m: usize, w: Q8View, bias: Option<&[f32]>, vnni: bool) ->
         return y;
     }
     let _ = vnni;
-    portable(&rows, w, &mut y);
+    portable_blocks(
+        &rows,
+        n,
+        k,
+        |j, e| w.code(j, e),
+        |j, b| w.block_scale(j, b),
+        &mut y,
+    );
     add_bias(&mut y, n, bias);
     y
 }
 
-fn add_bias(y: &mut [f32], n: usize, bias: Option<&[f32]>) {
+/// Adds `bias` to every row of `y` (rows of `n`).
+pub(super) fn add_bias(y: &mut [f32], n: usize, bias: Option<&[f32]>) {
     if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n) {
+        for row in y.chunks_exact_mut(n.max(1)) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
     }
 }
 
-/// The definition itself, output rows in parallel.
-fn portable(rows: &Rows, w: Q8View, y: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
+/// The definition itself for `[m, n]` outputs, rows in parallel: `code(j, e)` is output row `j`'s offset
+/// code of column `e`, `scale(j, b)` the weight side of its block `b` scale. The portable path of every
+/// int8-activation product of several rows.
+pub(super) fn portable_blocks(
+    rows: &Rows,
+    n: usize,
+    k: usize,
+    code: impl Fn(usize, usize) -> u8 + Sync,
+    scale: impl Fn(usize, usize) -> f32 + Sync,
+    y: &mut [f32],
+) {
     let nb = k / Q8_BLOCK;
-    y.par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
+    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, yr)| {
         let a = Q8Activations {
             q: rows.q.q[i * k..(i + 1) * k].to_vec(),
             scale: rows.q.scale[i * nb..(i + 1) * nb].to_vec(),
         };
         for (j, v) in yr.iter_mut().enumerate() {
-            let scale = |b: usize| w.block_scale(j, b) * rows.xs[i * nb + b];
-            *v = dot_blocks_reference(|e| w.code(j, e), scale, &a);
+            let s = |b: usize| scale(j, b) * rows.xs[i * nb + b];
+            *v = dot_blocks_reference(|e| code(j, e), s, &a);
         }
     });
+}
+
+/// Copies per-task column blocks (`(first column, [m, width] values)`, the last ones past `n` dropped) into
+/// `y` `[m, n]`.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn scatter_columns(parts: Vec<(usize, Vec<f32>)>, m: usize, n: usize, y: &mut [f32]) {
+    for (j0, c) in parts {
+        let width = c.len() / m;
+        let cols = width.min(n - j0);
+        for i in 0..m {
+            y[i * n + j0..i * n + j0 + cols].copy_from_slice(&c[i * width..i * width + cols]);
+        }
+    }
 }
 
 /// Packs output rows `r0..r0 + 16 * groups` into lane-group panels: for group g and block b, 16 dwords
@@ -233,13 +262,7 @@ fn tiled(rows: &Rows, m: usize, w: Q8View, y: &mut [f32]) {
             (t0 * tile_rows, c)
         })
         .collect();
-    for (j0, c) in parts {
-        let width = c.len() / m;
-        let cols = width.min(n - j0);
-        for i in 0..m {
-            y[i * n + j0..i * n + j0 + cols].copy_from_slice(&c[i * width..i * width + cols]);
-        }
-    }
+    scatter_columns(parts, m, n, y);
 }
 
 /// One microtile's operands: `R` activation rows against `NW` packed lane groups, over `nb` blocks.
