@@ -123,6 +123,17 @@ __device__ __forceinline__ float block_max(float v, float identity) {
     v = l < nw ? s[l] : identity;
     return warp_max(v);
 }
+__device__ __forceinline__ i32 block_sum_i(i32 v) {
+    __shared__ i32 s[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (l == 0) s[w] = v;
+    __syncthreads();
+    v = l < nw ? s[l] : 0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
 __device__ __forceinline__ double block_sum_d(double v) {
     __shared__ double s[32];
     v = warp_sum_d(v);

@@ -295,17 +295,41 @@ __device__ __forceinline__ float ternary_out(i32 acc, float x_scale, float weigh
     return __fadd_rn(f, bias_at(bias, bdt, o));
 }
 
-// sum over 16 columns of t x, t = code - 1 for the 2-bit codes of packed word `pw` at bit `2 s` and x the 16
-// int8 activations `xw`: dp4a(c, x) - dp4a(1, x) per 4 bytes, exact. Accumulates the 4 packed rows' sums.
-__device__ __forceinline__ void ternary_dot16(uint4 pv, uint4 xv, i32 acc[4]) {
+// Running sums of a ternary product over one lane's columns: per packed row s the codes c = t + 1 in {0, 1, 2}
+// times the int8 activations, and the activations' own sum, so that sum t x = sum c x - sum x (exact
+// integers). The codes of rows 1 and 3 stay 4x their value (the mask keeps them in place: one shift a word for
+// all four rows instead of three), taken out exactly by `ternary_sums` (|sum| < 2^31 while cols < 2^21).
+// The integer results, and so every output bit, are the ones the per-row shifts gave.
+struct TernaryAcc {
+    i32 c[4];
+    i32 x;
+};
+
+__device__ __forceinline__ void ternary_acc_zero(TernaryAcc& a) {
+    a.c[0] = a.c[1] = a.c[2] = a.c[3] = a.x = 0;
+}
+
+// 16 columns: packed word `pv` (byte j holds rows 0-3 of column j at bits 0-1, 2-3, 4-5, 6-7) against the 16
+// int8 activations `xv`. 4 x (1 shift, 4 masks, 5 dp4a) instead of 4 x (3 shifts, 4 masks, 5 dp4a, 4
+// subtractions). SUM_X = false leaves `a.x` at 0, for a caller that knows the row's sum already.
+template <bool SUM_X = true>
+__device__ __forceinline__ void ternary_dot16(uint4 pv, uint4 xv, TernaryAcc& a) {
     u32 pw[4] = {pv.x, pv.y, pv.z, pv.w};
     u32 xw[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
     for (int q = 0; q < 4; q++) {
-        i32 xs = dp4a(0x01010101u, xw[q], 0);
-#pragma unroll
-        for (int s = 0; s < 4; s++) acc[s] = dp4a((pw[q] >> (2 * s)) & 0x03030303u, xw[q], acc[s]) - xs;
+        u32 hi = pw[q] >> 4;
+        if (SUM_X) a.x = dp4a(0x01010101u, xw[q], a.x);
+        a.c[0] = dp4a(pw[q] & 0x03030303u, xw[q], a.c[0]);
+        a.c[1] = dp4a(pw[q] & 0x0c0c0c0cu, xw[q], a.c[1]);
+        a.c[2] = dp4a(hi & 0x03030303u, xw[q], a.c[2]);
+        a.c[3] = dp4a(hi & 0x0c0c0c0cu, xw[q], a.c[3]);
     }
+}
+
+// sum t x of packed row s from a lane's (or any sum of lanes') running sums.
+__device__ __forceinline__ i32 ternary_sum(const TernaryAcc& a, int s) {
+    return ((s & 1) ? (a.c[s] >> 2) : a.c[s]) - a.x;
 }
 
 // y[b, o] = acc / (x_scale[b] * weight_scale) + bias[o], acc the exact i32 product; a warp per output row
@@ -377,11 +401,9 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
     if (r >= pr) return;
     u32 words = cols >> 4;
     const uint4* prow = packed + (u64)r * words;
-    i32 acc[R][4];
+    TernaryAcc acc[R];
 #pragma unroll
-    for (int b = 0; b < R; b++)
-#pragma unroll
-        for (int s = 0; s < 4; s++) acc[b][s] = 0;
+    for (int b = 0; b < R; b++) ternary_acc_zero(acc[b]);
     // U words per lane loaded before any is used: enough bytes in flight to stream the weight.
     for (u32 w0 = lane; w0 < words; w0 += 32 * U) {
         uint4 pvs[U];
@@ -402,7 +424,7 @@ __device__ void ternary_matmul_dp4a_impl(const uint4* xq, const float* x_scale, 
         u32 o = s * pr + r;
 #pragma unroll
         for (int b = 0; b < R; b++) {
-            i32 v = acc[b][s];
+            i32 v = ternary_sum(acc[b], s);
             for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
             if (lane == 0 && b0 + b < batch && o < rows)
                 y[(u64)(b0 + b) * rows + o] = ternary_out(v, x_scale[b0 + b], weight_scale, bias, bdt, o);
@@ -421,11 +443,12 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
 // the row's group takes every split-th 32-word span, U words in flight per lane; the warps' sums meet in
 // `part` [warps][4] and threads 4 g + s finish row g's output s. Integer sums, so the bits are the other
 // kernels'. Every thread calls it (it holds a barrier); `r` at or past `pr` contributes nothing.
-template <int U>
+template <int U, bool SUM_X>
 __device__ __forceinline__ void ternary_row_split(const uint4* packed, const uint4* xq, u32 words, u32 pr,
                                                   u32 split, u32 r, i32 (*part)[4]) {
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wi = warp % split;
-    i32 acc[4] = {0, 0, 0, 0};
+    TernaryAcc acc;
+    ternary_acc_zero(acc);
     if (r < pr) {
         const uint4* prow = packed + (u64)r * words;
         for (u32 w0 = wi * 32 + lane; w0 < words; w0 += 32 * split * U) {
@@ -439,13 +462,13 @@ __device__ __forceinline__ void ternary_row_split(const uint4* packed, const uin
             for (int u = 0; u < U; u++) {
                 u32 w = w0 + 32 * split * u;
                 if (w >= words) break;
-                ternary_dot16(pvs[u], xq[w], acc);
+                ternary_dot16<SUM_X>(pvs[u], xq[w], acc);
             }
         }
     }
 #pragma unroll
     for (int s = 0; s < 4; s++) {
-        i32 v = acc[s];
+        i32 v = ternary_sum(acc, s);
         for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
         if (lane == 0) part[warp][s] = v;
     }
@@ -468,9 +491,9 @@ __device__ __forceinline__ i32 ternary_split_sum(const i32 (*part)[4], u32 split
 // The activation row x [cols] (cols % 4 == 0, x 16-byte aligned) quantized by the block into shared
 // memory q, as `ternary_act_row` does (the same scale and codes), with vector loads all issued before the
 // maximum needs any: one trip to L2 for a row of up to ROW_PASS values (longer rows: their maximum pass by
-// pass, then the codes pass by pass). Returns the scale.
+// pass, then the codes pass by pass). Returns the scale; `code_sum` is this thread's share of the codes' sum.
 template <int DT>
-__device__ float ternary_act_row_vec(const void* x, u32 cols, float eps, u32* q) {
+__device__ float ternary_act_row_vec(const void* x, u32 cols, float eps, u32* q, i32& code_sum) {
     float4 v[ROW_LOADS];
     float m = 0.0f;
     for (u32 c0 = 0; c0 < cols; c0 += ROW_PASS) {
@@ -500,7 +523,9 @@ __device__ float ternary_act_row_vec(const void* x, u32 cols, float eps, u32* q)
             if (c < cols) {
                 u32 b0 = (u8)ternary_act_code(v[k].x, s), b1 = (u8)ternary_act_code(v[k].y, s);
                 u32 b2 = (u8)ternary_act_code(v[k].z, s), b3 = (u8)ternary_act_code(v[k].w, s);
-                q[c / 4] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+                u32 word = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+                q[c / 4] = word;
+                code_sum = dp4a(0x01010101u, word, code_sum);
             }
         }
     }
@@ -520,18 +545,21 @@ __device__ void ternary_linear_r1_impl(const void* x, u32 cols, float eps, const
     extern __shared__ uint4 xq_s[];
     __shared__ i32 part[2][32][4];
     u32 groups = 32 / split, pr = (rows + 3) / 4, stride = gridDim.x * groups, words = cols >> 4;
-    float xs = ternary_act_row_vec<DT>(x, cols, eps, (u32*)xq_s);
-    __syncthreads();
+    i32 code_sum = 0;
+    float xs = ternary_act_row_vec<DT>(x, cols, eps, (u32*)xq_s, code_sum);
+    // The row's sum (the barrier inside also orders the codes' writes before the products read them): each
+    // product then needs only the codes times x, sum t x = sum c x - sum x.
+    i32 xsum = block_sum_i(code_sum);
     u32 iters = (pr + stride - 1) / stride;
     for (u32 it = 0; it < iters; it++) {
         // `part` alternates between iterations: the barrier inside the next call orders this iteration's
         // reads before the writes two iterations on.
         i32(*pp)[4] = part[it & 1];
         u32 base = it * stride + blockIdx.x * groups;
-        ternary_row_split<4>(packed, xq_s, words, pr, split, base + (threadIdx.x >> 5) / split, pp);
+        ternary_row_split<4, false>(packed, xq_s, words, pr, split, base + (threadIdx.x >> 5) / split, pp);
         u32 r = base + (threadIdx.x >> 2), o = (threadIdx.x & 3) * pr + r;
         if (threadIdx.x < 4 * groups && r < pr && o < rows)
-            st_dt(y, o, odt, ternary_out(ternary_split_sum(pp, split), xs, weight_scale, bias, bdt, o));
+            st_dt(y, o, odt, ternary_out(ternary_split_sum(pp, split) - xsum, xs, weight_scale, bias, bdt, o));
     }
 }
 
