@@ -255,6 +255,10 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
         (24, 2688, 64, FourBitType::Nf4, false),
         (16, 192, 64, FourBitType::Fp4, true),
         (19, 72, 64, FourBitType::Nf4, true),
+        // More 16-row tiles than CUDA's persistent tensor-core grid (two blocks per multiprocessor on an
+        // H200's 132), so a block takes a second tile, with several pipeline stages per warp and a partial
+        // last stage; rows long enough for the `b1s` form (2-8 rows, activations a stage ahead).
+        (4500, 16640, 64, FourBitType::Nf4, true),
     ];
     for (case, (rows, cols, blocksize, qt, dq)) in shapes.into_iter().enumerate() {
         let w = rand(vec![rows, cols], 0.05, s + 100 * case as u64, DType::F32);
@@ -268,10 +272,10 @@ fn linear_4bit_with_half_activations_matches_float64_on_every_device() {
         let wd = f32s(&reference.dequantize_4bit(&q).unwrap());
         let bias = rand(vec![rows], 0.5, s + 100 * case as u64 + 1, DType::F32);
         let bv = f32s(&bias);
-        let batches: Vec<usize> = if case == 0 {
-            (1..=32).chain([40]).collect()
-        } else {
-            vec![1, 2, 7, 9, 17, 32, 33]
+        let batches: Vec<usize> = match case {
+            0 => (1..=32).chain([40]).collect(),
+            5 => vec![1, 2, 5, 8, 9],
+            _ => vec![1, 2, 7, 9, 17, 32, 33],
         };
         for batch in batches {
             for (d, dtype) in [DType::F16, DType::BF16].into_iter().enumerate() {

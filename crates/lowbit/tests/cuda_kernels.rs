@@ -78,6 +78,7 @@ fn launched_kernels() -> Vec<String> {
             v.push(format!("linear_4bit_pipe_{dt}_b{b}"));
         }
         v.push(format!("linear_4bit_pipe_{dt}_x1"));
+        v.push(format!("linear_4bit_pipe_{dt}_b1s"));
     }
     v
 }

@@ -89,7 +89,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // 2q and 2q + 1 of rows g = 0-3 (or 4-7) touches eight distinct units.
 __device__ __forceinline__ u32 pipe_unit(u32 r, u32 u) { return r * 128 + ((u ^ ((r & 3) << 1)) << 4); }
 
-template <int DT, int NB, bool X1>
+template <int DT, int NB, bool X1, bool XS>
 __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, const float* absmax,
                                       const float* table_g, u32 n, u32 k, u32 blocksize, const void* bias, int bdt,
                                       void* y, int odt) {
@@ -178,6 +178,29 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
     }
     // This lane's 8 weight bytes of rows g and g + 8 within a stage: half t & 1 of unit 2q + t / 2.
     u32 wa_off = pipe_unit(g, t >> 1) + ((t & 1) << 3), wb_off = pipe_unit(g + 8, t >> 1) + ((t & 1) << 3);
+    // `_b1s` (XS: one tile of 2-8 activation rows, long rows): the activations load into registers a whole
+    // stage (4 chunks) ahead, the stage after the one in use, wrapping to the slab's first stage, which the
+    // next tile begins with (every tile takes the same columns). One chunk ahead leaves the L2 latency of
+    // each chunk's activations exposed on long rows (2 / 4 / 8 rows of 8192x28672: 67.1 / 74.2 / 79.9 us
+    // against 55.0 / 59.3 / 67.2 this way, one row 47.6), but on short slabs the extra registers and the
+    // wrapped load cost more than they hide (4096x4096, 14336x4096, 4096x14336: 3-12% slower; H200,
+    // docs/PERFORMANCE.md), so the host picks it by row length. More tiles of rows would spill.
+    static_assert(!XS || (NB == 1 && !X1), "the stage look-ahead is for one tile of unstaged rows");
+    constexpr bool XSTAGE = XS;
+    uint4 xsc[XSTAGE ? 4 : 1][2], xsn[XSTAGE ? 4 : 1][2];
+    auto load_xstage = [&](u32 s, uint4 (&dst)[XSTAGE ? 4 : 1][2]) {
+        if constexpr (XSTAGE) {
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                u32 c = lo + 4 * s + q;
+                if (c < hi) {
+                    dst[q][0] = __ldg(xr[0] + c * 8);
+                    dst[q][1] = __ldg(xr[0] + c * 8 + 1);
+                }
+            }
+        }
+    };
+    if (XSTAGE && lo < hi) load_xstage(0, xsc);
     u32 cbuf = 0;
     for (u32 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         float acc[NB][4];
@@ -187,7 +210,7 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
             for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
         // Unstaged activations: this lane's of the chunk in use and of the next one.
         uint4 xc[NB][2], xn[NB][2];
-        if (!X1 && lo < hi) {
+        if (!X1 && !XSTAGE && lo < hi) {
 #pragma unroll
             for (int j = 0; j < NB; j++) {
                 xc[j][0] = __ldg(xr[j] + lo * 8);
@@ -200,6 +223,9 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
                 const uint4* xs = (const uint4*)(buf + PIPE_W_BYTES + PIPE_ABS_BYTES + q * 128 + t * 32);
                 xc[0][0] = xs[0];
                 xc[0][1] = xs[1];
+            } else if constexpr (XSTAGE) {
+                xc[0][0] = xsc[q][0];
+                xc[0][1] = xsc[q][1];
             } else if (c + 1 < hi) {
 #pragma unroll
                 for (int j = 0; j < NB; j++) {
@@ -235,7 +261,7 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
                 acc[j][1] = fmaf(d[1], sa, acc[j][1]);
                 acc[j][2] = fmaf(d[2], sb, acc[j][2]);
                 acc[j][3] = fmaf(d[3], sb, acc[j][3]);
-                if constexpr (!X1) {
+                if constexpr (!X1 && !XSTAGE) {
                     xc[j][0] = xn[j][0];
                     xc[j][1] = xn[j][1];
                 }
@@ -251,6 +277,7 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
             float4 abs_a = *(const float4*)(buf + PIPE_W_BYTES + g * 16);
             float4 abs_b = *(const float4*)(buf + PIPE_W_BYTES + (g + 8) * 16);
             u32 c0 = lo + 4 * s;
+            load_xstage(s + 1 == stages ? 0 : s + 1, xsn);
             if (NB == 1 && c0 + 4 <= hi) {
                 // A whole stage: no branch between its chunks, so their loads and mmas interleave (with
                 // more activation tiles the registers would spill).
@@ -260,6 +287,13 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
 #pragma unroll
                 for (int q = 0; q < 4; q++)
                     if (c0 + q < hi) chunk(buf, q, c0 + q, abs_a, abs_b);
+            }
+            if constexpr (XSTAGE) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    xsc[q][0] = xsn[q][0];
+                    xsc[q][1] = xsn[q][1];
+                }
             }
         }
         // The warps' sums in warp order. The first barrier also tells that warp 0 has read the previous
@@ -286,16 +320,17 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
     }
 }
 
-#define PIPE_KERNEL(SUFFIX, DT, NAME, NB, X1)                                                                  \
+#define PIPE_KERNEL(SUFFIX, DT, NAME, NB, X1, XS)                                                              \
     extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, 2)                                            \
         linear_4bit_pipe_##SUFFIX##_##NAME(const void* x, u64 m, const u8* packed, const float* absmax,        \
                                            const float* table, u32 n, u32 k, u32 blocksize, const void* bias, int bdt, \
                                            void* y, int odt) { pdl_entry();                                    \
-        linear_4bit_pipe_impl<DT, NB, X1>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);         \
+        linear_4bit_pipe_impl<DT, NB, X1, XS>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);     \
     }
 #define PIPE_KERNELS(SUFFIX, DT)                                                                               \
-    PIPE_KERNEL(SUFFIX, DT, x1, 1, true)                                                                       \
-    PIPE_KERNEL(SUFFIX, DT, b1, 1, false) PIPE_KERNEL(SUFFIX, DT, b2, 2, false) PIPE_KERNEL(SUFFIX, DT, b4, 4, false)
+    PIPE_KERNEL(SUFFIX, DT, x1, 1, true, false)                                                                \
+    PIPE_KERNEL(SUFFIX, DT, b1, 1, false, false) PIPE_KERNEL(SUFFIX, DT, b1s, 1, false, true)                 \
+    PIPE_KERNEL(SUFFIX, DT, b2, 2, false, false) PIPE_KERNEL(SUFFIX, DT, b4, 4, false, false)
 
 #if defined(LOWBIT_LINEAR_F16)
 PIPE_KERNELS(f16, DT_F16)

@@ -27,6 +27,10 @@ const PIPE_BLOCKS_PER_SM: u32 = 2;
 /// 15.2 / 16.9 / 47.0 us at 4096x4096 / 4096x14336 / 14336x4096 / 8192x28672 against the word kernel's 9.9 /
 /// 22.9 / 19.1 / 55.1 (f16, weights from memory, H200, one run: docs/PERFORMANCE.md).
 const MMA_ROWS_MAX: usize = 32;
+/// Columns from which 2-8 activation rows take the tensor-core kernel's `b1s` form (activations loaded a
+/// pipeline stage ahead): 2 / 4 / 8 rows of 8192x28672 in 55.0 / 59.3 / 67.2 us against 67.1 / 74.2 / 79.9
+/// (one chunk ahead), but 3-12% slower at 4,096 and 14,336 columns (H200, docs/PERFORMANCE.md).
+const STAGE_AHEAD_MIN_COLS: usize = 16384;
 /// Whether `LOWBIT_CUDA_NO_MMA` (set and not "0") turns the tensor-core 4-bit kernel off (read once).
 fn mma_disabled() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -169,7 +173,13 @@ impl Cuda {
             let grid = (tiles.min(resident), row_tiles);
             // One activation row is staged with the weights (`x1`); more are read from L2.
             let x1 = m == 1;
-            let variant = if x1 { "x1".into() } else { format!("b{nb}") };
+            let variant = if x1 {
+                "x1".into()
+            } else if nb == 1 && w.cols >= STAGE_AHEAD_MIN_COLS {
+                "b1s".into()
+            } else {
+                format!("b{nb}")
+            };
             let name = format!("linear_4bit_pipe_{}_{variant}", suffix(dtype));
             let shared = pipe_shared_bytes(nb, x1);
             self.launch_shared(&name, grid, 32 * MMA_WARPS, shared, &common)?;
