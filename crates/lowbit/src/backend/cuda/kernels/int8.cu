@@ -298,7 +298,7 @@ __device__ __forceinline__ float ternary_out(i32 acc, float x_scale, float weigh
 // Running sums of a ternary product over one lane's columns: per packed row s the codes c = t + 1 in {0, 1, 2}
 // times the int8 activations, and the activations' own sum, so that sum t x = sum c x - sum x (exact
 // integers). The codes of rows 1 and 3 stay 4x their value (the mask keeps them in place: one shift a word for
-// all four rows instead of three), taken out exactly by `ternary_sums` (|sum| < 2^31 while cols < 2^21).
+// all four rows instead of three), taken out exactly by `ternary_sum` (|sum| < 2^31 while cols < 2^21).
 // The integer results, and so every output bit, are the ones the per-row shifts gave.
 struct TernaryAcc {
     i32 c[4];
