@@ -442,8 +442,9 @@ extern "C" __global__ void ternary_matmul_dp4a(const uint4* xq, const float* x_s
 // A packed row's product split across `split` warps (a power of two, at most 32) of the block: warp `wi` of
 // the row's group takes every split-th 32-word span, U words in flight per lane; the warps' sums meet in
 // `part` [warps][4] and threads 4 g + s finish row g's output s. Integer sums, so the bits are the other
-// kernels'. Every thread calls it (it holds a barrier); `r` at or past `pr` contributes nothing.
-template <int U, bool SUM_X>
+// kernels'. Every thread calls it (it holds a barrier); `r` at or past `pr` contributes nothing. The sums
+// leave out the activations' own sum (sum c x): the caller subtracts the row's, which it knows.
+template <int U>
 __device__ __forceinline__ void ternary_row_split(const uint4* packed, const uint4* xq, u32 words, u32 pr,
                                                   u32 split, u32 r, i32 (*part)[4]) {
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wi = warp % split;
@@ -462,7 +463,7 @@ __device__ __forceinline__ void ternary_row_split(const uint4* packed, const uin
             for (int u = 0; u < U; u++) {
                 u32 w = w0 + 32 * split * u;
                 if (w >= words) break;
-                ternary_dot16<SUM_X>(pvs[u], xq[w], acc);
+                ternary_dot16<false>(pvs[u], xq[w], acc);
             }
         }
     }
@@ -556,7 +557,7 @@ __device__ void ternary_linear_r1_impl(const void* x, u32 cols, float eps, const
         // reads before the writes two iterations on.
         i32(*pp)[4] = part[it & 1];
         u32 base = it * stride + blockIdx.x * groups;
-        ternary_row_split<4, false>(packed, xq_s, words, pr, split, base + (threadIdx.x >> 5) / split, pp);
+        ternary_row_split<4>(packed, xq_s, words, pr, split, base + (threadIdx.x >> 5) / split, pp);
         u32 r = base + (threadIdx.x >> 2), o = (threadIdx.x & 3) * pr + r;
         if (threadIdx.x < 4 * groups && r < pr && o < rows)
             st_dt(y, o, odt, ternary_out(ternary_split_sum(pp, split) - xsum, xs, weight_scale, bias, bdt, o));

@@ -89,7 +89,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // 2q and 2q + 1 of rows g = 0-3 (or 4-7) touches eight distinct units.
 __device__ __forceinline__ u32 pipe_unit(u32 r, u32 u) { return r * 128 + ((u ^ ((r & 3) << 1)) << 4); }
 
-template <int DT, int NB, bool X1, bool XS>
+template <int DT, int NB, bool X1, bool XSTAGE>
 __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, const float* absmax,
                                       const float* table_g, u32 n, u32 k, u32 blocksize, const void* bias, int bdt,
                                       void* y, int odt) {
@@ -178,15 +178,14 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
     }
     // This lane's 8 weight bytes of rows g and g + 8 within a stage: half t & 1 of unit 2q + t / 2.
     u32 wa_off = pipe_unit(g, t >> 1) + ((t & 1) << 3), wb_off = pipe_unit(g + 8, t >> 1) + ((t & 1) << 3);
-    // `_b1s` (XS: one tile of 2-8 activation rows, long rows): the activations load into registers a whole
+    // `_b1s` (XSTAGE: one tile of 2-8 activation rows, long rows): the activations load into registers a whole
     // stage (4 chunks) ahead, the stage after the one in use, wrapping to the slab's first stage, which the
     // next tile begins with (every tile takes the same columns). One chunk ahead leaves the L2 latency of
     // each chunk's activations exposed on long rows (2 / 4 / 8 rows of 8192x28672: 67.1 / 74.2 / 79.9 us
     // against 55.0 / 59.3 / 67.2 this way, one row 47.6), but on short slabs the extra registers and the
     // wrapped load cost more than they hide (4096x4096, 14336x4096, 4096x14336: 3-12% slower; H200,
     // docs/PERFORMANCE.md), so the host picks it by row length. More tiles of rows would spill.
-    static_assert(!XS || (NB == 1 && !X1), "the stage look-ahead is for one tile of unstaged rows");
-    constexpr bool XSTAGE = XS;
+    static_assert(!XSTAGE || (NB == 1 && !X1), "the stage look-ahead is for one tile of unstaged rows");
     uint4 xsc[XSTAGE ? 4 : 1][2], xsn[XSTAGE ? 4 : 1][2];
     auto load_xstage = [&](u32 s, uint4 (&dst)[XSTAGE ? 4 : 1][2]) {
         if constexpr (XSTAGE) {
@@ -320,12 +319,12 @@ __device__ void linear_4bit_pipe_impl(const void* x, u64 m, const u8* packed, co
     }
 }
 
-#define PIPE_KERNEL(SUFFIX, DT, NAME, NB, X1, XS)                                                              \
+#define PIPE_KERNEL(SUFFIX, DT, NAME, NB, X1, XST)                                                             \
     extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS, 2)                                            \
         linear_4bit_pipe_##SUFFIX##_##NAME(const void* x, u64 m, const u8* packed, const float* absmax,        \
                                            const float* table, u32 n, u32 k, u32 blocksize, const void* bias, int bdt, \
                                            void* y, int odt) { pdl_entry();                                    \
-        linear_4bit_pipe_impl<DT, NB, X1, XS>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);     \
+        linear_4bit_pipe_impl<DT, NB, X1, XST>(x, m, packed, absmax, table, n, k, blocksize, bias, bdt, y, odt);     \
     }
 #define PIPE_KERNELS(SUFFIX, DT)                                                                               \
     PIPE_KERNEL(SUFFIX, DT, x1, 1, true, false)                                                                \
